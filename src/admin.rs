@@ -1,0 +1,163 @@
+//! The admin port (axum): liveness and readiness probes, and a token-protected read-only
+//! view of pools. It reads the state the data plane publishes and never sits in its path.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AdminConfig;
+use crate::proxy::ProxyState;
+
+#[derive(Clone)]
+pub struct AdminContext {
+    state: Arc<ProxyState>,
+    /// `None`: no token configured, so the protected API refuses everyone.
+    token: Option<Arc<str>>,
+    draining: CancellationToken,
+}
+
+impl AdminContext {
+    pub fn new(state: Arc<ProxyState>, config: &AdminConfig, draining: CancellationToken) -> Self {
+        let token = config
+            .token
+            .clone()
+            .or_else(|| std::env::var(&config.token_env).ok())
+            .filter(|t| !t.is_empty())
+            .map(Arc::from);
+        if token.is_none() {
+            tracing::warn!(
+                env = %config.token_env,
+                "admin API has no token (admin.token or the token_env variable); only /healthz and /readyz answer"
+            );
+        }
+        Self {
+            state,
+            token,
+            draining,
+        }
+    }
+}
+
+pub fn router(context: AdminContext) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/pools", get(pools))
+        .with_state(context)
+}
+
+/// Serves until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, context: AdminContext, stop: CancellationToken) {
+    let result = axum::serve(listener, router(context))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(err) = result {
+        tracing::error!(error = %err, "admin listener failed");
+    }
+}
+
+async fn readyz(State(ctx): State<AdminContext>) -> Response {
+    if ctx.draining.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn pools(State(ctx): State<AdminContext>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorize(&ctx, &headers) {
+        return denied;
+    }
+    let snapshot = ctx.state.snapshot.load();
+    let pools: Vec<Value> = snapshot
+        .pools
+        .values()
+        .map(|pool| {
+            let endpoints: Vec<Value> = pool
+                .endpoints()
+                .iter()
+                .map(|ep| {
+                    let s = &ep.stats;
+                    let responses = ep.total_responses();
+                    let mean_ms = if responses == 0 {
+                        0.0
+                    } else {
+                        s.latency_micros_total.load(Relaxed) as f64 / responses as f64 / 1000.0
+                    };
+                    json!({
+                        "address": ep.address,
+                        "weight": ep.weight(),
+                        "state": ep.state().as_str(),
+                        "in_flight": ep.in_flight(),
+                        "requests": s.requests.load(Relaxed),
+                        "responses": {
+                            "1xx": s.responses[0].load(Relaxed),
+                            "2xx": s.responses[1].load(Relaxed),
+                            "3xx": s.responses[2].load(Relaxed),
+                            "4xx": s.responses[3].load(Relaxed),
+                            "5xx": s.responses[4].load(Relaxed),
+                        },
+                        "connect_errors": s.connect_errors.load(Relaxed),
+                        "timeouts": s.timeouts.load(Relaxed),
+                        "protocol_errors": s.protocol_errors.load(Relaxed),
+                        "mean_latency_ms": mean_ms,
+                    })
+                })
+                .collect();
+            json!({ "name": pool.name, "strategy": pool.strategy(), "endpoints": endpoints })
+        })
+        .collect();
+    Json(json!({ "pools": pools })).into_response()
+}
+
+fn authorize(ctx: &AdminContext, headers: &HeaderMap) -> Result<(), Response> {
+    let unauthorized = || {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "missing or wrong bearer token\n",
+        )
+            .into_response()
+    };
+    let Some(expected) = &ctx.token else {
+        return Err(unauthorized());
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(unauthorized())
+    }
+}
+
+/// Compares without an early exit on the first differing byte (only the length leaks).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abcdef", b"abcdef"));
+        assert!(!constant_time_eq(b"abcdef", b"abcdeg"));
+        assert!(!constant_time_eq(b"abc", b"abcdef"));
+    }
+}

@@ -1,0 +1,278 @@
+//! Checks that need the whole file: references between sections, value ranges, duplicates.
+//! Every problem found is reported, not just the first.
+
+use std::collections::HashSet;
+
+use http::uri::Authority;
+
+use super::defaults::MAX_WEIGHT;
+use super::error::Problem;
+use super::model::Config;
+
+pub fn validate(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    check_listeners(config, &mut problems);
+    check_routes(config, &mut problems);
+    check_pools(config, &mut problems);
+    check_headers(config, &mut problems);
+    check_placeholders(config, &mut problems);
+    problems
+}
+
+fn check_listeners(config: &Config, problems: &mut Vec<Problem>) {
+    if config.listeners.is_empty() {
+        problems.push(Problem::new(
+            "listeners",
+            "at least one [[listeners]] entry is required",
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (i, listener) in config.listeners.iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        if listener.name.trim().is_empty() {
+            problems.push(Problem::new(format!("{key}.name"), "must not be empty"));
+        } else if !names.insert(listener.name.as_str()) {
+            problems.push(Problem::new(
+                format!("{key}.name"),
+                format!("duplicate listener name {:?}", listener.name),
+            ));
+        }
+        if listener.address.port() != 0 && !addresses.insert(listener.address) {
+            problems.push(Problem::new(
+                format!("{key}.address"),
+                format!("{} is used by another listener", listener.address),
+            ));
+        }
+        if listener.max_connections == 0 {
+            problems.push(Problem::new(
+                format!("{key}.max_connections"),
+                "must be at least 1",
+            ));
+        }
+    }
+    if let Some(admin) = &config.admin
+        && admin.address.port() != 0
+        && addresses.contains(&admin.address)
+    {
+        problems.push(Problem::new(
+            "admin.address",
+            format!("{} is also a proxy listener", admin.address),
+        ));
+    }
+}
+
+fn check_routes(config: &Config, problems: &mut Vec<Problem>) {
+    if config.routes.is_empty() {
+        problems.push(Problem::new(
+            "routes",
+            "at least one [[routes]] entry is required",
+        ));
+    }
+    for (i, route) in config.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        if !config.pools.contains_key(&route.pool) {
+            let hint = closest(&route.pool, config.pools.keys().map(String::as_str))
+                .map(|name| format!(" (did you mean {name:?}?)"))
+                .unwrap_or_default();
+            problems.push(Problem::new(
+                format!("{key}.pool"),
+                format!("unknown pool {:?}{hint}", route.pool),
+            ));
+        }
+        if !route.path_prefix.starts_with('/') {
+            problems.push(Problem::new(
+                format!("{key}.path_prefix"),
+                format!("must start with '/', got {:?}", route.path_prefix),
+            ));
+        }
+        if let Some(host) = &route.host
+            && let Err(reason) = check_host_pattern(host)
+        {
+            problems.push(Problem::new(format!("{key}.host"), reason));
+        }
+    }
+}
+
+fn check_host_pattern(host: &str) -> Result<(), String> {
+    let bare = host.strip_prefix("*.").unwrap_or(host);
+    if bare.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if bare.contains('*') {
+        return Err(format!(
+            "{host:?}: only a leading '*.' wildcard is supported"
+        ));
+    }
+    if bare.contains(':') {
+        return Err(format!(
+            "{host:?}: give the host without a port (ports are ignored when matching)"
+        ));
+    }
+    let valid = bare
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !valid {
+        return Err(format!("{host:?} is not a valid host name"));
+    }
+    Ok(())
+}
+
+fn check_pools(config: &Config, problems: &mut Vec<Problem>) {
+    for (name, pool) in &config.pools {
+        let key = format!("pools.{name}");
+        let mut seen = HashSet::new();
+        for (i, endpoint) in pool.endpoints.iter().enumerate() {
+            let ekey = format!("{key}.endpoints[{i}]");
+            match parse_endpoint_address(&endpoint.address) {
+                Ok(_) => {
+                    if !seen.insert(endpoint.address.to_ascii_lowercase()) {
+                        problems.push(Problem::new(
+                            format!("{ekey}.address"),
+                            format!("duplicate endpoint {:?}", endpoint.address),
+                        ));
+                    }
+                }
+                Err(reason) => problems.push(Problem::new(format!("{ekey}.address"), reason)),
+            }
+            if endpoint.weight == 0 || endpoint.weight > MAX_WEIGHT {
+                problems.push(Problem::new(
+                    format!("{ekey}.weight"),
+                    format!("must be between 1 and {MAX_WEIGHT}, got {}", endpoint.weight),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("connect_timeout", pool.connect_timeout),
+            ("response_timeout", pool.response_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(Problem::new(format!("{key}.{field}"), "must be above 0"));
+            }
+        }
+    }
+}
+
+/// Parses `host:port` as an endpoint address, with a reason when it is not one.
+pub fn parse_endpoint_address(address: &str) -> Result<Authority, String> {
+    if address.contains("://") || address.contains('/') {
+        return Err(format!(
+            "{address:?}: give host:port without a scheme or path"
+        ));
+    }
+    let authority: Authority = address
+        .parse()
+        .map_err(|_| format!("{address:?} is not a valid host:port"))?;
+    if authority.port_u16().is_none_or(|p| p == 0) {
+        return Err(format!("{address:?} needs a port between 1 and 65535"));
+    }
+    if address.contains('@') {
+        return Err(format!("{address:?}: user info is not allowed"));
+    }
+    Ok(authority)
+}
+
+fn check_headers(config: &Config, problems: &mut Vec<Problem>) {
+    let name = &config.headers.request_id_header;
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        problems.push(Problem::new(
+            "headers.request_id_header",
+            format!("{name:?} is not a valid header name"),
+        ));
+    }
+    let proxy_name = &config.headers.proxy_name;
+    let token_ok = !proxy_name.is_empty()
+        && proxy_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    if !token_ok {
+        problems.push(Problem::new(
+            "headers.proxy_name",
+            format!("{proxy_name:?} must be a token (letters, digits, - . _ ~)"),
+        ));
+    }
+}
+
+fn check_placeholders(config: &Config, problems: &mut Vec<Problem>) {
+    if config.cache.enabled {
+        problems.push(Problem::new(
+            "cache.enabled",
+            "the HTTP cache is not available in this build yet; set enabled = false",
+        ));
+    }
+    if let Some(redis) = &config.redis
+        && !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://"))
+    {
+        problems.push(Problem::new(
+            "redis.url",
+            format!("{:?} must start with redis:// or rediss://", redis.url),
+        ));
+    }
+    if let Some(admin) = &config.admin
+        && admin.token.as_deref().is_some_and(|t| t.len() < 16)
+    {
+        problems.push(Problem::new(
+            "admin.token",
+            "must be at least 16 characters (or leave it out and set the token_env variable)",
+        ));
+    }
+}
+
+/// The candidate nearest to `name` by edit distance, if it is close enough to be a typo.
+fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(cur)
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_pool_names() {
+        assert_eq!(closest("apii", ["api", "web"].into_iter()), Some("api"));
+        assert_eq!(closest("zzzzzz", ["api", "web"].into_iter()), None);
+    }
+
+    #[test]
+    fn endpoint_addresses() {
+        assert!(parse_endpoint_address("127.0.0.1:80").is_ok());
+        assert!(parse_endpoint_address("backend.internal:8080").is_ok());
+        assert!(parse_endpoint_address("[::1]:8080").is_ok());
+        assert!(parse_endpoint_address("127.0.0.1").is_err());
+        assert!(parse_endpoint_address("http://a:1").is_err());
+        assert!(parse_endpoint_address("a:0").is_err());
+        assert!(parse_endpoint_address("u@a:1").is_err());
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert!(check_host_pattern("api.example.com").is_ok());
+        assert!(check_host_pattern("*.example.com").is_ok());
+        assert!(check_host_pattern("a.*.com").is_err());
+        assert!(check_host_pattern("api:80").is_err());
+        assert!(check_host_pattern("").is_err());
+    }
+}

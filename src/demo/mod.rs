@@ -1,0 +1,265 @@
+//! `weir demo`: sample upstreams, weir in front of them, a bounded burst of traffic, and a
+//! summary of what happened. Everything runs in-process on free loopback ports and is shut
+//! down before it returns.
+
+pub mod upstream;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use http::Uri;
+
+use crate::app;
+use crate::config;
+use crate::loadtest::{self, LoadOptions, LoadReport};
+use upstream::SampleUpstream;
+
+pub const DEFAULT_REQUESTS: u64 = 3_000;
+pub const DEFAULT_CONCURRENCY: usize = 16;
+/// The demo stops sending after this even if requests remain.
+const DEMO_DEADLINE: Duration = Duration::from_secs(30);
+const FAST_DELAY: Duration = Duration::from_millis(2);
+const SLOW_DELAY: Duration = Duration::from_millis(25);
+
+#[derive(Debug, Clone, Copy)]
+pub struct DemoOptions {
+    pub requests: u64,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot start a sample upstream: {0}")]
+    Upstream(#[source] std::io::Error),
+    #[error("demo config is invalid: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("cannot start weir: {0}")]
+    Start(#[from] app::StartError),
+    #[error("load generator: {0}")]
+    Load(#[from] loadtest::LoadError),
+}
+
+pub struct EndpointLine {
+    pub pool: String,
+    pub upstream: String,
+    pub address: String,
+    pub requests: u64,
+    pub mean_latency_ms: f64,
+}
+
+/// What the demo prints.
+pub struct DemoSummary {
+    pub proxy_address: String,
+    pub admin_address: String,
+    pub admin_ready: bool,
+    pub load: LoadReport,
+    pub endpoints: Vec<EndpointLine>,
+    pub drained: bool,
+}
+
+pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
+    let upstreams = vec![
+        SampleUpstream::start("alpha", FAST_DELAY)
+            .await
+            .map_err(DemoError::Upstream)?,
+        SampleUpstream::start("beta", FAST_DELAY)
+            .await
+            .map_err(DemoError::Upstream)?,
+        SampleUpstream::start("gamma-slow", SLOW_DELAY)
+            .await
+            .map_err(DemoError::Upstream)?,
+    ];
+    let config_text = demo_config(&upstreams);
+    let config = config::load_str(&config_text, Path::new("(demo config)"))?;
+    let running = app::start(&config).await?;
+    let proxy = running
+        .listener_addr("http")
+        .expect("the demo config names its listener \"http\"");
+    let admin = running.admin_addr();
+
+    let targets: Vec<Uri> = ["/api/orders/1", "/api/orders/2", "/api/users/7", "/static/logo.svg"]
+        .iter()
+        .filter_map(|path| format!("http://{proxy}{path}").parse().ok())
+        .collect();
+    let load = loadtest::run(LoadOptions {
+        targets,
+        requests: options.requests,
+        concurrency: options.concurrency,
+        deadline: DEMO_DEADLINE,
+    })
+    .await?;
+
+    let admin_ready = match admin {
+        Some(addr) => probe_ready(addr).await,
+        None => false,
+    };
+    let endpoints = endpoint_lines(&running, &upstreams);
+    let report = running.shutdown().await;
+    for upstream in upstreams {
+        upstream.stop().await;
+    }
+    Ok(DemoSummary {
+        proxy_address: proxy.to_string(),
+        admin_address: admin.map_or_else(|| "-".into(), |a| a.to_string()),
+        admin_ready,
+        load,
+        endpoints,
+        drained: report.completed,
+    })
+}
+
+fn demo_config(upstreams: &[SampleUpstream]) -> String {
+    let endpoint_list = |list: &[&SampleUpstream]| {
+        list.iter()
+            .map(|u| format!("{{ address = \"{}\" }}", u.address))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let all: Vec<&SampleUpstream> = upstreams.iter().collect();
+    let fast: Vec<&SampleUpstream> = upstreams.iter().take(2).collect();
+    format!(
+        r#"
+[server]
+drain_timeout = "5s"
+
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+
+[[routes]]
+name = "static"
+path_prefix = "/static/"
+pool = "static"
+
+[[routes]]
+name = "api"
+path_prefix = "/api"
+pool = "api"
+
+[pools.api]
+strategy = "round_robin"
+endpoints = [{all}]
+response_timeout = "5s"
+
+[pools.static]
+endpoints = [{fast}]
+"#,
+        all = endpoint_list(&all),
+        fast = endpoint_list(&fast),
+    )
+}
+
+async fn probe_ready(admin: std::net::SocketAddr) -> bool {
+    let probe = async {
+        let stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .ok()?;
+        tokio::spawn(conn);
+        let request = http::Request::get("/readyz")
+            .header(http::header::HOST, admin.to_string())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        Some(response.status().is_success())
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+fn endpoint_lines(running: &app::Running, upstreams: &[SampleUpstream]) -> Vec<EndpointLine> {
+    let snapshot = running.state().snapshot.load();
+    let mut lines = Vec::new();
+    for pool in snapshot.pools.values() {
+        for ep in pool.endpoints().iter() {
+            let responses = ep.total_responses();
+            let upstream = upstreams
+                .iter()
+                .find(|u| u.address.to_string() == ep.address)
+                .map_or_else(|| "?".to_owned(), |u| u.name.to_string());
+            lines.push(EndpointLine {
+                pool: pool.name.clone(),
+                upstream,
+                address: ep.address.clone(),
+                requests: ep.stats.requests.load(Relaxed),
+                mean_latency_ms: if responses == 0 {
+                    0.0
+                } else {
+                    ep.stats.latency_micros_total.load(Relaxed) as f64 / responses as f64 / 1000.0
+                },
+            });
+        }
+    }
+    lines
+}
+
+impl fmt::Display for DemoSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let load = &self.load;
+        writeln!(f, "weir demo")?;
+        writeln!(
+            f,
+            "  proxy  http://{}   admin http://{} (/readyz: {})",
+            self.proxy_address,
+            self.admin_address,
+            if self.admin_ready { "ready" } else { "NOT ready" }
+        )?;
+        writeln!(
+            f,
+            "  sent {} requests in {:.2} s ({:.0} req/s), {} completed, {} failed",
+            load.sent,
+            load.elapsed.as_secs_f64(),
+            load.throughput(),
+            load.completed(),
+            load.failed()
+        )?;
+        let statuses: Vec<String> = load
+            .statuses
+            .iter()
+            .map(|(status, count)| format!("{status}: {count}"))
+            .collect();
+        writeln!(f, "  status  {}", statuses.join(", "))?;
+        if !load.errors.is_empty() {
+            let errors: Vec<String> = load
+                .errors
+                .iter()
+                .map(|(kind, count)| format!("{kind}: {count}"))
+                .collect();
+            writeln!(f, "  errors  {}", errors.join(", "))?;
+        }
+        writeln!(
+            f,
+            "  latency p50 {:.2} ms   p95 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+            load.latency_ms(0.50),
+            load.latency_ms(0.95),
+            load.latency_ms(0.99),
+            load.latency.max() as f64 / 1000.0
+        )?;
+        writeln!(f, "  endpoints (round robin):")?;
+        for line in &self.endpoints {
+            writeln!(
+                f,
+                "    {:<7} {:<11} {:<22} {:>6} requests   mean {:>6.2} ms",
+                line.pool, line.upstream, line.address, line.requests, line.mean_latency_ms
+            )?;
+        }
+        write!(
+            f,
+            "  shutdown: {}",
+            if self.drained {
+                "drained cleanly"
+            } else {
+                "drain deadline passed"
+            }
+        )
+    }
+}

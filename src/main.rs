@@ -1,0 +1,122 @@
+//! The `weir` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weir::logging::{self, LogFormat};
+
+/// Exit code for a configuration that cannot be used.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "weir", version, about = "Layer-7 load-balancing reverse proxy")]
+struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a config file until SIGTERM/SIGINT, then drain.
+    Serve {
+        #[arg(long, short, default_value = "config/weir.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit: 0 when valid, 2 when not.
+    CheckConfig { file: PathBuf },
+    /// Start sample upstreams and weir, drive a short load through it, print a summary.
+    Demo {
+        /// Requests to send (bounded).
+        #[arg(long, default_value_t = weir::demo::DEFAULT_REQUESTS)]
+        requests: u64,
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = weir::demo::DEFAULT_CONCURRENCY)]
+        concurrency: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match weir::config::load_file(&file) {
+            Ok(config) => {
+                println!(
+                    "{}: ok ({} listeners, {} routes, {} pools)",
+                    file.display(),
+                    config.listeners.len(),
+                    config.routes.len(),
+                    config.pools.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Serve { config } => {
+            logging::init(cli.log_format, "info");
+            let config = match weir::config::load_file(&config) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("{err}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            run(serve(config))
+        }
+        Command::Demo {
+            requests,
+            concurrency,
+        } => {
+            logging::init(cli.log_format, "warn");
+            run(async move {
+                let summary = weir::demo::run(weir::demo::DemoOptions {
+                    requests,
+                    concurrency,
+                })
+                .await?;
+                println!("{summary}");
+                Ok(())
+            })
+        }
+    }
+}
+
+async fn serve(config: weir::config::Config) -> anyhow::Result<()> {
+    let running = weir::app::start(&config).await?;
+    let report = running.run_until_signal().await?;
+    if report.completed {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!(
+            aborted = report.aborted_connections,
+            "drain deadline passed; exiting"
+        );
+    }
+    Ok(())
+}
+
+fn run(task: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("weir: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("weir: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

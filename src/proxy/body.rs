@@ -1,0 +1,95 @@
+//! Response bodies sent to clients: streamed from an upstream, or a short one weir made.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+use super::conn::ConnRequestGuard;
+use crate::upstream::InFlightGuard;
+
+/// What stays alive until the client has the whole response (or went away).
+#[derive(Debug)]
+pub struct RequestGuards {
+    pub endpoint: InFlightGuard,
+    pub connection: ConnRequestGuard,
+}
+
+pin_project! {
+    /// Streams frames as they arrive; nothing is collected.
+    #[project = ResponseBodyProj]
+    pub enum ResponseBody {
+        Upstream {
+            #[pin]
+            inner: Incoming,
+            guards: Option<RequestGuards>,
+        },
+        Full {
+            data: Option<Bytes>,
+        },
+    }
+}
+
+impl ResponseBody {
+    pub fn upstream(inner: Incoming, guards: RequestGuards) -> Self {
+        ResponseBody::Upstream {
+            inner,
+            guards: Some(guards),
+        }
+    }
+
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        ResponseBody::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+
+    pub fn empty() -> Self {
+        ResponseBody::Full { data: None }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            ResponseBodyProj::Upstream { inner, guards } => {
+                let polled = inner.poll_frame(cx);
+                match &polled {
+                    // End or failure: the request is over for the endpoint and connection.
+                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                        guards.take();
+                    }
+                    _ => {}
+                }
+                polled
+            }
+            ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ResponseBody::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream { inner, .. } => inner.size_hint(),
+            ResponseBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Per-client-connection bookkeeping: requests in flight, for the idle timeout.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Shared by a connection's task and the requests it carries.
+#[derive(Debug, Default)]
+pub struct ConnActivity {
+    in_flight: AtomicU32,
+    started: AtomicU64,
+}
+
+impl ConnActivity {
+    pub fn begin_request(self: &Arc<Self>) -> ConnRequestGuard {
+        self.started.fetch_add(1, Relaxed);
+        self.in_flight.fetch_add(1, Relaxed);
+        ConnRequestGuard {
+            activity: Arc::clone(self),
+        }
+    }
+
+    /// Completes once the connection has had no request in flight and none started for
+    /// `timeout` (checked in quarters, so it fires between 1× and 1.25× `timeout`).
+    pub async fn idle(&self, timeout: Duration) {
+        let tick = (timeout / 4).max(Duration::from_millis(1));
+        let mut quiet_ticks = 0;
+        let mut last_started = self.started.load(Relaxed);
+        loop {
+            tokio::time::sleep(tick).await;
+            let started = self.started.load(Relaxed);
+            if started == last_started && self.in_flight.load(Relaxed) == 0 {
+                quiet_ticks += 1;
+                if quiet_ticks >= 4 {
+                    return;
+                }
+            } else {
+                quiet_ticks = 0;
+                last_started = started;
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ConnRequestGuard {
+    activity: Arc<ConnActivity>,
+}
+
+impl Drop for ConnRequestGuard {
+    fn drop(&mut self) {
+        self.activity.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_for_quiet_period() {
+        let activity = Arc::new(ConnActivity::default());
+        let start = tokio::time::Instant::now();
+        activity.idle(Duration::from_secs(60)).await;
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_secs(60) && waited <= Duration::from_secs(75));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_request_is_never_idle() {
+        let activity = Arc::new(ConnActivity::default());
+        let guard = activity.begin_request();
+        let idle = tokio::time::timeout(Duration::from_secs(600), activity.idle(Duration::from_secs(10)));
+        assert!(idle.await.is_err(), "a connection with a request in flight went idle");
+        drop(guard);
+        let start = tokio::time::Instant::now();
+        activity.idle(Duration::from_secs(10)).await;
+        assert!(start.elapsed() >= Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,121 @@
+//! Why a request could not be proxied, and the response the client gets for it.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ResponseBody;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("CONNECT is not supported")]
+    ConnectNotSupported,
+    #[error("no route matches")]
+    NoRoute,
+    #[error("no endpoint available in pool {0:?}")]
+    NoEndpoint(String),
+    #[error("upstream connect timed out")]
+    ConnectTimeout(#[source] BoxError),
+    #[error("upstream connect failed")]
+    Connect(#[source] BoxError),
+    #[error("upstream did not answer within {0:?}")]
+    ResponseTimeout(Duration),
+    #[error("upstream request failed")]
+    Upstream(#[source] BoxError),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The short text clients see; it names no internal address.
+    fn public_reason(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(why) => why,
+            ProxyError::ConnectNotSupported => "CONNECT is not supported",
+            ProxyError::NoRoute => "no route for this host and path",
+            ProxyError::NoEndpoint(_) => "no upstream endpoint available",
+            ProxyError::ConnectTimeout(_) => "upstream connect timed out",
+            ProxyError::Connect(_) => "upstream connect failed",
+            ProxyError::ResponseTimeout(_) => "upstream timed out",
+            ProxyError::Upstream(_) => "upstream request failed",
+        }
+    }
+
+    /// Classifies a client error from the upstream connection pool.
+    pub fn from_client(err: hyper_util::client::legacy::Error) -> Self {
+        if err.is_connect() {
+            if source_chain_has_timeout(&err) {
+                ProxyError::ConnectTimeout(err.into())
+            } else {
+                ProxyError::Connect(err.into())
+            }
+        } else {
+            ProxyError::Upstream(err.into())
+        }
+    }
+
+    pub fn to_response(&self) -> Response<ResponseBody> {
+        let status = self.status();
+        let text = format!(
+            "{} {}: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self.public_reason()
+        );
+        let mut response = Response::new(ResponseBody::full(text));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, ProxyError::BadRequest(_)) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    /// Full cause chain for logs.
+    pub fn detail(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(err) = source {
+            out.push_str(": ");
+            out.push_str(&err.to_string());
+            source = err.source();
+        }
+        out
+    }
+}
+
+fn source_chain_has_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}

@@ -1,0 +1,292 @@
+//! Header rewriting on the way through: hop-by-hop removal, forwarding headers, `Via`,
+//! and the request id.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+
+use crate::config::{ForwardedForMode, HeadersConfig};
+
+/// Headers that describe one connection and never travel past it (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names. `Upgrade` is
+/// removed too: upgrades are not forwarded yet.
+///
+/// A `Connection` header cannot make weir drop `Host` or `Content-Length`: that would change
+/// how the message is routed or framed, which is a request-smuggling vector.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// The header settings compiled once per config, so requests only copy values.
+#[derive(Debug, Clone)]
+pub struct HeaderPolicy {
+    pub x_forwarded_for: ForwardedForMode,
+    pub x_forwarded_proto: bool,
+    pub forwarded: bool,
+    pub request_id: HeaderName,
+    via_1_0: Option<HeaderValue>,
+    via_1_1: Option<HeaderValue>,
+    via_2: Option<HeaderValue>,
+    proxy_name: String,
+}
+
+impl HeaderPolicy {
+    pub fn from_config(config: &HeadersConfig) -> Self {
+        let via = |version: &str| {
+            config
+                .via
+                .then(|| HeaderValue::from_str(&format!("{version} {}", config.proxy_name)).ok())
+                .flatten()
+        };
+        Self {
+            x_forwarded_for: config.x_forwarded_for,
+            x_forwarded_proto: config.x_forwarded_proto,
+            forwarded: config.forwarded,
+            request_id: HeaderName::from_bytes(config.request_id_header.as_bytes())
+                .unwrap_or(HeaderName::from_static("x-request-id")),
+            via_1_0: via("1.0"),
+            via_1_1: via("1.1"),
+            via_2: via("2"),
+            proxy_name: config.proxy_name.clone(),
+        }
+    }
+
+    /// Adds this hop to `Via` for a message received with `version`.
+    pub fn add_via(&self, headers: &mut HeaderMap, version: Version) {
+        let value = match version {
+            Version::HTTP_10 | Version::HTTP_09 => &self.via_1_0,
+            Version::HTTP_2 | Version::HTTP_3 => &self.via_2,
+            _ => &self.via_1_1,
+        };
+        if let Some(value) = value {
+            headers.append(header::VIA, value.clone());
+        }
+    }
+
+    /// Sets `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` as configured.
+    pub fn add_forwarding(
+        &self,
+        headers: &mut HeaderMap,
+        client_ip: IpAddr,
+        proto: &'static str,
+        host: Option<&str>,
+    ) {
+        self.add_x_forwarded_for(headers, client_ip);
+        if self.x_forwarded_proto {
+            let keep = self.x_forwarded_for == ForwardedForMode::Append
+                && headers.contains_key("x-forwarded-proto");
+            if !keep {
+                headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+            }
+        }
+        if self.forwarded {
+            self.add_rfc7239_forwarded(headers, client_ip, proto, host);
+        }
+    }
+
+    fn add_x_forwarded_for(&self, headers: &mut HeaderMap, client_ip: IpAddr) {
+        const XFF: &str = "x-forwarded-for";
+        let ip = client_ip.to_string();
+        let value = match self.x_forwarded_for {
+            ForwardedForMode::Off => return,
+            ForwardedForMode::Replace => ip,
+            ForwardedForMode::Append => {
+                let prior: Vec<&str> = headers
+                    .get_all(XFF)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .collect();
+                if prior.is_empty() {
+                    ip
+                } else {
+                    format!("{}, {ip}", prior.join(", "))
+                }
+            }
+        };
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(XFF, value);
+        }
+    }
+
+    fn add_rfc7239_forwarded(
+        &self,
+        headers: &mut HeaderMap,
+        client_ip: IpAddr,
+        proto: &'static str,
+        host: Option<&str>,
+    ) {
+        let node = match client_ip {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("\"[{ip}]\""),
+        };
+        let mut element = format!("for={node};proto={proto};by={}", self.proxy_name);
+        if let Some(host) = host.filter(|h| is_quotable(h)) {
+            element.push_str(";host=\"");
+            element.push_str(host);
+            element.push('"');
+        }
+        if self.x_forwarded_for == ForwardedForMode::Replace {
+            headers.remove(header::FORWARDED);
+        }
+        if let Ok(value) = HeaderValue::try_from(element) {
+            headers.append(header::FORWARDED, value);
+        }
+    }
+}
+
+/// Whether `s` can sit in a quoted-string without escaping.
+fn is_quotable(s: &str) -> bool {
+    s.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// Keeps a client's request id when it is sane, otherwise makes a new one.
+pub fn request_id(headers: &HeaderMap, name: &HeaderName) -> HeaderValue {
+    if let Some(existing) = headers.get(name)
+        && is_acceptable_request_id(existing)
+    {
+        return existing.clone();
+    }
+    new_request_id()
+}
+
+fn is_acceptable_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| (0x21..0x7f).contains(b))
+}
+
+static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// 32 hex digits: a per-process random prefix and a counter, unique without coordination.
+pub fn new_request_id() -> HeaderValue {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let prefix = *PREFIX.get_or_init(|| fastrand::u64(..));
+    let n = REQUEST_COUNTER.fetch_add(1, Relaxed);
+    let mut buf = [0u8; 32];
+    write_hex(&mut buf[..16], prefix);
+    write_hex(&mut buf[16..], n);
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
+fn write_hex(out: &mut [u8], mut v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(mode: ForwardedForMode, forwarded: bool) -> HeaderPolicy {
+        HeaderPolicy::from_config(&HeadersConfig {
+            x_forwarded_for: mode,
+            forwarded,
+            ..HeadersConfig::default()
+        })
+    }
+
+    #[test]
+    fn strips_standard_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret, Content-Length, host".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("content-length", "3".parse().unwrap());
+        h.insert("host", "a".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(h.len(), 3, "{left:?}");
+        assert!(h.contains_key("x-keep") && h.contains_key("content-length") && h.contains_key("host"));
+    }
+
+    #[test]
+    fn x_forwarded_for_modes() {
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
+        policy(ForwardedForMode::Append, false).add_forwarding(&mut h, ip, "http", None);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        policy(ForwardedForMode::Replace, false).add_forwarding(&mut h, ip, "http", None);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+
+        let mut h = HeaderMap::new();
+        policy(ForwardedForMode::Off, false).add_forwarding(&mut h, ip, "http", None);
+        assert!(!h.contains_key("x-forwarded-for"));
+    }
+
+    #[test]
+    fn rfc7239_forwarded_quotes_ipv6_and_host() {
+        let mut h = HeaderMap::new();
+        let ip: IpAddr = "::1".parse().unwrap();
+        policy(ForwardedForMode::Append, true).add_forwarding(&mut h, ip, "http", Some("a.example:8080"));
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[::1]\";proto=http;by=weir;host=\"a.example:8080\""
+        );
+    }
+
+    #[test]
+    fn via_per_version() {
+        let p = policy(ForwardedForMode::Append, false);
+        let mut h = HeaderMap::new();
+        h.insert("via", "1.0 other".parse().unwrap());
+        p.add_via(&mut h, Version::HTTP_2);
+        let all: Vec<_> = h.get_all("via").iter().collect();
+        assert_eq!(all, ["1.0 other", "2 weir"]);
+    }
+
+    #[test]
+    fn request_ids() {
+        let name = HeaderName::from_static("x-request-id");
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", "abc-123".parse().unwrap());
+        assert_eq!(request_id(&h, &name), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_bytes(b"bad value").unwrap());
+        let fresh = request_id(&h, &name);
+        assert_eq!(fresh.len(), 32);
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}

@@ -1,0 +1,34 @@
+//! The data plane: listeners, the request service, header rewriting, routing and bodies.
+//! It publishes [`ProxyState`] and never reads from the control or admin sides.
+
+pub mod body;
+pub mod conn;
+pub mod error;
+pub mod headers;
+pub mod listener;
+pub mod route;
+pub mod service;
+pub mod snapshot;
+pub mod stats;
+
+use arc_swap::ArcSwap;
+
+pub use snapshot::Snapshot;
+pub use stats::ProxyStats;
+
+/// What the data plane shares with the rest of weir: the current snapshot (swapped whole on
+/// reload) and live counters.
+#[derive(Debug)]
+pub struct ProxyState {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub stats: ProxyStats,
+}
+
+impl ProxyState {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            stats: ProxyStats::default(),
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! Counters the data plane publishes for metrics, the admin port and the control loop.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use http::StatusCode;
+
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub connections_accepted: AtomicU64,
+    /// Refused because the listener was at `max_connections`.
+    pub connections_refused: AtomicU64,
+    pub connections_active: AtomicU64,
+    pub requests: AtomicU64,
+    /// Responses sent to clients by class, index 0 = 1xx … 4 = 5xx, including weir's own.
+    pub responses: [AtomicU64; 5],
+}
+
+impl ProxyStats {
+    pub fn record_response(&self, status: StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].fetch_add(1, Relaxed);
+    }
+
+    pub fn responses_of_class(&self, class: u16) -> u64 {
+        match class {
+            1..=5 => self.responses[class as usize - 1].load(Relaxed),
+            _ => 0,
+        }
+    }
+}
