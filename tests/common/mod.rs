@@ -1,0 +1,210 @@
+//! Shared test harness: real upstream servers on 127.0.0.1:0, weir started in-process from
+//! TOML text, and HTTP/1.1 / h2c clients.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A real HTTP server (HTTP/1.1 and h2c) running `handler` for every request.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn upstream<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = token.cancelled() => return,
+                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+            };
+            let handler = handler.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::select! { _ = conn => {}, _ = token.cancelled() => {} }
+            });
+        }
+    });
+    Upstream { addr, stop }
+}
+
+/// An upstream that answers every request with `text` and the header `x-upstream: name`.
+pub async fn named_upstream(name: &'static str) -> Upstream {
+    upstream(move |_req| async move {
+        Response::builder()
+            .header("x-upstream", name)
+            .body(full(name))
+            .unwrap()
+    })
+    .await
+}
+
+/// A raw TCP upstream: reads one request head, writes `response` verbatim, closes.
+pub async fn raw_upstream(response: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                read_head(&mut stream).await;
+                let _ = stream.write_all(response).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads from `stream` until the end of an HTTP head (or EOF); returns what was read.
+pub async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf
+}
+
+/// A loopback port with nothing listening on it.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+/// Starts weir in-process from config text (listener `http` on a free port).
+pub async fn weir(config: &str) -> weir::app::Running {
+    let config = weir::config::load_str(config, Path::new("test.toml"))
+        .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    weir::app::start(&config).await.expect("weir starts")
+}
+
+/// Minimal config: one listener on a free port, every path to one pool.
+pub fn simple_config(endpoints: &[SocketAddr], pool_extra: &str) -> String {
+    let list: Vec<String> = endpoints
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
+    format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[[routes]]
+pool = "main"
+
+[pools.main]
+endpoints = [{}]
+{pool_extra}
+"#,
+        list.join(", ")
+    )
+}
+
+pub fn http1_client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub async fn send(client: &Client<HttpConnector, Body>, request: Request<Body>) -> Reply {
+    let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+        .await
+        .expect("response within 20 s")
+        .expect("request succeeds");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    let request = Request::get(format!("http://{addr}{path}"))
+        .body(empty())
+        .unwrap();
+    send(&http1_client(), request).await
+}
+
+/// Sends raw bytes on a fresh connection and returns everything read until close or 5 s.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

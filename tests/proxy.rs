@@ -1,0 +1,317 @@
+//! End-to-end proxying through a real weir to real upstreams: methods, bodies, headers,
+//! HTTP/2 from clients.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, Version};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use std::time::Duration;
+
+/// An upstream that answers with what it received: request line and headers, one per line.
+async fn echo_headers_upstream() -> Upstream {
+    upstream(|req| async move {
+        let mut text = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+        for (name, value) in req.headers() {
+            text.push_str(&format!("{}: {}\n", name, value.to_str().unwrap_or("?")));
+        }
+        Response::new(full(text))
+    })
+    .await
+}
+
+fn header_lines<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    let prefix = format!("{name}: ");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn get_is_forwarded_with_forwarding_headers_and_request_id() {
+    let up = echo_headers_upstream().await;
+    let weir = weir(&simple_config(&[up.addr], "")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+
+    let reply = get(proxy, "/items/1?x=1").await;
+    assert_eq!(reply.status, 200);
+    let seen = reply.text();
+    assert!(seen.starts_with("GET /items/1?x=1 HTTP/1.1\n"), "{seen}");
+    assert_eq!(header_lines(&seen, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(header_lines(&seen, "x-forwarded-proto"), ["http"]);
+    assert_eq!(header_lines(&seen, "via"), ["1.1 weir"]);
+    assert_eq!(header_lines(&seen, "host"), [proxy.to_string().as_str()]);
+    let upstream_id = header_lines(&seen, "x-request-id");
+    assert_eq!(upstream_id.len(), 1);
+    assert_eq!(upstream_id[0].len(), 32);
+    // The client gets the same id back, and a Via for the response hop.
+    assert_eq!(reply.header("x-request-id"), Some(upstream_id[0]));
+    assert_eq!(reply.header("via"), Some("1.1 weir"));
+    weir.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_request_id_is_kept_and_forwarded_for_is_appended() {
+    let up = echo_headers_upstream().await;
+    let weir = weir(&simple_config(&[up.addr], "")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let request = Request::get(format!("http://{proxy}/"))
+        .header("x-request-id", "client-id-42")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(empty())
+        .unwrap();
+    let reply = send(&http1_client(), request).await;
+    let seen = reply.text();
+    assert_eq!(header_lines(&seen, "x-request-id"), ["client-id-42"]);
+    assert_eq!(
+        header_lines(&seen, "x-forwarded-for"),
+        ["203.0.113.9, 127.0.0.1"]
+    );
+    assert_eq!(reply.header("x-request-id"), Some("client-id-42"));
+    weir.shutdown().await;
+}
+
+#[tokio::test]
+async fn replace_mode_and_rfc7239_forwarded() {
+    let up = echo_headers_upstream().await;
+    let config = simple_config(&[up.addr], "")
+        + "\n[headers]\nx_forwarded_for = \"replace\"\nforwarded = true\nvia = false\n";
+    let weir = weir(&config).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let request = Request::get(format!("http://{proxy}/"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("forwarded", "for=6.6.6.6")
+        .body(empty())
+        .unwrap();
+    let reply = send(&http1_client(), request).await;
+    let seen = reply.text();
+    assert_eq!(header_lines(&seen, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(
+        header_lines(&seen, "forwarded"),
+        [format!("for=127.0.0.1;proto=http;by=weir;host=\"{proxy}\"").as_str()]
+    );
+    assert!(header_lines(&seen, "via").is_empty());
+    assert_eq!(reply.header("via"), None);
+    weir.shutdown().await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_from_requests() {
+    let up = echo_headers_upstream().await;
+    let weir = weir(&simple_config(&[up.addr], "")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let raw = format!(
+        "GET /hop HTTP/1.1\r\nHost: {proxy}\r\nConnection: keep-alive, X-Secret, close\r\n\
+         X-Secret: hidden\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+         Upgrade: h2c\r\nX-Kept: yes\r\n\r\n"
+    );
+    let response = raw_exchange(proxy, raw.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let lower = response.to_ascii_lowercase();
+    for gone in ["x-secret", "keep-alive:", "te:", "proxy-authorization", "upgrade:"] {
+        assert!(
+            !lower.contains(&format!("\n{gone}")),
+            "{gone} reached the upstream:\n{response}"
+        );
+    }
+    assert!(lower.contains("\nx-kept: yes"), "{response}");
+    weir.shutdown().await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_from_responses() {
+    let up = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nConnection: X-Up-Secret\r\nX-Up-Secret: 1\r\nKeep-Alive: timeout=99\r\n\
+          Proxy-Authenticate: Basic\r\nX-Up-Kept: 1\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let weir = weir(&simple_config(&[up], "")).await;
+    let reply = get(weir.listener_addr("http").unwrap(), "/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "ok");
+    assert!(reply.header("x-up-secret").is_none());
+    assert!(reply.header("proxy-authenticate").is_none());
+    assert_ne!(reply.header("keep-alive"), Some("timeout=99"));
+    assert_eq!(reply.header("x-up-kept"), Some("1"));
+    weir.shutdown().await;
+}
+
+#[tokio::test]
+async fn post_body_round_trips() {
+    let up = upstream(|req| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        Response::new(full(body))
+    })
+    .await;
+    let weir = weir(&simple_config(&[up.addr], "")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let request = Request::post(format!("http://{proxy}/upload"))
+        .body(full(payload.clone()))
+        .unwrap();
+    let reply = send(&http1_client(), request).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.as_ref(), payload.as_slice());
+    weir.shutdown().await;
+}
+
+#[tokio::test]
+async fn http2_clients_are_served_over_h2c() {
+    let up = echo_headers_upstream().await;
+    let weir = weir(&simple_config(&[up.addr], "")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let request = Request::get(format!("http://{proxy}/h2"))
+        .version(Version::HTTP_2)
+        .body(empty())
+        .unwrap();
+    let client = h2c_client();
+    let reply = send(&client, request).await;
+    assert_eq!(reply.status, 200);
+    let seen = reply.text();
+    // Upstreams speak HTTP/1.1 and get a Host header made from :authority.
+    assert!(seen.starts_with("GET /h2 HTTP/1.1\n"), "{seen}");
+    assert_eq!(header_lines(&seen, "host"), [proxy.to_string().as_str()]);
+    assert_eq!(header_lines(&seen, "via"), ["2 weir"]);
+    // Several concurrent streams on one connection.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let request = Request::get(format!("http://{proxy}/h2/{i}"))
+                .version(Version::HTTP_2)
+                .body(empty())
+                .unwrap();
+            send(&client, request).await.status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    weir.shutdown().await;
+}
+
+const CHUNK: usize = 64 * 1024;
+const STREAM_TOTAL: usize = 64 * 1024 * 1024;
+
+fn chunk(i: usize) -> Bytes {
+    Bytes::from(vec![(i % 251) as u8; CHUNK])
+}
+
+fn checksum(acc: u64, data: &[u8]) -> u64 {
+    data.iter()
+        .fold(acc, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64))
+}
+
+/// 64 MiB upload. The upstream reports the first chunk before the client has sent the
+/// second: a proxy that collected the body first would deadlock here and time out.
+#[tokio::test]
+async fn request_bodies_stream_without_buffering() {
+    let (first_seen_tx, first_seen_rx) = tokio::sync::oneshot::channel::<()>();
+    let first_seen_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(first_seen_tx)));
+    let up = upstream(move |req| {
+        let first_seen_tx = first_seen_tx.clone();
+        async move {
+            let mut body = req.into_body();
+            let (mut total, mut sum) = (0usize, 0u64);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.unwrap();
+                if let Some(data) = frame.data_ref() {
+                    total += data.len();
+                    sum = checksum(sum, data);
+                    if let Some(tx) = first_seen_tx.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            Response::new(full(format!("{total} {sum}")))
+        }
+    })
+    .await;
+    let weir = weir(&simple_config(&[up.addr], "")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+    let body = StreamBody::new(tokio_stream_from(rx)).boxed();
+    let request = Request::post(format!("http://{proxy}/upload"))
+        .body(body)
+        .unwrap();
+    let client = http1_client();
+    let response = tokio::spawn(async move { send(&client, request).await });
+
+    tx.send(Ok(Frame::data(chunk(0)))).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), first_seen_rx)
+        .await
+        .expect("upstream saw the first chunk while the rest was unsent")
+        .unwrap();
+    let mut expected_sum = checksum(0, &chunk(0));
+    for i in 1..STREAM_TOTAL / CHUNK {
+        let c = chunk(i);
+        expected_sum = checksum(expected_sum, &c);
+        tx.send(Ok(Frame::data(c))).await.unwrap();
+    }
+    drop(tx);
+    let reply = response.await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), format!("{STREAM_TOTAL} {expected_sum}"));
+    weir.shutdown().await;
+}
+
+/// 64 MiB download. The client gets the first chunk before the upstream produces the second.
+#[tokio::test]
+async fn response_bodies_stream_without_buffering() {
+    let (first_read_tx, first_read_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let first_read_rx = std::sync::Arc::new(tokio::sync::Mutex::new(Some(first_read_rx)));
+    let up = upstream(move |_req| {
+        let first_read_rx = first_read_rx.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+            tokio::spawn(async move {
+                tx.send(Ok(Frame::data(chunk(0)))).await.unwrap();
+                let mut gate = first_read_rx.lock().await.take().unwrap();
+                gate.recv().await;
+                for i in 1..STREAM_TOTAL / CHUNK {
+                    if tx.send(Ok(Frame::data(chunk(i)))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::new(StreamBody::new(tokio_stream_from(rx)).boxed())
+        }
+    })
+    .await;
+    let weir = weir(&simple_config(&[up.addr], "")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let response = http1_client()
+        .request(Request::get(format!("http://{proxy}/big")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let (mut total, mut sum, mut signalled) = (0usize, 0u64, false);
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("next chunk within 10 s (first chunk must arrive before the rest exists)");
+        let Some(frame) = next else { break };
+        if let Some(data) = frame.unwrap().data_ref() {
+            total += data.len();
+            sum = checksum(sum, data);
+        }
+        if !signalled {
+            first_read_tx.send(()).await.unwrap();
+            signalled = true;
+        }
+    }
+    let expected = (0..STREAM_TOTAL / CHUNK).fold(0, |acc, i| checksum(acc, &chunk(i)));
+    assert_eq!(total, STREAM_TOTAL);
+    assert_eq!(sum, expected);
+    weir.shutdown().await;
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> tokio_stream::wrappers::ReceiverStream<T> {
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
