@@ -73,8 +73,8 @@ async fn readyz(State(ctx): State<AdminContext>) -> Response {
 }
 
 async fn pools(State(ctx): State<AdminContext>, headers: HeaderMap) -> Response {
-    if let Err(denied) = authorize(&ctx, &headers) {
-        return denied;
+    if !authorized(&ctx, &headers) {
+        return unauthorized();
     }
     let snapshot = ctx.state.snapshot.load();
     let pools: Vec<Value> = snapshot
@@ -118,28 +118,25 @@ async fn pools(State(ctx): State<AdminContext>, headers: HeaderMap) -> Response 
     Json(json!({ "pools": pools })).into_response()
 }
 
-fn authorize(ctx: &AdminContext, headers: &HeaderMap) -> Result<(), Response> {
-    let unauthorized = || {
-        (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "missing or wrong bearer token\n",
-        )
-            .into_response()
-    };
+/// Whether the request carries the configured bearer token.
+fn authorized(ctx: &AdminContext, headers: &HeaderMap) -> bool {
     let Some(expected) = &ctx.token else {
-        return Err(unauthorized());
+        return false;
     };
-    let presented = headers
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(unauthorized)?;
-    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-        Ok(())
-    } else {
-        Err(unauthorized())
-    }
+        .is_some_and(|presented| constant_time_eq(presented.as_bytes(), expected.as_bytes()))
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "missing or wrong bearer token\n",
+    )
+        .into_response()
 }
 
 /// Compares without an early exit on the first differing byte (only the length leaks).

@@ -170,7 +170,10 @@ async fn one_request(
     let Some(active) = sender.as_mut() else {
         return Err("connect".into());
     };
-    active.ready().await.map_err(|_| "connection closed".to_owned())?;
+    active
+        .ready()
+        .await
+        .map_err(|_| "connection closed".to_owned())?;
     let request = Request::get(path)
         .header(http::header::HOST, authority)
         .body(Empty::<Bytes>::new())

@@ -13,12 +13,18 @@ async fn refused_connection_is_502() {
     let reply = get(weir.listener_addr("http").unwrap(), "/").await;
     assert_eq!(reply.status, 502);
     assert_eq!(reply.text(), "502 Bad Gateway: upstream connect failed\n");
-    assert_eq!(reply.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
     assert_eq!(reply.header("x-request-id").map(str::len), Some(32));
     let snapshot = weir.state().snapshot.load();
     let endpoint = &snapshot.pools["main"].endpoints()[0];
     assert_eq!(
-        endpoint.stats.connect_errors.load(std::sync::atomic::Ordering::Relaxed),
+        endpoint
+            .stats
+            .connect_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
     drop(snapshot);
@@ -115,7 +121,10 @@ async fn missing_or_duplicate_host_is_400_and_connect_is_405() {
     assert!(connect.starts_with("HTTP/1.1 405"), "{connect}");
     // HTTP/1.0 may omit Host.
     let old = raw_exchange(proxy, b"GET / HTTP/1.0\r\n\r\n").await;
-    assert!(old.starts_with("HTTP/1.0 200") || old.starts_with("HTTP/1.1 200"), "{old}");
+    assert!(
+        old.starts_with("HTTP/1.0 200") || old.starts_with("HTTP/1.1 200"),
+        "{old}"
+    );
     weir.shutdown().await;
 }
 
@@ -127,7 +136,9 @@ async fn proxy_counts_responses_by_class() {
     for _ in 0..3 {
         assert_eq!(get(proxy, "/").await.status, 502);
     }
-    let request = Request::get(format!("http://{proxy}/")).body(empty()).unwrap();
+    let request = Request::get(format!("http://{proxy}/"))
+        .body(empty())
+        .unwrap();
     let _ = send(&http1_client(), request).await;
     assert_eq!(weir.state().stats.responses_of_class(5), 4);
     weir.shutdown().await;

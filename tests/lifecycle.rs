@@ -64,7 +64,11 @@ async fn drain_deadline_closes_what_is_left() {
     let proxy = weir.listener_addr("http").unwrap();
     let in_flight = tokio::spawn(async move {
         http1_client()
-            .request(Request::get(format!("http://{proxy}/")).body(empty()).unwrap())
+            .request(
+                Request::get(format!("http://{proxy}/"))
+                    .body(empty())
+                    .unwrap(),
+            )
             .await
     });
     arrived.notified().await;
@@ -73,7 +77,10 @@ async fn drain_deadline_closes_what_is_left() {
     assert!(!report.completed);
     assert_eq!(report.aborted_connections, 1);
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(in_flight.await.unwrap().is_err(), "aborted request must fail");
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "aborted request must fail"
+    );
 }
 
 #[tokio::test]
@@ -120,10 +127,16 @@ async fn sigterm_drains_the_real_binary_and_exits_zero() {
     let reply = in_flight.await.unwrap();
     assert_eq!(reply.status, 200, "in-flight request survives SIGTERM");
     assert_eq!(reply.text(), "finished");
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(exit.code(), Some(0));
     let logs = log_reader.join().unwrap();
-    assert!(logs.iter().any(|l| l.contains("SIGTERM: draining")), "{logs:#?}");
+    assert!(
+        logs.iter().any(|l| l.contains("SIGTERM: draining")),
+        "{logs:#?}"
+    );
 }
 
 #[tokio::test]
@@ -173,7 +186,11 @@ endpoints = [{{ address = "{}" }}]
     drop(held.pop());
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let reply = raw_exchange(proxy, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+        let reply = raw_exchange(
+            proxy,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         if reply.starts_with("HTTP/1.1 200") {
             break;
         }
@@ -199,13 +216,15 @@ async fn time_until_closed(stream: &mut TcpStream, limit: Duration) -> Duration 
 #[tokio::test]
 async fn slow_request_headers_are_cut_at_the_header_timeout() {
     let up = named_upstream("a").await;
-    let config =
-        simple_config(&[up.addr], "") + "\n[server]\nrequest_header_timeout = \"300ms\"\n";
+    let config = simple_config(&[up.addr], "") + "\n[server]\nrequest_header_timeout = \"300ms\"\n";
     let weir = weir(&config).await;
     let mut stream = TcpStream::connect(weir.listener_addr("http").unwrap())
         .await
         .unwrap();
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
     let waited = time_until_closed(&mut stream, Duration::from_secs(5)).await;
     assert!(waited >= Duration::from_millis(250), "{waited:?}");
     weir.shutdown().await;
@@ -220,7 +239,10 @@ async fn idle_keep_alive_connections_are_closed() {
     let mut stream = TcpStream::connect(weir.listener_addr("http").unwrap())
         .await
         .unwrap();
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 1024];
     let n = stream.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));

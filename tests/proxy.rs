@@ -110,7 +110,13 @@ async fn hop_by_hop_headers_are_removed_from_requests() {
     let response = raw_exchange(proxy, raw.as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let lower = response.to_ascii_lowercase();
-    for gone in ["x-secret", "keep-alive:", "te:", "proxy-authorization", "upgrade:"] {
+    for gone in [
+        "x-secret",
+        "keep-alive:",
+        "te:",
+        "proxy-authorization",
+        "upgrade:",
+    ] {
         assert!(
             !lower.contains(&format!("\n{gone}")),
             "{gone} reached the upstream:\n{response}"
@@ -284,7 +290,11 @@ async fn response_bodies_stream_without_buffering() {
     let weir = weir(&simple_config(&[up.addr], "")).await;
     let proxy = weir.listener_addr("http").unwrap();
     let response = http1_client()
-        .request(Request::get(format!("http://{proxy}/big")).body(empty()).unwrap())
+        .request(
+            Request::get(format!("http://{proxy}/big"))
+                .body(empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(response.status(), 200);

@@ -52,7 +52,11 @@ fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         toml::Deserializer::parse(text).map_err(|e| parse_error("(syntax)".into(), &e))?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let key = e.path().to_string();
-        let key = if key == "." { "(top level)".into() } else { key };
+        let key = if key == "." {
+            "(top level)".into()
+        } else {
+            key
+        };
         parse_error(key, e.inner())
     })
 }

@@ -138,7 +138,10 @@ fn check_pools(config: &Config, problems: &mut Vec<Problem>) {
             if endpoint.weight == 0 || endpoint.weight > MAX_WEIGHT {
                 problems.push(Problem::new(
                     format!("{ekey}.weight"),
-                    format!("must be between 1 and {MAX_WEIGHT}, got {}", endpoint.weight),
+                    format!(
+                        "must be between 1 and {MAX_WEIGHT}, got {}",
+                        endpoint.weight
+                    ),
                 ));
             }
         }

@@ -79,10 +79,15 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         .expect("the demo config names its listener \"http\"");
     let admin = running.admin_addr();
 
-    let targets: Vec<Uri> = ["/api/orders/1", "/api/orders/2", "/api/users/7", "/static/logo.svg"]
-        .iter()
-        .filter_map(|path| format!("http://{proxy}{path}").parse().ok())
-        .collect();
+    let targets: Vec<Uri> = [
+        "/api/orders/1",
+        "/api/orders/2",
+        "/api/users/7",
+        "/static/logo.svg",
+    ]
+    .iter()
+    .filter_map(|path| format!("http://{proxy}{path}").parse().ok())
+    .collect();
     let load = loadtest::run(LoadOptions {
         targets,
         requests: options.requests,
@@ -130,6 +135,7 @@ address = "127.0.0.1:0"
 
 [admin]
 address = "127.0.0.1:0"
+token = "{token}"
 
 [[routes]]
 name = "static"
@@ -149,9 +155,17 @@ response_timeout = "5s"
 [pools.static]
 endpoints = [{fast}]
 "#,
+        token = demo_token(),
         all = endpoint_list(&all),
         fast = endpoint_list(&fast),
     )
+}
+
+/// A throw-away admin token for this run only.
+fn demo_token() -> String {
+    (0..32)
+        .map(|_| char::from(b"0123456789abcdef"[fastrand::usize(..16)]))
+        .collect()
 }
 
 async fn probe_ready(admin: std::net::SocketAddr) -> bool {
@@ -211,7 +225,11 @@ impl fmt::Display for DemoSummary {
             "  proxy  http://{}   admin http://{} (/readyz: {})",
             self.proxy_address,
             self.admin_address,
-            if self.admin_ready { "ready" } else { "NOT ready" }
+            if self.admin_ready {
+                "ready"
+            } else {
+                "NOT ready"
+            }
         )?;
         writeln!(
             f,

@@ -70,8 +70,14 @@ mod tests {
     async fn in_flight_request_is_never_idle() {
         let activity = Arc::new(ConnActivity::default());
         let guard = activity.begin_request();
-        let idle = tokio::time::timeout(Duration::from_secs(600), activity.idle(Duration::from_secs(10)));
-        assert!(idle.await.is_err(), "a connection with a request in flight went idle");
+        let idle = tokio::time::timeout(
+            Duration::from_secs(600),
+            activity.idle(Duration::from_secs(10)),
+        );
+        assert!(
+            idle.await.is_err(),
+            "a connection with a request in flight went idle"
+        );
         drop(guard);
         let start = tokio::time::Instant::now();
         activity.idle(Duration::from_secs(10)).await;

@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{ForwardedForMode, HeadersConfig};
 
@@ -167,7 +167,8 @@ impl HeaderPolicy {
 
 /// Whether `s` can sit in a quoted-string without escaping.
 fn is_quotable(s: &str) -> bool {
-    s.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    s.bytes()
+        .all(|b| (0x21..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
 /// Keeps a client's request id when it is sane, otherwise makes a new one.
@@ -221,7 +222,12 @@ mod tests {
     #[test]
     fn strips_standard_and_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert("connection", "keep-alive, x-secret, Content-Length, host".parse().unwrap());
+        h.insert(
+            "connection",
+            "keep-alive, x-secret, Content-Length, host"
+                .parse()
+                .unwrap(),
+        );
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
@@ -232,7 +238,9 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(h.len(), 3, "{left:?}");
-        assert!(h.contains_key("x-keep") && h.contains_key("content-length") && h.contains_key("host"));
+        assert!(
+            h.contains_key("x-keep") && h.contains_key("content-length") && h.contains_key("host")
+        );
     }
 
     #[test]
@@ -261,7 +269,12 @@ mod tests {
     fn rfc7239_forwarded_quotes_ipv6_and_host() {
         let mut h = HeaderMap::new();
         let ip: IpAddr = "::1".parse().unwrap();
-        policy(ForwardedForMode::Append, true).add_forwarding(&mut h, ip, "http", Some("a.example:8080"));
+        policy(ForwardedForMode::Append, true).add_forwarding(
+            &mut h,
+            ip,
+            "http",
+            Some("a.example:8080"),
+        );
         assert_eq!(
             h["forwarded"],
             "for=\"[::1]\";proto=http;by=weir;host=\"a.example:8080\""
@@ -284,7 +297,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-request-id", "abc-123".parse().unwrap());
         assert_eq!(request_id(&h, &name), "abc-123");
-        h.insert("x-request-id", HeaderValue::from_bytes(b"bad value").unwrap());
+        h.insert(
+            "x-request-id",
+            HeaderValue::from_bytes(b"bad value").unwrap(),
+        );
         let fresh = request_id(&h, &name);
         assert_eq!(fresh.len(), 32);
         assert_ne!(new_request_id(), new_request_id());

@@ -48,10 +48,7 @@ impl ProxyService {
         let snapshot = self.state.snapshot.load_full();
         let request_id = headers::request_id(req.headers(), &snapshot.headers.request_id);
         let method = req.method().clone();
-        let mut response = match self
-            .forward(&snapshot, req, &request_id, conn_guard)
-            .await
-        {
+        let mut response = match self.forward(&snapshot, req, &request_id, conn_guard).await {
             Ok(response) => response,
             Err(failure) => {
                 let status = failure.error.status();
@@ -148,19 +145,16 @@ impl ProxyService {
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(endpoint.authority.clone());
         uri.path_and_query = Some(path_and_query);
-        parts.uri = Uri::from_parts(uri).map_err(|_| {
-            failure(ProxyError::BadRequest("invalid request target"), None)
-        })?;
+        parts.uri = Uri::from_parts(uri)
+            .map_err(|_| failure(ProxyError::BadRequest("invalid request target"), None))?;
         parts.version = Version::HTTP_11;
 
         let endpoint_guard = endpoint.begin_request();
         let started = Instant::now();
         let upstream_request = Request::from_parts(parts, body);
-        let outcome = tokio::time::timeout(
-            pool.response_timeout,
-            pool.client.request(upstream_request),
-        )
-        .await;
+        let outcome =
+            tokio::time::timeout(pool.response_timeout, pool.client.request(upstream_request))
+                .await;
         let response = match outcome {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => {

@@ -35,7 +35,11 @@ impl Pool {
             .filter_map(|e| {
                 // Validation has already rejected bad addresses; skip defensively.
                 let authority = parse_endpoint_address(&e.address).ok()?;
-                Some(Arc::new(Endpoint::new(e.address.clone(), authority, e.weight)))
+                Some(Arc::new(Endpoint::new(
+                    e.address.clone(),
+                    authority,
+                    e.weight,
+                )))
             })
             .collect();
         Self {

@@ -1,0 +1,92 @@
+//! The admin port: open probes, token-protected API.
+
+mod common;
+
+use common::*;
+use http::Request;
+
+fn config_with_admin(upstream: std::net::SocketAddr, token_line: &str) -> String {
+    simple_config(&[upstream], "")
+        + &format!("\n[admin]\naddress = \"127.0.0.1:0\"\n{token_line}\n")
+}
+
+#[tokio::test]
+async fn probes_are_open_and_the_api_needs_the_token() {
+    let up = named_upstream("a").await;
+    let weir = weir(&config_with_admin(
+        up.addr,
+        "token = \"0123456789abcdef0123\"",
+    ))
+    .await;
+    let admin = weir.admin_addr().unwrap();
+    let proxy = weir.listener_addr("http").unwrap();
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    assert_eq!(get(admin, "/readyz").await.text(), "ready\n");
+
+    assert_eq!(get(admin, "/api/v1/pools").await.status, 401);
+    let wrong = Request::get(format!("http://{admin}/api/v1/pools"))
+        .header("authorization", "Bearer 0123456789abcdef0124")
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&http1_client(), wrong).await.status, 401);
+
+    assert_eq!(get(proxy, "/").await.status, 200);
+    let right = Request::get(format!("http://{admin}/api/v1/pools"))
+        .header("authorization", "Bearer 0123456789abcdef0123")
+        .body(empty())
+        .unwrap();
+    let reply = send(&http1_client(), right).await;
+    assert_eq!(reply.status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let endpoint = &json["pools"][0]["endpoints"][0];
+    assert_eq!(json["pools"][0]["name"], "main");
+    assert_eq!(json["pools"][0]["strategy"], "round_robin");
+    assert_eq!(endpoint["address"], up.addr.to_string());
+    assert_eq!(endpoint["requests"], 1);
+    assert_eq!(endpoint["responses"]["2xx"], 1);
+    assert_eq!(endpoint["in_flight"], 0);
+    weir.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_token_the_api_is_closed() {
+    let up = named_upstream("a").await;
+    let weir = weir(&config_with_admin(
+        up.addr,
+        "token_env = \"WEIR_TEST_TOKEN_THAT_IS_NOT_SET\"",
+    ))
+    .await;
+    let admin = weir.admin_addr().unwrap();
+    let request = Request::get(format!("http://{admin}/api/v1/pools"))
+        .header("authorization", "Bearer ")
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&http1_client(), request).await.status, 401);
+    weir.shutdown().await;
+}
+
+#[tokio::test]
+async fn readyz_reports_draining_while_requests_finish() {
+    let arrived = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signal = arrived.clone();
+    let up = upstream(move |_req| {
+        let signal = signal.clone();
+        async move {
+            signal.notify_one();
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            http::Response::new(full("done"))
+        }
+    })
+    .await;
+    let weir = weir(&config_with_admin(up.addr, "")).await;
+    let admin = weir.admin_addr().unwrap();
+    let proxy = weir.listener_addr("http").unwrap();
+    let in_flight = tokio::spawn(async move { get(proxy, "/").await });
+    arrived.notified().await;
+    let shutdown = tokio::spawn(weir.shutdown());
+    let ready = get(admin, "/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.text(), "draining\n");
+    assert_eq!(in_flight.await.unwrap().status, 200);
+    assert!(shutdown.await.unwrap().completed);
+}

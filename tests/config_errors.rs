@@ -1,0 +1,233 @@
+//! A bad config gives one clear error naming file, key and reason; `check-config` exits 2.
+
+use std::path::Path;
+use std::process::Command;
+
+use weir::config::{ConfigError, load_str};
+
+const GOOD: &str = r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:8080"
+
+[[routes]]
+pool = "api"
+
+[pools.api]
+endpoints = [{ address = "127.0.0.1:9001" }]
+"#;
+
+fn error_for(text: &str) -> String {
+    match load_str(text, Path::new("config/weir.toml")) {
+        Ok(_) => panic!("config should have been rejected:\n{text}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+#[test]
+fn the_baseline_is_valid() {
+    let config = load_str(GOOD, Path::new("good.toml")).unwrap();
+    assert_eq!(config.pools["api"].endpoints[0].weight, 1);
+    assert_eq!(
+        config.server.drain_timeout,
+        weir::config::defaults::DEFAULT_DRAIN_TIMEOUT
+    );
+}
+
+#[test]
+fn unknown_pool_names_file_key_and_suggests() {
+    let text = GOOD.replace("pool = \"api\"", "pool = \"apii\"");
+    assert_eq!(
+        error_for(&text),
+        "config/weir.toml: routes[0].pool: unknown pool \"apii\" (did you mean \"api\"?)"
+    );
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_path() {
+    let text = GOOD.replace(
+        "endpoints = [{ address = \"127.0.0.1:9001\" }]",
+        "endpoints = [{ address = \"127.0.0.1:9001\", wieght = 3 }]",
+    );
+    let err = error_for(&text);
+    assert!(
+        err.starts_with("config/weir.toml: pools.api.endpoints[0].wieght (line 10, column"),
+        "{err}"
+    );
+    assert!(err.contains("unknown field `wieght`"), "{err}");
+}
+
+#[test]
+fn bad_listener_address() {
+    let err = error_for(&GOOD.replace("127.0.0.1:8080", "localhost"));
+    assert!(
+        err.starts_with("config/weir.toml: listeners[0].address (line 4"),
+        "{err}"
+    );
+    assert!(err.contains("invalid socket address"), "{err}");
+}
+
+#[test]
+fn bad_endpoint_address() {
+    let err = error_for(&GOOD.replace("127.0.0.1:9001", "http://backend"));
+    assert_eq!(
+        err,
+        "config/weir.toml: pools.api.endpoints[0].address: \"http://backend\": give host:port without a scheme or path"
+    );
+    let err = error_for(&GOOD.replace("127.0.0.1:9001", "backend"));
+    assert!(
+        err.ends_with("\"backend\" needs a port between 1 and 65535"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let text = GOOD.to_owned() + "connect_timeout = \"fast\"\n";
+    let err = error_for(&text);
+    assert!(
+        err.starts_with("config/weir.toml: pools.api.connect_timeout"),
+        "{err}"
+    );
+}
+
+#[test]
+fn zero_weight_and_zero_timeout() {
+    let text = GOOD.replace(
+        "{ address = \"127.0.0.1:9001\" }",
+        "{ address = \"127.0.0.1:9001\", weight = 0 }",
+    ) + "response_timeout = \"0s\"\n";
+    let err = load_str(&text, Path::new("w.toml")).unwrap_err();
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "pools.api.endpoints[0].weight",
+            "pools.api.response_timeout"
+        ],
+        "every problem is reported, not just the first"
+    );
+}
+
+#[test]
+fn unknown_strategy() {
+    let text = GOOD.to_owned() + "strategy = \"fastest\"\n";
+    let err = error_for(&text);
+    assert!(
+        err.starts_with("config/weir.toml: pools.api.strategy"),
+        "{err}"
+    );
+    assert!(err.contains("unknown variant `fastest`"), "{err}");
+}
+
+#[test]
+fn missing_sections() {
+    assert_eq!(
+        error_for(""),
+        "config/weir.toml: listeners: at least one [[listeners]] entry is required; \
+         routes: at least one [[routes]] entry is required"
+    );
+}
+
+#[test]
+fn syntax_errors_give_a_line() {
+    let err = error_for("[[listeners]\nname = 1\n");
+    assert!(
+        err.starts_with("config/weir.toml: (syntax) (line 1, column"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_types_are_named() {
+    let err = error_for(&GOOD.replace("name = \"http\"", "name = 7"));
+    assert!(
+        err.starts_with("config/weir.toml: listeners[0].name"),
+        "{err}"
+    );
+    assert!(err.contains("invalid type"), "{err}");
+}
+
+#[test]
+fn duplicate_listeners_and_bad_hosts() {
+    let text = GOOD.to_owned()
+        + "\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:8080\"\n\
+           \n[[routes]]\nhost = \"a.*.com\"\npath_prefix = \"api\"\npool = \"api\"\n";
+    let err = load_str(&text, Path::new("w.toml")).unwrap_err();
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "listeners[1].name",
+            "listeners[1].address",
+            "routes[1].path_prefix",
+            "routes[1].host"
+        ]
+    );
+}
+
+#[test]
+fn cache_placeholder_refuses_to_pretend() {
+    let err = error_for(&(GOOD.to_owned() + "\n[cache]\nenabled = true\n"));
+    assert!(
+        err.contains("cache.enabled: the HTTP cache is not available"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let err = weir::config::load_file(Path::new("/nonexistent/weir.toml")).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/weir.toml: cannot read:")
+    );
+}
+
+#[test]
+fn check_config_exit_codes() {
+    let bin = env!("CARGO_BIN_EXE_weir");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/weir.toml");
+    let ok = Command::new(bin)
+        .arg("check-config")
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains(": ok ("));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, GOOD.replace("pool = \"api\"", "pool = \"apii\"")).unwrap();
+    let out = Command::new(bin)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "{}: routes[0].pool: unknown pool \"apii\" (did you mean \"api\"?)",
+            bad.display()
+        )
+    );
+
+    let serve = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(
+        serve.status.code(),
+        Some(2),
+        "serve refuses a bad config too"
+    );
+}
