@@ -84,7 +84,15 @@ async fn readyz_reports_draining_while_requests_finish() {
     let in_flight = tokio::spawn(async move { get(proxy, "/").await });
     arrived.notified().await;
     let shutdown = tokio::spawn(weir.shutdown());
-    let ready = get(admin, "/readyz").await;
+    // The drain starts on another task; poll (bounded) until readiness flips.
+    let mut ready = get(admin, "/readyz").await;
+    for _ in 0..40 {
+        if ready.status == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        ready = get(admin, "/readyz").await;
+    }
     assert_eq!(ready.status, 503);
     assert_eq!(ready.text(), "draining\n");
     assert_eq!(in_flight.await.unwrap().status, 200);
