@@ -31,7 +31,10 @@ async fn demo_serves_every_request_through_every_endpoint() {
         .iter()
         .find(|e| e.upstream == "gamma-slow")
         .unwrap();
-    assert!(slow.mean_latency_ms >= 25.0, "slow upstream shows its delay");
+    assert!(
+        slow.mean_latency_ms >= 25.0,
+        "slow upstream shows its delay"
+    );
     let printed = summary.to_string();
     assert!(printed.contains("latency p50"), "{printed}");
     assert!(printed.contains("gamma-slow"), "{printed}");

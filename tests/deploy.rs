@@ -17,10 +17,9 @@ fn example_config_is_valid() {
 
 #[test]
 fn compose_file_names_the_services_and_mounts_the_config() {
-    let compose = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml"),
-    )
-    .unwrap();
+    let compose =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml"))
+            .unwrap();
     for needle in [
         "weir:",
         "redis:",
@@ -29,6 +28,9 @@ fn compose_file_names_the_services_and_mounts_the_config() {
         "./deploy/weir.compose.toml:/etc/weir/weir.toml",
         "127.0.0.1:9901:9901",
     ] {
-        assert!(compose.contains(needle), "docker-compose.yml lacks {needle}");
+        assert!(
+            compose.contains(needle),
+            "docker-compose.yml lacks {needle}"
+        );
     }
 }

@@ -143,3 +143,45 @@ async fn preserve_host_false_sends_the_endpoint_address() {
     assert_eq!(reply.text(), up.addr.to_string());
     weir.shutdown().await;
 }
+
+#[tokio::test]
+async fn absolute_form_target_wins_over_the_host_header() {
+    let internal = named_upstream("internal").await;
+    let public = upstream(|req| async move {
+        let host = req.headers()["host"].to_str().unwrap().to_owned();
+        http::Response::builder()
+            .header("x-upstream", "public")
+            .body(full(host))
+            .unwrap()
+    })
+    .await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+[[routes]]
+host = "internal.example"
+pool = "internal"
+[[routes]]
+pool = "public"
+[pools.internal]
+endpoints = [{{ address = "{}" }}]
+[pools.public]
+endpoints = [{{ address = "{}" }}]
+"#,
+        internal.addr, public.addr
+    );
+    let weir = weir(&config).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    // Routed by the target (public), so the upstream must not see the other Host.
+    let reply = raw_exchange(
+        proxy,
+        b"GET http://public.example/x HTTP/1.1\r\nHost: internal.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("x-upstream: public"), "{reply}");
+    assert!(reply.ends_with("public.example"), "{reply}");
+    weir.shutdown().await;
+}

@@ -109,14 +109,17 @@ impl ProxyService {
                 .ok_or_else(|| failure(ProxyError::NoEndpoint(pool.name.clone()), None))?
         };
 
-        // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need a Host header.
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(value) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, value);
+        // The target's authority (HTTP/2 :authority, HTTP/1.1 absolute-form) is what the
+        // route was chosen by, so it replaces any Host header (RFC 9112 §3.2.2); HTTP/1.1
+        // upstreams need it as a Host header in any case.
+        if let Some(authority) = parts.uri.authority() {
+            let matches = parts
+                .headers
+                .get(header::HOST)
+                .is_some_and(|h| h.as_bytes() == authority.as_str().as_bytes());
+            if !matches && let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, value);
+            }
         }
         let client_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);
