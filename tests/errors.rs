@@ -143,3 +143,68 @@ async fn proxy_counts_responses_by_class() {
     assert_eq!(weir.state().stats.responses_of_class(5), 4);
     weir.shutdown().await;
 }
+
+#[tokio::test]
+async fn connect_timeout_is_504() {
+    // A listener that never accepts, with its backlog filled: the kernel drops further SYNs,
+    // so connecting hangs until the connect timeout — all on loopback.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_millis(100),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(stream);
+        }
+    }
+    let weir = weir(&simple_config(&[addr], "connect_timeout = \"300ms\"")).await;
+    let started = std::time::Instant::now();
+    let reply = get(weir.listener_addr("http").unwrap(), "/").await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(
+        reply.text(),
+        "504 Gateway Timeout: upstream connect timed out\n"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    drop(listener);
+    weir.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(full("ok")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let weir = weir(&simple_config(&[addr], "")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    for _ in 0..50 {
+        assert_eq!(get(proxy, "/").await.status, 200);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection for 50 sequential requests"
+    );
+    weir.shutdown().await;
+}
