@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AdminConfig;
 use crate::proxy::ProxyState;
+use crate::upstream::Pool;
 
 #[derive(Clone)]
 pub struct AdminContext {
@@ -80,45 +81,72 @@ async fn pools(State(ctx): State<AdminContext>, headers: HeaderMap) -> Response 
     let pools: Vec<Value> = snapshot
         .pools
         .values()
-        .map(|pool| {
-            let endpoints: Vec<Value> = pool
-                .endpoints()
-                .iter()
-                .map(|ep| {
-                    let s = &ep.stats;
-                    let responses = ep.total_responses();
-                    let mean_ms = if responses == 0 {
-                        0.0
-                    } else {
-                        s.latency_micros_total.load(Relaxed) as f64 / responses as f64 / 1000.0
-                    };
-                    json!({
-                        "address": ep.address,
-                        "weight": ep.weight(),
-                        "state": ep.state().as_str(),
-                        "in_flight": ep.in_flight(),
-                        "requests": s.requests.load(Relaxed),
-                        "responses": {
-                            "1xx": s.responses[0].load(Relaxed),
-                            "2xx": s.responses[1].load(Relaxed),
-                            "3xx": s.responses[2].load(Relaxed),
-                            "4xx": s.responses[3].load(Relaxed),
-                            "5xx": s.responses[4].load(Relaxed),
-                        },
-                        "connect_errors": s.connect_errors.load(Relaxed),
-                        "timeouts": s.timeouts.load(Relaxed),
-                        "protocol_errors": s.protocol_errors.load(Relaxed),
-                        "mean_latency_ms": mean_ms,
-                    })
-                })
-                .collect();
-            json!({ "name": pool.name, "strategy": pool.strategy(), "endpoints": endpoints })
-        })
+        .map(|pool| pool_json(pool))
         .collect();
     Json(json!({ "pools": pools })).into_response()
 }
 
 /// Whether the request carries the configured bearer token.
+/// A pool and its endpoints: each endpoint's state, why it is in it, and the inputs the
+/// balancer uses.
+fn pool_json(pool: &Pool) -> Value {
+    let now = pool.now_ms();
+    let endpoints: Vec<Value> = pool
+        .endpoints()
+        .iter()
+        .map(|ep| {
+            let s = &ep.stats;
+            let responses = ep.total_responses();
+            let mean_ms = if responses == 0 {
+                0.0
+            } else {
+                s.latency_micros_total.load(Relaxed) as f64 / responses as f64 / 1000.0
+            };
+            let transition = ep.last_transition();
+            json!({
+                "address": ep.address,
+                "weight": ep.weight(),
+                "state": ep.state(now).as_str(),
+                "reason": transition.reason,
+                "since": humantime::format_rfc3339_seconds(transition.at).to_string(),
+                "health_check_passing": ep.is_healthy_by_checks(),
+                "breaker": ep.breaker_state(now).as_str(),
+                "slow_start_factor": ep.slow_start_factor(now),
+                "in_flight": ep.in_flight(),
+                "latency_ewma_ms": ep.latency_ms(now),
+                "error_rate": ep.error_rate(now),
+                "failure_rate": ep.failure_rate(now),
+                "score_cost": pool.cost(ep),
+                "requests": s.requests.load(Relaxed),
+                "responses": {
+                    "1xx": s.responses[0].load(Relaxed),
+                    "2xx": s.responses[1].load(Relaxed),
+                    "3xx": s.responses[2].load(Relaxed),
+                    "4xx": s.responses[3].load(Relaxed),
+                    "5xx": s.responses[4].load(Relaxed),
+                },
+                "connect_errors": s.connect_errors.load(Relaxed),
+                "timeouts": s.timeouts.load(Relaxed),
+                "protocol_errors": s.protocol_errors.load(Relaxed),
+                "ejections": s.ejections.load(Relaxed),
+                "mean_latency_ms": mean_ms,
+            })
+        })
+        .collect();
+    let stats = &pool.stats;
+    json!({
+        "name": pool.name,
+        "strategy": pool.strategy(),
+        "in_flight": stats.in_flight.load(Relaxed),
+        "requests": stats.requests.load(Relaxed),
+        "retries": stats.retries.load(Relaxed),
+        "retry_budget_exhausted": stats.retry_budget_exhausted.load(Relaxed),
+        "panic_picks": stats.panic_picks.load(Relaxed),
+        "capacity_rejections": stats.capacity_rejections.load(Relaxed),
+        "endpoints": endpoints,
+    })
+}
+
 fn authorized(ctx: &AdminContext, headers: &HeaderMap) -> bool {
     let Some(expected) = &ctx.token else {
         return false;

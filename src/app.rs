@@ -102,8 +102,18 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             tracker.clone(),
         ));
     }
-    // The admin port outlives the drain so /readyz can report it; it stops last.
+    // The admin port and health checks outlive the drain (so /readyz can report it and
+    // endpoints keep their health); they stop last.
     let admin_stop = CancellationToken::new();
+    for pool in state.snapshot.load().pools.values() {
+        if let Some(check) = &pool.health_check {
+            tokio::spawn(crate::upstream::health::run(
+                Arc::clone(pool),
+                check.clone(),
+                admin_stop.clone(),
+            ));
+        }
+    }
     let (admin, admin_task) = match (admin_listener, &config.admin) {
         (Some(socket), Some(admin_config)) => {
             let address = socket.local_addr().unwrap_or(admin_config.address);

@@ -20,12 +20,13 @@ async fn refused_connection_is_502() {
     assert_eq!(reply.header("x-request-id").map(str::len), Some(32));
     let snapshot = weir.state().snapshot.load();
     let endpoint = &snapshot.pools["main"].endpoints()[0];
+    // One attempt and the two default retries (the only endpoint, so the same one).
     assert_eq!(
         endpoint
             .stats
             .connect_errors
             .load(std::sync::atomic::Ordering::Relaxed),
-        1
+        3
     );
     drop(snapshot);
     weir.shutdown().await;

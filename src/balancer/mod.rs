@@ -1,6 +1,11 @@
-//! Endpoint selection. Each strategy lives in its own file behind [`Balancer`].
+//! Endpoint selection. Each strategy lives in its own file behind [`Balancer`]; the rule
+//! for which endpoints may be picked at all ([`PickContext::usable`]) is shared.
 
+mod consistent_hash;
+mod least_connections;
 mod round_robin;
+mod score;
+mod weighted;
 
 use std::fmt::Debug;
 use std::net::IpAddr;
@@ -8,9 +13,13 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
+pub use consistent_hash::{ConsistentHash, cookie as cookie_value};
+pub use least_connections::LeastConnections;
 pub use round_robin::RoundRobin;
+pub use score::Score;
+pub use weighted::Weighted;
 
-use crate::config::Strategy;
+use crate::config::{PoolConfig, Strategy};
 use crate::upstream::Endpoint;
 
 /// What a strategy may look at about the request being placed.
@@ -18,25 +27,133 @@ use crate::upstream::Endpoint;
 pub struct PickContext<'a> {
     pub client_ip: IpAddr,
     pub headers: &'a HeaderMap,
+    pub now_ms: u64,
+    /// Endpoints this request already tried: a retry goes elsewhere.
+    pub exclude: &'a [Arc<Endpoint>],
+    /// Per-endpoint in-flight limit (bulkhead); 0 = none.
+    pub max_in_flight: u64,
+    /// Changes whenever the pool's endpoints or weights change, for cached tables.
+    pub generation: u64,
+    /// Panic mode: every non-draining endpoint is usable whatever its health.
+    pub ignore_health: bool,
 }
 
-/// Chooses the endpoint for one request. Implementations keep their own state in atomics:
-/// `pick` runs on every request, concurrently, and must not take a lock shared by the pool.
+impl PickContext<'_> {
+    /// Whether `endpoint` may take this request.
+    pub fn usable(&self, endpoint: &Arc<Endpoint>) -> bool {
+        let healthy_enough = if self.ignore_health {
+            !endpoint.is_draining()
+        } else {
+            endpoint.is_available(self.now_ms)
+        };
+        healthy_enough
+            && (self.max_in_flight == 0 || endpoint.in_flight() < self.max_in_flight)
+            && !self.exclude.iter().any(|e| Arc::ptr_eq(e, endpoint))
+    }
+
+    /// Slow start as a coin toss: an endpoint at 30 % of its ramp is accepted 30 % of the
+    /// time when a strategy offers it.
+    pub fn accepts_ramping(&self, endpoint: &Endpoint) -> bool {
+        let factor = endpoint.slow_start_factor(self.now_ms);
+        factor >= 1.0 || fastrand::f64() < factor
+    }
+}
+
+/// Chooses the endpoint for one request. Implementations keep their own state in atomics
+/// or swapped tables: `pick` runs on every request, concurrently, and must not take a lock.
 pub trait Balancer: Send + Sync + Debug {
     /// The strategy's config name, e.g. `round_robin`.
     fn strategy(&self) -> &'static str;
 
-    /// Picks one of `endpoints` that [`Endpoint::is_available`], or `None` when none is.
+    /// Picks one of `endpoints` that is [`PickContext::usable`], or `None` when none is.
     fn pick<'e>(
         &self,
         endpoints: &'e [Arc<Endpoint>],
         ctx: &PickContext<'_>,
     ) -> Option<&'e Arc<Endpoint>>;
+
+    /// The strategy's current cost of an endpoint, lower is better, for operators; `None`
+    /// for strategies without one.
+    fn cost(&self, _endpoint: &Endpoint, _now_ms: u64) -> Option<f64> {
+        None
+    }
 }
 
 /// Builds the balancer a pool's config asks for.
-pub fn for_strategy(strategy: Strategy) -> Box<dyn Balancer> {
-    match strategy {
+pub fn for_pool(config: &PoolConfig) -> Box<dyn Balancer> {
+    match config.strategy {
         Strategy::RoundRobin => Box::new(RoundRobin::default()),
+        Strategy::Weighted => Box::new(Weighted::default()),
+        Strategy::LeastConnections => Box::new(LeastConnections),
+        Strategy::Score => Box::new(Score::new(&config.score)),
+        Strategy::ConsistentHash => Box::new(ConsistentHash::new(config.hash.as_ref())),
+    }
+}
+
+/// The better of two random usable endpoints by `cost` (lower wins). Pools of three or
+/// fewer are scanned exactly; larger ones sample, and scan if sampling keeps missing.
+pub(crate) fn best_of_two<'e>(
+    endpoints: &'e [Arc<Endpoint>],
+    ctx: &PickContext<'_>,
+    cost: impl Fn(&Endpoint) -> f64,
+) -> Option<&'e Arc<Endpoint>> {
+    let n = endpoints.len();
+    if n > 3 {
+        for _ in 0..4 {
+            let i = fastrand::usize(..n);
+            let j = (i + 1 + fastrand::usize(..n - 1)) % n;
+            let (a, b) = (&endpoints[i], &endpoints[j]);
+            if ctx.usable(a) && ctx.usable(b) {
+                return Some(if cost(b) < cost(a) { b } else { a });
+            }
+        }
+    }
+    let start = fastrand::usize(..n.max(1));
+    (0..n)
+        .map(|k| &endpoints[(start + k) % n])
+        .filter(|e| ctx.usable(e))
+        .min_by(|a, b| cost(a).total_cmp(&cost(b)))
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    pub fn endpoints(weights: &[u32]) -> Vec<Arc<Endpoint>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                Arc::new(Endpoint::with_defaults(&format!("127.0.0.1:{}", 1000 + i), w).unwrap())
+            })
+            .collect()
+    }
+
+    pub fn ctx(headers: &HeaderMap) -> PickContext<'_> {
+        PickContext {
+            client_ip: [127, 0, 0, 1].into(),
+            headers,
+            now_ms: 0,
+            exclude: &[],
+            max_in_flight: 0,
+            generation: 0,
+            ignore_health: false,
+        }
+    }
+
+    /// Picks `n` times and counts by endpoint index.
+    pub fn tally(
+        b: &dyn Balancer,
+        eps: &[Arc<Endpoint>],
+        ctx: &PickContext<'_>,
+        n: usize,
+    ) -> Vec<usize> {
+        let mut counts = vec![0; eps.len()];
+        for _ in 0..n {
+            let picked = b.pick(eps, ctx).expect("an endpoint");
+            let i = eps.iter().position(|e| Arc::ptr_eq(e, picked)).unwrap();
+            counts[i] += 1;
+        }
+        counts
     }
 }

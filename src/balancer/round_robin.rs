@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use super::{Balancer, PickContext};
 use crate::upstream::Endpoint;
 
-/// Each available endpoint in turn. Unavailable endpoints are skipped without giving their
-/// turn to the next one twice in a row.
+/// Each usable endpoint in turn. Unusable endpoints are skipped without giving their turn
+/// to the next one twice in a row.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
     next: AtomicUsize,
@@ -19,87 +19,93 @@ impl Balancer for RoundRobin {
     fn pick<'e>(
         &self,
         endpoints: &'e [Arc<Endpoint>],
-        _ctx: &PickContext<'_>,
+        ctx: &PickContext<'_>,
     ) -> Option<&'e Arc<Endpoint>> {
         let n = endpoints.len();
         if n == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Relaxed);
+        let mut fallback = None;
         for offset in 0..n {
             let candidate = &endpoints[start.wrapping_add(offset) % n];
-            if candidate.is_available() {
+            if !ctx.usable(candidate) {
+                continue;
+            }
+            if ctx.accepts_ramping(candidate) {
                 if offset > 0 {
                     // Move past the skipped ones so the next pick does not land here again.
                     self.next.fetch_add(offset, Relaxed);
                 }
                 return Some(candidate);
             }
+            fallback.get_or_insert(candidate);
         }
-        None
+        fallback
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::EndpointState;
+    use crate::balancer::test_support::*;
     use http::HeaderMap;
-    use std::collections::HashMap;
-
-    fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
-        (0..n)
-            .map(|i| {
-                let addr = format!("127.0.0.1:{}", 1000 + i);
-                Arc::new(Endpoint::new(addr.clone(), addr.parse().unwrap(), 1))
-            })
-            .collect()
-    }
-
-    fn count_picks(rr: &RoundRobin, eps: &[Arc<Endpoint>], picks: usize) -> HashMap<String, usize> {
-        let headers = HeaderMap::new();
-        let ctx = PickContext {
-            client_ip: [127, 0, 0, 1].into(),
-            headers: &headers,
-        };
-        let mut counts = HashMap::new();
-        for _ in 0..picks {
-            let ep = rr.pick(eps, &ctx).expect("an endpoint");
-            *counts.entry(ep.address.clone()).or_default() += 1;
-        }
-        counts
-    }
 
     #[test]
     fn spreads_evenly() {
-        let eps = endpoints(4);
-        let counts = count_picks(&RoundRobin::default(), &eps, 4000);
-        assert_eq!(counts.len(), 4);
-        assert!(counts.values().all(|&c| c == 1000), "{counts:?}");
+        let eps = endpoints(&[1, 1, 1, 1]);
+        let h = HeaderMap::new();
+        let counts = tally(&RoundRobin::default(), &eps, &ctx(&h), 4000);
+        assert_eq!(counts, [1000; 4]);
     }
 
     #[test]
     fn skips_draining_endpoints_evenly() {
-        let eps = endpoints(3);
-        eps[1].set_state(EndpointState::Draining);
-        let counts = count_picks(&RoundRobin::default(), &eps, 3000);
-        assert_eq!(counts.get("127.0.0.1:1001"), None);
-        assert_eq!(counts["127.0.0.1:1000"], 1500);
-        assert_eq!(counts["127.0.0.1:1002"], 1500);
+        let eps = endpoints(&[1, 1, 1]);
+        eps[1].set_draining(true, "test");
+        let h = HeaderMap::new();
+        let counts = tally(&RoundRobin::default(), &eps, &ctx(&h), 3000);
+        assert_eq!(counts, [1500, 0, 1500]);
     }
 
     #[test]
-    fn none_when_nothing_available() {
-        let eps = endpoints(2);
+    fn none_when_nothing_is_usable_and_panic_mode_ignores_health() {
+        let eps = endpoints(&[1, 1]);
         for ep in &eps {
-            ep.set_state(EndpointState::Draining);
+            ep.record_health_check(false, 1, 1, "down");
         }
-        let headers = HeaderMap::new();
-        let ctx = PickContext {
-            client_ip: [127, 0, 0, 1].into(),
-            headers: &headers,
+        let h = HeaderMap::new();
+        let rr = RoundRobin::default();
+        assert!(rr.pick(&eps, &ctx(&h)).is_none());
+        assert!(rr.pick(&[], &ctx(&h)).is_none());
+        let panic = PickContext {
+            ignore_health: true,
+            ..ctx(&h)
         };
-        assert!(RoundRobin::default().pick(&eps, &ctx).is_none());
-        assert!(RoundRobin::default().pick(&[], &ctx).is_none());
+        assert!(rr.pick(&eps, &panic).is_some());
+        eps[0].set_draining(true, "test");
+        eps[1].set_draining(true, "test");
+        assert!(
+            rr.pick(&eps, &panic).is_none(),
+            "panic mode never uses draining endpoints"
+        );
+    }
+
+    #[test]
+    fn excluded_and_full_endpoints_are_skipped() {
+        let eps = endpoints(&[1, 1, 1]);
+        let h = HeaderMap::new();
+        let exclude = [eps[0].clone()];
+        let c = PickContext {
+            exclude: &exclude,
+            ..ctx(&h)
+        };
+        assert_eq!(tally(&RoundRobin::default(), &eps, &c, 100)[0], 0);
+        let _busy = eps[1].begin_request();
+        let c = PickContext {
+            max_in_flight: 1,
+            ..ctx(&h)
+        };
+        assert_eq!(tally(&RoundRobin::default(), &eps, &c, 100)[1], 0);
     }
 }

@@ -38,3 +38,48 @@ pub const DEFAULT_ADMIN_TOKEN_ENV: &str = "WEIR_ADMIN_TOKEN";
 
 /// In-memory cache size when the cache is enabled without a size.
 pub const DEFAULT_CACHE_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Active health checks (HAProxy-like): every 2 s ± 10 %, 1 s timeout, up after 2 passes,
+/// down after 3 failures.
+pub const DEFAULT_HEALTH_PATH: &str = "/healthz";
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_HEALTH_JITTER: f64 = 0.1;
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_HEALTH_RISE: u32 = 2;
+pub const DEFAULT_HEALTH_FALL: u32 = 3;
+
+/// Passive outlier detection / circuit breaker (Envoy-like): 5 consecutive failures eject
+/// for 30 s, longer on each repeat up to 300 s; or a 50 % error rate over at least 20
+/// requests in a 10 s window. Half-open lets 3 probe requests through.
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+pub const DEFAULT_ERROR_RATE_THRESHOLD: f64 = 0.5;
+pub const DEFAULT_ERROR_RATE_MIN_REQUESTS: u32 = 20;
+pub const DEFAULT_ERROR_RATE_WINDOW: Duration = Duration::from_secs(10);
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
+pub const DEFAULT_HALF_OPEN_PROBES: u32 = 3;
+/// Never eject more than this share of a pool (at least one endpoint may always go).
+pub const DEFAULT_MAX_EJECTED_SHARE: f64 = 0.5;
+
+/// Retries: at most 2 more attempts, full-jitter backoff from 25 ms capped at 250 ms,
+/// retries limited to 20 % of requests plus 10 per second.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+pub const DEFAULT_RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
+pub const DEFAULT_RETRY_BACKOFF_CAP: Duration = Duration::from_millis(250);
+pub const DEFAULT_RETRY_BUDGET_RATIO: f64 = 0.2;
+pub const DEFAULT_RETRY_BUDGET_MIN_PER_SECOND: u32 = 10;
+pub const DEFAULT_RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
+/// Request bodies up to this size are buffered so that they can be retried.
+pub const DEFAULT_RETRY_BUFFER_BYTES: u64 = 64 * 1024;
+pub const DEFAULT_RETRY_STATUSES: [u16; 3] = [502, 503, 504];
+
+/// Score strategy inputs (the seeds' composite weights).
+pub const DEFAULT_SCORE_RESPONSE_TIME: f64 = 0.3;
+pub const DEFAULT_SCORE_AVAILABILITY: f64 = 0.2;
+pub const DEFAULT_SCORE_LOAD: f64 = 0.1;
+pub const DEFAULT_SCORE_SUCCESS_RATE: f64 = 0.4;
+/// Decay time constant of the peak-EWMA latency (linkerd/Finagle use 10 s).
+pub const DEFAULT_SCORE_DECAY: Duration = Duration::from_secs(10);
+
+/// Virtual nodes per endpoint of average weight on the consistent-hash ring.
+pub const DEFAULT_HASH_VNODES: u32 = 160;

@@ -122,6 +122,14 @@ pub struct RouteConfig {
 pub enum Strategy {
     #[default]
     RoundRobin,
+    /// Smooth weighted round robin (nginx's algorithm).
+    Weighted,
+    /// Power of two choices on in-flight requests per unit of weight.
+    LeastConnections,
+    /// Peak-EWMA latency × load, penalised by errors (see [`ScoreWeights`]).
+    Score,
+    /// Ring hash on a request key, for session affinity.
+    ConsistentHash,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +151,228 @@ pub struct PoolConfig {
     /// Send the client's `Host` upstream (true) or the endpoint's address (false).
     #[serde(default = "d_true")]
     pub preserve_host: bool,
+    /// A newly available endpoint ramps its share up over this window (0 = off).
+    #[serde(with = "humantime_serde", default)]
+    pub slow_start: Duration,
+    /// When no endpoint is available by health, send to all non-draining ones instead of
+    /// failing every request (panic mode).
+    #[serde(default = "d_true")]
+    pub fail_open: bool,
+    /// Requests in flight to the whole pool; above it, 503 with `Retry-After` (0 = no limit).
+    #[serde(default)]
+    pub max_in_flight: u64,
+    /// Requests in flight to one endpoint; a full endpoint is skipped (0 = no limit).
+    #[serde(default)]
+    pub max_in_flight_per_endpoint: u64,
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub passive: PassiveHealthConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Required with `strategy = "consistent_hash"`.
+    pub hash: Option<HashConfig>,
+    /// Pin a client to the endpoint that served it through this cookie (any strategy).
+    pub sticky_cookie: Option<String>,
+    #[serde(default)]
+    pub score: ScoreWeights,
+}
+
+/// Active HTTP health checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(default = "d_health_path")]
+    pub path: String,
+    /// Accepted statuses: exact codes; any 2xx when absent.
+    #[serde(default)]
+    pub expected_status: Vec<u16>,
+    #[serde(with = "humantime_serde", default = "d_health_interval")]
+    pub interval: Duration,
+    /// Random spread of each interval, as a share of it (0.1 = ±10 %).
+    #[serde(default = "d_health_jitter")]
+    pub jitter: f64,
+    #[serde(with = "humantime_serde", default = "d_health_timeout")]
+    pub timeout: Duration,
+    /// Consecutive passes to mark an endpoint up.
+    #[serde(default = "d_health_rise")]
+    pub rise: u32,
+    /// Consecutive failures to mark an endpoint down.
+    #[serde(default = "d_health_fall")]
+    pub fall: u32,
+    /// `Host` sent with checks; the endpoint's address when absent.
+    pub host: Option<String>,
+}
+
+/// Passive outlier detection and the per-endpoint circuit breaker, one state machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealthConfig {
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Open after this many failures in a row (connect errors, timeouts, resets, 5xx).
+    #[serde(default = "d_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// Or open when this share of requests failed over `window`…
+    #[serde(default = "d_error_rate")]
+    pub error_rate: f64,
+    /// …counting only windows with at least this many requests.
+    #[serde(default = "d_error_rate_min")]
+    pub min_requests: u32,
+    #[serde(with = "humantime_serde", default = "d_error_window")]
+    pub window: Duration,
+    /// First ejection lasts this long; each repeat adds as much again, up to `max_ejection`.
+    #[serde(with = "humantime_serde", default = "d_base_ejection")]
+    pub base_ejection: Duration,
+    #[serde(with = "humantime_serde", default = "d_max_ejection")]
+    pub max_ejection: Duration,
+    /// Probe requests let through when half-open; all must succeed to close.
+    #[serde(default = "d_half_open_probes")]
+    pub half_open_probes: u32,
+    /// Largest share of the pool that may be ejected at once (one endpoint always may).
+    #[serde(default = "d_max_ejected_share")]
+    pub max_ejected_share: f64,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
+            error_rate: DEFAULT_ERROR_RATE_THRESHOLD,
+            min_requests: DEFAULT_ERROR_RATE_MIN_REQUESTS,
+            window: DEFAULT_ERROR_RATE_WINDOW,
+            base_ejection: DEFAULT_BASE_EJECTION,
+            max_ejection: DEFAULT_MAX_EJECTION,
+            half_open_probes: DEFAULT_HALF_OPEN_PROBES,
+            max_ejected_share: DEFAULT_MAX_EJECTED_SHARE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// The connection could not be opened (the request was never sent).
+    Connect,
+    /// The connection failed or reset after the request was sent.
+    Reset,
+    /// No response head within `response_timeout`.
+    Timeout,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Extra attempts after the first (0 = no retries).
+    #[serde(default = "d_retry_attempts")]
+    pub attempts: u32,
+    #[serde(default = "d_retry_on")]
+    pub on: Vec<RetryOn>,
+    /// Upstream statuses that are retried (idempotent requests only).
+    #[serde(default = "d_retry_statuses")]
+    pub statuses: Vec<u16>,
+    /// Also retry POST/PATCH (after the request was sent). Connect failures are always safe.
+    #[serde(default)]
+    pub non_idempotent: bool,
+    #[serde(with = "humantime_serde", default = "d_backoff_base")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde", default = "d_backoff_cap")]
+    pub backoff_cap: Duration,
+    /// Retries may add at most this share of requests…
+    #[serde(default = "d_budget_ratio")]
+    pub budget_ratio: f64,
+    /// …plus this many per second, over a 10 s window.
+    #[serde(default = "d_budget_min")]
+    pub budget_min_per_second: u32,
+    /// Request bodies up to this many bytes (by Content-Length) are buffered to be
+    /// retryable; larger ones stream and are not retried after being sent.
+    #[serde(default = "d_retry_buffer")]
+    pub buffer_body_bytes: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: DEFAULT_RETRY_ATTEMPTS,
+            on: d_retry_on(),
+            statuses: DEFAULT_RETRY_STATUSES.to_vec(),
+            non_idempotent: false,
+            backoff_base: DEFAULT_RETRY_BACKOFF_BASE,
+            backoff_cap: DEFAULT_RETRY_BACKOFF_CAP,
+            budget_ratio: DEFAULT_RETRY_BUDGET_RATIO,
+            budget_min_per_second: DEFAULT_RETRY_BUDGET_MIN_PER_SECOND,
+            buffer_body_bytes: DEFAULT_RETRY_BUFFER_BYTES,
+        }
+    }
+}
+
+/// What the consistent hash is computed from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashConfig {
+    /// `client_ip`, `header:NAME` or `cookie:NAME`; requests without the key hash the
+    /// client IP.
+    pub key: String,
+    #[serde(default = "d_vnodes")]
+    pub vnodes: u32,
+}
+
+/// A parsed `hash.key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+impl HashKey {
+    pub fn parse(key: &str) -> Result<Self, String> {
+        if key == "client_ip" {
+            return Ok(HashKey::ClientIp);
+        }
+        if let Some(name) = key.strip_prefix("header:") {
+            return http::HeaderName::from_bytes(name.as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| format!("{name:?} is not a valid header name"));
+        }
+        if let Some(name) = key.strip_prefix("cookie:")
+            && !name.is_empty()
+        {
+            return Ok(HashKey::Cookie(name.to_owned()));
+        }
+        Err(format!(
+            "{key:?}: expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\""
+        ))
+    }
+}
+
+/// Relative importance of each input to the score strategy's cost; only ratios matter.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreWeights {
+    #[serde(default = "d_score_rt")]
+    pub response_time: f64,
+    #[serde(default = "d_score_availability")]
+    pub availability: f64,
+    #[serde(default = "d_score_load")]
+    pub load: f64,
+    #[serde(default = "d_score_success")]
+    pub success_rate: f64,
+    /// Time constant of the peak-EWMA latency decay.
+    #[serde(with = "humantime_serde", default = "d_score_decay")]
+    pub decay: Duration,
+}
+
+impl Default for ScoreWeights {
+    fn default() -> Self {
+        Self {
+            response_time: DEFAULT_SCORE_RESPONSE_TIME,
+            availability: DEFAULT_SCORE_AVAILABILITY,
+            load: DEFAULT_SCORE_LOAD,
+            success_rate: DEFAULT_SCORE_SUCCESS_RATE,
+            decay: DEFAULT_SCORE_DECAY,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,4 +471,88 @@ fn d_admin_token_env() -> String {
 }
 fn d_cache_bytes() -> u64 {
     DEFAULT_CACHE_MEMORY_BYTES
+}
+fn d_health_path() -> String {
+    DEFAULT_HEALTH_PATH.to_owned()
+}
+fn d_health_interval() -> Duration {
+    DEFAULT_HEALTH_INTERVAL
+}
+fn d_health_jitter() -> f64 {
+    DEFAULT_HEALTH_JITTER
+}
+fn d_health_timeout() -> Duration {
+    DEFAULT_HEALTH_TIMEOUT
+}
+fn d_health_rise() -> u32 {
+    DEFAULT_HEALTH_RISE
+}
+fn d_health_fall() -> u32 {
+    DEFAULT_HEALTH_FALL
+}
+fn d_consecutive_failures() -> u32 {
+    DEFAULT_CONSECUTIVE_FAILURES
+}
+fn d_error_rate() -> f64 {
+    DEFAULT_ERROR_RATE_THRESHOLD
+}
+fn d_error_rate_min() -> u32 {
+    DEFAULT_ERROR_RATE_MIN_REQUESTS
+}
+fn d_error_window() -> Duration {
+    DEFAULT_ERROR_RATE_WINDOW
+}
+fn d_base_ejection() -> Duration {
+    DEFAULT_BASE_EJECTION
+}
+fn d_max_ejection() -> Duration {
+    DEFAULT_MAX_EJECTION
+}
+fn d_half_open_probes() -> u32 {
+    DEFAULT_HALF_OPEN_PROBES
+}
+fn d_max_ejected_share() -> f64 {
+    DEFAULT_MAX_EJECTED_SHARE
+}
+fn d_retry_attempts() -> u32 {
+    DEFAULT_RETRY_ATTEMPTS
+}
+fn d_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::Connect, RetryOn::Reset]
+}
+fn d_retry_statuses() -> Vec<u16> {
+    DEFAULT_RETRY_STATUSES.to_vec()
+}
+fn d_backoff_base() -> Duration {
+    DEFAULT_RETRY_BACKOFF_BASE
+}
+fn d_backoff_cap() -> Duration {
+    DEFAULT_RETRY_BACKOFF_CAP
+}
+fn d_budget_ratio() -> f64 {
+    DEFAULT_RETRY_BUDGET_RATIO
+}
+fn d_budget_min() -> u32 {
+    DEFAULT_RETRY_BUDGET_MIN_PER_SECOND
+}
+fn d_retry_buffer() -> u64 {
+    DEFAULT_RETRY_BUFFER_BYTES
+}
+fn d_vnodes() -> u32 {
+    DEFAULT_HASH_VNODES
+}
+fn d_score_rt() -> f64 {
+    DEFAULT_SCORE_RESPONSE_TIME
+}
+fn d_score_availability() -> f64 {
+    DEFAULT_SCORE_AVAILABILITY
+}
+fn d_score_load() -> f64 {
+    DEFAULT_SCORE_LOAD
+}
+fn d_score_success() -> f64 {
+    DEFAULT_SCORE_SUCCESS_RATE
+}
+fn d_score_decay() -> Duration {
+    DEFAULT_SCORE_DECAY
 }

@@ -7,7 +7,7 @@ use http::uri::Authority;
 
 use super::defaults::MAX_WEIGHT;
 use super::error::Problem;
-use super::model::Config;
+use super::model::{Config, HashKey, PoolConfig, Strategy};
 
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
@@ -153,7 +153,134 @@ fn check_pools(config: &Config, problems: &mut Vec<Problem>) {
                 problems.push(Problem::new(format!("{key}.{field}"), "must be above 0"));
             }
         }
+        check_pool_policies(&key, pool, problems);
     }
+}
+
+fn check_pool_policies(key: &str, pool: &PoolConfig, problems: &mut Vec<Problem>) {
+    let mut problem = |field: &str, reason: String| {
+        problems.push(Problem::new(format!("{key}.{field}"), reason));
+    };
+    match (&pool.hash, pool.strategy) {
+        (None, Strategy::ConsistentHash) => problem(
+            "hash",
+            "strategy \"consistent_hash\" needs a [hash] table with a key".into(),
+        ),
+        (Some(hash), _) => {
+            if let Err(reason) = HashKey::parse(&hash.key) {
+                problem("hash.key", reason);
+            }
+            if !(1..=10_000).contains(&hash.vnodes) {
+                problem(
+                    "hash.vnodes",
+                    format!("must be 1 to 10000, got {}", hash.vnodes),
+                );
+            }
+        }
+        (None, _) => {}
+    }
+    if let Some(cookie) = &pool.sticky_cookie
+        && !is_token(cookie)
+    {
+        problem(
+            "sticky_cookie",
+            format!("{cookie:?} is not a valid cookie name"),
+        );
+    }
+    if let Some(check) = &pool.health_check {
+        if !check.path.starts_with('/') {
+            problem(
+                "health_check.path",
+                format!("must start with '/', got {:?}", check.path),
+            );
+        }
+        if check.interval.is_zero() || check.timeout.is_zero() {
+            problem(
+                "health_check",
+                "interval and timeout must be above 0".into(),
+            );
+        }
+        if check.rise == 0 || check.fall == 0 {
+            problem("health_check", "rise and fall must be at least 1".into());
+        }
+        if !(0.0..=0.5).contains(&check.jitter) {
+            problem(
+                "health_check.jitter",
+                format!("must be 0 to 0.5, got {}", check.jitter),
+            );
+        }
+        if check
+            .expected_status
+            .iter()
+            .any(|s| !(100..=599).contains(s))
+        {
+            problem(
+                "health_check.expected_status",
+                "statuses must be 100 to 599".into(),
+            );
+        }
+    }
+    let passive = &pool.passive;
+    if passive.consecutive_failures == 0 || passive.half_open_probes == 0 {
+        problem(
+            "passive",
+            "consecutive_failures and half_open_probes must be at least 1".into(),
+        );
+    }
+    if !(passive.error_rate > 0.0 && passive.error_rate <= 1.0) {
+        problem(
+            "passive.error_rate",
+            format!("must be above 0 and at most 1, got {}", passive.error_rate),
+        );
+    }
+    if !(0.0..=1.0).contains(&passive.max_ejected_share) {
+        problem(
+            "passive.max_ejected_share",
+            format!("must be 0 to 1, got {}", passive.max_ejected_share),
+        );
+    }
+    if passive.base_ejection.is_zero() || passive.window.is_zero() {
+        problem("passive", "base_ejection and window must be above 0".into());
+    }
+    if passive.max_ejection < passive.base_ejection {
+        problem(
+            "passive.max_ejection",
+            "must be at least base_ejection".into(),
+        );
+    }
+    let retry = &pool.retry;
+    if !(0.0..=1.0).contains(&retry.budget_ratio) {
+        problem(
+            "retry.budget_ratio",
+            format!("must be 0 to 1, got {}", retry.budget_ratio),
+        );
+    }
+    if retry.statuses.iter().any(|s| !(100..=599).contains(s)) {
+        problem("retry.statuses", "statuses must be 100 to 599".into());
+    }
+    if retry.backoff_cap < retry.backoff_base {
+        problem("retry.backoff_cap", "must be at least backoff_base".into());
+    }
+    if retry.attempts > 10 {
+        problem(
+            "retry.attempts",
+            format!("at most 10, got {}", retry.attempts),
+        );
+    }
+    let w = &pool.score;
+    let weights = [w.response_time, w.availability, w.load, w.success_rate];
+    if weights.iter().any(|x| !x.is_finite() || *x < 0.0) || weights.iter().sum::<f64>() <= 0.0 {
+        problem("score", "weights must be 0 or more, and not all 0".into());
+    }
+    if w.decay.is_zero() {
+        problem("score.decay", "must be above 0".into());
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Parses `host:port` as an endpoint address, with a reason when it is not one.

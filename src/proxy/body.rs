@@ -9,13 +9,70 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use super::conn::ConnRequestGuard;
-use crate::upstream::InFlightGuard;
+use crate::upstream::{InFlightGuard, PoolSlot};
 
 /// What stays alive until the client has the whole response (or went away).
 #[derive(Debug)]
 pub struct RequestGuards {
     pub endpoint: InFlightGuard,
+    pub pool: PoolSlot,
     pub connection: ConnRequestGuard,
+}
+
+pin_project! {
+    /// A request body on its way upstream: the client's stream as it arrives, or bytes
+    /// weir holds (empty or buffered) so that the request can be sent again on a retry.
+    #[project = UpstreamRequestBodyProj]
+    pub enum UpstreamRequestBody {
+        Streaming {
+            #[pin]
+            inner: Incoming,
+        },
+        Buffered {
+            data: Option<Bytes>,
+        },
+    }
+}
+
+impl UpstreamRequestBody {
+    pub fn buffered(data: Bytes) -> Self {
+        UpstreamRequestBody::Buffered {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+}
+
+impl Body for UpstreamRequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            UpstreamRequestBodyProj::Streaming { inner } => inner.poll_frame(cx),
+            UpstreamRequestBodyProj::Buffered { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamRequestBody::Streaming { inner } => inner.is_end_stream(),
+            UpstreamRequestBody::Buffered { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamRequestBody::Streaming { inner } => inner.size_hint(),
+            UpstreamRequestBody::Buffered { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
 }
 
 pin_project! {

@@ -18,6 +18,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("no endpoint available in pool {0:?}")]
     NoEndpoint(String),
+    #[error("pool {0:?} is at its in-flight limit")]
+    AtCapacity(String),
     #[error("upstream connect timed out")]
     ConnectTimeout(#[source] BoxError),
     #[error("upstream connect failed")]
@@ -34,7 +36,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoint(_) | ProxyError::AtCapacity(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -49,6 +53,7 @@ impl ProxyError {
             ProxyError::ConnectNotSupported => "CONNECT is not supported",
             ProxyError::NoRoute => "no route for this host and path",
             ProxyError::NoEndpoint(_) => "no upstream endpoint available",
+            ProxyError::AtCapacity(_) => "upstream at capacity",
             ProxyError::ConnectTimeout(_) => "upstream connect timed out",
             ProxyError::Connect(_) => "upstream connect failed",
             ProxyError::ResponseTimeout(_) => "upstream timed out",

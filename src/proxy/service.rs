@@ -5,18 +5,21 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, Version};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
 
 use super::ProxyState;
-use super::body::{RequestGuards, ResponseBody};
+use super::body::{RequestGuards, ResponseBody, UpstreamRequestBody};
 use super::conn::{ConnActivity, ConnRequestGuard};
 use super::error::ProxyError;
 use super::headers::{self, strip_hop_by_hop};
+use super::retry;
 use super::snapshot::Snapshot;
-use crate::balancer::PickContext;
+use crate::upstream::{Endpoint, Outcome, PickError};
 
 /// One per client connection; cloned into each request.
 #[derive(Clone)]
@@ -99,15 +102,9 @@ impl ProxyService {
             route: Some(route.name.to_string()),
             endpoint: endpoint.map(str::to_owned),
         };
-
-        let endpoint = {
-            let ctx = PickContext {
-                client_ip: self.peer.ip(),
-                headers: &parts.headers,
-            };
-            pool.pick(&ctx)
-                .ok_or_else(|| failure(ProxyError::NoEndpoint(pool.name.clone()), None))?
-        };
+        let pool_slot = pool
+            .acquire_slot()
+            .map_err(|_| failure(ProxyError::AtCapacity(pool.name.clone()), None))?;
 
         // The target's authority (HTTP/2 :authority, HTTP/1.1 absolute-form) is what the
         // route was chosen by, so it replaces any Host header (RFC 9112 §3.2.2); HTTP/1.1
@@ -122,6 +119,9 @@ impl ProxyService {
             }
         }
         let client_host = parts.headers.get(header::HOST).cloned();
+        let sticky_id = pool.sticky_cookie.as_deref().and_then(|name| {
+            crate::balancer::cookie_value(&parts.headers, name).map(str::to_owned)
+        });
         strip_hop_by_hop(&mut parts.headers);
         snapshot.headers.add_forwarding(
             &mut parts.headers,
@@ -130,69 +130,184 @@ impl ProxyService {
             client_host.as_ref().and_then(|h| h.to_str().ok()),
         );
         snapshot.headers.add_via(&mut parts.headers, parts.version);
-        if !pool.preserve_host {
-            parts
-                .headers
-                .insert(header::HOST, endpoint.host_header().clone());
-        }
         parts
             .headers
             .insert(snapshot.headers.request_id.clone(), request_id.clone());
-
         let path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(endpoint.authority.clone());
-        uri.path_and_query = Some(path_and_query);
-        parts.uri = Uri::from_parts(uri)
-            .map_err(|_| failure(ProxyError::BadRequest("invalid request target"), None))?;
-        parts.version = Version::HTTP_11;
 
-        let endpoint_guard = endpoint.begin_request();
-        let started = Instant::now();
-        let upstream_request = Request::from_parts(parts, body);
-        let outcome =
-            tokio::time::timeout(pool.response_timeout, pool.client.request(upstream_request))
-                .await;
-        let response = match outcome {
-            Ok(Ok(response)) => response,
-            Ok(Err(err)) => {
-                let error = ProxyError::from_client(err);
-                let counter = match error {
-                    ProxyError::Connect(_) => &endpoint.stats.connect_errors,
-                    ProxyError::ConnectTimeout(_) => &endpoint.stats.timeouts,
-                    _ => &endpoint.stats.protocol_errors,
-                };
-                counter.fetch_add(1, Relaxed);
-                return Err(failure(error, Some(&endpoint.address)));
+        let mut body = RequestBody::prepare(
+            body,
+            &parts.headers,
+            pool.retry.attempts,
+            pool.retry.buffer_body_bytes,
+        )
+        .await
+        .map_err(|error| failure(error, None))?;
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut retries = 0u32;
+        loop {
+            let endpoint = pool
+                .pick(self.peer.ip(), &parts.headers, &tried)
+                .map_err(|e| {
+                    let error = match e {
+                        PickError::NoEndpoint => ProxyError::NoEndpoint(pool.name.clone()),
+                        PickError::AtCapacity => ProxyError::AtCapacity(pool.name.clone()),
+                    };
+                    failure(error, None)
+                })?;
+            let may_retry = retries < pool.retry.attempts && body.is_replayable();
+            let mut headers = if may_retry {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
+            if !pool.preserve_host {
+                headers.insert(header::HOST, endpoint.host_header().clone());
             }
-            Err(_elapsed) => {
-                endpoint.stats.timeouts.fetch_add(1, Relaxed);
-                return Err(failure(
-                    ProxyError::ResponseTimeout(pool.response_timeout),
-                    Some(&endpoint.address),
-                ));
-            }
-        };
-        let latency = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
-        endpoint.record_response(response.status(), latency);
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(endpoint.authority.clone());
+            uri.path_and_query = Some(path_and_query.clone());
+            let uri = Uri::from_parts(uri)
+                .map_err(|_| failure(ProxyError::BadRequest("invalid request target"), None))?;
+            let mut upstream_request = Request::new(body.for_attempt());
+            *upstream_request.method_mut() = parts.method.clone();
+            *upstream_request.uri_mut() = uri;
+            *upstream_request.version_mut() = Version::HTTP_11;
+            *upstream_request.headers_mut() = headers;
 
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        snapshot.headers.add_via(&mut parts.headers, parts.version);
-        parts.version = Version::HTTP_11;
-        let guards = RequestGuards {
-            endpoint: endpoint_guard,
-            connection: conn_guard,
-        };
-        Ok(Response::from_parts(
-            parts,
-            ResponseBody::upstream(body, guards),
-        ))
+            let mut guard = endpoint.begin_request();
+            let started = Instant::now();
+            let sent =
+                tokio::time::timeout(pool.response_timeout, pool.client.request(upstream_request))
+                    .await;
+            let elapsed = started.elapsed();
+            let (outcome, result) = match sent {
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    let retry_after = retry::retry_after(status, response.headers());
+                    (
+                        Outcome::Response {
+                            status,
+                            retry_after,
+                        },
+                        Ok(response),
+                    )
+                }
+                Ok(Err(err)) => {
+                    let error = ProxyError::from_client(err);
+                    let outcome = match error {
+                        // Never sent: safe to retry whatever the method.
+                        ProxyError::Connect(_) | ProxyError::ConnectTimeout(_) => {
+                            Outcome::ConnectFailed
+                        }
+                        _ => Outcome::Failed,
+                    };
+                    (outcome, Err(error))
+                }
+                Err(_elapsed) => (
+                    Outcome::TimedOut,
+                    Err(ProxyError::ResponseTimeout(pool.response_timeout)),
+                ),
+            };
+            pool.report(&mut guard, outcome, elapsed);
+            if may_retry
+                && retry::is_retryable(&pool.retry, &parts.method, &outcome)
+                && pool.try_retry()
+            {
+                tracing::debug!(
+                    request_id = ?request_id,
+                    endpoint = %endpoint.address,
+                    ?outcome,
+                    retry = retries + 1,
+                    "retrying on another endpoint"
+                );
+                drop(result);
+                drop(guard);
+                tried.push(endpoint);
+                tokio::time::sleep(retry::backoff(&pool.retry, retries)).await;
+                retries += 1;
+                continue;
+            }
+            let response = result.map_err(|error| failure(error, Some(&endpoint.address)))?;
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            snapshot.headers.add_via(&mut parts.headers, parts.version);
+            parts.version = Version::HTTP_11;
+            if let Some(name) = pool.sticky_cookie.as_deref()
+                && sticky_id.as_deref() != Some(endpoint.id.as_str())
+                && let Ok(cookie) = HeaderValue::from_str(&format!(
+                    "{name}={}; Path=/; HttpOnly; SameSite=Lax",
+                    endpoint.id
+                ))
+            {
+                parts.headers.append(header::SET_COOKIE, cookie);
+            }
+            let guards = RequestGuards {
+                endpoint: guard,
+                pool: pool_slot,
+                connection: conn_guard,
+            };
+            return Ok(Response::from_parts(
+                parts,
+                ResponseBody::upstream(body, guards),
+            ));
+        }
+    }
+}
+
+/// The client's request body, held so that it can be sent again when it is small enough.
+enum RequestBody {
+    /// Empty or buffered: every attempt gets the same bytes.
+    Replayable(Bytes),
+    /// Streams from the client; only one attempt can have it.
+    Streaming(Option<Incoming>),
+}
+
+impl RequestBody {
+    async fn prepare(
+        body: Incoming,
+        headers: &http::HeaderMap,
+        attempts: u32,
+        buffer_limit: u64,
+    ) -> Result<Self, ProxyError> {
+        if body.is_end_stream() {
+            return Ok(RequestBody::Replayable(Bytes::new()));
+        }
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared {
+            Some(length) if attempts > 0 && length <= buffer_limit => {
+                let limited = http_body_util::Limited::new(body, buffer_limit as usize);
+                let bytes = limited
+                    .collect()
+                    .await
+                    .map_err(|_| ProxyError::BadRequest("request body could not be read"))?
+                    .to_bytes();
+                Ok(RequestBody::Replayable(bytes))
+            }
+            _ => Ok(RequestBody::Streaming(Some(body))),
+        }
+    }
+
+    fn is_replayable(&self) -> bool {
+        matches!(self, RequestBody::Replayable(_))
+    }
+
+    fn for_attempt(&mut self) -> UpstreamRequestBody {
+        match self {
+            RequestBody::Replayable(bytes) => UpstreamRequestBody::buffered(bytes.clone()),
+            RequestBody::Streaming(body) => match body.take() {
+                Some(inner) => UpstreamRequestBody::Streaming { inner },
+                None => UpstreamRequestBody::buffered(Bytes::new()),
+            },
+        }
     }
 }
 

@@ -1,48 +1,117 @@
-//! One upstream endpoint and the live counters the data plane publishes about it.
+//! One upstream endpoint: its live state for the balancer (health, breaker, latency,
+//! errors, slow start) and the counters the data plane publishes. Everything requests
+//! touch is an atomic; only state transitions (rare) take the endpoint's own small lock.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use http::HeaderValue;
 use http::uri::Authority;
+use http::{HeaderValue, StatusCode};
 
-/// Why an endpoint does or does not take new requests.
+use super::breaker::{Breaker, BreakerEvent, BreakerState};
+use super::signals::{Clock, DecayingRate, PeakEwma};
+use crate::config::PassiveHealthConfig;
+
+/// What an operator sees: why an endpoint does or does not get traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
 pub enum EndpointState {
-    /// Takes new requests.
-    Active = 0,
-    /// Finishes what it has, takes nothing new.
-    Draining = 1,
+    /// Takes its full share.
+    Healthy,
+    /// Recently became available; its share is ramping up.
+    SlowStart,
+    /// Breaker half-open: only probe requests go through.
+    Degraded,
+    /// Breaker open (passive outlier ejection) until the ejection ends.
+    Ejected,
+    /// Failing active health checks.
+    Unhealthy,
+    /// Finishing what it has, taking nothing new.
+    Draining,
 }
 
 impl EndpointState {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => EndpointState::Draining,
-            _ => EndpointState::Active,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
-            EndpointState::Active => "active",
+            EndpointState::Healthy => "healthy",
+            EndpointState::SlowStart => "slow_start",
+            EndpointState::Degraded => "degraded",
+            EndpointState::Ejected => "ejected",
+            EndpointState::Unhealthy => "unhealthy",
             EndpointState::Draining => "draining",
         }
     }
 }
 
-/// An upstream server. Shared by the balancer, in-flight guards and (read-only) by the
-/// admin and control sides; every field that changes is an atomic.
+/// The last change of an endpoint's state and why it happened.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub state: EndpointState,
+    pub reason: String,
+    pub at: SystemTime,
+}
+
+/// How one attempt to an endpoint ended, as far as the response head.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    Response {
+        status: StatusCode,
+        /// From `Retry-After` on a 429 or 503.
+        retry_after: Option<Duration>,
+    },
+    ConnectFailed,
+    TimedOut,
+    /// Reset or protocol error after the request was sent.
+    Failed,
+}
+
+impl Outcome {
+    /// Whether the breaker counts it as a failure (5xx or no response).
+    pub fn is_failure(&self) -> bool {
+        match self {
+            Outcome::Response { status, .. } => status.is_server_error(),
+            _ => true,
+        }
+    }
+}
+
+/// Settings the pool gives each of its endpoints.
+#[derive(Debug, Clone)]
+pub struct EndpointPolicy {
+    pub passive: PassiveHealthConfig,
+    pub slow_start: Duration,
+    /// Time constant of latency and error decay.
+    pub decay: Duration,
+}
+
+/// An upstream server, shared by the balancer, in-flight guards and (read-only) the admin
+/// and control sides.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// `host:port` as configured; the key that identifies the endpoint across reloads.
+    /// `host:port` as configured; identifies the endpoint across reloads.
     pub address: String,
     pub authority: Authority,
+    /// Opaque id for sticky-session cookies.
+    pub id: String,
     /// `Host` sent when the pool does not preserve the client's.
     host_header: HeaderValue,
+    clock: Clock,
     weight: AtomicU32,
-    state: AtomicU8,
+    draining: AtomicBool,
+    healthy: AtomicBool,
+    health_passes: AtomicU32,
+    health_failures: AtomicU32,
+    pub(crate) breaker: Breaker,
+    latency: PeakEwma,
+    /// Share of recent responses that were 5xx or 429.
+    error_rate: DecayingRate,
+    /// Share of recent attempts with no response (connect, timeout, reset).
+    failure_rate: DecayingRate,
+    backoff_until_ms: AtomicU64,
+    available_since_ms: AtomicU64,
+    slow_start_ms: u64,
+    decay_ms: f64,
+    transition: Mutex<Transition>,
     pub stats: EndpointStats,
 }
 
@@ -56,22 +125,78 @@ pub struct EndpointStats {
     pub connect_errors: AtomicU64,
     pub timeouts: AtomicU64,
     pub protocol_errors: AtomicU64,
+    pub ejections: AtomicU64,
     /// Sum of time-to-response-head in microseconds, with `responses` gives the mean.
     pub latency_micros_total: AtomicU64,
 }
 
 impl Endpoint {
-    pub fn new(address: String, authority: Authority, weight: u32) -> Self {
+    /// `slow_start` applies from now (an endpoint added to a running pool) or not at all
+    /// (the pool's first endpoints, which start together).
+    pub fn new(
+        address: String,
+        authority: Authority,
+        weight: u32,
+        policy: &EndpointPolicy,
+        clock: Clock,
+        slow_start: bool,
+    ) -> Self {
         let host_header = HeaderValue::from_str(authority.as_str())
             .unwrap_or(HeaderValue::from_static("localhost"));
+        let now = clock.now_ms();
+        let slow_start_ms = policy.slow_start.as_millis() as u64;
         Self {
+            id: endpoint_id(&address),
             address,
             authority,
             host_header,
+            clock,
             weight: AtomicU32::new(weight),
-            state: AtomicU8::new(EndpointState::Active as u8),
+            draining: AtomicBool::new(false),
+            healthy: AtomicBool::new(true),
+            health_passes: AtomicU32::new(0),
+            health_failures: AtomicU32::new(0),
+            breaker: Breaker::new(policy.passive.clone()),
+            latency: PeakEwma::default(),
+            error_rate: DecayingRate::default(),
+            failure_rate: DecayingRate::default(),
+            backoff_until_ms: AtomicU64::new(0),
+            available_since_ms: AtomicU64::new(if slow_start {
+                now
+            } else {
+                now.saturating_sub(slow_start_ms)
+            }),
+            slow_start_ms,
+            decay_ms: policy.decay.as_millis().max(1) as f64,
+            transition: Mutex::new(Transition {
+                state: EndpointState::Healthy,
+                reason: "added".into(),
+                at: SystemTime::now(),
+            }),
             stats: EndpointStats::default(),
         }
+    }
+
+    /// A plain endpoint with default policy, for tests and tools.
+    pub fn with_defaults(address: &str, weight: u32) -> Option<Self> {
+        let authority = address.parse().ok()?;
+        let policy = EndpointPolicy {
+            passive: PassiveHealthConfig::default(),
+            slow_start: Duration::ZERO,
+            decay: crate::config::defaults::DEFAULT_SCORE_DECAY,
+        };
+        Some(Self::new(
+            address.to_owned(),
+            authority,
+            weight,
+            &policy,
+            Clock::new(),
+            false,
+        ))
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     pub fn host_header(&self) -> &HeaderValue {
@@ -82,42 +207,222 @@ impl Endpoint {
         self.weight.load(Relaxed)
     }
 
-    pub fn set_weight(&self, weight: u32) {
+    pub(crate) fn set_weight(&self, weight: u32) {
         self.weight.store(weight, Relaxed);
-    }
-
-    pub fn state(&self) -> EndpointState {
-        EndpointState::from_u8(self.state.load(Relaxed))
-    }
-
-    pub fn set_state(&self, state: EndpointState) {
-        self.state.store(state as u8, Relaxed);
-    }
-
-    /// Whether the balancer may give it a new request.
-    pub fn is_available(&self) -> bool {
-        self.state() == EndpointState::Active
     }
 
     pub fn in_flight(&self) -> u64 {
         self.stats.in_flight.load(Relaxed)
     }
 
+    /// Whether the balancer may give it a new request (health, breaker, drain).
+    pub fn is_available(&self, now_ms: u64) -> bool {
+        !self.draining.load(Relaxed) && self.healthy.load(Relaxed) && self.breaker.admits(now_ms)
+    }
+
+    /// Whether panic mode (every endpoint unavailable) may still use it.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    /// Share of its weight the endpoint gets now: ramps from 10 % to 100 % over the
+    /// pool's slow-start window after it became available.
+    pub fn slow_start_factor(&self, now_ms: u64) -> f64 {
+        if self.slow_start_ms == 0 {
+            return 1.0;
+        }
+        let elapsed = now_ms.saturating_sub(self.available_since_ms.load(Relaxed));
+        if elapsed >= self.slow_start_ms {
+            1.0
+        } else {
+            (elapsed as f64 / self.slow_start_ms as f64).max(0.1)
+        }
+    }
+
+    /// Peak-EWMA time to response head, in ms (0 = no recent observation).
+    pub fn latency_ms(&self, now_ms: u64) -> f64 {
+        self.latency.get(now_ms, self.decay_ms)
+    }
+
+    pub fn error_rate(&self, now_ms: u64) -> f64 {
+        self.error_rate.get(now_ms, self.decay_ms)
+    }
+
+    pub fn failure_rate(&self, now_ms: u64) -> f64 {
+        self.failure_rate.get(now_ms, self.decay_ms)
+    }
+
+    /// Whether the endpoint asked for a pause (429/503 with `Retry-After`).
+    pub fn in_backoff(&self, now_ms: u64) -> bool {
+        now_ms < self.backoff_until_ms.load(Relaxed)
+    }
+
+    pub fn breaker_state(&self, now_ms: u64) -> BreakerState {
+        self.breaker.state(now_ms)
+    }
+
+    pub fn state(&self, now_ms: u64) -> EndpointState {
+        if self.draining.load(Relaxed) {
+            return EndpointState::Draining;
+        }
+        if !self.healthy.load(Relaxed) {
+            return EndpointState::Unhealthy;
+        }
+        match self.breaker.state(now_ms) {
+            BreakerState::Open => EndpointState::Ejected,
+            BreakerState::HalfOpen => EndpointState::Degraded,
+            BreakerState::Closed if self.slow_start_factor(now_ms) < 1.0 => {
+                EndpointState::SlowStart
+            }
+            BreakerState::Closed => EndpointState::Healthy,
+        }
+    }
+
+    pub fn last_transition(&self) -> Transition {
+        match self.transition.lock() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Records why the state is what it is now, and logs it.
+    pub(crate) fn record_transition(&self, reason: String) {
+        let state = self.state(self.now_ms());
+        tracing::info!(endpoint = %self.address, state = state.as_str(), %reason, "endpoint state changed");
+        let transition = Transition {
+            state,
+            reason,
+            at: SystemTime::now(),
+        };
+        match self.transition.lock() {
+            Ok(mut t) => *t = transition,
+            Err(poisoned) => *poisoned.into_inner() = transition,
+        }
+    }
+
+    fn start_slow_start(&self, now_ms: u64) {
+        self.available_since_ms.store(now_ms, Relaxed);
+    }
+
+    pub fn set_draining(&self, draining: bool, reason: &str) {
+        if self.draining.swap(draining, Relaxed) != draining {
+            if !draining {
+                self.start_slow_start(self.now_ms());
+            }
+            self.record_transition(reason.to_owned());
+        }
+    }
+
+    /// Feeds one active health-check result; records a transition when the endpoint goes
+    /// up after `rise` passes or down after `fall` failures.
+    pub fn record_health_check(&self, passed: bool, rise: u32, fall: u32, detail: &str) {
+        if passed {
+            self.health_failures.store(0, Relaxed);
+            let passes = self.health_passes.fetch_add(1, Relaxed) + 1;
+            if passes >= rise && !self.healthy.swap(true, Relaxed) {
+                self.start_slow_start(self.now_ms());
+                self.record_transition(format!("health check passed {passes} times"));
+            }
+        } else {
+            self.health_passes.store(0, Relaxed);
+            let failures = self.health_failures.fetch_add(1, Relaxed) + 1;
+            if failures >= fall && self.healthy.swap(false, Relaxed) {
+                self.record_transition(format!("health check failed {failures} times: {detail}"));
+            }
+        }
+    }
+
+    pub fn is_healthy_by_checks(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+
     /// Counts a request as started; the guard counts it finished when dropped.
     pub fn begin_request(self: &Arc<Self>) -> InFlightGuard {
         self.stats.requests.fetch_add(1, Relaxed);
         self.stats.in_flight.fetch_add(1, Relaxed);
+        let probe = self.breaker.on_dispatch(self.now_ms());
         InFlightGuard {
             endpoint: Arc::clone(self),
+            probe,
+            recorded: false,
         }
     }
 
-    pub fn record_response(&self, status: http::StatusCode, latency_micros: u64) {
-        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.stats.responses[class].fetch_add(1, Relaxed);
-        self.stats
-            .latency_micros_total
-            .fetch_add(latency_micros, Relaxed);
+    /// Records how an attempt ended (at the response head): counters, latency, error rates,
+    /// backoff, and the breaker. Returns the breaker's event for the pool to act on.
+    pub fn record_outcome(
+        &self,
+        guard: &mut InFlightGuard,
+        outcome: Outcome,
+        elapsed: Duration,
+    ) -> BreakerEvent {
+        let now = self.now_ms();
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+        match outcome {
+            Outcome::Response {
+                status,
+                retry_after,
+            } => {
+                let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+                self.stats.responses[class].fetch_add(1, Relaxed);
+                self.stats
+                    .latency_micros_total
+                    .fetch_add(elapsed.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+                self.latency.observe(now, elapsed_ms, self.decay_ms);
+                let bad = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                self.error_rate.observe(now, bad, self.decay_ms);
+                self.failure_rate.observe(now, false, self.decay_ms);
+                if let Some(pause) = retry_after {
+                    let pause = pause.min(Duration::from_secs(60)).as_millis() as u64;
+                    self.backoff_until_ms.store(now + pause, Relaxed);
+                }
+            }
+            Outcome::ConnectFailed | Outcome::TimedOut | Outcome::Failed => {
+                let counter = match outcome {
+                    Outcome::ConnectFailed => &self.stats.connect_errors,
+                    Outcome::TimedOut => &self.stats.timeouts,
+                    _ => &self.stats.protocol_errors,
+                };
+                counter.fetch_add(1, Relaxed);
+                if outcome == Outcome::TimedOut {
+                    // A timeout is at least as slow as the time waited.
+                    self.latency.observe(now, elapsed_ms, self.decay_ms);
+                }
+                self.failure_rate.observe(now, true, self.decay_ms);
+            }
+        }
+        guard.recorded = true;
+        self.breaker
+            .on_result(now, !outcome.is_failure(), guard.probe)
+    }
+
+    /// Opens the breaker after a trip the pool allowed; records the transition.
+    pub(crate) fn eject(&self, reason: &str) {
+        if let Some(for_ms) = self.breaker.open(self.now_ms()) {
+            self.stats.ejections.fetch_add(1, Relaxed);
+            self.record_transition(format!(
+                "ejected for {}: {reason}",
+                humantime::format_duration(Duration::from_millis(for_ms))
+            ));
+        }
+    }
+
+    /// Acts on breaker events other than a trip (which needs the pool's permission).
+    pub(crate) fn apply_breaker_event(&self, event: BreakerEvent) {
+        match event {
+            BreakerEvent::Reopened { for_ms } => {
+                self.stats.ejections.fetch_add(1, Relaxed);
+                self.record_transition(format!(
+                    "half-open probe failed; ejected for {}",
+                    humantime::format_duration(Duration::from_millis(for_ms))
+                ));
+            }
+            BreakerEvent::Closed => {
+                self.start_slow_start(self.now_ms());
+                self.record_transition("half-open probes succeeded".into());
+            }
+            BreakerEvent::None | BreakerEvent::WouldOpen(_) => {}
+        }
     }
 
     pub fn total_responses(&self) -> u64 {
@@ -125,11 +430,21 @@ impl Endpoint {
     }
 }
 
+/// Stable per-address id for sticky cookies (16 hex digits, reveals no address).
+fn endpoint_id(address: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    address.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
 /// Held while a request to an endpoint is in flight, until its response body has been
 /// sent on or dropped.
 #[derive(Debug)]
 pub struct InFlightGuard {
     endpoint: Arc<Endpoint>,
+    probe: bool,
+    recorded: bool,
 }
 
 impl InFlightGuard {
@@ -141,6 +456,10 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.endpoint.stats.in_flight.fetch_sub(1, Relaxed);
+        if self.probe && !self.recorded {
+            // The client went away before an answer: free the probe slot, learn nothing.
+            self.endpoint.breaker.release_probe();
+        }
     }
 }
 
@@ -148,13 +467,13 @@ impl Drop for InFlightGuard {
 mod tests {
     use super::*;
 
+    fn endpoint() -> Arc<Endpoint> {
+        Arc::new(Endpoint::with_defaults("127.0.0.1:1", 1).unwrap())
+    }
+
     #[test]
     fn in_flight_follows_guards() {
-        let ep = Arc::new(Endpoint::new(
-            "127.0.0.1:1".into(),
-            "127.0.0.1:1".parse().unwrap(),
-            1,
-        ));
+        let ep = endpoint();
         let a = ep.begin_request();
         let b = ep.begin_request();
         assert_eq!(ep.in_flight(), 2);
@@ -166,13 +485,78 @@ mod tests {
     }
 
     #[test]
-    fn responses_by_class() {
-        let ep = Endpoint::new("a:1".into(), "a:1".parse().unwrap(), 1);
-        ep.record_response(http::StatusCode::OK, 10);
-        ep.record_response(http::StatusCode::BAD_GATEWAY, 30);
+    fn outcomes_feed_counters_and_rates() {
+        let ep = endpoint();
+        let mut guard = ep.begin_request();
+        let ok = Outcome::Response {
+            status: StatusCode::OK,
+            retry_after: None,
+        };
+        ep.record_outcome(&mut guard, ok, Duration::from_millis(10));
+        let bad = Outcome::Response {
+            status: StatusCode::BAD_GATEWAY,
+            retry_after: None,
+        };
+        ep.record_outcome(&mut guard, bad, Duration::from_millis(30));
         assert_eq!(ep.stats.responses[1].load(Relaxed), 1);
         assert_eq!(ep.stats.responses[4].load(Relaxed), 1);
         assert_eq!(ep.total_responses(), 2);
-        assert_eq!(ep.stats.latency_micros_total.load(Relaxed), 40);
+        assert_eq!(ep.stats.latency_micros_total.load(Relaxed), 40_000);
+        assert!(ep.error_rate(ep.now_ms()) > 0.05);
+        assert!(ep.latency_ms(ep.now_ms()) >= 29.0);
+    }
+
+    #[test]
+    fn retry_after_sets_a_backoff() {
+        let ep = endpoint();
+        let mut guard = ep.begin_request();
+        let limited = Outcome::Response {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            retry_after: Some(Duration::from_secs(5)),
+        };
+        ep.record_outcome(&mut guard, limited, Duration::from_millis(1));
+        assert!(ep.in_backoff(ep.now_ms()));
+        assert!(!ep.in_backoff(ep.now_ms() + 5_001));
+    }
+
+    #[test]
+    fn health_checks_need_rise_and_fall_in_a_row() {
+        let ep = endpoint();
+        ep.record_health_check(false, 2, 3, "500");
+        ep.record_health_check(false, 2, 3, "500");
+        assert_eq!(ep.state(0), EndpointState::Healthy);
+        ep.record_health_check(true, 2, 3, "");
+        ep.record_health_check(false, 2, 3, "500");
+        ep.record_health_check(false, 2, 3, "500");
+        assert_eq!(
+            ep.state(0),
+            EndpointState::Healthy,
+            "a pass resets the count"
+        );
+        ep.record_health_check(false, 2, 3, "500");
+        assert_eq!(ep.state(0), EndpointState::Unhealthy);
+        assert!(!ep.is_available(0));
+        assert_eq!(
+            ep.last_transition().reason,
+            "health check failed 3 times: 500"
+        );
+        ep.record_health_check(true, 2, 3, "");
+        assert_eq!(ep.state(0), EndpointState::Unhealthy);
+        ep.record_health_check(true, 2, 3, "");
+        assert!(ep.is_available(0));
+        assert_eq!(ep.last_transition().reason, "health check passed 2 times");
+    }
+
+    #[test]
+    fn draining_is_reported_with_its_reason() {
+        let ep = endpoint();
+        ep.set_draining(true, "drained by operator");
+        assert_eq!(ep.state(0), EndpointState::Draining);
+        assert!(!ep.is_available(0));
+        let t = ep.last_transition();
+        assert_eq!(
+            (t.state, t.reason.as_str()),
+            (EndpointState::Draining, "drained by operator")
+        );
     }
 }

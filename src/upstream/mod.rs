@@ -1,7 +1,13 @@
-//! Upstream side: endpoints with their live state, and pools that group them.
+//! Upstream side: endpoints with their live state (health, breaker, latency), pools that
+//! group them, and the active health checker.
 
+pub mod breaker;
 mod endpoint;
+pub mod health;
 mod pool;
+pub mod signals;
 
-pub use endpoint::{Endpoint, EndpointState, EndpointStats, InFlightGuard};
-pub use pool::{Pool, UpstreamClient};
+pub use endpoint::{
+    Endpoint, EndpointPolicy, EndpointState, EndpointStats, InFlightGuard, Outcome, Transition,
+};
+pub use pool::{PickError, Pool, PoolSlot, PoolStats, UpstreamClient};

@@ -1,34 +1,80 @@
-//! A pool: the endpoints behind a route, how to pick among them and how to reach them.
+//! A pool: the endpoints behind a route, how to pick among them, how to reach them, and
+//! the pool-wide rules around that (panic mode, bulkheads, ejection share, retry budget).
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::HeaderMap;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::Endpoint;
+use super::breaker::{BreakerEvent, BreakerState};
+use super::endpoint::{Endpoint, EndpointPolicy, InFlightGuard, Outcome};
+use super::signals::{Clock, RollingCounts};
 use crate::balancer::{self, Balancer, PickContext};
-use crate::config::{PoolConfig, parse_endpoint_address};
-use hyper::body::Incoming;
+use crate::config::{HealthCheckConfig, PoolConfig, RetryConfig, parse_endpoint_address};
+use crate::proxy::body::UpstreamRequestBody;
 
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+pub type UpstreamClient = Client<HttpConnector, UpstreamRequestBody>;
+
+/// Why no endpoint could be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickError {
+    /// None is available (and panic mode is off or found none either).
+    NoEndpoint,
+    /// Endpoints are available but all at their in-flight limit, or the pool is at its own.
+    AtCapacity,
+}
+
+/// Pool-wide counters.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub in_flight: AtomicU64,
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub retry_budget_exhausted: AtomicU64,
+    pub panic_picks: AtomicU64,
+    pub capacity_rejections: AtomicU64,
+}
 
 #[derive(Debug)]
 pub struct Pool {
     pub name: String,
     /// Replaced whole when endpoints are added or removed; readers never block.
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// Bumped on every change of endpoints or weights (strategies cache tables by it).
+    generation: AtomicU64,
     balancer: Box<dyn Balancer>,
     pub client: UpstreamClient,
     pub response_timeout: Duration,
     pub preserve_host: bool,
+    pub fail_open: bool,
+    pub max_in_flight: u64,
+    pub max_in_flight_per_endpoint: u64,
+    pub max_ejected_share: f64,
+    pub retry: RetryConfig,
+    pub sticky_cookie: Option<String>,
+    pub health_check: Option<HealthCheckConfig>,
+    policy: EndpointPolicy,
+    clock: Clock,
+    /// a = requests, b = retries, over the budget window.
+    retry_budget: RollingCounts,
+    pub stats: PoolStats,
 }
 
 impl Pool {
     /// Builds a pool from validated config.
     pub fn from_config(name: &str, config: &PoolConfig) -> Self {
+        let clock = Clock::new();
+        let policy = EndpointPolicy {
+            passive: config.passive.clone(),
+            slow_start: config.slow_start,
+            decay: config.score.decay,
+        };
         let endpoints = config
             .endpoints
             .iter()
@@ -39,17 +85,36 @@ impl Pool {
                     e.address.clone(),
                     authority,
                     e.weight,
+                    &policy,
+                    clock,
+                    false,
                 )))
             })
             .collect();
         Self {
             name: name.to_owned(),
             endpoints: ArcSwap::from_pointee(endpoints),
-            balancer: balancer::for_strategy(config.strategy),
+            generation: AtomicU64::new(0),
+            balancer: balancer::for_pool(config),
             client: build_client(config),
             response_timeout: config.response_timeout,
             preserve_host: config.preserve_host,
+            fail_open: config.fail_open,
+            max_in_flight: config.max_in_flight,
+            max_in_flight_per_endpoint: config.max_in_flight_per_endpoint,
+            max_ejected_share: config.passive.max_ejected_share,
+            retry: config.retry.clone(),
+            sticky_cookie: config.sticky_cookie.clone(),
+            health_check: config.health_check.clone(),
+            retry_budget: RollingCounts::new(crate::config::defaults::DEFAULT_RETRY_BUDGET_WINDOW),
+            policy,
+            clock,
+            stats: PoolStats::default(),
         }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// The current endpoints (a cheap snapshot).
@@ -60,16 +125,188 @@ impl Pool {
     /// Replaces the endpoint list; requests already placed keep their endpoint.
     pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
         self.endpoints.store(Arc::new(endpoints));
+        self.generation.fetch_add(1, Relaxed);
+    }
+
+    /// Adds an endpoint to the running pool; it ramps up over the slow-start window.
+    pub fn add_endpoint(&self, address: &str, weight: u32) -> Result<Arc<Endpoint>, String> {
+        let authority = parse_endpoint_address(address)?;
+        let endpoint = Arc::new(Endpoint::new(
+            address.to_owned(),
+            authority,
+            weight,
+            &self.policy,
+            self.clock,
+            true,
+        ));
+        let mut list = self.endpoints.load().as_ref().clone();
+        if list.iter().any(|e| e.address == address) {
+            return Err(format!("{address} is already in pool {}", self.name));
+        }
+        list.push(Arc::clone(&endpoint));
+        self.set_endpoints(list);
+        Ok(endpoint)
+    }
+
+    /// Changes an endpoint's weight at runtime.
+    pub fn set_weight(&self, address: &str, weight: u32) -> bool {
+        let endpoints = self.endpoints.load();
+        let Some(endpoint) = endpoints.iter().find(|e| e.address == address) else {
+            return false;
+        };
+        endpoint.set_weight(weight);
+        self.generation.fetch_add(1, Relaxed);
+        true
     }
 
     pub fn strategy(&self) -> &'static str {
         self.balancer.strategy()
     }
 
-    /// Picks an endpoint for a request, `None` when no endpoint is available.
-    pub fn pick(&self, ctx: &PickContext<'_>) -> Option<Arc<Endpoint>> {
+    /// The balancer's cost of an endpoint now, when the strategy has one.
+    pub fn cost(&self, endpoint: &Endpoint) -> Option<f64> {
+        self.balancer.cost(endpoint, self.now_ms())
+    }
+
+    /// Picks an endpoint for a request. `exclude` holds endpoints this request already
+    /// tried; they are avoided while another endpoint is usable.
+    pub fn pick(
+        &self,
+        client_ip: IpAddr,
+        headers: &HeaderMap,
+        exclude: &[Arc<Endpoint>],
+    ) -> Result<Arc<Endpoint>, PickError> {
         let endpoints = self.endpoints.load();
-        self.balancer.pick(&endpoints, ctx).cloned()
+        let mut ctx = PickContext {
+            client_ip,
+            headers,
+            now_ms: self.clock.now_ms(),
+            exclude,
+            max_in_flight: self.max_in_flight_per_endpoint,
+            generation: self.generation.load(Relaxed),
+            ignore_health: false,
+        };
+        if exclude.is_empty()
+            && let Some(sticky) = self.sticky_endpoint(&endpoints, &ctx)
+        {
+            return Ok(sticky);
+        }
+        if let Some(endpoint) = self.balancer.pick(&endpoints, &ctx) {
+            return Ok(Arc::clone(endpoint));
+        }
+        if !exclude.is_empty() {
+            ctx.exclude = &[];
+            if let Some(endpoint) = self.balancer.pick(&endpoints, &ctx) {
+                return Ok(Arc::clone(endpoint));
+            }
+        }
+        let capacity_bound =
+            ctx.max_in_flight > 0 && endpoints.iter().any(|e| e.is_available(ctx.now_ms));
+        if capacity_bound {
+            self.stats.capacity_rejections.fetch_add(1, Relaxed);
+            return Err(PickError::AtCapacity);
+        }
+        if self.fail_open {
+            ctx.ignore_health = true;
+            if let Some(endpoint) = self.balancer.pick(&endpoints, &ctx) {
+                self.stats.panic_picks.fetch_add(1, Relaxed);
+                tracing::debug!(pool = %self.name, "panic mode: no healthy endpoint, using all");
+                return Ok(Arc::clone(endpoint));
+            }
+        }
+        Err(PickError::NoEndpoint)
+    }
+
+    fn sticky_endpoint(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        ctx: &PickContext<'_>,
+    ) -> Option<Arc<Endpoint>> {
+        let name = self.sticky_cookie.as_deref()?;
+        let id = balancer::cookie_value(ctx.headers, name)?;
+        endpoints
+            .iter()
+            .find(|e| e.id == id && ctx.usable(e))
+            .cloned()
+    }
+
+    /// Takes a slot of the pool's in-flight limit, or says it is full.
+    pub fn acquire_slot(self: &Arc<Self>) -> Result<PoolSlot, PickError> {
+        let in_flight = self.stats.in_flight.fetch_add(1, Relaxed) + 1;
+        let slot = PoolSlot {
+            pool: Arc::clone(self),
+        };
+        if self.max_in_flight > 0 && in_flight > self.max_in_flight {
+            drop(slot);
+            self.stats.capacity_rejections.fetch_add(1, Relaxed);
+            return Err(PickError::AtCapacity);
+        }
+        self.stats.requests.fetch_add(1, Relaxed);
+        self.retry_budget.record(self.clock.now_ms(), 1, 0);
+        Ok(slot)
+    }
+
+    /// Whether the retry budget allows one more retry now; counts it if so.
+    pub fn try_retry(&self) -> bool {
+        let now = self.clock.now_ms();
+        let (requests, retries) = self.retry_budget.totals(now);
+        let window_secs = crate::config::defaults::DEFAULT_RETRY_BUDGET_WINDOW.as_secs_f64();
+        let allowed = self.retry.budget_ratio * requests as f64
+            + f64::from(self.retry.budget_min_per_second) * window_secs;
+        if (retries as f64) < allowed {
+            self.retry_budget.record(now, 0, 1);
+            self.stats.retries.fetch_add(1, Relaxed);
+            true
+        } else {
+            self.stats.retry_budget_exhausted.fetch_add(1, Relaxed);
+            false
+        }
+    }
+
+    /// Records an attempt's outcome on its endpoint and acts on what the breaker says,
+    /// ejecting only while the pool's `max_ejected_share` allows.
+    pub fn report(&self, guard: &mut InFlightGuard, outcome: Outcome, elapsed: Duration) {
+        let endpoint = Arc::clone(guard.endpoint());
+        match endpoint.record_outcome(guard, outcome, elapsed) {
+            BreakerEvent::WouldOpen(trip) => {
+                if self.may_eject() {
+                    endpoint.eject(&trip.to_string());
+                } else {
+                    tracing::warn!(
+                        pool = %self.name,
+                        endpoint = %endpoint.address,
+                        reason = %trip,
+                        "not ejecting: max_ejected_share of the pool is already ejected"
+                    );
+                }
+            }
+            event => endpoint.apply_breaker_event(event),
+        }
+    }
+
+    fn may_eject(&self) -> bool {
+        let endpoints = self.endpoints.load();
+        let now = self.clock.now_ms();
+        let ejected = endpoints
+            .iter()
+            .filter(|e| e.breaker_state(now) == BreakerState::Open)
+            .count();
+        let n = endpoints.len();
+        let allowed =
+            ((n as f64 * self.max_ejected_share).floor() as usize).max(usize::from(n >= 2));
+        ejected < allowed
+    }
+}
+
+/// Holds one unit of the pool's in-flight count.
+#[derive(Debug)]
+pub struct PoolSlot {
+    pool: Arc<Pool>,
+}
+
+impl Drop for PoolSlot {
+    fn drop(&mut self) {
+        self.pool.stats.in_flight.fetch_sub(1, Relaxed);
     }
 }
 

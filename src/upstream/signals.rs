@@ -1,0 +1,205 @@
+//! Lock-free measurements kept per endpoint: a millisecond clock, rolling windows of
+//! counts, peak-EWMA latency and decaying rates. Concurrent updates may occasionally lose
+//! one sample at a boundary; that is accepted to keep the request path free of locks.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Milliseconds since a base instant on tokio's clock (so paused-time tests control it).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base: tokio::time::Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Self {
+            base: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis().min(u64::MAX as u128) as u64
+    }
+}
+
+const BUCKETS: usize = 10;
+
+/// Two counters over a sliding window split into ten buckets.
+#[derive(Debug)]
+pub struct RollingCounts {
+    bucket_ms: u64,
+    buckets: [Bucket; BUCKETS],
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Bucket index + 1 (0 = never used).
+    epoch: AtomicU64,
+    a: AtomicU64,
+    b: AtomicU64,
+}
+
+impl RollingCounts {
+    pub fn new(window: Duration) -> Self {
+        Self {
+            bucket_ms: (window.as_millis() as u64 / BUCKETS as u64).max(1),
+            buckets: Default::default(),
+        }
+    }
+
+    pub fn record(&self, now_ms: u64, a: u64, b: u64) {
+        let index = now_ms / self.bucket_ms + 1;
+        let bucket = &self.buckets[(index as usize) % BUCKETS];
+        let epoch = bucket.epoch.load(Relaxed);
+        if epoch != index
+            && bucket
+                .epoch
+                .compare_exchange(epoch, index, Relaxed, Relaxed)
+                .is_ok()
+        {
+            bucket.a.store(0, Relaxed);
+            bucket.b.store(0, Relaxed);
+        }
+        if a > 0 {
+            bucket.a.fetch_add(a, Relaxed);
+        }
+        if b > 0 {
+            bucket.b.fetch_add(b, Relaxed);
+        }
+    }
+
+    /// Sums over the buckets inside the window ending at `now_ms`.
+    pub fn totals(&self, now_ms: u64) -> (u64, u64) {
+        let index = now_ms / self.bucket_ms + 1;
+        self.buckets
+            .iter()
+            .filter(|b| {
+                let epoch = b.epoch.load(Relaxed);
+                epoch != 0 && epoch <= index && index - epoch < BUCKETS as u64
+            })
+            .fold((0, 0), |(a, b), bucket| {
+                (a + bucket.a.load(Relaxed), b + bucket.b.load(Relaxed))
+            })
+    }
+}
+
+/// An `f64` in an atomic.
+#[derive(Debug, Default)]
+struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    fn load(&self) -> f64 {
+        f64::from_bits(self.0.load(Relaxed))
+    }
+    fn store(&self, v: f64) {
+        self.0.store(v.to_bits(), Relaxed);
+    }
+}
+
+/// Peak-EWMA (Finagle/linkerd): jumps up to a slower observation at once, decays toward
+/// faster ones with time constant `tau`, and decays toward zero while unobserved so an idle
+/// endpoint is tried again.
+#[derive(Debug, Default)]
+pub struct PeakEwma {
+    value_ms: AtomicF64,
+    stamp_ms: AtomicU64,
+}
+
+impl PeakEwma {
+    pub fn observe(&self, now_ms: u64, rtt_ms: f64, tau_ms: f64) {
+        let elapsed = now_ms.saturating_sub(self.stamp_ms.load(Relaxed)) as f64;
+        let previous = self.value_ms.load();
+        let next = if rtt_ms > previous {
+            rtt_ms
+        } else {
+            let w = (-elapsed / tau_ms).exp();
+            previous * w + rtt_ms * (1.0 - w)
+        };
+        self.value_ms.store(next);
+        self.stamp_ms.store(now_ms, Relaxed);
+    }
+
+    /// The estimate at `now_ms`, decayed for the time since the last observation.
+    pub fn get(&self, now_ms: u64, tau_ms: f64) -> f64 {
+        let elapsed = now_ms.saturating_sub(self.stamp_ms.load(Relaxed)) as f64;
+        self.value_ms.load() * (-elapsed / tau_ms).exp()
+    }
+}
+
+/// Share of recent events that were bad: each event moves it by `ALPHA`, and it decays
+/// toward zero with time constant `tau` while nothing happens.
+#[derive(Debug, Default)]
+pub struct DecayingRate {
+    value: AtomicF64,
+    stamp_ms: AtomicU64,
+}
+
+impl DecayingRate {
+    const ALPHA: f64 = 0.1;
+
+    pub fn observe(&self, now_ms: u64, bad: bool, tau_ms: f64) {
+        let current = self.get(now_ms, tau_ms);
+        let x = if bad { 1.0 } else { 0.0 };
+        self.value.store(current + (x - current) * Self::ALPHA);
+        self.stamp_ms.store(now_ms, Relaxed);
+    }
+
+    pub fn get(&self, now_ms: u64, tau_ms: f64) -> f64 {
+        let elapsed = now_ms.saturating_sub(self.stamp_ms.load(Relaxed)) as f64;
+        self.value.load() * (-elapsed / tau_ms).exp()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rolling_window_forgets_old_buckets() {
+        let counts = RollingCounts::new(Duration::from_secs(10));
+        counts.record(0, 5, 1);
+        counts.record(4_000, 2, 2);
+        assert_eq!(counts.totals(5_000), (7, 3));
+        // At 10.5 s the bucket of t=0 is outside the window; t=4 s still inside.
+        assert_eq!(counts.totals(10_500), (2, 2));
+        assert_eq!(counts.totals(30_000), (0, 0));
+        counts.record(30_000, 1, 0);
+        assert_eq!(counts.totals(30_000), (1, 0));
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let ewma = PeakEwma::default();
+        ewma.observe(0, 10.0, 10_000.0);
+        assert_eq!(ewma.get(0, 10_000.0), 10.0);
+        ewma.observe(0, 200.0, 10_000.0);
+        assert_eq!(ewma.get(0, 10_000.0), 200.0, "peak is taken at once");
+        ewma.observe(10_000, 10.0, 10_000.0);
+        let after = ewma.get(10_000, 10_000.0);
+        // w = e^-1: 200·0.368 + 10·0.632 = 79.9
+        assert!((after - 79.9).abs() < 0.1, "{after}");
+        // Unobserved for one tau: decays by e^-1 toward zero.
+        let idle = ewma.get(20_000, 10_000.0);
+        assert!((idle - after / std::f64::consts::E).abs() < 0.1, "{idle}");
+    }
+
+    #[test]
+    fn decaying_rate_tracks_errors() {
+        let rate = DecayingRate::default();
+        for _ in 0..50 {
+            rate.observe(0, true, 10_000.0);
+        }
+        assert!(rate.get(0, 10_000.0) > 0.99);
+        for _ in 0..50 {
+            rate.observe(0, false, 10_000.0);
+        }
+        assert!(rate.get(0, 10_000.0) < 0.01);
+    }
+}
