@@ -25,7 +25,13 @@ impl Balancer for RoundRobin {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Relaxed);
+        // A retry looks from the current position without taking a turn, so it does not
+        // shift the rotation for every later request.
+        let start = if ctx.exclude.is_empty() {
+            self.next.fetch_add(1, Relaxed)
+        } else {
+            self.next.load(Relaxed)
+        };
         let mut fallback = None;
         for offset in 0..n {
             let candidate = &endpoints[start.wrapping_add(offset) % n];

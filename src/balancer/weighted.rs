@@ -92,7 +92,13 @@ impl Balancer for Weighted {
         }
         let schedule = self.schedule_for(endpoints, ctx.generation);
         let len = schedule.order.len();
-        let start = self.next.fetch_add(1, Relaxed);
+        // A retry looks from the current position without taking a turn, so it does not
+        // shift the rotation for every later request.
+        let start = if ctx.exclude.is_empty() {
+            self.next.fetch_add(1, Relaxed)
+        } else {
+            self.next.load(Relaxed)
+        };
         let mut fallback = None;
         for offset in 0..len {
             let index = schedule.order[start.wrapping_add(offset) % len] as usize;
