@@ -39,8 +39,9 @@ impl Balancer for RoundRobin {
                 continue;
             }
             if ctx.accepts_ramping(candidate) {
-                if offset > 0 {
-                    // Move past the skipped ones so the next pick does not land here again.
+                if offset > 0 && fallback.is_none() {
+                    // Move past the unusable ones so the next pick does not land on them
+                    // again. (A ramping endpoint that declined keeps its place in turn.)
                     self.next.fetch_add(offset, Relaxed);
                 }
                 return Some(candidate);

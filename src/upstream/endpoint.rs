@@ -13,6 +13,9 @@ use super::breaker::{Breaker, BreakerEvent, BreakerState};
 use super::signals::{Clock, DecayingRate, PeakEwma};
 use crate::config::PassiveHealthConfig;
 
+/// `available_since_ms` of an endpoint that has never had to ramp up.
+const NOT_RAMPING: u64 = u64::MAX;
+
 /// What an operator sees: why an endpoint does or does not get traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndpointState {
@@ -161,11 +164,7 @@ impl Endpoint {
             error_rate: DecayingRate::default(),
             failure_rate: DecayingRate::default(),
             backoff_until_ms: AtomicU64::new(0),
-            available_since_ms: AtomicU64::new(if slow_start {
-                now
-            } else {
-                now.saturating_sub(slow_start_ms)
-            }),
+            available_since_ms: AtomicU64::new(if slow_start { now } else { NOT_RAMPING }),
             slow_start_ms,
             decay_ms: policy.decay.as_millis().max(1) as f64,
             transition: Mutex::new(Transition {
@@ -231,7 +230,11 @@ impl Endpoint {
         if self.slow_start_ms == 0 {
             return 1.0;
         }
-        let elapsed = now_ms.saturating_sub(self.available_since_ms.load(Relaxed));
+        let since = self.available_since_ms.load(Relaxed);
+        if since == NOT_RAMPING {
+            return 1.0;
+        }
+        let elapsed = now_ms.saturating_sub(since);
         if elapsed >= self.slow_start_ms {
             1.0
         } else {

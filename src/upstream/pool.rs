@@ -326,3 +326,69 @@ fn build_client(config: &PoolConfig) -> UpstreamClient {
         .set_host(false)
         .build(connector)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn pool(extra: &str) -> Arc<Pool> {
+        let config: PoolConfig = toml::from_str(&format!(
+            "endpoints = [{{ address = \"127.0.0.1:1\" }}]\n{extra}"
+        ))
+        .unwrap();
+        Arc::new(Pool::from_config("test", &config))
+    }
+
+    fn share_of(pool: &Pool, endpoint: &Arc<Endpoint>, picks: usize) -> f64 {
+        let headers = HeaderMap::new();
+        let hits = (0..picks)
+            .filter(|_| {
+                let picked = pool
+                    .pick(Ipv4Addr::LOCALHOST.into(), &headers, &[])
+                    .unwrap();
+                Arc::ptr_eq(&picked, endpoint)
+            })
+            .count();
+        hits as f64 / picks as f64
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_a_new_endpoint_over_its_window() {
+        let pool = pool("slow_start = \"10s\"");
+        let added = pool.add_endpoint("127.0.0.1:2", 1).unwrap();
+        assert_eq!(added.state(pool.now_ms()).as_str(), "slow_start");
+        // Offered every other pick by round robin, accepted at its ramp factor.
+        let start = share_of(&pool, &added, 4000);
+        assert!((0.03..0.08).contains(&start), "{start}");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let half = share_of(&pool, &added, 4000);
+        assert!((0.2..0.3).contains(&half), "{half}");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(added.state(pool.now_ms()).as_str(), "healthy");
+        assert_eq!(share_of(&pool, &added, 4000), 0.5);
+    }
+
+    #[test]
+    fn duplicate_endpoints_are_refused_and_weights_change() {
+        let pool = pool("strategy = \"weighted\"");
+        assert!(pool.add_endpoint("127.0.0.1:1", 1).is_err());
+        assert!(pool.add_endpoint("not an address", 1).is_err());
+        let added = pool.add_endpoint("127.0.0.1:2", 1).unwrap();
+        assert!(pool.set_weight("127.0.0.1:2", 3));
+        assert!(!pool.set_weight("127.0.0.1:9", 3));
+        let share = share_of(&pool, &added, 4000);
+        assert!((share - 0.75).abs() < 0.01, "{share}");
+    }
+
+    #[test]
+    fn retry_budget_allows_a_share_plus_a_floor() {
+        let pool = pool("retry = { budget_ratio = 0.2, budget_min_per_second = 0 }");
+        for _ in 0..100 {
+            let _slot = pool.acquire_slot().unwrap();
+        }
+        let granted = (0..100).filter(|_| pool.try_retry()).count();
+        assert_eq!(granted, 20);
+        assert_eq!(pool.stats.retry_budget_exhausted.load(Relaxed), 80);
+    }
+}
