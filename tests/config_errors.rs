@@ -231,3 +231,50 @@ fn check_config_exit_codes() {
         "serve refuses a bad config too"
     );
 }
+
+#[test]
+fn balancing_sections_are_checked() {
+    let cases = [
+        (
+            "strategy = \"consistent_hash\"\n",
+            "pools.api.hash: strategy \"consistent_hash\" needs a [hash] table with a key",
+        ),
+        (
+            "hash = { key = \"client_ip\" }\n",
+            "pools.api.hash: only used with strategy = \"consistent_hash\"",
+        ),
+        (
+            "strategy = \"consistent_hash\"\nhash = { key = \"ip\" }\n",
+            "pools.api.hash.key: \"ip\": expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\"",
+        ),
+        (
+            "health_check = { path = \"healthz\" }\n",
+            "pools.api.health_check.path: must start with '/'",
+        ),
+        (
+            "passive = { error_rate = 1.5 }\n",
+            "pools.api.passive.error_rate: must be above 0 and at most 1, got 1.5",
+        ),
+        (
+            "retry = { backoff_base = \"1s\", backoff_cap = \"10ms\" }\n",
+            "pools.api.retry.backoff_cap: must be at least backoff_base",
+        ),
+        (
+            "score = { response_time = 0, availability = 0, load = 0, success_rate = 0 }\n",
+            "pools.api.score: weights must be 0 or more, and not all 0",
+        ),
+        (
+            "sticky_cookie = \"a b\"\n",
+            "pools.api.sticky_cookie: \"a b\" is not a valid cookie name",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let err = error_for(&(GOOD.to_owned() + extra));
+        assert!(err.contains(expected), "{extra}: {err}");
+    }
+    let err = error_for(&(GOOD.to_owned() + "retry = { on = [\"always\"] }\n"));
+    assert!(
+        err.starts_with("config/weir.toml: pools.api.retry.on[0]"),
+        "{err}"
+    );
+}

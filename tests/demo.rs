@@ -16,16 +16,28 @@ async fn demo_serves_every_request_through_every_endpoint() {
     assert_eq!(summary.load.statuses.get(&200), Some(&400));
     assert!(summary.admin_ready);
     assert!(summary.drained);
-    // api: 3 endpoints, static: 2; each served its round-robin share.
+    // api (score): 3 endpoints, the slow one gets the least; static (round robin): even.
     assert_eq!(summary.endpoints.len(), 5);
-    let api: Vec<u64> = summary
-        .endpoints
-        .iter()
-        .filter(|e| e.pool == "api")
-        .map(|e| e.requests)
-        .collect();
+    let requests = |pool: &str, upstream: &str| {
+        summary
+            .endpoints
+            .iter()
+            .find(|e| e.pool == pool && e.upstream == upstream)
+            .map(|e| e.requests)
+            .unwrap()
+    };
+    let api = [
+        requests("api", "alpha"),
+        requests("api", "beta"),
+        requests("api", "gamma-slow"),
+    ];
     assert_eq!(api.iter().sum::<u64>(), 300, "3 of 4 demo paths are /api");
-    assert!(api.iter().all(|&n| n == 100), "{api:?}");
+    assert!(
+        api[2] < api[0] && api[2] < api[1],
+        "score avoids the slow one: {api:?}"
+    );
+    assert_eq!(requests("static", "alpha"), 50);
+    assert_eq!(requests("static", "beta"), 50);
     let slow = summary
         .endpoints
         .iter()
@@ -35,6 +47,7 @@ async fn demo_serves_every_request_through_every_endpoint() {
         slow.mean_latency_ms >= 25.0,
         "slow upstream shows its delay"
     );
+    assert!(summary.endpoints.iter().all(|e| e.state == "healthy"));
     let printed = summary.to_string();
     assert!(printed.contains("latency p50"), "{printed}");
     assert!(printed.contains("gamma-slow"), "{printed}");

@@ -49,11 +49,12 @@ mod tests {
 
     #[test]
     fn sampled_pairs_favour_idle_endpoints() {
-        let eps = endpoints(&[1; 8]);
+        // Larger than the exact-scan size, so pairs are sampled.
+        let eps = endpoints(&[1; 12]);
         // Endpoint 0 is very busy: P2C picks it only when paired with… nothing idler.
         let _held: Vec<_> = (0..50).map(|_| eps[0].begin_request()).collect();
         let h = HeaderMap::new();
-        let counts = tally(&LeastConnections, &eps, &ctx(&h), 8000);
+        let counts = tally(&LeastConnections, &eps, &ctx(&h), 12_000);
         assert_eq!(counts[0], 0, "{counts:?}");
     }
 

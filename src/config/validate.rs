@@ -166,6 +166,11 @@ fn check_pool_policies(key: &str, pool: &PoolConfig, problems: &mut Vec<Problem>
             "hash",
             "strategy \"consistent_hash\" needs a [hash] table with a key".into(),
         ),
+        (Some(_), strategy) if strategy != Strategy::ConsistentHash => problem(
+            "hash",
+            "only used with strategy = \"consistent_hash\"; remove it or change the strategy"
+                .into(),
+        ),
         (Some(hash), _) => {
             if let Err(reason) = HashKey::parse(&hash.key) {
                 problem("hash.key", reason);

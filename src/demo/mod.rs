@@ -43,6 +43,8 @@ pub enum DemoError {
 
 pub struct EndpointLine {
     pub pool: String,
+    pub strategy: &'static str,
+    pub state: &'static str,
     pub upstream: String,
     pub address: String,
     pub requests: u64,
@@ -148,11 +150,12 @@ path_prefix = "/api"
 pool = "api"
 
 [pools.api]
-strategy = "round_robin"
+strategy = "score"
 endpoints = [{all}]
 response_timeout = "5s"
 
 [pools.static]
+strategy = "round_robin"
 endpoints = [{fast}]
 "#,
         token = demo_token(),
@@ -202,6 +205,8 @@ fn endpoint_lines(running: &app::Running, upstreams: &[SampleUpstream]) -> Vec<E
                 .map_or_else(|| "?".to_owned(), |u| u.name.to_string());
             lines.push(EndpointLine {
                 pool: pool.name.clone(),
+                strategy: pool.strategy(),
+                state: ep.state(pool.now_ms()).as_str(),
                 upstream,
                 address: ep.address.clone(),
                 requests: ep.stats.requests.load(Relaxed),
@@ -262,12 +267,18 @@ impl fmt::Display for DemoSummary {
             load.latency_ms(0.99),
             load.latency.max() as f64 / 1000.0
         )?;
-        writeln!(f, "  endpoints (round robin):")?;
+        writeln!(f, "  endpoints:")?;
         for line in &self.endpoints {
             writeln!(
                 f,
-                "    {:<7} {:<11} {:<22} {:>6} requests   mean {:>6.2} ms",
-                line.pool, line.upstream, line.address, line.requests, line.mean_latency_ms
+                "    {:<7} {:<12} {:<11} {:<22} {:>6} requests   mean {:>6.2} ms   {}",
+                line.pool,
+                line.strategy,
+                line.upstream,
+                line.address,
+                line.requests,
+                line.mean_latency_ms,
+                line.state
             )?;
         }
         write!(

@@ -1,0 +1,176 @@
+//! linkerd's slow-backend experiment on loopback: four upstreams answering in ~5 ms, one of
+//! them slowed to 1 s for the middle third of the run, under a constant arrival rate.
+//! Latency is measured from each request's scheduled start (open model: no coordinated
+//! omission). Prints p50/p99/p99.9/max and the count of requests ≥ 500 ms per strategy.
+//!
+//! Run: `cargo bench --bench slow_backend`; WEIR_BENCH_SECONDS and WEIR_BENCH_RATE change
+//! the run, WEIR_BENCH_SLOW=all keeps the endpoint slow for the whole run.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::Response;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+async fn upstream(delay_ms: Arc<AtomicU64>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let delay_ms = delay_ms.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_req| {
+                    let delay = Duration::from_millis(delay_ms.load(Relaxed));
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Result {
+    strategy: &'static str,
+    latency: Histogram<u64>,
+    slow: u64,
+    failed: u64,
+}
+
+async fn run(strategy: &'static str, seconds: u64, rate: u64, slow_all_run: bool) -> Result {
+    let delays: Vec<Arc<AtomicU64>> = (0..4).map(|_| Arc::new(AtomicU64::new(5))).collect();
+    let mut addrs = Vec::new();
+    for d in &delays {
+        addrs.push(upstream(d.clone()).await);
+    }
+    let endpoints: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
+    let config = format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[[routes]]\npool = \"p\"\n\
+         [pools.p]\nstrategy = \"{strategy}\"\nendpoints = [{}]\nresponse_timeout = \"10s\"\n",
+        endpoints.join(", ")
+    );
+    let config = weir::config::load_str(&config, Path::new("bench")).unwrap();
+    let weir = weir::app::start(&config).await.unwrap();
+    let proxy = weir.listener_addr("http").unwrap();
+    let uri: http::Uri = format!("http://{proxy}/").parse().unwrap();
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+
+    let histogram = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+    ));
+    let failed = Arc::new(AtomicU64::new(0));
+    let total = seconds * rate;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let scheduled = start + interval * i as u32;
+        // One endpoint is slow for the middle third of the run (or all of it).
+        let third = total / 3;
+        let slow = slow_all_run || (third..2 * third).contains(&i);
+        delays[0].store(if slow { 1000 } else { 5 }, Relaxed);
+        tokio::time::sleep_until(scheduled).await;
+        let (client, uri, histogram, failed) = (
+            client.clone(),
+            uri.clone(),
+            histogram.clone(),
+            failed.clone(),
+        );
+        tasks.spawn(async move {
+            let request = http::Request::get(uri).body(Empty::new()).unwrap();
+            let ok = match tokio::time::timeout(Duration::from_secs(15), client.request(request))
+                .await
+            {
+                Ok(Ok(response)) => {
+                    let ok = response.status().is_success();
+                    let _ = response.into_body().collect().await;
+                    ok
+                }
+                _ => false,
+            };
+            if ok {
+                let micros = scheduled.elapsed().as_micros() as u64;
+                let _ = histogram
+                    .lock()
+                    .unwrap()
+                    .record(micros.clamp(1, 60_000_000));
+            } else {
+                failed.fetch_add(1, Relaxed);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    weir.shutdown().await;
+    let latency = histogram.lock().unwrap().clone();
+    let slow = latency.count_between(500_000, 60_000_000);
+    Result {
+        strategy,
+        latency,
+        slow,
+        failed: failed.load(Relaxed),
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "slow_backend: a benchmark, not a test; run it with `cargo bench --bench slow_backend`"
+        );
+        return;
+    }
+    let seconds: u64 = std::env::var("WEIR_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let rate: u64 = std::env::var("WEIR_BENCH_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
+    let slow_all_run = std::env::var("WEIR_BENCH_SLOW").is_ok_and(|v| v == "all");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    println!(
+        "slow backend: 4 upstreams at 5 ms, one at 1 s for {}; {rate} req/s for {seconds} s ({} requests)\n",
+        if slow_all_run {
+            "the whole run"
+        } else {
+            "the middle third"
+        },
+        seconds * rate
+    );
+    println!(
+        "{:<18} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7}",
+        "strategy", "p50 ms", "p99 ms", "p99.9 ms", "max ms", ">=500 ms", "failed"
+    );
+    for strategy in ["round_robin", "least_connections", "score"] {
+        let r = runtime.block_on(run(strategy, seconds, rate, slow_all_run));
+        let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "{:<18} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>7}",
+            r.strategy,
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            r.latency.max() as f64 / 1000.0,
+            r.slow,
+            r.failed
+        );
+    }
+}
