@@ -58,7 +58,7 @@ async fn admin_pool(weir: &weir::app::Running) -> serde_json::Value {
     json["pools"][0].clone()
 }
 
-fn endpoint_json<'a>(pool: &'a serde_json::Value, addr: SocketAddr) -> &'a serde_json::Value {
+fn endpoint_json(pool: &serde_json::Value, addr: SocketAddr) -> &serde_json::Value {
     pool["endpoints"]
         .as_array()
         .unwrap()
