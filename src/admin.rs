@@ -1,24 +1,30 @@
-//! The admin port (axum): liveness and readiness probes, and a token-protected read-only
-//! view of pools. It reads the state the data plane publishes and never sits in its path.
+//! The admin port (axum): liveness and readiness probes, and the token-protected API —
+//! pools and endpoint states, instance registration, drain, weights, and reload. It reads
+//! the state the data plane publishes and changes it only through the [`Supervisor`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::{InstanceError, Supervisor, describe_instance};
 use crate::config::AdminConfig;
 use crate::proxy::ProxyState;
+use crate::registry::Registration;
 use crate::upstream::Pool;
 
 #[derive(Clone)]
 pub struct AdminContext {
+    supervisor: Arc<Supervisor>,
     state: Arc<ProxyState>,
     /// `None`: no token configured, so the protected API refuses everyone.
     token: Option<Arc<str>>,
@@ -26,7 +32,12 @@ pub struct AdminContext {
 }
 
 impl AdminContext {
-    pub fn new(state: Arc<ProxyState>, config: &AdminConfig, draining: CancellationToken) -> Self {
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        config: &AdminConfig,
+        draining: CancellationToken,
+    ) -> Self {
+        let state = Arc::clone(supervisor.state());
         let token = config
             .token
             .clone()
@@ -40,6 +51,7 @@ impl AdminContext {
             );
         }
         Self {
+            supervisor,
             state,
             token,
             draining,
@@ -47,12 +59,198 @@ impl AdminContext {
     }
 }
 
+/// Largest request body the admin API reads.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
 pub fn router(context: AdminContext) -> Router {
+    let api = Router::new()
+        .route("/api/v1/pools", get(pools))
+        .route("/api/v1/pools/{pool}", get(one_pool))
+        .route("/api/v1/instances/register", post(register))
+        .route(
+            "/api/v1/instances/{id}",
+            get(instance).delete(deregister).patch(reweight),
+        )
+        .route("/api/v1/instances/{id}/drain", post(drain))
+        .route("/api/v1/reload", post(reload).get(last_reload))
+        .route_layer(middleware::from_fn_with_state(
+            context.clone(),
+            require_token,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/api/v1/pools", get(pools))
+        .merge(api)
+        .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .with_state(context)
+}
+
+async fn require_token(
+    State(ctx): State<AdminContext>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    if authorized(&ctx, request.headers()) {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Parses a JSON body with a 400 that says what is wrong.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+fn instance_error(err: InstanceError) -> Response {
+    let status = match err {
+        InstanceError::UnknownPool(_) | InstanceError::UnknownInstance(_) => StatusCode::NOT_FOUND,
+        InstanceError::Invalid(_) => StatusCode::BAD_REQUEST,
+        InstanceError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, err.to_string())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    pool: String,
+    address: String,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    zone: Option<String>,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+fn default_weight() -> u32 {
+    crate::config::defaults::DEFAULT_WEIGHT
+}
+
+async fn register(State(ctx): State<AdminContext>, body: Bytes) -> Response {
+    let body: RegisterBody = match parse_body(&body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let registration = Registration {
+        pool: body.pool,
+        address: body.address,
+        weight: body.weight,
+        zone: body.zone,
+        metadata: body.metadata,
+    };
+    match ctx.supervisor.register(registration) {
+        Ok(endpoint) => match ctx.supervisor.find(&endpoint.id) {
+            Some((pool, endpoint)) => (
+                StatusCode::CREATED,
+                Json(describe_instance(&pool, &endpoint)),
+            )
+                .into_response(),
+            None => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "registered, then not found",
+            ),
+        },
+        Err(err) => instance_error(err),
+    }
+}
+
+async fn instance(State(ctx): State<AdminContext>, Path(id): Path<String>) -> Response {
+    match ctx.supervisor.find(&id) {
+        Some((pool, endpoint)) => Json(describe_instance(&pool, &endpoint)).into_response(),
+        None => instance_error(InstanceError::UnknownInstance(id)),
+    }
+}
+
+async fn deregister(State(ctx): State<AdminContext>, Path(id): Path<String>) -> Response {
+    let pool_name = ctx.supervisor.find(&id).map(|(p, _)| p.name.clone());
+    match ctx.supervisor.deregister(&id) {
+        Ok((endpoint, was_registered)) => {
+            let mut body = json!({
+                "id": id,
+                "pool": pool_name,
+                "address": endpoint.address,
+                "removed": true,
+                "in_flight": endpoint.in_flight(),
+            });
+            if !was_registered {
+                body["note"] =
+                    json!("this endpoint is in the config file and comes back on the next reload");
+            }
+            Json(body).into_response()
+        }
+        Err(err) => instance_error(err),
+    }
+}
+
+async fn drain(State(ctx): State<AdminContext>, Path(id): Path<String>) -> Response {
+    match ctx.supervisor.drain(&id) {
+        Ok(_) => match ctx.supervisor.find(&id) {
+            Some((pool, endpoint)) => (
+                StatusCode::ACCEPTED,
+                Json(describe_instance(&pool, &endpoint)),
+            )
+                .into_response(),
+            None => instance_error(InstanceError::UnknownInstance(id)),
+        },
+        Err(err) => instance_error(err),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightBody {
+    weight: u32,
+}
+
+async fn reweight(
+    State(ctx): State<AdminContext>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let body: WeightBody = match parse_body(&body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    match ctx.supervisor.set_weight(&id, body.weight) {
+        Ok(_) => match ctx.supervisor.find(&id) {
+            Some((pool, endpoint)) => Json(describe_instance(&pool, &endpoint)).into_response(),
+            None => instance_error(InstanceError::UnknownInstance(id)),
+        },
+        Err(err) => instance_error(err),
+    }
+}
+
+async fn reload(State(ctx): State<AdminContext>) -> Response {
+    let report = ctx.supervisor.reload().await;
+    let status = if report.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    (status, Json(report)).into_response()
+}
+
+async fn last_reload(State(ctx): State<AdminContext>) -> Response {
+    Json(json!({
+        "reloads_ok": ctx.supervisor.reloads_ok.load(Relaxed),
+        "reloads_failed": ctx.supervisor.reloads_failed.load(Relaxed),
+        "last": ctx.supervisor.last_reload(),
+    }))
+    .into_response()
+}
+
+async fn one_pool(State(ctx): State<AdminContext>, Path(name): Path<String>) -> Response {
+    let snapshot = ctx.state.snapshot.load();
+    match snapshot.pools.get(&name) {
+        Some(pool) => Json(pool_json(pool)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("unknown pool {name:?}")),
+    }
 }
 
 /// Serves until `stop` is cancelled.
@@ -73,10 +271,7 @@ async fn readyz(State(ctx): State<AdminContext>) -> Response {
     }
 }
 
-async fn pools(State(ctx): State<AdminContext>, headers: HeaderMap) -> Response {
-    if !authorized(&ctx, &headers) {
-        return unauthorized();
-    }
+async fn pools(State(ctx): State<AdminContext>) -> Response {
     let snapshot = ctx.state.snapshot.load();
     let pools: Vec<Value> = snapshot
         .pools
@@ -104,6 +299,7 @@ fn pool_json(pool: &Pool) -> Value {
             };
             let transition = ep.last_transition();
             json!({
+                "id": ep.id,
                 "address": ep.address,
                 "weight": ep.weight(),
                 "state": ep.state(now).as_str(),

@@ -36,4 +36,5 @@ pub mod demo;
 pub mod loadtest;
 pub mod logging;
 pub mod proxy;
+pub mod registry;
 pub mod upstream;

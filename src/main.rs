@@ -60,14 +60,14 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => {
             logging::init(cli.log_format, "info");
-            let config = match weir::config::load_file(&config) {
-                Ok(config) => config,
+            let loaded = match weir::config::load_file(&config) {
+                Ok(loaded) => loaded,
                 Err(err) => {
                     eprintln!("{err}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            run(serve(config))
+            run(serve(loaded, config))
         }
         Command::Demo {
             requests,
@@ -87,8 +87,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: weir::config::Config) -> anyhow::Result<()> {
-    let running = weir::app::start(&config).await?;
+async fn serve(config: weir::config::Config, path: PathBuf) -> anyhow::Result<()> {
+    let running = weir::app::start_with(config, Some(path)).await?;
     let report = running.run_until_signal().await?;
     if report.completed {
         tracing::info!("drained; exiting");

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::defaults::*;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -29,7 +29,7 @@ pub struct Config {
 }
 
 /// Process-wide settings of the client side.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     #[serde(with = "humantime_serde", default = "d_drain")]
@@ -50,7 +50,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
@@ -73,7 +73,7 @@ pub enum ForwardedForMode {
 }
 
 /// Which headers weir adds on the way to and from upstreams.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeadersConfig {
     #[serde(default)]
@@ -105,7 +105,7 @@ impl Default for HeadersConfig {
 }
 
 /// Routes are tried in file order; the first whose host and path prefix match wins.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: Option<String>,
@@ -132,7 +132,7 @@ pub enum Strategy {
     ConsistentHash,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     #[serde(default)]
@@ -178,7 +178,7 @@ pub struct PoolConfig {
 }
 
 /// Active HTTP health checks.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     #[serde(default = "d_health_path")]
@@ -204,7 +204,7 @@ pub struct HealthCheckConfig {
 }
 
 /// Passive outlier detection and the per-endpoint circuit breaker, one state machine.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PassiveHealthConfig {
     #[serde(default = "d_true")]
@@ -260,7 +260,7 @@ pub enum RetryOn {
     Timeout,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Extra attempts after the first (0 = no retries).
@@ -307,7 +307,7 @@ impl Default for RetryConfig {
 }
 
 /// What the consistent hash is computed from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HashConfig {
     /// `client_ip`, `header:NAME` or `cookie:NAME`; requests without the key hash the
@@ -347,7 +347,7 @@ impl HashKey {
 }
 
 /// Relative importance of each input to the score strategy's cost; only ratios matter.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreWeights {
     #[serde(default = "d_score_rt")]
@@ -375,7 +375,7 @@ impl Default for ScoreWeights {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// `host:port`; a host name is resolved when connecting.
@@ -384,7 +384,7 @@ pub struct EndpointConfig {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "d_admin_address")]
@@ -393,10 +393,13 @@ pub struct AdminConfig {
     pub token: Option<String>,
     #[serde(default = "d_admin_token_env")]
     pub token_env: String,
+    /// Where instances registered through the API are kept across restarts (JSON, written
+    /// atomically). Absent: registrations last until the process exits.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// Placeholder for the two-tier cache; only `enabled = false` is accepted until it lands.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     #[serde(default)]
@@ -414,7 +417,7 @@ impl Default for CacheConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port/db` or `rediss://…`.

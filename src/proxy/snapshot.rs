@@ -18,12 +18,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds from a validated config.
-    pub fn build(config: &Config) -> Self {
+    /// Builds from a validated config; with `previous` (the snapshot being replaced by a
+    /// reload), pools of the same name keep their live state (see [`Pool::from_config`]).
+    pub fn build(config: &Config, previous: Option<&Snapshot>) -> Self {
         let pools: BTreeMap<String, Arc<Pool>> = config
             .pools
             .iter()
-            .map(|(name, pool)| (name.clone(), Arc::new(Pool::from_config(name, pool))))
+            .map(|(name, pool)| {
+                let old = previous.and_then(|p| p.pools.get(name)).map(Arc::as_ref);
+                (name.clone(), Arc::new(Pool::from_config(name, pool, old)))
+            })
             .collect();
         let routes = config
             .routes

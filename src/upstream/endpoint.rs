@@ -137,6 +137,7 @@ impl Endpoint {
     /// `slow_start` applies from now (an endpoint added to a running pool) or not at all
     /// (the pool's first endpoints, which start together).
     pub fn new(
+        pool: &str,
         address: String,
         authority: Authority,
         weight: u32,
@@ -149,7 +150,7 @@ impl Endpoint {
         let now = clock.now_ms();
         let slow_start_ms = policy.slow_start.as_millis() as u64;
         Self {
-            id: endpoint_id(&address),
+            id: endpoint_id(pool, &address),
             address,
             authority,
             host_header,
@@ -185,6 +186,7 @@ impl Endpoint {
             decay: crate::config::defaults::DEFAULT_SCORE_DECAY,
         };
         Some(Self::new(
+            "test",
             address.to_owned(),
             authority,
             weight,
@@ -433,11 +435,12 @@ impl Endpoint {
     }
 }
 
-/// Stable per-address id for sticky cookies (16 hex digits, reveals no address).
-fn endpoint_id(address: &str) -> String {
+/// Stable id of an endpoint in a pool, for sticky cookies and the admin API (16 hex
+/// digits; reveals no address).
+fn endpoint_id(pool: &str, address: &str) -> String {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::hash::DefaultHasher::new();
-    address.hash(&mut hasher);
+    (pool, address).hash(&mut hasher);
     format!("{:016x}", hasher.finish())
 }
 

@@ -48,7 +48,9 @@ pub struct Pool {
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     /// Bumped on every change of endpoints or weights (strategies cache tables by it).
     generation: AtomicU64,
-    balancer: Box<dyn Balancer>,
+    balancer: Arc<dyn Balancer>,
+    /// The config this pool was built from, to tell what a reload may keep.
+    config: PoolConfig,
     pub client: UpstreamClient,
     pub response_timeout: Duration,
     pub preserve_host: bool,
@@ -62,41 +64,64 @@ pub struct Pool {
     policy: EndpointPolicy,
     clock: Clock,
     /// a = requests, b = retries, over the budget window.
-    retry_budget: RollingCounts,
-    pub stats: PoolStats,
+    retry_budget: Arc<RollingCounts>,
+    /// Shared with the pool's earlier and later versions across reloads.
+    pub stats: Arc<PoolStats>,
 }
 
 impl Pool {
-    /// Builds a pool from validated config.
-    pub fn from_config(name: &str, config: &PoolConfig) -> Self {
-        let clock = Clock::new();
+    /// Builds a pool from validated config. With `previous` (the pool of the same name
+    /// before a reload) it keeps what is live: endpoints at unchanged addresses with their
+    /// state (latency, breaker, health, in-flight), the clock their times refer to,
+    /// counters, the retry budget, the balancer when its settings are unchanged, and the
+    /// upstream connections when their settings are unchanged.
+    pub fn from_config(name: &str, config: &PoolConfig, previous: Option<&Pool>) -> Self {
+        let clock = previous.map_or_else(Clock::new, |p| p.clock);
         let policy = EndpointPolicy {
             passive: config.passive.clone(),
             slow_start: config.slow_start,
             decay: config.score.decay,
         };
+        let old_endpoints = previous.map(|p| p.endpoints.load_full());
         let endpoints = config
             .endpoints
             .iter()
             .filter_map(|e| {
+                let kept = old_endpoints
+                    .as_ref()
+                    .and_then(|list| list.iter().find(|old| old.address == e.address));
+                if let Some(kept) = kept {
+                    kept.set_weight(e.weight);
+                    return Some(Arc::clone(kept));
+                }
                 // Validation has already rejected bad addresses; skip defensively.
                 let authority = parse_endpoint_address(&e.address).ok()?;
                 Some(Arc::new(Endpoint::new(
+                    name,
                     e.address.clone(),
                     authority,
                     e.weight,
                     &policy,
                     clock,
-                    false,
+                    // Joining a running pool ramps up; a new pool's endpoints start together.
+                    previous.is_some(),
                 )))
             })
             .collect();
+        let balancer = match previous {
+            Some(p) if same_balancing(&p.config, config) => Arc::clone(&p.balancer),
+            _ => Arc::from(balancer::for_pool(config)),
+        };
+        let client = match previous {
+            Some(p) if same_connections(&p.config, config) => p.client.clone(),
+            _ => build_client(config),
+        };
         Self {
             name: name.to_owned(),
             endpoints: ArcSwap::from_pointee(endpoints),
-            generation: AtomicU64::new(0),
-            balancer: balancer::for_pool(config),
-            client: build_client(config),
+            generation: AtomicU64::new(previous.map_or(0, |p| p.generation.load(Relaxed) + 1)),
+            balancer,
+            client,
             response_timeout: config.response_timeout,
             preserve_host: config.preserve_host,
             fail_open: config.fail_open,
@@ -106,11 +131,38 @@ impl Pool {
             retry: config.retry.clone(),
             sticky_cookie: config.sticky_cookie.clone(),
             health_check: config.health_check.clone(),
-            retry_budget: RollingCounts::new(crate::config::defaults::DEFAULT_RETRY_BUDGET_WINDOW),
+            retry_budget: previous.map_or_else(
+                || {
+                    Arc::new(RollingCounts::new(
+                        crate::config::defaults::DEFAULT_RETRY_BUDGET_WINDOW,
+                    ))
+                },
+                |p| Arc::clone(&p.retry_budget),
+            ),
+            stats: previous.map_or_else(Default::default, |p| Arc::clone(&p.stats)),
+            config: config.clone(),
             policy,
             clock,
-            stats: PoolStats::default(),
         }
+    }
+
+    /// Appends an existing endpoint (one registered at runtime, carried over a reload with
+    /// its live state). No-op if the pool already has its address.
+    pub fn adopt(&self, endpoint: Arc<Endpoint>) {
+        let mut list = self.endpoints.load().as_ref().clone();
+        if list.iter().all(|e| e.address != endpoint.address) {
+            list.push(endpoint);
+            self.set_endpoints(list);
+        }
+    }
+
+    /// The endpoint at `address`, if the pool has it.
+    pub fn endpoint(&self, address: &str) -> Option<Arc<Endpoint>> {
+        self.endpoints
+            .load()
+            .iter()
+            .find(|e| e.address == address)
+            .cloned()
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -132,6 +184,7 @@ impl Pool {
     pub fn add_endpoint(&self, address: &str, weight: u32) -> Result<Arc<Endpoint>, String> {
         let authority = parse_endpoint_address(address)?;
         let endpoint = Arc::new(Endpoint::new(
+            &self.name,
             address.to_owned(),
             authority,
             weight,
@@ -161,6 +214,20 @@ impl Pool {
 
     pub fn strategy(&self) -> &'static str {
         self.balancer.strategy()
+    }
+
+    /// Removes an endpoint from the pool: it gets no new requests, and requests already on
+    /// it finish (their guards hold it). Returns it, or `None` if it is not in the pool.
+    pub fn remove_endpoint(&self, address: &str) -> Option<Arc<Endpoint>> {
+        let current = self.endpoints.load();
+        let removed = current.iter().find(|e| e.address == address).cloned()?;
+        let rest = current
+            .iter()
+            .filter(|e| e.address != address)
+            .cloned()
+            .collect();
+        self.set_endpoints(rest);
+        Some(removed)
     }
 
     /// The balancer's cost of an endpoint now, when the strategy has one.
@@ -310,6 +377,18 @@ impl Drop for PoolSlot {
     }
 }
 
+/// Whether a reload may keep the balancer (and with it round-robin position, schedules).
+fn same_balancing(old: &PoolConfig, new: &PoolConfig) -> bool {
+    old.strategy == new.strategy && old.score == new.score && old.hash == new.hash
+}
+
+/// Whether a reload may keep the upstream connection pool.
+fn same_connections(old: &PoolConfig, new: &PoolConfig) -> bool {
+    old.connect_timeout == new.connect_timeout
+        && old.idle_timeout == new.idle_timeout
+        && old.max_idle_per_endpoint == new.max_idle_per_endpoint
+}
+
 fn build_client(config: &PoolConfig) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -337,7 +416,7 @@ mod tests {
             "endpoints = [{{ address = \"127.0.0.1:1\" }}]\n{extra}"
         ))
         .unwrap();
-        Arc::new(Pool::from_config("test", &config))
+        Arc::new(Pool::from_config("test", &config, None))
     }
 
     fn share_of(pool: &Pool, endpoint: &Arc<Endpoint>, picks: usize) -> f64 {

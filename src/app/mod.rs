@@ -1,6 +1,11 @@
-//! Wiring: build the state from config, bind listeners, run until told to stop, drain.
+//! Wiring: build the state from config, bind listeners and the admin port, run until told
+//! to stop, drain. [`Supervisor`] applies reloads and instance changes while running.
+
+mod listeners;
+mod supervisor;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,10 +13,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use supervisor::{InstanceError, ReloadReport, Supervisor, describe_instance};
+
 use crate::admin;
 use crate::config::Config;
-use crate::proxy::listener::{self, ListenerSettings, Shutdown};
+use crate::proxy::listener::Shutdown;
 use crate::proxy::{ProxyState, Snapshot};
+use crate::registry::{Registry, RegistryError};
+use listeners::{ListenerContext, ListenerSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -29,18 +38,19 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("admin.state_file: {0}")]
+    State(#[from] RegistryError),
 }
 
-/// A running weir: its bound addresses, its state, and the handles to stop it.
+/// A running weir: its bound addresses, its state, and the handles to change and stop it.
 #[derive(Debug)]
 pub struct Running {
-    listeners: Vec<(String, SocketAddr)>,
     admin: Option<SocketAddr>,
-    state: Arc<ProxyState>,
+    supervisor: Arc<Supervisor>,
     shutdown: Shutdown,
     tracker: TaskTracker,
     drain_timeout: Duration,
-    admin_stop: CancellationToken,
+    background_stop: CancellationToken,
     admin_task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -53,20 +63,34 @@ pub struct DrainReport {
     pub aborted_connections: u64,
 }
 
-/// Binds every listener (all or nothing) and starts serving.
+/// Starts from a config that was not read from a file (it cannot be reloaded).
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let mut bound = Vec::with_capacity(config.listeners.len());
-    for (index, listener) in config.listeners.iter().enumerate() {
-        let socket = TcpListener::bind(listener.address)
-            .await
-            .map_err(|source| StartError::Bind {
-                index,
-                name: listener.name.clone(),
-                address: listener.address,
-                source,
-            })?;
-        bound.push((listener, socket));
+    start_with(config.clone(), None).await
+}
+
+/// Binds every listener (all or nothing) and starts serving; `config_path` is what SIGHUP
+/// and the admin reload re-read.
+pub async fn start_with(
+    config: Config,
+    config_path: Option<PathBuf>,
+) -> Result<Running, StartError> {
+    let registry = Registry::load(config.admin.as_ref().and_then(|a| a.state_file.clone()))?;
+    let state = Arc::new(ProxyState::new(Snapshot::build(&config, None)));
+    for note in supervisor::apply_registrations(&state.snapshot.load(), None, &registry.list()) {
+        tracing::warn!("{note}");
     }
+    let shutdown = Shutdown {
+        drain: CancellationToken::new(),
+        abort: CancellationToken::new(),
+    };
+    let tracker = TaskTracker::new();
+    let ctx = ListenerContext {
+        state: Arc::clone(&state),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let mut listeners = ListenerSet::default();
+    let plan = listeners.plan(&config.listeners).await?;
     let admin_listener = match &config.admin {
         Some(admin) => Some(TcpListener::bind(admin.address).await.map_err(|source| {
             StartError::AdminBind {
@@ -76,63 +100,43 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         })?),
         None => None,
     };
+    listeners.apply(plan, &config.server, &ctx);
 
-    let state = Arc::new(ProxyState::new(Snapshot::build(config)));
-    let shutdown = Shutdown {
-        drain: CancellationToken::new(),
-        abort: CancellationToken::new(),
-    };
-    let tracker = TaskTracker::new();
-    let mut listeners = Vec::new();
-    for (listener_config, socket) in bound {
-        let address = socket.local_addr().unwrap_or(listener_config.address);
-        let settings = ListenerSettings {
-            name: listener_config.name.clone(),
-            max_connections: listener_config.max_connections,
-            request_header_timeout: config.server.request_header_timeout,
-            client_idle_timeout: config.server.client_idle_timeout,
-        };
-        tracing::info!(listener = %settings.name, %address, "listening");
-        listeners.push((settings.name.clone(), address));
-        tracker.spawn(listener::serve(
-            socket,
-            settings,
-            Arc::clone(&state),
-            shutdown.clone(),
-            tracker.clone(),
-        ));
-    }
     // The admin port and health checks outlive the drain (so /readyz can report it and
     // endpoints keep their health); they stop last.
-    let admin_stop = CancellationToken::new();
-    for pool in state.snapshot.load().pools.values() {
-        if let Some(check) = &pool.health_check {
-            tokio::spawn(crate::upstream::health::run(
-                Arc::clone(pool),
-                check.clone(),
-                admin_stop.clone(),
-            ));
-        }
-    }
-    let (admin, admin_task) = match (admin_listener, &config.admin) {
+    let background_stop = CancellationToken::new();
+    let drain_timeout = config.server.drain_timeout;
+    let admin_config = config.admin.clone();
+    let supervisor = Arc::new(Supervisor::new(
+        Arc::clone(&state),
+        config,
+        config_path,
+        registry,
+        listeners,
+        ctx,
+        background_stop.clone(),
+    ));
+    let (admin, admin_task) = match (admin_listener, admin_config) {
         (Some(socket), Some(admin_config)) => {
             let address = socket.local_addr().unwrap_or(admin_config.address);
             tracing::info!(%address, "admin listening");
-            let context =
-                admin::AdminContext::new(Arc::clone(&state), admin_config, shutdown.drain.clone());
-            let task = tokio::spawn(admin::serve(socket, context, admin_stop.clone()));
+            let context = admin::AdminContext::new(
+                Arc::clone(&supervisor),
+                &admin_config,
+                shutdown.drain.clone(),
+            );
+            let task = tokio::spawn(admin::serve(socket, context, background_stop.clone()));
             (Some(address), Some(task))
         }
         _ => (None, None),
     };
     Ok(Running {
-        listeners,
         admin,
-        state,
+        supervisor,
         shutdown,
         tracker,
-        drain_timeout: config.server.drain_timeout,
-        admin_stop,
+        drain_timeout,
+        background_stop,
         admin_task,
     })
 }
@@ -140,14 +144,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 impl Running {
     /// The bound address of the listener named `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
+        self.listeners()
+            .into_iter()
             .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a)
     }
 
-    pub fn listeners(&self) -> &[(String, SocketAddr)] {
-        &self.listeners
+    /// The running listeners and their bound addresses.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.supervisor.listener_addresses()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -155,7 +160,11 @@ impl Running {
     }
 
     pub fn state(&self) -> &Arc<ProxyState> {
-        &self.state
+        self.supervisor.state()
+    }
+
+    pub fn supervisor(&self) -> &Arc<Supervisor> {
+        &self.supervisor
     }
 
     /// A token that starts the drain when cancelled (e.g. from a signal handler).
@@ -174,7 +183,7 @@ impl Running {
         let mut aborted_connections = 0;
         if !completed {
             aborted_connections = self
-                .state
+                .state()
                 .stats
                 .connections_active
                 .load(std::sync::atomic::Ordering::Relaxed);
@@ -185,7 +194,7 @@ impl Running {
             self.shutdown.abort.cancel();
             self.tracker.wait().await;
         }
-        self.admin_stop.cancel();
+        self.background_stop.cancel();
         if let Some(task) = self.admin_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
@@ -195,7 +204,8 @@ impl Running {
         }
     }
 
-    /// Serves until SIGTERM or SIGINT (or the drain token is cancelled), then drains.
+    /// Serves until SIGTERM or SIGINT (or the drain token is cancelled), reloading on
+    /// SIGHUP, then drains.
     pub async fn run_until_signal(self) -> std::io::Result<DrainReport> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
@@ -208,7 +218,8 @@ impl Running {
                 _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
                 _ = drain.cancelled() => break,
                 _ = hup.recv() => {
-                    tracing::warn!("SIGHUP: configuration reload is not available in this build; keeping the current configuration");
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    self.supervisor.reload().await;
                 }
             }
         }

@@ -1,0 +1,160 @@
+//! The set of running proxy listeners, changed on reload without touching the listeners
+//! that stay: new sockets are bound first (all or nothing), then removed ones drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::StartError;
+use crate::config::{ListenerConfig, ServerConfig};
+use crate::proxy::ProxyState;
+use crate::proxy::listener::{self, ListenerSettings, Shutdown};
+
+/// What listeners share: where they publish, and the process-wide stop signals.
+#[derive(Debug, Clone)]
+pub(super) struct ListenerContext {
+    pub state: Arc<ProxyState>,
+    pub tracker: TaskTracker,
+    pub shutdown: Shutdown,
+}
+
+#[derive(Debug)]
+struct RunningListener {
+    config: ListenerConfig,
+    address: SocketAddr,
+    /// Stops this listener only (a child of the process-wide drain).
+    stop: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ListenerSet {
+    running: Vec<RunningListener>,
+}
+
+/// Sockets bound for a change, not yet serving.
+pub(super) struct Plan {
+    start: Vec<(ListenerConfig, TcpListener)>,
+    stop: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl ListenerSet {
+    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.running
+            .iter()
+            .map(|l| (l.config.name.clone(), l.address))
+            .collect()
+    }
+
+    /// Binds what `wanted` adds or moves; fails (binding nothing) if any socket cannot be
+    /// bound.
+    pub async fn plan(&self, wanted: &[ListenerConfig]) -> Result<Plan, StartError> {
+        let mut plan = Plan {
+            start: Vec::new(),
+            stop: Vec::new(),
+            notes: Vec::new(),
+        };
+        for (index, config) in wanted.iter().enumerate() {
+            match self.running.iter().find(|r| r.config.name == config.name) {
+                Some(current) if current.config.address == config.address => {
+                    if current.config.max_connections != config.max_connections {
+                        plan.notes.push(format!(
+                            "listener {:?}: max_connections changes when it restarts",
+                            config.name
+                        ));
+                    }
+                }
+                found => {
+                    let socket = TcpListener::bind(config.address).await.map_err(|source| {
+                        StartError::Bind {
+                            index,
+                            name: config.name.clone(),
+                            address: config.address,
+                            source,
+                        }
+                    })?;
+                    if found.is_some() {
+                        plan.stop.push(config.name.clone());
+                        plan.notes.push(format!(
+                            "listener {:?} moved to {}",
+                            config.name, config.address
+                        ));
+                    } else {
+                        plan.notes.push(format!(
+                            "listener {:?} added on {}",
+                            config.name, config.address
+                        ));
+                    }
+                    plan.start.push((config.clone(), socket));
+                }
+            }
+        }
+        for current in &self.running {
+            if wanted.iter().all(|w| w.name != current.config.name) {
+                plan.stop.push(current.config.name.clone());
+                plan.notes.push(format!(
+                    "listener {:?} removed; it drains",
+                    current.config.name
+                ));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Starts the planned listeners and stops the replaced or removed ones (their open
+    /// connections finish their requests).
+    pub fn apply(
+        &mut self,
+        plan: Plan,
+        server: &ServerConfig,
+        ctx: &ListenerContext,
+    ) -> Vec<String> {
+        for name in &plan.stop {
+            if let Some(position) = self.running.iter().position(|r| &r.config.name == name) {
+                let old = self.running.remove(position);
+                old.stop.cancel();
+            }
+        }
+        for (config, socket) in plan.start {
+            self.start(config, socket, server, ctx);
+        }
+        plan.notes
+    }
+
+    pub fn start(
+        &mut self,
+        config: ListenerConfig,
+        socket: TcpListener,
+        server: &ServerConfig,
+        ctx: &ListenerContext,
+    ) {
+        let address = socket.local_addr().unwrap_or(config.address);
+        let settings = ListenerSettings {
+            name: config.name.clone(),
+            max_connections: config.max_connections,
+            request_header_timeout: server.request_header_timeout,
+            client_idle_timeout: server.client_idle_timeout,
+        };
+        let stop = ctx.shutdown.drain.child_token();
+        let shutdown = Shutdown {
+            drain: stop.clone(),
+            abort: ctx.shutdown.abort.clone(),
+        };
+        tracing::info!(listener = %settings.name, %address, "listening");
+        ctx.tracker.spawn(listener::serve(
+            socket,
+            settings,
+            Arc::clone(&ctx.state),
+            shutdown,
+            ctx.tracker.clone(),
+        ));
+        self.running.push(RunningListener {
+            config,
+            address,
+            stop,
+        });
+    }
+}

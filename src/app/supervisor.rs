@@ -1,0 +1,354 @@
+//! Changes to a running weir: configuration reloads (SIGHUP or admin), and instances
+//! registered, drained, reweighted or removed through the admin API. Reloads build the new
+//! state whole and swap it in; on any error the old one keeps serving.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::listeners::{ListenerContext, ListenerSet};
+use crate::config::defaults::MAX_WEIGHT as MAX_ENDPOINT_WEIGHT;
+use crate::config::{self, Config};
+use crate::proxy::{ProxyState, Snapshot};
+use crate::registry::{Registration, Registry, RegistryError};
+use crate::upstream::{Endpoint, EndpointState, Pool};
+
+/// How a reload went, for the log, the admin API and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub notes: Vec<String>,
+    pub at: String,
+}
+
+/// Why an instance operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("unknown pool {0:?}")]
+    UnknownPool(String),
+    #[error("no instance with id {0:?}")]
+    UnknownInstance(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    State(#[from] RegistryError),
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    listeners: ListenerSet,
+    health_stop: CancellationToken,
+}
+
+#[derive(Debug)]
+pub struct Supervisor {
+    state: Arc<ProxyState>,
+    config_path: Option<PathBuf>,
+    registry: Registry,
+    ctx: ListenerContext,
+    /// Stops background work (health checks) after the drain.
+    background_stop: CancellationToken,
+    inner: tokio::sync::Mutex<Inner>,
+    /// Bound listener addresses, republished after every change.
+    addresses: arc_swap::ArcSwap<Vec<(String, std::net::SocketAddr)>>,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    last_reload: Mutex<Option<ReloadReport>>,
+}
+
+impl Supervisor {
+    pub(super) fn new(
+        state: Arc<ProxyState>,
+        config: Config,
+        config_path: Option<PathBuf>,
+        registry: Registry,
+        listeners: ListenerSet,
+        ctx: ListenerContext,
+        background_stop: CancellationToken,
+    ) -> Self {
+        let health_stop = background_stop.child_token();
+        spawn_health_checks(&state.snapshot.load(), &health_stop);
+        let addresses = arc_swap::ArcSwap::from_pointee(listeners.addresses());
+        Self {
+            addresses,
+            state,
+            config_path,
+            registry,
+            ctx,
+            background_stop,
+            inner: tokio::sync::Mutex::new(Inner {
+                config,
+                listeners,
+                health_stop,
+            }),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            last_reload: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> &Arc<ProxyState> {
+        &self.state
+    }
+
+    pub fn listener_addresses(&self) -> Vec<(String, std::net::SocketAddr)> {
+        self.addresses.load().as_ref().clone()
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadReport> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the config file and applies it (what SIGHUP does).
+    pub async fn reload(&self) -> ReloadReport {
+        let result = match &self.config_path {
+            None => Err("weir was started without a config file; nothing to reload".to_owned()),
+            Some(path) => config::load_file(path).map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(config) => self.apply(config).await,
+            Err(error) => self.finish(Err(error)),
+        }
+    }
+
+    /// Applies an already validated config.
+    pub async fn apply(&self, config: Config) -> ReloadReport {
+        let mut inner = self.inner.lock().await;
+        let plan = match inner.listeners.plan(&config.listeners).await {
+            Ok(plan) => plan,
+            Err(error) => return self.finish(Err(error.to_string())),
+        };
+        let previous = self.state.snapshot.load_full();
+        let snapshot = Snapshot::build(&config, Some(&previous));
+        let mut notes = apply_registrations(&snapshot, Some(&previous), &self.registry.list());
+        notes.extend(describe_pool_changes(&previous, &snapshot));
+        if inner.config.server != config.server {
+            notes.push("[server] timeouts apply to listeners started from now on".into());
+        }
+        if inner.config.admin != config.admin {
+            notes.push("[admin] changes apply after a restart".into());
+        }
+        // Swap: requests in flight keep the snapshot they started with.
+        self.state.snapshot.store(Arc::new(snapshot));
+        inner.health_stop.cancel();
+        inner.health_stop = self.background_stop.child_token();
+        spawn_health_checks(&self.state.snapshot.load(), &inner.health_stop);
+        notes.extend(inner.listeners.apply(plan, &config.server, &self.ctx));
+        self.addresses.store(Arc::new(inner.listeners.addresses()));
+        inner.config = config;
+        self.finish(Ok(notes))
+    }
+
+    fn finish(&self, result: Result<Vec<String>, String>) -> ReloadReport {
+        let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let report = match result {
+            Ok(notes) => {
+                self.reloads_ok.fetch_add(1, Relaxed);
+                tracing::info!(notes = ?notes, "configuration reloaded");
+                ReloadReport {
+                    ok: true,
+                    error: None,
+                    notes,
+                    at,
+                }
+            }
+            Err(error) => {
+                self.reloads_failed.fetch_add(1, Relaxed);
+                tracing::error!(%error, "reload failed; the previous configuration keeps serving");
+                ReloadReport {
+                    ok: false,
+                    error: Some(error),
+                    notes: Vec::new(),
+                    at,
+                }
+            }
+        };
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+        report
+    }
+
+    /// The pool and endpoint with instance id `id`.
+    pub fn find(&self, id: &str) -> Option<(Arc<Pool>, Arc<Endpoint>)> {
+        let snapshot = self.state.snapshot.load();
+        snapshot.pools.values().find_map(|pool| {
+            let endpoints = pool.endpoints();
+            let endpoint = endpoints.iter().find(|e| e.id == id)?;
+            Some((Arc::clone(pool), Arc::clone(endpoint)))
+        })
+    }
+
+    /// Registers an instance (or updates its weight if it is registered already), persists
+    /// it, and puts it in rotation (ramping up over the pool's slow start).
+    pub fn register(&self, registration: Registration) -> Result<Arc<Endpoint>, InstanceError> {
+        if registration.weight == 0 || registration.weight > MAX_ENDPOINT_WEIGHT {
+            return Err(InstanceError::Invalid(format!(
+                "weight must be between 1 and {MAX_ENDPOINT_WEIGHT}"
+            )));
+        }
+        config::parse_endpoint_address(&registration.address).map_err(InstanceError::Invalid)?;
+        let snapshot = self.state.snapshot.load();
+        let pool = snapshot
+            .pools
+            .get(&registration.pool)
+            .ok_or_else(|| InstanceError::UnknownPool(registration.pool.clone()))?;
+        self.registry.upsert(registration.clone())?;
+        if let Some(existing) = pool.endpoint(&registration.address) {
+            pool.set_weight(&registration.address, registration.weight);
+            if existing.is_draining() {
+                existing.set_draining(false, "registered again");
+            }
+            return Ok(existing);
+        }
+        let endpoint = pool
+            .add_endpoint(&registration.address, registration.weight)
+            .map_err(InstanceError::Invalid)?;
+        endpoint.record_transition(format!(
+            "registered through the admin API{}",
+            registration
+                .zone
+                .as_deref()
+                .map(|z| format!(" (zone {z})"))
+                .unwrap_or_default()
+        ));
+        Ok(endpoint)
+    }
+
+    /// Takes an instance out of its pool: no new requests; those in flight finish.
+    pub fn deregister(&self, id: &str) -> Result<(Arc<Endpoint>, bool), InstanceError> {
+        let (pool, endpoint) = self
+            .find(id)
+            .ok_or_else(|| InstanceError::UnknownInstance(id.to_owned()))?;
+        let was_registered = self.registry.remove(&pool.name, &endpoint.address)?;
+        endpoint.set_draining(true, "deregistered through the admin API");
+        pool.remove_endpoint(&endpoint.address);
+        Ok((endpoint, was_registered))
+    }
+
+    /// Stops new requests to an instance; it stays listed until removed.
+    pub fn drain(&self, id: &str) -> Result<Arc<Endpoint>, InstanceError> {
+        let (_, endpoint) = self
+            .find(id)
+            .ok_or_else(|| InstanceError::UnknownInstance(id.to_owned()))?;
+        endpoint.set_draining(true, "drained through the admin API");
+        Ok(endpoint)
+    }
+
+    pub fn set_weight(&self, id: &str, weight: u32) -> Result<Arc<Endpoint>, InstanceError> {
+        if weight == 0 || weight > MAX_ENDPOINT_WEIGHT {
+            return Err(InstanceError::Invalid(format!(
+                "weight must be between 1 and {MAX_ENDPOINT_WEIGHT}"
+            )));
+        }
+        let (pool, endpoint) = self
+            .find(id)
+            .ok_or_else(|| InstanceError::UnknownInstance(id.to_owned()))?;
+        self.registry
+            .set_weight(&pool.name, &endpoint.address, weight)?;
+        pool.set_weight(&endpoint.address, weight);
+        Ok(endpoint)
+    }
+}
+
+/// Puts registered instances into `snapshot`'s pools, carrying live endpoints over from
+/// `previous`. An address that the config file also lists is the file's: the registration
+/// is ignored and a note says so.
+pub(super) fn apply_registrations(
+    snapshot: &Snapshot,
+    previous: Option<&Snapshot>,
+    registrations: &[Registration],
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    for r in registrations {
+        let Some(pool) = snapshot.pools.get(&r.pool) else {
+            notes.push(format!(
+                "registered instance {} is for pool {:?}, which the config no longer has; kept in the state file, not serving",
+                r.address, r.pool
+            ));
+            continue;
+        };
+        if pool.endpoint(&r.address).is_some() {
+            notes.push(format!(
+                "{} in pool {:?} is in the config file, which wins over its registration",
+                r.address, r.pool
+            ));
+            continue;
+        }
+        let live = previous
+            .and_then(|p| p.pools.get(&r.pool))
+            .and_then(|p| p.endpoint(&r.address));
+        match live {
+            Some(endpoint) => pool.adopt(endpoint),
+            None => {
+                if let Err(error) = pool.add_endpoint(&r.address, r.weight) {
+                    notes.push(format!("registered instance {}: {error}", r.address));
+                }
+            }
+        }
+    }
+    notes
+}
+
+fn describe_pool_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (name, pool) in &old.pools {
+        let Some(new_pool) = new.pools.get(name) else {
+            notes.push(format!("pool {name:?} removed; its endpoints drain"));
+            continue;
+        };
+        for endpoint in pool.endpoints().iter() {
+            if new_pool.endpoint(&endpoint.address).is_none() {
+                endpoint.set_draining(true, "removed from the config by a reload");
+                notes.push(format!(
+                    "pool {name:?}: {} removed; it drains",
+                    endpoint.address
+                ));
+            }
+        }
+        for endpoint in new_pool.endpoints().iter() {
+            if pool.endpoint(&endpoint.address).is_none() {
+                notes.push(format!("pool {name:?}: {} added", endpoint.address));
+            }
+        }
+    }
+    for name in new.pools.keys().filter(|n| !old.pools.contains_key(*n)) {
+        notes.push(format!("pool {name:?} added"));
+    }
+    notes
+}
+
+pub(super) fn spawn_health_checks(snapshot: &Snapshot, stop: &CancellationToken) {
+    for pool in snapshot.pools.values() {
+        if let Some(check) = &pool.health_check {
+            tokio::spawn(crate::upstream::health::run(
+                Arc::clone(pool),
+                check.clone(),
+                stop.clone(),
+            ));
+        }
+    }
+}
+
+/// An instance as the admin API shows it.
+pub fn describe_instance(pool: &Pool, endpoint: &Endpoint) -> serde_json::Value {
+    let state = endpoint.state(pool.now_ms());
+    serde_json::json!({
+        "id": endpoint.id,
+        "pool": pool.name,
+        "address": endpoint.address,
+        "weight": endpoint.weight(),
+        "state": state.as_str(),
+        "reason": endpoint.last_transition().reason,
+        "in_flight": endpoint.in_flight(),
+        "drained": state == EndpointState::Draining && endpoint.in_flight() == 0,
+    })
+}
