@@ -73,6 +73,7 @@ pub fn router(context: AdminContext) -> Router {
         )
         .route("/api/v1/instances/{id}/drain", post(drain))
         .route("/api/v1/reload", post(reload).get(last_reload))
+        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
             context.clone(),
             require_token,
@@ -101,10 +102,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// Parses a JSON body with a 400 that says what is wrong.
-fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+/// Parses a JSON body; the error says what is wrong, for a 400.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
 fn instance_error(err: InstanceError) -> Response {
@@ -135,7 +135,7 @@ fn default_weight() -> u32 {
 async fn register(State(ctx): State<AdminContext>, body: Bytes) -> Response {
     let body: RegisterBody = match parse_body(&body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let registration = Registration {
         pool: body.pool,
@@ -215,7 +215,7 @@ async fn reweight(
 ) -> Response {
     let body: WeightBody = match parse_body(&body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     match ctx.supervisor.set_weight(&id, body.weight) {
         Ok(_) => match ctx.supervisor.find(&id) {
@@ -243,6 +243,17 @@ async fn last_reload(State(ctx): State<AdminContext>) -> Response {
         "last": ctx.supervisor.last_reload(),
     }))
     .into_response()
+}
+
+async fn metrics(State(ctx): State<AdminContext>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&ctx.supervisor),
+    )
+        .into_response()
 }
 
 async fn one_pool(State(ctx): State<AdminContext>, Path(name): Path<String>) -> Response {

@@ -35,6 +35,7 @@ pub mod config;
 pub mod demo;
 pub mod loadtest;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod upstream;

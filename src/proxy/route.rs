@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::stats::RouteStats;
 use crate::config::RouteConfig;
 use crate::upstream::Pool;
 
@@ -19,10 +20,17 @@ pub struct Route {
     host: HostMatch,
     path_prefix: String,
     pub pool: Arc<Pool>,
+    pub stats: Arc<RouteStats>,
 }
 
 impl Route {
-    pub fn new(index: usize, config: &RouteConfig, pool: Arc<Pool>) -> Self {
+    /// `stats` carries the counters of the route of the same name before a reload.
+    pub fn new(
+        index: usize,
+        config: &RouteConfig,
+        pool: Arc<Pool>,
+        stats: Option<Arc<RouteStats>>,
+    ) -> Self {
         let host = match config.host.as_deref() {
             None => HostMatch::Any,
             Some(h) => match h.strip_prefix('*') {
@@ -39,6 +47,7 @@ impl Route {
             host,
             path_prefix: config.path_prefix.clone(),
             pool,
+            stats: stats.unwrap_or_default(),
         }
     }
 

@@ -19,6 +19,7 @@ use super::error::ProxyError;
 use super::headers::{self, strip_hop_by_hop};
 use super::retry;
 use super::snapshot::Snapshot;
+use super::stats::RouteStats;
 use crate::upstream::{Endpoint, Outcome, PickError};
 
 /// One per client connection; cloned into each request.
@@ -46,14 +47,21 @@ impl ProxyService {
     }
 
     pub async fn handle(self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
         let conn_guard = self.conn.begin_request();
         self.state.stats.requests.fetch_add(1, Relaxed);
         let snapshot = self.state.snapshot.load_full();
         let request_id = headers::request_id(req.headers(), &snapshot.headers.request_id);
         let method = req.method().clone();
         let mut response = match self.forward(&snapshot, req, &request_id, conn_guard).await {
-            Ok(response) => response,
+            Ok((response, route_stats)) => {
+                route_stats.record(response.status(), started.elapsed());
+                response
+            }
             Err(failure) => {
+                if let Some(route_stats) = &failure.route_stats {
+                    route_stats.record(failure.error.status(), started.elapsed());
+                }
                 let status = failure.error.status();
                 if status.is_server_error() {
                     tracing::warn!(
@@ -84,7 +92,7 @@ impl ProxyService {
         req: Request<Incoming>,
         request_id: &HeaderValue,
         conn_guard: ConnRequestGuard,
-    ) -> Result<Response<ResponseBody>, Failure> {
+    ) -> Result<(Response<ResponseBody>, Arc<RouteStats>), Failure> {
         let (mut parts, body) = req.into_parts();
         if parts.method == Method::CONNECT {
             return Err(ProxyError::ConnectNotSupported.into());
@@ -100,6 +108,7 @@ impl ProxyService {
         let failure = |error: ProxyError, endpoint: Option<&str>| Failure {
             error,
             route: Some(route.name.to_string()),
+            route_stats: Some(Arc::clone(&route.stats)),
             endpoint: endpoint.map(str::to_owned),
         };
         let pool_slot = pool
@@ -252,9 +261,9 @@ impl ProxyService {
                 pool: pool_slot,
                 connection: conn_guard,
             };
-            return Ok(Response::from_parts(
-                parts,
-                ResponseBody::upstream(body, guards),
+            return Ok((
+                Response::from_parts(parts, ResponseBody::upstream(body, guards)),
+                Arc::clone(&route.stats),
             ));
         }
     }
@@ -315,6 +324,7 @@ impl RequestBody {
 struct Failure {
     error: ProxyError,
     route: Option<String>,
+    route_stats: Option<Arc<RouteStats>>,
     endpoint: Option<String>,
 }
 
@@ -323,6 +333,7 @@ impl From<ProxyError> for Failure {
         Failure {
             error,
             route: None,
+            route_stats: None,
             endpoint: None,
         }
     }

@@ -35,7 +35,13 @@ impl Snapshot {
             .enumerate()
             .filter_map(|(i, route)| {
                 let pool = pools.get(&route.pool)?;
-                Some(Route::new(i, route, Arc::clone(pool)))
+                let mut fresh = Route::new(i, route, Arc::clone(pool), None);
+                if let Some(old) =
+                    previous.and_then(|p| p.router.routes().iter().find(|r| r.name == fresh.name))
+                {
+                    fresh.stats = Arc::clone(&old.stats);
+                }
+                Some(fresh)
             })
             .collect();
         Self {

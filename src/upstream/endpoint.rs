@@ -12,6 +12,7 @@ use http::{HeaderValue, StatusCode};
 use super::breaker::{Breaker, BreakerEvent, BreakerState};
 use super::signals::{Clock, DecayingRate, PeakEwma};
 use crate::config::PassiveHealthConfig;
+use crate::proxy::stats::LatencyHistogram;
 
 /// `available_since_ms` of an endpoint that has never had to ramp up.
 const NOT_RAMPING: u64 = u64::MAX;
@@ -131,6 +132,8 @@ pub struct EndpointStats {
     pub ejections: AtomicU64,
     /// Sum of time-to-response-head in microseconds, with `responses` gives the mean.
     pub latency_micros_total: AtomicU64,
+    /// Time to response head, for percentiles.
+    pub latency: LatencyHistogram,
 }
 
 impl Endpoint {
@@ -374,6 +377,7 @@ impl Endpoint {
                     .latency_micros_total
                     .fetch_add(elapsed.as_micros().min(u64::MAX as u128) as u64, Relaxed);
                 self.latency.observe(now, elapsed_ms, self.decay_ms);
+                self.stats.latency.record(elapsed);
                 let bad = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
                 self.error_rate.observe(now, bad, self.decay_ms);
                 self.failure_rate.observe(now, false, self.decay_ms);
