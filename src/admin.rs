@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{InstanceError, Supervisor, describe_instance};
+use crate::app::{InstanceError, Supervisor};
 use crate::config::AdminConfig;
 use crate::proxy::ProxyState;
 use crate::registry::Registration;
@@ -148,7 +148,7 @@ async fn register(State(ctx): State<AdminContext>, body: Bytes) -> Response {
         Ok(endpoint) => match ctx.supervisor.find(&endpoint.id) {
             Some((pool, endpoint)) => (
                 StatusCode::CREATED,
-                Json(describe_instance(&pool, &endpoint)),
+                Json(ctx.supervisor.describe(&pool, &endpoint)),
             )
                 .into_response(),
             None => error(
@@ -162,7 +162,7 @@ async fn register(State(ctx): State<AdminContext>, body: Bytes) -> Response {
 
 async fn instance(State(ctx): State<AdminContext>, Path(id): Path<String>) -> Response {
     match ctx.supervisor.find(&id) {
-        Some((pool, endpoint)) => Json(describe_instance(&pool, &endpoint)).into_response(),
+        Some((pool, endpoint)) => Json(ctx.supervisor.describe(&pool, &endpoint)).into_response(),
         None => instance_error(InstanceError::UnknownInstance(id)),
     }
 }
@@ -193,7 +193,7 @@ async fn drain(State(ctx): State<AdminContext>, Path(id): Path<String>) -> Respo
         Ok(_) => match ctx.supervisor.find(&id) {
             Some((pool, endpoint)) => (
                 StatusCode::ACCEPTED,
-                Json(describe_instance(&pool, &endpoint)),
+                Json(ctx.supervisor.describe(&pool, &endpoint)),
             )
                 .into_response(),
             None => instance_error(InstanceError::UnknownInstance(id)),
@@ -219,7 +219,9 @@ async fn reweight(
     };
     match ctx.supervisor.set_weight(&id, body.weight) {
         Ok(_) => match ctx.supervisor.find(&id) {
-            Some((pool, endpoint)) => Json(describe_instance(&pool, &endpoint)).into_response(),
+            Some((pool, endpoint)) => {
+                Json(ctx.supervisor.describe(&pool, &endpoint)).into_response()
+            }
             None => instance_error(InstanceError::UnknownInstance(id)),
         },
         Err(err) => instance_error(err),

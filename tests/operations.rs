@@ -547,3 +547,34 @@ async fn sighup_reloads_the_real_binary() {
             .any(|l| l.contains("reload failed; the previous configuration keeps serving"))
     );
 }
+
+#[tokio::test]
+async fn the_config_file_wins_over_a_registration_of_the_same_address() {
+    let a = named_upstream("a").await;
+    let b = named_upstream("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    write(&path, &config(&[a.addr], ""));
+    let weir = start_from_file(&path).await;
+    let (status, body) = admin(&weir, Method::POST, "/api/v1/instances/register", Some(json!({ "pool": "main", "address": b.addr.to_string(), "zone": "eu-1", "metadata": { "build": "42" } }))).await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        (body["registered"].as_bool(), body["zone"].as_str()),
+        (Some(true), Some("eu-1"))
+    );
+    assert_eq!(body["metadata"]["build"], "42");
+    // The file now lists the same address: a reload keeps one endpoint and says which won.
+    write(&path, &config(&[a.addr, b.addr], ""));
+    let (status, report) = admin(&weir, Method::POST, "/api/v1/reload", None).await;
+    assert_eq!(status, 200);
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains("is in the config file, which wins over its registration"),
+        "{notes}"
+    );
+    assert_eq!(
+        weir.state().snapshot.load().pools["main"].endpoints().len(),
+        2
+    );
+    weir.shutdown().await;
+}

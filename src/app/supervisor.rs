@@ -177,6 +177,22 @@ impl Supervisor {
         report
     }
 
+    /// An instance as the admin API shows it, with its registration when it has one.
+    pub fn describe(&self, pool: &Pool, endpoint: &Endpoint) -> serde_json::Value {
+        let mut json = describe_instance(pool, endpoint);
+        let registration = self
+            .registry
+            .list()
+            .into_iter()
+            .find(|r| r.pool == pool.name && r.address == endpoint.address);
+        json["registered"] = serde_json::json!(registration.is_some());
+        if let Some(r) = registration {
+            json["zone"] = serde_json::json!(r.zone);
+            json["metadata"] = serde_json::json!(r.metadata);
+        }
+        json
+    }
+
     /// The pool and endpoint with instance id `id`.
     pub fn find(&self, id: &str) -> Option<(Arc<Pool>, Arc<Endpoint>)> {
         let snapshot = self.state.snapshot.load();
