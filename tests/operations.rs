@@ -578,3 +578,49 @@ async fn the_config_file_wins_over_a_registration_of_the_same_address() {
     );
     weir.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_applies_new_breaker_settings_to_kept_endpoints() {
+    let bad = upstream(|_req| async {
+        Response::builder()
+            .status(500)
+            .body(full("broken"))
+            .unwrap()
+    })
+    .await;
+    let good = named_upstream("good").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    let with_threshold = |n: u32| {
+        config(&[bad.addr, good.addr], "").replace(
+            "[pools.main]",
+            &format!("[pools.main]\nretry = {{ attempts = 0 }}\npassive = {{ consecutive_failures = {n} }}"),
+        )
+    };
+    write(&path, &with_threshold(100));
+    let weir = start_from_file(&path).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    for _ in 0..8 {
+        get(proxy, "/").await;
+    }
+    let endpoint = weir.state().snapshot.load().pools["main"]
+        .endpoint(&bad.addr.to_string())
+        .unwrap();
+    assert_eq!(
+        endpoint.state(endpoint.now_ms()).as_str(),
+        "healthy",
+        "4 failures < 100"
+    );
+    write(&path, &with_threshold(2));
+    let (status, _) = admin(&weir, Method::POST, "/api/v1/reload", None).await;
+    assert_eq!(status, 200);
+    for _ in 0..4 {
+        get(proxy, "/").await;
+    }
+    assert_eq!(
+        endpoint.state(endpoint.now_ms()).as_str(),
+        "ejected",
+        "the new threshold applies"
+    );
+    weir.shutdown().await;
+}

@@ -67,7 +67,8 @@ const HALF_OPEN: u8 = 2;
 
 #[derive(Debug)]
 pub struct Breaker {
-    policy: PassiveHealthConfig,
+    /// Swapped by a reload; the rolling window keeps the length it was created with.
+    policy: arc_swap::ArcSwap<PassiveHealthConfig>,
     state: AtomicU8,
     consecutive_failures: AtomicU32,
     open_until_ms: AtomicU64,
@@ -84,7 +85,7 @@ impl Breaker {
     pub fn new(policy: PassiveHealthConfig) -> Self {
         Self {
             window: RollingCounts::new(policy.window),
-            policy,
+            policy: arc_swap::ArcSwap::from_pointee(policy),
             state: AtomicU8::new(CLOSED),
             consecutive_failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
@@ -116,7 +117,7 @@ impl Breaker {
             BreakerState::Closed => true,
             BreakerState::Open => false,
             BreakerState::HalfOpen => {
-                self.probes_in_flight.load(Relaxed) < self.policy.half_open_probes
+                self.probes_in_flight.load(Relaxed) < self.policy.load().half_open_probes
             }
         }
     }
@@ -142,7 +143,8 @@ impl Breaker {
 
     /// Records the outcome of a request sent to this endpoint.
     pub fn on_result(&self, now_ms: u64, success: bool, probe: bool) -> BreakerEvent {
-        if !self.policy.enabled {
+        let policy = self.policy.load();
+        if !policy.enabled {
             return BreakerEvent::None;
         }
         if probe {
@@ -155,7 +157,7 @@ impl Breaker {
                 return BreakerEvent::Reopened { for_ms };
             }
             let successes = self.probe_successes.fetch_add(1, Relaxed) + 1;
-            if successes >= self.policy.half_open_probes
+            if successes >= policy.half_open_probes
                 && self
                     .state
                     .compare_exchange(HALF_OPEN, CLOSED, Relaxed, Relaxed)
@@ -172,7 +174,7 @@ impl Breaker {
             return BreakerEvent::None;
         }
         if now_ms.saturating_sub(self.closed_since_ms.load(Relaxed))
-            >= self.policy.max_ejection.as_millis() as u64
+            >= policy.max_ejection.as_millis() as u64
         {
             self.ejections.store(0, Relaxed);
         }
@@ -183,18 +185,23 @@ impl Breaker {
         }
         self.window.record(now_ms, 0, 1);
         let consecutive = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
-        if consecutive >= self.policy.consecutive_failures {
+        if consecutive >= policy.consecutive_failures {
             return BreakerEvent::WouldOpen(Trip::ConsecutiveFailures(consecutive));
         }
         let (ok, failed) = self.window.totals(now_ms);
         let requests = ok + failed;
-        if requests >= u64::from(self.policy.min_requests) {
+        if requests >= u64::from(policy.min_requests) {
             let rate = failed as f64 / requests as f64;
-            if rate >= self.policy.error_rate {
+            if rate >= policy.error_rate {
                 return BreakerEvent::WouldOpen(Trip::ErrorRate { rate, requests });
             }
         }
         BreakerEvent::None
+    }
+
+    /// Applies a new policy (from a reload) from the next request on.
+    pub fn set_policy(&self, policy: PassiveHealthConfig) {
+        self.policy.store(std::sync::Arc::new(policy));
     }
 
     /// Frees a probe slot whose request ended without an answer.
@@ -214,8 +221,9 @@ impl Breaker {
 
     fn eject(&self, now_ms: u64) -> u64 {
         let ejections = self.ejections.fetch_add(1, Relaxed) + 1;
-        let base = self.policy.base_ejection.as_millis() as u64;
-        let max = self.policy.max_ejection.as_millis() as u64;
+        let policy = self.policy.load();
+        let base = policy.base_ejection.as_millis() as u64;
+        let max = policy.max_ejection.as_millis() as u64;
         let for_ms = base.saturating_mul(u64::from(ejections)).min(max);
         self.open_until_ms
             .store(now_ms.saturating_add(for_ms), Relaxed);

@@ -113,8 +113,9 @@ pub struct Endpoint {
     failure_rate: DecayingRate,
     backoff_until_ms: AtomicU64,
     available_since_ms: AtomicU64,
-    slow_start_ms: u64,
-    decay_ms: f64,
+    slow_start_ms: AtomicU64,
+    /// Bits of an `f64`.
+    decay_ms: AtomicU64,
     transition: Mutex<Transition>,
     pub stats: EndpointStats,
 }
@@ -169,8 +170,8 @@ impl Endpoint {
             failure_rate: DecayingRate::default(),
             backoff_until_ms: AtomicU64::new(0),
             available_since_ms: AtomicU64::new(if slow_start { now } else { NOT_RAMPING }),
-            slow_start_ms,
-            decay_ms: policy.decay.as_millis().max(1) as f64,
+            slow_start_ms: AtomicU64::new(slow_start_ms),
+            decay_ms: AtomicU64::new((policy.decay.as_millis().max(1) as f64).to_bits()),
             transition: Mutex::new(Transition {
                 state: EndpointState::Healthy,
                 reason: "added".into(),
@@ -203,6 +204,19 @@ impl Endpoint {
         self.clock.now_ms()
     }
 
+    fn decay_ms(&self) -> f64 {
+        f64::from_bits(self.decay_ms.load(Relaxed))
+    }
+
+    /// Applies the pool's policy from a reload that kept this endpoint.
+    pub(crate) fn set_policy(&self, policy: &EndpointPolicy) {
+        self.breaker.set_policy(policy.passive.clone());
+        self.slow_start_ms
+            .store(policy.slow_start.as_millis() as u64, Relaxed);
+        self.decay_ms
+            .store((policy.decay.as_millis().max(1) as f64).to_bits(), Relaxed);
+    }
+
     pub fn host_header(&self) -> &HeaderValue {
         &self.host_header
     }
@@ -232,7 +246,8 @@ impl Endpoint {
     /// Share of its weight the endpoint gets now: ramps from 10 % to 100 % over the
     /// pool's slow-start window after it became available.
     pub fn slow_start_factor(&self, now_ms: u64) -> f64 {
-        if self.slow_start_ms == 0 {
+        let window = self.slow_start_ms.load(Relaxed);
+        if window == 0 {
             return 1.0;
         }
         let since = self.available_since_ms.load(Relaxed);
@@ -240,24 +255,24 @@ impl Endpoint {
             return 1.0;
         }
         let elapsed = now_ms.saturating_sub(since);
-        if elapsed >= self.slow_start_ms {
+        if elapsed >= window {
             1.0
         } else {
-            (elapsed as f64 / self.slow_start_ms as f64).max(0.1)
+            (elapsed as f64 / window as f64).max(0.1)
         }
     }
 
     /// Peak-EWMA time to response head, in ms (0 = no recent observation).
     pub fn latency_ms(&self, now_ms: u64) -> f64 {
-        self.latency.get(now_ms, self.decay_ms)
+        self.latency.get(now_ms, self.decay_ms())
     }
 
     pub fn error_rate(&self, now_ms: u64) -> f64 {
-        self.error_rate.get(now_ms, self.decay_ms)
+        self.error_rate.get(now_ms, self.decay_ms())
     }
 
     pub fn failure_rate(&self, now_ms: u64) -> f64 {
-        self.failure_rate.get(now_ms, self.decay_ms)
+        self.failure_rate.get(now_ms, self.decay_ms())
     }
 
     /// Whether the endpoint asked for a pause (429/503 with `Retry-After`).
@@ -365,6 +380,7 @@ impl Endpoint {
         elapsed: Duration,
     ) -> BreakerEvent {
         let now = self.now_ms();
+        let decay_ms = self.decay_ms();
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
         match outcome {
             Outcome::Response {
@@ -376,11 +392,11 @@ impl Endpoint {
                 self.stats
                     .latency_micros_total
                     .fetch_add(elapsed.as_micros().min(u64::MAX as u128) as u64, Relaxed);
-                self.latency.observe(now, elapsed_ms, self.decay_ms);
+                self.latency.observe(now, elapsed_ms, decay_ms);
                 self.stats.latency.record(elapsed);
                 let bad = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
-                self.error_rate.observe(now, bad, self.decay_ms);
-                self.failure_rate.observe(now, false, self.decay_ms);
+                self.error_rate.observe(now, bad, decay_ms);
+                self.failure_rate.observe(now, false, decay_ms);
                 if let Some(pause) = retry_after {
                     let pause = pause.min(Duration::from_secs(60)).as_millis() as u64;
                     self.backoff_until_ms.store(now + pause, Relaxed);
@@ -395,9 +411,9 @@ impl Endpoint {
                 counter.fetch_add(1, Relaxed);
                 if outcome == Outcome::TimedOut {
                     // A timeout is at least as slow as the time waited.
-                    self.latency.observe(now, elapsed_ms, self.decay_ms);
+                    self.latency.observe(now, elapsed_ms, decay_ms);
                 }
-                self.failure_rate.observe(now, true, self.decay_ms);
+                self.failure_rate.observe(now, true, decay_ms);
             }
         }
         guard.recorded = true;

@@ -92,6 +92,7 @@ impl Pool {
                     .and_then(|list| list.iter().find(|old| old.address == e.address));
                 if let Some(kept) = kept {
                     kept.set_weight(e.weight);
+                    kept.set_policy(&policy);
                     return Some(Arc::clone(kept));
                 }
                 // Validation has already rejected bad addresses; skip defensively.
@@ -151,6 +152,7 @@ impl Pool {
     pub fn adopt(&self, endpoint: Arc<Endpoint>) {
         let mut list = self.endpoints.load().as_ref().clone();
         if list.iter().all(|e| e.address != endpoint.address) {
+            endpoint.set_policy(&self.policy);
             list.push(endpoint);
             self.set_endpoints(list);
         }
