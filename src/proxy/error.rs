@@ -14,6 +14,10 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("CONNECT is not supported")]
     ConnectNotSupported,
+    #[error("transfer coding other than chunked")]
+    UnsupportedTransferEncoding,
+    #[error("the client's request body was malformed or cut short")]
+    ClientBody(#[source] BoxError),
     #[error("no route matches")]
     NoRoute,
     #[error("no endpoint available in pool {0:?}")]
@@ -33,7 +37,8 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoint(_) | ProxyError::AtCapacity(_) => {
@@ -51,6 +56,10 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(why) => why,
             ProxyError::ConnectNotSupported => "CONNECT is not supported",
+            ProxyError::UnsupportedTransferEncoding => {
+                "only the chunked transfer coding is supported"
+            }
+            ProxyError::ClientBody(_) => "request body malformed or incomplete",
             ProxyError::NoRoute => "no route for this host and path",
             ProxyError::NoEndpoint(_) => "no upstream endpoint available",
             ProxyError::AtCapacity(_) => "upstream at capacity",
@@ -61,8 +70,12 @@ impl ProxyError {
         }
     }
 
-    /// Classifies a client error from the upstream connection pool.
+    /// Classifies a client error from the upstream connection pool. A failure of the
+    /// request body being streamed is the client's (400), not the upstream's.
     pub fn from_client(err: hyper_util::client::legacy::Error) -> Self {
+        if source_chain_has_body_error(&err) {
+            return ProxyError::ClientBody(err.into());
+        }
         if err.is_connect() {
             if source_chain_has_timeout(&err) {
                 ProxyError::ConnectTimeout(err.into())
@@ -93,7 +106,12 @@ impl ProxyError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if matches!(self, ProxyError::BadRequest(_)) {
+        if matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::ClientBody(_)
+                | ProxyError::UnsupportedTransferEncoding
+        ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
@@ -110,6 +128,19 @@ impl ProxyError {
         }
         out
     }
+}
+
+fn source_chain_has_body_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(hyper_error) = e.downcast_ref::<hyper::Error>()
+            && hyper_error.is_user()
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn source_chain_has_timeout(err: &(dyn std::error::Error + 'static)) -> bool {

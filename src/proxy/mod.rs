@@ -6,6 +6,7 @@ pub mod conn;
 pub mod error;
 pub mod headers;
 pub mod listener;
+pub mod normalize;
 pub mod retry;
 pub mod route;
 pub mod service;

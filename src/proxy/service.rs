@@ -1,5 +1,6 @@
 //! The request path: route, pick, rewrite, forward, stream back.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -17,6 +18,7 @@ use super::body::{RequestGuards, ResponseBody, UpstreamRequestBody};
 use super::conn::{ConnActivity, ConnRequestGuard};
 use super::error::ProxyError;
 use super::headers::{self, strip_hop_by_hop};
+use super::normalize::normalize_path;
 use super::retry;
 use super::snapshot::Snapshot;
 use super::stats::RouteStats;
@@ -96,6 +98,23 @@ impl ProxyService {
         let (mut parts, body) = req.into_parts();
         if parts.method == Method::CONNECT {
             return Err(ProxyError::ConnectNotSupported.into());
+        }
+        check_framing(&parts.headers)?;
+        // Route and forward the same, normalised path.
+        if let Cow::Owned(path) = normalize_path(parts.uri.path())
+            .map_err(|_| ProxyError::BadRequest("invalid percent-encoding in the path"))?
+        {
+            let target = match parts.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.path_and_query = Some(
+                PathAndQuery::try_from(target)
+                    .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
+            );
+            parts.uri = Uri::from_parts(uri)
+                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
         }
         let route = {
             let host = request_host(&parts)?;
@@ -209,6 +228,11 @@ impl ProxyService {
                 }
                 Ok(Err(err)) => {
                     let error = ProxyError::from_client(err);
+                    if matches!(error, ProxyError::ClientBody(_)) {
+                        // The client's fault: the endpoint learns nothing from it.
+                        drop(guard);
+                        return Err(failure(error, Some(&endpoint.address)));
+                    }
                     let outcome = match error {
                         // Never sent: safe to retry whatever the method.
                         ProxyError::Connect(_) | ProxyError::ConnectTimeout(_) => {
@@ -336,6 +360,36 @@ impl From<ProxyError> for Failure {
             route_stats: None,
             endpoint: None,
         }
+    }
+}
+
+/// Refuses message framing that an upstream could read differently from weir (RFC 9112
+/// §6.1): a transfer coding other than a single `chunked` (hyper decodes only that one,
+/// and weir does not forward `Transfer-Encoding`), or both `Content-Length` and
+/// `Transfer-Encoding` (hyper already drops the length and closes the connection after
+/// the response; this is defence in depth should that change).
+fn check_framing(headers: &http::HeaderMap) -> Result<(), ProxyError> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_none() {
+        return Ok(());
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    let only_chunked = codings
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .try_fold(0, |count, coding| {
+            coding.eq_ignore_ascii_case("chunked").then_some(count + 1)
+        })
+        == Some(1);
+    if only_chunked {
+        Ok(())
+    } else {
+        Err(ProxyError::UnsupportedTransferEncoding)
     }
 }
 
