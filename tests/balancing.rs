@@ -32,19 +32,6 @@ endpoints = [{}]
     )
 }
 
-/// Requests per upstream name over `n` sequential GETs.
-async fn spread(proxy: SocketAddr, n: usize) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for _ in 0..n {
-        let reply = get(proxy, "/").await;
-        assert_eq!(reply.status, 200);
-        *counts
-            .entry(reply.header("x-upstream").unwrap_or("?").to_owned())
-            .or_insert(0) += 1;
-    }
-    counts
-}
-
 #[tokio::test]
 async fn weighted_split_through_the_proxy() {
     let a = named_upstream("a").await;
@@ -55,7 +42,7 @@ async fn weighted_split_through_the_proxy() {
         "strategy = \"weighted\"",
     ))
     .await;
-    let counts = spread(weir.listener_addr("http").unwrap(), 1000).await;
+    let counts = served_by(weir.listener_addr("http").unwrap(), 1000).await;
     for (name, expected) in [("a", 500.0), ("b", 300.0), ("c", 200.0)] {
         let got = counts[name] as f64;
         assert!((got - expected).abs() / 1000.0 <= 0.02, "{counts:?}");
@@ -107,7 +94,7 @@ async fn least_connections_never_sends_to_the_busier_endpoint() {
     assert!(held, "a request reached the holding upstream");
     // With one request in flight there and none on the other, every new request goes to
     // the idle endpoint. Round robin would park half of these and time out.
-    let counts = tokio::time::timeout(Duration::from_secs(10), spread(proxy, 50))
+    let counts = tokio::time::timeout(Duration::from_secs(10), served_by(proxy, 50))
         .await
         .expect("no request was sent to the busy endpoint");
     assert_eq!(counts.get("idle"), Some(&50));

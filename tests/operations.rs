@@ -46,18 +46,6 @@ async fn admin(
     (reply.status, json)
 }
 
-async fn served_by(proxy: SocketAddr, n: usize) -> std::collections::BTreeMap<String, usize> {
-    let mut counts = std::collections::BTreeMap::new();
-    for _ in 0..n {
-        let reply = get(proxy, "/").await;
-        assert_eq!(reply.status, 200);
-        *counts
-            .entry(reply.header("x-upstream").unwrap_or("?").to_owned())
-            .or_insert(0) += 1;
-    }
-    counts
-}
-
 #[tokio::test]
 async fn registered_instances_get_traffic_and_can_be_reweighted_and_removed() {
     let a = named_upstream("a").await;
@@ -370,13 +358,7 @@ async fn a_bad_reload_keeps_the_old_config_and_says_why() {
 
 #[tokio::test]
 async fn live_endpoint_state_survives_a_reload() {
-    let bad = upstream(|_req| async {
-        Response::builder()
-            .status(500)
-            .body(full("broken"))
-            .unwrap()
-    })
-    .await;
+    let bad = failing_upstream().await;
     let good = named_upstream("good").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
@@ -581,13 +563,7 @@ async fn the_config_file_wins_over_a_registration_of_the_same_address() {
 
 #[tokio::test]
 async fn a_reload_applies_new_breaker_settings_to_kept_endpoints() {
-    let bad = upstream(|_req| async {
-        Response::builder()
-            .status(500)
-            .body(full("broken"))
-            .unwrap()
-    })
-    .await;
+    let bad = failing_upstream().await;
     let good = named_upstream("good").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");

@@ -79,6 +79,17 @@ pub trait Balancer: Send + Sync + Debug {
     }
 }
 
+/// The rotation position for this pick. A retry looks from the current position without
+/// taking a turn, so it does not shift the rotation for every later request.
+pub(crate) fn take_turn(next: &std::sync::atomic::AtomicUsize, ctx: &PickContext<'_>) -> usize {
+    use std::sync::atomic::Ordering::Relaxed;
+    if ctx.exclude.is_empty() {
+        next.fetch_add(1, Relaxed)
+    } else {
+        next.load(Relaxed)
+    }
+}
+
 /// Builds the balancer a pool's config asks for.
 pub fn for_pool(config: &PoolConfig) -> Box<dyn Balancer> {
     match config.strategy {

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use super::{Balancer, PickContext};
+use super::{Balancer, PickContext, take_turn};
 use crate::upstream::Endpoint;
 
 /// Each usable endpoint in turn. Unusable endpoints are skipped without giving their turn
@@ -25,13 +25,7 @@ impl Balancer for RoundRobin {
         if n == 0 {
             return None;
         }
-        // A retry looks from the current position without taking a turn, so it does not
-        // shift the rotation for every later request.
-        let start = if ctx.exclude.is_empty() {
-            self.next.fetch_add(1, Relaxed)
-        } else {
-            self.next.load(Relaxed)
-        };
+        let start = take_turn(&self.next, ctx);
         let mut fallback = None;
         for offset in 0..n {
             let candidate = &endpoints[start.wrapping_add(offset) % n];

@@ -3,11 +3,11 @@
 //! (endpoints added or removed, weights changed at runtime).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::AtomicUsize;
 
 use arc_swap::ArcSwap;
 
-use super::{Balancer, PickContext};
+use super::{Balancer, PickContext, take_turn};
 use crate::upstream::Endpoint;
 
 /// Longest schedule kept; larger weight sums are scaled down proportionally.
@@ -92,13 +92,7 @@ impl Balancer for Weighted {
         }
         let schedule = self.schedule_for(endpoints, ctx.generation);
         let len = schedule.order.len();
-        // A retry looks from the current position without taking a turn, so it does not
-        // shift the rotation for every later request.
-        let start = if ctx.exclude.is_empty() {
-            self.next.fetch_add(1, Relaxed)
-        } else {
-            self.next.load(Relaxed)
-        };
+        let start = take_turn(&self.next, ctx);
         let mut fallback = None;
         for offset in 0..len {
             let index = schedule.order[start.wrapping_add(offset) % len] as usize;

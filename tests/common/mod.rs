@@ -88,6 +88,30 @@ pub async fn named_upstream(name: &'static str) -> Upstream {
     .await
 }
 
+/// An upstream that answers every request with 500.
+pub async fn failing_upstream() -> Upstream {
+    upstream(|_req| async {
+        Response::builder()
+            .status(500)
+            .body(full("broken"))
+            .unwrap()
+    })
+    .await
+}
+
+/// Sends `n` sequential GETs and counts the `x-upstream` header of each 200.
+pub async fn served_by(proxy: SocketAddr, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let reply = get(proxy, "/").await;
+        assert_eq!(reply.status, 200);
+        *counts
+            .entry(reply.header("x-upstream").unwrap_or("?").to_owned())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
 /// A raw TCP upstream: reads one request head, writes `response` verbatim, closes.
 pub async fn raw_upstream(response: &'static [u8]) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
