@@ -260,3 +260,40 @@ async fn invalid_upstream_framing_is_not_passed_on() {
         weir.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn oversized_request_heads_are_refused() {
+    let (up, seen) = recording_upstream().await;
+    let config = simple_config(&[up], "") + "\n[server]\nmax_request_header_bytes = 16384\n";
+    let weir = weir(&config).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let reply = raw_exchange(proxy, big_header.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(20_000));
+    let reply = raw_exchange(proxy, long_target.as_bytes()).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 414") || reply.starts_with("HTTP/1.1 431"),
+        "{reply}"
+    );
+    // Just under the limit is fine.
+    let fits = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(12_000)
+    );
+    assert!(
+        raw_exchange(proxy, fits.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let upstream_saw = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert_eq!(
+        upstream_saw.matches("GET /").count(),
+        1,
+        "only the request that fits"
+    );
+    weir.shutdown().await;
+}

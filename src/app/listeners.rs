@@ -137,6 +137,7 @@ impl ListenerSet {
             max_connections: config.max_connections,
             request_header_timeout: server.request_header_timeout,
             client_idle_timeout: server.client_idle_timeout,
+            max_request_header_bytes: server.max_request_header_bytes,
         };
         let stop = ctx.shutdown.drain.child_token();
         let shutdown = Shutdown {

@@ -8,6 +8,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Time a client has to send a complete request head (slowloris guard). On HTTP/1 this also
 /// bounds how long a keep-alive connection may sit idle between requests.
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) accepted; larger gets 431/414.
+pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+/// hyper needs at least this much read buffer.
+pub const MIN_REQUEST_HEADER_BYTES: usize = 8 * 1024;
 /// A client connection with no request in flight and no bytes moving is closed after this.
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long shutdown waits for in-flight requests before it gives up on them.

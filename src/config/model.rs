@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub request_header_timeout: Duration,
     #[serde(with = "humantime_serde", default = "d_client_idle")]
     pub client_idle_timeout: Duration,
+    /// Largest request head accepted (HTTP/1 request line + headers, HTTP/2 header list).
+    #[serde(default = "d_max_header_bytes")]
+    pub max_request_header_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +49,7 @@ impl Default for ServerConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             request_header_timeout: DEFAULT_REQUEST_HEADER_TIMEOUT,
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
+            max_request_header_bytes: DEFAULT_MAX_REQUEST_HEADER_BYTES,
         }
     }
 }
@@ -432,6 +436,9 @@ fn d_header() -> Duration {
 }
 fn d_client_idle() -> Duration {
     DEFAULT_CLIENT_IDLE_TIMEOUT
+}
+fn d_max_header_bytes() -> usize {
+    DEFAULT_MAX_REQUEST_HEADER_BYTES
 }
 fn d_max_connections() -> usize {
     DEFAULT_MAX_CONNECTIONS

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use http::uri::Authority;
 
-use super::defaults::MAX_WEIGHT;
+use super::defaults::{MAX_WEIGHT, MIN_REQUEST_HEADER_BYTES};
 use super::error::Problem;
 use super::model::{Config, HashKey, PoolConfig, Strategy};
 
@@ -20,6 +20,13 @@ pub fn validate(config: &Config) -> Vec<Problem> {
 }
 
 fn check_listeners(config: &Config, problems: &mut Vec<Problem>) {
+    let header_bytes = config.server.max_request_header_bytes;
+    if !(MIN_REQUEST_HEADER_BYTES..=16 * 1024 * 1024).contains(&header_bytes) {
+        problems.push(Problem::new(
+            "server.max_request_header_bytes",
+            format!("must be {MIN_REQUEST_HEADER_BYTES} to 16777216, got {header_bytes}"),
+        ));
+    }
     if config.listeners.is_empty() {
         problems.push(Problem::new(
             "listeners",

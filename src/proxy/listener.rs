@@ -25,6 +25,7 @@ pub struct ListenerSettings {
     pub max_connections: usize,
     pub request_header_timeout: Duration,
     pub client_idle_timeout: Duration,
+    pub max_request_header_bytes: usize,
 }
 
 /// How a running listener is told to stop.
@@ -115,12 +116,14 @@ fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.request_header_timeout)
+        .max_buf_size(settings.max_request_header_bytes)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_header_list_size(settings.max_request_header_bytes as u32);
     builder
 }
 
