@@ -1,0 +1,146 @@
+//! Property tests: inputs from outside (config text, header bytes, paths) never panic, and
+//! balancer invariants hold for arbitrary pools.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use proptest::prelude::*;
+use weir::balancer::{self, PickContext};
+use weir::config::{PoolConfig, Strategy};
+use weir::proxy::headers::{request_id, strip_hop_by_hop};
+use weir::proxy::normalize::normalize_path;
+use weir::upstream::Endpoint;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn config_parsing_never_panics(text in "\\PC{0,400}") {
+        let _ = weir::config::load_str(&text, Path::new("fuzz.toml"));
+    }
+
+    #[test]
+    fn config_parsing_never_panics_on_tomlish_input(
+        sections in proptest::collection::vec(
+            prop_oneof![
+                Just("[[listeners]]\nname = \"a\"\naddress = \"127.0.0.1:0\"\n".to_owned()),
+                Just("[[routes]]\npool = \"p\"\n".to_owned()),
+                Just("[pools.p]\nendpoints = [{ address = \"127.0.0.1:1\" }]\n".to_owned()),
+                "[a-z_.\\[\\]]{1,12} = (\"[a-z0-9:./]{0,12}\"|[0-9]{1,6}|true|\\[\\])\n",
+            ],
+            0..8,
+        )
+    ) {
+        let _ = weir::config::load_str(&sections.concat(), Path::new("fuzz.toml"));
+    }
+
+    #[test]
+    fn header_processing_never_panics(
+        pairs in proptest::collection::vec(("[a-zA-Z0-9-]{1,20}", proptest::collection::vec(any::<u8>(), 0..40)), 0..12)
+    ) {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(&value)) {
+                headers.append(name, value);
+            }
+        }
+        let _ = request_id(&headers, &HeaderName::from_static("x-request-id"));
+        strip_hop_by_hop(&mut headers);
+        prop_assert!(!headers.contains_key("connection"));
+        prop_assert!(!headers.contains_key("transfer-encoding"));
+    }
+
+    #[test]
+    fn path_normalisation_never_panics_and_stays_rooted(path in "/[a-zA-Z0-9./%_-]{0,60}") {
+        if let Ok(normalized) = normalize_path(&path) {
+            prop_assert!(normalized.starts_with('/'));
+            prop_assert!(!normalized.split('/').any(|s| s == ".." || s == "."));
+            // Normalising twice changes nothing.
+            let again = normalize_path(&normalized).unwrap().into_owned();
+            prop_assert_eq!(again, normalized.into_owned());
+        }
+    }
+
+    #[test]
+    fn balancers_never_pick_an_unusable_endpoint_while_one_is_usable(
+        weights in proptest::collection::vec(1u32..20, 1..12),
+        draining in proptest::collection::vec(any::<bool>(), 12),
+        strategy in prop_oneof![
+            Just(Strategy::RoundRobin),
+            Just(Strategy::Weighted),
+            Just(Strategy::LeastConnections),
+            Just(Strategy::Score),
+            Just(Strategy::ConsistentHash),
+        ],
+        picks in 1usize..50,
+    ) {
+        let endpoints: Vec<Arc<Endpoint>> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Arc::new(Endpoint::with_defaults(&format!("127.0.0.1:{}", 2000 + i), *w).unwrap()))
+            .collect();
+        for (endpoint, drain) in endpoints.iter().zip(&draining) {
+            if *drain {
+                endpoint.set_draining(true, "property test");
+            }
+        }
+        let mut config: PoolConfig = toml::from_str("").unwrap();
+        config.strategy = strategy;
+        if strategy == Strategy::ConsistentHash {
+            config.hash = Some(toml::from_str("key = \"client_ip\"").unwrap());
+        }
+        let balancer = balancer::for_pool(&config);
+        let headers = HeaderMap::new();
+        let ctx = PickContext {
+            client_ip: [10, 0, 0, 1].into(),
+            headers: &headers,
+            now_ms: 0,
+            exclude: &[],
+            max_in_flight: 0,
+            generation: 0,
+            ignore_health: false,
+        };
+        let any_usable = endpoints.iter().any(|e| !e.is_draining());
+        for _ in 0..picks {
+            match balancer.pick(&endpoints, &ctx) {
+                Some(picked) => prop_assert!(!picked.is_draining(), "picked a draining endpoint"),
+                None => prop_assert!(!any_usable, "picked nothing while an endpoint was usable"),
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_shares_follow_weights(weights in proptest::collection::vec(1u32..10, 2..6)) {
+        let endpoints: Vec<Arc<Endpoint>> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Arc::new(Endpoint::with_defaults(&format!("127.0.0.1:{}", 3000 + i), *w).unwrap()))
+            .collect();
+        let mut config: PoolConfig = toml::from_str("").unwrap();
+        config.strategy = Strategy::Weighted;
+        let balancer = balancer::for_pool(&config);
+        let headers = HeaderMap::new();
+        let ctx = PickContext {
+            client_ip: [10, 0, 0, 1].into(),
+            headers: &headers,
+            now_ms: 0,
+            exclude: &[],
+            max_in_flight: 0,
+            generation: 0,
+            ignore_health: false,
+        };
+        let total: u32 = weights.iter().sum();
+        let rounds = 20;
+        let mut counts = vec![0u32; endpoints.len()];
+        for _ in 0..total * rounds {
+            let picked = balancer.pick(&endpoints, &ctx).unwrap();
+            let index = endpoints.iter().position(|e| Arc::ptr_eq(e, picked)).unwrap();
+            counts[index] += 1;
+        }
+        // A whole number of schedule cycles: shares are exact.
+        for (count, weight) in counts.iter().zip(&weights) {
+            prop_assert_eq!(*count, weight * rounds);
+        }
+    }
+}
