@@ -297,3 +297,62 @@ async fn oversized_request_heads_are_refused() {
     );
     weir.shutdown().await;
 }
+
+/// Sends a request head, then `chunks` body pieces `gap` apart; returns the response.
+async fn trickle(proxy: SocketAddr, length: usize, chunks: &[&[u8]], gap: Duration) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in chunks {
+        if stream.write_all(chunk).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(gap).await;
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn trickled_request_bodies_are_cut_steady_ones_are_not() {
+    let up = upstream(|req| async move {
+        use http_body_util::BodyExt;
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
+        Response::new(full(n.to_string()))
+    })
+    .await;
+    // 300 ms, plus 1 s per 1000 bytes received.
+    let config = simple_config(&[up.addr], "passive = { consecutive_failures = 2 }")
+        + "\n[server]\nrequest_body_timeout = \"300ms\"\nmin_request_body_rate = 1000\n";
+    let weir = weir(&config).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    // Buffered path (small body): 1 byte every 100 ms cannot finish 100 bytes in time.
+    let one: &[u8] = b"x";
+    let drip = [one; 100];
+    let reply = trickle(proxy, 100, &drip, Duration::from_millis(100)).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    // Streamed path (above the retry buffer): the same trickle is cut too.
+    let reply = trickle(proxy, 100_000, &drip, Duration::from_millis(100)).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    // 2000 bytes every 50 ms (40 kB/s) keeps well ahead of its deadline.
+    let piece = [b'y'; 2000];
+    let pieces: Vec<&[u8]> = (0..20).map(|_| &piece[..]).collect();
+    let reply = trickle(proxy, 40_000, &pieces, Duration::from_millis(50)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("40000"), "{reply}");
+    // Slow clients are not the endpoint's fault.
+    let snapshot = weir.state().snapshot.load();
+    let endpoint = &snapshot.pools["main"].endpoints()[0];
+    assert_eq!(endpoint.state(endpoint.now_ms()).as_str(), "healthy");
+    drop(snapshot);
+    weir.shutdown().await;
+}

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use super::StartError;
 use crate::config::{ListenerConfig, ServerConfig};
 use crate::proxy::ProxyState;
+use crate::proxy::body::BodyPace;
 use crate::proxy::listener::{self, ListenerSettings, Shutdown};
 
 /// What listeners share: where they publish, and the process-wide stop signals.
@@ -138,6 +139,10 @@ impl ListenerSet {
             request_header_timeout: server.request_header_timeout,
             client_idle_timeout: server.client_idle_timeout,
             max_request_header_bytes: server.max_request_header_bytes,
+            body_pace: BodyPace {
+                timeout: server.request_body_timeout,
+                min_rate: server.min_request_body_rate,
+            },
         };
         let stop = ctx.shutdown.drain.child_token();
         let shutdown = Shutdown {

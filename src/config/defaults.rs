@@ -8,6 +8,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Time a client has to send a complete request head (slowloris guard). On HTTP/1 this also
 /// bounds how long a keep-alive connection may sit idle between requests.
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request body gets this long from its start…
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(20);
+/// …plus one second per this many bytes received (Apache mod_reqtimeout's defaults).
+pub const DEFAULT_MIN_REQUEST_BODY_RATE: u64 = 500;
 /// Largest request head (request line and headers) accepted; larger gets 431/414.
 pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
 /// hyper needs at least this much read buffer.

@@ -38,6 +38,13 @@ pub struct ServerConfig {
     pub request_header_timeout: Duration,
     #[serde(with = "humantime_serde", default = "d_client_idle")]
     pub client_idle_timeout: Duration,
+    /// A request body must arrive within this time plus one second per
+    /// `min_request_body_rate` bytes received; a trickle gets 408.
+    #[serde(with = "humantime_serde", default = "d_body_timeout")]
+    pub request_body_timeout: Duration,
+    /// Bytes that extend the body deadline by one second; 0 turns the body deadline off.
+    #[serde(default = "d_body_rate")]
+    pub min_request_body_rate: u64,
     /// Largest request head accepted (HTTP/1 request line + headers, HTTP/2 header list).
     #[serde(default = "d_max_header_bytes")]
     pub max_request_header_bytes: usize,
@@ -50,6 +57,8 @@ impl Default for ServerConfig {
             request_header_timeout: DEFAULT_REQUEST_HEADER_TIMEOUT,
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
             max_request_header_bytes: DEFAULT_MAX_REQUEST_HEADER_BYTES,
+            request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
+            min_request_body_rate: DEFAULT_MIN_REQUEST_BODY_RATE,
         }
     }
 }
@@ -436,6 +445,12 @@ fn d_header() -> Duration {
 }
 fn d_client_idle() -> Duration {
     DEFAULT_CLIENT_IDLE_TIMEOUT
+}
+fn d_body_timeout() -> Duration {
+    DEFAULT_REQUEST_BODY_TIMEOUT
+}
+fn d_body_rate() -> u64 {
+    DEFAULT_MIN_REQUEST_BODY_RATE
 }
 fn d_max_header_bytes() -> usize {
     DEFAULT_MAX_REQUEST_HEADER_BYTES

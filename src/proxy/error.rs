@@ -18,6 +18,8 @@ pub enum ProxyError {
     UnsupportedTransferEncoding,
     #[error("the client's request body was malformed or cut short")]
     ClientBody(#[source] BoxError),
+    #[error("the client's request body arrived too slowly")]
+    ClientBodyTimeout,
     #[error("no route matches")]
     NoRoute,
     #[error("no endpoint available in pool {0:?}")]
@@ -39,6 +41,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoint(_) | ProxyError::AtCapacity(_) => {
@@ -60,6 +63,7 @@ impl ProxyError {
                 "only the chunked transfer coding is supported"
             }
             ProxyError::ClientBody(_) => "request body malformed or incomplete",
+            ProxyError::ClientBodyTimeout => "request body too slow",
             ProxyError::NoRoute => "no route for this host and path",
             ProxyError::NoEndpoint(_) => "no upstream endpoint available",
             ProxyError::AtCapacity(_) => "upstream at capacity",
@@ -73,6 +77,9 @@ impl ProxyError {
     /// Classifies a client error from the upstream connection pool. A failure of the
     /// request body being streamed is the client's (400), not the upstream's.
     pub fn from_client(err: hyper_util::client::legacy::Error) -> Self {
+        if source_chain_has::<super::body::BodyTooSlow>(&err) {
+            return ProxyError::ClientBodyTimeout;
+        }
         if source_chain_has_body_error(&err) {
             return ProxyError::ClientBody(err.into());
         }
@@ -110,6 +117,7 @@ impl ProxyError {
             self,
             ProxyError::BadRequest(_)
                 | ProxyError::ClientBody(_)
+                | ProxyError::ClientBodyTimeout
                 | ProxyError::UnsupportedTransferEncoding
         ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -128,6 +136,19 @@ impl ProxyError {
         }
         out
     }
+}
+
+fn source_chain_has<T: std::error::Error + 'static>(
+    err: &(dyn std::error::Error + 'static),
+) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if e.downcast_ref::<T>().is_some() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn source_chain_has_body_error(err: &(dyn std::error::Error + 'static)) -> bool {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ProxyState;
+use super::body::BodyPace;
 use super::conn::ConnActivity;
 use super::service::ProxyService;
 
@@ -26,6 +27,7 @@ pub struct ListenerSettings {
     pub request_header_timeout: Duration,
     pub client_idle_timeout: Duration,
     pub max_request_header_bytes: usize,
+    pub body_pace: BodyPace,
 }
 
 /// How a running listener is told to stop.
@@ -72,10 +74,17 @@ pub async fn serve(
         let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
         let idle_timeout = settings.client_idle_timeout;
+        let body_pace = settings.body_pace;
         tracker.spawn(async move {
             state.stats.connections_active.fetch_add(1, Relaxed);
             let activity = Arc::new(ConnActivity::default());
-            let service = ProxyService::new(Arc::clone(&state), peer, "http", Arc::clone(&activity));
+            let service = ProxyService::new(
+                Arc::clone(&state),
+                peer,
+                "http",
+                Arc::clone(&activity),
+                body_pace,
+            );
             let service = service_fn(move |req| {
                 let service = service.clone();
                 async move { Ok::<_, std::convert::Infallible>(service.handle(req).await) }

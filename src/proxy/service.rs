@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 
 use super::ProxyState;
-use super::body::{RequestGuards, ResponseBody, UpstreamRequestBody};
+use super::body::{BodyPace, RequestGuards, ResponseBody, UpstreamRequestBody};
 use super::conn::{ConnActivity, ConnRequestGuard};
 use super::error::ProxyError;
 use super::headers::{self, strip_hop_by_hop};
@@ -31,6 +31,7 @@ pub struct ProxyService {
     peer: SocketAddr,
     proto: &'static str,
     conn: Arc<ConnActivity>,
+    body_pace: BodyPace,
 }
 
 impl ProxyService {
@@ -39,12 +40,14 @@ impl ProxyService {
         peer: SocketAddr,
         proto: &'static str,
         conn: Arc<ConnActivity>,
+        body_pace: BodyPace,
     ) -> Self {
         Self {
             state,
             peer,
             proto,
             conn,
+            body_pace,
         }
     }
 
@@ -172,6 +175,7 @@ impl ProxyService {
             &parts.headers,
             pool.retry.attempts,
             pool.retry.buffer_body_bytes,
+            self.body_pace,
         )
         .await
         .map_err(|error| failure(error, None))?;
@@ -228,7 +232,10 @@ impl ProxyService {
                 }
                 Ok(Err(err)) => {
                     let error = ProxyError::from_client(err);
-                    if matches!(error, ProxyError::ClientBody(_)) {
+                    if matches!(
+                        error,
+                        ProxyError::ClientBody(_) | ProxyError::ClientBodyTimeout
+                    ) {
                         // The client's fault: the endpoint learns nothing from it.
                         drop(guard);
                         return Err(failure(error, Some(&endpoint.address)));
@@ -298,7 +305,7 @@ enum RequestBody {
     /// Empty or buffered: every attempt gets the same bytes.
     Replayable(Bytes),
     /// Streams from the client; only one attempt can have it.
-    Streaming(Option<Incoming>),
+    Streaming(Option<Incoming>, BodyPace),
 }
 
 impl RequestBody {
@@ -307,6 +314,7 @@ impl RequestBody {
         headers: &http::HeaderMap,
         attempts: u32,
         buffer_limit: u64,
+        pace: BodyPace,
     ) -> Result<Self, ProxyError> {
         if body.is_end_stream() {
             return Ok(RequestBody::Replayable(Bytes::new()));
@@ -318,14 +326,15 @@ impl RequestBody {
         match declared {
             Some(length) if attempts > 0 && length <= buffer_limit => {
                 let limited = http_body_util::Limited::new(body, buffer_limit as usize);
-                let bytes = limited
-                    .collect()
+                let deadline = pace.deadline(tokio::time::Instant::now(), length);
+                let bytes = tokio::time::timeout_at(deadline, limited.collect())
                     .await
-                    .map_err(|_| ProxyError::BadRequest("request body could not be read"))?
+                    .map_err(|_| ProxyError::ClientBodyTimeout)?
+                    .map_err(|e| ProxyError::ClientBody(e))?
                     .to_bytes();
                 Ok(RequestBody::Replayable(bytes))
             }
-            _ => Ok(RequestBody::Streaming(Some(body))),
+            _ => Ok(RequestBody::Streaming(Some(body), pace)),
         }
     }
 
@@ -336,8 +345,8 @@ impl RequestBody {
     fn for_attempt(&mut self) -> UpstreamRequestBody {
         match self {
             RequestBody::Replayable(bytes) => UpstreamRequestBody::buffered(bytes.clone()),
-            RequestBody::Streaming(body) => match body.take() {
-                Some(inner) => UpstreamRequestBody::Streaming { inner },
+            RequestBody::Streaming(body, pace) => match body.take() {
+                Some(inner) => UpstreamRequestBody::streaming(inner, *pace),
                 None => UpstreamRequestBody::buffered(Bytes::new()),
             },
         }
