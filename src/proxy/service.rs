@@ -330,7 +330,7 @@ impl RequestBody {
                 let bytes = tokio::time::timeout_at(deadline, limited.collect())
                     .await
                     .map_err(|_| ProxyError::ClientBodyTimeout)?
-                    .map_err(|e| ProxyError::ClientBody(e))?
+                    .map_err(ProxyError::ClientBody)?
                     .to_bytes();
                 Ok(RequestBody::Replayable(bytes))
             }
