@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use weir::logging::{self, LogFormat};
 
+// glibc malloc showed up in profiles of the request path; mimalloc is faster there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration that cannot be used.
 const EXIT_CONFIG: u8 = 2;
 
