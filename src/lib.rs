@@ -18,6 +18,7 @@
 //!   stats.rs         counters published for admin, metrics and the control loop
 //! balancer/          endpoint selection, one file per strategy behind `Balancer`
 //! upstream/          endpoints with live state; pools with their connection client
+//! tls.rs             TLS termination: certificates by SNI, ALPN, rustls with ring
 //! admin.rs           admin port: probes and the token-protected API
 //! loadtest.rs        bounded closed-loop load generator with HDR latency histograms
 //! demo/              sample upstreams and the `weir demo` run
@@ -38,4 +39,5 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
+pub mod tls;
 pub mod upstream;

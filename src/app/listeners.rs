@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,12 +23,15 @@ pub(super) struct ListenerContext {
     pub shutdown: Shutdown,
 }
 
+type TlsHolder = Arc<ArcSwap<rustls::ServerConfig>>;
+
 #[derive(Debug)]
 struct RunningListener {
     config: ListenerConfig,
     address: SocketAddr,
     /// Stops this listener only (a child of the process-wide drain).
     stop: CancellationToken,
+    tls: Option<TlsHolder>,
 }
 
 #[derive(Debug, Default)]
@@ -37,9 +41,31 @@ pub(super) struct ListenerSet {
 
 /// Sockets bound for a change, not yet serving.
 pub(super) struct Plan {
-    start: Vec<(ListenerConfig, TcpListener)>,
+    start: Vec<(
+        ListenerConfig,
+        TcpListener,
+        Option<Arc<rustls::ServerConfig>>,
+    )>,
+    /// New certificates for listeners that keep running.
+    tls_updates: Vec<(String, Arc<rustls::ServerConfig>)>,
     stop: Vec<String>,
     notes: Vec<String>,
+}
+
+fn build_tls(
+    index: usize,
+    config: &ListenerConfig,
+) -> Result<Option<Arc<rustls::ServerConfig>>, StartError> {
+    config
+        .tls
+        .as_ref()
+        .map(|tls| {
+            crate::tls::server_config(tls).map_err(|error| StartError::Tls {
+                key: format!("listeners[{index}].{}", error.key),
+                reason: error.reason,
+            })
+        })
+        .transpose()
 }
 
 impl ListenerSet {
@@ -55,12 +81,24 @@ impl ListenerSet {
     pub async fn plan(&self, wanted: &[ListenerConfig]) -> Result<Plan, StartError> {
         let mut plan = Plan {
             start: Vec::new(),
+            tls_updates: Vec::new(),
             stop: Vec::new(),
             notes: Vec::new(),
         };
         for (index, config) in wanted.iter().enumerate() {
+            let tls = build_tls(index, config)?;
             match self.running.iter().find(|r| r.config.name == config.name) {
                 Some(current) if current.config.address == config.address => {
+                    match (&current.tls, tls) {
+                        (Some(_), Some(fresh)) => {
+                            plan.tls_updates.push((config.name.clone(), fresh));
+                        }
+                        (None, None) => {}
+                        _ => plan.notes.push(format!(
+                            "listener {:?}: turning TLS on or off needs a restart",
+                            config.name
+                        )),
+                    }
                     if current.config.max_connections != config.max_connections {
                         plan.notes.push(format!(
                             "listener {:?}: max_connections changes when it restarts",
@@ -89,7 +127,7 @@ impl ListenerSet {
                             config.name, config.address
                         ));
                     }
-                    plan.start.push((config.clone(), socket));
+                    plan.start.push((config.clone(), socket, tls));
                 }
             }
         }
@@ -119,8 +157,19 @@ impl ListenerSet {
                 old.stop.cancel();
             }
         }
-        for (config, socket) in plan.start {
-            self.start(config, socket, server, ctx);
+        for (name, fresh) in plan.tls_updates {
+            if let Some(holder) = self
+                .running
+                .iter()
+                .find(|r| r.config.name == name)
+                .and_then(|r| r.tls.as_ref())
+            {
+                // New handshakes use the new certificates; open connections keep theirs.
+                holder.store(fresh);
+            }
+        }
+        for (config, socket, tls) in plan.start {
+            self.start(config, socket, tls, server, ctx);
         }
         plan.notes
     }
@@ -129,9 +178,11 @@ impl ListenerSet {
         &mut self,
         config: ListenerConfig,
         socket: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
         server: &ServerConfig,
         ctx: &ListenerContext,
     ) {
+        let tls: Option<TlsHolder> = tls.map(|c| Arc::new(ArcSwap::new(c)));
         let address = socket.local_addr().unwrap_or(config.address);
         let settings = ListenerSettings {
             name: config.name.clone(),
@@ -143,6 +194,7 @@ impl ListenerSet {
                 timeout: server.request_body_timeout,
                 min_rate: server.min_request_body_rate,
             },
+            tls: tls.clone(),
         };
         let stop = ctx.shutdown.drain.child_token();
         let shutdown = Shutdown {
@@ -161,6 +213,7 @@ impl ListenerSet {
             config,
             address,
             stop,
+            tls,
         });
     }
 }

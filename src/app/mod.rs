@@ -40,6 +40,8 @@ pub enum StartError {
     },
     #[error("admin.state_file: {0}")]
     State(#[from] RegistryError),
+    #[error("{key}: {reason}")]
+    Tls { key: String, reason: String },
 }
 
 /// A running weir: its bound addresses, its state, and the handles to change and stop it.

@@ -71,6 +71,27 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     #[serde(default = "d_max_connections")]
     pub max_connections: usize,
+    /// Terminate TLS on this listener.
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+/// Certificates of a TLS listener; the first is used when SNI matches none.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    pub certificates: Vec<CertificateConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM file: the certificate, then its chain.
+    pub cert: std::path::PathBuf,
+    /// PEM file: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+    /// SNI names served with it: exact or `*.domain`.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

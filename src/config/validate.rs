@@ -51,6 +51,11 @@ fn check_listeners(config: &Config, problems: &mut Vec<Problem>) {
                 format!("{} is used by another listener", listener.address),
             ));
         }
+        if let Some(tls) = &listener.tls
+            && let Err(error) = crate::tls::server_config(tls)
+        {
+            problems.push(Problem::new(format!("{key}.{}", error.key), error.reason));
+        }
         if listener.max_connections == 0 {
             problems.push(Problem::new(
                 format!("{key}.max_connections"),

@@ -14,6 +14,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use arc_swap::ArcSwap;
+use tokio_rustls::TlsAcceptor;
+
 use super::ProxyState;
 use super::body::BodyPace;
 use super::conn::ConnActivity;
@@ -28,6 +31,8 @@ pub struct ListenerSettings {
     pub client_idle_timeout: Duration,
     pub max_request_header_bytes: usize,
     pub body_pace: BodyPace,
+    /// TLS termination; swapped in place when a reload brings new certificates.
+    pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
 }
 
 /// How a running listener is told to stop.
@@ -70,52 +75,94 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let state = Arc::clone(&state);
-        let builder = Arc::clone(&builder);
-        let shutdown = shutdown.clone();
-        let idle_timeout = settings.client_idle_timeout;
-        let body_pace = settings.body_pace;
+        let connection = Connection {
+            state: Arc::clone(&state),
+            builder: Arc::clone(&builder),
+            shutdown: shutdown.clone(),
+            idle_timeout: settings.client_idle_timeout,
+            body_pace: settings.body_pace,
+            peer,
+        };
+        let tls = settings.tls.clone();
+        let handshake_timeout = settings.request_header_timeout;
         tracker.spawn(async move {
-            state.stats.connections_active.fetch_add(1, Relaxed);
-            let activity = Arc::new(ConnActivity::default());
-            let service = ProxyService::new(
-                Arc::clone(&state),
-                peer,
-                "http",
-                Arc::clone(&activity),
-                body_pace,
-            );
-            let service = service_fn(move |req| {
-                let service = service.clone();
-                async move { Ok::<_, std::convert::Infallible>(service.handle(req).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let idle = activity.idle(idle_timeout);
-            tokio::pin!(idle);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(err) = result {
-                            tracing::debug!(%peer, error = %err, "client connection ended with an error");
-                        }
-                        break;
+            connection.state.stats.connections_active.fetch_add(1, Relaxed);
+            match tls {
+                None => connection.serve(TokioIo::new(stream), "http").await,
+                Some(tls) => {
+                    let acceptor = TlsAcceptor::from(tls.load_full());
+                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                    let accepted = tokio::select! {
+                        result = handshake => result,
+                        _ = connection.shutdown.abort.cancelled() => Ok(Err(std::io::ErrorKind::Interrupted.into())),
+                    };
+                    match accepted {
+                        Ok(Ok(stream)) => connection.serve(TokioIo::new(stream), "https").await,
+                        Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                    _ = shutdown.drain.cancelled(), if !closing => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    _ = &mut idle, if !closing => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    _ = shutdown.abort.cancelled() => break,
                 }
             }
-            state.stats.connections_active.fetch_sub(1, Relaxed);
+            connection.state.stats.connections_active.fetch_sub(1, Relaxed);
             drop(permit);
         });
+    }
+}
+
+/// What one accepted connection needs to be served.
+struct Connection {
+    state: Arc<ProxyState>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shutdown: Shutdown,
+    idle_timeout: Duration,
+    body_pace: BodyPace,
+    peer: std::net::SocketAddr,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 or HTTP/2 on `io` until the client leaves, the connection idles
+    /// out, or shutdown drains (or aborts) it.
+    async fn serve<I>(&self, io: TokioIo<I>, proto: &'static str)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = self.peer;
+        let activity = Arc::new(ConnActivity::default());
+        let service = ProxyService::new(
+            Arc::clone(&self.state),
+            peer,
+            proto,
+            Arc::clone(&activity),
+            self.body_pace,
+        );
+        let service = service_fn(move |req| {
+            let service = service.clone();
+            async move { Ok::<_, std::convert::Infallible>(service.handle(req).await) }
+        });
+        let conn = self.builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        let idle = activity.idle(self.idle_timeout);
+        tokio::pin!(idle);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!(%peer, error = %err, "client connection ended with an error");
+                    }
+                    break;
+                }
+                _ = self.shutdown.drain.cancelled(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = &mut idle, if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = self.shutdown.abort.cancelled() => break,
+            }
+        }
     }
 }
 

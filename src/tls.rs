@@ -1,0 +1,134 @@
+//! TLS termination material: certificates and keys loaded from PEM files into a rustls
+//! server config (ring provider, TLS 1.3 and 1.2, ALPN h2 and http/1.1), with the
+//! certificate chosen by SNI.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{CertificateConfig, ListenerTlsConfig};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct TlsError {
+    /// Config key of the offending entry, e.g. `tls.certificates[1].key`.
+    pub key: String,
+    pub reason: String,
+}
+
+/// Builds the rustls server config a listener's `tls` table describes.
+pub fn server_config(config: &ListenerTlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut resolver = SniResolver::default();
+    for (i, certificate) in config.certificates.iter().enumerate() {
+        let key =
+            load_certified_key(certificate, &provider).map_err(|(field, reason)| TlsError {
+                key: format!("tls.certificates[{i}].{field}"),
+                reason,
+            })?;
+        resolver.add(certificate.names.clone(), Arc::new(key));
+    }
+    if resolver.entries.is_empty() {
+        return Err(TlsError {
+            key: "tls.certificates".into(),
+            reason: "at least one certificate is required".into(),
+        });
+    }
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError {
+            key: "tls".into(),
+            reason: e.to_string(),
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(server))
+}
+
+fn load_certified_key(
+    certificate: &CertificateConfig,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, (&'static str, String)> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&certificate.cert)
+        .map_err(|e| ("cert", describe(&certificate.cert, e)))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("cert", describe(&certificate.cert, e)))?;
+    if chain.is_empty() {
+        return Err((
+            "cert",
+            format!("{}: no certificate in the file", certificate.cert.display()),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&certificate.key)
+        .map_err(|e| ("key", describe(&certificate.key, e)))?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        (
+            "key",
+            format!(
+                "{} does not fit {}: {e}",
+                certificate.key.display(),
+                certificate.cert.display()
+            ),
+        )
+    })
+}
+
+fn describe(path: &Path, error: rustls_pki_types::pem::Error) -> String {
+    match error {
+        rustls_pki_types::pem::Error::Io(io) => format!("{}: {io}", path.display()),
+        rustls_pki_types::pem::Error::NoItemsFound => {
+            format!("{}: no PEM item of the expected kind", path.display())
+        }
+        other => format!("{}: {other:?}", path.display()),
+    }
+}
+
+/// Picks a certificate by SNI: exact names, then `*.domain` (one label), then the first
+/// certificate.
+#[derive(Debug, Default)]
+struct SniResolver {
+    entries: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+}
+
+impl SniResolver {
+    fn add(&mut self, names: Vec<String>, key: Arc<CertifiedKey>) {
+        let names = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
+        self.entries.push((names, key));
+    }
+
+    fn find(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = server_name.map(str::to_ascii_lowercase) {
+            let exact = self
+                .entries
+                .iter()
+                .find(|(names, _)| names.iter().any(|n| *n == name));
+            let wildcard = || {
+                self.entries.iter().find(|(names, _)| {
+                    names.iter().any(|n| {
+                        n.strip_prefix('*').is_some_and(|suffix| {
+                            name.ends_with(suffix)
+                                && name.len() > suffix.len()
+                                && !name[..name.len() - suffix.len()].contains('.')
+                        })
+                    })
+                })
+            };
+            if let Some((_, key)) = exact.or_else(wildcard) {
+                return Some(Arc::clone(key));
+            }
+        }
+        self.entries.first().map(|(_, key)| Arc::clone(key))
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.find(client_hello.server_name())
+    }
+}

@@ -1,0 +1,272 @@
+//! TLS termination through the real proxy, with certificates made by rcgen: SNI, ALPN,
+//! forwarded proto, bad key/cert errors, and certificates replaced by a reload.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    der: CertificateDer<'static>,
+}
+
+fn ca() -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        der: cert.der().clone(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// Writes a leaf certificate for `names` signed by `ca`; returns (cert path, key path, DER).
+fn leaf(ca: &Ca, dir: &Path, file: &str, names: &[&str]) -> (PathBuf, PathBuf, Vec<u8>) {
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    let cert_path = dir.join(format!("{file}.pem"));
+    let key_path = dir.join(format!("{file}.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path, cert.der().to_vec())
+}
+
+fn client(ca: &Ca, alpn: &[&[u8]]) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn connect(connector: &TlsConnector, addr: std::net::SocketAddr, sni: &str) -> Tls {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+fn peer_der(stream: &Tls) -> Vec<u8> {
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+async fn get_over_http1(stream: Tls, host: &str) -> (u16, String) {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get("/")
+        .header("host", host)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn tls_config(upstream: std::net::SocketAddr, certs: &[(PathBuf, PathBuf, &str)]) -> String {
+    let list: Vec<String> = certs
+        .iter()
+        .map(|(c, k, names)| {
+            format!(
+                "{{ cert = {:?}, key = {:?}, names = [{names}] }}",
+                c.display().to_string(),
+                k.display().to_string()
+            )
+        })
+        .collect();
+    format!(
+        r#"
+[[listeners]]
+name = "https"
+address = "127.0.0.1:0"
+tls = {{ certificates = [{}] }}
+[[routes]]
+pool = "main"
+[pools.main]
+endpoints = [{{ address = "{upstream}" }}]
+"#,
+        list.join(", ")
+    )
+}
+
+async fn proto_echo() -> Upstream {
+    upstream(|req| async move {
+        let proto = req
+            .headers()
+            .get("x-forwarded-proto")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        Response::new(full(proto))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn certificates_are_chosen_by_sni_and_proto_is_https() {
+    let ca = ca();
+    let dir = tempfile::tempdir().unwrap();
+    let (a_cert, a_key, a_der) = leaf(&ca, dir.path(), "a", &["a.test"]);
+    let (b_cert, b_key, b_der) = leaf(&ca, dir.path(), "b", &["*.b.test"]);
+    let up = proto_echo().await;
+    let weir = weir(&tls_config(
+        up.addr,
+        &[
+            (a_cert, a_key, "\"a.test\""),
+            (b_cert, b_key, "\"*.b.test\""),
+        ],
+    ))
+    .await;
+    let proxy = weir.listener_addr("https").unwrap();
+    let connector = client(&ca, &[b"http/1.1"]);
+
+    let stream = connect(&connector, proxy, "a.test").await;
+    assert_eq!(peer_der(&stream), a_der);
+    assert_eq!(
+        get_over_http1(stream, "a.test").await,
+        (200, "https".to_owned())
+    );
+
+    let stream = connect(&connector, proxy, "api.b.test").await;
+    assert_eq!(peer_der(&stream), b_der, "wildcard name");
+    assert_eq!(get_over_http1(stream, "api.b.test").await.0, 200);
+    weir.shutdown().await;
+}
+
+#[tokio::test]
+async fn alpn_offers_h2_and_http1() {
+    let ca = ca();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = leaf(&ca, dir.path(), "a", &["a.test"]);
+    let up = proto_echo().await;
+    let weir = weir(&tls_config(up.addr, &[(cert, key, "\"a.test\"")])).await;
+    let proxy = weir.listener_addr("https").unwrap();
+
+    let stream = connect(&client(&ca, &[b"h2", b"http/1.1"]), proxy, "a.test").await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get("https://a.test/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+
+    let stream = connect(&client(&ca, &[b"http/1.1"]), proxy, "a.test").await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(get_over_http1(stream, "a.test").await.0, 200);
+    weir.shutdown().await;
+}
+
+#[test]
+fn missing_files_and_mismatched_keys_are_clear_config_errors() {
+    let ca = ca();
+    let dir = tempfile::tempdir().unwrap();
+    let (a_cert, _a_key, _) = leaf(&ca, dir.path(), "a", &["a.test"]);
+    let (_b_cert, b_key, _) = leaf(&ca, dir.path(), "b", &["b.test"]);
+    let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+
+    let text = tls_config(up, &[(a_cert.clone(), b_key, "")]);
+    let err = weir::config::load_str(&text, Path::new("weir.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("weir.toml: listeners[0].tls.certificates[0].key: "),
+        "{err}"
+    );
+    assert!(
+        err.contains("b.key does not fit") && err.contains("a.pem"),
+        "{err}"
+    );
+
+    let missing = dir.path().join("missing.key");
+    let text = tls_config(up, &[(a_cert, missing, "")]);
+    let err = weir::config::load_str(&text, Path::new("weir.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("listeners[0].tls.certificates[0].key: ") && err.contains("missing.key"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_replaces_certificates_without_dropping_connections() {
+    let ca = ca();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, first_der) = leaf(&ca, dir.path(), "site", &["a.test"]);
+    let up = proto_echo().await;
+    let config_path = dir.path().join("weir.toml");
+    std::fs::write(
+        &config_path,
+        tls_config(up.addr, &[(cert.clone(), key.clone(), "\"a.test\"")]),
+    )
+    .unwrap();
+    let config = weir::config::load_file(&config_path).unwrap();
+    let weir = weir::app::start_with(config, Some(config_path.clone()))
+        .await
+        .unwrap();
+    let proxy = weir.listener_addr("https").unwrap();
+    let connector = client(&ca, &[b"http/1.1"]);
+
+    // A keep-alive connection opened before the reload.
+    let stream = connect(&connector, proxy, "a.test").await;
+    assert_eq!(peer_der(&stream), first_der);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+
+    // Renew: same file names, new key and certificate.
+    let (_, _, renewed_der) = leaf(&ca, dir.path(), "site", &["a.test"]);
+    assert_ne!(renewed_der, first_der);
+    let report = weir.supervisor().reload().await;
+    assert!(report.ok, "{report:?}");
+
+    let fresh = connect(&connector, proxy, "a.test").await;
+    assert_eq!(
+        peer_der(&fresh),
+        renewed_der,
+        "new handshakes get the new certificate"
+    );
+    let request = Request::get("/")
+        .header("host", "a.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .expect("the old connection still works");
+    assert_eq!(response.status(), 200);
+    weir.shutdown().await;
+}
