@@ -107,7 +107,7 @@ impl SniResolver {
             let exact = self
                 .entries
                 .iter()
-                .find(|(names, _)| names.iter().any(|n| *n == name));
+                .find(|(names, _)| names.contains(&name));
             let wildcard = || {
                 self.entries.iter().find(|(names, _)| {
                     names.iter().any(|n| {
