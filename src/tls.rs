@@ -104,10 +104,7 @@ impl SniResolver {
 
     fn find(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = server_name.map(str::to_ascii_lowercase) {
-            let exact = self
-                .entries
-                .iter()
-                .find(|(names, _)| names.contains(&name));
+            let exact = self.entries.iter().find(|(names, _)| names.contains(&name));
             let wildcard = || {
                 self.entries.iter().find(|(names, _)| {
                     names.iter().any(|n| {
