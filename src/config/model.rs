@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// Bytes that extend the body deadline by one second; 0 turns the body deadline off.
     #[serde(default = "d_body_rate")]
     pub min_request_body_rate: u64,
+    /// One JSON-able line per request on the `weir::access` log target.
+    #[serde(default)]
+    pub access_log: bool,
     /// Largest request head accepted (HTTP/1 request line + headers, HTTP/2 header list).
     #[serde(default = "d_max_header_bytes")]
     pub max_request_header_bytes: usize,
@@ -57,6 +60,7 @@ impl Default for ServerConfig {
             request_header_timeout: DEFAULT_REQUEST_HEADER_TIMEOUT,
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
             max_request_header_bytes: DEFAULT_MAX_REQUEST_HEADER_BYTES,
+            access_log: false,
             request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
             min_request_body_rate: DEFAULT_MIN_REQUEST_BODY_RATE,
         }
@@ -123,6 +127,9 @@ pub struct HeadersConfig {
     pub request_id_header: String,
     #[serde(default = "d_proxy_name")]
     pub proxy_name: String,
+    /// Continue (or start) a W3C trace: send `traceparent` upstream with weir's span.
+    #[serde(default = "d_true")]
+    pub traceparent: bool,
 }
 
 impl Default for HeadersConfig {
@@ -134,6 +141,7 @@ impl Default for HeadersConfig {
             via: true,
             request_id_header: DEFAULT_REQUEST_ID_HEADER.to_owned(),
             proxy_name: DEFAULT_PROXY_NAME.to_owned(),
+            traceparent: true,
         }
     }
 }

@@ -53,6 +53,7 @@ pub struct HeaderPolicy {
     pub x_forwarded_proto: bool,
     pub forwarded: bool,
     pub request_id: HeaderName,
+    pub traceparent: bool,
     via_1_0: Option<HeaderValue>,
     via_1_1: Option<HeaderValue>,
     via_2: Option<HeaderValue>,
@@ -73,6 +74,7 @@ impl HeaderPolicy {
             forwarded: config.forwarded,
             request_id: HeaderName::from_bytes(config.request_id_header.as_bytes())
                 .unwrap_or(HeaderName::from_static("x-request-id")),
+            traceparent: config.traceparent,
             via_1_0: via("1.0"),
             via_1_1: via("1.1"),
             via_2: via("2"),

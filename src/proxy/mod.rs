@@ -12,6 +12,7 @@ pub mod route;
 pub mod service;
 pub mod snapshot;
 pub mod stats;
+pub mod trace;
 
 use arc_swap::ArcSwap;
 

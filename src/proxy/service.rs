@@ -22,6 +22,7 @@ use super::normalize::normalize_path;
 use super::retry;
 use super::snapshot::Snapshot;
 use super::stats::RouteStats;
+use super::trace::{TRACEPARENT, TraceContext};
 use crate::upstream::{Endpoint, Outcome, PickError};
 
 /// One per client connection; cloned into each request.
@@ -57,17 +58,27 @@ impl ProxyService {
         self.state.stats.requests.fetch_add(1, Relaxed);
         let snapshot = self.state.snapshot.load_full();
         let request_id = headers::request_id(req.headers(), &snapshot.headers.request_id);
+        let trace = snapshot
+            .headers
+            .traceparent
+            .then(|| TraceContext::from_headers(req.headers()));
         let method = req.method().clone();
-        let mut response = match self.forward(&snapshot, req, &request_id, conn_guard).await {
-            Ok((response, route_stats)) => {
-                route_stats.record(response.status(), started.elapsed());
-                response
+        let path = snapshot.access_log.then(|| req.uri().path().to_owned());
+        let result = self
+            .forward(&snapshot, req, &request_id, trace.as_ref(), conn_guard)
+            .await;
+        let (mut response, outcome) = match result {
+            Ok((response, served)) => {
+                served
+                    .route_stats
+                    .record(response.status(), started.elapsed());
+                (response, Ok(served))
             }
             Err(failure) => {
-                if let Some(route_stats) = &failure.route_stats {
-                    route_stats.record(failure.error.status(), started.elapsed());
-                }
                 let status = failure.error.status();
+                if let Some(route_stats) = &failure.route_stats {
+                    route_stats.record(status, started.elapsed());
+                }
                 if status.is_server_error() {
                     tracing::warn!(
                         request_id = ?request_id,
@@ -81,9 +92,40 @@ impl ProxyService {
                 } else {
                     tracing::debug!(request_id = ?request_id, status = status.as_u16(), error = %failure.error, "request refused");
                 }
-                failure.error.to_response()
+                (failure.error.to_response(), Err(failure))
             }
         };
+        if let Some(path) = path {
+            let (route, endpoint, attempts, upstream_ms) = match &outcome {
+                Ok(s) => (
+                    s.route.as_ref(),
+                    s.endpoint.address.as_str(),
+                    s.attempts,
+                    s.upstream.as_secs_f64() * 1000.0,
+                ),
+                Err(f) => (
+                    f.route.as_deref().unwrap_or("-"),
+                    f.endpoint.as_deref().unwrap_or("-"),
+                    0,
+                    0.0,
+                ),
+            };
+            tracing::info!(
+                target: "weir::access",
+                request_id = request_id.to_str().unwrap_or("-"),
+                trace_id = trace.as_ref().map_or("-", |t| t.trace_id.as_str()),
+                client = %self.peer.ip(),
+                %method,
+                path,
+                status = response.status().as_u16(),
+                route,
+                endpoint,
+                attempts,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                upstream_ms,
+                "access"
+            );
+        }
         self.state.stats.record_response(response.status());
         response
             .headers_mut()
@@ -96,8 +138,9 @@ impl ProxyService {
         snapshot: &Snapshot,
         req: Request<Incoming>,
         request_id: &HeaderValue,
+        trace: Option<&TraceContext>,
         conn_guard: ConnRequestGuard,
-    ) -> Result<(Response<ResponseBody>, Arc<RouteStats>), Failure> {
+    ) -> Result<(Response<ResponseBody>, Served), Failure> {
         let (mut parts, body) = req.into_parts();
         if parts.method == Method::CONNECT {
             return Err(ProxyError::ConnectNotSupported.into());
@@ -164,6 +207,10 @@ impl ProxyService {
         parts
             .headers
             .insert(snapshot.headers.request_id.clone(), request_id.clone());
+        if let Some(value) = trace.and_then(TraceContext::header_value) {
+            // `tracestate` travels unchanged; weir adds no vendor entry.
+            parts.headers.insert(TRACEPARENT, value);
+        }
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -292,9 +339,16 @@ impl ProxyService {
                 pool: pool_slot,
                 connection: conn_guard,
             };
+            let served = Served {
+                route_stats: Arc::clone(&route.stats),
+                route: Arc::clone(&route.name),
+                endpoint: Arc::clone(&endpoint),
+                attempts: retries + 1,
+                upstream: elapsed,
+            };
             return Ok((
                 Response::from_parts(parts, ResponseBody::upstream(body, guards)),
-                Arc::clone(&route.stats),
+                served,
             ));
         }
     }
@@ -351,6 +405,16 @@ impl RequestBody {
             },
         }
     }
+}
+
+/// Where a proxied request went, for route stats and the access log.
+struct Served {
+    route_stats: Arc<RouteStats>,
+    route: Arc<str>,
+    endpoint: Arc<Endpoint>,
+    attempts: u32,
+    /// Time to the response head of the attempt that answered.
+    upstream: std::time::Duration,
 }
 
 /// A failed request with what is known of where it was going, for the log line.

@@ -15,6 +15,7 @@ pub struct Snapshot {
     pub router: Router,
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub headers: HeaderPolicy,
+    pub access_log: bool,
 }
 
 impl Snapshot {
@@ -48,6 +49,7 @@ impl Snapshot {
             router: Router::new(routes),
             pools,
             headers: HeaderPolicy::from_config(&config.headers),
+            access_log: config.server.access_log,
         }
     }
 }
