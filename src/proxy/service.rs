@@ -113,7 +113,7 @@ impl ProxyService {
             tracing::info!(
                 target: "weir::access",
                 request_id = request_id.to_str().unwrap_or("-"),
-                trace_id = trace.as_ref().map_or("-", |t| t.trace_id.as_str()),
+                trace_id = trace.as_ref().map_or("-", TraceContext::trace_id),
                 client = %self.peer.ip(),
                 %method,
                 path,

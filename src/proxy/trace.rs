@@ -5,81 +5,100 @@ use http::{HeaderMap, HeaderValue};
 
 pub const TRACEPARENT: &str = "traceparent";
 
-/// The trace this request belongs to and weir's span in it.
+/// The trace this request belongs to and weir's span in it, as lowercase hex (kept in
+/// fixed arrays: nothing is allocated per request but the outgoing header).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
-    /// 32 lowercase hex digits.
-    pub trace_id: String,
-    /// weir's own span id, sent upstream as the parent: 16 hex digits.
-    pub span_id: String,
+    trace_id: [u8; 32],
+    /// weir's own span id, sent upstream as the parent.
+    span_id: [u8; 16],
     /// Trace flags from the client (sampling decision), `00` for traces weir starts.
-    pub flags: String,
+    flags: [u8; 2],
 }
 
 impl TraceContext {
     /// Continues a valid incoming `traceparent` or starts a new trace.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let incoming = headers
-            .get(TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse);
+        let mut span_id = [0u8; 16];
+        random_hex(&mut span_id);
+        let incoming = headers.get(TRACEPARENT).and_then(|v| parse(v.as_bytes()));
         match incoming {
             Some((trace_id, flags)) => Self {
                 trace_id,
-                span_id: random_hex(8),
+                span_id,
                 flags,
             },
-            None => Self {
-                trace_id: random_hex(16),
-                span_id: random_hex(8),
-                flags: "00".into(),
-            },
+            None => {
+                let mut trace_id = [0u8; 32];
+                random_hex(&mut trace_id);
+                Self {
+                    trace_id,
+                    span_id,
+                    flags: *b"00",
+                }
+            }
         }
+    }
+
+    pub fn trace_id(&self) -> &str {
+        std::str::from_utf8(&self.trace_id).unwrap_or("-")
+    }
+
+    pub fn span_id(&self) -> &str {
+        std::str::from_utf8(&self.span_id).unwrap_or("-")
+    }
+
+    pub fn flags(&self) -> &str {
+        std::str::from_utf8(&self.flags).unwrap_or("-")
     }
 
     /// The `traceparent` value sent upstream.
     pub fn header_value(&self) -> Option<HeaderValue> {
-        HeaderValue::from_str(&format!(
-            "00-{}-{}-{}",
-            self.trace_id, self.span_id, self.flags
-        ))
-        .ok()
+        let mut out = [0u8; 55];
+        out[..3].copy_from_slice(b"00-");
+        out[3..35].copy_from_slice(&self.trace_id);
+        out[35] = b'-';
+        out[36..52].copy_from_slice(&self.span_id);
+        out[52] = b'-';
+        out[53..].copy_from_slice(&self.flags);
+        HeaderValue::from_bytes(&out).ok()
     }
 }
 
 /// (trace id, flags) of a valid version-00 `traceparent`.
-fn parse(value: &str) -> Option<(String, String)> {
-    let mut parts = value.trim().split('-');
-    let (version, trace_id, parent_id, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+fn parse(value: &[u8]) -> Option<([u8; 32], [u8; 2])> {
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
     };
-    let valid = version == "00"
-        && parts.next().is_none()
-        && hex(trace_id, 32)
-        && hex(parent_id, 16)
-        && hex(flags, 2)
-        && trace_id.bytes().any(|b| b != b'0')
-        && parent_id.bytes().any(|b| b != b'0');
-    valid.then(|| (trace_id.to_owned(), flags.to_owned()))
+    let valid = value.len() == 55
+        && value.starts_with(b"00-")
+        && value[35] == b'-'
+        && value[52] == b'-'
+        && hex(&value[3..35])
+        && hex(&value[36..52])
+        && hex(&value[53..55])
+        && value[3..35].iter().any(|b| *b != b'0')
+        && value[36..52].iter().any(|b| *b != b'0');
+    if !valid {
+        return None;
+    }
+    let mut trace_id = [0u8; 32];
+    trace_id.copy_from_slice(&value[3..35]);
+    Some((trace_id, [value[53], value[54]]))
 }
 
-fn random_hex(bytes: usize) -> String {
+/// Fills `out` with random lowercase hex digits, never all zeros (an invalid id).
+fn random_hex(out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes * 2);
-    for _ in 0..bytes {
-        let b = fastrand::u8(..);
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 0xf) as usize] as char);
+    for slot in out.iter_mut() {
+        *slot = DIGITS[fastrand::usize(..16)];
     }
-    // All-zero ids are invalid; fastrand giving 16 zero bytes is negligible, but be exact.
-    if out.bytes().all(|b| b == b'0') {
-        out.replace_range(out.len() - 1.., "1");
+    if out.iter().all(|b| *b == b'0')
+        && let Some(last) = out.last_mut()
+    {
+        *last = b'1';
     }
-    out
 }
 
 #[cfg(test)]
@@ -94,10 +113,10 @@ mod tests {
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
         let t = TraceContext::from_headers(&h);
-        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(t.flags, "01");
-        assert_ne!(t.span_id, "00f067aa0ba902b7");
-        assert_eq!(t.span_id.len(), 16);
+        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.flags(), "01");
+        assert_ne!(t.span_id(), "00f067aa0ba902b7");
+        assert_eq!(t.span_id().len(), 16);
     }
 
     #[test]
@@ -114,14 +133,11 @@ mod tests {
                 h.insert(TRACEPARENT, HeaderValue::from_str(bad).unwrap());
             }
             let t = TraceContext::from_headers(&h);
-            assert_eq!(t.trace_id.len(), 32, "{bad}");
-            assert_ne!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
-            assert_eq!(t.flags, "00");
+            assert_eq!(t.trace_id().len(), 32, "{bad}");
+            assert_ne!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
+            assert_eq!(t.flags(), "00");
             let header = t.header_value().unwrap();
-            assert!(
-                parse(header.to_str().unwrap()).is_some(),
-                "we send valid ones"
-            );
+            assert!(parse(header.as_bytes()).is_some(), "we send valid ones");
         }
     }
 }
