@@ -76,6 +76,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let connection = Connection {
+            tunnels: tracker.clone(),
             state: Arc::clone(&state),
             builder: Arc::clone(&builder),
             shutdown: shutdown.clone(),
@@ -111,6 +112,8 @@ pub async fn serve(
 
 /// What one accepted connection needs to be served.
 struct Connection {
+    /// Where upgraded connections (WebSocket) run, so shutdown waits for them too.
+    tunnels: TaskTracker,
     state: Arc<ProxyState>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shutdown: Shutdown,
@@ -134,12 +137,13 @@ impl Connection {
             proto,
             Arc::clone(&activity),
             self.body_pace,
-        );
+        )
+        .with_tunnels(self.tunnels.clone(), self.shutdown.abort.clone());
         let service = service_fn(move |req| {
             let service = service.clone();
             async move { Ok::<_, std::convert::Infallible>(service.handle(req).await) }
         });
-        let conn = self.builder.serve_connection(io, service);
+        let conn = self.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let idle = activity.idle(self.idle_timeout);
         tokio::pin!(idle);

@@ -12,6 +12,8 @@ use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::ProxyState;
 use super::body::{BodyPace, RequestGuards, ResponseBody, UpstreamRequestBody};
@@ -33,6 +35,7 @@ pub struct ProxyService {
     proto: &'static str,
     conn: Arc<ConnActivity>,
     body_pace: BodyPace,
+    tunnels: Option<(TaskTracker, CancellationToken)>,
 }
 
 impl ProxyService {
@@ -49,7 +52,15 @@ impl ProxyService {
             proto,
             conn,
             body_pace,
+            tunnels: None,
         }
+    }
+
+    /// Enables protocol upgrades (WebSocket): tunnels run on `tracker` and are cut when
+    /// `abort` fires.
+    pub fn with_tunnels(mut self, tracker: TaskTracker, abort: CancellationToken) -> Self {
+        self.tunnels = Some((tracker, abort));
+        self
     }
 
     pub async fn handle(self, req: Request<Incoming>) -> Response<ResponseBody> {
@@ -193,6 +204,16 @@ impl ProxyService {
             }
         }
         let client_host = parts.headers.get(header::HOST).cloned();
+        // An HTTP/1.1 upgrade (WebSocket…) keeps its Upgrade/Connection headers and, on
+        // 101, becomes a tunnel between the two upgraded connections.
+        let upgrade = self
+            .tunnels
+            .as_ref()
+            .and_then(|_| upgrade_protocol(&parts))
+            .and_then(|proto| {
+                let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+                Some((proto, on_upgrade))
+            });
         let sticky_id = pool.sticky_cookie.as_deref().and_then(|name| {
             crate::balancer::cookie_value(&parts.headers, name).map(str::to_owned)
         });
@@ -204,6 +225,12 @@ impl ProxyService {
             client_host.as_ref().and_then(|h| h.to_str().ok()),
         );
         snapshot.headers.add_via(&mut parts.headers, parts.version);
+        if let Some((proto, _)) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, proto.clone());
+        }
         parts
             .headers
             .insert(snapshot.headers.request_id.clone(), request_id.clone());
@@ -320,8 +347,11 @@ impl ProxyService {
                 retries += 1;
                 continue;
             }
-            let response = result.map_err(|error| failure(error, Some(&endpoint.address)))?;
+            let mut response = result.map_err(|error| failure(error, Some(&endpoint.address)))?;
+            let upstream_upgrade = (response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+                .then(|| hyper::upgrade::on(&mut response));
             let (mut parts, body) = response.into_parts();
+            let upgraded_to = parts.headers.get(header::UPGRADE).cloned();
             strip_hop_by_hop(&mut parts.headers);
             snapshot.headers.add_via(&mut parts.headers, parts.version);
             parts.version = Version::HTTP_11;
@@ -339,6 +369,36 @@ impl ProxyService {
                 pool: pool_slot,
                 connection: conn_guard,
             };
+            if let (
+                Some(upstream_upgrade),
+                Some((_, client_upgrade)),
+                Some(proto),
+                Some((tracker, abort)),
+            ) = (
+                upstream_upgrade,
+                upgrade,
+                upgraded_to,
+                self.tunnels.as_ref(),
+            ) {
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(header::UPGRADE, proto);
+                tracker.spawn(tunnel(
+                    client_upgrade,
+                    upstream_upgrade,
+                    guards,
+                    abort.clone(),
+                ));
+                let served = Served {
+                    route_stats: Arc::clone(&route.stats),
+                    route: Arc::clone(&route.name),
+                    endpoint: Arc::clone(&endpoint),
+                    attempts: retries + 1,
+                    upstream: elapsed,
+                };
+                return Ok((Response::from_parts(parts, ResponseBody::empty()), served));
+            }
             let served = Served {
                 route_stats: Arc::clone(&route.stats),
                 route: Arc::clone(&route.name),
@@ -434,6 +494,55 @@ impl From<ProxyError> for Failure {
             endpoint: None,
         }
     }
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` +
+/// `Upgrade`).
+fn upgrade_protocol(parts: &http::request::Parts) -> Option<HeaderValue> {
+    if parts.version != Version::HTTP_11 {
+        return None;
+    }
+    let asks = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| parts.headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Copies bytes both ways between the client's and the upstream's upgraded connections
+/// until either side closes or shutdown aborts; the request stays in flight meanwhile.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    guards: RequestGuards,
+    abort: CancellationToken,
+) {
+    let (client, upstream) = match tokio::join!(client, upstream) {
+        (Ok(client), Ok(upstream)) => (client, upstream),
+        (client, upstream) => {
+            tracing::debug!(
+                client_ok = client.is_ok(),
+                upstream_ok = upstream.is_ok(),
+                "upgrade did not complete"
+            );
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "tunnel closed with an error");
+            }
+        }
+        _ = abort.cancelled() => {}
+    }
+    drop(guards);
 }
 
 /// Refuses message framing that an upstream could read differently from weir (RFC 9112
