@@ -157,6 +157,20 @@ pub struct RouteConfig {
     #[serde(default = "d_path_prefix")]
     pub path_prefix: String,
     pub pool: String,
+    /// Requests over this rate get 429 with `Retry-After`.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// A GCRA rate limit: `requests_per_second` sustained, bursts of `burst`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests_per_second: u32,
+    /// Defaults to one second's worth.
+    pub burst: Option<u32>,
+    /// `client_ip` (default), `header:NAME` (e.g. an API key), or `route` (one bucket).
+    #[serde(default = "d_rate_key")]
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -495,6 +509,9 @@ fn d_request_id_header() -> String {
 }
 fn d_proxy_name() -> String {
     DEFAULT_PROXY_NAME.to_owned()
+}
+fn d_rate_key() -> String {
+    "client_ip".to_owned()
 }
 fn d_path_prefix() -> String {
     "/".to_owned()

@@ -103,6 +103,17 @@ fn check_routes(config: &Config, problems: &mut Vec<Problem>) {
         {
             problems.push(Problem::new(format!("{key}.host"), reason));
         }
+        if let Some(limit) = &route.rate_limit {
+            if limit.requests_per_second == 0 || limit.burst == Some(0) {
+                problems.push(Problem::new(
+                    format!("{key}.rate_limit"),
+                    "requests_per_second and burst must be at least 1",
+                ));
+            }
+            if let Err(reason) = crate::proxy::ratelimit::parse_key(&limit.key) {
+                problems.push(Problem::new(format!("{key}.rate_limit.key"), reason));
+            }
+        }
     }
 }
 

@@ -22,6 +22,8 @@ pub enum ProxyError {
     ClientBodyTimeout,
     #[error("no route matches")]
     NoRoute,
+    #[error("rate limited for {0:?}")]
+    RateLimited(Duration),
     #[error("no endpoint available in pool {0:?}")]
     NoEndpoint(String),
     #[error("pool {0:?} is at its in-flight limit")]
@@ -44,6 +46,7 @@ impl ProxyError {
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoEndpoint(_) | ProxyError::AtCapacity(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -65,6 +68,7 @@ impl ProxyError {
             ProxyError::ClientBody(_) => "request body malformed or incomplete",
             ProxyError::ClientBodyTimeout => "request body too slow",
             ProxyError::NoRoute => "no route for this host and path",
+            ProxyError::RateLimited(_) => "rate limit exceeded",
             ProxyError::NoEndpoint(_) => "no upstream endpoint available",
             ProxyError::AtCapacity(_) => "upstream at capacity",
             ProxyError::ConnectTimeout(_) => "upstream connect timed out",
@@ -112,6 +116,11 @@ impl ProxyError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ProxyError::RateLimited(wait) = self {
+            // Whole seconds, rounded up: a client that waits this long gets through.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         if matches!(
             self,

@@ -7,6 +7,7 @@ pub mod error;
 pub mod headers;
 pub mod listener;
 pub mod normalize;
+pub mod ratelimit;
 pub mod retry;
 pub mod route;
 pub mod service;

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::ratelimit::RouteLimiter;
 use super::stats::RouteStats;
 use crate::config::RouteConfig;
 use crate::upstream::Pool;
@@ -21,6 +22,7 @@ pub struct Route {
     path_prefix: String,
     pub pool: Arc<Pool>,
     pub stats: Arc<RouteStats>,
+    pub rate_limit: Option<Arc<RouteLimiter>>,
 }
 
 impl Route {
@@ -48,6 +50,10 @@ impl Route {
             path_prefix: config.path_prefix.clone(),
             pool,
             stats: stats.unwrap_or_default(),
+            rate_limit: config
+                .rate_limit
+                .as_ref()
+                .map(|limit| Arc::new(RouteLimiter::new(limit))),
         }
     }
 

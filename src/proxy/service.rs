@@ -187,6 +187,11 @@ impl ProxyService {
             route_stats: Some(Arc::clone(&route.stats)),
             endpoint: endpoint.map(str::to_owned),
         };
+        if let Some(limiter) = &route.rate_limit
+            && let Err(wait) = limiter.check(self.peer.ip(), &parts.headers)
+        {
+            return Err(failure(ProxyError::RateLimited(wait), None));
+        }
         let pool_slot = pool
             .acquire_slot()
             .map_err(|_| failure(ProxyError::AtCapacity(pool.name.clone()), None))?;

@@ -41,6 +41,12 @@ impl Snapshot {
                     previous.and_then(|p| p.router.routes().iter().find(|r| r.name == fresh.name))
                 {
                     fresh.stats = Arc::clone(&old.stats);
+                    // Unchanged limits keep their buckets across a reload.
+                    if let (Some(new), Some(kept)) = (&fresh.rate_limit, &old.rate_limit)
+                        && new.config == kept.config
+                    {
+                        fresh.rate_limit = Some(Arc::clone(kept));
+                    }
                 }
                 Some(fresh)
             })

@@ -1,0 +1,167 @@
+//! Per-route rate limits (GCRA, by `governor`): one bucket for the route, or one per client
+//! IP or per value of a header (an API key). Over the limit: 429 with `Retry-After`.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::{HeaderMap, HeaderName};
+
+use crate::config::RateLimitConfig;
+
+/// Keyed limiters forget idle keys every this many checks, so memory stays bounded.
+const CLEANUP_EVERY: u64 = 4096;
+
+#[derive(Debug)]
+enum Buckets {
+    Route(DefaultDirectRateLimiter),
+    ClientIp(DefaultKeyedRateLimiter<IpAddr>),
+    /// Requests without the header share one bucket (the empty key).
+    Header(HeaderName, DefaultKeyedRateLimiter<Bytes>),
+}
+
+#[derive(Debug)]
+pub struct RouteLimiter {
+    pub config: RateLimitConfig,
+    buckets: Buckets,
+    checks: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+/// What `rate_limit.key` may be.
+pub fn parse_key(key: &str) -> Result<Option<HeaderName>, String> {
+    match key {
+        "route" | "client_ip" => Ok(None),
+        other => match other.strip_prefix("header:") {
+            Some(name) => HeaderName::from_bytes(name.as_bytes())
+                .map(Some)
+                .map_err(|_| format!("{name:?} is not a valid header name")),
+            None => Err(format!(
+                "{key:?}: expected \"route\", \"client_ip\" or \"header:NAME\""
+            )),
+        },
+    }
+}
+
+impl RouteLimiter {
+    /// Builds from validated config (zero rates were rejected; clamp defensively).
+    pub fn new(config: &RateLimitConfig) -> Self {
+        let rate = NonZeroU32::new(config.requests_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(config.burst.unwrap_or(config.requests_per_second))
+            .unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::per_second(rate).allow_burst(burst);
+        let buckets = match (config.key.as_str(), parse_key(&config.key)) {
+            ("route", _) => Buckets::Route(RateLimiter::direct(quota)),
+            (_, Ok(Some(header))) => Buckets::Header(header, RateLimiter::keyed(quota)),
+            _ => Buckets::ClientIp(RateLimiter::keyed(quota)),
+        };
+        Self {
+            config: config.clone(),
+            buckets,
+            checks: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
+
+    /// `Ok` to go on, or how long until this key may send again.
+    pub fn check(&self, client_ip: IpAddr, headers: &HeaderMap) -> Result<(), Duration> {
+        let checks = self.checks.fetch_add(1, Relaxed) + 1;
+        let clock = DefaultClock::default();
+        let outcome = match &self.buckets {
+            Buckets::Route(limiter) => limiter.check().map_err(|n| n.wait_time_from(clock.now())),
+            Buckets::ClientIp(limiter) => {
+                if checks.is_multiple_of(CLEANUP_EVERY) {
+                    limiter.retain_recent();
+                }
+                limiter
+                    .check_key(&client_ip)
+                    .map_err(|n| n.wait_time_from(clock.now()))
+            }
+            Buckets::Header(name, limiter) => {
+                if checks.is_multiple_of(CLEANUP_EVERY) {
+                    limiter.retain_recent();
+                }
+                let key = headers
+                    .get(name)
+                    .map(|v| Bytes::copy_from_slice(v.as_bytes()))
+                    .unwrap_or_default();
+                limiter
+                    .check_key(&key)
+                    .map_err(|n| n.wait_time_from(clock.now()))
+            }
+        };
+        if outcome.is_err() {
+            self.rejected.fetch_add(1, Relaxed);
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(key: &str, rps: u32, burst: u32) -> RouteLimiter {
+        RouteLimiter::new(&RateLimitConfig {
+            requests_per_second: rps,
+            burst: Some(burst),
+            key: key.into(),
+        })
+    }
+
+    #[test]
+    fn burst_then_refusal_per_key() {
+        let l = limiter("client_ip", 1, 3);
+        let headers = HeaderMap::new();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 0..3 {
+            assert!(l.check(a, &headers).is_ok());
+        }
+        let wait = l.check(a, &headers).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert!(
+            l.check(b, &headers).is_ok(),
+            "another client has its own bucket"
+        );
+        assert_eq!(l.rejected.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn header_keys_and_the_route_bucket() {
+        let l = limiter("header:x-api-key", 1, 1);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut k1 = HeaderMap::new();
+        k1.insert("x-api-key", "one".parse().unwrap());
+        let mut k2 = HeaderMap::new();
+        k2.insert("x-api-key", "two".parse().unwrap());
+        assert!(l.check(ip, &k1).is_ok());
+        assert!(l.check(ip, &k1).is_err());
+        assert!(l.check(ip, &k2).is_ok());
+
+        let route = limiter("route", 1, 2);
+        let other: IpAddr = "10.0.0.9".parse().unwrap();
+        assert!(route.check(ip, &k1).is_ok());
+        assert!(route.check(other, &k2).is_ok());
+        assert!(
+            route.check(other, &HeaderMap::new()).is_err(),
+            "one bucket for everyone"
+        );
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(parse_key("route"), Ok(None));
+        assert_eq!(parse_key("client_ip"), Ok(None));
+        assert!(parse_key("header:x-api-key").unwrap().is_some());
+        assert!(parse_key("cookie:x").is_err());
+        assert!(parse_key("header:bad name").is_err());
+    }
+}
