@@ -325,3 +325,54 @@ fn tokio_stream_from<T: Send + 'static>(
 ) -> tokio_stream::wrappers::ReceiverStream<T> {
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
+
+#[tokio::test]
+async fn h2c_pools_speak_http2_to_upstreams_over_one_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .map_or("-", |h| h.to_str().unwrap());
+                        let text = format!("{:?} {host}", req.version());
+                        Ok::<_, std::convert::Infallible>(Response::new(full(text)))
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    let weir = weir(&simple_config(&[addr], "protocol = \"h2c\"")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        tasks.push(tokio::spawn(async move { get(proxy, "/x").await }));
+    }
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.text(),
+            format!("HTTP/2.0 {proxy}"),
+            "HTTP/2, with the client's Host header passed on"
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "20 concurrent requests share one HTTP/2 connection"
+    );
+    weir.shutdown().await;
+}

@@ -188,11 +188,24 @@ pub enum Strategy {
     ConsistentHash,
 }
 
+/// How weir speaks to a pool's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over cleartext: many requests on one connection.
+    H2c,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     #[serde(default)]
     pub strategy: Strategy,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
     /// May be empty: instances can register later through the admin port.
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,

@@ -214,6 +214,7 @@ impl ProxyService {
         let upgrade = self
             .tunnels
             .as_ref()
+            .filter(|_| pool.version == Version::HTTP_11)
             .and_then(|_| upgrade_protocol(&parts))
             .and_then(|proto| {
                 let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
@@ -288,7 +289,7 @@ impl ProxyService {
             let mut upstream_request = Request::new(body.for_attempt());
             *upstream_request.method_mut() = parts.method.clone();
             *upstream_request.uri_mut() = uri;
-            *upstream_request.version_mut() = Version::HTTP_11;
+            *upstream_request.version_mut() = pool.version;
             *upstream_request.headers_mut() = headers;
 
             let mut guard = endpoint.begin_request();

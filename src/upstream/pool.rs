@@ -16,7 +16,9 @@ use super::breaker::{BreakerEvent, BreakerState};
 use super::endpoint::{Endpoint, EndpointPolicy, InFlightGuard, Outcome};
 use super::signals::{Clock, RollingCounts};
 use crate::balancer::{self, Balancer, PickContext};
-use crate::config::{HealthCheckConfig, PoolConfig, RetryConfig, parse_endpoint_address};
+use crate::config::{
+    HealthCheckConfig, PoolConfig, RetryConfig, UpstreamProtocol, parse_endpoint_address,
+};
 use crate::proxy::body::UpstreamRequestBody;
 
 pub type UpstreamClient = Client<HttpConnector, UpstreamRequestBody>;
@@ -53,6 +55,8 @@ pub struct Pool {
     config: PoolConfig,
     pub client: UpstreamClient,
     pub response_timeout: Duration,
+    /// HTTP version requests to this pool are sent with.
+    pub version: http::Version,
     pub preserve_host: bool,
     pub fail_open: bool,
     pub max_in_flight: u64,
@@ -124,6 +128,10 @@ impl Pool {
             balancer,
             client,
             response_timeout: config.response_timeout,
+            version: match config.protocol {
+                UpstreamProtocol::Http1 => http::Version::HTTP_11,
+                UpstreamProtocol::H2c => http::Version::HTTP_2,
+            },
             preserve_host: config.preserve_host,
             fail_open: config.fail_open,
             max_in_flight: config.max_in_flight,
@@ -387,6 +395,7 @@ fn same_balancing(old: &PoolConfig, new: &PoolConfig) -> bool {
 /// Whether a reload may keep the upstream connection pool.
 fn same_connections(old: &PoolConfig, new: &PoolConfig) -> bool {
     old.connect_timeout == new.connect_timeout
+        && old.protocol == new.protocol
         && old.idle_timeout == new.idle_timeout
         && old.max_idle_per_endpoint == new.max_idle_per_endpoint
 }
@@ -398,14 +407,21 @@ fn build_client(config: &PoolConfig) -> UpstreamClient {
     connector.set_keepalive(Some(Duration::from_secs(60)));
     // Upstream URIs are always http://host:port built by weir itself.
     connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(config.idle_timeout)
         .pool_max_idle_per_host(config.max_idle_per_endpoint)
         // Headers go upstream exactly as weir prepared them.
-        .set_host(false)
-        .build(connector)
+        .set_host(false);
+    if config.protocol == UpstreamProtocol::H2c {
+        builder
+            .http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .http2_keep_alive_timeout(Duration::from_secs(20));
+    }
+    builder.build(connector)
 }
 
 #[cfg(test)]
