@@ -12,6 +12,19 @@ use weir::proxy::headers::{request_id, strip_hop_by_hop};
 use weir::proxy::normalize::normalize_path;
 use weir::upstream::Endpoint;
 
+/// A pick with no exclusions, limits or panic mode.
+fn plain_context(headers: &HeaderMap) -> PickContext<'_> {
+    PickContext {
+        client_ip: [10, 0, 0, 1].into(),
+        headers,
+        now_ms: 0,
+        exclude: &[],
+        max_in_flight: 0,
+        generation: 0,
+        ignore_health: false,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -92,15 +105,7 @@ proptest! {
         }
         let balancer = balancer::for_pool(&config);
         let headers = HeaderMap::new();
-        let ctx = PickContext {
-            client_ip: [10, 0, 0, 1].into(),
-            headers: &headers,
-            now_ms: 0,
-            exclude: &[],
-            max_in_flight: 0,
-            generation: 0,
-            ignore_health: false,
-        };
+        let ctx = plain_context(&headers);
         let any_usable = endpoints.iter().any(|e| !e.is_draining());
         for _ in 0..picks {
             match balancer.pick(&endpoints, &ctx) {
@@ -121,15 +126,7 @@ proptest! {
         config.strategy = Strategy::Weighted;
         let balancer = balancer::for_pool(&config);
         let headers = HeaderMap::new();
-        let ctx = PickContext {
-            client_ip: [10, 0, 0, 1].into(),
-            headers: &headers,
-            now_ms: 0,
-            exclude: &[],
-            max_in_flight: 0,
-            generation: 0,
-            ignore_health: false,
-        };
+        let ctx = plain_context(&headers);
         let total: u32 = weights.iter().sum();
         let rounds = 20;
         let mut counts = vec![0u32; endpoints.len()];
