@@ -11,7 +11,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{CertificateConfig, ListenerTlsConfig};
+use crate::config::{CertificateConfig, ListenerTlsConfig, UpstreamTlsConfig};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {reason}")]
@@ -128,4 +128,44 @@ impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.find(client_hello.server_name())
     }
+}
+
+/// The rustls client config for TLS to a pool's endpoints (ALPN http/1.1).
+pub fn client_config(config: &UpstreamTlsConfig) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.ca_file {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|iter| iter.collect::<Result<_, _>>())
+                .map_err(|e| TlsError {
+                    key: "tls.ca_file".into(),
+                    reason: describe(path, e),
+                })?;
+            let (added, _ignored) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(TlsError {
+                    key: "tls.ca_file".into(),
+                    reason: format!("{}: no usable CA certificate", path.display()),
+                });
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    if let Some(name) = &config.server_name {
+        rustls_pki_types::ServerName::try_from(name.as_str()).map_err(|_| TlsError {
+            key: "tls.server_name".into(),
+            reason: format!("{name:?} is not a valid server name"),
+        })?;
+    }
+    Ok(ring_client_config(roots))
+}
+
+/// A client config on the ring provider trusting `roots`.
+pub fn ring_client_config(roots: rustls::RootCertStore) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        // A constant: the ring provider supports TLS 1.2 and 1.3.
+        .expect("the ring provider supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }

@@ -19,6 +19,7 @@ use tokio_rustls::TlsConnector;
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
     der: CertificateDer<'static>,
+    pem: String,
 }
 
 fn ca() -> Ca {
@@ -28,6 +29,7 @@ fn ca() -> Ca {
     let cert = params.self_signed(&key).unwrap();
     Ca {
         der: cert.der().clone(),
+        pem: cert.pem(),
         issuer: Issuer::new(params, key),
     }
 }
@@ -269,4 +271,115 @@ async fn a_reload_replaces_certificates_without_dropping_connections() {
         .expect("the old connection still works");
     assert_eq!(response.status(), 200);
     weir.shutdown().await;
+}
+
+/// An HTTPS upstream with a certificate for `name` signed by `ca`; answers with the SNI it
+/// was asked for.
+async fn tls_upstream(ca: &Ca, dir: &Path, name: &str) -> std::net::SocketAddr {
+    let (cert, key, _) = leaf(ca, dir, "backend", &[name]);
+    let config = weir::tls::server_config(&weir::config::ListenerTlsConfig {
+        certificates: vec![weir::config::CertificateConfig {
+            cert,
+            key,
+            names: vec![],
+        }],
+    })
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().unwrap_or("-").to_owned();
+                let service = hyper::service::service_fn(move |_req| {
+                    let sni = sni.clone();
+                    async move { Ok::<_, std::convert::Infallible>(Response::new(full(sni))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn tls_pool_config(upstream: std::net::SocketAddr, tls: &str) -> String {
+    simple_config(
+        &[upstream],
+        &format!("retry = {{ attempts = 0 }}\ntls = {{ {tls} }}"),
+    )
+}
+
+#[tokio::test]
+async fn upstreams_over_tls_are_verified() {
+    let ca = ca();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let up = tls_upstream(&ca, dir.path(), "backend.test").await;
+    let ca_setting = format!("ca_file = {:?}", ca_file.display().to_string());
+
+    // Trusted CA and the certificate's name: the request goes through, SNI included.
+    let weir = weir(&tls_pool_config(
+        up,
+        &format!("{ca_setting}, server_name = \"backend.test\""),
+    ))
+    .await;
+    let reply = get(weir.listener_addr("http").unwrap(), "/").await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text().as_str()),
+        (200, "backend.test")
+    );
+    weir.shutdown().await;
+
+    // A name the certificate does not have: refused (502), never sent in the clear.
+    let weir = crate::weir(&tls_pool_config(
+        up,
+        &format!("{ca_setting}, server_name = \"other.test\""),
+    ))
+    .await;
+    assert_eq!(
+        get(weir.listener_addr("http").unwrap(), "/").await.status,
+        502
+    );
+    weir.shutdown().await;
+
+    // Without our CA (the bundled public roots): refused too.
+    let weir = crate::weir(&tls_pool_config(up, "server_name = \"backend.test\"")).await;
+    assert_eq!(
+        get(weir.listener_addr("http").unwrap(), "/").await.status,
+        502
+    );
+    weir.shutdown().await;
+}
+
+#[test]
+fn upstream_tls_config_errors() {
+    let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let err = weir::config::load_str(
+        &tls_pool_config(up, "ca_file = \"/nonexistent/ca.pem\""),
+        Path::new("w.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("pools.main.tls.ca_file: /nonexistent/ca.pem"),
+        "{err}"
+    );
+    let err = weir::config::load_str(
+        &(tls_pool_config(up, "server_name = \"backend.test\"") + "protocol = \"h2c\"\n"),
+        Path::new("w.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("pools.main.protocol: h2c is HTTP/2 in cleartext"),
+        "{err}"
+    );
 }

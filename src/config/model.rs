@@ -206,6 +206,8 @@ pub struct PoolConfig {
     pub strategy: Strategy,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// Connect to endpoints over TLS (certificates always verified).
+    pub tls: Option<UpstreamTlsConfig>,
     /// May be empty: instances can register later through the admin port.
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
@@ -244,6 +246,16 @@ pub struct PoolConfig {
     pub sticky_cookie: Option<String>,
     #[serde(default)]
     pub score: ScoreWeights,
+}
+
+/// TLS to a pool's endpoints. Certificates are always verified.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM bundle of trusted CAs; absent = the bundled Mozilla roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Name to verify (and send as SNI); absent = the endpoint's host.
+    pub server_name: Option<String>,
 }
 
 /// Active HTTP health checks.

@@ -207,6 +207,17 @@ fn check_pool_policies(key: &str, pool: &PoolConfig, problems: &mut Vec<Problem>
         }
         (None, _) => {}
     }
+    if let Some(tls) = &pool.tls {
+        if pool.protocol == crate::config::UpstreamProtocol::H2c {
+            problem(
+                "protocol",
+                "h2c is HTTP/2 in cleartext; it cannot be combined with [tls]".into(),
+            );
+        }
+        if let Err(error) = crate::tls::client_config(tls) {
+            problem(&error.key, error.reason);
+        }
+    }
     if let Some(cookie) = &pool.sticky_cookie
         && !is_token(cookie)
     {

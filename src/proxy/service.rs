@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
@@ -281,7 +281,7 @@ impl ProxyService {
                 headers.insert(header::HOST, endpoint.host_header().clone());
             }
             let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
+            uri.scheme = Some(pool.scheme.clone());
             uri.authority = Some(endpoint.authority.clone());
             uri.path_and_query = Some(path_and_query.clone());
             let uri = Uri::from_parts(uri)

@@ -7,32 +7,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
-use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
 use super::{Endpoint, Pool};
 use crate::config::HealthCheckConfig;
+use crate::proxy::body::UpstreamRequestBody;
 
-type CheckClient = Client<HttpConnector, Empty<Bytes>>;
-
-/// Checks `pool`'s endpoints until `stop` is cancelled.
+/// Checks `pool`'s endpoints until `stop` is cancelled. Checks go through the pool's own
+/// client, so they use its protocol and TLS settings.
 pub async fn run(pool: Arc<Pool>, config: HealthCheckConfig, stop: CancellationToken) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.timeout));
-    connector.set_nodelay(true);
-    let client: CheckClient = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_max_idle_per_host(1)
-        .build(connector);
     loop {
         let endpoints = pool.endpoints().clone();
         let mut checks = tokio::task::JoinSet::new();
         for endpoint in endpoints.iter() {
             checks.spawn(check_one(
-                client.clone(),
+                Arc::clone(&pool),
                 Arc::clone(endpoint),
                 config.clone(),
             ));
@@ -53,17 +42,13 @@ fn jittered(interval: Duration, jitter: f64) -> Duration {
     interval.mul_f64((1.0 + spread).max(0.0))
 }
 
-async fn check_one(client: CheckClient, endpoint: Arc<Endpoint>, config: HealthCheckConfig) {
-    let (passed, detail) = probe(&client, &endpoint, &config).await;
+async fn check_one(pool: Arc<Pool>, endpoint: Arc<Endpoint>, config: HealthCheckConfig) {
+    let (passed, detail) = probe(&pool, &endpoint, &config).await;
     endpoint.record_health_check(passed, config.rise, config.fall, &detail);
 }
 
-async fn probe(
-    client: &CheckClient,
-    endpoint: &Endpoint,
-    config: &HealthCheckConfig,
-) -> (bool, String) {
-    let uri = format!("http://{}{}", endpoint.authority, config.path);
+async fn probe(pool: &Pool, endpoint: &Endpoint, config: &HealthCheckConfig) -> (bool, String) {
+    let uri = format!("{}://{}{}", pool.scheme, endpoint.authority, config.path);
     let host = config
         .host
         .clone()
@@ -71,12 +56,13 @@ async fn probe(
     let request = match Request::get(uri)
         .header(header::HOST, host)
         .header(header::USER_AGENT, "weir-health-check")
-        .body(Empty::new())
+        .version(pool.version)
+        .body(UpstreamRequestBody::buffered(Bytes::new()))
     {
         Ok(request) => request,
         Err(err) => return (false, format!("cannot build the check request: {err}")),
     };
-    match tokio::time::timeout(config.timeout, client.request(request)).await {
+    match tokio::time::timeout(config.timeout, pool.client.request(request)).await {
         Err(_) => (false, format!("no answer within {:?}", config.timeout)),
         Ok(Err(err)) if err.is_connect() => (false, "connect failed".into()),
         Ok(Err(err)) => (false, format!("request failed: {err}")),

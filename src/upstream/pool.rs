@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderMap;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -21,7 +22,8 @@ use crate::config::{
 };
 use crate::proxy::body::UpstreamRequestBody;
 
-pub type UpstreamClient = Client<HttpConnector, UpstreamRequestBody>;
+/// Speaks plain HTTP to `http://` endpoints and TLS to `https://` ones.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>;
 
 /// Why no endpoint could be picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub struct Pool {
     pub response_timeout: Duration,
     /// HTTP version requests to this pool are sent with.
     pub version: http::Version,
+    /// `https` when the pool has `[tls]`.
+    pub scheme: http::uri::Scheme,
     pub preserve_host: bool,
     pub fail_open: bool,
     pub max_in_flight: u64,
@@ -128,6 +132,11 @@ impl Pool {
             balancer,
             client,
             response_timeout: config.response_timeout,
+            scheme: if config.tls.is_some() {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            },
             version: match config.protocol {
                 UpstreamProtocol::Http1 => http::Version::HTTP_11,
                 UpstreamProtocol::H2c => http::Version::HTTP_2,
@@ -396,6 +405,7 @@ fn same_balancing(old: &PoolConfig, new: &PoolConfig) -> bool {
 fn same_connections(old: &PoolConfig, new: &PoolConfig) -> bool {
     old.connect_timeout == new.connect_timeout
         && old.protocol == new.protocol
+        && old.tls == new.tls
         && old.idle_timeout == new.idle_timeout
         && old.max_idle_per_endpoint == new.max_idle_per_endpoint
 }
@@ -405,8 +415,28 @@ fn build_client(config: &PoolConfig) -> UpstreamClient {
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(config.connect_timeout));
     connector.set_keepalive(Some(Duration::from_secs(60)));
-    // Upstream URIs are always http://host:port built by weir itself.
-    connector.enforce_http(true);
+    // https:// URIs go to the TLS layer below.
+    connector.enforce_http(false);
+    let tls_config = match &config.tls {
+        // Validated already; should it fail now, trust nothing rather than something else.
+        Some(tls) => crate::tls::client_config(tls).unwrap_or_else(|error| {
+            tracing::error!(%error, "upstream TLS config; connections will fail");
+            crate::tls::ring_client_config(rustls::RootCertStore::empty())
+        }),
+        // Plain-HTTP pools never use it.
+        None => crate::tls::ring_client_config(rustls::RootCertStore::empty()),
+    };
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config)
+        .https_or_http();
+    let builder = match config.tls.as_ref().and_then(|t| t.server_name.clone()) {
+        Some(name) => match rustls_pki_types::ServerName::try_from(name) {
+            Ok(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+            Err(_) => builder,
+        },
+        None => builder,
+    };
+    let connector = builder.enable_http1().wrap_connector(connector);
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_timer(TokioTimer::new())
