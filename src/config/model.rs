@@ -48,6 +48,10 @@ pub struct ServerConfig {
     /// One JSON-able line per request on the `weir::access` log target.
     #[serde(default)]
     pub access_log: bool,
+    /// gzip/brotli for compressible responses over 1 KiB that the upstream did not
+    /// compress, when the client accepts it (with `Vary: Accept-Encoding`).
+    #[serde(default)]
+    pub compression: bool,
     /// Largest request head accepted (HTTP/1 request line + headers, HTTP/2 header list).
     #[serde(default = "d_max_header_bytes")]
     pub max_request_header_bytes: usize,
@@ -61,6 +65,7 @@ impl Default for ServerConfig {
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
             max_request_header_bytes: DEFAULT_MAX_REQUEST_HEADER_BYTES,
             access_log: false,
+            compression: false,
             request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
             min_request_body_rate: DEFAULT_MIN_REQUEST_BODY_RATE,
         }

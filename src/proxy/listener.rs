@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 
 use arc_swap::ArcSwap;
 use tokio_rustls::TlsAcceptor;
@@ -21,6 +23,9 @@ use super::ProxyState;
 use super::body::BodyPace;
 use super::conn::ConnActivity;
 use super::service::ProxyService;
+
+/// Responses at or below this size are not worth compressing.
+const MIN_COMPRESS_BYTES: u16 = 1024;
 
 /// Settings of one listener, fixed while it runs.
 #[derive(Debug, Clone)]
@@ -139,11 +144,27 @@ impl Connection {
             self.body_pace,
         )
         .with_tunnels(self.tunnels.clone(), self.shutdown.abort.clone());
-        let service = service_fn(move |req| {
+        let service = tower::service_fn(move |req| {
             let service = service.clone();
             async move { Ok::<_, std::convert::Infallible>(service.handle(req).await) }
         });
-        let conn = self.builder.serve_connection_with_upgrades(io, service);
+        // Compression is decided per response from the current snapshot, so a reload can
+        // turn it on or off; tower-http negotiates Accept-Encoding and sets Vary.
+        let state = Arc::clone(&self.state);
+        let enabled =
+            move |_: http::StatusCode,
+                  _: http::Version,
+                  _: &http::HeaderMap,
+                  _: &http::Extensions| { state.snapshot.load().compression };
+        let predicate = DefaultPredicate::new()
+            .and(SizeAbove::new(MIN_COMPRESS_BYTES))
+            .and(enabled);
+        let service = tower::ServiceBuilder::new()
+            .layer(CompressionLayer::new().compress_when(predicate))
+            .service(service);
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(io, TowerToHyperService::new(service));
         tokio::pin!(conn);
         let idle = activity.idle(self.idle_timeout);
         tokio::pin!(idle);

@@ -16,6 +16,7 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub headers: HeaderPolicy,
     pub access_log: bool,
+    pub compression: bool,
 }
 
 impl Snapshot {
@@ -56,6 +57,7 @@ impl Snapshot {
             pools,
             headers: HeaderPolicy::from_config(&config.headers),
             access_log: config.server.access_log,
+            compression: config.server.compression,
         }
     }
 }
