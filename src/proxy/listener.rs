@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -144,27 +145,44 @@ impl Connection {
             self.body_pace,
         )
         .with_tunnels(self.tunnels.clone(), self.shutdown.abort.clone());
-        let service = tower::service_fn(move |req| {
-            let service = service.clone();
-            async move { Ok::<_, std::convert::Infallible>(service.handle(req).await) }
-        });
-        // Compression is decided per response from the current snapshot, so a reload can
-        // turn it on or off; tower-http negotiates Accept-Encoding and sets Vary.
-        let state = Arc::clone(&self.state);
-        let enabled =
-            move |_: http::StatusCode,
-                  _: http::Version,
-                  _: &http::HeaderMap,
-                  _: &http::Extensions| { state.snapshot.load().compression };
-        let predicate = DefaultPredicate::new()
-            .and(SizeAbove::new(MIN_COMPRESS_BYTES))
-            .and(enabled);
-        let service = tower::ServiceBuilder::new()
-            .layer(CompressionLayer::new().compress_when(predicate))
-            .service(service);
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+        // Compression is chosen per connection from the current snapshot (a reload applies
+        // to new connections) so that, when off, the request path carries no extra layer.
+        if self.state.snapshot.load().compression {
+            let service = tower::service_fn(move |req| {
+                let service = service.clone();
+                async move { Ok::<_, std::convert::Infallible>(service.handle(req).await) }
+            });
+            let predicate = DefaultPredicate::new().and(SizeAbove::new(MIN_COMPRESS_BYTES));
+            let service = tower::ServiceBuilder::new()
+                .layer(CompressionLayer::new().compress_when(predicate))
+                .service(service);
+            self.drive(io, TowerToHyperService::new(service), activity)
+                .await;
+        } else {
+            let service = service_fn(move |req| {
+                let service = service.clone();
+                async move { Ok::<_, std::convert::Infallible>(service.handle(req).await) }
+            });
+            self.drive(io, service, activity).await;
+        }
+    }
+
+    async fn drive<I, S, B>(&self, io: TokioIo<I>, service: S, activity: Arc<ConnActivity>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<
+                http::Request<hyper::body::Incoming>,
+                Response = http::Response<B>,
+                Error = std::convert::Infallible,
+            > + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let peer = self.peer;
+        let conn = self.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let idle = activity.idle(self.idle_timeout);
         tokio::pin!(idle);
