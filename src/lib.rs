@@ -4,22 +4,30 @@
 //!
 //! ```text
 //! main.rs            CLI (clap): serve, check-config, demo
-//! app.rs             wiring: bind listeners, start the admin port, signals, drain
+//! app/               wiring: bind listeners and the admin port, signals, drain
+//!   listeners.rs     the running listener set, changed on reload without touching the rest
+//!   supervisor.rs    reloads (build whole, then swap) and instance register/drain/weights
 //! config/            the TOML file model, named defaults, loading with precise errors, validation
 //! proxy/             the data plane
-//!   listener.rs      accept loop, connection limit, HTTP/1.1 + h2c, header/idle timeouts, drain
-//!   service.rs       one request: route, pick, rewrite, forward, stream back
+//!   listener.rs      accept loop, connection limit, TLS handshake, HTTP/1.1 + h2, timeouts, drain
+//!   service.rs       one request: route, limit, pick, rewrite, forward with retries, stream back
 //!   route.rs         host + path-prefix matching
+//!   normalize.rs     dot-segment removal so routing and forwarding see the same path
 //!   headers.rs       hop-by-hop removal, X-Forwarded-*/Forwarded/Via, request id
-//!   body.rs          streamed response bodies that release in-flight counts when done
+//!   retry.rs         what may be retried, full-jitter backoff, Retry-After
+//!   ratelimit.rs     per-route GCRA limits
+//!   trace.rs         W3C traceparent
+//!   body.rs          streamed bodies: in-flight guards, replayable requests, body pace
 //!   conn.rs          per-connection activity (idle timeout)
 //!   error.rs         failures and the 4xx/5xx responses they become
 //!   snapshot.rs      the config-derived view a request runs against, swapped whole
-//!   stats.rs         counters published for admin, metrics and the control loop
+//!   stats.rs         counters and lock-free latency histograms for metrics and control
 //! balancer/          endpoint selection, one file per strategy behind `Balancer`
-//! upstream/          endpoints with live state; pools with their connection client
-//! tls.rs             TLS termination: certificates by SNI, ALPN, rustls with ring
+//! upstream/          endpoints (state machine, breaker, signals), pools, active health checks
+//! tls.rs             rustls (ring): server certificates by SNI, client configs for upstreams
+//! registry.rs        registered instances in an atomically written state file
 //! admin.rs           admin port: probes and the token-protected API
+//! metrics.rs         Prometheus exposition built at scrape time from the atomics
 //! loadtest.rs        bounded closed-loop load generator with HDR latency histograms
 //! demo/              sample upstreams and the `weir demo` run
 //! ```
