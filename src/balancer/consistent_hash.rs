@@ -5,25 +5,16 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
-use super::{Balancer, PickContext};
+use super::{Balancer, PickContext, TableCache};
 use crate::config::{HashConfig, HashKey, defaults::DEFAULT_HASH_VNODES};
 use crate::upstream::Endpoint;
-
-#[derive(Debug, Default)]
-struct Ring {
-    generation: u64,
-    endpoints: usize,
-    /// (point, endpoint index), sorted by point.
-    points: Vec<(u64, u32)>,
-}
 
 #[derive(Debug)]
 pub struct ConsistentHash {
     key: HashKey,
     vnodes: u32,
-    ring: ArcSwap<Ring>,
+    /// (point, endpoint index), sorted by point.
+    ring: TableCache<Vec<(u64, u32)>>,
 }
 
 fn hash_of(value: impl Hash) -> u64 {
@@ -45,15 +36,11 @@ impl ConsistentHash {
         Self {
             key,
             vnodes: vnodes.max(1),
-            ring: ArcSwap::from_pointee(Ring::default()),
+            ring: TableCache::default(),
         }
     }
 
-    fn ring_for(&self, endpoints: &[Arc<Endpoint>], generation: u64) -> Arc<Ring> {
-        let current = self.ring.load_full();
-        if current.generation == generation && current.endpoints == endpoints.len() {
-            return current;
-        }
+    fn build_ring(&self, endpoints: &[Arc<Endpoint>]) -> Vec<(u64, u32)> {
         let mean_weight = endpoints.iter().map(|e| f64::from(e.weight())).sum::<f64>()
             / endpoints.len().max(1) as f64;
         let mut points = Vec::new();
@@ -64,13 +51,7 @@ impl ConsistentHash {
             points.extend((0..count).map(|v| (hash_of((&endpoint.address, v)), index as u32)));
         }
         points.sort_unstable();
-        let fresh = Arc::new(Ring {
-            generation,
-            endpoints: endpoints.len(),
-            points,
-        });
-        self.ring.store(Arc::clone(&fresh));
-        fresh
+        points
     }
 
     fn request_key(&self, ctx: &PickContext<'_>) -> u64 {
@@ -108,12 +89,14 @@ impl Balancer for ConsistentHash {
         if endpoints.is_empty() {
             return None;
         }
-        let ring = self.ring_for(endpoints, ctx.generation);
+        let ring = self
+            .ring
+            .get(endpoints, ctx.generation, |e| self.build_ring(e));
         let key = self.request_key(ctx);
-        let start = ring.points.partition_point(|(point, _)| *point < key);
-        let len = ring.points.len();
+        let start = ring.partition_point(|(point, _)| *point < key);
+        let len = ring.len();
         (0..len)
-            .map(|k| ring.points[(start + k) % len].1 as usize)
+            .map(|k| ring[(start + k) % len].1 as usize)
             .filter_map(|index| endpoints.get(index))
             .find(|e| ctx.usable(e))
     }

@@ -90,6 +90,77 @@ pub(crate) fn take_turn(next: &std::sync::atomic::AtomicUsize, ctx: &PickContext
     }
 }
 
+/// A table a strategy derives from the endpoint list (a schedule, a hash ring), rebuilt when
+/// the pool's generation or endpoint count changes. Readers never block; two threads may
+/// both rebuild after a change, and the last store wins.
+#[derive(Debug, Default)]
+pub(crate) struct TableCache<T> {
+    current: arc_swap::ArcSwapOption<CachedTable<T>>,
+}
+
+#[derive(Debug)]
+struct CachedTable<T> {
+    generation: u64,
+    endpoints: usize,
+    table: Arc<T>,
+}
+
+impl<T> TableCache<T> {
+    pub fn get(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        generation: u64,
+        build: impl FnOnce(&[Arc<Endpoint>]) -> T,
+    ) -> Arc<T> {
+        if let Some(cached) = self.current.load().as_ref()
+            && cached.generation == generation
+            && cached.endpoints == endpoints.len()
+        {
+            return Arc::clone(&cached.table);
+        }
+        let table = Arc::new(build(endpoints));
+        self.current.store(Some(Arc::new(CachedTable {
+            generation,
+            endpoints: endpoints.len(),
+            table: Arc::clone(&table),
+        })));
+        table
+    }
+}
+
+/// What a walk along a rotation found.
+pub(crate) struct RotationPick<'e> {
+    pub endpoint: &'e Arc<Endpoint>,
+    /// Its position in the walk when only unusable candidates came before it (round robin
+    /// moves its cursor past those); `None` when a ramping endpoint declined first.
+    pub clean_offset: Option<usize>,
+}
+
+/// Walks candidates in rotation order: the first usable one that takes its slow-start
+/// share, else the first usable one.
+pub(crate) fn walk_rotation<'e>(
+    candidates: impl IntoIterator<Item = &'e Arc<Endpoint>>,
+    ctx: &PickContext<'_>,
+) -> Option<RotationPick<'e>> {
+    let mut fallback = None;
+    for (offset, candidate) in candidates.into_iter().enumerate() {
+        if !ctx.usable(candidate) {
+            continue;
+        }
+        if ctx.accepts_ramping(candidate) {
+            return Some(RotationPick {
+                endpoint: candidate,
+                clean_offset: fallback.is_none().then_some(offset),
+            });
+        }
+        fallback.get_or_insert(candidate);
+    }
+    fallback.map(|endpoint| RotationPick {
+        endpoint,
+        clean_offset: None,
+    })
+}
+
 /// Builds the balancer a pool's config asks for.
 pub fn for_pool(config: &PoolConfig) -> Box<dyn Balancer> {
     match config.strategy {

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use super::{Balancer, PickContext, take_turn};
+use super::{Balancer, PickContext, take_turn, walk_rotation};
 use crate::upstream::Endpoint;
 
 /// Each usable endpoint in turn. Unusable endpoints are skipped without giving their turn
@@ -26,23 +26,18 @@ impl Balancer for RoundRobin {
             return None;
         }
         let start = take_turn(&self.next, ctx);
-        let mut fallback = None;
-        for offset in 0..n {
-            let candidate = &endpoints[start.wrapping_add(offset) % n];
-            if !ctx.usable(candidate) {
-                continue;
-            }
-            if ctx.accepts_ramping(candidate) {
-                if offset > 0 && fallback.is_none() {
-                    // Move past the unusable ones so the next pick does not land on them
-                    // again. (A ramping endpoint that declined keeps its place in turn.)
-                    self.next.fetch_add(offset, Relaxed);
-                }
-                return Some(candidate);
-            }
-            fallback.get_or_insert(candidate);
+        let pick = walk_rotation(
+            (0..n).map(|offset| &endpoints[start.wrapping_add(offset) % n]),
+            ctx,
+        )?;
+        if let Some(offset) = pick.clean_offset
+            && offset > 0
+        {
+            // Move past the unusable ones so the next pick does not land on them again.
+            // (A ramping endpoint that declined keeps its place in turn.)
+            self.next.fetch_add(offset, Relaxed);
         }
-        fallback
+        Some(pick.endpoint)
     }
 }
 

@@ -5,45 +5,17 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use arc_swap::ArcSwap;
-
-use super::{Balancer, PickContext, take_turn};
+use super::{Balancer, PickContext, TableCache, take_turn, walk_rotation};
 use crate::upstream::Endpoint;
 
 /// Longest schedule kept; larger weight sums are scaled down proportionally.
 const MAX_SCHEDULE: u64 = 1 << 16;
 
 #[derive(Debug, Default)]
-struct Schedule {
-    generation: u64,
-    endpoints: usize,
-    order: Vec<u32>,
-}
-
-#[derive(Debug, Default)]
 pub struct Weighted {
     next: AtomicUsize,
-    schedule: ArcSwap<Schedule>,
-}
-
-impl Weighted {
-    fn schedule_for(&self, endpoints: &[Arc<Endpoint>], generation: u64) -> Arc<Schedule> {
-        let current = self.schedule.load_full();
-        if current.generation == generation
-            && current.endpoints == endpoints.len()
-            && !current.order.is_empty()
-        {
-            return current;
-        }
-        let weights: Vec<u64> = endpoints.iter().map(|e| u64::from(e.weight())).collect();
-        let fresh = Arc::new(Schedule {
-            generation,
-            endpoints: endpoints.len(),
-            order: smooth_schedule(&weights),
-        });
-        self.schedule.store(Arc::clone(&fresh));
-        fresh
-    }
+    /// Endpoint indices in smooth-WRR order, one full cycle.
+    schedule: TableCache<Vec<u32>>,
 }
 
 /// nginx's smooth weighted round robin over `weights`, one full cycle.
@@ -90,24 +62,16 @@ impl Balancer for Weighted {
         if endpoints.is_empty() {
             return None;
         }
-        let schedule = self.schedule_for(endpoints, ctx.generation);
-        let len = schedule.order.len();
+        let schedule = self.schedule.get(endpoints, ctx.generation, |endpoints| {
+            let weights: Vec<u64> = endpoints.iter().map(|e| u64::from(e.weight())).collect();
+            smooth_schedule(&weights)
+        });
+        let len = schedule.len();
         let start = take_turn(&self.next, ctx);
-        let mut fallback = None;
-        for offset in 0..len {
-            let index = schedule.order[start.wrapping_add(offset) % len] as usize;
-            let Some(candidate) = endpoints.get(index) else {
-                continue;
-            };
-            if !ctx.usable(candidate) {
-                continue;
-            }
-            if ctx.accepts_ramping(candidate) {
-                return Some(candidate);
-            }
-            fallback.get_or_insert(candidate);
-        }
-        fallback
+        let candidates = (0..len).filter_map(|offset| {
+            endpoints.get(schedule[start.wrapping_add(offset) % len] as usize)
+        });
+        walk_rotation(candidates, ctx).map(|pick| pick.endpoint)
     }
 }
 
