@@ -12,32 +12,12 @@ use common::*;
 use http::{Request, Response};
 use tokio::sync::Notify;
 
-fn pool_config(endpoints: &[(SocketAddr, u32)], pool_extra: &str) -> String {
-    let list: Vec<String> = endpoints
-        .iter()
-        .map(|(a, w)| format!("{{ address = \"{a}\", weight = {w} }}"))
-        .collect();
-    format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-[[routes]]
-pool = "main"
-[pools.main]
-endpoints = [{}]
-{pool_extra}
-"#,
-        list.join(", ")
-    )
-}
-
 #[tokio::test]
 async fn weighted_split_through_the_proxy() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
     let c = named_upstream("c").await;
-    let weir = weir(&pool_config(
+    let weir = weir(&weighted_config(
         &[(a.addr, 5), (b.addr, 3), (c.addr, 2)],
         "strategy = \"weighted\"",
     ))
@@ -74,7 +54,7 @@ async fn holding_upstream(name: &'static str) -> (Upstream, Arc<Notify>, Arc<Not
 async fn least_connections_never_sends_to_the_busier_endpoint() {
     let (busy, arrived, release) = holding_upstream("busy").await;
     let idle = named_upstream("idle").await;
-    let weir = weir(&pool_config(
+    let weir = weir(&weighted_config(
         &[(busy.addr, 1), (idle.addr, 1)],
         "strategy = \"least_connections\"\nretry = { attempts = 0 }",
     ))
@@ -125,7 +105,7 @@ async fn slow_share(strategy: &str, requests: u64) -> f64 {
     }
     ups.push(delayed_upstream("slow", Duration::from_millis(200)).await);
     let endpoints: Vec<(SocketAddr, u32)> = ups.iter().map(|u| (u.addr, 1)).collect();
-    let weir = weir(&pool_config(
+    let weir = weir(&weighted_config(
         &endpoints,
         &format!("strategy = \"{strategy}\""),
     ))
@@ -180,7 +160,7 @@ async fn consistent_hash_keeps_a_key_on_one_endpoint() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
     let c = named_upstream("c").await;
-    let weir = weir(&pool_config(
+    let weir = weir(&weighted_config(
         &[(a.addr, 1), (b.addr, 1), (c.addr, 1)],
         "strategy = \"consistent_hash\"\nhash = { key = \"header:x-user\" }",
     ))
@@ -218,7 +198,7 @@ async fn consistent_hash_keeps_a_key_on_one_endpoint() {
 async fn sticky_cookie_pins_a_client() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
-    let weir = weir(&pool_config(
+    let weir = weir(&weighted_config(
         &[(a.addr, 1), (b.addr, 1)],
         "sticky_cookie = \"weir_affinity\"",
     ))

@@ -12,10 +12,6 @@ use common::*;
 use http::{Request, Response, StatusCode};
 use tokio::sync::Notify;
 
-fn pool_config(endpoints: &[SocketAddr], pool_extra: &str) -> String {
-    simple_config(endpoints, pool_extra)
-}
-
 /// An upstream that answers `status` while `failing` is set, 200 otherwise, and counts hits.
 async fn switchable_upstream(
     name: &'static str,
@@ -84,7 +80,7 @@ async fn failing_endpoint_is_ejected_and_returns_after_recovery() {
         switchable_upstream("bad", StatusCode::INTERNAL_SERVER_ERROR).await;
     let (good, _, _) = switchable_upstream("good", StatusCode::OK).await;
     failing.store(true, Relaxed);
-    let config = pool_config(
+    let config = simple_config(
         &[bad.addr, good.addr],
         "retry = { attempts = 0 }\npassive = { consecutive_failures = 3, base_ejection = \"400ms\", half_open_probes = 2 }",
     ) + ADMIN;
@@ -138,7 +134,7 @@ async fn never_ejects_more_than_the_allowed_share() {
     let (b, fb, _) = switchable_upstream("b", StatusCode::INTERNAL_SERVER_ERROR).await;
     fa.store(true, Relaxed);
     fb.store(true, Relaxed);
-    let config = pool_config(
+    let config = simple_config(
         &[a.addr, b.addr],
         "retry = { attempts = 0 }\npassive = { consecutive_failures = 2, max_ejected_share = 0.5 }",
     ) + ADMIN;
@@ -167,7 +163,7 @@ async fn active_health_checks_take_an_endpoint_out_and_back() {
     let (sick, failing, sick_hits) =
         switchable_upstream("sick", StatusCode::SERVICE_UNAVAILABLE).await;
     let (well, _, _) = switchable_upstream("well", StatusCode::OK).await;
-    let config = pool_config(
+    let config = simple_config(
         &[sick.addr, well.addr],
         "health_check = { path = \"/healthz\", interval = \"30ms\", timeout = \"200ms\", rise = 2, fall = 3 }",
     ) + ADMIN;
@@ -214,7 +210,7 @@ async fn all_unhealthy_fails_open_or_closed_by_config() {
     ] {
         let (a, fa, _) = switchable_upstream("a", StatusCode::OK).await;
         // Health checks fail (the check path 404s), but real requests would succeed.
-        let config = pool_config(
+        let config = simple_config(
             &[a.addr],
             &format!(
                 "fail_open = {fail_open}\nhealth_check = {{ path = \"/missing\", interval = \"20ms\", expected_status = [299], fall = 1 }}"
@@ -243,7 +239,7 @@ async fn all_unhealthy_fails_open_or_closed_by_config() {
 async fn retries_go_to_another_endpoint() {
     let dead = closed_port().await;
     let (good, _, good_hits) = switchable_upstream("good", StatusCode::OK).await;
-    let weir = weir(&(pool_config(&[dead, good.addr], "") + ADMIN)).await;
+    let weir = weir(&(simple_config(&[dead, good.addr], "") + ADMIN)).await;
     let proxy = weir.listener_addr("http").unwrap();
     for _ in 0..10 {
         let reply = get(proxy, "/").await;
@@ -268,7 +264,7 @@ async fn resets_are_retried_only_for_idempotent_requests() {
     // Reads the request and closes without answering.
     let resetting = raw_upstream(b"").await;
     let (good, _, _) = switchable_upstream("good", StatusCode::OK).await;
-    let weir = weir(&pool_config(
+    let weir = weir(&simple_config(
         &[resetting, good.addr],
         "passive = { enabled = false }",
     ))
@@ -299,7 +295,7 @@ async fn retryable_statuses_move_to_another_endpoint() {
         switchable_upstream("busy", StatusCode::SERVICE_UNAVAILABLE).await;
     let (good, _, _) = switchable_upstream("good", StatusCode::OK).await;
     failing.store(true, Relaxed);
-    let weir = weir(&pool_config(
+    let weir = weir(&simple_config(
         &[busy.addr, good.addr],
         "passive = { enabled = false }",
     ))
@@ -322,7 +318,7 @@ async fn the_retry_budget_stops_retry_storms() {
     let (b, fb, b_hits) = switchable_upstream("b", StatusCode::SERVICE_UNAVAILABLE).await;
     fa.store(true, Relaxed);
     fb.store(true, Relaxed);
-    let config = pool_config(
+    let config = simple_config(
         &[a.addr, b.addr],
         "passive = { enabled = false }\nretry = { attempts = 2, budget_ratio = 0.2, budget_min_per_second = 1, backoff_base = \"1ms\", backoff_cap = \"2ms\" }",
     ) + ADMIN;
@@ -359,7 +355,7 @@ async fn bulkheads_shed_fast_with_retry_after() {
     })
     .await;
     for limit in ["max_in_flight_per_endpoint = 1", "max_in_flight = 1"] {
-        let weir = weir(&pool_config(&[held.addr], limit)).await;
+        let weir = weir(&simple_config(&[held.addr], limit)).await;
         let proxy = weir.listener_addr("http").unwrap();
         let first = tokio::spawn(async move { get(proxy, "/").await });
         arrived.notified().await;

@@ -158,9 +158,15 @@ pub async fn weir(config: &str) -> weir::app::Running {
 
 /// Minimal config: one listener on a free port, every path to one pool.
 pub fn simple_config(endpoints: &[SocketAddr], pool_extra: &str) -> String {
+    let weighted: Vec<(SocketAddr, u32)> = endpoints.iter().map(|a| (*a, 1)).collect();
+    weighted_config(&weighted, pool_extra)
+}
+
+/// As [`simple_config`], with a weight per endpoint.
+pub fn weighted_config(endpoints: &[(SocketAddr, u32)], pool_extra: &str) -> String {
     let list: Vec<String> = endpoints
         .iter()
-        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .map(|(a, w)| format!("{{ address = \"{a}\", weight = {w} }}"))
         .collect();
     format!(
         r#"
