@@ -40,6 +40,7 @@
 pub mod admin;
 pub mod app;
 pub mod balancer;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod loadtest;

@@ -46,6 +46,18 @@ pub const DEFAULT_ADMIN_TOKEN_ENV: &str = "WEIR_ADMIN_TOKEN";
 
 /// In-memory cache size when the cache is enabled without a size.
 pub const DEFAULT_CACHE_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+/// Larger responses stream through uncached.
+pub const DEFAULT_CACHE_MAX_OBJECT_BYTES: u64 = 8 * 1024 * 1024;
+/// Waiters on a coalesced miss give up and go upstream after this.
+pub const DEFAULT_CACHE_COALESCE_WAIT: Duration = Duration::from_secs(5);
+/// Stale entries with validators stay this long for conditional revalidation.
+pub const DEFAULT_CACHE_KEEP_STALE: Duration = Duration::from_secs(600);
+/// RFC 9111 §4.2.2 suggests 10 % of the time since Last-Modified.
+pub const DEFAULT_CACHE_HEURISTIC: f32 = 0.1;
+pub const DEFAULT_CACHE_WARM_CONCURRENCY: usize = 4;
+/// Redis is a cache: a command slower than this is treated as failed, not waited for.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "weir";
 
 /// Active health checks (HAProxy-like): every 2 s ± 10 %, 1 s timeout, up after 2 passes,
 /// down after 3 failures.

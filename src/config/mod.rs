@@ -1,6 +1,7 @@
 //! Configuration: the TOML file model, its defaults, loading with precise errors, and
 //! validation. A [`Config`] that comes out of [`load_file`] or [`load_str`] is valid.
 
+mod cache;
 pub mod defaults;
 mod error;
 mod model;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::defaults::*;
+pub use super::cache::{CacheConfig, CacheTier, QueryKey, RedisConfig, RouteCacheConfig};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +165,8 @@ pub struct RouteConfig {
     pub pool: String,
     /// Requests over this rate get 429 with `Retry-After`.
     pub rate_limit: Option<RateLimitConfig>,
+    /// This route's caching policy; absent = the defaults when `[cache] enabled`.
+    pub cache: Option<RouteCacheConfig>,
 }
 
 /// A GCRA rate limit: `requests_per_second` sustained, bursts of `burst`.
@@ -484,32 +487,6 @@ pub struct AdminConfig {
     pub state_file: Option<std::path::PathBuf>,
 }
 
-/// Placeholder for the two-tier cache; only `enabled = false` is accepted until it lands.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CacheConfig {
-    #[serde(default)]
-    pub enabled: bool,
-    #[serde(default = "d_cache_bytes")]
-    pub memory_bytes: u64,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            memory_bytes: DEFAULT_CACHE_MEMORY_BYTES,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisConfig {
-    /// `redis://host:port/db` or `rediss://…`.
-    pub url: String,
-}
-
 fn d_drain() -> Duration {
     DEFAULT_DRAIN_TIMEOUT
 }
@@ -569,9 +546,6 @@ fn d_admin_address() -> SocketAddr {
 }
 fn d_admin_token_env() -> String {
     DEFAULT_ADMIN_TOKEN_ENV.to_owned()
-}
-fn d_cache_bytes() -> u64 {
-    DEFAULT_CACHE_MEMORY_BYTES
 }
 fn d_health_path() -> String {
     DEFAULT_HEALTH_PATH.to_owned()

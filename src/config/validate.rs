@@ -15,7 +15,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     check_routes(config, &mut problems);
     check_pools(config, &mut problems);
     check_headers(config, &mut problems);
-    check_placeholders(config, &mut problems);
+    check_services(config, &mut problems);
     problems
 }
 
@@ -362,13 +362,8 @@ fn check_headers(config: &Config, problems: &mut Vec<Problem>) {
     }
 }
 
-fn check_placeholders(config: &Config, problems: &mut Vec<Problem>) {
-    if config.cache.enabled {
-        problems.push(Problem::new(
-            "cache.enabled",
-            "the HTTP cache is not available in this build yet; set enabled = false",
-        ));
-    }
+fn check_services(config: &Config, problems: &mut Vec<Problem>) {
+    check_cache(config, problems);
     if let Some(redis) = &config.redis
         && !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://"))
     {
@@ -443,5 +438,103 @@ mod tests {
         assert!(check_host_pattern("a.*.com").is_err());
         assert!(check_host_pattern("api:80").is_err());
         assert!(check_host_pattern("").is_err());
+    }
+}
+
+fn check_cache(config: &Config, problems: &mut Vec<Problem>) {
+    let cache = &config.cache;
+    if cache.memory_bytes == 0 {
+        problems.push(Problem::new("cache.memory_bytes", "must be more than 0"));
+    }
+    if cache.max_object_bytes == 0 || cache.max_object_bytes > cache.memory_bytes {
+        problems.push(Problem::new(
+            "cache.max_object_bytes",
+            format!(
+                "must be 1 to cache.memory_bytes ({}), got {}",
+                cache.memory_bytes, cache.max_object_bytes
+            ),
+        ));
+    }
+    if !(0.0..=1.0).contains(&cache.heuristic_fraction) {
+        problems.push(Problem::new(
+            "cache.heuristic_fraction",
+            format!("must be 0 to 1, got {}", cache.heuristic_fraction),
+        ));
+    }
+    if cache.warm_concurrency == 0 || cache.warm_concurrency > 256 {
+        problems.push(Problem::new(
+            "cache.warm_concurrency",
+            format!("must be 1 to 256, got {}", cache.warm_concurrency),
+        ));
+    }
+    for (i, url) in cache.warm_urls.iter().enumerate() {
+        let ok = url
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|u| u.scheme_str() == Some("http") || u.scheme_str() == Some("https"))
+            .is_some_and(|u| u.authority().is_some());
+        if !ok {
+            problems.push(Problem::new(
+                format!("cache.warm_urls[{i}]"),
+                format!("{url:?} must be an absolute http(s)://host/path URL"),
+            ));
+        }
+    }
+    if cache.shared_lock && config.redis.is_none() {
+        problems.push(Problem::new(
+            "cache.shared_lock",
+            "needs a [redis] section (the lock lives in Redis)",
+        ));
+    }
+    for (i, route) in config.routes.iter().enumerate() {
+        let Some(policy) = &route.cache else { continue };
+        let key = format!("routes[{i}].cache");
+        if let (Some(min), Some(max)) = (policy.min_ttl, policy.max_ttl)
+            && min > max
+        {
+            problems.push(Problem::new(
+                format!("{key}.min_ttl"),
+                format!("{min:?} is more than max_ttl {max:?}"),
+            ));
+        }
+        if policy.max_object_bytes == Some(0) {
+            problems.push(Problem::new(
+                format!("{key}.max_object_bytes"),
+                "must be more than 0 (set enabled = false to not cache)",
+            ));
+        }
+        if policy.tiers.is_empty() {
+            problems.push(Problem::new(
+                format!("{key}.tiers"),
+                "name at least one of \"memory\", \"redis\" (or set enabled = false)",
+            ));
+        }
+        for (j, name) in policy.key_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                problems.push(Problem::new(
+                    format!("{key}.key_headers[{j}]"),
+                    format!("{name:?} is not a header name"),
+                ));
+            }
+        }
+    }
+    if let Some(redis) = &config.redis {
+        if redis.timeout.is_zero() {
+            problems.push(Problem::new("redis.timeout", "must be more than 0"));
+        }
+        let prefix_ok = !redis.key_prefix.is_empty()
+            && redis
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"{}*?[]".contains(&b));
+        if !prefix_ok {
+            problems.push(Problem::new(
+                "redis.key_prefix",
+                format!(
+                    "{:?} must be non-empty printable ASCII without {{ }} * ? [ ]",
+                    redis.key_prefix
+                ),
+            ));
+        }
     }
 }

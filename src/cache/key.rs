@@ -1,0 +1,160 @@
+//! Cache keys: what makes two requests "the same resource" for the cache.
+//!
+//! A primary key is `host` + path + query (per the route's [`QueryKey`]) + any configured
+//! key headers. A response with `Vary` is stored under a secondary key: the primary key,
+//! the generation of its vary record and a hash of the nominated request headers' values.
+
+use http::{HeaderMap, HeaderName};
+
+use crate::config::{QueryKey, RouteCacheConfig};
+
+/// How a route composes its keys; built once per config snapshot.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    query: QueryKey,
+    headers: Vec<HeaderName>,
+}
+
+impl KeySpec {
+    pub fn from_config(config: &RouteCacheConfig) -> Self {
+        Self {
+            query: config.query,
+            headers: config
+                .key_headers
+                .iter()
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect(),
+        }
+    }
+
+    /// The primary key of a request for `host` and `path`/`query`.
+    pub fn primary(
+        &self,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> String {
+        let mut key = String::with_capacity(host.len() + path.len() + 16);
+        key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+        key.push_str(path);
+        match (self.query, query) {
+            (QueryKey::Keep, Some(q)) if !q.is_empty() => {
+                key.push('?');
+                key.push_str(q);
+            }
+            (QueryKey::Sorted, Some(q)) if !q.is_empty() => {
+                let mut params: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
+                params.sort_unstable();
+                key.push('?');
+                key.push_str(&params.join("&"));
+            }
+            _ => {}
+        }
+        for name in &self.headers {
+            key.push_str("|");
+            key.push_str(name.as_str());
+            key.push('=');
+            for (i, value) in headers.get_all(name).iter().enumerate() {
+                if i > 0 {
+                    key.push(',');
+                }
+                key.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            }
+        }
+        key
+    }
+}
+
+/// The key of the variant of `primary` selected by `vary` names (lowercase) under a vary
+/// record of `generation`.
+pub fn variant(primary: &str, generation: u64, vary: &[String], headers: &HeaderMap) -> String {
+    let mut hash = Fnv64::new();
+    for name in vary {
+        hash.write(name.as_bytes());
+        hash.write(b":");
+        for value in headers.get_all(name.as_str()) {
+            hash.write(value.as_bytes());
+            hash.write(b"\n");
+        }
+        hash.write(b"\0");
+    }
+    format!("{primary}#v{generation:x}.{:016x}", hash.finish())
+}
+
+/// The primary key a stored key belongs to (itself unless it is a variant key).
+pub fn primary_of(key: &str) -> &str {
+    match key.rfind("#v") {
+        Some(at) if key[at..].contains('.') => &key[..at],
+        _ => key,
+    }
+}
+
+/// FNV-1a: stable across processes and versions, which Redis-shared keys need.
+struct Fnv64(u64);
+
+impl Fnv64 {
+    fn new() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(query: QueryKey, headers: &[&str]) -> KeySpec {
+        KeySpec::from_config(&RouteCacheConfig {
+            query,
+            key_headers: headers.iter().map(|s| s.to_string()).collect(),
+            ..RouteCacheConfig::default()
+        })
+    }
+
+    #[test]
+    fn query_modes() {
+        let h = HeaderMap::new();
+        let q = Some("b=1&a=2");
+        assert_eq!(
+            spec(QueryKey::Keep, &[]).primary("Ex.com", "/p", q, &h),
+            "ex.com/p?b=1&a=2"
+        );
+        assert_eq!(
+            spec(QueryKey::Sorted, &[]).primary("ex.com", "/p", q, &h),
+            "ex.com/p?a=2&b=1"
+        );
+        assert_eq!(
+            spec(QueryKey::Ignore, &[]).primary("ex.com", "/p", q, &h),
+            "ex.com/p"
+        );
+    }
+
+    #[test]
+    fn key_headers_and_variants() {
+        let mut h = HeaderMap::new();
+        h.insert("x-tenant", "blue".parse().unwrap());
+        let key = spec(QueryKey::Keep, &["x-tenant"]).primary("ex.com", "/p", None, &h);
+        assert_eq!(key, "ex.com/p|x-tenant=blue");
+        let vary = vec!["accept-language".to_string()];
+        let mut a = HeaderMap::new();
+        a.insert("accept-language", "en".parse().unwrap());
+        let mut b = HeaderMap::new();
+        b.insert("accept-language", "fr".parse().unwrap());
+        let ka = variant(&key, 7, &vary, &a);
+        let kb = variant(&key, 7, &vary, &b);
+        assert_ne!(ka, kb);
+        assert_eq!(ka, variant(&key, 7, &vary, &a));
+        assert_ne!(ka, variant(&key, 8, &vary, &a));
+        assert_eq!(primary_of(&ka), key);
+        assert_eq!(primary_of(&key), key);
+    }
+}

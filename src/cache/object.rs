@@ -1,0 +1,157 @@
+//! What the cache stores: responses with their policy, and vary records.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_cache_semantics::CachePolicy;
+use serde::{Deserialize, Serialize};
+
+/// A stored response: head, body and what decides its reuse.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredResponse {
+    /// The policy as the `http-cache-semantics` crate built it (it may see an adjusted
+    /// `Cache-Control`: `CDN-Cache-Control` or a route's TTL override).
+    pub policy: CachePolicy,
+    #[serde(with = "http_serde::status_code")]
+    pub status: StatusCode,
+    /// The origin's headers as they will be served (hop-by-hop fields removed), every
+    /// value of repeated fields kept.
+    #[serde(with = "http_serde::header_map")]
+    pub headers: HeaderMap,
+    /// Unix milliseconds until which the response is fresh (0 after a soft purge).
+    pub fresh_until_ms: u64,
+    /// `stale-while-revalidate` and `stale-if-error` windows, in seconds.
+    pub stale_while_revalidate: u64,
+    pub stale_if_error: u64,
+    /// `must-revalidate`, `proxy-revalidate` or `no-cache`: never served stale.
+    pub revalidate_always: bool,
+    /// Surrogate keys from `Surrogate-Key` / `Cache-Tag`, for purge by tag.
+    pub tags: Vec<String>,
+    /// Unix milliseconds after which the entry is dropped from storage.
+    pub keep_until_ms: u64,
+    #[serde(skip)]
+    pub body: Bytes,
+}
+
+impl StoredResponse {
+    pub fn is_fresh_at(&self, now: SystemTime) -> bool {
+        unix_ms(now) < self.fresh_until_ms
+    }
+
+    /// How long past freshness the response is at `now` (zero while fresh).
+    pub fn staleness(&self, now: SystemTime) -> Duration {
+        Duration::from_millis(unix_ms(now).saturating_sub(self.fresh_until_ms))
+    }
+
+    /// Remaining storage lifetime at `now`.
+    pub fn keep_for(&self, now: SystemTime) -> Duration {
+        Duration::from_millis(self.keep_until_ms.saturating_sub(unix_ms(now)))
+    }
+
+    /// Bytes this entry costs in memory (body plus an estimate of the heads and policy).
+    pub fn weight(&self) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        // The policy holds a copy of the request and response heads.
+        let total = self.body.len() + headers * 2 + 512;
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+
+    /// A copy that counts as stale from now on (soft purge).
+    pub fn marked_stale(&self) -> Self {
+        let mut copy = self.clone();
+        copy.fresh_until_ms = 0;
+        copy
+    }
+}
+
+/// A primary key's record of which request headers select among its variants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaryRecord {
+    /// Lowercase header names from the origin's `Vary`.
+    pub names: Vec<String>,
+    /// Random per record, part of each variant's key: after a purge, a new record never
+    /// leads to the old variants.
+    pub generation: u64,
+    pub keep_until_ms: u64,
+}
+
+/// One cache value.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Response(Arc<StoredResponse>),
+    Vary(Arc<VaryRecord>),
+}
+
+impl Entry {
+    pub fn weight(&self) -> u32 {
+        match self {
+            Entry::Response(r) => r.weight(),
+            Entry::Vary(v) => 64 + v.names.iter().map(|n| n.len() as u32).sum::<u32>(),
+        }
+    }
+
+    pub fn keep_for(&self, now: SystemTime) -> Duration {
+        let until = match self {
+            Entry::Response(r) => r.keep_until_ms,
+            Entry::Vary(v) => v.keep_until_ms,
+        };
+        Duration::from_millis(until.saturating_sub(unix_ms(now)))
+    }
+
+    pub fn has_tag(&self, tag: &str) -> bool {
+        matches!(self, Entry::Response(r) if r.tags.iter().any(|t| t == tag))
+    }
+
+    /// Bytes for Redis: a kind byte, the JSON head's length, the head, then the body.
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, head, body) = match self {
+            Entry::Response(r) => (b'R', serde_json::to_vec(r.as_ref()), r.body.as_ref()),
+            Entry::Vary(v) => (b'V', serde_json::to_vec(v.as_ref()), &[][..]),
+        };
+        // Serialising these plain structs cannot fail; an empty head decodes as an error.
+        let head = head.unwrap_or_default();
+        let mut out = Vec::with_capacity(5 + head.len() + body.len());
+        out.push(kind);
+        out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+        out.extend_from_slice(&head);
+        out.extend_from_slice(body);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let (&kind, rest) = bytes.split_first().ok_or(DecodeError::Truncated)?;
+        let (len, rest) = rest.split_at_checked(4).ok_or(DecodeError::Truncated)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let (head, body) = rest.split_at_checked(len).ok_or(DecodeError::Truncated)?;
+        match kind {
+            b'R' => {
+                let mut response: StoredResponse = serde_json::from_slice(head)?;
+                response.body = Bytes::copy_from_slice(body);
+                Ok(Entry::Response(Arc::new(response)))
+            }
+            b'V' => Ok(Entry::Vary(Arc::new(serde_json::from_slice(head)?))),
+            other => Err(DecodeError::Kind(other)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("stored value is truncated")]
+    Truncated,
+    #[error("stored value has unknown kind {0}")]
+    Kind(u8),
+    #[error("stored head is not valid: {0}")]
+    Head(#[from] serde_json::Error),
+}
+
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

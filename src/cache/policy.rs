@@ -1,0 +1,409 @@
+//! HTTP caching semantics (RFC 9111) around the `http-cache-semantics` crate: what may be
+//! stored and for how long, what a stored response may answer, conditional requests, and
+//! the `Cache-Status` field (RFC 9211).
+//!
+//! The crate decides storability, freshness, `Vary` matching and revalidation headers.
+//! This module adds what it leaves out: `CDN-Cache-Control` (RFC 9213), route TTL
+//! overrides, `stale-while-revalidate` / `stale-if-error` (RFC 5861), surrogate keys, and
+//! serving heads with every value of repeated fields (the crate collapses them).
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri};
+use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy, RequestLike};
+
+use super::object::{StoredResponse, unix_ms};
+
+pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+
+/// Fields a 304 must not overwrite in the stored head (RFC 9111 §3.2).
+const NOT_UPDATED_BY_304: &[&str] = &[
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "content-range",
+    "content-type",
+];
+
+/// How long responses may live, as a route configures it.
+#[derive(Debug, Clone, Default)]
+pub struct Lifetimes {
+    pub ttl: Option<Duration>,
+    pub min_ttl: Option<Duration>,
+    pub max_ttl: Option<Duration>,
+    /// Entries with a validator stay this long past freshness, for revalidation.
+    pub keep_stale: Duration,
+    pub heuristic: f32,
+}
+
+/// A request as the cache policy sees it: origin-form target and the client's head.
+pub struct PolicyRequest<'a> {
+    pub method: &'a Method,
+    pub target: Uri,
+    pub headers: &'a HeaderMap,
+}
+
+impl RequestLike for PolicyRequest<'_> {
+    fn uri(&self) -> Uri {
+        self.target.clone()
+    }
+    fn is_same_uri(&self, other: &Uri) -> bool {
+        &self.target == other
+    }
+    fn method(&self) -> &Method {
+        self.method
+    }
+    fn headers(&self) -> &HeaderMap {
+        self.headers
+    }
+}
+
+struct ResponseView<'a> {
+    status: StatusCode,
+    headers: &'a HeaderMap,
+}
+
+impl http_cache_semantics::ResponseLike for ResponseView<'_> {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+    fn headers(&self) -> &HeaderMap {
+        self.headers
+    }
+}
+
+/// Builds the stored form of a response (without its body), or `None` if it must not or
+/// need not be stored.
+pub fn storable(
+    req: &PolicyRequest<'_>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+    lifetimes: &Lifetimes,
+) -> Option<StoredResponse> {
+    // Shared caches replaying one client's cookie to another is the classic cache leak;
+    // like Varnish and nginx, such responses are not stored.
+    if headers.contains_key(header::SET_COOKIE) {
+        return None;
+    }
+    // A CDN-Cache-Control field replaces Cache-Control for this cache (RFC 9213 §2.1).
+    let mut view = headers.clone();
+    let cdn = headers.get(&CDN_CACHE_CONTROL).cloned();
+    if let Some(cdn) = &cdn {
+        view.insert(header::CACHE_CONTROL, cdn.clone());
+    }
+    let options = CacheOptions {
+        shared: true,
+        cache_heuristic: lifetimes.heuristic,
+        ..CacheOptions::default()
+    };
+    let build = |view: &HeaderMap| {
+        CachePolicy::new_options(req, &ResponseView { status, headers: view }, now, options)
+    };
+    let mut policy = build(&view);
+    if !policy.is_storable() {
+        return None;
+    }
+    let directives = Directives::parse(view.get_all(header::CACHE_CONTROL));
+    let origin_ttl = policy.time_to_live(now);
+    let wanted = clamp_ttl(origin_ttl, lifetimes);
+    if wanted != origin_ttl && !directives.revalidate_always {
+        // s-maxage rules for shared caches and counts from the response's age.
+        let s_maxage = wanted + policy.age(now);
+        let mut cc: Vec<String> = view
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|d| !d.is_empty() && !d.to_ascii_lowercase().starts_with("s-maxage"))
+            .map(str::to_owned)
+            .collect();
+        cc.push(format!("s-maxage={}", s_maxage.as_secs()));
+        if let Ok(value) = HeaderValue::from_str(&cc.join(", ")) {
+            view.insert(header::CACHE_CONTROL, value);
+            policy = build(&view);
+        }
+    }
+    let ttl = policy.time_to_live(now);
+    let has_validator =
+        headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+    let stale_window = Duration::from_secs(directives.stale_while_revalidate)
+        .max(Duration::from_secs(directives.stale_if_error));
+    let keep = ttl
+        + if directives.revalidate_always {
+            Duration::ZERO
+        } else {
+            stale_window
+        }
+        + if has_validator {
+            lifetimes.keep_stale
+        } else {
+            Duration::ZERO
+        };
+    if keep.is_zero() {
+        return None;
+    }
+    let mut tags = Vec::new();
+    for value in headers.get_all(&SURROGATE_KEY) {
+        if let Ok(v) = value.to_str() {
+            tags.extend(v.split_ascii_whitespace().map(str::to_owned));
+        }
+    }
+    for value in headers.get_all(&CACHE_TAG) {
+        if let Ok(v) = value.to_str() {
+            tags.extend(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+    }
+    tags.sort_unstable();
+    tags.dedup();
+    let mut served = headers.clone();
+    served.remove(header::AGE);
+    Some(StoredResponse {
+        policy,
+        status,
+        headers: served,
+        fresh_until_ms: unix_ms(now + ttl),
+        stale_while_revalidate: directives.stale_while_revalidate,
+        stale_if_error: directives.stale_if_error,
+        revalidate_always: directives.revalidate_always,
+        tags,
+        keep_until_ms: unix_ms(now + keep),
+        body: bytes::Bytes::new(),
+    })
+}
+
+fn clamp_ttl(origin: Duration, lifetimes: &Lifetimes) -> Duration {
+    let mut ttl = lifetimes.ttl.unwrap_or(origin);
+    if let Some(min) = lifetimes.min_ttl {
+        ttl = ttl.max(min);
+    }
+    if let Some(max) = lifetimes.max_ttl {
+        ttl = ttl.min(max);
+    }
+    ttl
+}
+
+/// What a stored response can do for a request.
+pub enum Reuse {
+    /// Fresh (or stale as the client allows): answer from the cache.
+    Fresh,
+    /// Stale but inside `stale-while-revalidate`: answer, then refresh in the background.
+    StaleWhileRevalidate { revalidation: HeaderMap },
+    /// Must go upstream; with `conditional`, as a revalidation (ETag/Last-Modified).
+    Revalidate { revalidation: HeaderMap },
+    /// Not for this request (another URI, Vary mismatch, or a method it cannot answer).
+    NoMatch,
+}
+
+/// `req` should carry GET for a HEAD request: a stored GET response answers both.
+pub fn reuse(stored: &StoredResponse, req: &PolicyRequest<'_>, now: SystemTime) -> Reuse {
+    match stored.policy.before_request(req, now) {
+        BeforeRequest::Fresh(_) if stored.is_fresh_at(now) || client_accepts_stale(req) => {
+            Reuse::Fresh
+        }
+        BeforeRequest::Fresh(_) => Reuse::Revalidate {
+            // Soft-purged: fresh to the policy, stale to us.
+            revalidation: revalidation_headers(stored, req.headers),
+        },
+        BeforeRequest::Stale { request, matches } => {
+            if !matches {
+                return Reuse::NoMatch;
+            }
+            let wants_fresh = Directives::parse(req.headers.get_all(header::CACHE_CONTROL))
+                .requires_validation
+                || req.headers.get(header::PRAGMA).is_some_and(|p| {
+                    p.to_str()
+                        .is_ok_and(|p| p.to_ascii_lowercase().contains("no-cache"))
+                });
+            let revalidation = if stored.is_fresh_at(now) {
+                request.headers
+            } else {
+                revalidation_headers(stored, req.headers)
+            };
+            if !wants_fresh
+                && !stored.revalidate_always
+                && stored.staleness(now) <= Duration::from_secs(stored.stale_while_revalidate)
+                && stored.stale_while_revalidate > 0
+            {
+                Reuse::StaleWhileRevalidate { revalidation }
+            } else {
+                Reuse::Revalidate { revalidation }
+            }
+        }
+    }
+}
+
+fn client_accepts_stale(req: &PolicyRequest<'_>) -> bool {
+    Directives::parse(req.headers.get_all(header::CACHE_CONTROL)).max_stale
+}
+
+/// The request head for revalidating `stored`: the client's, with its validators.
+pub fn revalidation_headers(stored: &StoredResponse, client: &HeaderMap) -> HeaderMap {
+    let mut headers = client.clone();
+    headers.remove(header::IF_RANGE);
+    headers.remove(header::IF_NONE_MATCH);
+    headers.remove(header::IF_MODIFIED_SINCE);
+    if let Some(etag) = stored.headers.get(header::ETAG) {
+        headers.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(lm) = stored.headers.get(header::LAST_MODIFIED) {
+        headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+    }
+    headers
+}
+
+/// Whether a stale entry may answer because the origin failed (`stale-if-error`).
+pub fn may_serve_on_error(stored: &StoredResponse, now: SystemTime) -> bool {
+    !stored.revalidate_always
+        && stored.stale_if_error > 0
+        && stored.staleness(now) <= Duration::from_secs(stored.stale_if_error)
+}
+
+/// After a 304 to a revalidation: the stored response with the 304's fields applied, or
+/// `None` if the 304 is not about this response (validators differ).
+pub fn refresh(
+    stored: &StoredResponse,
+    req: &PolicyRequest<'_>,
+    not_modified: &HeaderMap,
+    now: SystemTime,
+    lifetimes: &Lifetimes,
+) -> Option<StoredResponse> {
+    let view = ResponseView {
+        status: StatusCode::NOT_MODIFIED,
+        headers: not_modified,
+    };
+    match stored.policy.after_response(req, &view, now) {
+        AfterResponse::NotModified(..) => {}
+        AfterResponse::Modified(..) => return None,
+    }
+    let mut merged = stored.headers.clone();
+    for name in not_modified.keys() {
+        if NOT_UPDATED_BY_304.contains(&name.as_str()) || name == header::CONNECTION {
+            continue;
+        }
+        merged.remove(name);
+        for value in not_modified.get_all(name) {
+            merged.append(name.clone(), value.clone());
+        }
+    }
+    let mut fresh = storable(req, stored.status, &merged, now, lifetimes)?;
+    fresh.body = stored.body.clone();
+    Some(fresh)
+}
+
+/// The head served from the cache: stored fields, the current `Age`, and `Cache-Status`.
+pub fn served_headers(stored: &StoredResponse, now: SystemTime, status: &str) -> HeaderMap {
+    let mut headers = stored.headers.clone();
+    let age = stored.policy.age(now).as_secs();
+    headers.insert(header::AGE, HeaderValue::from(age));
+    if let Ok(value) = HeaderValue::from_str(status) {
+        headers.insert(CACHE_STATUS.clone(), value);
+    }
+    headers
+}
+
+/// Whether the client's own conditional (`If-None-Match`, else `If-Modified-Since`) is
+/// satisfied by the stored response, so that it gets a 304 (RFC 9110 §13.2.2).
+pub fn client_not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    if request.contains_key(header::IF_NONE_MATCH) {
+        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+        let ours = opaque(etag);
+        return request
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|tag| tag.trim() == "*" || opaque(tag) == ours);
+    }
+    let since = request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let modified = stored
+        .get(header::LAST_MODIFIED)
+        .or_else(|| stored.get(header::DATE))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+}
+
+/// The fields a 304 carries (RFC 9110 §15.4.5), from a full served head.
+pub fn not_modified_headers(full: &HeaderMap) -> HeaderMap {
+    const KEEP: &[HeaderName] = &[
+        header::CACHE_CONTROL,
+        header::CONTENT_LOCATION,
+        header::DATE,
+        header::ETAG,
+        header::EXPIRES,
+        header::VARY,
+        header::AGE,
+        header::LAST_MODIFIED,
+    ];
+    let mut out = HeaderMap::new();
+    for name in KEEP.iter().chain(std::iter::once(&CACHE_STATUS)) {
+        for value in full.get_all(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// Cache-Control directives weir reads itself.
+#[derive(Debug, Default)]
+struct Directives {
+    stale_while_revalidate: u64,
+    stale_if_error: u64,
+    /// Response: must-revalidate, proxy-revalidate or no-cache.
+    revalidate_always: bool,
+    /// Request: no-cache or max-age=0.
+    requires_validation: bool,
+    /// Request: max-stale.
+    max_stale: bool,
+}
+
+impl Directives {
+    fn parse<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> Self {
+        let mut d = Directives::default();
+        for value in values {
+            let Ok(value) = value.to_str() else { continue };
+            for directive in value.split(',') {
+                let (name, arg) = match directive.split_once('=') {
+                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
+                    None => (directive.trim(), None),
+                };
+                let secs = || arg.and_then(|a| a.parse::<u64>().ok());
+                match name.to_ascii_lowercase().as_str() {
+                    "stale-while-revalidate" => {
+                        d.stale_while_revalidate = secs().unwrap_or(0);
+                    }
+                    "stale-if-error" => d.stale_if_error = secs().unwrap_or(0),
+                    "must-revalidate" | "proxy-revalidate" => d.revalidate_always = true,
+                    "no-cache" => {
+                        d.revalidate_always = true;
+                        d.requires_validation = true;
+                    }
+                    "max-age" if secs() == Some(0) => d.requires_validation = true,
+                    "max-stale" => d.max_stale = true,
+                    _ => {}
+                }
+            }
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests;

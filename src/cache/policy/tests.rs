@@ -1,0 +1,223 @@
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, Method, StatusCode};
+
+use super::*;
+
+fn request(headers: &HeaderMap) -> PolicyRequest<'_> {
+    PolicyRequest {
+        method: &Method::GET,
+        target: "/r".parse().unwrap(),
+        headers,
+    }
+}
+
+fn head(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (n, v) in pairs {
+        h.append(
+            http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    h
+}
+
+fn lifetimes() -> Lifetimes {
+    Lifetimes {
+        keep_stale: Duration::from_secs(600),
+        heuristic: 0.1,
+        ..Lifetimes::default()
+    }
+}
+
+fn store(res: &[(&str, &str)], now: SystemTime) -> Option<StoredResponse> {
+    let req = head(&[("host", "a")]);
+    storable(&request(&req), StatusCode::OK, &head(res), now, &lifetimes())
+}
+
+#[test]
+fn storability() {
+    let now = SystemTime::now();
+    assert!(store(&[("cache-control", "max-age=60")], now).is_some());
+    assert!(store(&[("cache-control", "no-store, max-age=60")], now).is_none());
+    assert!(store(&[("cache-control", "private, max-age=60")], now).is_none());
+    assert!(store(&[("cache-control", "max-age=60"), ("set-cookie", "a=b")], now).is_none());
+    // Nothing to go on and nothing to revalidate with: not worth storing.
+    assert!(store(&[], now).is_none());
+    // No freshness but a validator: kept for revalidation.
+    let kept = store(&[("etag", "\"x\"")], now).unwrap();
+    assert!(!kept.is_fresh_at(now));
+    // Authorization needs an explicit permission to share.
+    let req = head(&[("host", "a"), ("authorization", "Bearer t")]);
+    let res = head(&[("cache-control", "max-age=60")]);
+    assert!(storable(&request(&req), StatusCode::OK, &res, now, &lifetimes()).is_none());
+    let res = head(&[("cache-control", "public, max-age=60")]);
+    assert!(storable(&request(&req), StatusCode::OK, &res, now, &lifetimes()).is_some());
+}
+
+#[test]
+fn freshness_sources() {
+    let now = SystemTime::now();
+    let s = store(&[("cache-control", "max-age=60, s-maxage=5")], now).unwrap();
+    assert!(s.is_fresh_at(now + Duration::from_secs(4)));
+    assert!(!s.is_fresh_at(now + Duration::from_secs(6)));
+    let date = httpdate::fmt_http_date(now);
+    let expires = httpdate::fmt_http_date(now + Duration::from_secs(30));
+    let s = store(&[("date", &date), ("expires", &expires)], now).unwrap();
+    assert!(s.is_fresh_at(now + Duration::from_secs(25)));
+    assert!(!s.is_fresh_at(now + Duration::from_secs(35)));
+    // CDN-Cache-Control wins over Cache-Control for this cache, which is still served.
+    let s = store(
+        &[("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")],
+        now,
+    )
+    .unwrap();
+    assert!(s.is_fresh_at(now + Duration::from_secs(50)));
+    assert_eq!(s.headers["cache-control"], "no-store");
+    // Age already spent upstream counts.
+    let s = store(&[("cache-control", "max-age=60"), ("age", "50")], now).unwrap();
+    assert!(!s.is_fresh_at(now + Duration::from_secs(11)));
+}
+
+#[test]
+fn route_ttl_bounds() {
+    let now = SystemTime::now();
+    let req = head(&[("host", "a")]);
+    let res = head(&[("cache-control", "max-age=600")]);
+    let capped = Lifetimes {
+        max_ttl: Some(Duration::from_secs(10)),
+        ..lifetimes()
+    };
+    let s = storable(&request(&req), StatusCode::OK, &res, now, &capped).unwrap();
+    assert!(!s.is_fresh_at(now + Duration::from_secs(11)));
+    let floored = Lifetimes {
+        min_ttl: Some(Duration::from_secs(100)),
+        ..lifetimes()
+    };
+    let res = head(&[("cache-control", "max-age=1")]);
+    let s = storable(&request(&req), StatusCode::OK, &res, now, &floored).unwrap();
+    assert!(s.is_fresh_at(now + Duration::from_secs(90)));
+    // A floor never overrides no-cache.
+    let res = head(&[("cache-control", "no-cache"), ("etag", "\"e\"")]);
+    let s = storable(&request(&req), StatusCode::OK, &res, now, &floored).unwrap();
+    assert!(!s.is_fresh_at(now));
+}
+
+#[test]
+fn stale_windows() {
+    let now = SystemTime::now();
+    let req = head(&[("host", "a")]);
+    let s = store(
+        &[
+            ("cache-control", "max-age=1, stale-while-revalidate=30, stale-if-error=60"),
+            ("etag", "\"v1\""),
+        ],
+        now,
+    )
+    .unwrap();
+    let later = now + Duration::from_secs(10);
+    assert!(matches!(
+        reuse(&s, &request(&req), later),
+        Reuse::StaleWhileRevalidate { .. }
+    ));
+    let much_later = now + Duration::from_secs(45);
+    match reuse(&s, &request(&req), much_later) {
+        Reuse::Revalidate { revalidation } => {
+            assert_eq!(revalidation["if-none-match"], "\"v1\"")
+        }
+        _ => panic!("past the swr window a stale entry revalidates"),
+    }
+    assert!(may_serve_on_error(&s, much_later));
+    assert!(!may_serve_on_error(&s, now + Duration::from_secs(70)));
+    // must-revalidate forbids both.
+    let s = store(
+        &[
+            ("cache-control", "max-age=1, must-revalidate, stale-while-revalidate=30"),
+            ("etag", "\"v1\""),
+        ],
+        now,
+    )
+    .unwrap();
+    assert!(matches!(reuse(&s, &request(&req), later), Reuse::Revalidate { .. }));
+    assert!(!may_serve_on_error(&s, later));
+}
+
+#[test]
+fn vary_and_request_directives() {
+    let now = SystemTime::now();
+    let req = head(&[("host", "a"), ("accept-language", "en")]);
+    let res = head(&[("cache-control", "max-age=60"), ("vary", "Accept-Language")]);
+    let s = storable(&request(&req), StatusCode::OK, &res, now, &lifetimes()).unwrap();
+    assert!(matches!(reuse(&s, &request(&req), now), Reuse::Fresh));
+    let other = head(&[("host", "a"), ("accept-language", "fr")]);
+    assert!(matches!(reuse(&s, &request(&other), now), Reuse::NoMatch));
+    let no_cache = head(&[
+        ("host", "a"),
+        ("accept-language", "en"),
+        ("cache-control", "no-cache"),
+    ]);
+    assert!(matches!(
+        reuse(&s, &request(&no_cache), now),
+        Reuse::Revalidate { .. }
+    ));
+}
+
+#[test]
+fn conditional_answers_and_304_refresh() {
+    let now = SystemTime::now();
+    let req = head(&[("host", "a")]);
+    let s = store(
+        &[
+            ("cache-control", "max-age=1"),
+            ("etag", "W/\"v1\""),
+            ("x-extra", "1"),
+            ("x-extra", "2"),
+            ("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT"),
+        ],
+        now,
+    )
+    .unwrap();
+    assert!(client_not_modified(&head(&[("if-none-match", "\"v1\"")]), &s.headers));
+    assert!(client_not_modified(&head(&[("if-none-match", "\"a\", W/\"v1\"")]), &s.headers));
+    assert!(!client_not_modified(&head(&[("if-none-match", "\"v2\"")]), &s.headers));
+    assert!(client_not_modified(
+        &head(&[("if-modified-since", "Tue, 03 Nov 2026 10:00:00 GMT")]),
+        &s.headers
+    ));
+    assert!(!client_not_modified(
+        &head(&[("if-modified-since", "Sun, 01 Nov 2026 10:00:00 GMT")]),
+        &s.headers
+    ));
+    // Both values of a repeated field are served.
+    let served = served_headers(&s, now, "weir-l1; hit");
+    assert_eq!(served.get_all("x-extra").iter().count(), 2);
+    assert_eq!(served["cache-status"], "weir-l1; hit");
+    // A matching 304 refreshes freshness and replaces the fields it carries.
+    let later = now + Duration::from_secs(5);
+    let not_modified = head(&[
+        ("etag", "W/\"v1\""),
+        ("cache-control", "max-age=100"),
+        ("x-extra", "3"),
+    ]);
+    let fresh = refresh(&s, &request(&req), &not_modified, later, &lifetimes()).unwrap();
+    assert!(fresh.is_fresh_at(later + Duration::from_secs(90)));
+    assert_eq!(fresh.headers.get_all("x-extra").iter().count(), 1);
+    let other = head(&[("etag", "\"v9\""), ("cache-control", "max-age=100")]);
+    assert!(refresh(&s, &request(&req), &other, later, &lifetimes()).is_none());
+}
+
+#[test]
+fn surrogate_keys_become_tags() {
+    let now = SystemTime::now();
+    let s = store(
+        &[
+            ("cache-control", "max-age=60"),
+            ("surrogate-key", "product-1 catalog"),
+            ("cache-tag", "blue, catalog"),
+        ],
+        now,
+    )
+    .unwrap();
+    assert_eq!(s.tags, vec!["blue", "catalog", "product-1"]);
+}
