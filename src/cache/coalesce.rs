@@ -26,6 +26,12 @@ pub struct FlightGuard {
     done: watch::Sender<()>,
 }
 
+impl FlightGuard {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
 impl Drop for FlightGuard {
     fn drop(&mut self) {
         self.map.remove(&self.key);
@@ -62,11 +68,9 @@ impl Flights {
 /// Waits until the leader is done or `limit` passes; `true` if the leader finished.
 pub async fn wait(mut follower: watch::Receiver<()>, limit: Duration) -> bool {
     // `changed` fails once the sender (the leader's guard) is dropped.
-    tokio::time::timeout(limit, async {
-        while follower.changed().await.is_ok() {}
-    })
-    .await
-    .is_ok()
+    tokio::time::timeout(limit, async { while follower.changed().await.is_ok() {} })
+        .await
+        .is_ok()
 }
 
 #[cfg(test)]

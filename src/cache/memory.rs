@@ -19,7 +19,12 @@ pub struct MemoryTier {
 struct EntryLifetime;
 
 impl Expiry<Arc<str>, Entry> for EntryLifetime {
-    fn expire_after_create(&self, _key: &Arc<str>, value: &Entry, _now: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &Arc<str>,
+        value: &Entry,
+        _now: Instant,
+    ) -> Option<Duration> {
         Some(value.keep_for(SystemTime::now()))
     }
     fn expire_after_update(
@@ -65,7 +70,11 @@ impl MemoryTier {
     }
 
     /// Drops (or, with `soft`, marks stale) every entry whose key `matches`.
-    pub fn purge_where(&self, soft: bool, matches: impl Fn(&str, &Entry) -> bool + Send + Sync + 'static) -> usize {
+    pub fn purge_where(
+        &self,
+        soft: bool,
+        matches: impl Fn(&str, &Entry) -> bool + Send + Sync + 'static,
+    ) -> usize {
         let keys: Vec<Arc<str>> = self
             .cache
             .iter()

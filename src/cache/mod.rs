@@ -252,7 +252,8 @@ impl Cache {
         match l2.get(&variant).await? {
             Entry::Response(r) => {
                 if route.memory {
-                    self.memory.insert(&variant, Entry::Response(Arc::clone(&r)));
+                    self.memory
+                        .insert(&variant, Entry::Response(Arc::clone(&r)));
                 }
                 Some((r, Tier::Redis, variant))
             }
@@ -351,7 +352,9 @@ impl Cache {
             };
             report.published = bus::publish(self, l2, target, soft).await;
         }
-        self.stats.purges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .purges
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         report
     }
 

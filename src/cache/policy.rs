@@ -102,7 +102,15 @@ pub fn storable(
         ..CacheOptions::default()
     };
     let build = |view: &HeaderMap| {
-        CachePolicy::new_options(req, &ResponseView { status, headers: view }, now, options)
+        CachePolicy::new_options(
+            req,
+            &ResponseView {
+                status,
+                headers: view,
+            },
+            now,
+            options,
+        )
     };
     let mut policy = build(&view);
     if !policy.is_storable() {
@@ -134,13 +142,12 @@ pub fn storable(
         headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
     let stale_window = Duration::from_secs(directives.stale_while_revalidate)
         .max(Duration::from_secs(directives.stale_if_error));
-    let keep = ttl
-        + if directives.revalidate_always {
+    let keep =
+        ttl + if directives.revalidate_always {
             Duration::ZERO
         } else {
             stale_window
-        }
-        + if has_validator {
+        } + if has_validator {
             lifetimes.keep_stale
         } else {
             Duration::ZERO

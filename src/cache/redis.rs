@@ -154,7 +154,11 @@ impl RedisTier {
             self.open_until_ms.store(until.as_millis() as u64, Relaxed);
             if !self.open.swap(true, Relaxed) {
                 self.stats.breaker_opened.fetch_add(1, Relaxed);
-                tracing::warn!(command = what, error, "redis unavailable; L2 cache bypassed until it answers again");
+                tracing::warn!(
+                    command = what,
+                    error,
+                    "redis unavailable; L2 cache bypassed until it answers again"
+                );
             }
         } else {
             tracing::debug!(command = what, error, "redis command failed");
@@ -205,7 +209,9 @@ impl RedisTier {
         for key in keys {
             let mut conn = self.conn.clone();
             let redis_key = self.object_key(key);
-            let n: Option<usize> = self.run("DEL", async move { conn.del(redis_key).await }).await;
+            let n: Option<usize> = self
+                .run("DEL", async move { conn.del(redis_key).await })
+                .await;
             deleted += n.unwrap_or(0);
         }
         deleted
@@ -217,8 +223,10 @@ impl RedisTier {
         for redis_key in redis_keys {
             let mut conn = self.conn.clone();
             let k = redis_key.clone();
-            let bytes: Option<Vec<u8>> =
-                self.run("GET", async move { conn.get(k).await }).await.flatten();
+            let bytes: Option<Vec<u8>> = self
+                .run("GET", async move { conn.get(k).await })
+                .await
+                .flatten();
             let Some(Ok(Entry::Response(r))) = bytes.map(|b| Entry::decode(&b)) else {
                 continue;
             };
@@ -256,7 +264,8 @@ impl RedisTier {
 
     /// Purges an exact key (soft: marks stale).
     pub async fn purge_key(&self, key: &str, soft: bool) -> usize {
-        self.purge_redis_keys(vec![self.object_key(key)], soft).await
+        self.purge_redis_keys(vec![self.object_key(key)], soft)
+            .await
     }
 
     /// Purges every object whose key starts with `prefix`; a leading `/` matches the
@@ -298,12 +307,17 @@ impl RedisTier {
         let tag_key = self.tag_key(tag);
         let mut conn = self.conn.clone();
         let k = tag_key.clone();
-        let members: Option<Vec<String>> =
-            self.run("SMEMBERS", async move { conn.smembers(k).await }).await;
-        let purged = self.purge_redis_keys(members.unwrap_or_default(), soft).await;
+        let members: Option<Vec<String>> = self
+            .run("SMEMBERS", async move { conn.smembers(k).await })
+            .await;
+        let purged = self
+            .purge_redis_keys(members.unwrap_or_default(), soft)
+            .await;
         if !soft {
             let mut conn = self.conn.clone();
-            let _: Option<usize> = self.run("DEL", async move { conn.del(tag_key).await }).await;
+            let _: Option<usize> = self
+                .run("DEL", async move { conn.del(tag_key).await })
+                .await;
         }
         purged
     }
@@ -353,7 +367,10 @@ impl RedisTier {
         let channel = self.channel();
         let mut conn = self.conn.clone();
         let sent: Option<i64> = self
-            .run("PUBLISH", async move { conn.publish(channel, message).await })
+            .run(
+                "PUBLISH",
+                async move { conn.publish(channel, message).await },
+            )
             .await;
         sent.is_some()
     }
@@ -361,7 +378,9 @@ impl RedisTier {
     pub async fn ping(&self) -> bool {
         let mut conn = self.conn.clone();
         let pong: Option<String> = self
-            .run("PING", async move { redis::cmd("PING").query_async(&mut conn).await })
+            .run("PING", async move {
+                redis::cmd("PING").query_async(&mut conn).await
+            })
             .await;
         pong.is_some()
     }

@@ -30,8 +30,7 @@ pub struct WarmReport {
 /// logging progress every tenth.
 pub async fn warm(urls: &[String], proxy: SocketAddr, concurrency: usize) -> WarmReport {
     let started = Instant::now();
-    let client: Client<_, Empty<bytes::Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let mut report = WarmReport {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::defaults::*;
 pub use super::cache::{CacheConfig, CacheTier, QueryKey, RedisConfig, RouteCacheConfig};
+use super::defaults::*;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

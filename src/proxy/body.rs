@@ -17,7 +17,8 @@ use crate::upstream::{InFlightGuard, PoolSlot};
 pub struct RequestGuards {
     pub endpoint: InFlightGuard,
     pub pool: PoolSlot,
-    pub connection: ConnRequestGuard,
+    /// Absent for requests weir makes itself (cache refreshes).
+    pub connection: Option<ConnRequestGuard>,
 }
 
 /// A client's request body was too slow: see [`BodyPace`].
@@ -145,6 +146,7 @@ pin_project! {
             #[pin]
             inner: Incoming,
             guards: Option<RequestGuards>,
+            tee: Option<Box<Tee>>,
         },
         Full {
             data: Option<Bytes>,
@@ -157,7 +159,16 @@ impl ResponseBody {
         ResponseBody::Upstream {
             inner,
             guards: Some(guards),
+            tee: None,
         }
+    }
+
+    /// Copies the body for the cache as it streams (upstream bodies only).
+    pub fn with_tee(mut self, new: Tee) -> Self {
+        if let ResponseBody::Upstream { tee, .. } = &mut self {
+            *tee = Some(Box::new(new));
+        }
+        self
     }
 
     pub fn full(data: impl Into<Bytes>) -> Self {
@@ -181,14 +192,38 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            ResponseBodyProj::Upstream { inner, guards } => {
-                let polled = inner.poll_frame(cx);
+            ResponseBodyProj::Upstream {
+                mut inner,
+                guards,
+                tee,
+            } => {
+                let polled = inner.as_mut().poll_frame(cx);
                 match &polled {
                     // End or failure: the request is over for the endpoint and connection.
-                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                    Poll::Ready(None) => {
+                        if let Some(tee) = tee.take() {
+                            tee.finish();
+                        }
                         guards.take();
                     }
-                    _ => {}
+                    Poll::Ready(Some(Err(_))) => {
+                        tee.take();
+                        guards.take();
+                    }
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(data), Some(copy)) = (frame.data_ref(), tee.as_mut())
+                            && !copy.push(data)
+                        {
+                            tee.take();
+                        }
+                        // hyper stops polling a body that says it has ended.
+                        if inner.is_end_stream()
+                            && let Some(tee) = tee.take()
+                        {
+                            tee.finish();
+                        }
+                    }
+                    Poll::Pending => {}
                 }
                 polled
             }
@@ -210,5 +245,51 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }
+    }
+}
+
+/// The cache's copy of a response body: collected as it streams to the client and
+/// handed over whole when the body ends normally. Dropped (nothing stored) when the body
+/// fails, the client goes away, or it grows past `limit`.
+pub struct Tee {
+    chunks: Vec<Bytes>,
+    size: usize,
+    limit: usize,
+    on_complete: Box<dyn FnOnce(Bytes) + Send + Sync>,
+}
+
+impl Tee {
+    pub fn new(limit: usize, on_complete: impl FnOnce(Bytes) + Send + Sync + 'static) -> Self {
+        Self {
+            chunks: Vec::new(),
+            size: 0,
+            limit,
+            on_complete: Box::new(on_complete),
+        }
+    }
+
+    /// Keeps a copy of `data`; `false` once the body is too large to keep.
+    fn push(&mut self, data: &Bytes) -> bool {
+        self.size += data.len();
+        if self.size > self.limit {
+            return false;
+        }
+        self.chunks.push(data.clone());
+        true
+    }
+
+    fn finish(self) {
+        let body = match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut whole = bytes::BytesMut::with_capacity(self.size);
+                for chunk in self.chunks {
+                    whole.extend_from_slice(&chunk);
+                }
+                whole.freeze()
+            }
+        };
+        (self.on_complete)(body);
     }
 }

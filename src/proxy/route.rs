@@ -23,6 +23,10 @@ pub struct Route {
     pub pool: Arc<Pool>,
     pub stats: Arc<RouteStats>,
     pub rate_limit: Option<Arc<RouteLimiter>>,
+    /// Caching policy, when the cache is on and the route uses it.
+    pub cache: Option<Arc<crate::cache::RouteCache>>,
+    /// Position in the config, to find the route again in the same snapshot.
+    pub index: usize,
 }
 
 impl Route {
@@ -54,6 +58,8 @@ impl Route {
                 .rate_limit
                 .as_ref()
                 .map(|limit| Arc::new(RouteLimiter::new(limit))),
+            cache: None,
+            index,
         }
     }
 

@@ -22,10 +22,13 @@ use super::error::ProxyError;
 use super::headers::{self, strip_hop_by_hop};
 use super::normalize::normalize_path;
 use super::retry;
+use super::route::Route;
 use super::snapshot::Snapshot;
 use super::stats::RouteStats;
 use super::trace::{TRACEPARENT, TraceContext};
 use crate::upstream::{Endpoint, Outcome, PickError};
+
+mod cached;
 
 /// One per client connection; cloned into each request.
 #[derive(Clone)]
@@ -110,7 +113,7 @@ impl ProxyService {
             let (route, endpoint, attempts, upstream_ms) = match &outcome {
                 Ok(s) => (
                     s.route.as_ref(),
-                    s.endpoint.address.as_str(),
+                    s.endpoint.as_ref().map_or("cache", |e| e.address.as_str()),
                     s.attempts,
                     s.upstream.as_secs_f64() * 1000.0,
                 ),
@@ -146,7 +149,7 @@ impl ProxyService {
 
     async fn forward(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         req: Request<Incoming>,
         request_id: &HeaderValue,
         trace: Option<&TraceContext>,
@@ -180,22 +183,11 @@ impl ProxyService {
                 .find(host, parts.uri.path())
                 .ok_or(ProxyError::NoRoute)?
         };
-        let pool = &route.pool;
-        let failure = |error: ProxyError, endpoint: Option<&str>| Failure {
-            error,
-            route: Some(route.name.to_string()),
-            route_stats: Some(Arc::clone(&route.stats)),
-            endpoint: endpoint.map(str::to_owned),
-        };
         if let Some(limiter) = &route.rate_limit
             && let Err(wait) = limiter.check(self.peer.ip(), &parts.headers)
         {
-            return Err(failure(ProxyError::RateLimited(wait), None));
+            return Err(Failure::at(route, ProxyError::RateLimited(wait), None));
         }
-        let pool_slot = pool
-            .acquire_slot()
-            .map_err(|_| failure(ProxyError::AtCapacity(pool.name.clone()), None))?;
-
         // The target's authority (HTTP/2 :authority, HTTP/1.1 absolute-form) is what the
         // route was chosen by, so it replaces any Host header (RFC 9112 §3.2.2); HTTP/1.1
         // upstreams need it as a Host header in any case.
@@ -208,6 +200,48 @@ impl ProxyService {
                 parts.headers.insert(header::HOST, value);
             }
         }
+        if let (Some(cache), Some(policy)) = (&snapshot.cache, &route.cache)
+            && upgrade_protocol(&parts).is_none()
+        {
+            return self
+                .forward_cached(
+                    snapshot, route, cache, policy, parts, body, request_id, trace, conn_guard,
+                )
+                .await;
+        }
+        self.forward_upstream(
+            snapshot,
+            route,
+            parts,
+            Some(body),
+            request_id,
+            trace,
+            Some(conn_guard),
+        )
+        .await
+    }
+
+    /// Sends the request to the route's pool (retrying as the pool allows) and returns the
+    /// response with its body streaming. Without `body`, the request has none (cache
+    /// refreshes); without `conn_guard`, no client connection waits on it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn forward_upstream(
+        &self,
+        snapshot: &Snapshot,
+        route: &Route,
+        mut parts: http::request::Parts,
+        body: Option<Incoming>,
+        request_id: &HeaderValue,
+        trace: Option<&TraceContext>,
+        conn_guard: Option<ConnRequestGuard>,
+    ) -> Result<(Response<ResponseBody>, Served), Failure> {
+        let pool = &route.pool;
+        let failure =
+            |error: ProxyError, endpoint: Option<&str>| Failure::at(route, error, endpoint);
+        let pool_slot = pool
+            .acquire_slot()
+            .map_err(|_| failure(ProxyError::AtCapacity(pool.name.clone()), None))?;
+
         let client_host = parts.headers.get(header::HOST).cloned();
         // An HTTP/1.1 upgrade (WebSocket…) keeps its Upgrade/Connection headers and, on
         // 101, becomes a tunnel between the two upgraded connections.
@@ -250,15 +284,18 @@ impl ProxyService {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-        let mut body = RequestBody::prepare(
-            body,
-            &parts.headers,
-            pool.retry.attempts,
-            pool.retry.buffer_body_bytes,
-            self.body_pace,
-        )
-        .await
-        .map_err(|error| failure(error, None))?;
+        let mut body = match body {
+            Some(body) => RequestBody::prepare(
+                body,
+                &parts.headers,
+                pool.retry.attempts,
+                pool.retry.buffer_body_bytes,
+                self.body_pace,
+            )
+            .await
+            .map_err(|error| failure(error, None))?,
+            None => RequestBody::Replayable(Bytes::new()),
+        };
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut retries = 0u32;
         loop {
@@ -399,7 +436,7 @@ impl ProxyService {
                 let served = Served {
                     route_stats: Arc::clone(&route.stats),
                     route: Arc::clone(&route.name),
-                    endpoint: Arc::clone(&endpoint),
+                    endpoint: Some(Arc::clone(&endpoint)),
                     attempts: retries + 1,
                     upstream: elapsed,
                 };
@@ -408,7 +445,7 @@ impl ProxyService {
             let served = Served {
                 route_stats: Arc::clone(&route.stats),
                 route: Arc::clone(&route.name),
-                endpoint: Arc::clone(&endpoint),
+                endpoint: Some(Arc::clone(&endpoint)),
                 attempts: retries + 1,
                 upstream: elapsed,
             };
@@ -474,21 +511,33 @@ impl RequestBody {
 }
 
 /// Where a proxied request went, for route stats and the access log.
-struct Served {
+pub(super) struct Served {
     route_stats: Arc<RouteStats>,
     route: Arc<str>,
-    endpoint: Arc<Endpoint>,
+    /// `None` when the cache answered.
+    endpoint: Option<Arc<Endpoint>>,
     attempts: u32,
     /// Time to the response head of the attempt that answered.
     upstream: std::time::Duration,
 }
 
 /// A failed request with what is known of where it was going, for the log line.
-struct Failure {
+pub(super) struct Failure {
     error: ProxyError,
     route: Option<String>,
     route_stats: Option<Arc<RouteStats>>,
     endpoint: Option<String>,
+}
+
+impl Failure {
+    pub(super) fn at(route: &Route, error: ProxyError, endpoint: Option<&str>) -> Self {
+        Failure {
+            error,
+            route: Some(route.name.to_string()),
+            route_stats: Some(Arc::clone(&route.stats)),
+            endpoint: endpoint.map(str::to_owned),
+        }
+    }
 }
 
 impl From<ProxyError> for Failure {

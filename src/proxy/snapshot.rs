@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::headers::HeaderPolicy;
 use super::route::{Route, Router};
+use crate::cache::{Cache, RouteCache};
 use crate::config::Config;
 use crate::upstream::Pool;
 
@@ -17,6 +18,8 @@ pub struct Snapshot {
     pub headers: HeaderPolicy,
     pub access_log: bool,
     pub compression: bool,
+    /// The HTTP cache, kept (with its contents) across reloads that leave its settings.
+    pub cache: Option<Arc<Cache>>,
 }
 
 impl Snapshot {
@@ -38,6 +41,8 @@ impl Snapshot {
             .filter_map(|(i, route)| {
                 let pool = pools.get(&route.pool)?;
                 let mut fresh = Route::new(i, route, Arc::clone(pool), None);
+                fresh.cache =
+                    RouteCache::from_config(&config.cache, route.cache.as_ref()).map(Arc::new);
                 if let Some(old) =
                     previous.and_then(|p| p.router.routes().iter().find(|r| r.name == fresh.name))
                 {
@@ -58,6 +63,11 @@ impl Snapshot {
             headers: HeaderPolicy::from_config(&config.headers),
             access_log: config.server.access_log,
             compression: config.server.compression,
+            cache: Cache::rebuild(
+                &config.cache,
+                config.redis.as_ref(),
+                previous.and_then(|p| p.cache.as_ref()),
+            ),
         }
     }
 }

@@ -33,7 +33,13 @@ fn lifetimes() -> Lifetimes {
 
 fn store(res: &[(&str, &str)], now: SystemTime) -> Option<StoredResponse> {
     let req = head(&[("host", "a")]);
-    storable(&request(&req), StatusCode::OK, &head(res), now, &lifetimes())
+    storable(
+        &request(&req),
+        StatusCode::OK,
+        &head(res),
+        now,
+        &lifetimes(),
+    )
 }
 
 #[test]
@@ -42,7 +48,13 @@ fn storability() {
     assert!(store(&[("cache-control", "max-age=60")], now).is_some());
     assert!(store(&[("cache-control", "no-store, max-age=60")], now).is_none());
     assert!(store(&[("cache-control", "private, max-age=60")], now).is_none());
-    assert!(store(&[("cache-control", "max-age=60"), ("set-cookie", "a=b")], now).is_none());
+    assert!(
+        store(
+            &[("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+            now
+        )
+        .is_none()
+    );
     // Nothing to go on and nothing to revalidate with: not worth storing.
     assert!(store(&[], now).is_none());
     // No freshness but a validator: kept for revalidation.
@@ -69,7 +81,10 @@ fn freshness_sources() {
     assert!(!s.is_fresh_at(now + Duration::from_secs(35)));
     // CDN-Cache-Control wins over Cache-Control for this cache, which is still served.
     let s = store(
-        &[("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")],
+        &[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=60"),
+        ],
         now,
     )
     .unwrap();
@@ -110,7 +125,10 @@ fn stale_windows() {
     let req = head(&[("host", "a")]);
     let s = store(
         &[
-            ("cache-control", "max-age=1, stale-while-revalidate=30, stale-if-error=60"),
+            (
+                "cache-control",
+                "max-age=1, stale-while-revalidate=30, stale-if-error=60",
+            ),
             ("etag", "\"v1\""),
         ],
         now,
@@ -133,13 +151,19 @@ fn stale_windows() {
     // must-revalidate forbids both.
     let s = store(
         &[
-            ("cache-control", "max-age=1, must-revalidate, stale-while-revalidate=30"),
+            (
+                "cache-control",
+                "max-age=1, must-revalidate, stale-while-revalidate=30",
+            ),
             ("etag", "\"v1\""),
         ],
         now,
     )
     .unwrap();
-    assert!(matches!(reuse(&s, &request(&req), later), Reuse::Revalidate { .. }));
+    assert!(matches!(
+        reuse(&s, &request(&req), later),
+        Reuse::Revalidate { .. }
+    ));
     assert!(!may_serve_on_error(&s, later));
 }
 
@@ -178,9 +202,18 @@ fn conditional_answers_and_304_refresh() {
         now,
     )
     .unwrap();
-    assert!(client_not_modified(&head(&[("if-none-match", "\"v1\"")]), &s.headers));
-    assert!(client_not_modified(&head(&[("if-none-match", "\"a\", W/\"v1\"")]), &s.headers));
-    assert!(!client_not_modified(&head(&[("if-none-match", "\"v2\"")]), &s.headers));
+    assert!(client_not_modified(
+        &head(&[("if-none-match", "\"v1\"")]),
+        &s.headers
+    ));
+    assert!(client_not_modified(
+        &head(&[("if-none-match", "\"a\", W/\"v1\"")]),
+        &s.headers
+    ));
+    assert!(!client_not_modified(
+        &head(&[("if-none-match", "\"v2\"")]),
+        &s.headers
+    ));
     assert!(client_not_modified(
         &head(&[("if-modified-since", "Tue, 03 Nov 2026 10:00:00 GMT")]),
         &s.headers
