@@ -17,10 +17,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{InstanceError, Supervisor};
+use crate::cache::PurgeTarget;
 use crate::config::AdminConfig;
 use crate::proxy::ProxyState;
 use crate::registry::Registration;
 use crate::upstream::Pool;
+use serde::Deserialize;
 
 #[derive(Clone)]
 pub struct AdminContext {
@@ -73,6 +75,9 @@ pub fn router(context: AdminContext) -> Router {
         )
         .route("/api/v1/instances/{id}/drain", post(drain))
         .route("/api/v1/reload", post(reload).get(last_reload))
+        .route("/api/v1/cache", get(cache_stats))
+        .route("/api/v1/cache/purge", post(cache_purge))
+        .route("/api/v1/cache/warm", post(cache_warm))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
             context.clone(),
@@ -245,6 +250,97 @@ async fn last_reload(State(ctx): State<AdminContext>) -> Response {
         "last": ctx.supervisor.last_reload(),
     }))
     .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeBody {
+    key: Option<String>,
+    prefix: Option<String>,
+    tag: Option<String>,
+    /// Mark stale (served while revalidating, or on error) instead of removing.
+    #[serde(default)]
+    soft: bool,
+}
+
+fn cache_of(ctx: &AdminContext) -> Result<Arc<crate::cache::Cache>, Box<Response>> {
+    ctx.state.snapshot.load().cache.clone().ok_or_else(|| {
+        Box::new(error(
+            StatusCode::CONFLICT,
+            "the cache is not enabled ([cache] enabled = true)",
+        ))
+    })
+}
+
+async fn cache_purge(State(ctx): State<AdminContext>, body: Bytes) -> Response {
+    let body: PurgeBody = match parse_body(&body) {
+        Ok(body) => body,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let target = match (body.key, body.prefix, body.tag) {
+        (Some(k), None, None) if !k.is_empty() => PurgeTarget::Key(k),
+        (None, Some(p), None) if !p.is_empty() => PurgeTarget::Prefix(p),
+        (None, None, Some(t)) if !t.is_empty() => PurgeTarget::Tag(t),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one non-empty \"key\", \"prefix\" or \"tag\"".to_owned(),
+            );
+        }
+    };
+    let cache = match cache_of(&ctx) {
+        Ok(cache) => cache,
+        Err(response) => return *response,
+    };
+    let report = cache.purge(&target, body.soft).await;
+    tracing::info!(
+        ?target,
+        soft = body.soft,
+        memory = report.memory,
+        redis = report.redis,
+        "cache purge"
+    );
+    Json(json!({ "target": target, "report": report })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmBody {
+    urls: Vec<String>,
+}
+
+/// Most URLs one warm request may name (bigger lists: several requests).
+const MAX_WARM_URLS: usize = 10_000;
+
+async fn cache_warm(State(ctx): State<AdminContext>, body: Bytes) -> Response {
+    let body: WarmBody = match parse_body(&body) {
+        Ok(body) => body,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    if body.urls.len() > MAX_WARM_URLS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("at most {MAX_WARM_URLS} urls per request"),
+        );
+    }
+    if let Err(response) = cache_of(&ctx) {
+        return *response;
+    }
+    match ctx.supervisor.warm_cache(&body.urls).await {
+        Some(report) => Json(report).into_response(),
+        None => error(
+            StatusCode::CONFLICT,
+            "no plain-HTTP listener to warm through".to_owned(),
+        ),
+    }
+}
+
+async fn cache_stats(State(ctx): State<AdminContext>) -> Response {
+    let cache = match cache_of(&ctx) {
+        Ok(cache) => cache,
+        Err(response) => return *response,
+    };
+    Json(crate::metrics::cache_summary(&cache)).into_response()
 }
 
 async fn metrics(State(ctx): State<AdminContext>) -> Response {

@@ -10,6 +10,7 @@ use prometheus::proto::{
 use prometheus::{Encoder, TextEncoder};
 
 use crate::app::Supervisor;
+use crate::cache::Cache;
 use crate::proxy::stats::LatencyHistogram;
 use crate::upstream::EndpointState;
 
@@ -272,5 +273,169 @@ fn gather(supervisor: &Supervisor) -> Vec<MetricFamily> {
             }
         }
     }
+    if let Some(cache) = &state.snapshot.load().cache {
+        cache_metrics(&mut f, cache);
+    }
     f.0
+}
+
+fn cache_metrics(f: &mut Families, cache: &Cache) {
+    let s = &cache.stats;
+    let lookups = "weir_cache_requests_total";
+    let lookups_help = "Requests on caching routes by outcome and tier.";
+    for (outcome, tier, value) in [
+        ("hit", "l1", &s.hits_memory),
+        ("hit", "l2", &s.hits_redis),
+        ("miss", "upstream", &s.misses),
+        ("stale", "any", &s.stale),
+        ("bypass", "upstream", &s.bypass),
+        ("coalesced", "any", &s.coalesced),
+    ] {
+        f.counter(
+            lookups,
+            lookups_help,
+            &[("outcome", outcome), ("tier", tier)],
+            value.load(Relaxed),
+        );
+    }
+    for (outcome, tier, value) in [
+        ("hit", "l1", &s.hit_bytes_memory),
+        ("hit", "l2", &s.hit_bytes_redis),
+        ("stored", "any", &s.stored_bytes),
+    ] {
+        f.counter(
+            "weir_cache_bytes_total",
+            "Body bytes served from or written to the cache.",
+            &[("outcome", outcome), ("tier", tier)],
+            value.load(Relaxed),
+        );
+    }
+    for (name, help, value) in [
+        ("weir_cache_stores_total", "Responses stored.", &s.stores),
+        (
+            "weir_cache_revalidations_total",
+            "Stale entries refreshed by the origin.",
+            &s.revalidated,
+        ),
+        (
+            "weir_cache_not_modified_total",
+            "304s answered to clients' conditional requests.",
+            &s.not_modified,
+        ),
+        (
+            "weir_cache_too_large_total",
+            "Responses over the object size limit, streamed uncached.",
+            &s.too_large,
+        ),
+        ("weir_cache_purges_total", "Purge operations.", &s.purges),
+    ] {
+        f.counter(name, help, &[], value.load(Relaxed));
+    }
+    let memory = cache.memory();
+    f.gauge(
+        "weir_cache_l1_entries",
+        "Entries in the in-memory tier.",
+        &[],
+        memory.entry_count() as f64,
+    );
+    f.gauge(
+        "weir_cache_l1_bytes",
+        "Weighted size of the in-memory tier.",
+        &[],
+        memory.weighted_size() as f64,
+    );
+    f.counter(
+        "weir_cache_l1_evictions_total",
+        "Entries evicted from the in-memory tier for space.",
+        &[],
+        memory.evictions.load(Relaxed),
+    );
+    f.gauge(
+        "weir_cache_hit_ratio",
+        "Hits over lookups since start.",
+        &[],
+        s.hit_ratio(),
+    );
+    if let Some(redis) = cache.redis() {
+        let r = &redis.stats;
+        f.counter(
+            "weir_redis_commands_total",
+            "Redis commands sent.",
+            &[],
+            r.commands.load(Relaxed),
+        );
+        f.counter(
+            "weir_redis_errors_total",
+            "Redis commands that failed.",
+            &[("kind", "error")],
+            r.errors.load(Relaxed),
+        );
+        f.counter(
+            "weir_redis_errors_total",
+            "Redis commands that failed.",
+            &[("kind", "timeout")],
+            r.timeouts.load(Relaxed),
+        );
+        f.counter(
+            "weir_redis_skipped_total",
+            "Redis commands skipped while the breaker was open.",
+            &[],
+            r.skipped.load(Relaxed),
+        );
+        f.gauge(
+            "weir_redis_latency_seconds_sum",
+            "Total time spent in Redis commands (divide by weir_redis_commands_total).",
+            &[],
+            r.latency_micros_total.load(Relaxed) as f64 / 1e6,
+        );
+        f.gauge(
+            "weir_redis_up",
+            "0 while the Redis breaker is open.",
+            &[],
+            f64::from(u8::from(!redis.is_open())),
+        );
+        f.counter(
+            "weir_redis_breaker_opened_total",
+            "Times the Redis breaker opened.",
+            &[],
+            r.breaker_opened.load(Relaxed),
+        );
+    }
+}
+
+/// The cache's counters as JSON (admin API and demo).
+pub fn cache_summary(cache: &Cache) -> serde_json::Value {
+    let s = &cache.stats;
+    let memory = cache.memory();
+    memory.sync();
+    let redis = cache.redis().map(|r| {
+        serde_json::json!({
+            "up": !r.is_open(),
+            "commands": r.stats.commands.load(Relaxed),
+            "errors": r.stats.errors.load(Relaxed),
+            "timeouts": r.stats.timeouts.load(Relaxed),
+            "skipped": r.stats.skipped.load(Relaxed),
+            "mean_latency_ms": r.stats.latency_micros_total.load(Relaxed) as f64
+                / r.stats.commands.load(Relaxed).max(1) as f64 / 1000.0,
+        })
+    });
+    serde_json::json!({
+        "hit_ratio": s.hit_ratio(),
+        "hits": { "l1": s.hits_memory.load(Relaxed), "l2": s.hits_redis.load(Relaxed) },
+        "misses": s.misses.load(Relaxed),
+        "stale": s.stale.load(Relaxed),
+        "bypass": s.bypass.load(Relaxed),
+        "coalesced": s.coalesced.load(Relaxed),
+        "revalidated": s.revalidated.load(Relaxed),
+        "not_modified": s.not_modified.load(Relaxed),
+        "stores": s.stores.load(Relaxed),
+        "too_large": s.too_large.load(Relaxed),
+        "purges": s.purges.load(Relaxed),
+        "l1": {
+            "entries": memory.entry_count(),
+            "bytes": memory.weighted_size(),
+            "evictions": memory.evictions.load(Relaxed),
+        },
+        "redis": redis,
+    })
 }

@@ -176,16 +176,27 @@ fn cache_settings_are_checked() {
         err.contains("cache.max_object_bytes: must be 1 to cache.memory_bytes (1000), got 5000"),
         "{err}"
     );
-    assert!(err.contains("cache.shared_lock: needs a [redis] section"), "{err}");
+    assert!(
+        err.contains("cache.shared_lock: needs a [redis] section"),
+        "{err}"
+    );
     assert!(err.contains("cache.warm_urls[0]"), "{err}");
-    let err = error_for(&(GOOD.to_owned() + "\n[redis]\nurl = \"redis://127.0.0.1\"\nkey_prefix = \"a{b}\"\n"));
+    let err = error_for(
+        &(GOOD.to_owned() + "\n[redis]\nurl = \"redis://127.0.0.1\"\nkey_prefix = \"a{b}\"\n"),
+    );
     assert!(err.contains("redis.key_prefix"), "{err}");
     let err = error_for(&GOOD.replace(
         "[[routes]]",
         "[[routes]]\ncache = { min_ttl = \"10s\", max_ttl = \"1s\", key_headers = [\"bad header\"] }",
     ));
-    assert!(err.contains(".cache.min_ttl: 10s is more than max_ttl 1s"), "{err}");
-    assert!(err.contains(".cache.key_headers[0]: \"bad header\" is not a header name"), "{err}");
+    assert!(
+        err.contains(".cache.min_ttl: 10s is more than max_ttl 1s"),
+        "{err}"
+    );
+    assert!(
+        err.contains(".cache.key_headers[0]: \"bad header\" is not a header name"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -109,6 +109,11 @@ pub async fn start_with(
     let background_stop = CancellationToken::new();
     let drain_timeout = config.server.drain_timeout;
     let admin_config = config.admin.clone();
+    let warm_urls = if config.cache.enabled {
+        config.cache.warm_urls.clone()
+    } else {
+        Vec::new()
+    };
     let supervisor = Arc::new(Supervisor::new(
         Arc::clone(&state),
         config,
@@ -118,6 +123,16 @@ pub async fn start_with(
         ctx,
         background_stop.clone(),
     ));
+    if !warm_urls.is_empty() {
+        let supervisor = Arc::clone(&supervisor);
+        let stop = background_stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = supervisor.warm_cache(&warm_urls) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
     let (admin, admin_task) = match (admin_listener, admin_config) {
         (Some(socket), Some(admin_config)) => {
             let address = socket.local_addr().unwrap_or(admin_config.address);

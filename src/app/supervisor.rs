@@ -102,6 +102,31 @@ impl Supervisor {
         self.addresses.load().as_ref().clone()
     }
 
+    /// The first listener without TLS: where cache warming sends its requests.
+    pub async fn plain_listener(&self) -> Option<std::net::SocketAddr> {
+        let name = {
+            let inner = self.inner.lock().await;
+            inner
+                .config
+                .listeners
+                .iter()
+                .find(|l| l.tls.is_none())
+                .map(|l| l.name.clone())?
+        };
+        self.listener_addresses()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, addr)| addr)
+    }
+
+    /// Fetches `urls` into the cache through this instance's own listener.
+    pub async fn warm_cache(&self, urls: &[String]) -> Option<crate::cache::warm::WarmReport> {
+        self.state.snapshot.load().cache.as_ref()?;
+        let concurrency = self.inner.lock().await.config.cache.warm_concurrency;
+        let proxy = self.plain_listener().await?;
+        Some(crate::cache::warm::warm(urls, proxy, concurrency).await)
+    }
+
     pub fn last_reload(&self) -> Option<ReloadReport> {
         self.last_reload
             .lock()

@@ -27,6 +27,31 @@ impl KeySpec {
         }
     }
 
+    /// The request target as the cache sees it: the path and the query as keyed, so
+    /// that requests sharing an entry also match its policy.
+    pub fn target(&self, path: &str, query: Option<&str>) -> String {
+        let mut target = String::with_capacity(path.len() + 16);
+        target.push_str(path);
+        self.push_query(&mut target, query);
+        target
+    }
+
+    fn push_query(&self, out: &mut String, query: Option<&str>) {
+        match (self.query, query) {
+            (QueryKey::Keep, Some(q)) if !q.is_empty() => {
+                out.push('?');
+                out.push_str(q);
+            }
+            (QueryKey::Sorted, Some(q)) if !q.is_empty() => {
+                let mut params: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
+                params.sort_unstable();
+                out.push('?');
+                out.push_str(&params.join("&"));
+            }
+            _ => {}
+        }
+    }
+
     /// The primary key of a request for `host` and `path`/`query`.
     pub fn primary(
         &self,
@@ -38,21 +63,9 @@ impl KeySpec {
         let mut key = String::with_capacity(host.len() + path.len() + 16);
         key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
         key.push_str(path);
-        match (self.query, query) {
-            (QueryKey::Keep, Some(q)) if !q.is_empty() => {
-                key.push('?');
-                key.push_str(q);
-            }
-            (QueryKey::Sorted, Some(q)) if !q.is_empty() => {
-                let mut params: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
-                params.sort_unstable();
-                key.push('?');
-                key.push_str(&params.join("&"));
-            }
-            _ => {}
-        }
+        self.push_query(&mut key, query);
         for name in &self.headers {
-            key.push_str("|");
+            key.push('|');
             key.push_str(name.as_str());
             key.push('=');
             for (i, value) in headers.get_all(name).iter().enumerate() {

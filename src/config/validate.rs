@@ -410,37 +410,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn suggests_close_pool_names() {
-        assert_eq!(closest("apii", ["api", "web"].into_iter()), Some("api"));
-        assert_eq!(closest("zzzzzz", ["api", "web"].into_iter()), None);
-    }
-
-    #[test]
-    fn endpoint_addresses() {
-        assert!(parse_endpoint_address("127.0.0.1:80").is_ok());
-        assert!(parse_endpoint_address("backend.internal:8080").is_ok());
-        assert!(parse_endpoint_address("[::1]:8080").is_ok());
-        assert!(parse_endpoint_address("127.0.0.1").is_err());
-        assert!(parse_endpoint_address("http://a:1").is_err());
-        assert!(parse_endpoint_address("a:0").is_err());
-        assert!(parse_endpoint_address("u@a:1").is_err());
-    }
-
-    #[test]
-    fn host_patterns() {
-        assert!(check_host_pattern("api.example.com").is_ok());
-        assert!(check_host_pattern("*.example.com").is_ok());
-        assert!(check_host_pattern("a.*.com").is_err());
-        assert!(check_host_pattern("api:80").is_err());
-        assert!(check_host_pattern("").is_err());
-    }
-}
-
 fn check_cache(config: &Config, problems: &mut Vec<Problem>) {
     let cache = &config.cache;
     if cache.memory_bytes == 0 {
@@ -536,5 +505,36 @@ fn check_cache(config: &Config, problems: &mut Vec<Problem>) {
                 ),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_pool_names() {
+        assert_eq!(closest("apii", ["api", "web"].into_iter()), Some("api"));
+        assert_eq!(closest("zzzzzz", ["api", "web"].into_iter()), None);
+    }
+
+    #[test]
+    fn endpoint_addresses() {
+        assert!(parse_endpoint_address("127.0.0.1:80").is_ok());
+        assert!(parse_endpoint_address("backend.internal:8080").is_ok());
+        assert!(parse_endpoint_address("[::1]:8080").is_ok());
+        assert!(parse_endpoint_address("127.0.0.1").is_err());
+        assert!(parse_endpoint_address("http://a:1").is_err());
+        assert!(parse_endpoint_address("a:0").is_err());
+        assert!(parse_endpoint_address("u@a:1").is_err());
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert!(check_host_pattern("api.example.com").is_ok());
+        assert!(check_host_pattern("*.example.com").is_ok());
+        assert!(check_host_pattern("a.*.com").is_err());
+        assert!(check_host_pattern("api:80").is_err());
+        assert!(check_host_pattern("").is_err());
     }
 }

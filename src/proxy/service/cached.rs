@@ -101,7 +101,12 @@ impl ProxyService {
                 .await;
         }
         let tier_name = if policy.memory { "weir-l1" } else { "weir-l2" };
-        let target: Uri = parts
+        let target: Uri = policy
+            .key
+            .target(parts.uri.path(), parts.uri.query())
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        let original: Uri = parts
             .uri
             .path_and_query()
             .map_or("/", |pq| pq.as_str())
@@ -127,7 +132,7 @@ impl ProxyService {
                             cache,
                             policy,
                             &primary,
-                            target,
+                            (target, original),
                             client_headers.clone(),
                             revalidation,
                         );
@@ -155,7 +160,7 @@ impl ProxyService {
                         cache,
                         policy,
                         &primary,
-                        target,
+                        (target, original),
                         client_headers.clone(),
                         revalidation,
                     );
@@ -592,7 +597,7 @@ impl ProxyService {
         cache: &Arc<Cache>,
         policy: &Arc<RouteCache>,
         primary: &str,
-        target: Uri,
+        (target, original): (Uri, Uri),
         client_headers: HeaderMap,
         revalidation: HeaderMap,
     ) {
@@ -617,7 +622,7 @@ impl ProxyService {
                 return;
             };
             let mut request = Request::new(());
-            *request.uri_mut() = target.clone();
+            *request.uri_mut() = original;
             *request.version_mut() = Version::HTTP_11;
             *request.headers_mut() = revalidation;
             let (parts, ()) = request.into_parts();
