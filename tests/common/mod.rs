@@ -2,6 +2,8 @@
 //! TOML text, and HTTP/1.1 / h2c clients.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
