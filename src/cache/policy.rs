@@ -16,6 +16,7 @@ use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePoli
 use super::object::{StoredResponse, unix_ms};
 
 pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
@@ -24,9 +25,9 @@ static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 const NOT_UPDATED_BY_304: &[&str] = &[
     "content-length",
     "content-encoding",
+    "content-md5",
     "transfer-encoding",
     "content-range",
-    "content-type",
 ];
 
 /// How long responses may live, as a route configures it.
@@ -90,12 +91,7 @@ pub fn storable(
     if headers.contains_key(header::SET_COOKIE) {
         return None;
     }
-    // A CDN-Cache-Control field replaces Cache-Control for this cache (RFC 9213 §2.1).
-    let mut view = headers.clone();
-    let cdn = headers.get(&CDN_CACHE_CONTROL).cloned();
-    if let Some(cdn) = &cdn {
-        view.insert(header::CACHE_CONTROL, cdn.clone());
-    }
+    let view = &mut policy_view(headers);
     let options = CacheOptions {
         shared: true,
         cache_heuristic: lifetimes.heuristic,
@@ -134,7 +130,7 @@ pub fn storable(
         cc.push(format!("s-maxage={}", s_maxage.as_secs()));
         if let Ok(value) = HeaderValue::from_str(&cc.join(", ")) {
             view.insert(header::CACHE_CONTROL, value);
-            policy = build(&view);
+            policy = build(view);
         }
     }
     let ttl = policy.time_to_live(now);
@@ -187,6 +183,48 @@ pub fn storable(
         keep_until_ms: unix_ms(now + keep),
         body: bytes::Bytes::new(),
     })
+}
+
+/// The response head as the policy sees it:
+/// - a targeted field replaces Cache-Control for this cache: `CDN-Cache-Control`
+///   (RFC 9213 §2.1), else `Surrogate-Control` (Edge Architecture 1.0);
+/// - directive names are lowercased (they are case-insensitive, RFC 9111 §5.2);
+/// - an `Age` that is not one non-negative integer makes the response stale.
+fn policy_view(headers: &HeaderMap) -> HeaderMap {
+    let mut view = headers.clone();
+    let targeted = headers
+        .get(&CDN_CACHE_CONTROL)
+        .or_else(|| headers.get(&SURROGATE_CONTROL));
+    if let Some(targeted) = targeted {
+        view.insert(header::CACHE_CONTROL, targeted.clone());
+    }
+    let directives: Vec<String> = view
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| match d.split_once('=') {
+            Some((name, arg)) => format!("{}={arg}", name.to_ascii_lowercase()),
+            None => d.to_ascii_lowercase(),
+        })
+        .collect();
+    if !directives.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&directives.join(", "))
+    {
+        view.insert(header::CACHE_CONTROL, value);
+    }
+    let mut ages = headers.get_all(header::AGE).iter();
+    if let Some(age) = ages.next() {
+        let valid = ages.next().is_none()
+            && !age.is_empty()
+            && age.as_bytes().iter().all(u8::is_ascii_digit);
+        if !valid {
+            view.insert(header::AGE, HeaderValue::from_static("2147483648"));
+        }
+    }
+    view
 }
 
 fn clamp_ttl(origin: Duration, lifetimes: &Lifetimes) -> Duration {
