@@ -108,7 +108,7 @@ pub fn storable(
             options,
         )
     };
-    let mut policy = build(&view);
+    let mut policy = build(view);
     if !policy.is_storable() {
         return None;
     }
