@@ -523,3 +523,29 @@ async fn warming_fills_the_cache_before_clients_ask() {
     assert_eq!(stats["hit_ratio"], 0.5, "{stats}");
     let _ = HeaderMap::new();
 }
+
+#[tokio::test]
+async fn hot_entries_are_refreshed_before_they_expire() {
+    let origin = origin(&[("cache-control", "max-age=2"), ("etag", "\"v1\"")]).await;
+    let weir = weir(&cache_config(&origin, "rewarm_hot = true")).await;
+    let addr = weir.listener_addr("http").unwrap();
+    get(addr, "/hot").await;
+    // Early in its freshness: a plain hit.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(status(&get(addr, "/hot").await).contains("hit"));
+    assert_eq!(origin.hits.load(SeqCst), 1);
+    // In its last second: still a hit for the client, and a refresh goes out behind it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(status(&get(addr, "/hot").await).contains("hit"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(origin.hits.load(SeqCst), 2);
+    assert_eq!(
+        origin.conditional.load(SeqCst),
+        1,
+        "refreshed with its ETag"
+    );
+    // Past the original expiry the refreshed entry still answers.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let later = get(addr, "/hot").await;
+    assert!(status(&later).contains("hit"), "{}", status(&later));
+}

@@ -36,8 +36,12 @@ async fn demo_serves_every_request_through_every_endpoint() {
         api[2] < api[0] && api[2] < api[1],
         "score avoids the slow one: {api:?}"
     );
-    assert_eq!(requests("static", "alpha"), 50);
-    assert_eq!(requests("static", "beta"), 50);
+    // The static route is cached: one upstream request, coalesced, then hits.
+    assert_eq!(requests("static", "alpha") + requests("static", "beta"), 1);
+    let cache = summary.cache.as_ref().expect("the demo caches /static/");
+    assert_eq!(cache.misses, 1);
+    assert_eq!(cache.hits_memory, 99);
+    assert!(cache.hit_ratio > 0.98);
     let slow = summary
         .endpoints
         .iter()
@@ -51,4 +55,5 @@ async fn demo_serves_every_request_through_every_endpoint() {
     let printed = summary.to_string();
     assert!(printed.contains("latency p50"), "{printed}");
     assert!(printed.contains("gamma-slow"), "{printed}");
+    assert!(printed.contains("hit ratio 99.0 %"), "{printed}");
 }

@@ -58,7 +58,19 @@ pub struct DemoSummary {
     pub admin_ready: bool,
     pub load: LoadReport,
     pub endpoints: Vec<EndpointLine>,
+    pub cache: Option<CacheLine>,
     pub drained: bool,
+}
+
+/// The cache's part of the run (the static route caches; the API route does not).
+pub struct CacheLine {
+    pub hit_ratio: f64,
+    pub hits_memory: u64,
+    pub hits_redis: u64,
+    pub misses: u64,
+    pub stores: u64,
+    /// `redis://…` when `REDIS_URL` gave the demo a shared tier.
+    pub redis: Option<String>,
 }
 
 pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
@@ -73,7 +85,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
             .await
             .map_err(DemoError::Upstream)?,
     ];
-    let config_text = demo_config(&upstreams);
+    let redis_url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
+    let config_text = demo_config(&upstreams, redis_url.as_deref());
     let config = config::load_str(&config_text, Path::new("(demo config)"))?;
     let running = app::start(&config).await?;
     let proxy = running
@@ -103,6 +116,17 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         None => false,
     };
     let endpoints = endpoint_lines(&running, &upstreams);
+    let cache = running.state().snapshot.load().cache.as_ref().map(|cache| {
+        let s = &cache.stats;
+        CacheLine {
+            hit_ratio: s.hit_ratio(),
+            hits_memory: s.hits_memory.load(Relaxed),
+            hits_redis: s.hits_redis.load(Relaxed),
+            misses: s.misses.load(Relaxed),
+            stores: s.stores.load(Relaxed),
+            redis: redis_url.clone(),
+        }
+    });
     let report = running.shutdown().await;
     for upstream in upstreams {
         upstream.stop().await;
@@ -113,11 +137,12 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         admin_ready,
         load,
         endpoints,
+        cache,
         drained: report.completed,
     })
 }
 
-fn demo_config(upstreams: &[SampleUpstream]) -> String {
+fn demo_config(upstreams: &[SampleUpstream], redis_url: Option<&str>) -> String {
     let endpoint_list = |list: &[&SampleUpstream]| {
         list.iter()
             .map(|u| format!("{{ address = \"{}\" }}", u.address))
@@ -148,6 +173,13 @@ pool = "static"
 name = "api"
 path_prefix = "/api"
 pool = "api"
+cache = {{ enabled = false }}
+
+[cache]
+enabled = true
+memory_bytes = 16777216
+max_object_bytes = 1048576
+{redis}
 
 [pools.api]
 strategy = "score"
@@ -161,6 +193,7 @@ endpoints = [{fast}]
         token = demo_token(),
         all = endpoint_list(&all),
         fast = endpoint_list(&fast),
+        redis = redis_url.map_or_else(String::new, |url| format!("\n[redis]\nurl = {url:?}\n")),
     )
 }
 
@@ -267,6 +300,21 @@ impl fmt::Display for DemoSummary {
             load.latency_ms(0.99),
             load.latency.max() as f64 / 1000.0
         )?;
+        if let Some(cache) = &self.cache {
+            writeln!(
+                f,
+                "  cache   hit ratio {:.1} % on /static/ (L1 hits {}, L2 hits {}, misses {}, stored {}){}",
+                cache.hit_ratio * 100.0,
+                cache.hits_memory,
+                cache.hits_redis,
+                cache.misses,
+                cache.stores,
+                cache.redis.as_deref().map_or_else(
+                    || "; memory only (set REDIS_URL for L2)".to_owned(),
+                    |u| format!("; L2 {u}")
+                )
+            )?;
+        }
         writeln!(f, "  endpoints:")?;
         for line in &self.endpoints {
             writeln!(
