@@ -56,10 +56,6 @@ impl Flights {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.in_flight.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.in_flight.is_empty()
     }

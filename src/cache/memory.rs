@@ -94,10 +94,6 @@ impl MemoryTier {
         keys.len()
     }
 
-    pub fn clear(&self) {
-        self.cache.invalidate_all();
-    }
-
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
     }

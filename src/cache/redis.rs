@@ -204,19 +204,6 @@ impl RedisTier {
             .await;
     }
 
-    pub async fn delete(&self, keys: &[String]) -> usize {
-        let mut deleted = 0;
-        for key in keys {
-            let mut conn = self.conn.clone();
-            let redis_key = self.object_key(key);
-            let n: Option<usize> = self
-                .run("DEL", async move { conn.del(redis_key).await })
-                .await;
-            deleted += n.unwrap_or(0);
-        }
-        deleted
-    }
-
     /// Marks the entries stale in place, keeping their remaining lifetime.
     async fn mark_stale(&self, redis_keys: &[String]) -> usize {
         let mut marked = 0;
@@ -373,16 +360,6 @@ impl RedisTier {
             )
             .await;
         sent.is_some()
-    }
-
-    pub async fn ping(&self) -> bool {
-        let mut conn = self.conn.clone();
-        let pong: Option<String> = self
-            .run("PING", async move {
-                redis::cmd("PING").query_async(&mut conn).await
-            })
-            .await;
-        pong.is_some()
     }
 }
 

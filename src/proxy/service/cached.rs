@@ -2,6 +2,7 @@
 //! store as the body streams, and invalidate after unsafe methods.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -84,10 +85,7 @@ impl ProxyService {
                 .await;
         }
         if parts.headers.contains_key(header::RANGE) {
-            cache
-                .stats
-                .bypass
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cache.stats.bypass.fetch_add(1, Relaxed);
             return self
                 .forward_upstream(
                     snapshot,
@@ -132,6 +130,7 @@ impl ProxyService {
                             cache,
                             policy,
                             &primary,
+                            Arc::clone(&stored),
                             (target, original),
                             client_headers.clone(),
                             revalidation,
@@ -160,14 +159,12 @@ impl ProxyService {
                         cache,
                         policy,
                         &primary,
+                        Arc::clone(&stored),
                         (target, original),
                         client_headers.clone(),
                         revalidation,
                     );
-                    cache
-                        .stats
-                        .stale
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    cache.stats.stale.fetch_add(1, Relaxed);
                     let status =
                         format!("{}; hit; detail=stale-while-revalidate", tier.status_name());
                     return Ok(serve(
@@ -214,20 +211,7 @@ impl ProxyService {
                     ) {
                         Some(fresh) => {
                             drop(response);
-                            let fresh = Arc::new(fresh);
-                            cache
-                                .stats
-                                .revalidated
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let store = Arc::clone(&fresh);
-                            let (cache2, policy2, primary2) =
-                                (Arc::clone(cache), Arc::clone(policy), primary.clone());
-                            let headers = client_headers.clone();
-                            tokio::spawn(async move {
-                                cache2
-                                    .store(&policy2, &primary2, &headers, (*store).clone())
-                                    .await;
-                            });
+                            cache.stats.revalidated.fetch_add(1, Relaxed);
                             let status = format!("{name}; fwd=stale; fwd-status=304");
                             let (response, _) = serve(
                                 cache,
@@ -239,6 +223,11 @@ impl ProxyService {
                                 &client_headers,
                                 route,
                             );
+                            let (cache, policy, primary) =
+                                (Arc::clone(cache), Arc::clone(policy), primary.clone());
+                            tokio::spawn(async move {
+                                cache.store(&policy, &primary, &client_headers, fresh).await;
+                            });
                             Ok((response, served))
                         }
                         None => Ok((
@@ -251,10 +240,7 @@ impl ProxyService {
                     if response.status().is_server_error()
                         && policy::may_serve_on_error(&stored, now) =>
                 {
-                    cache
-                        .stats
-                        .stale
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    cache.stats.stale.fetch_add(1, Relaxed);
                     let status = format!(
                         "{name}; fwd=stale; fwd-status={}; detail=stale-if-error",
                         response.status().as_u16()
@@ -273,10 +259,7 @@ impl ProxyService {
                     Ok((response, served))
                 }
                 Err(failure) if policy::may_serve_on_error(&stored, now) => {
-                    cache
-                        .stats
-                        .stale
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    cache.stats.stale.fetch_add(1, Relaxed);
                     tracing::debug!(error = %failure.error, "upstream failed; serving stale (stale-if-error)");
                     let status = format!("{name}; fwd=stale; detail=stale-if-error");
                     Ok(serve(
@@ -307,10 +290,7 @@ impl ProxyService {
         }
 
         if head_only {
-            cache
-                .stats
-                .misses
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cache.stats.misses.fetch_add(1, Relaxed);
             let (response, served) = self
                 .forward_upstream(
                     snapshot,
@@ -400,10 +380,7 @@ impl ProxyService {
                 Some(conn_guard),
             )
             .await?;
-        cache
-            .stats
-            .misses
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cache.stats.misses.fetch_add(1, Relaxed);
         let release = leader.map(|guard| Release { guard, lock });
         let response = self.store_as_it_streams(
             cache,
@@ -419,10 +396,7 @@ impl ProxyService {
             && response.status() == StatusCode::OK
             && policy::client_not_modified(&client_headers, response.headers())
         {
-            cache
-                .stats
-                .not_modified
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cache.stats.not_modified.fetch_add(1, Relaxed);
             let (head, body) = response.into_parts();
             // The body still goes to the cache, in the background.
             tokio::spawn(async move {
@@ -453,10 +427,7 @@ impl ProxyService {
         if !matches!(policy::reuse(&stored, view, now), Reuse::Fresh) {
             return None;
         }
-        cache
-            .stats
-            .coalesced
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cache.stats.coalesced.fetch_add(1, Relaxed);
         let status = format!("{}; hit; detail={detail}", tier.status_name());
         Some(serve(
             cache,
@@ -490,10 +461,7 @@ impl ProxyService {
         let invalidates = !matches!(parts.method, Method::OPTIONS | Method::TRACE);
         let request_headers = parts.headers.clone();
         let request_path = parts.uri.path().to_owned();
-        cache
-            .stats
-            .bypass
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cache.stats.bypass.fetch_add(1, Relaxed);
         let (response, served) = self
             .forward_upstream(
                 snapshot,
@@ -561,10 +529,7 @@ impl ProxyService {
             })
             .flatten();
         if too_large {
-            cache
-                .stats
-                .too_large
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cache.stats.too_large.fetch_add(1, Relaxed);
         }
         let Some(stored) = stored else {
             set_status(&mut head.headers, cache_status);
@@ -597,6 +562,7 @@ impl ProxyService {
         cache: &Arc<Cache>,
         policy: &Arc<RouteCache>,
         primary: &str,
+        stored: Arc<StoredResponse>,
         (target, original): (Uri, Uri),
         client_headers: HeaderMap,
         revalidation: HeaderMap,
@@ -612,13 +578,6 @@ impl ProxyService {
         let primary = primary.to_owned();
         tokio::spawn(async move {
             let Some(route) = snapshot.router.routes().get(index) else {
-                return;
-            };
-            let Some(stored) = cache
-                .lookup(&policy, &primary, &client_headers)
-                .await
-                .map(|f| f.0)
-            else {
                 return;
             };
             let mut request = Request::new(());
@@ -658,10 +617,7 @@ impl ProxyService {
                 None
             };
             if let Some(fresh) = fresh {
-                cache
-                    .stats
-                    .revalidated
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                cache.stats.revalidated.fetch_add(1, Relaxed);
                 cache.store(&policy, &primary, &client_headers, fresh).await;
             }
             drop(guard);
@@ -708,10 +664,7 @@ fn serve(
     let mut response = if stored.status == StatusCode::OK
         && policy::client_not_modified(client, &stored.headers)
     {
-        cache
-            .stats
-            .not_modified
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cache.stats.not_modified.fetch_add(1, Relaxed);
         let mut r = Response::new(ResponseBody::empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         *r.headers_mut() = policy::not_modified_headers(&headers);
