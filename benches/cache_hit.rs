@@ -76,7 +76,8 @@ fn hit_paths(c: &mut Criterion) {
         return;
     };
     let redis_config = RedisConfig {
-        url: format!("redis://127.0.0.1:{}", redis.port),
+        url: Some(format!("redis://127.0.0.1:{}", redis.port)),
+        cluster_nodes: Vec::new(),
         timeout: Duration::from_millis(500),
         key_prefix: "bench".into(),
     };

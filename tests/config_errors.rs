@@ -185,6 +185,23 @@ fn cache_settings_are_checked() {
         &(GOOD.to_owned() + "\n[redis]\nurl = \"redis://127.0.0.1\"\nkey_prefix = \"a{b}\"\n"),
     );
     assert!(err.contains("redis.key_prefix"), "{err}");
+    let err = error_for(&(GOOD.to_owned() + "\n[redis]\ntimeout = \"1s\"\n"));
+    assert!(
+        err.contains("redis: set url (a standalone Redis) or cluster_nodes"),
+        "{err}"
+    );
+    let err = error_for(
+        &(GOOD.to_owned()
+            + "\n[redis]\nurl = \"redis://a\"\ncluster_nodes = [\"redis://b:7000\", \"http://c\"]\n"),
+    );
+    assert!(
+        err.contains("redis.cluster_nodes: set either url or cluster_nodes, not both"),
+        "{err}"
+    );
+    assert!(
+        err.contains("redis.cluster_nodes[1]: \"http://c\" must start with redis://"),
+        "{err}"
+    );
     let err = error_for(&GOOD.replace(
         "[[routes]]",
         "[[routes]]\ncache = { min_ttl = \"10s\", max_ttl = \"1s\", key_headers = [\"bad header\"] }",

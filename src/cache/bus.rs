@@ -35,13 +35,18 @@ pub async fn publish(cache: &Cache, redis: &RedisTier, target: &PurgeTarget, sof
 /// away. Holds only a weak reference: a dropped cache ends the task.
 pub async fn subscribe(cache: Weak<Cache>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
+    // A cluster gives several nodes to subscribe through: move on to the next after a failure.
+    let mut attempt = 0usize;
     loop {
         let Some((client, channel)) = cache.upgrade().and_then(|c| {
             let redis = c.redis()?;
-            Some((redis.client().clone(), redis.channel()))
+            let clients = redis.pubsub_clients();
+            let client = clients.get(attempt % clients.len().max(1))?.clone();
+            Some((client, redis.channel()))
         }) else {
             return;
         };
+        attempt += 1;
         let connected = tokio::select! {
             _ = stop.cancelled() => return,
             pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()) => pubsub,

@@ -63,8 +63,13 @@ impl Default for CacheConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port/db` or `rediss://…`.
-    pub url: String,
+    /// A standalone Redis: `redis://host:port/db` or `rediss://…`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A Redis Cluster instead: some of its nodes (`redis://host:port`); the rest of the
+    /// topology is discovered from them.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
     /// Each Redis command gets this long; a slower one counts as a failure.
     #[serde(with = "humantime_serde", default = "d_redis_timeout")]
     pub timeout: Duration,

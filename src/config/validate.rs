@@ -362,15 +362,37 @@ fn check_headers(config: &Config, problems: &mut Vec<Problem>) {
     }
 }
 
+fn check_redis_addresses(redis: &crate::config::RedisConfig, problems: &mut Vec<Problem>) {
+    let scheme_ok = |url: &str| url.starts_with("redis://") || url.starts_with("rediss://");
+    match (&redis.url, redis.cluster_nodes.is_empty()) {
+        (None, true) => problems.push(Problem::new(
+            "redis",
+            "set url (a standalone Redis) or cluster_nodes (a Redis Cluster)",
+        )),
+        (Some(_), false) => problems.push(Problem::new(
+            "redis.cluster_nodes",
+            "set either url or cluster_nodes, not both",
+        )),
+        (Some(url), true) if !scheme_ok(url) => problems.push(Problem::new(
+            "redis.url",
+            format!("{url:?} must start with redis:// or rediss://"),
+        )),
+        _ => {}
+    }
+    for (i, node) in redis.cluster_nodes.iter().enumerate() {
+        if !scheme_ok(node) {
+            problems.push(Problem::new(
+                format!("redis.cluster_nodes[{i}]"),
+                format!("{node:?} must start with redis:// or rediss://"),
+            ));
+        }
+    }
+}
+
 fn check_services(config: &Config, problems: &mut Vec<Problem>) {
     check_cache(config, problems);
-    if let Some(redis) = &config.redis
-        && !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://"))
-    {
-        problems.push(Problem::new(
-            "redis.url",
-            format!("{:?} must start with redis:// or rediss://", redis.url),
-        ));
+    if let Some(redis) = &config.redis {
+        check_redis_addresses(redis, problems);
     }
     if let Some(admin) = &config.admin
         && admin.token.as_deref().is_some_and(|t| t.len() < 16)

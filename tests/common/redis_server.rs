@@ -6,16 +6,28 @@ use std::time::Duration;
 
 pub struct RedisServer {
     pub port: u16,
+    extra_args: Vec<String>,
     child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let mut server = RedisServer { port, child: None };
+        Self::start_with(Vec::new()).await
+    }
+
+    async fn start_with(extra_args: Vec<String>) -> Self {
+        let mut server = RedisServer {
+            port: free_port(),
+            extra_args,
+            child: None,
+        };
         server.spawn().await;
         server
     }
@@ -36,6 +48,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -65,9 +78,13 @@ impl RedisServer {
         self.spawn().await;
     }
 
-    pub async fn dbsize(&self) -> i64 {
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
+    }
+
+    pub async fn dbsize(&self) -> i64 {
+        let mut conn = self.connection().await;
         redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap()
     }
 }
@@ -75,5 +92,97 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A three-primary Redis Cluster (no replicas), each node a real redis-server on free
+/// ports, its slots split in thirds; built with CLUSTER ADDSLOTSRANGE and MEET.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut nodes = Vec::new();
+        let mut bus_ports = Vec::new();
+        for i in 0..3 {
+            let bus_port = free_port();
+            bus_ports.push(bus_port);
+            let node_dir = dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let args = vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-port".into(),
+                bus_port.to_string(),
+                "--cluster-config-file".into(),
+                "nodes.conf".into(),
+                "--dir".into(),
+                node_dir.display().to_string(),
+            ];
+            nodes.push(RedisServer::start_with(args).await);
+        }
+        let slots = [(0, 5460), (5461, 10922), (10923, 16383)];
+        for (node, (first, last)) in nodes.iter().zip(slots) {
+            let mut conn = node.connection().await;
+            let _: () = redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(first)
+                .arg(last)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let mut first = nodes[0].connection().await;
+        for (node, bus_port) in nodes.iter().zip(&bus_ports).skip(1) {
+            // The bus port is not port + 10000 here, so MEET has to be told it.
+            let _: () = redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(node.port)
+                .arg(*bus_port)
+                .query_async(&mut first)
+                .await
+                .unwrap();
+        }
+        let cluster = RedisCluster { nodes, _dir: dir };
+        cluster.wait_until_ok().await;
+        cluster
+    }
+
+    async fn wait_until_ok(&self) {
+        for _ in 0..400 {
+            let mut all_ok = true;
+            for node in &self.nodes {
+                let mut conn = node.connection().await;
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                all_ok &=
+                    info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3");
+            }
+            if all_ok {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the redis cluster did not reach cluster_state:ok");
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Keys held by each node, in node order.
+    pub async fn keys_per_node(&self) -> Vec<i64> {
+        let mut sizes = Vec::new();
+        for node in &self.nodes {
+            sizes.push(node.dbsize().await);
+        }
+        sizes
     }
 }

@@ -10,15 +10,20 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+mod conn;
+
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::object::Entry;
 use crate::config::RedisConfig;
+use conn::Conn;
 
 /// Consecutive failures that open the breaker, and how long it then stays open.
 const BREAKER_FAILURES: u32 = 3;
 const BREAKER_OPEN: Duration = Duration::from_secs(2);
+/// A prefix purge walks the whole keyspace (every primary of a cluster): an admin action
+/// that may take far longer than one cache command.
+const PURGE_SCAN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
@@ -37,8 +42,8 @@ pub struct RedisStats {
 }
 
 pub struct RedisTier {
-    client: redis::Client,
-    conn: ConnectionManager,
+    conn: Conn,
+    pubsub: Vec<redis::Client>,
     timeout: Duration,
     prefix: String,
     started: Instant,
@@ -58,17 +63,10 @@ pub enum Lock {
 impl RedisTier {
     /// Connects lazily: a Redis that is down at start is retried, not fatal.
     pub fn new(config: &RedisConfig) -> Result<Self, RedisError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(RedisError::Url)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(RedisError::Url)?;
+        let connected = conn::connect(config).map_err(RedisError::Url)?;
         Ok(Self {
-            client,
-            conn,
+            conn: connected.conn,
+            pubsub: connected.pubsub,
             timeout: config.timeout,
             prefix: config.key_prefix.clone(),
             started: Instant::now(),
@@ -79,8 +77,9 @@ impl RedisTier {
         })
     }
 
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// Clients to subscribe through, in order of preference (several for a cluster).
+    pub fn pubsub_clients(&self) -> &[redis::Client] {
+        &self.pubsub
     }
 
     pub fn channel(&self) -> String {
@@ -116,13 +115,20 @@ impl RedisTier {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
+        self.run_within(self.timeout, what, command).await
+    }
+
+    async fn run_within<T, F>(&self, timeout: Duration, what: &'static str, command: F) -> Option<T>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
         if !self.available() {
             self.stats.skipped.fetch_add(1, Relaxed);
             return None;
         }
         self.stats.commands.fetch_add(1, Relaxed);
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, command).await;
+        let result = tokio::time::timeout(timeout, command).await;
         self.stats
             .latency_micros_total
             .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
@@ -184,24 +190,29 @@ impl RedisTier {
     pub async fn put(&self, key: &str, entry: &Entry, keep: Duration, tags: &[String]) {
         let ms = keep.as_millis().max(1) as u64;
         let redis_key = self.object_key(key);
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(&redis_key)
-            .arg(entry.encode())
-            .arg("PX")
-            .arg(ms)
-            .ignore();
+        let mut conn = self.conn.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(&redis_key).arg(entry.encode()).arg("PX").arg(ms);
+        let stored: Option<()> = self
+            .run("SET", async move { set.query_async(&mut conn).await })
+            .await;
+        if stored.is_none() {
+            return;
+        }
+        // One pipeline per tag: the object and each tag set live in different slots,
+        // and a cluster only pipelines commands of one slot.
         for tag in tags {
             let tag_key = self.tag_key(tag);
+            let mut pipe = redis::pipe();
             pipe.cmd("SADD").arg(&tag_key).arg(&redis_key).ignore();
             // The set outlives its longest member: NX sets a first expiry, GT extends it.
             pipe.cmd("PEXPIRE").arg(&tag_key).arg(ms).arg("NX").ignore();
             pipe.cmd("PEXPIRE").arg(&tag_key).arg(ms).arg("GT").ignore();
+            let mut conn = self.conn.clone();
+            let _: Option<()> = self
+                .run("SADD", async move { pipe.query_async(&mut conn).await })
+                .await;
         }
-        let mut conn = self.conn.clone();
-        let _: Option<()> = self
-            .run("SET", async move { pipe.query_async(&mut conn).await })
-            .await;
     }
 
     /// Marks the entries stale in place, keeping their remaining lifetime.
@@ -266,13 +277,8 @@ impl RedisTier {
         };
         let mut conn = self.conn.clone();
         let keys: Option<Vec<String>> = self
-            .run("SCAN", async move {
-                let mut keys = Vec::new();
-                let mut iter: redis::AsyncIter<String> = conn.scan_match(pattern).await?;
-                while let Some(key) = iter.next_item().await {
-                    keys.push(key?);
-                }
-                Ok(keys)
+            .run_within(PURGE_SCAN_TIMEOUT, "SCAN", async move {
+                conn.scan_all(&pattern).await
             })
             .await;
         let object_start = self.prefix.len() + 4;
