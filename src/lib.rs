@@ -42,6 +42,7 @@ pub mod app;
 pub mod balancer;
 pub mod cache;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod loadtest;
 pub mod logging;

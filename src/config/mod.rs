@@ -2,6 +2,7 @@
 //! validation. A [`Config`] that comes out of [`load_file`] or [`load_str`] is valid.
 
 mod cache;
+mod control;
 pub mod defaults;
 mod error;
 mod model;

@@ -8,6 +8,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use super::cache::{CacheConfig, CacheTier, QueryKey, RedisConfig, RouteCacheConfig};
+pub use super::control::{
+    ActionConfig, AutoscaleConfig, ControlConfig, DEFAULT_ANOMALY_Z, DEFAULT_CONTROL_INTERVAL,
+    ScheduleRule, Window,
+};
 use super::defaults::*;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -27,6 +31,8 @@ pub struct Config {
     #[serde(default)]
     pub cache: CacheConfig,
     pub redis: Option<RedisConfig>,
+    #[serde(default)]
+    pub control: ControlConfig,
 }
 
 /// Process-wide settings of the client side.

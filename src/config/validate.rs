@@ -16,6 +16,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     check_pools(config, &mut problems);
     check_headers(config, &mut problems);
     check_services(config, &mut problems);
+    check_control(config, &mut problems);
     problems
 }
 
@@ -385,6 +386,123 @@ fn check_redis_addresses(redis: &crate::config::RedisConfig, problems: &mut Vec<
                 format!("redis.cluster_nodes[{i}]"),
                 format!("{node:?} must start with redis:// or rediss://"),
             ));
+        }
+    }
+}
+
+fn check_control(config: &Config, problems: &mut Vec<Problem>) {
+    let control = &config.control;
+    if control.interval < std::time::Duration::from_millis(100) {
+        problems.push(Problem::new("control.interval", "must be at least 100ms"));
+    }
+    if control.history < control.interval {
+        problems.push(Problem::new(
+            "control.history",
+            "must be at least control.interval",
+        ));
+    }
+    if !(control.target_rps >= 0.0 && control.target_rps.is_finite()) {
+        problems.push(Problem::new("control.target_rps", "must be 0 or more"));
+    }
+    if control.anomaly_z.is_nan() || control.anomaly_z <= 0.0 {
+        problems.push(Problem::new("control.anomaly_z", "must be more than 0"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, scaler) in control.autoscale.iter().enumerate() {
+        let key = |field: &str| format!("control.autoscale[{i}].{field}");
+        if !config.pools.contains_key(&scaler.pool) {
+            problems.push(Problem::new(
+                key("pool"),
+                format!("no pool named {:?}", scaler.pool),
+            ));
+        } else if !seen.insert(scaler.pool.as_str()) {
+            problems.push(Problem::new(
+                key("pool"),
+                format!("{:?} has two autoscalers", scaler.pool),
+            ));
+        }
+        if scaler.max_instances == 0 || scaler.min_instances > scaler.max_instances {
+            problems.push(Problem::new(
+                key("max_instances"),
+                format!(
+                    "must be at least 1 and at least min_instances ({})",
+                    scaler.min_instances
+                ),
+            ));
+        }
+        if !(scaler.target_in_flight > 0.0 && scaler.target_in_flight.is_finite()) {
+            problems.push(Problem::new(key("target_in_flight"), "must be more than 0"));
+        }
+        if !(0.0..1.0).contains(&scaler.tolerance) {
+            problems.push(Problem::new(
+                key("tolerance"),
+                "must be at least 0 and below 1",
+            ));
+        }
+        for (field, value) in [
+            ("cpu_high", scaler.cpu_high),
+            ("memory_high", scaler.memory_high),
+            ("error_rate_high", scaler.error_rate_high),
+            ("cpu_low", scaler.cpu_low),
+            ("memory_low", scaler.memory_low),
+        ] {
+            if !(value > 0.0 && value <= 1.0) {
+                problems.push(Problem::new(
+                    key(field),
+                    format!("must be a fraction in (0, 1], got {value}"),
+                ));
+            }
+        }
+        if scaler.cpu_low >= scaler.cpu_high || scaler.memory_low >= scaler.memory_high {
+            problems.push(Problem::new(
+                key("cpu_low"),
+                "the low marks must sit below the high ones",
+            ));
+        }
+        if scaler.queue_high.is_nan() || scaler.queue_high <= 0.0 {
+            problems.push(Problem::new(key("queue_high"), "must be more than 0"));
+        }
+        if scaler.signal_window < control.interval {
+            problems.push(Problem::new(
+                key("signal_window"),
+                "must be at least control.interval",
+            ));
+        }
+        if !(scaler.scale_down_max_fraction > 0.0 && scaler.scale_down_max_fraction <= 1.0) {
+            problems.push(Problem::new(
+                key("scale_down_max_fraction"),
+                "must be a fraction in (0, 1]",
+            ));
+        }
+        if scaler.scale_up_max_step == 0 {
+            problems.push(Problem::new(key("scale_up_max_step"), "must be at least 1"));
+        }
+        for (j, rule) in scaler.schedule.iter().enumerate() {
+            if let Err(reason) = rule.window() {
+                problems.push(Problem::new(key(&format!("schedule[{j}]")), reason));
+            }
+            if rule.min_instances > scaler.max_instances {
+                problems.push(Problem::new(
+                    key(&format!("schedule[{j}].min_instances")),
+                    "is above max_instances",
+                ));
+            }
+        }
+        if let Some(action) = &scaler.action {
+            match (action.command.is_empty(), &action.webhook) {
+                (true, None) | (false, Some(_)) => problems.push(Problem::new(
+                    key("action"),
+                    "set exactly one of command (a program and its arguments) or webhook",
+                )),
+                (_, Some(url)) if !url.starts_with("http://") => problems.push(Problem::new(
+                    key("action.webhook"),
+                    format!("{url:?} must be an http:// URL"),
+                )),
+                _ => {}
+            }
+            if action.timeout.is_zero() {
+                problems.push(Problem::new(key("action.timeout"), "must be more than 0"));
+            }
         }
     }
 }
