@@ -41,6 +41,20 @@ enum Command {
         #[arg(long, default_value_t = weir::demo::DEFAULT_CONCURRENCY)]
         concurrency: usize,
     },
+    /// Write a capacity report (HTML and JSON) from a control history file (the
+    /// `[control] history_file` of a running weir). A live weir serves the same report
+    /// at `GET /api/v1/report.html` on its admin port.
+    Report {
+        /// JSON-lines samples written by weir.
+        #[arg(long)]
+        history: PathBuf,
+        /// Config whose `[control]` section sets the latency target, target rps, horizon.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Directory for capacity-report.html and capacity-report.json.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +87,20 @@ fn main() -> ExitCode {
             };
             run(serve(loaded, config))
         }
+        Command::Report {
+            history,
+            config,
+            out,
+        } => match write_report(&history, config.as_deref(), &out) {
+            Ok(html) => {
+                println!("{}", html.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("weir report: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo {
             requests,
             concurrency,
@@ -89,6 +117,35 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+fn write_report(
+    history: &std::path::Path,
+    config: Option<&std::path::Path>,
+    out: &std::path::Path,
+) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    let control = match config {
+        Some(path) => weir::config::load_file(path)?.control,
+        None => weir::config::ControlConfig::default(),
+    };
+    let samples = weir::control::load_history_file(history)
+        .with_context(|| format!("reading {}", history.display()))?;
+    anyhow::ensure!(
+        !samples.is_empty(),
+        "{} holds no samples",
+        history.display()
+    );
+    let now = weir::control::unix_ms(std::time::SystemTime::now());
+    let report = weir::control::report::build(&samples, &Default::default(), &control, now);
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let html = out.join("capacity-report.html");
+    std::fs::write(&html, weir::control::html::render(&report))
+        .with_context(|| format!("writing {}", html.display()))?;
+    let json = out.join("capacity-report.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    Ok(html)
 }
 
 async fn serve(config: weir::config::Config, path: PathBuf) -> anyhow::Result<()> {

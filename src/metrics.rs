@@ -276,7 +276,48 @@ fn gather(supervisor: &Supervisor) -> Vec<MetricFamily> {
     if let Some(cache) = &state.snapshot.load().cache {
         cache_metrics(&mut f, cache);
     }
+    control_metrics(&mut f, supervisor);
     f.0
+}
+
+fn control_metrics(f: &mut Families, supervisor: &Supervisor) {
+    for (pool, counts, last) in supervisor.control().scaler_stats() {
+        let labels = [("pool", pool.as_str())];
+        if let Some(decision) = last {
+            f.gauge(
+                "weir_autoscale_current_instances",
+                "Instances the autoscaler saw serving at its last decision.",
+                &labels,
+                f64::from(decision.current),
+            );
+            f.gauge(
+                "weir_autoscale_desired_instances",
+                "Instances the autoscaler's last decision asks for.",
+                &labels,
+                f64::from(decision.desired),
+            );
+        }
+        f.counter(
+            "weir_autoscale_decisions_total",
+            "Autoscaler decisions (one per control interval).",
+            &labels,
+            counts.decisions,
+        );
+        for (direction, value) in [("up", counts.scale_ups), ("down", counts.scale_downs)] {
+            f.counter(
+                "weir_autoscale_changes_total",
+                "Decisions that changed the desired instance count.",
+                &[("pool", pool.as_str()), ("direction", direction)],
+                value,
+            );
+        }
+        f.counter(
+            "weir_autoscale_action_failures_total",
+            "Scaling actions (command or webhook) that failed or timed out.",
+            &labels,
+            counts.action_failures,
+        );
+    }
 }
 
 fn cache_metrics(f: &mut Families, cache: &Cache) {

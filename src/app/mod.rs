@@ -123,6 +123,7 @@ pub async fn start_with(
         ctx,
         background_stop.clone(),
     ));
+    tokio::spawn(Arc::clone(supervisor.control()).run(background_stop.clone()));
     if !warm_urls.is_empty() {
         let supervisor = Arc::clone(&supervisor);
         let stop = background_stop.clone();

@@ -58,6 +58,8 @@ pub struct Supervisor {
     inner: tokio::sync::Mutex<Inner>,
     /// Bound listener addresses, republished after every change.
     addresses: arc_swap::ArcSwap<Vec<(String, std::net::SocketAddr)>>,
+    /// The control loop (statistics, autoscalers, reports); reconfigured on reload.
+    control: Arc<crate::control::Controller>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     last_reload: Mutex<Option<ReloadReport>>,
@@ -76,7 +78,9 @@ impl Supervisor {
         let health_stop = background_stop.child_token();
         spawn_health_checks(&state.snapshot.load(), &health_stop);
         let addresses = arc_swap::ArcSwap::from_pointee(listeners.addresses());
+        let control = crate::control::Controller::new(Arc::clone(&state), &config.control);
         Self {
+            control,
             addresses,
             state,
             config_path,
@@ -96,6 +100,10 @@ impl Supervisor {
 
     pub fn state(&self) -> &Arc<ProxyState> {
         &self.state
+    }
+
+    pub fn control(&self) -> &Arc<crate::control::Controller> {
+        &self.control
     }
 
     pub fn listener_addresses(&self) -> Vec<(String, std::net::SocketAddr)> {
@@ -169,6 +177,7 @@ impl Supervisor {
         inner.health_stop = self.background_stop.child_token();
         spawn_health_checks(&self.state.snapshot.load(), &inner.health_stop);
         notes.extend(inner.listeners.apply(plan, &config.server, &self.ctx));
+        self.control.reconfigure(&config.control);
         self.addresses.store(Arc::new(inner.listeners.addresses()));
         inner.config = config;
         self.finish(Ok(notes))

@@ -89,8 +89,18 @@ pub struct ActionOutcome {
     pub elapsed_ms: u64,
 }
 
+/// Monotonic counts for metrics (the history itself is bounded).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScaleCounts {
+    pub decisions: u64,
+    pub scale_ups: u64,
+    pub scale_downs: u64,
+    pub action_failures: u64,
+}
+
 pub struct Autoscaler {
     config: AutoscaleConfig,
+    counts: ScaleCounts,
     windows: Vec<(Window, u32)>,
     /// (time, recommendation) over the longer stabilization window.
     recent: VecDeque<(u64, u32)>,
@@ -112,6 +122,7 @@ impl Autoscaler {
             .collect();
         Self {
             config,
+            counts: ScaleCounts::default(),
             windows,
             recent: VecDeque::new(),
             last_change_ms: None,
@@ -136,12 +147,19 @@ impl Autoscaler {
         self.history.iter()
     }
 
+    pub fn counts(&self) -> ScaleCounts {
+        self.counts
+    }
+
     pub fn last(&self) -> Option<&Decision> {
         self.history.back()
     }
 
     /// Records what the action did for decision `seq`.
     pub fn record_action(&mut self, seq: u64, outcome: ActionOutcome) {
+        if !outcome.ok {
+            self.counts.action_failures += 1;
+        }
         if let Some(decision) = self.history.iter_mut().rev().find(|d| d.seq == seq) {
             decision.action = Some(outcome);
         }
@@ -296,6 +314,12 @@ impl Autoscaler {
         };
         if direction != Direction::Hold {
             self.last_change_ms = Some(now);
+        }
+        self.counts.decisions += 1;
+        match direction {
+            Direction::Up => self.counts.scale_ups += 1,
+            Direction::Down => self.counts.scale_downs += 1,
+            Direction::Hold => {}
         }
         let winner = recommendations
             .iter()

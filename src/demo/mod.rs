@@ -20,6 +20,7 @@ pub const DEFAULT_REQUESTS: u64 = 3_000;
 pub const DEFAULT_CONCURRENCY: usize = 16;
 /// The demo stops sending after this even if requests remain.
 const DEMO_DEADLINE: Duration = Duration::from_secs(30);
+const DEMO_CONTROL_INTERVAL: Duration = Duration::from_millis(100);
 const FAST_DELAY: Duration = Duration::from_millis(2);
 const SLOW_DELAY: Duration = Duration::from_millis(25);
 
@@ -59,7 +60,17 @@ pub struct DemoSummary {
     pub load: LoadReport,
     pub endpoints: Vec<EndpointLine>,
     pub cache: Option<CacheLine>,
+    pub control: Option<ControlLine>,
     pub drained: bool,
+}
+
+/// The control loop's part: the autoscaler's last word on the API pool and the report.
+pub struct ControlLine {
+    pub samples: usize,
+    pub decision: Option<crate::control::autoscaler::Decision>,
+    pub report_html: Option<std::path::PathBuf>,
+    pub report_json: Option<std::path::PathBuf>,
+    pub report_error: Option<String>,
 }
 
 /// The cache's part of the run (the static route caches; the API route does not).
@@ -103,6 +114,22 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
     .iter()
     .filter_map(|path| format!("http://{proxy}{path}").parse().ok())
     .collect();
+    // A short ramp first (1, 2, 4, 8 connections) so the control loop sees the pool at
+    // several concurrency levels: the capacity report fits its scalability curve to them.
+    let ramp_targets: Vec<Uri> = targets
+        .iter()
+        .filter(|t| t.path().starts_with("/api"))
+        .cloned()
+        .collect();
+    for concurrency in [1, 2, 4, 8] {
+        loadtest::run(LoadOptions {
+            targets: ramp_targets.clone(),
+            requests: (options.requests / 8).max(50),
+            concurrency,
+            deadline: DEMO_DEADLINE / 4,
+        })
+        .await?;
+    }
     let load = loadtest::run(LoadOptions {
         targets,
         requests: options.requests,
@@ -110,6 +137,9 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         deadline: DEMO_DEADLINE,
     })
     .await?;
+    // One more control interval so the last of the load is sampled and decided on.
+    tokio::time::sleep(DEMO_CONTROL_INTERVAL * 2).await;
+    let control = control_line(&running);
 
     let admin_ready = match admin {
         Some(addr) => probe_ready(addr).await,
@@ -138,8 +168,42 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary, DemoError> {
         load,
         endpoints,
         cache,
+        control: Some(control),
         drained: report.completed,
     })
+}
+
+fn control_line(running: &app::Running) -> ControlLine {
+    let control = running.supervisor().control();
+    // The last change says more than the holds after it (a dry run never sees its effect).
+    let decisions = control.decisions("api");
+    let decision = decisions
+        .iter()
+        .rev()
+        .find(|d| d.direction != crate::control::autoscaler::Direction::Hold)
+        .or(decisions.last())
+        .cloned();
+    let report = control.report();
+    let directory = std::env::temp_dir().join(format!("weir-demo-{}", std::process::id()));
+    let html = directory.join("capacity-report.html");
+    let json = directory.join("capacity-report.json");
+    let written = std::fs::create_dir_all(&directory)
+        .and_then(|()| std::fs::write(&html, crate::control::html::render(&report)))
+        .and_then(|()| {
+            let text = serde_json::to_vec_pretty(&report).map_err(std::io::Error::other)?;
+            std::fs::write(&json, text)
+        });
+    let (report_html, report_json, report_error) = match written {
+        Ok(()) => (Some(html), Some(json), None),
+        Err(err) => (None, None, Some(format!("{}: {err}", directory.display()))),
+    };
+    ControlLine {
+        samples: report.samples,
+        decision,
+        report_html,
+        report_json,
+        report_error,
+    }
 }
 
 fn demo_config(upstreams: &[SampleUpstream], redis_url: Option<&str>) -> String {
@@ -189,7 +253,24 @@ response_timeout = "5s"
 [pools.static]
 strategy = "round_robin"
 endpoints = [{fast}]
+
+# The demo's control loop runs fast (a real one samples every 10 s) and only advises.
+[control]
+interval = "{interval}ms"
+latency_target = "20ms"
+
+[[control.autoscale]]
+pool = "api"
+min_instances = 2
+max_instances = 12
+target_in_flight = 2.0
+signal_window = "1s"
+scale_down_window = "2s"
+scale_up_cooldown = "500ms"
+scale_down_cooldown = "2s"
+dry_run = true
 "#,
+        interval = DEMO_CONTROL_INTERVAL.as_millis(),
         token = demo_token(),
         all = endpoint_list(&all),
         fast = endpoint_list(&fast),
@@ -314,6 +395,31 @@ impl fmt::Display for DemoSummary {
                     |u| format!("; L2 {u}")
                 )
             )?;
+        }
+        if let Some(control) = &self.control {
+            match &control.decision {
+                Some(d) => writeln!(
+                    f,
+                    "  control autoscaler for api (dry run, {} samples): {} instances, recommends {}: {}",
+                    control.samples, d.current, d.desired, d.explanation
+                )?,
+                None => writeln!(
+                    f,
+                    "  control no autoscaler decision yet ({} samples)",
+                    control.samples
+                )?,
+            }
+            match (
+                &control.report_html,
+                &control.report_json,
+                &control.report_error,
+            ) {
+                (Some(html), Some(json), _) => {
+                    writeln!(f, "  report  {} (and {})", html.display(), json.display())?
+                }
+                (_, _, Some(err)) => writeln!(f, "  report  not written: {err}")?,
+                _ => {}
+            }
         }
         writeln!(f, "  endpoints:")?;
         for line in &self.endpoints {

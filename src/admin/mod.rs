@@ -2,6 +2,8 @@
 //! pools and endpoint states, instance registration, drain, weights, and reload. It reads
 //! the state the data plane publishes and changes it only through the [`Supervisor`].
 
+mod control;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -74,6 +76,10 @@ pub fn router(context: AdminContext) -> Router {
             get(instance).delete(deregister).patch(reweight),
         )
         .route("/api/v1/instances/{id}/drain", post(drain))
+        .route("/api/v1/instances/{id}/load", post(control::instance_load))
+        .route("/api/v1/pools/{pool}/scaling", get(control::scaling))
+        .route("/api/v1/report", get(control::report_json))
+        .route("/api/v1/report.html", get(control::report_html))
         .route("/api/v1/reload", post(reload).get(last_reload))
         .route("/api/v1/cache", get(cache_stats))
         .route("/api/v1/cache/purge", post(cache_purge))

@@ -1,0 +1,333 @@
+//! The capacity report as one self-contained HTML page: inline SVG charts drawn with
+//! plotters, tables, and the recommendations. No scripts, no external resources.
+
+use plotters::prelude::*;
+
+use super::report::{CapacityReport, PoolReport};
+
+const WIDTH: u32 = 860;
+const HEIGHT: u32 = 300;
+
+pub fn render(report: &CapacityReport) -> String {
+    let mut page = String::new();
+    page.push_str(&format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>weir capacity report</title><style>{STYLE}</style></head><body>\
+         <h1>Capacity report</h1><p class=\"meta\">Generated {} from {} samples ({} to {}, every {:.0} s). Latency target {:.0} ms.{}</p>",
+        escape(&report.generated_at),
+        report.samples,
+        time_of(report.from_ms),
+        time_of(report.to_ms),
+        report.interval_s,
+        report.latency_target_ms,
+        report
+            .cache_hit_ratio
+            .map_or(String::new(), |r| format!(" Cache hit ratio {:.1} %.", r * 100.0)),
+    ));
+    if report.pools.is_empty() {
+        page.push_str("<p>No pool has samples yet.</p>");
+    }
+    for pool in &report.pools {
+        pool_section(&mut page, pool);
+    }
+    page.push_str("</body></html>\n");
+    page
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}\
+h2{border-bottom:1px solid #ccc;padding-bottom:.2em}table{border-collapse:collapse;margin:.5em 0}\
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}th{background:#f4f4f4}\
+.meta{color:#666}li{margin:.3em 0}svg{display:block;margin:.5em 0}";
+
+fn pool_section(page: &mut String, pool: &PoolReport) {
+    let s = &pool.summary;
+    page.push_str(&format!(
+        "<h2>Pool {}</h2><h3>Recommendations</h3><ul>{}</ul>\
+         <table><tr><th>requests</th><th>mean rps</th><th>peak rps</th><th>peak p95</th><th>mean p99</th><th>errors</th><th>peak in flight</th><th>instances</th></tr>\
+         <tr><td>{:.0}</td><td>{:.1}</td><td>{:.1}</td><td>{:.0} ms</td><td>{:.0} ms</td><td>{:.2} %</td><td>{:.1}</td><td>{}</td></tr></table>",
+        escape(&pool.pool),
+        pool.recommendations
+            .iter()
+            .map(|r| format!("<li>{}</li>", escape(r)))
+            .collect::<String>(),
+        s.requests,
+        s.rps_mean,
+        s.rps_peak,
+        s.p95_peak_ms,
+        s.p99_mean_ms,
+        s.error_rate_mean * 100.0,
+        s.in_flight_peak,
+        s.instances_now
+    ));
+    let minutes = |at: &[u64]| -> Vec<f64> {
+        let start = at.first().copied().unwrap_or(0);
+        at.iter().map(|t| (t - start) as f64 / 60_000.0).collect()
+    };
+    let x = minutes(&pool.series.at_ms);
+    page.push_str("<h3>Traffic</h3>");
+    page.push_str(&line_chart(
+        "requests per second",
+        "minutes",
+        &x,
+        &[
+            ("rps", &pool.series.rps, BLUE),
+            ("instances", &pool.series.instances, GREEN),
+        ],
+    ));
+    page.push_str("<h3>Latency</h3>");
+    page.push_str(&line_chart(
+        "milliseconds",
+        "minutes",
+        &x,
+        &[
+            ("p50", &pool.series.p50_ms, GREEN),
+            ("p95", &pool.series.p95_ms, BLUE),
+            ("p99", &pool.series.p99_ms, RED),
+        ],
+    ));
+    page.push_str("<h3>Forecast</h3>");
+    match &pool.forecast {
+        Some(f) => {
+            page.push_str(&format!(
+                "<p>{} — {:.0} % prediction interval, step {:.0} s.</p>",
+                escape(&f.model),
+                f.level * 100.0,
+                f.step_s
+            ));
+            page.push_str(&forecast_chart(&x, &pool.series.rps, f));
+        }
+        None => page.push_str(&format!(
+            "<p>{}</p>",
+            escape(pool.forecast_note.as_deref().unwrap_or("no forecast"))
+        )),
+    }
+    page.push_str("<h3>Scalability (Universal Scalability Law)</h3>");
+    match &pool.usl {
+        Some(u) => {
+            page.push_str(&format!(
+                "<p>X(N) = λN / (1 + σ(N−1) + κN(N−1)) with λ = {:.1} rps, σ = {:.4}, κ = {:.5} (R² = {:.3}). {}</p>",
+                u.lambda,
+                u.sigma,
+                u.kappa,
+                u.r_squared,
+                match u.saturation_in_flight {
+                    Some(n) => format!(
+                        "Throughput per instance peaks at {:.0} rps with {n:.1} requests in flight.",
+                        u.peak_rps_per_instance
+                    ),
+                    None => "No retrograde region: throughput only flattens.".to_owned(),
+                }
+            ));
+            page.push_str(&usl_chart(u));
+        }
+        None => page.push_str(&format!(
+            "<p>{}</p>",
+            escape(pool.usl_note.as_deref().unwrap_or("no fit"))
+        )),
+    }
+    if !pool.bottlenecks.is_empty() {
+        page.push_str("<h3>Bottlenecks</h3><ul>");
+        for b in &pool.bottlenecks {
+            page.push_str(&format!("<li>{}</li>", escape(b)));
+        }
+        page.push_str("</ul>");
+    }
+    page.push_str("<h3>Anomalies</h3>");
+    if pool.anomalies.is_empty() {
+        page.push_str("<p>None (robust z-score, median/MAD).</p>");
+    } else {
+        page.push_str(
+            "<table><tr><th>time</th><th>metric</th><th>value</th><th>median</th><th>z</th></tr>",
+        );
+        for a in &pool.anomalies {
+            page.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:+.1}</td></tr>",
+                time_of(a.at_ms),
+                escape(&a.metric),
+                a.value,
+                a.median,
+                a.z
+            ));
+        }
+        page.push_str("</table>");
+    }
+}
+
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (low, high) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if !low.is_finite() {
+        return (0.0, 1.0);
+    }
+    let high = if high > low { high } else { low + 1.0 };
+    (low.min(0.0), high * 1.1)
+}
+
+fn line_chart(
+    y_label: &str,
+    x_label: &str,
+    x: &[f64],
+    lines: &[(&str, &Vec<f64>, RGBColor)],
+) -> String {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let (x0, x1) = bounds(x.iter().copied());
+        let (y0, y1) = bounds(lines.iter().flat_map(|l| l.1.iter().copied()));
+        let Ok(mut chart) = ChartBuilder::on(&root)
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(x0.max(0.0)..x1 / 1.1, y0..y1)
+        else {
+            return String::new();
+        };
+        let _ = chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw();
+        for (name, values, color) in lines {
+            let color = *color;
+            if let Ok(series) = chart.draw_series(LineSeries::new(
+                x.iter().copied().zip(values.iter().copied()),
+                color.stroke_width(2),
+            )) {
+                series
+                    .label(*name)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+            }
+        }
+        let _ = chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw();
+        let _ = root.present();
+    }
+    svg
+}
+
+fn forecast_chart(x: &[f64], history: &[f64], f: &super::report::ForecastReport) -> String {
+    let start_ms = f
+        .at_ms
+        .first()
+        .map_or(0, |first| first.saturating_sub((f.step_s * 1000.0) as u64));
+    let last_x = x.last().copied().unwrap_or(0.0);
+    let fx: Vec<f64> = f
+        .at_ms
+        .iter()
+        .map(|t| last_x + (t - start_ms) as f64 / 60_000.0)
+        .collect();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let (x0, x1) = bounds(x.iter().chain(fx.iter()).copied());
+        let (y0, y1) = bounds(history.iter().chain(f.upper.iter()).copied());
+        let Ok(mut chart) = ChartBuilder::on(&root)
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(x0.max(0.0)..x1 / 1.1, y0..y1)
+        else {
+            return String::new();
+        };
+        let _ = chart
+            .configure_mesh()
+            .x_desc("minutes")
+            .y_desc("requests per second")
+            .draw();
+        let band: Vec<(f64, f64)> = fx
+            .iter()
+            .copied()
+            .zip(f.upper.iter().copied())
+            .chain(fx.iter().copied().zip(f.lower.iter().copied()).rev())
+            .collect();
+        let _ = chart.draw_series(std::iter::once(Polygon::new(band, BLUE.mix(0.2))));
+        let _ = chart.draw_series(LineSeries::new(
+            x.iter().copied().zip(history.iter().copied()),
+            BLACK.stroke_width(1),
+        ));
+        let _ = chart.draw_series(LineSeries::new(
+            fx.iter().copied().zip(f.point.iter().copied()),
+            BLUE.stroke_width(2),
+        ));
+        let _ = root.present();
+    }
+    svg
+}
+
+fn usl_chart(u: &super::report::UslReport) -> String {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let n_max = u
+            .points
+            .iter()
+            .map(|p| p.0)
+            .fold(u.saturation_in_flight.unwrap_or(1.0) * 1.5, f64::max)
+            .max(2.0);
+        let law = super::usl::Usl {
+            lambda: u.lambda,
+            sigma: u.sigma,
+            kappa: u.kappa,
+            r_squared: u.r_squared,
+        };
+        let curve: Vec<(f64, f64)> = (0..=200)
+            .map(|i| {
+                let n = n_max * i as f64 / 200.0;
+                (n, if n > 0.0 { law.throughput(n) } else { 0.0 })
+            })
+            .collect();
+        let (_, y1) = bounds(
+            curve
+                .iter()
+                .map(|p| p.1)
+                .chain(u.points.iter().map(|p| p.1)),
+        );
+        let Ok(mut chart) = ChartBuilder::on(&root)
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..n_max, 0.0..y1)
+        else {
+            return String::new();
+        };
+        let _ = chart
+            .configure_mesh()
+            .x_desc("in flight per instance")
+            .y_desc("rps per instance")
+            .draw();
+        let _ = chart.draw_series(
+            u.points
+                .iter()
+                .map(|p| Circle::new(*p, 3, BLUE.mix(0.5).filled())),
+        );
+        let _ = chart.draw_series(LineSeries::new(curve, RED.stroke_width(2)));
+        if let Some(n) = u.saturation_in_flight {
+            let _ = chart.draw_series(LineSeries::new(
+                vec![(n, 0.0), (n, y1)],
+                BLACK.stroke_width(1),
+            ));
+        }
+        let _ = root.present();
+    }
+    svg
+}
+
+fn time_of(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
