@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! ```text
-//! main.rs            CLI (clap): serve, check-config, demo
+//! main.rs            CLI (clap): serve, check-config, demo, report
 //! app/               wiring: bind listeners and the admin port, signals, drain
 //!   listeners.rs     the running listener set, changed on reload without touching the rest
 //!   supervisor.rs    reloads (build whole, then swap) and instance register/drain/weights
@@ -24,16 +24,21 @@
 //!   stats.rs         counters and lock-free latency histograms for metrics and control
 //! balancer/          endpoint selection, one file per strategy behind `Balancer`
 //! upstream/          endpoints (state machine, breaker, signals), pools, active health checks
+//! cache/             two-tier HTTP cache: RFC 9111 policy, moka L1, Redis/Cluster L2,
+//!                    coalescing, purge bus, warming
+//! control/           the control loop: samples, autoscalers, actions, forecasts, USL,
+//!                    capacity reports (JSON + HTML)
 //! tls.rs             rustls (ring): server certificates by SNI, client configs for upstreams
 //! registry.rs        registered instances in an atomically written state file
-//! admin.rs           admin port: probes and the token-protected API
+//! admin/             admin port: probes and the token-protected API (control.rs: scaling,
+//!                    reports, instance load)
 //! metrics.rs         Prometheus exposition built at scrape time from the atomics
 //! loadtest.rs        bounded closed-loop load generator with HDR latency histograms
 //! demo/              sample upstreams and the `weir demo` run
 //! ```
 //!
-//! The data plane (`proxy`, `balancer`, `upstream`) never imports `admin` or the demo; they
-//! read what it publishes through [`proxy::ProxyState`].
+//! The data plane (`proxy`, `balancer`, `upstream`, `cache`) never imports `admin`,
+//! `control` or the demo; they read what it publishes through [`proxy::ProxyState`].
 
 #![forbid(unsafe_code)]
 

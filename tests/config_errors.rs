@@ -185,6 +185,32 @@ fn cache_settings_are_checked() {
         &(GOOD.to_owned() + "\n[redis]\nurl = \"redis://127.0.0.1\"\nkey_prefix = \"a{b}\"\n"),
     );
     assert!(err.contains("redis.key_prefix"), "{err}");
+    let err = error_for(
+        &(GOOD.to_owned()
+            + "\n[control]\ninterval = \"10ms\"\n\n[[control.autoscale]]\npool = \"nope\"\nmin_instances = 5\nmax_instances = 2\nschedule = [{ days = \"mon-fry\", from = \"08:00\", to = \"18:00\", min_instances = 3 }]\naction = { command = [\"x\"], webhook = \"http://h/\" }\n"),
+    );
+    assert!(
+        err.contains("control.interval: must be at least 100ms"),
+        "{err}"
+    );
+    assert!(
+        err.contains("control.autoscale[0].pool: no pool named \"nope\""),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "control.autoscale[0].max_instances: must be at least 1 and at least min_instances (5)"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("control.autoscale[0].schedule[0]: \"fry\" is not a day"),
+        "{err}"
+    );
+    assert!(
+        err.contains("control.autoscale[0].action: set exactly one of command"),
+        "{err}"
+    );
     let err = error_for(&(GOOD.to_owned() + "\n[redis]\ntimeout = \"1s\"\n"));
     assert!(
         err.contains("redis: set url (a standalone Redis) or cluster_nodes"),

@@ -31,7 +31,8 @@ async fn demo_serves_every_request_through_every_endpoint() {
         requests("api", "beta"),
         requests("api", "gamma-slow"),
     ];
-    assert_eq!(api.iter().sum::<u64>(), 300, "3 of 4 demo paths are /api");
+    // 3 of 4 demo paths are /api, plus the ramp of 4 × 50 API requests before the load.
+    assert_eq!(api.iter().sum::<u64>(), 300 + 200);
     assert!(
         api[2] < api[0] && api[2] < api[1],
         "score avoids the slow one: {api:?}"
@@ -56,4 +57,22 @@ async fn demo_serves_every_request_through_every_endpoint() {
     assert!(printed.contains("latency p50"), "{printed}");
     assert!(printed.contains("gamma-slow"), "{printed}");
     assert!(printed.contains("hit ratio 99.0 %"), "{printed}");
+    // The control loop sampled the run, the autoscaler explained itself, the report exists.
+    let control = summary
+        .control
+        .as_ref()
+        .expect("the demo runs the control loop");
+    assert!(control.samples >= 5, "{} samples", control.samples);
+    let decision = control.decision.as_ref().expect("an autoscaler decision");
+    assert_eq!(decision.pool, "api");
+    assert!(!decision.explanation.is_empty());
+    let html = control.report_html.as_ref().expect("a report file");
+    let page = std::fs::read_to_string(html).unwrap();
+    assert!(page.contains("<h2>Pool api</h2>") && page.contains("<svg"));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(control.report_json.as_ref().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(json["pools"][0]["pool"], "api");
+    assert!(printed.contains("control autoscaler for api"), "{printed}");
+    assert!(printed.contains("capacity-report.html"), "{printed}");
 }

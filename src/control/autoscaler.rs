@@ -471,3 +471,94 @@ impl Autoscaler {
 fn percent(value: Option<f64>) -> String {
     value.map_or("not reported".into(), |v| format!("{:.0} %", v * 100.0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ScheduleRule;
+
+    // 2026-11-23 (a Monday) 09:00 UTC, in milliseconds.
+    const MONDAY_9AM_MS: u64 = (1_795_392_000 + 9 * 3600) * 1000;
+
+    fn signals(now_ms: u64, current: u32, in_flight: f64) -> Signals {
+        Signals {
+            now_ms,
+            current,
+            in_flight,
+            rps: 100.0,
+            mean_ms: 50.0,
+            ..Signals::default()
+        }
+    }
+
+    #[test]
+    fn a_schedule_window_is_a_floor_and_says_so() {
+        let mut config = AutoscaleConfig::for_pool("api");
+        config.schedule = vec![ScheduleRule {
+            days: "mon-fri".into(),
+            from: "08:00".into(),
+            to: "18:00".into(),
+            min_instances: 6,
+        }];
+        let mut scaler = Autoscaler::new(config);
+        let d = scaler.decide(&signals(MONDAY_9AM_MS, 2, 1.0));
+        assert_eq!((d.direction, d.desired), (Direction::Up, 6));
+        assert_eq!(d.rule, "schedule");
+        // Saturday: no floor, the idle pool may shrink (after its window).
+        let saturday = MONDAY_9AM_MS + 5 * 86_400_000;
+        let mut scaler = Autoscaler::new(scaler.config().clone());
+        scaler.decide(&signals(saturday, 6, 1.0));
+        let d = scaler.decide(&signals(saturday + 301_000, 6, 1.0));
+        assert_eq!(d.direction, Direction::Down, "{}", d.explanation);
+    }
+
+    #[test]
+    fn the_forecast_scales_up_early_but_never_in() {
+        let mut config = AutoscaleConfig::for_pool("api");
+        config.predictive = true;
+        let mut scaler = Autoscaler::new(config);
+        // 4 instances at target (8 in flight each); the forecast says traffic triples.
+        let mut s = signals(1_000_000, 4, 32.0);
+        s.rps = 640.0;
+        s.forecast_rps = Some(1920.0);
+        let d = scaler.decide(&s);
+        // 1920 rps × 50 ms = 96 in flight / 8 = 12, capped by the rate limit at 4 + 4.
+        assert_eq!(
+            (d.rule.as_str(), d.desired),
+            ("forecast", 8),
+            "{}",
+            d.explanation
+        );
+        assert!(d.limited_by.unwrap().contains("scale-up rate"));
+        // A forecast of less traffic recommends nothing below the current count.
+        let mut scaler = Autoscaler::new(scaler.config().clone());
+        let mut s = signals(1_000_000, 4, 32.0);
+        s.forecast_rps = Some(10.0);
+        let d = scaler.decide(&s);
+        assert!(d.recommendations.iter().all(|r| r.rule != "forecast"));
+        assert_eq!(d.direction, Direction::Hold);
+    }
+
+    #[test]
+    fn scale_in_waits_for_low_cpu_and_a_whole_window() {
+        let mut scaler = Autoscaler::new(AutoscaleConfig::for_pool("api"));
+        let mut busy = signals(0, 8, 8.0);
+        busy.cpu = Some(0.55);
+        let d = scaler.decide(&busy);
+        assert_eq!(d.direction, Direction::Hold);
+        assert!(d.limited_by.unwrap().contains("CPU under 30 %"));
+        let mut idle = signals(100_000, 8, 8.0);
+        idle.cpu = Some(0.1);
+        let d = scaler.decide(&idle);
+        assert_eq!(d.direction, Direction::Hold, "the window is not yet whole");
+        idle.now_ms = 301_000;
+        let d = scaler.decide(&idle);
+        // Wants 1, may remove at most half at once.
+        assert_eq!(
+            (d.direction, d.desired),
+            (Direction::Down, 4),
+            "{}",
+            d.explanation
+        );
+    }
+}
