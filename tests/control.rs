@@ -348,3 +348,87 @@ async fn the_report_and_scaling_endpoints_answer_with_what_was_sampled() {
     .await;
     assert_eq!(unauthorized.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn history_survives_a_restart_and_weir_report_reads_it() {
+    let origin = slow_origin(Duration::from_millis(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("control.jsonl");
+    let text = config(origin.addr, "").replace(
+        "[control]\n",
+        &format!(
+            "[control]\nhistory_file = {:?}\n",
+            history.display().to_string()
+        ),
+    );
+    let first = weir(&text).await;
+    load(
+        first.listener_addr("http").unwrap(),
+        2,
+        Duration::from_millis(600),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let written = first.supervisor().control().samples().len();
+    assert!(written >= 5, "{written} samples");
+    first.shutdown().await;
+    let lines = std::fs::read_to_string(&history).unwrap().lines().count();
+    assert!(lines >= written, "{lines} lines for {written} samples");
+
+    // A restarted weir starts from the persisted samples.
+    let second = weir(&text).await;
+    assert!(second.supervisor().control().samples().len() >= written);
+    second.shutdown().await;
+
+    let out = dir.path().join("report");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["report", "--history"])
+        .arg(&history)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let page = std::fs::read_to_string(out.join("capacity-report.html")).unwrap();
+    assert!(page.contains("<h2>Pool main</h2>"));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("capacity-report.json")).unwrap()).unwrap();
+    assert!(json["pools"][0]["summary"]["requests"].as_f64().unwrap() > 100.0);
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["report", "--history", "/nonexistent/history.jsonl"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("reading /nonexistent/history.jsonl")
+    );
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_decision_history_and_takes_new_settings() {
+    let origin = slow_origin(Duration::from_millis(50)).await;
+    let text = config(origin.addr, "");
+    let proxy = weir(&text).await;
+    load(
+        proxy.listener_addr("http").unwrap(),
+        8,
+        Duration::from_millis(600),
+    )
+    .await;
+    let admin_addr = proxy.admin_addr().unwrap();
+    let before = wait_for_scaling(admin_addr, |s| last_up(s).is_some()).await;
+    let up_seq = last_up(&before).unwrap()["seq"].clone();
+    let reloaded = weir::config::load_str(
+        &text.replace("target_in_flight = 2.0", "target_in_flight = 5.0"),
+        std::path::Path::new("test.toml"),
+    )
+    .unwrap();
+    let report = proxy.supervisor().apply(reloaded).await;
+    assert!(report.ok, "{:?}", report.error);
+    let after = wait_for_scaling(admin_addr, |s| s["config"]["target_in_flight"] == 5.0).await;
+    assert_eq!(last_up(&after).unwrap()["seq"], up_seq, "history kept");
+}

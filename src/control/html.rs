@@ -187,6 +187,8 @@ fn line_chart(
         };
         let _ = chart
             .configure_mesh()
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 14))
             .x_desc(x_label)
             .y_desc(y_label)
             .draw();
@@ -203,6 +205,7 @@ fn line_chart(
         }
         let _ = chart
             .configure_series_labels()
+            .label_font(("sans-serif", 13))
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw();
@@ -238,6 +241,8 @@ fn forecast_chart(x: &[f64], history: &[f64], f: &super::report::ForecastReport)
         };
         let _ = chart
             .configure_mesh()
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 14))
             .x_desc("minutes")
             .y_desc("requests per second")
             .draw();
@@ -300,6 +305,8 @@ fn usl_chart(u: &super::report::UslReport) -> String {
         };
         let _ = chart
             .configure_mesh()
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 14))
             .x_desc("in flight per instance")
             .y_desc("rps per instance")
             .draw();

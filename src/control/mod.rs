@@ -122,7 +122,19 @@ impl Controller {
             if !self.config.load().enabled {
                 continue;
             }
-            let decisions = self.tick_at(SystemTime::now(), elapsed);
+            // Forecasts for predictive scaling fit models: keep that off the async workers.
+            let controller = Arc::clone(&self);
+            let decisions = match tokio::task::spawn_blocking(move || {
+                controller.tick_at(SystemTime::now(), elapsed)
+            })
+            .await
+            {
+                Ok(decisions) => decisions,
+                Err(err) => {
+                    tracing::error!(error = %err, "control tick failed");
+                    continue;
+                }
+            };
             self.act(decisions).await;
         }
     }
@@ -363,4 +375,51 @@ pub fn load_history_file(path: &std::path::Path) -> std::io::Result<Vec<Sample>>
         .lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sample::PoolSample;
+
+    fn history(rps: impl Iterator<Item = f64>) -> VecDeque<Sample> {
+        rps.enumerate()
+            .map(|(i, rps)| Sample {
+                at_ms: i as u64 * 10_000,
+                interval_s: 10.0,
+                cache_hit_ratio: None,
+                pools: vec![PoolSample {
+                    pool: "api".into(),
+                    rps,
+                    ..PoolSample::default()
+                }],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_predicted_peak_follows_a_rising_trend() {
+        // 2 rps more every 10 s; 5 minutes ahead is 30 steps: about 60 rps above the last.
+        let rising = history((0..60).map(|i| 100.0 + 2.0 * i as f64));
+        let peak = predicted_peak(&rising, "api", Duration::from_secs(300)).unwrap();
+        assert!((250.0..320.0).contains(&peak), "{peak}");
+        assert_eq!(
+            predicted_peak(&rising, "other", Duration::from_secs(300)),
+            None
+        );
+        assert_eq!(
+            predicted_peak(
+                &history((0..5).map(f64::from)),
+                "api",
+                Duration::from_secs(60)
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn slope_is_least_squares() {
+        assert!((slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]) - 2.0).abs() < 1e-12);
+        assert_eq!(slope(&[(1.0, 1.0)]), 0.0);
+    }
 }

@@ -173,7 +173,7 @@ fn pool_report(
     let rps: Vec<f64> = points.iter().map(|(_, p)| p.rps).collect();
     let n = points.len().max(1) as f64;
     let summary = Summary {
-        requests: rps.iter().sum::<f64>() * interval_s,
+        requests: points.iter().map(|(_, p)| p.requests as f64).sum(),
         rps_mean: rps.iter().sum::<f64>() / n,
         rps_peak: rps.iter().copied().fold(0.0, f64::max),
         p95_peak_ms: points.iter().map(|(_, p)| p.p95_ms).fold(0.0, f64::max),
@@ -382,6 +382,15 @@ fn bottlenecks(pool: &str, points: &[(u64, &PoolSample)], usl: Option<&UslReport
                 ));
             }
         }
+    }
+    if let Some((_, last)) = points.last()
+        && last.healthy < last.instances
+    {
+        out.push(format!(
+            "{} of {} instances of {pool} were not healthy at the last sample (ejected, half-open or failing health checks): the pool runs on less capacity than it has",
+            last.instances - last.healthy,
+            last.instances
+        ));
     }
     if let (Some(usl), Some(saturation)) = (usl, usl.and_then(|u| u.saturation_in_flight)) {
         let peak_per_instance = points

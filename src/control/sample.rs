@@ -37,6 +37,9 @@ pub struct PoolSample {
     /// Endpoints taking traffic or able to (everything but draining).
     pub instances: u32,
     pub healthy: u32,
+    /// Requests started in the interval.
+    #[serde(default)]
+    pub requests: u64,
     pub rps: f64,
     /// Mean requests in flight over the interval (Little's law: time in flight / time).
     pub in_flight: f64,
@@ -151,6 +154,7 @@ impl Sampler {
                 }
                 seen.insert(key, now);
             }
+            total.requests = requests;
             total.rps = requests as f64 / interval_s;
             total.in_flight = micros as f64 / 1e6 / interval_s;
             total.mean_ms = mean_ms(micros, responses);
