@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! ```text
-//! main.rs            CLI (clap): serve, check-config, demo, report
+//! main.rs            CLI (clap): serve, check-config, demo, loadtest, report
 //! app/               wiring: bind listeners and the admin port, signals, drain
 //!   listeners.rs     the running listener set, changed on reload without touching the rest
 //!   supervisor.rs    reloads (build whole, then swap) and instance register/drain/weights
@@ -33,7 +33,7 @@
 //! admin/             admin port: probes and the token-protected API (control.rs: scaling,
 //!                    reports, instance load)
 //! metrics.rs         Prometheus exposition built at scrape time from the atomics
-//! loadtest.rs        bounded closed-loop load generator with HDR latency histograms
+//! loadtest/          `weir loadtest`: plans and scenarios, closed/open engine, output
 //! demo/              sample upstreams and the `weir demo` run
 //! ```
 //!

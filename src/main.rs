@@ -12,6 +12,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit code for a configuration that cannot be used.
 const EXIT_CONFIG: u8 = 2;
+/// `weir loadtest`: the run completed but an SLO threshold failed.
+const EXIT_SLO: u8 = 3;
 
 #[derive(Parser)]
 #[command(name = "weir", version, about = "Layer-7 load-balancing reverse proxy")]
@@ -41,6 +43,9 @@ enum Command {
         #[arg(long, default_value_t = weir::demo::DEFAULT_CONCURRENCY)]
         concurrency: usize,
     },
+    /// Load-test a service (through weir or direct): closed or open model, stages,
+    /// scenarios with SLOs; exits 3 when an SLO fails.
+    Loadtest(Box<weir::loadtest::cli::LoadtestArgs>),
     /// Write a capacity report (HTML and JSON) from a control history file (the
     /// `[control] history_file` of a running weir). A live weir serves the same report
     /// at `GET /api/v1/report.html` on its admin port.
@@ -87,6 +92,14 @@ fn main() -> ExitCode {
             };
             run(serve(loaded, config))
         }
+        Command::Loadtest(args) => match weir::loadtest::cli::run(*args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(EXIT_SLO),
+            Err(err) => {
+                eprintln!("weir loadtest: {err}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Report {
             history,
             config,

@@ -1,0 +1,184 @@
+//! `weir loadtest` from the command line: flags (or a scenarios file) to plans, runs on
+//! the chosen number of threads, prints, and tells whether every SLO held.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Uri;
+
+use super::engine::Progress;
+use super::output::{self, Verdict};
+use super::plan::{self, Model, Plan, Slo, Stage};
+use super::{LoadError, LoadReport};
+
+#[derive(Debug, clap::Args)]
+pub struct LoadtestArgs {
+    /// Target URLs, `http://host:port/path` (requests cycle through them; one host:port).
+    pub urls: Vec<String>,
+    /// Closed model: connections, each sending as fast as it is answered.
+    #[arg(short = 'c', long)]
+    pub connections: Option<usize>,
+    /// Open model: requests per second, started on schedule whatever the latency.
+    #[arg(short = 'r', long)]
+    pub rate: Option<f64>,
+    /// How long to run (bounded to 24 h).
+    #[arg(short = 'd', long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Stop after this many requests, even before the duration.
+    #[arg(short = 'n', long)]
+    pub requests: Option<u64>,
+    /// Stages instead of one constant level: `10s:50,~30s:500,10s:0` (`~` ramps).
+    #[arg(long)]
+    pub stages: Option<String>,
+    /// HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    #[arg(long)]
+    pub http2: bool,
+    /// A request not answered in this time counts as a timeout.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub timeout: Duration,
+    /// Open model: connections (or HTTP/2 streams) in use at most.
+    #[arg(long, default_value_t = plan::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Run the scenarios of this TOML file (see docs/loadtest.md) instead.
+    #[arg(long)]
+    pub scenarios: Option<PathBuf>,
+    /// Only these scenarios of the file (by name; repeatable).
+    #[arg(long = "scenario")]
+    pub only: Vec<String>,
+    /// Print JSON instead of the text summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write an HTML page with throughput and latency over time.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Runtime threads for the generator (1 leaves the other cores to the server).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// SLO: p50 latency must stay at or under this many milliseconds.
+    #[arg(long)]
+    pub p50: Option<f64>,
+    /// SLO: p95 latency must stay at or under this many milliseconds.
+    #[arg(long)]
+    pub p95: Option<f64>,
+    /// SLO: p99 latency must stay at or under this many milliseconds.
+    #[arg(long)]
+    pub p99: Option<f64>,
+    /// SLO: failed requests (errors and 5xx) over sent, at most.
+    #[arg(long)]
+    pub max_error_rate: Option<f64>,
+    /// SLO: answered requests per second, at least.
+    #[arg(long)]
+    pub min_rps: Option<f64>,
+}
+
+/// Runs what the flags ask; `Ok(true)` when every SLO held.
+pub fn run(args: LoadtestArgs) -> Result<bool, LoadError> {
+    let plans = plans(&args)?;
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| LoadError::Plan(plan::PlanError::Invalid(format!("runtime: {e}"))))?;
+    let mut runs: Vec<(Plan, LoadReport, Vec<Verdict>)> = Vec::new();
+    for plan in plans {
+        let report = runtime.block_on(super::execute(&plan, Progress::Show))?;
+        let verdicts = output::verdicts(&plan, &report);
+        if !args.json {
+            println!("{}", output::summary(&plan, &report, &verdicts));
+        }
+        runs.push((plan, report, verdicts));
+    }
+    if args.json {
+        let all: Vec<serde_json::Value> =
+            runs.iter().map(|(p, r, v)| output::json(p, r, v)).collect();
+        let value = if all.len() == 1 {
+            all.into_iter().next().unwrap_or_default()
+        } else {
+            serde_json::Value::Array(all)
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, output::html(&runs)).map_err(|e| {
+            LoadError::Plan(plan::PlanError::File {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        })?;
+        eprintln!("chart written to {}", path.display());
+    }
+    Ok(runs.iter().all(|(_, _, v)| v.iter().all(|v| v.ok)))
+}
+
+fn plans(args: &LoadtestArgs) -> Result<Vec<Plan>, LoadError> {
+    let invalid = |m: String| LoadError::Plan(plan::PlanError::Invalid(m));
+    let urls = args
+        .urls
+        .iter()
+        .map(|u| u.parse::<Uri>().map_err(|e| invalid(format!("{u:?}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(path) = &args.scenarios {
+        let mut plans = plan::load_scenarios(path, &urls)?;
+        if !args.only.is_empty() {
+            plans.retain(|p| args.only.contains(&p.name));
+            if plans.is_empty() {
+                return Err(invalid(format!(
+                    "no scenario named {:?} in {}",
+                    args.only,
+                    path.display()
+                )));
+            }
+        }
+        return Ok(plans);
+    }
+    if args.connections.is_some() && args.rate.is_some() {
+        return Err(invalid(
+            "--connections (closed model) and --rate (open model) exclude each other".into(),
+        ));
+    }
+    let model = if args.rate.is_some() {
+        Model::Open
+    } else {
+        Model::Closed
+    };
+    let stages = match &args.stages {
+        Some(text) => plan::parse_stages(text)?,
+        None => vec![Stage {
+            duration: args.duration,
+            target: match model {
+                Model::Open => args.rate.unwrap_or_default(),
+                Model::Closed => args.connections.unwrap_or(plan::DEFAULT_CONNECTIONS) as f64,
+            },
+            ramp: false,
+        }],
+    };
+    let plan = Plan {
+        name: "command line".into(),
+        targets: urls,
+        http2: args.http2,
+        model,
+        stages,
+        max_requests: args.requests.unwrap_or(u64::MAX),
+        timeout: args.timeout,
+        max_connections: args.max_connections,
+        slo: Slo {
+            p50_ms: args.p50,
+            p95_ms: args.p95,
+            p99_ms: args.p99,
+            max_error_rate: args.max_error_rate,
+            min_rps: args.min_rps,
+            ..Slo::default()
+        },
+    };
+    plan.validate()?;
+    Ok(vec![plan])
+}
