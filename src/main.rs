@@ -90,7 +90,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            run(serve(loaded, config))
+            let threads = loaded.server.threads;
+            run_with(threads, serve(loaded, config))
         }
         Command::Loadtest(args) => match weir::loadtest::cli::run(*args) {
             Ok(true) => ExitCode::SUCCESS,
@@ -176,10 +177,24 @@ async fn serve(config: weir::config::Config, path: PathBuf) -> anyhow::Result<()
 }
 
 fn run(task: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    run_with(0, task)
+}
+
+/// `threads`: 0 = one worker per core, 1 = single-threaded runtime, N = N workers.
+fn run_with(threads: usize, task: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let built = match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match built {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("weir: cannot start the runtime: {err}");

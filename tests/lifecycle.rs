@@ -85,10 +85,19 @@ async fn drain_deadline_closes_what_is_left() {
 
 #[tokio::test]
 async fn sigterm_drains_the_real_binary_and_exits_zero() {
+    sigterm_drains("").await;
+}
+
+#[tokio::test]
+async fn the_single_threaded_runtime_serves_and_drains_the_same() {
+    sigterm_drains("\n[server]\nthreads = 1\n").await;
+}
+
+async fn sigterm_drains(extra: &str) {
     let (up, arrived) = slow_upstream(Duration::from_millis(800)).await;
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("weir.toml");
-    std::fs::write(&config_path, simple_config(&[up.addr], "")).unwrap();
+    std::fs::write(&config_path, simple_config(&[up.addr], "") + extra).unwrap();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["--log-format", "json", "serve", "--config"])

@@ -165,6 +165,9 @@ impl Supervisor {
         let snapshot = Snapshot::build(&config, Some(&previous));
         let mut notes = apply_registrations(&snapshot, Some(&previous), &self.registry.list());
         notes.extend(describe_pool_changes(&previous, &snapshot));
+        if inner.config.server.threads != config.server.threads {
+            notes.push("[server] threads applies after a restart".into());
+        }
         if inner.config.server != config.server {
             notes.push("[server] timeouts apply to listeners started from now on".into());
         }

@@ -363,6 +363,9 @@ fn check_headers(config: &Config, problems: &mut Vec<Problem>) {
     }
 }
 
+/// Runtime threads accepted in `[server] threads`.
+const MAX_THREADS: usize = 1024;
+
 fn check_redis_addresses(redis: &crate::config::RedisConfig, problems: &mut Vec<Problem>) {
     let scheme_ok = |url: &str| url.starts_with("redis://") || url.starts_with("rediss://");
     match (&redis.url, redis.cluster_nodes.is_empty()) {
@@ -391,6 +394,12 @@ fn check_redis_addresses(redis: &crate::config::RedisConfig, problems: &mut Vec<
 }
 
 fn check_control(config: &Config, problems: &mut Vec<Problem>) {
+    if config.server.threads > MAX_THREADS {
+        problems.push(Problem::new(
+            "server.threads",
+            format!("{} is more than {MAX_THREADS}", config.server.threads),
+        ));
+    }
     let control = &config.control;
     if control.interval < std::time::Duration::from_millis(100) {
         problems.push(Problem::new("control.interval", "must be at least 100ms"));
