@@ -432,3 +432,45 @@ async fn a_reload_keeps_the_decision_history_and_takes_new_settings() {
     let after = wait_for_scaling(admin_addr, |s| s["config"]["target_in_flight"] == 5.0).await;
     assert_eq!(last_up(&after).unwrap()["seq"], up_seq, "history kept");
 }
+
+#[tokio::test]
+async fn a_slow_action_does_not_hold_up_sampling() {
+    let origin = slow_origin(Duration::from_millis(50)).await;
+    let proxy = weir(&config(
+        origin.addr,
+        "dry_run = false\naction = { command = [\"sleep\", \"1.5\"], timeout = \"5s\" }",
+    ))
+    .await;
+    let admin_addr = proxy.admin_addr().unwrap();
+    load(
+        proxy.listener_addr("http").unwrap(),
+        8,
+        Duration::from_millis(600),
+    )
+    .await;
+    let scaling = wait_for_scaling(admin_addr, |s| last_up(s).is_some()).await;
+    let up_seq = last_up(&scaling).unwrap()["seq"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let during = wait_for_scaling(admin_addr, |_| true).await;
+    let up = during["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["seq"] == up_seq)
+        .unwrap();
+    assert!(up["action"].is_null(), "the action is still running: {up}");
+    let last_seq = during["last"]["seq"].as_u64().unwrap();
+    assert!(
+        last_seq >= up_seq + 4,
+        "sampling went on: {up_seq} → {last_seq}"
+    );
+    let after = wait_for_scaling(admin_addr, |s| {
+        s["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["seq"] == up_seq && d["action"]["ok"] == true)
+    })
+    .await;
+    assert!(after["last"]["seq"].as_u64().unwrap() > last_seq);
+}

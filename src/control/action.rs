@@ -43,6 +43,7 @@ pub async fn run(action: &ActionConfig, decision: &Decision) -> ActionOutcome {
     }
     ActionOutcome {
         ok,
+        skipped: false,
         detail,
         elapsed_ms: started.elapsed().as_millis() as u64,
     }

@@ -85,6 +85,9 @@ pub struct Decision {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ActionOutcome {
     pub ok: bool,
+    /// Not run: the pool's previous action was still running.
+    #[serde(default)]
+    pub skipped: bool,
     pub detail: String,
     pub elapsed_ms: u64,
 }
@@ -157,7 +160,7 @@ impl Autoscaler {
 
     /// Records what the action did for decision `seq`.
     pub fn record_action(&mut self, seq: u64, outcome: ActionOutcome) {
-        if !outcome.ok {
+        if !outcome.ok && !outcome.skipped {
             self.counts.action_failures += 1;
         }
         if let Some(decision) = self.history.iter_mut().rev().find(|d| d.seq == seq) {

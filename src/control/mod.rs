@@ -40,6 +40,8 @@ pub struct Controller {
     history: Mutex<VecDeque<Sample>>,
     scalers: Mutex<BTreeMap<String, Autoscaler>>,
     loads: Mutex<HashMap<String, (Instant, InstanceLoad)>>,
+    /// Pools whose action is running now.
+    acting: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -68,6 +70,7 @@ impl Controller {
             history: Mutex::new(VecDeque::new()),
             scalers: Mutex::new(BTreeMap::new()),
             loads: Mutex::new(HashMap::new()),
+            acting: Mutex::new(std::collections::BTreeSet::new()),
         });
         controller.reconfigure(config);
         if let Some(path) = &config.history_file {
@@ -135,7 +138,7 @@ impl Controller {
                     continue;
                 }
             };
-            self.act(decisions).await;
+            self.act(decisions);
         }
     }
 
@@ -176,7 +179,10 @@ impl Controller {
             .collect()
     }
 
-    async fn act(&self, decisions: Vec<Decision>) {
+    /// Runs each decision's action in its own task, so a slow hook never delays the next
+    /// sample; one action per pool at a time (a decision made while its pool's previous
+    /// action still runs records that it was skipped).
+    fn act(self: &Arc<Self>, decisions: Vec<Decision>) {
         for decision in decisions {
             if decision.direction == Direction::Hold || decision.dry_run {
                 continue;
@@ -185,10 +191,29 @@ impl Controller {
                 .get(&decision.pool)
                 .and_then(|s| s.config().action.clone());
             let Some(action) = action else { continue };
-            let outcome = action::run(&action, &decision).await;
-            if let Some(scaler) = lock(&self.scalers).get_mut(&decision.pool) {
-                scaler.record_action(decision.seq, outcome);
+            if !lock(&self.acting).insert(decision.pool.clone()) {
+                if let Some(scaler) = lock(&self.scalers).get_mut(&decision.pool) {
+                    scaler.record_action(
+                        decision.seq,
+                        autoscaler::ActionOutcome {
+                            ok: false,
+                            skipped: true,
+                            detail: "skipped: the previous action for this pool is still running"
+                                .into(),
+                            elapsed_ms: 0,
+                        },
+                    );
+                }
+                continue;
             }
+            let controller = Arc::clone(self);
+            tokio::spawn(async move {
+                let outcome = action::run(&action, &decision).await;
+                if let Some(scaler) = lock(&controller.scalers).get_mut(&decision.pool) {
+                    scaler.record_action(decision.seq, outcome);
+                }
+                lock(&controller.acting).remove(&decision.pool);
+            });
         }
     }
 
