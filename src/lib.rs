@@ -28,6 +28,7 @@
 //!                    coalescing, purge bus, warming
 //! control/           the control loop: samples, autoscalers, actions, forecasts, USL,
 //!                    capacity reports (JSON + HTML)
+//! chart.rs           the SVG chart frame and HTML escaping the report and loadtest pages share
 //! tls.rs             rustls (ring): server certificates by SNI, client configs for upstreams
 //! registry.rs        registered instances in an atomically written state file
 //! admin/             admin port: probes and the token-protected API (control.rs: scaling,
@@ -46,6 +47,7 @@ pub mod admin;
 pub mod app;
 pub mod balancer;
 pub mod cache;
+pub mod chart;
 pub mod config;
 pub mod control;
 pub mod demo;

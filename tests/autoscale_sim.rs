@@ -13,6 +13,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use weir::config::AutoscaleConfig;
 use weir::control::autoscaler::{Autoscaler, Decision, Direction, Signals};
+use weir::control::slope;
 
 const WORKERS: usize = 8;
 /// Per worker: 100 ms mean service.
@@ -147,7 +148,13 @@ fn simulate(load: impl Fn(f64) -> f64, duration_s: u64, start: u32, seed: u64) -
                 current: servers.len() as u32,
                 in_flight: window.iter().map(|w| w.0).sum::<f64>() / n,
                 rps: window.iter().map(|w| w.1).sum::<f64>() / n,
-                rps_trend: slope(&long_rps, SAMPLE_MS as f64 / 1000.0),
+                rps_trend: slope(
+                    &long_rps
+                        .iter()
+                        .enumerate()
+                        .map(|(i, rps)| (i as f64 * SAMPLE_MS as f64 / 1000.0, *rps))
+                        .collect::<Vec<_>>(),
+                ),
                 mean_ms: 100.0,
                 p95_ms: 300.0,
                 ..Signals::default()
@@ -194,22 +201,6 @@ fn simulate(load: impl Fn(f64) -> f64, duration_s: u64, start: u32, seed: u64) -
         final_count: servers.len() as u32 + pending.len() as u32,
         counts,
     }
-}
-
-/// Least-squares slope of evenly spaced values (per second).
-fn slope(values: &VecDeque<f64>, step_s: f64) -> f64 {
-    let n = values.len() as f64;
-    if n < 2.0 {
-        return 0.0;
-    }
-    let mean_x = (n - 1.0) / 2.0;
-    let mean_y = values.iter().sum::<f64>() / n;
-    let (mut num, mut den) = (0.0, 0.0);
-    for (i, y) in values.iter().enumerate() {
-        num += (i as f64 - mean_x) * (y - mean_y);
-        den += (i as f64 - mean_x).powi(2);
-    }
-    num / den / step_s
 }
 
 /// At most one change of direction within any scale-down window (300 s).

@@ -4,6 +4,7 @@
 use plotters::prelude::*;
 
 use super::report::{CapacityReport, PoolReport};
+use crate::chart::{self, escape};
 
 const WIDTH: u32 = 860;
 const HEIGHT: u32 = 300;
@@ -171,47 +172,34 @@ fn line_chart(
     x: &[f64],
     lines: &[(&str, &Vec<f64>, RGBColor)],
 ) -> String {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        let _ = root.fill(&WHITE);
-        let (x0, x1) = bounds(x.iter().copied());
-        let (y0, y1) = bounds(lines.iter().flat_map(|l| l.1.iter().copied()));
-        let Ok(mut chart) = ChartBuilder::on(&root)
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(x0.max(0.0)..x1 / 1.1, y0..y1)
-        else {
-            return String::new();
-        };
-        let _ = chart
-            .configure_mesh()
-            .label_style(("sans-serif", 13))
-            .axis_desc_style(("sans-serif", 14))
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .draw();
-        for (name, values, color) in lines {
-            let color = *color;
-            if let Ok(series) = chart.draw_series(LineSeries::new(
-                x.iter().copied().zip(values.iter().copied()),
-                color.stroke_width(2),
-            )) {
-                series
-                    .label(*name)
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
-            }
-        }
-        let _ = chart
-            .configure_series_labels()
-            .label_font(("sans-serif", 13))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw();
-        let _ = root.present();
-    }
-    svg
+    let (x0, x1) = bounds(x.iter().copied());
+    let (y0, y1) = bounds(lines.iter().flat_map(|l| l.1.iter().copied()));
+    chart::svg((WIDTH, HEIGHT), |root| {
+        chart::plot(
+            root,
+            (x0.max(0.0)..x1 / 1.1, y0..y1),
+            (x_label, y_label),
+            |chart| {
+                for (name, values, color) in lines {
+                    let color = *color;
+                    if let Ok(series) = chart.draw_series(LineSeries::new(
+                        x.iter().copied().zip(values.iter().copied()),
+                        color.stroke_width(2),
+                    )) {
+                        series.label(*name).legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 16, y)], color)
+                        });
+                    }
+                }
+                let _ = chart
+                    .configure_series_labels()
+                    .label_font(("sans-serif", 13))
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .draw();
+            },
+        )
+    })
 }
 
 fn forecast_chart(x: &[f64], history: &[f64], f: &super::report::ForecastReport) -> String {
@@ -225,116 +213,75 @@ fn forecast_chart(x: &[f64], history: &[f64], f: &super::report::ForecastReport)
         .iter()
         .map(|t| last_x + (t - start_ms) as f64 / 60_000.0)
         .collect();
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        let _ = root.fill(&WHITE);
-        let (x0, x1) = bounds(x.iter().chain(fx.iter()).copied());
-        let (y0, y1) = bounds(history.iter().chain(f.upper.iter()).copied());
-        let Ok(mut chart) = ChartBuilder::on(&root)
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(x0.max(0.0)..x1 / 1.1, y0..y1)
-        else {
-            return String::new();
-        };
-        let _ = chart
-            .configure_mesh()
-            .label_style(("sans-serif", 13))
-            .axis_desc_style(("sans-serif", 14))
-            .x_desc("minutes")
-            .y_desc("requests per second")
-            .draw();
-        let band: Vec<(f64, f64)> = fx
-            .iter()
-            .copied()
-            .zip(f.upper.iter().copied())
-            .chain(fx.iter().copied().zip(f.lower.iter().copied()).rev())
-            .collect();
-        let _ = chart.draw_series(std::iter::once(Polygon::new(band, BLUE.mix(0.2))));
-        let _ = chart.draw_series(LineSeries::new(
-            x.iter().copied().zip(history.iter().copied()),
-            BLACK.stroke_width(1),
-        ));
-        let _ = chart.draw_series(LineSeries::new(
-            fx.iter().copied().zip(f.point.iter().copied()),
-            BLUE.stroke_width(2),
-        ));
-        let _ = root.present();
-    }
-    svg
+    let (x0, x1) = bounds(x.iter().chain(fx.iter()).copied());
+    let (y0, y1) = bounds(history.iter().chain(f.upper.iter()).copied());
+    let ranges = (x0.max(0.0)..x1 / 1.1, y0..y1);
+    chart::svg((WIDTH, HEIGHT), |root| {
+        chart::plot(root, ranges, ("minutes", "requests per second"), |chart| {
+            let band: Vec<(f64, f64)> = fx
+                .iter()
+                .copied()
+                .zip(f.upper.iter().copied())
+                .chain(fx.iter().copied().zip(f.lower.iter().copied()).rev())
+                .collect();
+            let _ = chart.draw_series(std::iter::once(Polygon::new(band, BLUE.mix(0.2))));
+            let _ = chart.draw_series(LineSeries::new(
+                x.iter().copied().zip(history.iter().copied()),
+                BLACK.stroke_width(1),
+            ));
+            let _ = chart.draw_series(LineSeries::new(
+                fx.iter().copied().zip(f.point.iter().copied()),
+                BLUE.stroke_width(2),
+            ));
+        })
+    })
 }
 
 fn usl_chart(u: &super::report::UslReport) -> String {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        let _ = root.fill(&WHITE);
-        let n_max = u
-            .points
+    let n_max = u
+        .points
+        .iter()
+        .map(|p| p.0)
+        .fold(u.saturation_in_flight.unwrap_or(1.0) * 1.5, f64::max)
+        .max(2.0);
+    let law = super::usl::Usl {
+        lambda: u.lambda,
+        sigma: u.sigma,
+        kappa: u.kappa,
+        r_squared: u.r_squared,
+    };
+    let curve: Vec<(f64, f64)> = (0..=200)
+        .map(|i| {
+            let n = n_max * i as f64 / 200.0;
+            (n, if n > 0.0 { law.throughput(n) } else { 0.0 })
+        })
+        .collect();
+    let (_, y1) = bounds(
+        curve
             .iter()
-            .map(|p| p.0)
-            .fold(u.saturation_in_flight.unwrap_or(1.0) * 1.5, f64::max)
-            .max(2.0);
-        let law = super::usl::Usl {
-            lambda: u.lambda,
-            sigma: u.sigma,
-            kappa: u.kappa,
-            r_squared: u.r_squared,
-        };
-        let curve: Vec<(f64, f64)> = (0..=200)
-            .map(|i| {
-                let n = n_max * i as f64 / 200.0;
-                (n, if n > 0.0 { law.throughput(n) } else { 0.0 })
-            })
-            .collect();
-        let (_, y1) = bounds(
-            curve
-                .iter()
-                .map(|p| p.1)
-                .chain(u.points.iter().map(|p| p.1)),
-        );
-        let Ok(mut chart) = ChartBuilder::on(&root)
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..n_max, 0.0..y1)
-        else {
-            return String::new();
-        };
-        let _ = chart
-            .configure_mesh()
-            .label_style(("sans-serif", 13))
-            .axis_desc_style(("sans-serif", 14))
-            .x_desc("in flight per instance")
-            .y_desc("rps per instance")
-            .draw();
-        let _ = chart.draw_series(
-            u.points
-                .iter()
-                .map(|p| Circle::new(*p, 3, BLUE.mix(0.5).filled())),
-        );
-        let _ = chart.draw_series(LineSeries::new(curve, RED.stroke_width(2)));
-        if let Some(n) = u.saturation_in_flight {
-            let _ = chart.draw_series(LineSeries::new(
-                vec![(n, 0.0), (n, y1)],
-                BLACK.stroke_width(1),
-            ));
-        }
-        let _ = root.present();
-    }
-    svg
+            .map(|p| p.1)
+            .chain(u.points.iter().map(|p| p.1)),
+    );
+    let axes = ("in flight per instance", "rps per instance");
+    chart::svg((WIDTH, HEIGHT), |root| {
+        chart::plot(root, (0.0..n_max, 0.0..y1), axes, |chart| {
+            let _ = chart.draw_series(
+                u.points
+                    .iter()
+                    .map(|p| Circle::new(*p, 3, BLUE.mix(0.5).filled())),
+            );
+            let _ = chart.draw_series(LineSeries::new(curve, RED.stroke_width(2)));
+            if let Some(n) = u.saturation_in_flight {
+                let _ = chart.draw_series(LineSeries::new(
+                    vec![(n, 0.0), (n, y1)],
+                    BLACK.stroke_width(1),
+                ));
+            }
+        })
+    })
 }
 
 fn time_of(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
         .to_string()
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plotters::prelude::*;
+
+use crate::chart::{self, escape};
 use serde::Serialize;
 
 use super::engine::View;
@@ -280,66 +282,46 @@ pub fn html(runs: &[(Plan, LoadReport, Vec<Verdict>)]) -> String {
 }
 
 fn chart(timeline: &[Slot]) -> String {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (860, 560)).into_drawing_area();
-        let _ = root.fill(&WHITE);
+    let x_max = timeline.last().map_or(1.0, |s| s.at_s + 1.0);
+    let width = timeline
+        .get(1)
+        .map_or(1.0, |s| s.at_s - timeline[0].at_s)
+        .max(1.0);
+    let rps: Vec<(f64, f64)> = timeline
+        .iter()
+        .map(|s| (s.at_s, s.completed as f64 / width))
+        .collect();
+    let y_rps = rps.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let y_ms = timeline.iter().map(|s| s.max_ms).fold(1.0, f64::max) * 1.1;
+    chart::svg((860, 560), |root| {
         let (upper, lower) = root.split_vertically(280);
-        let x_max = timeline.last().map_or(1.0, |s| s.at_s + 1.0);
-        let width = timeline
-            .get(1)
-            .map_or(1.0, |s| s.at_s - timeline[0].at_s)
-            .max(1.0);
-        let rps: Vec<(f64, f64)> = timeline
-            .iter()
-            .map(|s| (s.at_s, s.completed as f64 / width))
-            .collect();
-        let y_rps = rps.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
-        if let Ok(mut chart) = ChartBuilder::on(&upper)
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_rps)
-        {
-            let _ = chart
-                .configure_mesh()
-                .label_style(("sans-serif", 13))
-                .x_desc("seconds")
-                .y_desc("answered per second")
-                .draw();
-            let _ = chart.draw_series(LineSeries::new(rps, BLUE.stroke_width(2)));
-        }
-        let y_ms = timeline.iter().map(|s| s.max_ms).fold(1.0, f64::max) * 1.1;
-        if let Ok(mut chart) = ChartBuilder::on(&lower)
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_ms)
-        {
-            let _ = chart
-                .configure_mesh()
-                .label_style(("sans-serif", 13))
-                .x_desc("seconds")
-                .y_desc("latency ms (p50, p99, max)")
-                .draw();
-            for (pick, color) in [
-                ((|s: &Slot| s.p50_ms) as fn(&Slot) -> f64, GREEN),
-                (|s: &Slot| s.p99_ms, BLUE),
-                (|s: &Slot| s.max_ms, RED),
-            ] {
-                let _ = chart.draw_series(LineSeries::new(
-                    timeline.iter().map(|s| (s.at_s, pick(s))),
-                    color.stroke_width(2),
-                ));
-            }
-        }
-        let _ = root.present();
-    }
-    svg
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+        let throughput = (0.0..x_max, 0.0..y_rps);
+        chart::plot(
+            &upper,
+            throughput,
+            ("seconds", "answered per second"),
+            |chart| {
+                let _ = chart.draw_series(LineSeries::new(rps, BLUE.stroke_width(2)));
+            },
+        );
+        let latency = (0.0..x_max, 0.0..y_ms);
+        chart::plot(
+            &lower,
+            latency,
+            ("seconds", "latency ms (p50, p99, max)"),
+            |chart| {
+                for (pick, color) in [
+                    ((|s: &Slot| s.p50_ms) as fn(&Slot) -> f64, GREEN),
+                    (|s: &Slot| s.p99_ms, BLUE),
+                    (|s: &Slot| s.max_ms, RED),
+                ] {
+                    let _ = chart.draw_series(LineSeries::new(
+                        timeline.iter().map(|s| (s.at_s, pick(s))),
+                        color.stroke_width(2),
+                    ));
+                }
+            },
+        );
+        true
+    })
 }
