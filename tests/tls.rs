@@ -274,10 +274,16 @@ async fn a_reload_replaces_certificates_without_dropping_connections() {
 }
 
 /// An HTTPS upstream with a certificate for `name` signed by `ca`; answers with the SNI it
-/// was asked for.
-async fn tls_upstream(ca: &Ca, dir: &Path, name: &str) -> std::net::SocketAddr {
+/// was asked for and the HTTP version the request came in. `alpn` is what it accepts
+/// (h2 and/or http/1.1).
+async fn tls_upstream_speaking(
+    ca: &Ca,
+    dir: &Path,
+    name: &str,
+    alpn: &[&[u8]],
+) -> std::net::SocketAddr {
     let (cert, key, _) = leaf(ca, dir, "backend", &[name]);
-    let config = weir::tls::server_config(&weir::config::ListenerTlsConfig {
+    let mut config = weir::tls::server_config(&weir::config::ListenerTlsConfig {
         certificates: vec![weir::config::CertificateConfig {
             cert,
             key,
@@ -285,6 +291,7 @@ async fn tls_upstream(ca: &Ca, dir: &Path, name: &str) -> std::net::SocketAddr {
         }],
     })
     .unwrap();
+    Arc::get_mut(&mut config).unwrap().alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -296,17 +303,27 @@ async fn tls_upstream(ca: &Ca, dir: &Path, name: &str) -> std::net::SocketAddr {
                     return;
                 };
                 let sni = tls.get_ref().1.server_name().unwrap_or("-").to_owned();
-                let service = hyper::service::service_fn(move |_req| {
-                    let sni = sni.clone();
-                    async move { Ok::<_, std::convert::Infallible>(Response::new(full(sni))) }
+                let service = hyper::service::service_fn(move |req: Request<_>| {
+                    let reply = if req.version() == http::Version::HTTP_2 {
+                        format!("{sni} h2")
+                    } else {
+                        sni.clone()
+                    };
+                    async move { Ok::<_, std::convert::Infallible>(Response::new(full(reply))) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
             });
         }
     });
     addr
+}
+
+async fn tls_upstream(ca: &Ca, dir: &Path, name: &str) -> std::net::SocketAddr {
+    tls_upstream_speaking(ca, dir, name, &[b"http/1.1"]).await
 }
 
 fn tls_pool_config(upstream: std::net::SocketAddr, tls: &str) -> String {
@@ -359,6 +376,48 @@ async fn upstreams_over_tls_are_verified() {
     weir.shutdown().await;
 }
 
+#[tokio::test]
+async fn http2_to_upstreams_over_tls_is_negotiated_by_alpn() {
+    let ca = ca();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let tls = format!(
+        "ca_file = {:?}, server_name = \"backend.test\"",
+        ca_file.display().to_string()
+    );
+    let both = tls_upstream_speaking(&ca, dir.path(), "backend.test", &[b"h2", b"http/1.1"]).await;
+    let http1_only = tls_upstream_speaking(&ca, dir.path(), "backend.test", &[b"http/1.1"]).await;
+
+    // (upstream, protocol, what the upstream saw; None = refused with 502)
+    let cases = [
+        (both, "h2", Some("backend.test h2")),
+        (both, "auto", Some("backend.test h2")),
+        (both, "http1", Some("backend.test")),
+        (http1_only, "auto", Some("backend.test")),
+        // h2 demanded, the endpoint cannot: refused rather than downgraded.
+        (http1_only, "h2", None),
+    ];
+    for (upstream, protocol, expected) in cases {
+        let weir =
+            weir(&(tls_pool_config(upstream, &tls) + &format!("protocol = \"{protocol}\"\n")))
+                .await;
+        let addr = weir.listener_addr("http").unwrap();
+        for _ in 0..3 {
+            let reply = get(addr, "/").await;
+            match expected {
+                Some(body) => assert_eq!(
+                    (reply.status.as_u16(), reply.text().as_str()),
+                    (200, body),
+                    "protocol {protocol}"
+                ),
+                None => assert_eq!(reply.status, 502, "protocol {protocol}"),
+            }
+        }
+        weir.shutdown().await;
+    }
+}
+
 #[test]
 fn upstream_tls_config_errors() {
     let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
@@ -380,6 +439,16 @@ fn upstream_tls_config_errors() {
     .to_string();
     assert!(
         err.contains("pools.main.protocol: h2c is HTTP/2 in cleartext"),
+        "{err}"
+    );
+    let err = weir::config::load_str(
+        &(simple_config(&[up], "protocol = \"h2\"")),
+        Path::new("w.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("pools.main.protocol: h2 and auto are negotiated by TLS ALPN and need [tls]"),
         "{err}"
     );
 }

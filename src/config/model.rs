@@ -216,6 +216,11 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 with prior knowledge over cleartext: many requests on one connection.
     H2c,
+    /// HTTP/2 over TLS: ALPN offers only `h2`.
+    H2,
+    /// TLS with ALPN offering `h2` and `http/1.1`: each connection uses what the endpoint
+    /// picks.
+    Auto,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -208,6 +208,19 @@ fn check_pool_policies(key: &str, pool: &PoolConfig, problems: &mut Vec<Problem>
         }
         (None, _) => {}
     }
+    if pool.tls.is_none()
+        && matches!(
+            pool.protocol,
+            crate::config::UpstreamProtocol::H2 | crate::config::UpstreamProtocol::Auto
+        )
+    {
+        problem(
+            "protocol",
+            "h2 and auto are negotiated by TLS ALPN and need [tls]; use h2c for HTTP/2 in \
+             cleartext"
+                .into(),
+        );
+    }
     if let Some(tls) = &pool.tls {
         if pool.protocol == crate::config::UpstreamProtocol::H2c {
             problem(

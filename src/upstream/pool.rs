@@ -138,8 +138,10 @@ impl Pool {
                 http::uri::Scheme::HTTP
             },
             version: match config.protocol {
-                UpstreamProtocol::Http1 => http::Version::HTTP_11,
-                UpstreamProtocol::H2c => http::Version::HTTP_2,
+                // `auto` sends HTTP/1.1-versioned requests: the client speaks h2 on
+                // connections where ALPN chose it.
+                UpstreamProtocol::Http1 | UpstreamProtocol::Auto => http::Version::HTTP_11,
+                UpstreamProtocol::H2c | UpstreamProtocol::H2 => http::Version::HTTP_2,
             },
             preserve_host: config.preserve_host,
             fail_open: config.fail_open,
@@ -436,7 +438,14 @@ fn build_client(config: &PoolConfig) -> UpstreamClient {
         },
         None => builder,
     };
-    let connector = builder.enable_http1().wrap_connector(connector);
+    // The enabled versions are also what ALPN offers.
+    let connector = match config.protocol {
+        UpstreamProtocol::H2 => builder.enable_http2().wrap_connector(connector),
+        UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(connector),
+        UpstreamProtocol::Http1 | UpstreamProtocol::H2c => {
+            builder.enable_http1().wrap_connector(connector)
+        }
+    };
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_timer(TokioTimer::new())
@@ -445,9 +454,14 @@ fn build_client(config: &PoolConfig) -> UpstreamClient {
         .pool_max_idle_per_host(config.max_idle_per_endpoint)
         // Headers go upstream exactly as weir prepared them.
         .set_host(false);
-    if config.protocol == UpstreamProtocol::H2c {
+    if matches!(
+        config.protocol,
+        UpstreamProtocol::H2c | UpstreamProtocol::H2
+    ) {
+        builder.http2_only(true);
+    }
+    if config.protocol != UpstreamProtocol::Http1 {
         builder
-            .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .http2_keep_alive_timeout(Duration::from_secs(20));
     }
