@@ -3,6 +3,8 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo.toml declares the benchmarks, so the manifest needs their files.
+COPY benches ./benches
 RUN cargo build --release --locked && strip target/release/weir
 
 FROM debian:bookworm-slim
