@@ -85,7 +85,12 @@ fn hit_paths(c: &mut Criterion) {
         memory: false,
         ..route.clone()
     };
-    let shared = runtime.block_on(async { Cache::new(&config, Some(&redis_config)) });
+    let shared = runtime.block_on(async {
+        Cache::new(
+            &config,
+            weir::cache::redis::RedisTier::shared(Some(&redis_config), None),
+        )
+    });
     runtime.block_on(shared.store(&l2_only, &key, &request, stored_response(&request)));
     c.bench_function("l2_hit: Redis GET + decode (1 KiB, loopback)", |b| {
         b.to_async(&runtime).iter(|| async {

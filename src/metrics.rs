@@ -11,6 +11,7 @@ use prometheus::{Encoder, TextEncoder};
 
 use crate::app::Supervisor;
 use crate::cache::Cache;
+use crate::cache::redis::RedisTier;
 use crate::proxy::stats::LatencyHistogram;
 use crate::upstream::EndpointState;
 
@@ -180,6 +181,20 @@ fn gather(supervisor: &Supervisor) -> Vec<MetricFamily> {
             &[("route", name), ("pool", pool)],
             &route.stats.latency,
         );
+        if let Some(limiter) = &route.rate_limit {
+            f.counter(
+                "weir_rate_limited_total",
+                "Requests refused with 429 by the route's rate limit.",
+                &[("route", name)],
+                limiter.rejected.load(Relaxed),
+            );
+            f.counter(
+                "weir_rate_limit_fallbacks_total",
+                "Shared-limit checks Redis did not answer, decided by the local bucket.",
+                &[("route", name)],
+                limiter.fallbacks.load(Relaxed),
+            );
+        }
     }
     for pool in snapshot.pools.values() {
         let p = pool.name.as_str();
@@ -276,8 +291,58 @@ fn gather(supervisor: &Supervisor) -> Vec<MetricFamily> {
     if let Some(cache) = &state.snapshot.load().cache {
         cache_metrics(&mut f, cache);
     }
+    if let Some(redis) = &state.snapshot.load().redis {
+        redis_metrics(&mut f, redis);
+    }
     control_metrics(&mut f, supervisor);
     f.0
+}
+
+/// The shared Redis connection: the cache's L2 and shared rate limits use it.
+fn redis_metrics(f: &mut Families, redis: &RedisTier) {
+    let r = &redis.stats;
+    f.counter(
+        "weir_redis_commands_total",
+        "Redis commands sent.",
+        &[],
+        r.commands.load(Relaxed),
+    );
+    f.counter(
+        "weir_redis_errors_total",
+        "Redis commands that failed.",
+        &[("kind", "error")],
+        r.errors.load(Relaxed),
+    );
+    f.counter(
+        "weir_redis_errors_total",
+        "Redis commands that failed.",
+        &[("kind", "timeout")],
+        r.timeouts.load(Relaxed),
+    );
+    f.counter(
+        "weir_redis_skipped_total",
+        "Redis commands skipped while the breaker was open.",
+        &[],
+        r.skipped.load(Relaxed),
+    );
+    f.gauge(
+        "weir_redis_latency_seconds_sum",
+        "Total time spent in Redis commands (divide by weir_redis_commands_total).",
+        &[],
+        r.latency_micros_total.load(Relaxed) as f64 / 1e6,
+    );
+    f.gauge(
+        "weir_redis_up",
+        "0 while the Redis breaker is open.",
+        &[],
+        f64::from(u8::from(!redis.is_open())),
+    );
+    f.counter(
+        "weir_redis_breaker_opened_total",
+        "Times the Redis breaker opened.",
+        &[],
+        r.breaker_opened.load(Relaxed),
+    );
 }
 
 fn control_metrics(f: &mut Families, supervisor: &Supervisor) {
@@ -397,51 +462,6 @@ fn cache_metrics(f: &mut Families, cache: &Cache) {
         &[],
         s.hit_ratio(),
     );
-    if let Some(redis) = cache.redis() {
-        let r = &redis.stats;
-        f.counter(
-            "weir_redis_commands_total",
-            "Redis commands sent.",
-            &[],
-            r.commands.load(Relaxed),
-        );
-        f.counter(
-            "weir_redis_errors_total",
-            "Redis commands that failed.",
-            &[("kind", "error")],
-            r.errors.load(Relaxed),
-        );
-        f.counter(
-            "weir_redis_errors_total",
-            "Redis commands that failed.",
-            &[("kind", "timeout")],
-            r.timeouts.load(Relaxed),
-        );
-        f.counter(
-            "weir_redis_skipped_total",
-            "Redis commands skipped while the breaker was open.",
-            &[],
-            r.skipped.load(Relaxed),
-        );
-        f.gauge(
-            "weir_redis_latency_seconds_sum",
-            "Total time spent in Redis commands (divide by weir_redis_commands_total).",
-            &[],
-            r.latency_micros_total.load(Relaxed) as f64 / 1e6,
-        );
-        f.gauge(
-            "weir_redis_up",
-            "0 while the Redis breaker is open.",
-            &[],
-            f64::from(u8::from(!redis.is_open())),
-        );
-        f.counter(
-            "weir_redis_breaker_opened_total",
-            "Times the Redis breaker opened.",
-            &[],
-            r.breaker_opened.load(Relaxed),
-        );
-    }
 }
 
 /// The cache's counters as JSON (admin API and demo).

@@ -22,7 +22,7 @@ use http::HeaderMap;
 use http::header;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CacheConfig, CacheTier, RedisConfig, RouteCacheConfig};
+use crate::config::{CacheConfig, CacheTier, RouteCacheConfig};
 pub use coalesce::{Flight, FlightGuard};
 use key::KeySpec;
 use memory::MemoryTier;
@@ -131,7 +131,7 @@ pub struct Cache {
     pub instance: u64,
     pub coalesce_wait: Duration,
     pub shared_lock: bool,
-    config: (CacheConfig, Option<RedisConfig>),
+    config: CacheConfig,
     /// Refresh entries requested in the last tenth of their freshness.
     pub rewarm_hot: bool,
     shutdown: tokio_util::sync::CancellationToken,
@@ -153,15 +153,9 @@ impl Drop for Cache {
 }
 
 impl Cache {
-    /// Builds the cache and, with Redis, starts listening for other instances' purges.
-    pub fn new(config: &CacheConfig, redis: Option<&RedisConfig>) -> Arc<Self> {
-        let redis_tier = redis.and_then(|r| match RedisTier::new(r) {
-            Ok(tier) => Some(Arc::new(tier)),
-            Err(err) => {
-                tracing::error!(error = %err, "redis disabled");
-                None
-            }
-        });
+    /// Builds the cache and, with Redis (the instance's shared connection, see
+    /// [`RedisTier::shared`]), starts listening for other instances' purges.
+    pub fn new(config: &CacheConfig, redis_tier: Option<Arc<RedisTier>>) -> Arc<Self> {
         let cache = Arc::new(Self {
             memory: MemoryTier::new(config.memory_bytes),
             redis: redis_tier,
@@ -170,7 +164,7 @@ impl Cache {
             instance: fastrand::u64(..),
             coalesce_wait: config.coalesce_wait,
             shared_lock: config.shared_lock,
-            config: (config.clone(), redis.cloned()),
+            config: config.clone(),
             rewarm_hot: config.rewarm_hot,
             shutdown: tokio_util::sync::CancellationToken::new(),
         });
@@ -186,17 +180,20 @@ impl Cache {
     /// Keeps `previous` (and its contents) when the cache settings did not change.
     pub fn rebuild(
         config: &CacheConfig,
-        redis: Option<&RedisConfig>,
+        redis: Option<&Arc<RedisTier>>,
         previous: Option<&Arc<Cache>>,
     ) -> Option<Arc<Self>> {
         if !config.enabled {
             return None;
         }
+        let same_redis = |old: &Cache| match (&old.redis, redis) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
         match previous {
-            Some(old) if old.config.0 == *config && old.config.1.as_ref() == redis => {
-                Some(Arc::clone(old))
-            }
-            _ => Some(Self::new(config, redis)),
+            Some(old) if old.config == *config && same_redis(old) => Some(Arc::clone(old)),
+            _ => Some(Self::new(config, redis.cloned())),
         }
     }
 

@@ -190,6 +190,10 @@ pub struct RateLimitConfig {
     /// `client_ip` (default), `header:NAME` (e.g. an API key), or `route` (one bucket).
     #[serde(default = "d_rate_key")]
     pub key: String,
+    /// One bucket per key across every instance sharing `[redis]` (GCRA in a Lua script);
+    /// while Redis is unreachable, each instance falls back to its own bucket.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -114,6 +114,12 @@ fn check_routes(config: &Config, problems: &mut Vec<Problem>) {
             if let Err(reason) = crate::proxy::ratelimit::parse_key(&limit.key) {
                 problems.push(Problem::new(format!("{key}.rate_limit.key"), reason));
             }
+            if limit.shared && config.redis.is_none() {
+                problems.push(Problem::new(
+                    format!("{key}.rate_limit.shared"),
+                    "shared limits live in Redis; add a [redis] table or remove shared",
+                ));
+            }
         }
     }
 }

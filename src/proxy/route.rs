@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::ratelimit::RouteLimiter;
 use super::stats::RouteStats;
+use crate::cache::redis::RedisTier;
 use crate::config::RouteConfig;
 use crate::upstream::Pool;
 
@@ -30,12 +31,14 @@ pub struct Route {
 }
 
 impl Route {
-    /// `stats` carries the counters of the route of the same name before a reload.
+    /// `stats` carries the counters of the route of the same name before a reload; `redis`
+    /// holds shared rate-limit buckets.
     pub fn new(
         index: usize,
         config: &RouteConfig,
         pool: Arc<Pool>,
         stats: Option<Arc<RouteStats>>,
+        redis: Option<&Arc<RedisTier>>,
     ) -> Self {
         let host = match config.host.as_deref() {
             None => HostMatch::Any,
@@ -48,16 +51,17 @@ impl Route {
             .name
             .clone()
             .unwrap_or_else(|| format!("routes[{index}]"));
+        let rate_limit = config
+            .rate_limit
+            .as_ref()
+            .map(|limit| Arc::new(RouteLimiter::new(limit, &name, redis)));
         Self {
             name: name.into(),
             host,
             path_prefix: config.path_prefix.clone(),
             pool,
             stats: stats.unwrap_or_default(),
-            rate_limit: config
-                .rate_limit
-                .as_ref()
-                .map(|limit| Arc::new(RouteLimiter::new(limit))),
+            rate_limit,
             cache: None,
             index,
         }

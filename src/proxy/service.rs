@@ -184,7 +184,7 @@ impl ProxyService {
                 .ok_or(ProxyError::NoRoute)?
         };
         if let Some(limiter) = &route.rate_limit
-            && let Err(wait) = limiter.check(self.peer.ip(), &parts.headers)
+            && let Err(wait) = limiter.check(self.peer.ip(), &parts.headers).await
         {
             return Err(Failure::at(route, ProxyError::RateLimited(wait), None));
         }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::headers::HeaderPolicy;
 use super::route::{Route, Router};
+use crate::cache::redis::RedisTier;
 use crate::cache::{Cache, RouteCache};
 use crate::config::Config;
 use crate::upstream::Pool;
@@ -20,12 +21,18 @@ pub struct Snapshot {
     pub compression: bool,
     /// The HTTP cache, kept (with its contents) across reloads that leave its settings.
     pub cache: Option<Arc<Cache>>,
+    /// The instance's Redis connection (`[redis]`): the cache's L2 and shared rate limits.
+    pub redis: Option<Arc<RedisTier>>,
 }
 
 impl Snapshot {
     /// Builds from a validated config; with `previous` (the snapshot being replaced by a
     /// reload), pools of the same name keep their live state (see [`Pool::from_config`]).
     pub fn build(config: &Config, previous: Option<&Snapshot>) -> Self {
+        let redis = RedisTier::shared(
+            config.redis.as_ref(),
+            previous.and_then(|p| p.redis.as_ref()),
+        );
         let pools: BTreeMap<String, Arc<Pool>> = config
             .pools
             .iter()
@@ -40,7 +47,7 @@ impl Snapshot {
             .enumerate()
             .filter_map(|(i, route)| {
                 let pool = pools.get(&route.pool)?;
-                let mut fresh = Route::new(i, route, Arc::clone(pool), None);
+                let mut fresh = Route::new(i, route, Arc::clone(pool), None, redis.as_ref());
                 fresh.cache =
                     RouteCache::from_config(&config.cache, route.cache.as_ref()).map(Arc::new);
                 if let Some(old) =
@@ -48,8 +55,8 @@ impl Snapshot {
                 {
                     fresh.stats = Arc::clone(&old.stats);
                     // Unchanged limits keep their buckets across a reload.
-                    if let (Some(new), Some(kept)) = (&fresh.rate_limit, &old.rate_limit)
-                        && new.config == kept.config
+                    if let (Some(new), Some(kept)) = (&route.rate_limit, &old.rate_limit)
+                        && kept.fits(new, redis.as_ref())
                     {
                         fresh.rate_limit = Some(Arc::clone(kept));
                     }
@@ -65,9 +72,10 @@ impl Snapshot {
             compression: config.server.compression,
             cache: Cache::rebuild(
                 &config.cache,
-                config.redis.as_ref(),
+                redis.as_ref(),
                 previous.and_then(|p| p.cache.as_ref()),
             ),
+            redis,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - `p:t:{tag}`: set of object keys carrying a surrogate key;
 //! - `p:l:{primary}`: coalescing lock; `p:purge`: the invalidation channel.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,8 @@ pub struct RedisStats {
 }
 
 pub struct RedisTier {
+    /// What it was built from: a reload with the same settings keeps this connection.
+    pub config: RedisConfig,
     conn: Conn,
     pubsub: Vec<redis::Client>,
     timeout: Duration,
@@ -52,6 +55,14 @@ pub struct RedisTier {
     open_until_ms: AtomicU64,
     open: AtomicBool,
     pub stats: RedisStats,
+}
+
+impl std::fmt::Debug for RedisTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTier")
+            .field("open", &self.is_open())
+            .finish_non_exhaustive()
+    }
 }
 
 pub enum Lock {
@@ -65,6 +76,7 @@ impl RedisTier {
     pub fn new(config: &RedisConfig) -> Result<Self, RedisError> {
         let connected = conn::connect(config).map_err(RedisError::Url)?;
         Ok(Self {
+            config: config.clone(),
             conn: connected.conn,
             pubsub: connected.pubsub,
             timeout: config.timeout,
@@ -75,6 +87,23 @@ impl RedisTier {
             open: AtomicBool::new(false),
             stats: RedisStats::default(),
         })
+    }
+
+    /// The instance's one Redis connection for a config: `previous`'s when its settings are
+    /// unchanged (a reload keeps it), a new one otherwise; `None` without `[redis]` or with
+    /// an unusable URL (logged: Redis is never required).
+    pub fn shared(config: Option<&RedisConfig>, previous: Option<&Arc<Self>>) -> Option<Arc<Self>> {
+        let config = config?;
+        if let Some(old) = previous.filter(|old| old.config == *config) {
+            return Some(Arc::clone(old));
+        }
+        match Self::new(config) {
+            Ok(tier) => Some(Arc::new(tier)),
+            Err(error) => {
+                tracing::error!(%error, "redis disabled");
+                None
+            }
+        }
     }
 
     /// Clients to subscribe through, in order of preference (several for a cluster).
@@ -353,6 +382,23 @@ impl RedisTier {
                 script.key(key).arg(token).invoke_async(&mut conn).await
             })
             .await;
+    }
+
+    /// Runs a Lua script on one key (so a cluster routes it to the key's node) and reads
+    /// an integer back; `None` when skipped or failed. EVAL rather than EVALSHA: a cluster
+    /// node may not have the script loaded, and Redis caches the compiled script anyway.
+    pub async fn eval_int(
+        &self,
+        what: &'static str,
+        script: &'static str,
+        key: &[u8],
+        args: &[u64],
+    ) -> Option<i64> {
+        let mut command = redis::cmd("EVAL");
+        command.arg(script).arg(1).arg(key).arg(args);
+        let mut conn = self.conn.clone();
+        self.run(what, async move { command.query_async(&mut conn).await })
+            .await
     }
 
     /// `true` if Redis took the message.

@@ -1,8 +1,15 @@
-//! Per-route rate limits (GCRA, by `governor`): one bucket for the route, or one per client
-//! IP or per value of a header (an API key). Over the limit: 429 with `Retry-After`.
+//! Per-route rate limits (GCRA): one bucket for the route, or one per client IP or per
+//! value of a header (an API key). Over the limit: 429 with `Retry-After`.
+//!
+//! Buckets live in this instance (`governor`), or with `shared = true` in Redis, where
+//! every instance draws on the same bucket ([`shared`]). A shared check that Redis cannot
+//! answer falls back to the local bucket: Redis being down never fails a request.
+
+mod shared;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -11,7 +18,9 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, HeaderName};
 
+use crate::cache::redis::RedisTier;
 use crate::config::RateLimitConfig;
+use shared::SharedBucket;
 
 /// Keyed limiters forget idle keys every this many checks, so memory stays bounded.
 const CLEANUP_EVERY: u64 = 4096;
@@ -28,8 +37,12 @@ enum Buckets {
 pub struct RouteLimiter {
     pub config: RateLimitConfig,
     buckets: Buckets,
+    /// With `shared = true` and Redis configured.
+    shared: Option<SharedBucket>,
     checks: AtomicU64,
     pub rejected: AtomicU64,
+    /// Shared checks Redis did not answer, decided by the local bucket instead.
+    pub fallbacks: AtomicU64,
 }
 
 /// What `rate_limit.key` may be.
@@ -48,8 +61,9 @@ pub fn parse_key(key: &str) -> Result<Option<HeaderName>, String> {
 }
 
 impl RouteLimiter {
-    /// Builds from validated config (zero rates were rejected; clamp defensively).
-    pub fn new(config: &RateLimitConfig) -> Self {
+    /// Builds from validated config (zero rates were rejected; clamp defensively). `route`
+    /// names the shared buckets in Redis.
+    pub fn new(config: &RateLimitConfig, route: &str, redis: Option<&Arc<RedisTier>>) -> Self {
         let rate = NonZeroU32::new(config.requests_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.burst.unwrap_or(config.requests_per_second))
             .unwrap_or(NonZeroU32::MIN);
@@ -59,16 +73,56 @@ impl RouteLimiter {
             (_, Ok(Some(header))) => Buckets::Header(header, RateLimiter::keyed(quota)),
             _ => Buckets::ClientIp(RateLimiter::keyed(quota)),
         };
+        let shared = redis
+            .filter(|_| config.shared)
+            .map(|redis| SharedBucket::new(Arc::clone(redis), route, config, burst.get()));
         Self {
             config: config.clone(),
             buckets,
+            shared,
             checks: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
         }
     }
 
+    /// Whether a reload may keep this limiter (and its buckets) for `config`.
+    pub fn fits(&self, config: &RateLimitConfig, redis: Option<&Arc<RedisTier>>) -> bool {
+        let same_redis = match (&self.shared, redis.filter(|_| config.shared)) {
+            (Some(shared), Some(redis)) => shared.uses(redis),
+            (None, None) => true,
+            _ => false,
+        };
+        self.config == *config && same_redis
+    }
+
     /// `Ok` to go on, or how long until this key may send again.
-    pub fn check(&self, client_ip: IpAddr, headers: &HeaderMap) -> Result<(), Duration> {
+    pub async fn check(&self, client_ip: IpAddr, headers: &HeaderMap) -> Result<(), Duration> {
+        if let Some(shared) = &self.shared {
+            let value = match &self.buckets {
+                Buckets::Route(_) => None,
+                Buckets::ClientIp(_) => Some(shared::KeyValue::Ip(client_ip)),
+                Buckets::Header(name, _) => Some(shared::KeyValue::Bytes(
+                    headers.get(name).map_or(&[][..], |v| v.as_bytes()),
+                )),
+            };
+            match shared.check(value).await {
+                Some(outcome) => {
+                    if outcome.is_err() {
+                        self.rejected.fetch_add(1, Relaxed);
+                    }
+                    return outcome;
+                }
+                None => {
+                    self.fallbacks.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        self.check_local(client_ip, headers)
+    }
+
+    /// The instance's own bucket.
+    fn check_local(&self, client_ip: IpAddr, headers: &HeaderMap) -> Result<(), Duration> {
         let checks = self.checks.fetch_add(1, Relaxed) + 1;
         let clock = DefaultClock::default();
         let outcome = match &self.buckets {
@@ -106,11 +160,13 @@ mod tests {
     use super::*;
 
     fn limiter(key: &str, rps: u32, burst: u32) -> RouteLimiter {
-        RouteLimiter::new(&RateLimitConfig {
+        let config = RateLimitConfig {
             requests_per_second: rps,
             burst: Some(burst),
             key: key.into(),
-        })
+            shared: false,
+        };
+        RouteLimiter::new(&config, "r", None)
     }
 
     #[test]
@@ -120,15 +176,15 @@ mod tests {
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         for _ in 0..3 {
-            assert!(l.check(a, &headers).is_ok());
+            assert!(l.check_local(a, &headers).is_ok());
         }
-        let wait = l.check(a, &headers).unwrap_err();
+        let wait = l.check_local(a, &headers).unwrap_err();
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_secs(1),
             "{wait:?}"
         );
         assert!(
-            l.check(b, &headers).is_ok(),
+            l.check_local(b, &headers).is_ok(),
             "another client has its own bucket"
         );
         assert_eq!(l.rejected.load(Relaxed), 1);
@@ -142,16 +198,16 @@ mod tests {
         k1.insert("x-api-key", "one".parse().unwrap());
         let mut k2 = HeaderMap::new();
         k2.insert("x-api-key", "two".parse().unwrap());
-        assert!(l.check(ip, &k1).is_ok());
-        assert!(l.check(ip, &k1).is_err());
-        assert!(l.check(ip, &k2).is_ok());
+        assert!(l.check_local(ip, &k1).is_ok());
+        assert!(l.check_local(ip, &k1).is_err());
+        assert!(l.check_local(ip, &k2).is_ok());
 
         let route = limiter("route", 1, 2);
         let other: IpAddr = "10.0.0.9".parse().unwrap();
-        assert!(route.check(ip, &k1).is_ok());
-        assert!(route.check(other, &k2).is_ok());
+        assert!(route.check_local(ip, &k1).is_ok());
+        assert!(route.check_local(other, &k2).is_ok());
         assert!(
-            route.check(other, &HeaderMap::new()).is_err(),
+            route.check_local(other, &HeaderMap::new()).is_err(),
             "one bucket for everyone"
         );
     }
