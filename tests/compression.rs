@@ -4,7 +4,10 @@
 mod common;
 
 use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use common::redis_server::RedisServer;
 use common::*;
 use http::{Request, Response};
 
@@ -100,5 +103,207 @@ async fn compression_is_off_unless_configured() {
     let weir = weir(&simple_config(&[up.addr], "")).await;
     let reply = fetch(weir.listener_addr("http").unwrap(), "/json", Some("gzip")).await;
     assert_eq!(reply.header("content-encoding"), None);
+    weir.shutdown().await;
+}
+
+/// A cacheable 4 KiB JSON document with a strong ETag, answering `If-None-Match` with 304;
+/// records the `Accept-Encoding` of every request it gets.
+async fn cacheable_upstream(seen: Arc<Mutex<Vec<String>>>) -> Upstream {
+    upstream(move |req| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let accept = req
+                .headers()
+                .get("accept-encoding")
+                .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
+            seen.lock().unwrap().push(accept);
+            let response = Response::builder()
+                .header("content-type", "application/json")
+                .header("cache-control", "max-age=60")
+                .header("etag", "\"v1\"");
+            if req.headers().get("if-none-match").is_some() {
+                return response.status(304).body(empty()).unwrap();
+            }
+            response.body(full(TEXT.repeat(4096 / TEXT.len()))).unwrap()
+        }
+    })
+    .await
+}
+
+fn decode(reply: &Reply) -> String {
+    let mut text = String::new();
+    match reply.header("content-encoding") {
+        Some("br") => {
+            brotli::Decompressor::new(&reply.body[..], 4096)
+                .read_to_string(&mut text)
+                .unwrap();
+        }
+        Some("gzip") => {
+            flate2::read::GzDecoder::new(&reply.body[..])
+                .read_to_string(&mut text)
+                .unwrap();
+        }
+        None => text = reply.text(),
+        Some(other) => panic!("unexpected coding {other}"),
+    }
+    text
+}
+
+/// As [`fetch`], with one Host for every instance (the cache key includes it).
+async fn fetch_doc(proxy: std::net::SocketAddr, accept: Option<&str>) -> Reply {
+    let mut request = Request::get(format!("http://{proxy}/doc")).header("host", "doc.example");
+    if let Some(accept) = accept {
+        request = request.header("accept-encoding", accept);
+    }
+    send(&http1_client(), request.body(empty()).unwrap()).await
+}
+
+fn cache_status(reply: &Reply) -> &str {
+    reply.header("cache-status").unwrap_or("-")
+}
+
+#[tokio::test]
+async fn compressed_variants_are_cached_apart_and_served_without_recompressing() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let up = cacheable_upstream(Arc::clone(&seen)).await;
+    let redis = RedisServer::start().await;
+    let config = simple_config(&[up.addr], "")
+        + &format!(
+            "\n[server]\ncompression = true\n[cache]\nenabled = true\n[redis]\nurl = \"{}\"\n",
+            redis.url()
+        );
+    let a = weir(&config).await;
+    let proxy = a.listener_addr("http").unwrap();
+    let original = TEXT.repeat(4096 / TEXT.len());
+
+    // (Accept-Encoding, coding served, cache outcome): spellings that pick the same coding
+    // share one variant; each coding is fetched once.
+    let mut bodies: std::collections::BTreeMap<&str, Vec<u8>> = Default::default();
+    for (accept, coding, outcome) in [
+        (Some("gzip, deflate, br"), Some("br"), "fwd=miss; stored"),
+        (Some("br, gzip"), Some("br"), "hit"),
+        (Some("br;q=0.9, gzip;q=0.1, zstd"), Some("br"), "hit"),
+        (Some("gzip"), Some("gzip"), "fwd=miss; stored"),
+        (Some("deflate, gzip;q=0.8"), Some("gzip"), "hit"),
+        (None, None, "fwd=miss; stored"),
+        (Some("identity"), None, "hit"),
+        (Some("br;q=0, gzip;q=0"), None, "hit"),
+    ] {
+        let reply = fetch_doc(proxy, accept).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("content-encoding"), coding, "{accept:?}");
+        assert!(
+            cache_status(&reply).contains(outcome),
+            "{accept:?}: {}",
+            cache_status(&reply)
+        );
+        assert_eq!(decode(&reply), original, "{accept:?}");
+        assert!(
+            reply
+                .header("vary")
+                .unwrap_or("")
+                .eq_ignore_ascii_case("accept-encoding"),
+            "{accept:?}"
+        );
+        // A compressed body is not the identity representation: its ETag is weak.
+        let expected_etag = if coding.is_some() {
+            "W/\"v1\""
+        } else {
+            "\"v1\""
+        };
+        assert_eq!(reply.header("etag"), Some(expected_etag), "{accept:?}");
+        let coding = coding.unwrap_or("identity");
+        match bodies.get(coding) {
+            // A hit is the stored bytes, not a fresh compression.
+            Some(first) => assert_eq!(first, &reply.body.to_vec(), "{accept:?}"),
+            None => {
+                bodies.insert(coding, reply.body.to_vec());
+            }
+        }
+    }
+    assert!(
+        bodies["br"].len() < original.len() / 4,
+        "{} bytes",
+        bodies["br"].len()
+    );
+    assert!(bodies["gzip"].len() < original.len() / 4);
+    // The upstream was asked once per coding, each time for that coding alone.
+    assert_eq!(*seen.lock().unwrap(), ["br", "gzip", "identity"]);
+
+    // The client's own validators are answered from the compressed variant.
+    let request = Request::get(format!("http://{proxy}/doc"))
+        .header("host", "doc.example")
+        .header("accept-encoding", "br")
+        .header("if-none-match", "W/\"v1\"")
+        .body(empty())
+        .unwrap();
+    let not_modified = send(&http1_client(), request).await;
+    assert_eq!(not_modified.status, 304);
+    assert_eq!(seen.lock().unwrap().len(), 3);
+
+    // Another instance finds each variant in Redis (L2).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b = weir(&config).await;
+    let other = b.listener_addr("http").unwrap();
+    for (accept, coding) in [("br", "br"), ("gzip", "gzip"), ("identity", "identity")] {
+        let reply = fetch_doc(other, Some(accept)).await;
+        assert!(
+            cache_status(&reply).starts_with("weir-l2; hit"),
+            "{accept}: {}",
+            cache_status(&reply)
+        );
+        assert_eq!(&reply.body.to_vec(), &bodies[coding], "{accept}");
+    }
+    assert_eq!(seen.lock().unwrap().len(), 3, "no more upstream requests");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_revalidated_compressed_variant_keeps_its_weak_etag() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let up = upstream({
+        let seen = Arc::clone(&seen);
+        move |req| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let conditional = req.headers().get("if-none-match").is_some();
+                seen.lock().unwrap().push(conditional);
+                // Fresh for no time at all, so every request revalidates.
+                let response = Response::builder()
+                    .header("content-type", "text/plain")
+                    .header("cache-control", "max-age=0, must-revalidate")
+                    .header("etag", "\"v7\"");
+                if conditional {
+                    response.status(304).body(empty()).unwrap()
+                } else {
+                    response.body(full(TEXT.repeat(100))).unwrap()
+                }
+            }
+        }
+    })
+    .await;
+    let config =
+        simple_config(&[up.addr], "") + "\n[server]\ncompression = true\n[cache]\nenabled = true\n";
+    let weir = weir(&config).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let first = fetch(proxy, "/t", Some("gzip")).await;
+    assert_eq!(first.header("etag"), Some("W/\"v7\""));
+    for _ in 0..2 {
+        let again = fetch(proxy, "/t", Some("gzip")).await;
+        assert!(
+            cache_status(&again).contains("fwd-status=304"),
+            "{}",
+            cache_status(&again)
+        );
+        assert_eq!(again.header("content-encoding"), Some("gzip"));
+        assert_eq!(
+            again.header("etag"),
+            Some("W/\"v7\""),
+            "still weak after the 304"
+        );
+        assert_eq!(again.body, first.body);
+    }
+    assert_eq!(*seen.lock().unwrap(), [false, true, true]);
     weir.shutdown().await;
 }

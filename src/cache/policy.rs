@@ -336,6 +336,14 @@ pub fn refresh(
         if NOT_UPDATED_BY_304.contains(&name.as_str()) || name == header::CONNECTION {
             continue;
         }
+        // A weak ETag stays weak: weir weakened it when it compressed the stored body, and
+        // the origin's 304 names the strong one of the uncompressed representation.
+        if name == header::ETAG
+            && let (Some(old), Some(new)) = (stored.headers.get(name), not_modified.get(name))
+            && old.as_bytes().strip_prefix(b"W/") == Some(new.as_bytes())
+        {
+            continue;
+        }
         merged.remove(name);
         for value in not_modified.get_all(name) {
             merged.append(name.clone(), value.clone());

@@ -5,6 +5,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
@@ -138,6 +139,9 @@ impl Body for UpstreamRequestBody {
     }
 }
 
+/// A response body compressed on its way (see [`super::compress`]).
+pub type EncodedBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
+
 pin_project! {
     /// Streams frames as they arrive; nothing is collected.
     #[project = ResponseBodyProj]
@@ -146,6 +150,10 @@ pin_project! {
             #[pin]
             inner: Incoming,
             guards: Option<RequestGuards>,
+            tee: Option<Box<Tee>>,
+        },
+        Encoded {
+            inner: EncodedBody,
             tee: Option<Box<Tee>>,
         },
         Full {
@@ -163,9 +171,21 @@ impl ResponseBody {
         }
     }
 
-    /// Copies the body for the cache as it streams (upstream bodies only).
+    /// Any body with our frame type, e.g. a compressed one.
+    pub fn encoded<B>(inner: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        ResponseBody::Encoded {
+            inner: Box::pin(inner.map_err(Into::into)),
+            tee: None,
+        }
+    }
+
+    /// Copies the body for the cache as it streams (streamed bodies only).
     pub fn with_tee(mut self, new: Tee) -> Self {
-        if let ResponseBody::Upstream { tee, .. } = &mut self {
+        if let ResponseBody::Upstream { tee, .. } | ResponseBody::Encoded { tee, .. } = &mut self {
             *tee = Some(Box::new(new));
         }
         self
@@ -183,14 +203,48 @@ impl ResponseBody {
     }
 }
 
+/// Feeds the cache's copy from a polled frame; finishes it at the end of the body and
+/// drops it on a failure.
+fn observe<E>(
+    tee: &mut Option<Box<Tee>>,
+    polled: &Poll<Option<Result<Frame<Bytes>, E>>>,
+    ended: impl FnOnce() -> bool,
+) {
+    match polled {
+        Poll::Ready(None) => {
+            if let Some(tee) = tee.take() {
+                tee.finish();
+            }
+        }
+        Poll::Ready(Some(Err(_))) => {
+            tee.take();
+        }
+        Poll::Ready(Some(Ok(frame))) => {
+            if let (Some(data), Some(copy)) = (frame.data_ref(), tee.as_mut())
+                && !copy.push(data)
+            {
+                tee.take();
+            }
+            // hyper stops polling a body that says it has ended.
+            if tee.is_some()
+                && ended()
+                && let Some(tee) = tee.take()
+            {
+                tee.finish();
+            }
+        }
+        Poll::Pending => {}
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             ResponseBodyProj::Upstream {
                 mut inner,
@@ -198,33 +252,16 @@ impl Body for ResponseBody {
                 tee,
             } => {
                 let polled = inner.as_mut().poll_frame(cx);
-                match &polled {
-                    // End or failure: the request is over for the endpoint and connection.
-                    Poll::Ready(None) => {
-                        if let Some(tee) = tee.take() {
-                            tee.finish();
-                        }
-                        guards.take();
-                    }
-                    Poll::Ready(Some(Err(_))) => {
-                        tee.take();
-                        guards.take();
-                    }
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let (Some(data), Some(copy)) = (frame.data_ref(), tee.as_mut())
-                            && !copy.push(data)
-                        {
-                            tee.take();
-                        }
-                        // hyper stops polling a body that says it has ended.
-                        if inner.is_end_stream()
-                            && let Some(tee) = tee.take()
-                        {
-                            tee.finish();
-                        }
-                    }
-                    Poll::Pending => {}
+                observe(tee, &polled, || inner.is_end_stream());
+                // End or failure: the request is over for the endpoint and connection.
+                if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    guards.take();
                 }
+                polled.map(|frame| frame.map(|r| r.map_err(BoxError::from)))
+            }
+            ResponseBodyProj::Encoded { inner, tee } => {
+                let polled = inner.as_mut().poll_frame(cx);
+                observe(tee, &polled, || inner.is_end_stream());
                 polled
             }
             ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
@@ -234,6 +271,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ResponseBody::Encoded { inner, .. } => inner.is_end_stream(),
             ResponseBody::Full { data } => data.is_none(),
         }
     }
@@ -241,6 +279,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Upstream { inner, .. } => inner.size_hint(),
+            ResponseBody::Encoded { inner, .. } => inner.size_hint(),
             ResponseBody::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

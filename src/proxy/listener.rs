@@ -14,8 +14,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::compression::CompressionLayer;
-use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 
 use arc_swap::ArcSwap;
 use tokio_rustls::TlsAcceptor;
@@ -24,9 +22,6 @@ use super::ProxyState;
 use super::body::BodyPace;
 use super::conn::ConnActivity;
 use super::service::ProxyService;
-
-/// Responses at or below this size are not worth compressing.
-const MIN_COMPRESS_BYTES: u16 = 1024;
 
 /// Settings of one listener, fixed while it runs.
 #[derive(Debug, Clone)]
@@ -152,9 +147,8 @@ impl Connection {
                 let service = service.clone();
                 async move { Ok::<_, std::convert::Infallible>(service.handle(req).await) }
             });
-            let predicate = DefaultPredicate::new().and(SizeAbove::new(MIN_COMPRESS_BYTES));
             let service = tower::ServiceBuilder::new()
-                .layer(CompressionLayer::new().compress_when(predicate))
+                .layer(super::compress::layer())
                 .service(service);
             self.drive(io, TowerToHyperService::new(service), activity)
                 .await;

@@ -2,6 +2,7 @@
 //! It publishes [`ProxyState`] and never reads from the control or admin sides.
 
 pub mod body;
+pub mod compress;
 pub mod conn;
 pub mod error;
 pub mod headers;

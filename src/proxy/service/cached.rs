@@ -18,6 +18,7 @@ use crate::cache::policy::{self, CACHE_STATUS, PolicyRequest, Reuse};
 use crate::cache::redis::Lock;
 use crate::cache::{Cache, Flight, FlightGuard, PurgeTarget, RouteCache, Tier};
 use crate::proxy::body::{ResponseBody, Tee};
+use crate::proxy::compress;
 use crate::proxy::conn::ConnRequestGuard;
 use crate::proxy::route::Route;
 use crate::proxy::snapshot::Snapshot;
@@ -110,6 +111,10 @@ impl ProxyService {
             .map_or("/", |pq| pq.as_str())
             .parse()
             .unwrap_or_else(|_| Uri::from_static("/"));
+        // With compression on, each coding is a variant of its own (see `compress`).
+        let coding = snapshot
+            .compression
+            .then(|| compress::normalize_accept_encoding(&mut parts.headers));
         let client_headers = parts.headers.clone();
         let view = PolicyRequest {
             method: &Method::GET,
@@ -278,6 +283,7 @@ impl ProxyService {
                         "{name}; fwd=stale; fwd-status={}",
                         response.status().as_u16()
                     );
+                    let response = encoded(response, coding).await;
                     Ok((
                         self.store_as_it_streams(
                             cache, policy, &primary, &view, response, None, &fwd, head_only,
@@ -381,6 +387,7 @@ impl ProxyService {
             )
             .await?;
         cache.stats.misses.fetch_add(1, Relaxed);
+        let response = encoded(response, coding).await;
         let release = leader.map(|guard| Release { guard, lock });
         let response = self.store_as_it_streams(
             cache,
@@ -592,6 +599,10 @@ impl ProxyService {
             else {
                 return;
             };
+            let coding = snapshot
+                .compression
+                .then(|| compress::negotiate(&client_headers));
+            let response = encoded(response, coding).await;
             let view = PolicyRequest {
                 method: &Method::GET,
                 target,
@@ -685,6 +696,17 @@ fn serve(
         .stats
         .record_hit(tier, if head_only { 0 } else { stored.body.len() });
     (response, served)
+}
+
+/// The response in the request's coding, when compression is on.
+async fn encoded(
+    response: Response<ResponseBody>,
+    coding: Option<&'static str>,
+) -> Response<ResponseBody> {
+    match coding {
+        Some(coding) => compress::encode(response, coding).await,
+        None => response,
+    }
 }
 
 fn with_status(mut response: Response<ResponseBody>, cache_status: &str) -> Response<ResponseBody> {
