@@ -10,7 +10,7 @@ use common::*;
 use http::{Request, Response};
 use serde_json::Value;
 
-/// Upstream answering with the trace headers it received.
+/// Upstream answering with the trace headers it received; `/static/…` is cacheable.
 async fn trace_echo() -> Upstream {
     upstream(|req| async move {
         let get = |name: &str| {
@@ -19,11 +19,17 @@ async fn trace_echo() -> Upstream {
                 .map(|v| v.to_str().unwrap().to_owned())
                 .unwrap_or_default()
         };
-        Response::new(full(format!(
+        let mut response = Response::new(full(format!(
             "{}|{}",
             get("traceparent"),
             get("tracestate")
-        )))
+        )));
+        if req.uri().path().starts_with("/static/") {
+            response
+                .headers_mut()
+                .insert("cache-control", "max-age=60".parse().unwrap());
+        }
+        response
     })
     .await
 }
@@ -77,7 +83,7 @@ async fn access_log_lines_carry_request_trace_route_and_timings() {
     let path = dir.path().join("weir.toml");
     std::fs::write(
         &path,
-        simple_config(&[up.addr], "") + "\n[server]\naccess_log = true\n",
+        simple_config(&[up.addr], "") + "\n[server]\naccess_log = true\n[cache]\nenabled = true\n",
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -110,12 +116,19 @@ async fn access_log_lines_carry_request_trace_route_and_timings() {
         .body(empty())
         .unwrap();
     assert_eq!(send(&http1_client(), request).await.status, 200);
-    let line = loop {
+    let next_access_line = || loop {
         let event = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         if event["message"] == "access" {
             break event;
         }
     };
+    let line = next_access_line();
+    // A cacheable object: fetched once, then answered by the memory tier.
+    let mut cache_lines = Vec::new();
+    for _ in 0..2 {
+        get(proxy, "/static/app.js").await;
+        cache_lines.push(next_access_line());
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -130,4 +143,17 @@ async fn access_log_lines_carry_request_trace_route_and_timings() {
     assert_eq!(line["endpoint"], up.addr.to_string());
     assert_eq!(line["attempts"], 1);
     assert!(line["duration_ms"].as_f64().unwrap() >= line["upstream_ms"].as_f64().unwrap());
+    assert_eq!(line["cache"], "weir-l1; fwd=miss");
+    assert_eq!(cache_lines[0]["cache"], "weir-l1; fwd=miss; stored");
+    assert_eq!(cache_lines[0]["endpoint"], up.addr.to_string());
+    assert!(
+        cache_lines[1]["cache"]
+            .as_str()
+            .unwrap()
+            .starts_with("weir-l1; hit"),
+        "{}",
+        cache_lines[1]
+    );
+    assert_eq!(cache_lines[1]["endpoint"], "cache");
+    assert_eq!(cache_lines[1]["upstream_ms"], 0.0);
 }

@@ -136,3 +136,84 @@ async fn shutdown_waits_for_open_tunnels_until_the_drain_deadline() {
         "the client side is closed"
     );
 }
+
+/// A real WebSocket echo server (tungstenite): every text and binary message comes back.
+async fn websocket_echo_upstream() -> std::net::SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn websocket_sessions_pass_through_with_the_real_handshake() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let up = websocket_echo_upstream().await;
+    let weir = weir(&simple_config(&[up], "")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let in_flight = || weir.state().snapshot.load().pools["main"].endpoints()[0].in_flight();
+
+    // The client checks Sec-WebSocket-Accept against its own key: the handshake went
+    // through weir unaltered.
+    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{proxy}/chat"))
+        .await
+        .expect("handshake through weir");
+    assert_eq!(response.status(), 101);
+    let mut second = tokio_tungstenite::connect_async(format!("ws://{proxy}/chat"))
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(in_flight(), 2, "each open session counts as in flight");
+
+    let big = "x".repeat(100_000);
+    for message in [
+        Message::text("hello"),
+        Message::binary(vec![0u8, 1, 2, 255]),
+        Message::text(big.as_str()),
+    ] {
+        ws.send(message.clone()).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, message);
+    }
+    second.send(Message::text("other")).await.unwrap();
+    assert_eq!(
+        second.next().await.unwrap().unwrap(),
+        Message::text("other")
+    );
+
+    ws.close(None).await.unwrap();
+    drop(ws);
+    for _ in 0..100 {
+        if in_flight() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        in_flight(),
+        1,
+        "a closed session is released, the other stays"
+    );
+    drop(second);
+    weir.shutdown().await;
+}

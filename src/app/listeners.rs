@@ -190,6 +190,7 @@ impl ListenerSet {
             request_header_timeout: server.request_header_timeout,
             client_idle_timeout: server.client_idle_timeout,
             max_request_header_bytes: server.max_request_header_bytes,
+            max_request_headers: server.max_request_headers,
             body_pace: BodyPace {
                 timeout: server.request_body_timeout,
                 min_rate: server.min_request_body_rate,

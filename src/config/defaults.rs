@@ -14,6 +14,12 @@ pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_MIN_REQUEST_BODY_RATE: u64 = 500;
 /// Largest request head (request line and headers) accepted; larger gets 431/414.
 pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+/// Most header fields in one request (hyper's own HTTP/1 bound, kept on the stack); more
+/// gets 431.
+pub const DEFAULT_MAX_REQUEST_HEADERS: usize = 100;
+/// Largest request body accepted unless a route says otherwise; 0 = no limit (bodies
+/// stream, so the limit protects upstreams, not weir's memory).
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 0;
 /// hyper needs at least this much read buffer.
 pub const MIN_REQUEST_HEADER_BYTES: usize = 8 * 1024;
 /// A client connection with no request in flight and no bytes moving is closed after this.

@@ -66,6 +66,13 @@ pub struct ServerConfig {
     /// Largest request head accepted (HTTP/1 request line + headers, HTTP/2 header list).
     #[serde(default = "d_max_header_bytes")]
     pub max_request_header_bytes: usize,
+    /// Most header fields in one request; more gets 431.
+    #[serde(default = "d_max_headers")]
+    pub max_request_headers: usize,
+    /// Largest request body (bytes) on routes that set no `max_body_bytes`; more gets 413.
+    /// 0 = no limit.
+    #[serde(default)]
+    pub max_request_body_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +83,8 @@ impl Default for ServerConfig {
             request_header_timeout: DEFAULT_REQUEST_HEADER_TIMEOUT,
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
             max_request_header_bytes: DEFAULT_MAX_REQUEST_HEADER_BYTES,
+            max_request_headers: DEFAULT_MAX_REQUEST_HEADERS,
+            max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
             access_log: false,
             compression: false,
             request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
@@ -178,6 +187,9 @@ pub struct RouteConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// This route's caching policy; absent = the defaults when `[cache] enabled`.
     pub cache: Option<RouteCacheConfig>,
+    /// Largest request body (bytes); more gets 413. Absent: `server.max_request_body_bytes`;
+    /// 0 = no limit.
+    pub max_body_bytes: Option<u64>,
 }
 
 /// A GCRA rate limit: `requests_per_second` sustained, bursts of `burst`.
@@ -521,6 +533,9 @@ fn d_body_timeout() -> Duration {
 }
 fn d_body_rate() -> u64 {
     DEFAULT_MIN_REQUEST_BODY_RATE
+}
+fn d_max_headers() -> usize {
+    DEFAULT_MAX_REQUEST_HEADERS
 }
 fn d_max_header_bytes() -> usize {
     DEFAULT_MAX_REQUEST_HEADER_BYTES

@@ -28,6 +28,13 @@ fn check_listeners(config: &Config, problems: &mut Vec<Problem>) {
             format!("must be {MIN_REQUEST_HEADER_BYTES} to 16777216, got {header_bytes}"),
         ));
     }
+    let header_count = config.server.max_request_headers;
+    if !(8..=10_000).contains(&header_count) {
+        problems.push(Problem::new(
+            "server.max_request_headers",
+            format!("must be 8 to 10000, got {header_count}"),
+        ));
+    }
     if config.listeners.is_empty() {
         problems.push(Problem::new(
             "listeners",

@@ -27,6 +27,11 @@ pub struct RequestGuards {
 #[error("request body arrived too slowly")]
 pub struct BodyTooSlow;
 
+/// A client's request body grew past the route's limit (its value).
+#[derive(Debug, thiserror::Error)]
+#[error("request body over {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
 /// The body's deadline, mod_reqtimeout style: `timeout` from the start, extended by one
 /// second per `min_rate` bytes received. A trickle (slowloris on the body) runs out of
 /// time; a slow but steady upload does not.
@@ -60,6 +65,8 @@ pin_project! {
             pace: BodyPace,
             start: tokio::time::Instant,
             received: u64,
+            // Largest body allowed (0 = no limit).
+            limit: u64,
             timer: Pin<Box<tokio::time::Sleep>>,
         },
         Buffered {
@@ -75,13 +82,14 @@ impl UpstreamRequestBody {
         }
     }
 
-    pub fn streaming(inner: Incoming, pace: BodyPace) -> Self {
+    pub fn streaming(inner: Incoming, pace: BodyPace, limit: u64) -> Self {
         let start = tokio::time::Instant::now();
         UpstreamRequestBody::Streaming {
             inner,
             pace,
             start,
             received: 0,
+            limit,
             timer: Box::pin(tokio::time::sleep_until(pace.deadline(start, 0))),
         }
     }
@@ -101,11 +109,15 @@ impl Body for UpstreamRequestBody {
                 pace,
                 start,
                 received,
+                limit,
                 timer,
             } => match inner.poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         *received += data.len() as u64;
+                        if *limit > 0 && *received > *limit {
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
+                        }
                         timer.as_mut().reset(pace.deadline(*start, *received));
                     }
                     Poll::Ready(Some(Ok(frame)))

@@ -20,6 +20,10 @@ pub enum ProxyError {
     ClientBody(#[source] BoxError),
     #[error("the client's request body arrived too slowly")]
     ClientBodyTimeout,
+    #[error("the request body is over the route's limit of {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("more than {0} request header fields")]
+    TooManyHeaders(usize),
     #[error("no route matches")]
     NoRoute,
     #[error("rate limited for {0:?}")]
@@ -44,6 +48,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::TooManyHeaders(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -67,6 +73,8 @@ impl ProxyError {
             }
             ProxyError::ClientBody(_) => "request body malformed or incomplete",
             ProxyError::ClientBodyTimeout => "request body too slow",
+            ProxyError::BodyTooLarge(_) => "request body too large",
+            ProxyError::TooManyHeaders(_) => "too many header fields",
             ProxyError::NoRoute => "no route for this host and path",
             ProxyError::RateLimited(_) => "rate limit exceeded",
             ProxyError::NoEndpoint(_) => "no upstream endpoint available",
@@ -83,6 +91,9 @@ impl ProxyError {
     pub fn from_client(err: hyper_util::client::legacy::Error) -> Self {
         if source_chain_has::<super::body::BodyTooSlow>(&err) {
             return ProxyError::ClientBodyTimeout;
+        }
+        if let Some(limit) = find_in_chain::<super::body::BodyTooLarge>(&err) {
+            return ProxyError::BodyTooLarge(limit.0);
         }
         if source_chain_has_body_error(&err) {
             return ProxyError::ClientBody(err.into());
@@ -127,6 +138,7 @@ impl ProxyError {
             ProxyError::BadRequest(_)
                 | ProxyError::ClientBody(_)
                 | ProxyError::ClientBodyTimeout
+                | ProxyError::BodyTooLarge(_)
                 | ProxyError::UnsupportedTransferEncoding
         ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -150,14 +162,20 @@ impl ProxyError {
 fn source_chain_has<T: std::error::Error + 'static>(
     err: &(dyn std::error::Error + 'static),
 ) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    find_in_chain::<T>(err).is_some()
+}
+
+fn find_in_chain<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current: Option<&'a (dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
-        if e.downcast_ref::<T>().is_some() {
-            return true;
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
         }
         current = e.source();
     }
-    false
+    None
 }
 
 fn source_chain_has_body_error(err: &(dyn std::error::Error + 'static)) -> bool {

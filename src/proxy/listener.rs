@@ -31,6 +31,7 @@ pub struct ListenerSettings {
     pub request_header_timeout: Duration,
     pub client_idle_timeout: Duration,
     pub max_request_header_bytes: usize,
+    pub max_request_headers: usize,
     pub body_pace: BodyPace,
     /// TLS termination; swapped in place when a reload brings new certificates.
     pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
@@ -211,6 +212,10 @@ fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(settings.request_header_timeout)
         .max_buf_size(settings.max_request_header_bytes)
         .keep_alive(true);
+    // hyper's own bound is the default; setting it moves the header array to the heap.
+    if settings.max_request_headers != crate::config::defaults::DEFAULT_MAX_REQUEST_HEADERS {
+        builder.http1().max_headers(settings.max_request_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

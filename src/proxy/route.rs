@@ -28,6 +28,8 @@ pub struct Route {
     pub cache: Option<Arc<crate::cache::RouteCache>>,
     /// Position in the config, to find the route again in the same snapshot.
     pub index: usize,
+    /// Largest request body in bytes (0 = no limit); more gets 413.
+    pub max_body_bytes: u64,
 }
 
 impl Route {
@@ -64,6 +66,7 @@ impl Route {
             rate_limit,
             cache: None,
             index,
+            max_body_bytes: config.max_body_bytes.unwrap_or(0),
         }
     }
 

@@ -137,6 +137,12 @@ impl ProxyService {
                 attempts,
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,
                 upstream_ms,
+                // The cache's outcome and tier (`weir-l1; hit`, `weir-l2; fwd=miss`…).
+                cache = response
+                    .headers()
+                    .get(&crate::cache::policy::CACHE_STATUS)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-"),
                 "access"
             );
         }
@@ -160,6 +166,10 @@ impl ProxyService {
             return Err(ProxyError::ConnectNotSupported.into());
         }
         check_framing(&parts.headers)?;
+        // HTTP/1 requests are held to this by hyper already; HTTP/2 ones are not.
+        if parts.headers.len() > snapshot.max_request_headers {
+            return Err(ProxyError::TooManyHeaders(snapshot.max_request_headers).into());
+        }
         // Route and forward the same, normalised path.
         if let Cow::Owned(path) = normalize_path(parts.uri.path())
             .map_err(|_| ProxyError::BadRequest("invalid percent-encoding in the path"))?
@@ -187,6 +197,17 @@ impl ProxyService {
             && let Err(wait) = limiter.check(self.peer.ip(), &parts.headers).await
         {
             return Err(Failure::at(route, ProxyError::RateLimited(wait), None));
+        }
+        // A declared length over the limit is refused before anything goes upstream; a
+        // chunked body is cut when it gets there (see `UpstreamRequestBody`).
+        if route.max_body_bytes > 0
+            && declared_length(&parts.headers).is_some_and(|n| n > route.max_body_bytes)
+        {
+            return Err(Failure::at(
+                route,
+                ProxyError::BodyTooLarge(route.max_body_bytes),
+                None,
+            ));
         }
         // The target's authority (HTTP/2 :authority, HTTP/1.1 absolute-form) is what the
         // route was chosen by, so it replaces any Host header (RFC 9112 §3.2.2); HTTP/1.1
@@ -291,6 +312,7 @@ impl ProxyService {
                 pool.retry.attempts,
                 pool.retry.buffer_body_bytes,
                 self.body_pace,
+                route.max_body_bytes,
             )
             .await
             .map_err(|error| failure(error, None))?,
@@ -351,7 +373,9 @@ impl ProxyService {
                     let error = ProxyError::from_client(err);
                     if matches!(
                         error,
-                        ProxyError::ClientBody(_) | ProxyError::ClientBodyTimeout
+                        ProxyError::ClientBody(_)
+                            | ProxyError::ClientBodyTimeout
+                            | ProxyError::BodyTooLarge(_)
                     ) {
                         // The client's fault: the endpoint learns nothing from it.
                         drop(guard);
@@ -461,8 +485,8 @@ impl ProxyService {
 enum RequestBody {
     /// Empty or buffered: every attempt gets the same bytes.
     Replayable(Bytes),
-    /// Streams from the client; only one attempt can have it.
-    Streaming(Option<Incoming>, BodyPace),
+    /// Streams from the client; only one attempt can have it (with its size limit).
+    Streaming(Option<Incoming>, BodyPace, u64),
 }
 
 impl RequestBody {
@@ -472,14 +496,12 @@ impl RequestBody {
         attempts: u32,
         buffer_limit: u64,
         pace: BodyPace,
+        max_body: u64,
     ) -> Result<Self, ProxyError> {
         if body.is_end_stream() {
             return Ok(RequestBody::Replayable(Bytes::new()));
         }
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = declared_length(headers);
         match declared {
             Some(length) if attempts > 0 && length <= buffer_limit => {
                 let limited = http_body_util::Limited::new(body, buffer_limit as usize);
@@ -491,7 +513,7 @@ impl RequestBody {
                     .to_bytes();
                 Ok(RequestBody::Replayable(bytes))
             }
-            _ => Ok(RequestBody::Streaming(Some(body), pace)),
+            _ => Ok(RequestBody::Streaming(Some(body), pace, max_body)),
         }
     }
 
@@ -502,12 +524,20 @@ impl RequestBody {
     fn for_attempt(&mut self) -> UpstreamRequestBody {
         match self {
             RequestBody::Replayable(bytes) => UpstreamRequestBody::buffered(bytes.clone()),
-            RequestBody::Streaming(body, pace) => match body.take() {
-                Some(inner) => UpstreamRequestBody::streaming(inner, *pace),
+            RequestBody::Streaming(body, pace, limit) => match body.take() {
+                Some(inner) => UpstreamRequestBody::streaming(inner, *pace, *limit),
                 None => UpstreamRequestBody::buffered(Bytes::new()),
             },
         }
     }
+}
+
+/// The request's `Content-Length` (already checked to be one valid value).
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Where a proxied request went, for route stats and the access log.

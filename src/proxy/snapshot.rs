@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub headers: HeaderPolicy,
     pub access_log: bool,
     pub compression: bool,
+    /// Most header fields a request may carry (431 above it).
+    pub max_request_headers: usize,
     /// The HTTP cache, kept (with its contents) across reloads that leave its settings.
     pub cache: Option<Arc<Cache>>,
     /// The instance's Redis connection (`[redis]`): the cache's L2 and shared rate limits.
@@ -48,6 +50,9 @@ impl Snapshot {
             .filter_map(|(i, route)| {
                 let pool = pools.get(&route.pool)?;
                 let mut fresh = Route::new(i, route, Arc::clone(pool), None, redis.as_ref());
+                fresh.max_body_bytes = route
+                    .max_body_bytes
+                    .unwrap_or(config.server.max_request_body_bytes);
                 fresh.cache =
                     RouteCache::from_config(&config.cache, route.cache.as_ref()).map(Arc::new);
                 if let Some(old) =
@@ -70,6 +75,7 @@ impl Snapshot {
             headers: HeaderPolicy::from_config(&config.headers),
             access_log: config.server.access_log,
             compression: config.server.compression,
+            max_request_headers: config.server.max_request_headers,
             cache: Cache::rebuild(
                 &config.cache,
                 redis.as_ref(),

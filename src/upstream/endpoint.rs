@@ -90,6 +90,11 @@ pub struct EndpointPolicy {
 
 /// An upstream server, shared by the balancer, in-flight guards and (read-only) the admin
 /// and control sides.
+/// A time that has not happened.
+const NEVER: u64 = u64::MAX;
+/// How often a held-back ejection is logged per endpoint.
+const HELD_EJECTION_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug)]
 pub struct Endpoint {
     /// `host:port` as configured; identifies the endpoint across reloads.
@@ -112,6 +117,8 @@ pub struct Endpoint {
     /// Share of recent attempts with no response (connect, timeout, reset).
     failure_rate: DecayingRate,
     backoff_until_ms: AtomicU64,
+    /// When a held-back ejection was last logged (see [`Endpoint::should_log_held_ejection`]).
+    held_ejection_logged_ms: AtomicU64,
     available_since_ms: AtomicU64,
     slow_start_ms: AtomicU64,
     /// Bits of an `f64`.
@@ -169,6 +176,7 @@ impl Endpoint {
             error_rate: DecayingRate::default(),
             failure_rate: DecayingRate::default(),
             backoff_until_ms: AtomicU64::new(0),
+            held_ejection_logged_ms: AtomicU64::new(NEVER),
             available_since_ms: AtomicU64::new(if slow_start { now } else { NOT_RAMPING }),
             slow_start_ms: AtomicU64::new(slow_start_ms),
             decay_ms: AtomicU64::new((policy.decay.as_millis().max(1) as f64).to_bits()),
@@ -202,6 +210,19 @@ impl Endpoint {
 
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// Whether to log that this endpoint's ejection was held back by the pool's
+    /// `max_ejected_share`: once per [`HELD_EJECTION_LOG_EVERY`], since a dead sole
+    /// endpoint would otherwise log on every failed request.
+    pub fn should_log_held_ejection(&self) -> bool {
+        let now = self.clock.now_ms();
+        let last = self.held_ejection_logged_ms.load(Relaxed);
+        (last == NEVER || now.saturating_sub(last) >= HELD_EJECTION_LOG_EVERY.as_millis() as u64)
+            && self
+                .held_ejection_logged_ms
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
     }
 
     fn decay_ms(&self) -> f64 {
@@ -495,6 +516,20 @@ mod tests {
 
     fn endpoint() -> Arc<Endpoint> {
         Arc::new(Endpoint::with_defaults("127.0.0.1:1", 1).unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_ejections_are_logged_once_per_interval() {
+        let ep = endpoint();
+        assert!(ep.should_log_held_ejection());
+        for _ in 0..1000 {
+            assert!(!ep.should_log_held_ejection());
+        }
+        tokio::time::advance(HELD_EJECTION_LOG_EVERY - Duration::from_millis(1)).await;
+        assert!(!ep.should_log_held_ejection());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(ep.should_log_held_ejection());
+        assert!(!ep.should_log_held_ejection());
     }
 
     #[test]

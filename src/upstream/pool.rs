@@ -359,12 +359,12 @@ impl Pool {
             BreakerEvent::WouldOpen(trip) => {
                 if self.may_eject() {
                     endpoint.eject(&trip.to_string());
-                } else {
+                } else if endpoint.should_log_held_ejection() {
                     tracing::warn!(
                         pool = %self.name,
                         endpoint = %endpoint.address,
                         reason = %trip,
-                        "not ejecting: max_ejected_share of the pool is already ejected"
+                        "not ejecting: max_ejected_share of the pool is already ejected (logged at most every 10 s)"
                     );
                 }
             }
