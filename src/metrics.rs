@@ -295,7 +295,42 @@ fn gather(supervisor: &Supervisor) -> Vec<MetricFamily> {
         redis_metrics(&mut f, redis);
     }
     control_metrics(&mut f, supervisor);
+    process_metrics(&mut f);
     f.0
+}
+
+/// What leaks would show: live runtime tasks, open descriptors, resident memory.
+fn process_metrics(f: &mut Families) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        f.gauge(
+            "weir_runtime_alive_tasks",
+            "Tasks alive in weir's runtime (connections, tunnels, health checks, background work).",
+            &[],
+            handle.metrics().num_alive_tasks() as f64,
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        f.gauge(
+            "process_open_fds",
+            "Open file descriptors (sockets included).",
+            &[],
+            fds.count() as f64,
+        );
+    }
+    if let Some(kib) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+    {
+        f.gauge(
+            "process_resident_memory_bytes",
+            "Resident memory.",
+            &[],
+            kib * 1024.0,
+        );
+    }
 }
 
 /// The shared Redis connection: the cache's L2 and shared rate limits use it.

@@ -60,6 +60,15 @@ async fn metrics_parse_and_follow_traffic() {
     let ep = up.addr.to_string();
     let dead = dead.to_string();
     assert_eq!(value(&after, "weir_requests_total", &[]), 10.0);
+    // What a leak would show, for dashboards and the fault suite.
+    for (name, at_least) in [
+        ("weir_runtime_alive_tasks", 1.0),
+        ("process_open_fds", 3.0),
+        ("process_resident_memory_bytes", 1e6),
+    ] {
+        let v = value(&after, name, &[]);
+        assert!(v >= at_least, "{name} = {v}");
+    }
     assert_eq!(
         value(&after, "weir_responses_total", &[("class", "2xx")]),
         5.0

@@ -19,9 +19,14 @@ use super::object::Entry;
 use crate::config::RedisConfig;
 use conn::Conn;
 
-/// Consecutive failures that open the breaker, and how long it then stays open.
+/// Consecutive failures that open the breaker, and how long it then stays open when no
+/// probe task runs (outside a runtime).
 const BREAKER_FAILURES: u32 = 3;
 const BREAKER_OPEN: Duration = Duration::from_secs(2);
+/// While the breaker is open, Redis is PINGed this often, and the breaker closes at the
+/// first answer: recovery takes about this long after Redis is back, and no request pays
+/// a timeout to find out.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// A prefix purge walks the whole keyspace (every primary of a cluster): an admin action
 /// that may take far longer than one cache command.
 const PURGE_SCAN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,7 +59,19 @@ pub struct RedisTier {
     /// Milliseconds since `started` until which commands are skipped.
     open_until_ms: AtomicU64,
     open: AtomicBool,
+    /// Whether a probe task watches the breaker (see [`probe_while_open`]).
+    probing: AtomicBool,
+    /// Wakes the probe task when the breaker opens.
+    opened: Arc<tokio::sync::Notify>,
+    /// Stops the probe task when the tier is dropped (a reload changed `[redis]`).
+    shutdown: tokio_util::sync::CancellationToken,
     pub stats: RedisStats,
+}
+
+impl Drop for RedisTier {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 impl std::fmt::Debug for RedisTier {
@@ -85,6 +102,9 @@ impl RedisTier {
             consecutive_failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             open: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
+            opened: Arc::new(tokio::sync::Notify::new()),
+            shutdown: tokio_util::sync::CancellationToken::new(),
             stats: RedisStats::default(),
         })
     }
@@ -98,7 +118,18 @@ impl RedisTier {
             return Some(Arc::clone(old));
         }
         match Self::new(config) {
-            Ok(tier) => Some(Arc::new(tier)),
+            Ok(tier) => {
+                let tier = Arc::new(tier);
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    tier.probing.store(true, Relaxed);
+                    tokio::spawn(probe_while_open(
+                        Arc::downgrade(&tier),
+                        Arc::clone(&tier.opened),
+                        tier.shutdown.clone(),
+                    ));
+                }
+                Some(tier)
+            }
             Err(error) => {
                 tracing::error!(%error, "redis disabled");
                 None
@@ -163,10 +194,7 @@ impl RedisTier {
             .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
         match result {
             Ok(Ok(value)) => {
-                self.consecutive_failures.store(0, Relaxed);
-                if self.open.swap(false, Relaxed) {
-                    tracing::info!("redis is reachable again; L2 cache resumed");
-                }
+                self.succeeded();
                 Some(value)
             }
             Ok(Err(err)) => {
@@ -182,13 +210,28 @@ impl RedisTier {
         }
     }
 
+    fn succeeded(&self) {
+        self.consecutive_failures.store(0, Relaxed);
+        if self.open.swap(false, Relaxed) {
+            self.open_until_ms.store(0, Relaxed);
+            tracing::info!("redis is reachable again; L2 cache and shared limits resumed");
+        }
+    }
+
     fn failed(&self, what: &str, error: &str) {
         let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
         if failures >= BREAKER_FAILURES {
-            let until = self.started.elapsed() + BREAKER_OPEN;
-            self.open_until_ms.store(until.as_millis() as u64, Relaxed);
+            // With a probe running, only its PING closes the breaker: requests stop paying
+            // for failed commands until Redis answers. Without one, retry after a while.
+            let until = if self.probing.load(Relaxed) {
+                u64::MAX
+            } else {
+                (self.started.elapsed() + BREAKER_OPEN).as_millis() as u64
+            };
+            self.open_until_ms.store(until, Relaxed);
             if !self.open.swap(true, Relaxed) {
                 self.stats.breaker_opened.fetch_add(1, Relaxed);
+                self.opened.notify_one();
                 tracing::warn!(
                     command = what,
                     error,
@@ -412,6 +455,51 @@ impl RedisTier {
             )
             .await;
         sent.is_some()
+    }
+}
+
+/// While the breaker is open, PINGs Redis every [`PROBE_INTERVAL`] and closes the breaker
+/// at the first answer. Ends with the tier.
+async fn probe_while_open(
+    tier: std::sync::Weak<RedisTier>,
+    opened_signal: Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        // Wait for the breaker to open, holding no strong reference meanwhile.
+        let opened = opened_signal.notified();
+        tokio::pin!(opened);
+        opened.as_mut().enable();
+        let Some(already_open) = tier.upgrade().map(|t| t.is_open()) else {
+            return;
+        };
+        if !already_open {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = &mut opened => {}
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+            }
+            let Some(strong) = tier.upgrade() else { return };
+            if !strong.is_open() {
+                break;
+            }
+            let mut conn = strong.conn.clone();
+            let ping = redis::cmd("PING");
+            let answered = tokio::time::timeout(
+                strong.timeout.max(PROBE_INTERVAL),
+                ping.query_async::<String>(&mut conn),
+            )
+            .await;
+            if let Ok(Ok(_)) = answered {
+                strong.succeeded();
+                break;
+            }
+        }
     }
 }
 
