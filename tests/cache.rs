@@ -553,3 +553,96 @@ async fn hot_entries_are_refreshed_before_they_expire() {
     let later = get(addr, "/hot").await;
     assert!(status(&later).contains("hit"), "{}", status(&later));
 }
+
+/// An origin that builds its answer from URL-shaping headers, like frameworks that make
+/// absolute redirects and links from `X-Forwarded-Host` and `X-Forwarded-Proto`.
+async fn url_building_origin() -> Upstream {
+    upstream(|req| async move {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .map_or("-".to_owned(), |v| v.to_str().unwrap_or("?").to_owned())
+        };
+        let forwarded_host = header("x-forwarded-host");
+        let host = match forwarded_host.as_str() {
+            "-" => header("host"),
+            _ => forwarded_host,
+        };
+        let link = format!("{}://{host}/login", header("x-forwarded-proto"));
+        let seen = format!(
+            "link={link} original-url={} forwarded={}",
+            header("x-original-url"),
+            header("forwarded")
+        );
+        Response::builder()
+            .header("cache-control", "max-age=60")
+            .header("location", link)
+            .body(full(seen))
+            .unwrap()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn unkeyed_headers_cannot_poison_the_cache() {
+    let origin = url_building_origin().await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+[[routes]]
+path_prefix = "/keyed"
+pool = "main"
+cache = {{ key_headers = ["x-forwarded-host"] }}
+[[routes]]
+pool = "main"
+[pools.main]
+endpoints = [{{ address = "{}" }}]
+[cache]
+enabled = true
+"#,
+        origin.addr
+    );
+    let weir = weir(&config).await;
+    let addr = weir.listener_addr("http").unwrap();
+
+    // The attacker's request fills the cache…
+    let attack = [
+        ("host", "shop.example"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-proto", "https"),
+        ("x-original-url", "/admin"),
+        ("forwarded", "host=evil.example;proto=https"),
+    ];
+    let poisoned = get_with(addr, "/page", &attack).await;
+    assert_eq!(
+        poisoned.text(),
+        "link=http://shop.example/login original-url=- forwarded=-",
+        "the upstream never saw the attacker's URL headers"
+    );
+    // …and what everyone else gets from it names the real host.
+    let victim = get_with(addr, "/page", &[("host", "shop.example")]).await;
+    assert!(status(&victim).contains("hit"), "{}", status(&victim));
+    assert_eq!(victim.header("location"), Some("http://shop.example/login"));
+
+    // A route that keys on X-Forwarded-Host passes it on: each value is its own entry.
+    let keyed = get_with(
+        addr,
+        "/keyed",
+        &[
+            ("host", "shop.example"),
+            ("x-forwarded-host", "cdn.example"),
+        ],
+    )
+    .await;
+    assert!(
+        keyed.text().starts_with("link=http://cdn.example/login"),
+        "{}",
+        keyed.text()
+    );
+    let plain = get_with(addr, "/keyed", &[("host", "shop.example")]).await;
+    assert!(status(&plain).contains("fwd=miss"), "{}", status(&plain));
+    assert!(plain.text().starts_with("link=http://shop.example/login"));
+    weir.shutdown().await;
+}

@@ -27,6 +27,11 @@ impl KeySpec {
         }
     }
 
+    /// Whether the key includes this request header.
+    pub fn keys_on(&self, name: &HeaderName) -> bool {
+        self.headers.contains(name)
+    }
+
     /// The request target as the cache sees it: the path and the query as keyed, so
     /// that requests sharing an entry also match its policy.
     pub fn target(&self, path: &str, query: Option<&str>) -> String {

@@ -24,6 +24,24 @@ use crate::proxy::route::Route;
 use crate::proxy::snapshot::Snapshot;
 use crate::proxy::trace::TraceContext;
 
+/// Request headers that applications commonly use to build URLs (redirects, links,
+/// canonical hosts) but that are not part of the cache key. A client could otherwise send
+/// `X-Forwarded-Host: evil.example` and have the page it causes served to everyone from
+/// the cache. On caching routes they are removed before forwarding unless the route keys
+/// on them; weir then adds its own forwarding headers.
+const UNKEYED_URL_HEADERS: [&str; 10] = [
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-scheme",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-host",
+    "forwarded",
+];
+
 /// How often a request waiting on another instance's lock looks in Redis.
 const SHARED_LOCK_POLL: Duration = Duration::from_millis(20);
 
@@ -66,6 +84,12 @@ impl ProxyService {
         trace: Option<&TraceContext>,
         conn_guard: ConnRequestGuard,
     ) -> Result<(Response<ResponseBody>, Served), Failure> {
+        for name in UNKEYED_URL_HEADERS {
+            let name = http::HeaderName::from_static(name);
+            if !policy.key.keys_on(&name) {
+                parts.headers.remove(&name);
+            }
+        }
         let host = parts
             .headers
             .get(header::HOST)
