@@ -139,17 +139,54 @@ pub struct ScheduleRule {
     pub min_instances: u32,
 }
 
-/// What to do with a decision that changes the instance count.
+/// What to do with a decision that changes the instance count. Serialized (admin API,
+/// history) without what may be secret: a webhook's credentials and query, a command's
+/// arguments.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionConfig {
     /// Program and arguments; gets the decision as JSON on stdin and `WEIR_*` variables.
-    #[serde(default)]
+    #[serde(default, serialize_with = "serialize_command")]
     pub command: Vec<String>,
     /// Or: POST the decision as JSON here.
+    #[serde(serialize_with = "serialize_webhook")]
     pub webhook: Option<String>,
     #[serde(with = "humantime_serde", default = "d_action_timeout")]
     pub timeout: Duration,
+}
+
+/// A URL without its user information and query: `scheme://host:port/path`.
+pub fn redact_url(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(uri) => format!(
+            "{}://{}{}{}",
+            uri.scheme_str().unwrap_or("http"),
+            uri.host().unwrap_or("?"),
+            uri.port().map(|p| format!(":{p}")).unwrap_or_default(),
+            uri.path()
+        ),
+        Err(_) => "<webhook URL>".to_owned(),
+    }
+}
+
+fn serialize_webhook<S: serde::Serializer>(
+    url: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    url.as_deref().map(redact_url).serialize(serializer)
+}
+
+/// The program, and how many arguments follow it (they may carry tokens).
+fn serialize_command<S: serde::Serializer>(
+    command: &[String],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let shown: Vec<String> = match command.split_first() {
+        None => Vec::new(),
+        Some((program, [])) => vec![program.clone()],
+        Some((program, args)) => vec![program.clone(), format!("<{} arguments>", args.len())],
+    };
+    shown.serialize(serializer)
 }
 
 fn d_true() -> bool {

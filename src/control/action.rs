@@ -90,6 +90,9 @@ async fn command(argv: &[String], decision: &Decision, json: Vec<u8>) -> Result<
 }
 
 async fn post(url: &str, json: Vec<u8>) -> Result<String, String> {
+    // Details go to logs, the decision history and the admin API: never the credentials a
+    // webhook URL may carry (user:password@, ?token=).
+    let shown = crate::config::redact_url(url);
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(5))
         .build_http();
@@ -97,11 +100,11 @@ async fn post(url: &str, json: Vec<u8>) -> Result<String, String> {
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::USER_AGENT, "weir-autoscaler")
         .body(Full::new(Bytes::from(json)))
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| format!("{shown}: {e}"))?;
     let response = client
         .request(request)
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| format!("{shown}: {e}"))?;
     let status = response.status();
     let body = response
         .into_body()
@@ -109,7 +112,7 @@ async fn post(url: &str, json: Vec<u8>) -> Result<String, String> {
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let detail = format!("{url} answered {status}{}", suffix(&tail(&body)));
+    let detail = format!("{shown} answered {status}{}", suffix(&tail(&body)));
     if status.is_success() {
         Ok(detail)
     } else {
@@ -133,5 +136,20 @@ fn suffix(tail: &str) -> String {
         String::new()
     } else {
         format!(": {tail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    #[test]
+    fn webhook_urls_lose_credentials_and_query() {
+        let redacted = crate::config::redact_url;
+        assert_eq!(
+            redacted("http://ops:hunter2@scaler.internal:8080/hooks/api?token=abc"),
+            "http://scaler.internal:8080/hooks/api"
+        );
+        assert_eq!(redacted("http://scaler/x"), "http://scaler/x");
+        assert_eq!(redacted("not a url"), "<webhook URL>");
     }
 }
