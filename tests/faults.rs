@@ -172,10 +172,9 @@ async fn resets_mid_body_are_reported_not_hidden() {
     // Sends a head promising 1000 bytes, 10 of them, then resets.
     let flaky = raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789").await;
     let good = named_upstream("good").await;
-    let config = simple_config(
-        &[flaky, good.addr],
-        "passive = { consecutive_failures = 1000 }",
-    );
+    // Passive ejection off, to see every cut body reach the client as one (with ejection
+    // on they stop after a few: the next test).
+    let config = simple_config(&[flaky, good.addr], "passive = { enabled = false }");
     let weir = weir(&config).await;
     let proxy = weir.listener_addr("http").unwrap();
     let report = load(proxy, 400).await.unwrap();
@@ -337,6 +336,33 @@ async fn stopping_and_restarting_redis_under_load_fails_no_request() {
         stats.breaker_opened.load(Relaxed),
         alive_tasks(),
     );
+    drop(snapshot);
+    weir.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_resets_mid_body_is_ejected() {
+    let flaky = raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789").await;
+    let good = named_upstream("good").await;
+    let config = simple_config(
+        &[flaky, good.addr],
+        "passive = { consecutive_failures = 3, base_ejection = \"10s\" }",
+    );
+    let weir = weir(&config).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let report = load(proxy, 2_000).await.unwrap();
+    // Cut bodies count against the endpoint like resets before the head: after a few it
+    // is ejected and the rest go to the good one.
+    let failed = report.failed();
+    assert_eq!(
+        failed + report.statuses.get(&200).copied().unwrap_or(0),
+        2_000
+    );
+    assert!(failed <= 12, "bounded: {failed} cut bodies");
+    let snapshot = weir.state().snapshot.load();
+    let endpoint = snapshot.pools["main"].endpoint(&flaky.to_string()).unwrap();
+    assert!(endpoint.stats.ejections.load(Relaxed) >= 1);
+    eprintln!("reset mid-body with ejection: 2000 requests, {failed} cut bodies, then ejected");
     drop(snapshot);
     weir.shutdown().await;
 }

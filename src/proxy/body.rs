@@ -1,6 +1,7 @@
 //! Response bodies sent to clients: streamed from an upstream, or a short one weir made.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use pin_project_lite::pin_project;
 
 use super::conn::ConnRequestGuard;
 use super::error::BoxError;
-use crate::upstream::{InFlightGuard, PoolSlot};
+use crate::upstream::{InFlightGuard, Outcome, Pool, PoolSlot};
 
 /// What stays alive until the client has the whole response (or went away).
 #[derive(Debug)]
@@ -20,6 +21,36 @@ pub struct RequestGuards {
     pub pool: PoolSlot,
     /// Absent for requests weir makes itself (cache refreshes).
     pub connection: Option<ConnRequestGuard>,
+    /// The attempt's outcome, told to the endpoint's breaker when the body ends: a
+    /// response whose body the upstream breaks off counts as a failure, so an endpoint
+    /// that resets mid-body gets ejected like one that resets before the head.
+    pub pending: Option<PendingOutcome>,
+}
+
+#[derive(Debug)]
+pub struct PendingOutcome {
+    pub pool: Arc<Pool>,
+    pub outcome: Outcome,
+    /// Time to the response head (what latency tracking measures).
+    pub elapsed: std::time::Duration,
+    /// The upstream broke the body off.
+    pub body_failed: bool,
+}
+
+impl Drop for RequestGuards {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            // A client that leaves early is not the endpoint's failure.
+            let outcome = if pending.body_failed {
+                Outcome::Failed
+            } else {
+                pending.outcome
+            };
+            pending
+                .pool
+                .report(&mut self.endpoint, outcome, pending.elapsed);
+        }
+    }
 }
 
 /// A client's request body was too slow: see [`BodyPace`].
@@ -266,6 +297,11 @@ impl Body for ResponseBody {
                 let polled = inner.as_mut().poll_frame(cx);
                 observe(tee, &polled, || inner.is_end_stream());
                 // End or failure: the request is over for the endpoint and connection.
+                if let Poll::Ready(Some(Err(_))) = &polled
+                    && let Some(pending) = guards.as_mut().and_then(|g| g.pending.as_mut())
+                {
+                    pending.body_failed = true;
+                }
                 if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
                     guards.take();
                 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ProxyState;
-use super::body::{BodyPace, RequestGuards, ResponseBody, UpstreamRequestBody};
+use super::body::{BodyPace, PendingOutcome, RequestGuards, ResponseBody, UpstreamRequestBody};
 use super::conn::{ConnActivity, ConnRequestGuard};
 use super::error::ProxyError;
 use super::headers::{self, strip_hop_by_hop};
@@ -395,11 +395,16 @@ impl ProxyService {
                     Err(ProxyError::ResponseTimeout(pool.response_timeout)),
                 ),
             };
-            pool.report(&mut guard, outcome, elapsed);
-            if may_retry
+            // A response the client will get is reported when its body ends (see
+            // `PendingOutcome`); anything else now.
+            let deferred = matches!(&result, Ok(response) if !response.body().is_end_stream());
+            let retrying = may_retry
                 && retry::is_retryable(&pool.retry, &parts.method, &outcome)
-                && pool.try_retry()
-            {
+                && pool.try_retry();
+            if retrying || !deferred {
+                pool.report(&mut guard, outcome, elapsed);
+            }
+            if retrying {
                 tracing::debug!(
                     request_id = ?request_id,
                     endpoint = %endpoint.address,
@@ -435,6 +440,12 @@ impl ProxyService {
                 endpoint: guard,
                 pool: pool_slot,
                 connection: conn_guard,
+                pending: deferred.then(|| PendingOutcome {
+                    pool: Arc::clone(pool),
+                    outcome,
+                    elapsed,
+                    body_failed: false,
+                }),
             };
             if let (
                 Some(upstream_upgrade),
