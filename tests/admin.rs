@@ -98,3 +98,38 @@ async fn readyz_reports_draining_while_requests_finish() {
     assert_eq!(in_flight.await.unwrap().status, 200);
     assert!(shutdown.await.unwrap().completed);
 }
+
+#[tokio::test]
+async fn admin_bodies_are_bounded_and_the_port_is_loopback_by_default() {
+    let up = named_upstream("a").await;
+    let token = "0123456789abcdef0123";
+    let weir = weir(&config_with_admin(up.addr, &format!("token = \"{token}\""))).await;
+    let admin = weir.admin_addr().unwrap();
+    let post = |body: Vec<u8>, auth: bool| {
+        let mut request = Request::post(format!("http://{admin}/api/v1/instances/register"))
+            .header("content-type", "application/json");
+        if auth {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request.body(full(body)).unwrap()
+    };
+    // 100 KiB of JSON: refused, with or without the token, and nothing registered.
+    let mut big = br#"{"pool":"main","address":"127.0.0.1:9","pad":""#.to_vec();
+    big.extend(std::iter::repeat_n(b'x', 100 * 1024));
+    big.extend(br#""}"#);
+    assert_eq!(
+        send(&http1_client(), post(big.clone(), false)).await.status,
+        401
+    );
+    assert_eq!(send(&http1_client(), post(big, true)).await.status, 413);
+    assert_eq!(
+        weir.state().snapshot.load().pools["main"].endpoints().len(),
+        1
+    );
+    weir.shutdown().await;
+
+    // Without an address the admin port listens on loopback only.
+    let text = simple_config(&[up.addr], "") + "\n[admin]\n";
+    let config = weir::config::load_str(&text, std::path::Path::new("w.toml")).unwrap();
+    assert!(config.admin.unwrap().address.ip().is_loopback());
+}
