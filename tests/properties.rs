@@ -115,6 +115,69 @@ proptest! {
         }
     }
 
+    /// Through the pool (as requests pick): endpoints draining, failing health checks or
+    /// ejected by the breaker after consecutive connect failures are never picked while an
+    /// available one exists.
+    #[test]
+    fn pools_never_pick_an_ejected_unhealthy_or_draining_endpoint_while_one_is_available(
+        weights in proptest::collection::vec(1u32..20, 1..10),
+        states in proptest::collection::vec(0u8..4, 10),
+        strategy in prop_oneof![
+            Just("round_robin"),
+            Just("weighted"),
+            Just("least_connections"),
+            Just("score"),
+            Just("consistent_hash"),
+        ],
+        picks in 1usize..40,
+    ) {
+        let endpoints: Vec<String> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("{{ address = \"127.0.0.1:{}\", weight = {w} }}", 4000 + i))
+            .collect();
+        let hash = if strategy == "consistent_hash" { "hash = { key = \"client_ip\" }\n" } else { "" };
+        let config: PoolConfig = toml::from_str(&format!(
+            "strategy = \"{strategy}\"\n{hash}endpoints = [{}]\npassive = {{ consecutive_failures = 2, max_ejected_share = 1.0 }}\n",
+            endpoints.join(", ")
+        )).unwrap();
+        let pool = weir::upstream::Pool::from_config("p", &config, None);
+        for (endpoint, state) in pool.endpoints().iter().zip(&states) {
+            match state {
+                1 => endpoint.set_draining(true, "property test"),
+                2 => endpoint.record_health_check(false, 1, 1, "property test"),
+                3 => {
+                    for _ in 0..2 {
+                        let mut guard = endpoint.begin_request();
+                        pool.report(&mut guard, weir::upstream::Outcome::ConnectFailed, std::time::Duration::from_millis(1));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let now = pool.now_ms();
+        let available: Vec<bool> = pool.endpoints().iter().map(|e| e.is_available(now)).collect();
+        for (state, up) in states.iter().zip(&available) {
+            prop_assert_eq!(*up, *state == 0, "state {} must decide availability", state);
+        }
+        let headers = HeaderMap::new();
+        for i in 0..picks {
+            let client: std::net::IpAddr = [10, 0, (i / 256) as u8, (i % 256) as u8].into();
+            let any_available = available.iter().any(|a| *a);
+            match pool.pick(client, &headers, &[]) {
+                Ok(picked) if any_available => prop_assert!(
+                    picked.is_available(now),
+                    "picked {} while another was available",
+                    picked.address
+                ),
+                // Panic mode: with none available, any endpoint but a draining one.
+                Ok(picked) => prop_assert!(!picked.is_draining()),
+                // Only when every endpoint drains.
+                Err(_) => prop_assert!(pool.endpoints().iter().all(|e| e.is_draining())),
+            }
+        }
+    }
+
     #[test]
     fn weighted_shares_follow_weights(weights in proptest::collection::vec(1u32..10, 2..6)) {
         let endpoints: Vec<Arc<Endpoint>> = weights
