@@ -605,8 +605,14 @@ fn upgrade_protocol(parts: &http::request::Parts) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| parts.headers.get(header::UPGRADE).cloned())
-        .flatten()
+    // h2c is never tunnelled: the client would get a raw HTTP/2 connection to the
+    // endpoint, past routing, limits and the cache (h2c smuggling). Such a request goes on
+    // as a plain one, its Upgrade and HTTP2-Settings stripped as hop-by-hop.
+    let protocol = parts.headers.get(header::UPGRADE)?;
+    let h2c = protocol.to_str().map_or(true, |p| {
+        p.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c"))
+    });
+    (asks && !h2c).then(|| protocol.clone())
 }
 
 /// Copies bytes both ways between the client's and the upstream's upgraded connections
