@@ -21,17 +21,19 @@ pub struct RequestGuards {
     pub pool: PoolSlot,
     /// Absent for requests weir makes itself (cache refreshes).
     pub connection: Option<ConnRequestGuard>,
-    /// The attempt's outcome, told to the endpoint's breaker when the body ends: a
-    /// response whose body the upstream breaks off counts as a failure, so an endpoint
-    /// that resets mid-body gets ejected like one that resets before the head.
-    pub pending: Option<PendingOutcome>,
+    /// The breaker's verdict on the attempt, given when the body ends (counters and
+    /// latency were recorded at the head): a response whose body the upstream breaks off
+    /// counts as a failure, so an endpoint that resets mid-body gets ejected like one that
+    /// resets before the head.
+    pub pending: Option<PendingVerdict>,
 }
 
 #[derive(Debug)]
-pub struct PendingOutcome {
+pub struct PendingVerdict {
     pub pool: Arc<Pool>,
-    pub outcome: Outcome,
-    /// Time to the response head (what latency tracking measures).
+    /// What the head said (false for a 5xx).
+    pub head_ok: bool,
+    /// Time to the response head.
     pub elapsed: std::time::Duration,
     /// The upstream broke the body off.
     pub body_failed: bool,
@@ -41,14 +43,14 @@ impl Drop for RequestGuards {
     fn drop(&mut self) {
         if let Some(pending) = self.pending.take() {
             // A client that leaves early is not the endpoint's failure.
-            let outcome = if pending.body_failed {
-                Outcome::Failed
-            } else {
-                pending.outcome
-            };
+            if pending.body_failed {
+                self.endpoint
+                    .endpoint()
+                    .observe(Outcome::Failed, pending.elapsed);
+            }
             pending
                 .pool
-                .report(&mut self.endpoint, outcome, pending.elapsed);
+                .judge(&mut self.endpoint, pending.head_ok && !pending.body_failed);
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ProxyState;
-use super::body::{BodyPace, PendingOutcome, RequestGuards, ResponseBody, UpstreamRequestBody};
+use super::body::{BodyPace, PendingVerdict, RequestGuards, ResponseBody, UpstreamRequestBody};
 use super::conn::{ConnActivity, ConnRequestGuard};
 use super::error::ProxyError;
 use super::headers::{self, strip_hop_by_hop};
@@ -395,14 +395,16 @@ impl ProxyService {
                     Err(ProxyError::ResponseTimeout(pool.response_timeout)),
                 ),
             };
-            // A response the client will get is reported when its body ends (see
-            // `PendingOutcome`); anything else now.
+            // A response the client will get has its breaker verdict when its body ends
+            // (see `PendingVerdict`); the rest is recorded now.
             let deferred = matches!(&result, Ok(response) if !response.body().is_end_stream());
             let retrying = may_retry
                 && retry::is_retryable(&pool.retry, &parts.method, &outcome)
                 && pool.try_retry();
             if retrying || !deferred {
                 pool.report(&mut guard, outcome, elapsed);
+            } else {
+                endpoint.observe(outcome, elapsed);
             }
             if retrying {
                 tracing::debug!(
@@ -440,9 +442,9 @@ impl ProxyService {
                 endpoint: guard,
                 pool: pool_slot,
                 connection: conn_guard,
-                pending: deferred.then(|| PendingOutcome {
+                pending: (deferred && !retrying).then(|| PendingVerdict {
                     pool: Arc::clone(pool),
-                    outcome,
+                    head_ok: !outcome.is_failure(),
                     elapsed,
                     body_failed: false,
                 }),

@@ -400,6 +400,19 @@ impl Endpoint {
         outcome: Outcome,
         elapsed: Duration,
     ) -> BreakerEvent {
+        self.observe(outcome, elapsed);
+        self.judge(guard, !outcome.is_failure())
+    }
+
+    /// Gives the breaker an attempt's verdict (see [`Endpoint::observe`] for the rest).
+    pub fn judge(&self, guard: &mut InFlightGuard, success: bool) -> BreakerEvent {
+        guard.recorded = true;
+        self.breaker.on_result(self.now_ms(), success, guard.probe)
+    }
+
+    /// Counters, latency, error rates and backoff for an outcome, without the breaker:
+    /// what is known at the response head, while the breaker waits for the body's end.
+    pub fn observe(&self, outcome: Outcome, elapsed: Duration) {
         let now = self.now_ms();
         let decay_ms = self.decay_ms();
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
@@ -437,9 +450,6 @@ impl Endpoint {
                 self.failure_rate.observe(now, true, decay_ms);
             }
         }
-        guard.recorded = true;
-        self.breaker
-            .on_result(now, !outcome.is_failure(), guard.probe)
     }
 
     /// Opens the breaker after a trip the pool allowed; records the transition.

@@ -354,8 +354,15 @@ impl Pool {
     /// Records an attempt's outcome on its endpoint and acts on what the breaker says,
     /// ejecting only while the pool's `max_ejected_share` allows.
     pub fn report(&self, guard: &mut InFlightGuard, outcome: Outcome, elapsed: Duration) {
+        guard.endpoint().observe(outcome, elapsed);
+        self.judge(guard, !outcome.is_failure());
+    }
+
+    /// The breaker's part of [`Pool::report`], for a response whose body has ended:
+    /// `success` unless the head said failure or the upstream cut the body off.
+    pub fn judge(&self, guard: &mut InFlightGuard, success: bool) {
         let endpoint = Arc::clone(guard.endpoint());
-        match endpoint.record_outcome(guard, outcome, elapsed) {
+        match endpoint.judge(guard, success) {
             BreakerEvent::WouldOpen(trip) => {
                 if self.may_eject() {
                     endpoint.eject(&trip.to_string());
