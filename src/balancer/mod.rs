@@ -195,11 +195,14 @@ pub(crate) fn best_of_two<'e>(
             }
         }
     }
+    // Each cost once: `min_by` on the endpoints would evaluate it twice per comparison.
     let start = fastrand::usize(..n.max(1));
     (0..n)
         .map(|k| &endpoints[(start + k) % n])
         .filter(|e| ctx.usable(e))
-        .min_by(|a, b| cost(a).total_cmp(&cost(b)))
+        .map(|e| (cost(e), e))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, e)| e)
 }
 
 #[cfg(test)]
