@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use common::redis_server::RedisServer;
 use common::*;
-use http::Request;
 use serde_yaml_ng::Value;
 
 const TOKEN: &str = "deploy-test-token-0123456789";
@@ -190,11 +189,7 @@ fn grouping_labels(expr: &str) -> Vec<String> {
 }
 
 async fn scrape(admin: std::net::SocketAddr) -> String {
-    let request = Request::get(format!("http://{admin}/metrics"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(empty())
-        .unwrap();
-    let reply = send(&http1_client(), request).await;
+    let reply = admin_get(admin, "/metrics", TOKEN).await;
     assert_eq!(reply.status, 200);
     reply.text()
 }

@@ -3,16 +3,11 @@
 mod common;
 
 use common::*;
-use http::Request;
 
 const TOKEN: &str = "metrics-token-0123456789";
 
 async fn scrape(admin: std::net::SocketAddr, token: &str) -> (u16, String) {
-    let request = Request::get(format!("http://{admin}/metrics"))
-        .header("authorization", format!("Bearer {token}"))
-        .body(empty())
-        .unwrap();
-    let reply = send(&http1_client(), request).await;
+    let reply = admin_get(admin, "/metrics", token).await;
     (reply.status.as_u16(), reply.text())
 }
 

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use http::Request;
 
 const SECRETS: [&str; 3] = [
     "S3CRET-admin-token-0123456789",
@@ -18,12 +17,8 @@ const SECRETS: [&str; 3] = [
     "S3CRET-hook",
 ];
 
-async fn admin_get(admin: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let request = Request::get(format!("http://{admin}{path}"))
-        .header("authorization", format!("Bearer {}", SECRETS[0]))
-        .body(empty())
-        .unwrap();
-    let reply = send(&http1_client(), request).await;
+async fn admin_answer(admin: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let reply = admin_get(admin, path, SECRETS[0]).await;
     (reply.status.as_u16(), reply.text())
 }
 
@@ -115,7 +110,7 @@ action = {{ webhook = "http://ops:{hook}@{closed}/scale?token={hook}", timeout =
     let mut answers = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, scaling) = admin_get(admin, "/api/v1/pools/main/scaling").await;
+        let (status, scaling) = admin_answer(admin, "/api/v1/pools/main/scaling").await;
         assert_eq!(status, 200);
         // The webhook's failure recorded in the decision history.
         if scaling.contains("\"ok\":false") || tokio::time::Instant::now() > deadline {
@@ -139,7 +134,7 @@ action = {{ webhook = "http://ops:{hook}@{closed}/scale?token={hook}", timeout =
         "/healthz",
         "/readyz",
     ] {
-        let (_, body) = admin_get(admin, path).await;
+        let (_, body) = admin_answer(admin, path).await;
         answers.push_str(&body);
     }
     let _ = Command::new("kill")

@@ -186,13 +186,13 @@ impl Cache {
         if !config.enabled {
             return None;
         }
-        let same_redis = |old: &Cache| match (&old.redis, redis) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
         match previous {
-            Some(old) if old.config == *config && same_redis(old) => Some(Arc::clone(old)),
+            Some(old)
+                if old.config == *config
+                    && old.redis.as_ref().map(Arc::as_ptr) == redis.map(Arc::as_ptr) =>
+            {
+                Some(Arc::clone(old))
+            }
             _ => Some(Self::new(config, redis.cloned())),
         }
     }

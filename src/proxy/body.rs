@@ -1,7 +1,6 @@
 //! Response bodies sent to clients: streamed from an upstream, or a short one weir made.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,7 +11,7 @@ use pin_project_lite::pin_project;
 
 use super::conn::ConnRequestGuard;
 use super::error::BoxError;
-use crate::upstream::{InFlightGuard, Outcome, Pool, PoolSlot};
+use crate::upstream::{InFlightGuard, Outcome, PoolSlot};
 
 /// What stays alive until the client has the whole response (or went away).
 #[derive(Debug)]
@@ -30,7 +29,6 @@ pub struct RequestGuards {
 
 #[derive(Debug)]
 pub struct PendingVerdict {
-    pub pool: Arc<Pool>,
     /// What the head said (false for a 5xx).
     pub head_ok: bool,
     /// Time to the response head.
@@ -48,8 +46,8 @@ impl Drop for RequestGuards {
                     .endpoint()
                     .observe(Outcome::Failed, pending.elapsed);
             }
-            pending
-                .pool
+            self.pool
+                .pool()
                 .judge(&mut self.endpoint, pending.head_ok && !pending.body_failed);
         }
     }
@@ -250,7 +248,7 @@ impl ResponseBody {
 
 /// Feeds the cache's copy from a polled frame; finishes it at the end of the body and
 /// drops it on a failure.
-fn observe<E>(
+fn feed_tee<E>(
     tee: &mut Option<Box<Tee>>,
     polled: &Poll<Option<Result<Frame<Bytes>, E>>>,
     ended: impl FnOnce() -> bool,
@@ -297,7 +295,7 @@ impl Body for ResponseBody {
                 tee,
             } => {
                 let polled = inner.as_mut().poll_frame(cx);
-                observe(tee, &polled, || inner.is_end_stream());
+                feed_tee(tee, &polled, || inner.is_end_stream());
                 // End or failure: the request is over for the endpoint and connection.
                 if let Poll::Ready(Some(Err(_))) = &polled
                     && let Some(pending) = guards.as_mut().and_then(|g| g.pending.as_mut())
@@ -311,7 +309,7 @@ impl Body for ResponseBody {
             }
             ResponseBodyProj::Encoded { inner, tee } => {
                 let polled = inner.as_mut().poll_frame(cx);
-                observe(tee, &polled, || inner.is_end_stream());
+                feed_tee(tee, &polled, || inner.is_end_stream());
                 polled
             }
             ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),

@@ -442,8 +442,7 @@ impl ProxyService {
                 endpoint: guard,
                 pool: pool_slot,
                 connection: conn_guard,
-                pending: (deferred && !retrying).then(|| PendingVerdict {
-                    pool: Arc::clone(pool),
+                pending: deferred.then(|| PendingVerdict {
                     head_ok: !outcome.is_failure(),
                     elapsed,
                     body_failed: false,

@@ -354,15 +354,22 @@ impl Pool {
     /// Records an attempt's outcome on its endpoint and acts on what the breaker says,
     /// ejecting only while the pool's `max_ejected_share` allows.
     pub fn report(&self, guard: &mut InFlightGuard, outcome: Outcome, elapsed: Duration) {
-        guard.endpoint().observe(outcome, elapsed);
-        self.judge(guard, !outcome.is_failure());
+        let endpoint = Arc::clone(guard.endpoint());
+        let event = endpoint.record_outcome(guard, outcome, elapsed);
+        self.act_on(&endpoint, event);
     }
 
     /// The breaker's part of [`Pool::report`], for a response whose body has ended:
     /// `success` unless the head said failure or the upstream cut the body off.
     pub fn judge(&self, guard: &mut InFlightGuard, success: bool) {
         let endpoint = Arc::clone(guard.endpoint());
-        match endpoint.judge(guard, success) {
+        let event = endpoint.judge(guard, success);
+        self.act_on(&endpoint, event);
+    }
+
+    /// Acts on the breaker's event, ejecting only while `max_ejected_share` allows.
+    fn act_on(&self, endpoint: &Endpoint, event: BreakerEvent) {
+        match event {
             BreakerEvent::WouldOpen(trip) => {
                 if self.may_eject() {
                     endpoint.eject(&trip.to_string());
@@ -397,6 +404,12 @@ impl Pool {
 #[derive(Debug)]
 pub struct PoolSlot {
     pool: Arc<Pool>,
+}
+
+impl PoolSlot {
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
 }
 
 impl Drop for PoolSlot {

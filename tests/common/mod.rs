@@ -234,6 +234,15 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     send(&http1_client(), request).await
 }
 
+/// GET on the admin port with the bearer token.
+pub async fn admin_get(admin: SocketAddr, path: &str, token: &str) -> Reply {
+    let request = Request::get(format!("http://{admin}{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(empty())
+        .unwrap();
+    send(&http1_client(), request).await
+}
+
 /// Sends raw bytes on a fresh connection and returns everything read until close or 5 s.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();

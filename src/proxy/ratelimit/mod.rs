@@ -88,12 +88,8 @@ impl RouteLimiter {
 
     /// Whether a reload may keep this limiter (and its buckets) for `config`.
     pub fn fits(&self, config: &RateLimitConfig, redis: Option<&Arc<RedisTier>>) -> bool {
-        let same_redis = match (&self.shared, redis.filter(|_| config.shared)) {
-            (Some(shared), Some(redis)) => shared.uses(redis),
-            (None, None) => true,
-            _ => false,
-        };
-        self.config == *config && same_redis
+        let kept = self.shared.as_ref().map(|s| Arc::as_ptr(s.redis()));
+        self.config == *config && kept == redis.filter(|_| config.shared).map(Arc::as_ptr)
     }
 
     /// `Ok` to go on, or how long until this key may send again.

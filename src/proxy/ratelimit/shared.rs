@@ -60,8 +60,8 @@ impl SharedBucket {
         }
     }
 
-    pub fn uses(&self, redis: &Arc<RedisTier>) -> bool {
-        Arc::ptr_eq(&self.redis, redis)
+    pub fn redis(&self) -> &Arc<RedisTier> {
+        &self.redis
     }
 
     /// The bucket's verdict, or `None` when Redis did not answer in time (the caller

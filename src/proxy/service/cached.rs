@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -29,17 +29,17 @@ use crate::proxy::trace::TraceContext;
 /// `X-Forwarded-Host: evil.example` and have the page it causes served to everyone from
 /// the cache. On caching routes they are removed before forwarding unless the route keys
 /// on them; weir then adds its own forwarding headers.
-const UNKEYED_URL_HEADERS: [&str; 10] = [
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-scheme",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-server",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-host",
-    "forwarded",
+const UNKEYED_URL_HEADERS: [HeaderName; 10] = [
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("forwarded"),
 ];
 
 /// How often a request waiting on another instance's lock looks in Redis.
@@ -84,10 +84,9 @@ impl ProxyService {
         trace: Option<&TraceContext>,
         conn_guard: ConnRequestGuard,
     ) -> Result<(Response<ResponseBody>, Served), Failure> {
-        for name in UNKEYED_URL_HEADERS {
-            let name = http::HeaderName::from_static(name);
-            if !policy.key.keys_on(&name) {
-                parts.headers.remove(&name);
+        for name in &UNKEYED_URL_HEADERS {
+            if !policy.key.keys_on(name) {
+                parts.headers.remove(name);
             }
         }
         let host = parts
