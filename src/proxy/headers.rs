@@ -9,8 +9,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{ForwardedForMode, HeadersConfig};
 
-/// Headers that describe one connection and never travel past it (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Headers that describe one connection and never travel past it (RFC 9110 §7.6.1), and
+/// `Upgrade`: upgrades are forwarded only by the tunnel code, which sets it again.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -19,15 +23,27 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including those the `Connection` header names. `Upgrade` is
-/// removed too: upgrades are not forwarded yet.
+/// Removes hop-by-hop headers, including those the `Connection` header names.
 ///
 /// A `Connection` header cannot make weir drop `Host` or `Content-Length`: that would change
 /// how the message is routed or framed, which is a request-smuggling vector.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // One pass over the names (standard names compare as integers) finds which are
+    // present, so that only those are hashed and removed; most messages have one or none.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    // HOP_BY_HOP[0] is Connection.
+    if present & 1 != 0 {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -40,10 +56,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
-    headers.remove(header::UPGRADE);
 }
 
 /// The header settings compiled once per config, so requests only copy values.
@@ -105,9 +122,9 @@ impl HeaderPolicy {
         self.add_x_forwarded_for(headers, client_ip);
         if self.x_forwarded_proto {
             let keep = self.x_forwarded_for == ForwardedForMode::Append
-                && headers.contains_key("x-forwarded-proto");
+                && headers.contains_key(X_FORWARDED_PROTO);
             if !keep {
-                headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
             }
         }
         if self.forwarded {
@@ -116,28 +133,28 @@ impl HeaderPolicy {
     }
 
     fn add_x_forwarded_for(&self, headers: &mut HeaderMap, client_ip: IpAddr) {
-        const XFF: &str = "x-forwarded-for";
-        let ip = client_ip.to_string();
-        let value = match self.x_forwarded_for {
+        use std::fmt::Write as _;
+        // One string, written in place: prior hops (appending), then the client.
+        let mut value = String::with_capacity(48);
+        match self.x_forwarded_for {
             ForwardedForMode::Off => return,
-            ForwardedForMode::Replace => ip,
+            ForwardedForMode::Replace => {}
             ForwardedForMode::Append => {
-                let prior: Vec<&str> = headers
-                    .get_all(XFF)
+                let prior = headers
+                    .get_all(X_FORWARDED_FOR)
                     .iter()
                     .filter_map(|v| v.to_str().ok())
                     .map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .collect();
-                if prior.is_empty() {
-                    ip
-                } else {
-                    format!("{}, {ip}", prior.join(", "))
+                    .filter(|v| !v.is_empty());
+                for hop in prior {
+                    value.push_str(hop);
+                    value.push_str(", ");
                 }
             }
-        };
+        }
+        let _ = write!(value, "{client_ip}");
         if let Ok(value) = HeaderValue::try_from(value) {
-            headers.insert(XFF, value);
+            headers.insert(X_FORWARDED_FOR, value);
         }
     }
 
@@ -219,6 +236,26 @@ mod tests {
             forwarded,
             ..HeadersConfig::default()
         })
+    }
+
+    #[test]
+    fn strips_each_hop_by_hop_header_alone_and_leaves_others_untouched() {
+        for hop in &HOP_BY_HOP {
+            let mut h = HeaderMap::new();
+            h.insert("x-before", "1".parse().unwrap());
+            h.insert(hop.clone(), "v".parse().unwrap());
+            h.insert("x-after", "2".parse().unwrap());
+            strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key(hop), "{hop} kept");
+            assert_eq!(h.len(), 2, "{hop}: {h:?}");
+        }
+        let mut plain = HeaderMap::new();
+        plain.insert("host", "a".parse().unwrap());
+        plain.append("accept", "x/y".parse().unwrap());
+        plain.append("accept", "z/w".parse().unwrap());
+        let before = plain.clone();
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain, before);
     }
 
     #[test]

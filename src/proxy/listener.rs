@@ -89,24 +89,22 @@ pub async fn serve(
         let tls = settings.tls.clone();
         let handshake_timeout = settings.request_header_timeout;
         tracker.spawn(async move {
-            connection.state.stats.connections_active.fetch_add(1, Relaxed);
+            connection
+                .state
+                .stats
+                .connections_active
+                .fetch_add(1, Relaxed);
             match tls {
                 None => connection.serve(TokioIo::new(stream), "http").await,
-                Some(tls) => {
-                    let acceptor = TlsAcceptor::from(tls.load_full());
-                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
-                    let accepted = tokio::select! {
-                        result = handshake => result,
-                        _ = connection.shutdown.abort.cancelled() => Ok(Err(std::io::ErrorKind::Interrupted.into())),
-                    };
-                    match accepted {
-                        Ok(Ok(stream)) => connection.serve(TokioIo::new(stream), "https").await,
-                        Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
+                // Boxed: the TLS state machine is twice the plain one's size, and every
+                // connection task would otherwise be allocated at that size.
+                Some(tls) => Box::pin(connection.serve_tls(stream, &tls, handshake_timeout)).await,
             }
-            connection.state.stats.connections_active.fetch_sub(1, Relaxed);
+            connection
+                .state
+                .stats
+                .connections_active
+                .fetch_sub(1, Relaxed);
             drop(permit);
         });
     }
@@ -125,6 +123,27 @@ struct Connection {
 }
 
 impl Connection {
+    /// Completes the TLS handshake (bounded by `handshake_timeout`), then serves.
+    async fn serve_tls(
+        &self,
+        stream: TcpStream,
+        tls: &ArcSwap<rustls::ServerConfig>,
+        handshake_timeout: Duration,
+    ) {
+        let peer = self.peer;
+        let acceptor = TlsAcceptor::from(tls.load_full());
+        let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+        let accepted = tokio::select! {
+            result = handshake => result,
+            _ = self.shutdown.abort.cancelled() => Ok(Err(std::io::ErrorKind::Interrupted.into())),
+        };
+        match accepted {
+            Ok(Ok(stream)) => self.serve(TokioIo::new(stream), "https").await,
+            Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    }
+
     /// Serves HTTP/1.1 or HTTP/2 on `io` until the client leaves, the connection idles
     /// out, or shutdown drains (or aborts) it.
     async fn serve<I>(&self, io: TokioIo<I>, proto: &'static str)

@@ -224,11 +224,12 @@ impl ProxyService {
         if let (Some(cache), Some(policy)) = (&snapshot.cache, &route.cache)
             && upgrade_protocol(&parts).is_none()
         {
-            return self
-                .forward_cached(
-                    snapshot, route, cache, policy, parts, body, request_id, trace, conn_guard,
-                )
-                .await;
+            // Boxed: the cache path's state machine is several KiB, and hyper moves the
+            // request future by value; the plain path should not carry (and copy) it.
+            return Box::pin(self.forward_cached(
+                snapshot, route, cache, policy, parts, body, request_id, trace, conn_guard,
+            ))
+            .await;
         }
         self.forward_upstream(
             snapshot,

@@ -101,12 +101,12 @@ impl ProxyService {
                 .primary(&host, parts.uri.path(), parts.uri.query(), &parts.headers);
         let method = parts.method.clone();
         if method != Method::GET && method != Method::HEAD {
-            return self
-                .forward_unsafe(
-                    snapshot, route, cache, policy, parts, body, request_id, trace, conn_guard,
-                    &host, primary,
-                )
-                .await;
+            // Boxed so that the hit path's future stays small.
+            return Box::pin(self.forward_unsafe(
+                snapshot, route, cache, policy, parts, body, request_id, trace, conn_guard, &host,
+                primary,
+            ))
+            .await;
         }
         if parts.headers.contains_key(header::RANGE) {
             cache.stats.bypass.fetch_add(1, Relaxed);
