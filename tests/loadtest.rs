@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::*;
 use http::Response;
 use weir::loadtest::engine::Progress;
+use weir::loadtest::plan::{RequestSpec, TlsSpec};
 use weir::loadtest::{Model, Plan, Slo, Stage, execute};
 
 async fn origin(delay: Duration) -> Upstream {
@@ -20,9 +21,13 @@ async fn origin(delay: Duration) -> Upstream {
 }
 
 fn plan(origin: &Upstream, model: Model, stages: Vec<Stage>) -> Plan {
+    plan_for(&format!("http://{}/x", origin.addr), model, stages)
+}
+
+fn plan_for(url: &str, model: Model, stages: Vec<Stage>) -> Plan {
     Plan {
         name: "test".into(),
-        targets: vec![format!("http://{}/x", origin.addr).parse().unwrap()],
+        targets: vec![url.parse().unwrap()],
         http2: false,
         model,
         stages,
@@ -30,6 +35,8 @@ fn plan(origin: &Upstream, model: Model, stages: Vec<Stage>) -> Plan {
         timeout: Duration::from_secs(5),
         max_connections: 64,
         slo: Slo::default(),
+        request: RequestSpec::default(),
+        tls: TlsSpec::default(),
     }
 }
 
@@ -189,12 +196,30 @@ async fn the_command_line_reports_json_and_exits_3_when_an_slo_fails() {
     let text = String::from_utf8_lossy(&failing.stdout);
     assert!(text.contains("p99_ms") && text.contains("FAILED"), "{text}");
 
-    let bad = weir_bin()
-        .args(["loadtest", "https://example.com/"])
-        .output()
-        .unwrap();
-    assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("https is not supported yet"));
+    for (args, reason) in [
+        (vec!["ftp://127.0.0.1/"], "targets are http://host[:port]/"),
+        (
+            vec![url.as_str(), "-H", "no colon"],
+            "expected \"Name: value\"",
+        ),
+        (
+            vec![url.as_str(), "-H", "Content-Length: 3"],
+            "set by the load generator",
+        ),
+        (
+            vec![url.as_str(), "-m", "NOT A METHOD"],
+            "is not an HTTP method",
+        ),
+        (
+            vec![url.as_str(), "--body-file", "/nonexistent/body"],
+            "/nonexistent/body",
+        ),
+    ] {
+        let bad = weir_bin().arg("loadtest").args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert_eq!(bad.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
 }
 
 #[tokio::test]
@@ -253,4 +278,165 @@ stages = [{{ duration = "500ms", rate = 50 }}, {{ duration = "500ms", rate = 400
     );
     let page = std::fs::read_to_string(&html).unwrap();
     assert_eq!(page.matches("<svg").count(), 2);
+}
+
+/// What the origin saw: method, host, one test header and the body, per request.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, Vec<u8>)>>>;
+
+async fn recording_origin() -> (Upstream, Seen) {
+    let seen = Seen::default();
+    let log = seen.clone();
+    let origin = upstream(move |req: http::Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            // HTTP/2 carries the host as `:authority`, HTTP/1.1 as `Host`.
+            let host = req
+                .uri()
+                .authority()
+                .map_or_else(|| header("host"), |a| a.to_string());
+            let entry = (req.method().to_string(), host, header("x-test"));
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            log.lock()
+                .unwrap()
+                .push((entry.0, entry.1, entry.2, body.to_vec()));
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    (origin, seen)
+}
+
+#[tokio::test]
+async fn requests_carry_the_method_headers_host_and_body_on_both_protocols() {
+    for http2 in [false, true] {
+        let (origin, seen) = recording_origin().await;
+        let mut p = plan(&origin, Model::Closed, constant(5.0, 4.0));
+        p.http2 = http2;
+        p.max_requests = 40;
+        p.request.method = http::Method::POST;
+        for header in ["X-Test: yes", "Host: api.example"] {
+            let (name, value) = RequestSpec::parse_header(header).unwrap();
+            p.request.headers.insert(name, value);
+        }
+        p.request.body = bytes::Bytes::from_static(b"{\"n\":1}");
+        let report = execute(&p, Progress::Silent).await.unwrap();
+        assert_eq!((report.completed(), report.failed()), (40, 0), "h2 {http2}");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 40);
+        for (method, host, test, body) in seen.iter() {
+            assert_eq!(
+                (method.as_str(), host.as_str(), test.as_str(), &body[..]),
+                ("POST", "api.example", "yes", &b"{\"n\":1}"[..]),
+                "h2 {http2}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_command_line_sends_headers_and_a_body_file() {
+    let (origin, seen) = recording_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, b"[1,2,3]").unwrap();
+    let url = format!("http://{}/x", origin.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        weir_bin()
+            .args([
+                "loadtest", &url, "-c", "2", "-n", "10", "-d", "5s", "--json",
+            ])
+            .args(["-m", "PUT", "-H", "x-test: from-cli", "--body-file"])
+            .arg(&body)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["answered"], 10);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 10);
+    assert!(
+        seen.iter()
+            .all(|(m, _, t, b)| m == "PUT" && t == "from-cli" && b == b"[1,2,3]"),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn https_targets_are_verified_and_speak_h2_by_alpn() {
+    use common::tls::{ca, tls_upstream_speaking};
+    let ca = ca();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    // One origin that speaks only h2, one only http/1.1: a wrong protocol cannot pass.
+    let h2_only = tls_upstream_speaking(&ca, dir.path(), "localhost", &[b"h2"]).await;
+    let h1_only = tls_upstream_speaking(&ca, dir.path(), "localhost", &[b"http/1.1"]).await;
+    let run = |addr: std::net::SocketAddr, http2: bool, tls: TlsSpec| {
+        let url = format!("https://localhost:{}/x", addr.port());
+        let mut p = Plan {
+            http2,
+            max_requests: 30,
+            tls,
+            ..plan_for(&url, Model::Closed, constant(5.0, 3.0))
+        };
+        p.timeout = Duration::from_secs(2);
+        async move { execute(&p, Progress::Silent).await.unwrap() }
+    };
+    let trusted = || TlsSpec {
+        ca_file: Some(ca_file.clone()),
+        insecure: false,
+    };
+    for (addr, http2) in [(h2_only, true), (h1_only, false)] {
+        let report = run(addr, http2, trusted()).await;
+        assert_eq!(
+            (report.completed(), report.failed()),
+            (30, 0),
+            "h2 {http2}: {:?}",
+            report.errors
+        );
+    }
+    // The wrong protocol, or a CA nobody trusts, fails the handshake and says so.
+    let mismatched = run(h2_only, false, trusted()).await;
+    assert_eq!(mismatched.completed(), 0);
+    assert!(
+        mismatched.errors.contains_key("tls handshake"),
+        "{:?}",
+        mismatched.errors
+    );
+    let untrusted = run(h1_only, false, TlsSpec::default()).await;
+    assert_eq!(untrusted.completed(), 0);
+    assert!(
+        untrusted.errors.contains_key("tls handshake"),
+        "{:?}",
+        untrusted.errors
+    );
+    // --insecure accepts the certificate (still a real handshake).
+    let insecure = run(
+        h1_only,
+        false,
+        TlsSpec {
+            ca_file: None,
+            insecure: true,
+        },
+    )
+    .await;
+    assert_eq!((insecure.completed(), insecure.failed()), (30, 0));
 }

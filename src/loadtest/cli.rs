@@ -8,7 +8,7 @@ use http::Uri;
 
 use super::engine::Progress;
 use super::output::{self, Verdict};
-use super::plan::{self, Model, Plan, Slo, Stage};
+use super::plan::{self, Model, Plan, RequestSpec, Slo, Stage, TlsSpec};
 use super::{LoadError, LoadReport};
 
 #[derive(Debug, clap::Args)]
@@ -30,9 +30,27 @@ pub struct LoadtestArgs {
     /// Stages instead of one constant level: `10s:50,~30s:500,10s:0` (`~` ramps).
     #[arg(long)]
     pub stages: Option<String>,
-    /// HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    /// HTTP/2 instead of HTTP/1.1: prior knowledge (h2c) on http://, ALPN h2 on https://.
     #[arg(long)]
     pub http2: bool,
+    /// Request method.
+    #[arg(short = 'm', long, default_value = "GET")]
+    pub method: String,
+    /// A request header, `"Name: value"` (repeatable); `Host` replaces the target's.
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Request body.
+    #[arg(long, conflicts_with = "body_file")]
+    pub body: Option<String>,
+    /// Request body, read from this file.
+    #[arg(long)]
+    pub body_file: Option<PathBuf>,
+    /// https:// targets: trust the CA certificates of this PEM file instead of the public roots.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// https:// targets: accept any certificate (self-signed test services).
+    #[arg(short = 'k', long)]
+    pub insecure: bool,
     /// A request not answered in this time counts as a timeout.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub timeout: Duration,
@@ -127,7 +145,22 @@ fn plans(args: &LoadtestArgs) -> Result<Vec<Plan>, LoadError> {
         .map(|u| u.parse::<Uri>().map_err(|e| invalid(format!("{u:?}: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(path) = &args.scenarios {
+        if args.method != "GET"
+            || !args.headers.is_empty()
+            || args.body.is_some()
+            || args.body_file.is_some()
+        {
+            return Err(invalid(
+                "--method, --header and --body go in the scenarios file with --scenarios".into(),
+            ));
+        }
         let mut plans = plan::load_scenarios(path, &urls)?;
+        for plan in &mut plans {
+            plan.tls.insecure |= args.insecure;
+            if args.ca_file.is_some() {
+                plan.tls.ca_file.clone_from(&args.ca_file);
+            }
+        }
         if !args.only.is_empty() {
             plans.retain(|p| args.only.contains(&p.name));
             if plans.is_empty() {
@@ -162,6 +195,11 @@ fn plans(args: &LoadtestArgs) -> Result<Vec<Plan>, LoadError> {
         }],
     };
     let plan = Plan {
+        request: request_spec(args)?,
+        tls: TlsSpec {
+            ca_file: args.ca_file.clone(),
+            insecure: args.insecure,
+        },
         name: "command line".into(),
         targets: urls,
         http2: args.http2,
@@ -181,4 +219,29 @@ fn plans(args: &LoadtestArgs) -> Result<Vec<Plan>, LoadError> {
     };
     plan.validate()?;
     Ok(vec![plan])
+}
+
+/// The request the flags describe.
+fn request_spec(args: &LoadtestArgs) -> Result<RequestSpec, LoadError> {
+    let mut spec = RequestSpec {
+        method: RequestSpec::parse_method(&args.method)?,
+        ..RequestSpec::default()
+    };
+    for header in &args.headers {
+        let (name, value) = RequestSpec::parse_header(header)?;
+        spec.headers.append(name, value);
+    }
+    if let Some(body) = &args.body {
+        spec.body = bytes::Bytes::from(body.clone());
+    } else if let Some(path) = &args.body_file {
+        spec.body = std::fs::read(path)
+            .map_err(|e| {
+                LoadError::Plan(plan::PlanError::File {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })
+            })?
+            .into();
+    }
+    Ok(spec)
 }

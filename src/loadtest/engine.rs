@@ -10,12 +10,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http::Request;
-use http_body_util::{BodyExt, Empty};
+use http::header::{HOST, HeaderValue};
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
 use super::plan::{Model, Plan};
 use super::{LoadError, LoadReport, Slot};
@@ -114,17 +117,45 @@ impl Recorder {
 }
 
 /// An HTTP/2 connection shared by many concurrent streams (open model).
-type SharedH2 = tokio::sync::Mutex<Option<http2::SendRequest<Empty<Bytes>>>>;
+type SharedH2 = tokio::sync::Mutex<Option<http2::SendRequest<Full<Bytes>>>>;
 
 enum Conn {
-    H1(http1::SendRequest<Empty<Bytes>>),
-    H2(http2::SendRequest<Empty<Bytes>>),
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
 }
 
-async fn connect(authority: &str, http2: bool) -> Result<Conn, &'static str> {
-    let stream = TcpStream::connect(authority).await.map_err(|_| "connect")?;
-    let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
+/// Where connections go and how they are secured.
+struct Endpoint {
+    /// `host:port`, dialled for each new connection.
+    authority: String,
+    /// `https://` targets: the client config and the name the certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    http2: bool,
+}
+
+impl Endpoint {
+    async fn connect(&self) -> Result<Conn, &'static str> {
+        let stream = TcpStream::connect(&self.authority)
+            .await
+            .map_err(|_| "connect")?;
+        let _ = stream.set_nodelay(true);
+        match &self.tls {
+            None => handshake(TokioIo::new(stream), self.http2).await,
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(|_| "tls handshake")?;
+                handshake(TokioIo::new(stream), self.http2).await
+            }
+        }
+    }
+}
+
+async fn handshake<I>(io: TokioIo<I>, http2: bool) -> Result<Conn, &'static str>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     if http2 {
         let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
             .await
@@ -138,12 +169,12 @@ async fn connect(authority: &str, http2: bool) -> Result<Conn, &'static str> {
     }
 }
 
-/// Sends one GET on `conn` (connecting first when needed); returns status and body bytes.
+/// Sends request `n` on `conn` (connecting first when needed); returns status and body
+/// bytes.
 async fn send(
     conn: &mut Option<Conn>,
-    authority: &str,
-    path: &str,
-    http2: bool,
+    shared: &Shared,
+    n: u64,
 ) -> Result<(u16, u64), &'static str> {
     let usable = match conn {
         Some(Conn::H1(s)) => !s.is_closed(),
@@ -151,15 +182,19 @@ async fn send(
         None => false,
     };
     if !usable {
-        *conn = Some(connect(authority, http2).await?);
+        *conn = Some(shared.endpoint.connect().await?);
     }
-    let request = if http2 {
-        Request::get(format!("http://{authority}{path}"))
-    } else {
-        Request::get(path).header(http::header::HOST, authority)
+    let spec = &shared.plan.request;
+    let mut request = Request::new(Full::new(spec.body.clone()));
+    *request.method_mut() = spec.method.clone();
+    *request.uri_mut() = shared.uris[(n % shared.uris.len() as u64) as usize].clone();
+    *request.headers_mut() = spec.headers.clone();
+    if shared.endpoint.http2 {
+        // The authority travels in the URI (`:authority`), not as a Host header.
+        request.headers_mut().remove(HOST);
+    } else if !request.headers().contains_key(HOST) {
+        request.headers_mut().insert(HOST, shared.host.clone());
     }
-    .body(Empty::<Bytes>::new())
-    .map_err(|_| "invalid request")?;
     let response = match conn.as_mut() {
         Some(Conn::H1(s)) => {
             s.ready().await.map_err(|_| "connection closed")?;
@@ -186,8 +221,12 @@ async fn send(
 
 struct Shared {
     plan: Plan,
-    authority: String,
-    paths: Vec<String>,
+    endpoint: Endpoint,
+    /// Request targets, cycled through: origin-form (`/path?q`) for HTTP/1.1, absolute for
+    /// HTTP/2.
+    uris: Vec<Uri>,
+    /// `Host` for HTTP/1.1 requests whose spec sets none.
+    host: HeaderValue,
     started: Instant,
     ends: Instant,
     next: AtomicU64,
@@ -212,20 +251,12 @@ impl Shared {
         (n < self.plan.max_requests).then_some(n)
     }
 
-    fn path(&self, n: u64) -> &str {
-        &self.paths[(n % self.paths.len() as u64) as usize]
-    }
-
     /// One request: send, time, record. `scheduled` is when it should have started.
     /// Returns false when the server could not be reached at all.
     async fn one(&self, conn: &mut Option<Conn>, n: u64, scheduled: Instant) -> bool {
         self.in_flight.fetch_add(1, Relaxed);
         let sent = Instant::now();
-        let outcome = tokio::time::timeout(
-            self.plan.timeout,
-            send(conn, &self.authority, self.path(n), self.plan.http2),
-        )
-        .await;
+        let outcome = tokio::time::timeout(self.plan.timeout, send(conn, self, n)).await;
         let done = Instant::now();
         let at = done.saturating_duration_since(self.started);
         let reached = !matches!(outcome, Ok(Err("connect")));
@@ -253,20 +284,52 @@ impl Shared {
 pub async fn execute(plan: &Plan, progress: Progress) -> Result<LoadReport, LoadError> {
     plan.validate()?;
     let first = &plan.targets[0];
-    let authority = first
+    let target = first
         .authority()
-        .ok_or_else(|| LoadError::NoAuthority(first.clone()))?
-        .to_string();
-    let paths = plan
+        .ok_or_else(|| LoadError::NoAuthority(first.clone()))?;
+    let https = first.scheme_str() == Some("https");
+    let port = target.port_u16().unwrap_or(if https { 443 } else { 80 });
+    // A Host header in the spec names the virtual host: it is the HTTP/2 authority and the
+    // TLS server name too.
+    let host = plan.request.host(target.as_str()).to_owned();
+    let invalid = |m: String| LoadError::Plan(super::plan::PlanError::Invalid(m));
+    let host_value =
+        HeaderValue::from_str(&host).map_err(|_| invalid(format!("{host:?}: invalid Host")))?;
+    let tls = if https {
+        let config = plan.tls.client_config(plan.http2)?;
+        let name = host
+            .rsplit_once(':')
+            .map_or(host.as_str(), |(name, _)| name);
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(name.to_owned())
+            .map_err(|_| invalid(format!("{name:?} is not a TLS server name")))?;
+        Some((TlsConnector::from(config), name))
+    } else {
+        None
+    };
+    let uris = plan
         .targets
         .iter()
-        .map(|u| u.path_and_query().map_or("/", |p| p.as_str()).to_owned())
-        .collect();
+        .map(|u| {
+            let path = u.path_and_query().map_or("/", |p| p.as_str());
+            let uri = if plan.http2 {
+                format!("{}://{host}{path}", first.scheme_str().unwrap_or("http"))
+            } else {
+                path.to_owned()
+            };
+            uri.parse::<Uri>().map_err(|e| invalid(format!("{u}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let started = Instant::now();
     let shared = Arc::new(Shared {
         plan: plan.clone(),
-        authority,
-        paths,
+        endpoint: Endpoint {
+            authority: format!("{}:{port}", target.host()),
+            tls,
+            http2: plan.http2,
+        },
+        uris,
+        host: host_value,
         started,
         ends: started + plan.duration(),
         next: AtomicU64::new(0),

@@ -1,8 +1,10 @@
-//! `weir loadtest`: a bounded load generator for HTTP/1.1 (keep-alive) and HTTP/2 (h2c),
+//! `weir loadtest`: a bounded load generator for HTTP/1.1 (keep-alive) and HTTP/2 (h2c, or
+//! h2 over TLS), any method, headers and body,
 //! closed or open model, with stages, HDR latency histograms, a timeline, SLO checks and
 //! JSON / HTML output. Every run is bounded in time (and optionally in requests).
 //!
 //! - `plan.rs`: what to run (flags or a scenarios TOML file)
+//! - `request.rs`: each request's method, headers and body; TLS for `https://` targets
 //! - `engine.rs`: connections, the closed and open loops, recording
 //! - `output.rs`: the text summary, SLO verdicts, JSON, the HTML latency chart
 
@@ -10,6 +12,7 @@ pub mod cli;
 pub mod engine;
 pub mod output;
 pub mod plan;
+pub mod request;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -122,6 +125,8 @@ pub async fn run(options: LoadOptions) -> Result<LoadReport, LoadError> {
         timeout: options.deadline,
         max_connections: options.concurrency.max(1),
         slo: Slo::default(),
+        request: plan::RequestSpec::default(),
+        tls: plan::TlsSpec::default(),
     };
     execute(&plan, engine::Progress::Silent).await
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use http::Uri;
 use serde::{Deserialize, Serialize};
 
+pub use super::request::{RequestSpec, TlsSpec};
+
 /// No run, stage or scenario goes on longer than this.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
@@ -67,6 +69,10 @@ pub struct Plan {
     /// Open model: connections (HTTP/1.1) or streams (HTTP/2) in use at most.
     pub max_connections: usize,
     pub slo: Slo,
+    /// Method, headers and body of every request.
+    pub request: RequestSpec,
+    /// How `https://` targets are trusted.
+    pub tls: TlsSpec,
 }
 
 fn uris<S: serde::Serializer>(uris: &[Uri], s: S) -> Result<S::Ok, S::Error> {
@@ -119,11 +125,21 @@ impl Plan {
             return bad("no target URL".into());
         }
         for target in &self.targets {
-            if target.scheme_str() != Some("http") || target.authority().is_none() {
+            if !matches!(target.scheme_str(), Some("http" | "https"))
+                || target.authority().is_none()
+            {
                 return bad(format!(
-                    "{target}: only http://host:port/… targets (https is not supported yet)"
+                    "{target}: targets are http://host[:port]/… or https://host[:port]/…"
                 ));
             }
+        }
+        let first = &self.targets[0];
+        if self
+            .targets
+            .iter()
+            .any(|t| t.scheme_str() != first.scheme_str() || t.authority() != first.authority())
+        {
+            return bad("all targets share one scheme and host:port (paths may differ)".into());
         }
         if self.stages.is_empty() {
             return bad("no stage".into());
@@ -189,8 +205,25 @@ struct ScenarioFile {
     timeout: Duration,
     #[serde(default = "d_max_connections")]
     max_connections: usize,
+    /// Default method, headers and body of every scenario's requests.
+    method: Option<String>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    body: Option<String>,
+    /// `https://` targets: trust this PEM CA file instead of the public roots.
+    ca_file: Option<std::path::PathBuf>,
+    /// `https://` targets: accept any certificate.
+    #[serde(default)]
+    insecure: bool,
     #[serde(default)]
     scenario: Vec<ScenarioConfig>,
+}
+
+/// Method, headers and body, as the file or a scenario sets them.
+struct RequestConfig<'a> {
+    method: Option<&'a String>,
+    headers: &'a std::collections::BTreeMap<String, String>,
+    body: Option<&'a String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +237,11 @@ struct ScenarioConfig {
     max_requests: Option<u64>,
     #[serde(default)]
     slo: Slo,
+    /// This scenario's method, headers (merged over the file's) and body.
+    method: Option<String>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    body: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,6 +316,19 @@ pub fn load_scenarios(path: &Path, extra_targets: &[Uri]) -> Result<Vec<Plan>, P
                 })
             })
             .collect::<Result<Vec<_>, PlanError>>()?;
+        let request = request_spec(
+            &RequestConfig {
+                method: file.method.as_ref(),
+                headers: &file.headers,
+                body: file.body.as_ref(),
+            },
+            &RequestConfig {
+                method: s.method.as_ref(),
+                headers: &s.headers,
+                body: s.body.as_ref(),
+            },
+        )
+        .map_err(|e| file_error(format!("{key}: {e}")))?;
         let plan = Plan {
             name: s.name.clone(),
             targets,
@@ -288,12 +339,35 @@ pub fn load_scenarios(path: &Path, extra_targets: &[Uri]) -> Result<Vec<Plan>, P
             timeout: file.timeout,
             max_connections: file.max_connections,
             slo: s.slo.clone(),
+            request,
+            tls: TlsSpec {
+                ca_file: file.ca_file.clone(),
+                insecure: file.insecure,
+            },
         };
         plan.validate()
             .map_err(|e| file_error(format!("{key}: {e}")))?;
         plans.push(plan);
     }
     Ok(plans)
+}
+
+/// A scenario's request: the file's settings with the scenario's over them (headers
+/// merge, the scenario's value winning).
+fn request_spec(file: &RequestConfig, scenario: &RequestConfig) -> Result<RequestSpec, PlanError> {
+    let mut spec = RequestSpec::default();
+    if let Some(method) = scenario.method.or(file.method) {
+        spec.method = RequestSpec::parse_method(method)?;
+    }
+    for (name, value) in file.headers.iter().chain(scenario.headers) {
+        let (name, value) = RequestSpec::header(name, value)
+            .map_err(|e| PlanError::Invalid(format!("headers: {e}")))?;
+        spec.headers.insert(name, value);
+    }
+    if let Some(body) = scenario.body.or(file.body) {
+        spec.body = bytes::Bytes::from(body.clone());
+    }
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -311,6 +385,8 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             max_connections: 4,
             slo: Slo::default(),
+            request: RequestSpec::default(),
+            tls: TlsSpec::default(),
         }
     }
 
@@ -358,6 +434,58 @@ stages = [{ duration = "10s", connections = 8 }, { duration = "20s", connections
         let err = load_scenarios(&path, &[]).unwrap_err().to_string();
         assert!(
             err.contains("scenario[0] (x).stages[0]: an open model stage sets rate"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn scenario_requests_merge_over_the_file_and_bad_ones_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            r#"
+targets = ["https://api.test/orders"]
+method = "POST"
+headers = { authorization = "Bearer t", x-tenant = "a" }
+body = "{}"
+insecure = true
+[[scenario]]
+name = "create"
+model = "closed"
+stages = [{ duration = "1s", connections = 1 }]
+[[scenario]]
+name = "read"
+model = "closed"
+stages = [{ duration = "1s", connections = 1 }]
+method = "GET"
+headers = { x-tenant = "b" }
+body = ""
+"#,
+        )
+        .unwrap();
+        let plans = load_scenarios(&path, &[]).unwrap();
+        let (create, read) = (&plans[0].request, &plans[1].request);
+        assert_eq!(
+            (create.method.as_str(), &create.body[..]),
+            ("POST", &b"{}"[..])
+        );
+        assert_eq!((read.method.as_str(), &read.body[..]), ("GET", &b""[..]));
+        assert_eq!(create.headers["x-tenant"], "a");
+        assert_eq!(read.headers["x-tenant"], "b");
+        assert_eq!(read.headers["authorization"], "Bearer t");
+        assert!(plans.iter().all(|p| p.tls.insecure));
+
+        std::fs::write(
+            &path,
+            "targets = [\"http://h:1/\"]\n[[scenario]]\nname = \"x\"\nmodel = \"closed\"\nstages = [{ duration = \"1s\", connections = 1 }]\nheaders = { content-length = \"3\" }\n",
+        )
+        .unwrap();
+        let err = load_scenarios(&path, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "scenario[0] (x): headers: header content-length: set by the load generator"
+            ),
             "{err}"
         );
     }
