@@ -5,6 +5,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 # Cargo.toml declares the benchmarks, so the manifest needs their files.
 COPY benches ./benches
+# hyper with weir's idle-buffer patch ([patch.crates-io] in Cargo.toml).
+COPY vendor ./vendor
 RUN cargo build --release --locked && strip target/release/weir
 
 FROM debian:bookworm-slim

@@ -271,8 +271,8 @@ async fn the_compose_config_serves_and_exports_what_the_dashboard_queries() {
     weir.shutdown().await;
 }
 
-/// The build stage copies everything the manifest names (a declared bench without its
-/// file fails the build), and the runtime stage runs as a non-root user.
+/// The build stage copies everything the manifest names (a declared bench or a patched
+/// crate without its files fails the build), and the runtime stage runs as a non-root user.
 #[test]
 fn dockerfile_copies_what_the_manifest_needs_and_runs_as_non_root() {
     let dockerfile = read("Dockerfile");
@@ -300,6 +300,17 @@ fn dockerfile_copies_what_the_manifest_needs_and_runs_as_non_root() {
             .get("path")
             .and_then(|p| p.as_str())
             .map_or_else(|| format!("benches/{name}.rs"), str::to_owned);
+        needed.push(path.split('/').next().unwrap().to_owned());
+    }
+    // Patched crates are path dependencies: the build needs their sources too.
+    for patched in manifest
+        .get("patch")
+        .and_then(|p| p.get("crates-io"))
+        .and_then(|p| p.as_table())
+        .into_iter()
+        .flat_map(|t| t.values())
+    {
+        let path = patched["path"].as_str().unwrap();
         needed.push(path.split('/').next().unwrap().to_owned());
     }
     for path in needed {
