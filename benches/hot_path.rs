@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, Version};
 use weir::cache::key::KeySpec;
 use weir::config::{self, HeadersConfig, RouteCacheConfig};
 use weir::proxy::Snapshot;
-use weir::proxy::headers::{HeaderPolicy, strip_hop_by_hop};
+use weir::proxy::headers::{ClientAddress, HeaderPolicy, strip_hop_by_hop};
 
 fn config_text() -> String {
     let endpoints = (0..8)
@@ -86,7 +86,7 @@ fn headers(c: &mut Criterion) {
     ] {
         request.insert(name, HeaderValue::from_static(value));
     }
-    let client = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
+    let client = ClientAddress::new(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
     c.bench_function(
         "headers: hop-by-hop, X-Forwarded-*, Via on 8 headers",
         |b| {
@@ -94,7 +94,7 @@ fn headers(c: &mut Criterion) {
                 || request.clone(),
                 |headers| {
                     strip_hop_by_hop(headers);
-                    policy.add_forwarding(headers, client, "http", Some("api.example.com"));
+                    policy.add_forwarding(headers, &client, "http", Some("api.example.com"));
                     policy.add_via(headers, Version::HTTP_11);
                 },
                 criterion::BatchSize::SmallInput,

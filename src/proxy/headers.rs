@@ -42,24 +42,46 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present == 0 {
         return;
     }
-    // HOP_BY_HOP[0] is Connection.
+    // HOP_BY_HOP[0] is Connection. Its values are cloned (a reference count, not a copy)
+    // so the map can change while their tokens are read, and the named headers are
+    // looked up by `&str`, which allocates nothing: `Connection: keep-alive` on every
+    // upstream response cost two allocations before.
     if present & 1 != 0 {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
-            .collect();
-        for name in named {
-            headers.remove(name);
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let more: Vec<HeaderValue> = values.cloned().collect();
+        for value in first.iter().chain(&more) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                let protected = token.eq_ignore_ascii_case(header::HOST.as_str())
+                    || token.eq_ignore_ascii_case(header::CONTENT_LENGTH.as_str());
+                if !token.is_empty() && !protected {
+                    headers.remove(token);
+                }
+            }
         }
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
+    }
+}
+
+/// A client connection's address, with the `X-Forwarded-For` value it gives made once per
+/// connection rather than once per request.
+#[derive(Debug, Clone)]
+pub struct ClientAddress {
+    pub ip: IpAddr,
+    header: HeaderValue,
+}
+
+impl ClientAddress {
+    pub fn new(ip: IpAddr) -> Self {
+        // An address's text is ASCII digits, dots and colons: always a valid value.
+        let header = HeaderValue::try_from(ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { ip, header }
     }
 }
 
@@ -115,11 +137,11 @@ impl HeaderPolicy {
     pub fn add_forwarding(
         &self,
         headers: &mut HeaderMap,
-        client_ip: IpAddr,
+        client: &ClientAddress,
         proto: &'static str,
         host: Option<&str>,
     ) {
-        self.add_x_forwarded_for(headers, client_ip);
+        self.add_x_forwarded_for(headers, client);
         if self.x_forwarded_proto {
             let keep = self.x_forwarded_for == ForwardedForMode::Append
                 && headers.contains_key(X_FORWARDED_PROTO);
@@ -128,31 +150,36 @@ impl HeaderPolicy {
             }
         }
         if self.forwarded {
-            self.add_rfc7239_forwarded(headers, client_ip, proto, host);
+            self.add_rfc7239_forwarded(headers, client.ip, proto, host);
         }
     }
 
-    fn add_x_forwarded_for(&self, headers: &mut HeaderMap, client_ip: IpAddr) {
+    fn add_x_forwarded_for(&self, headers: &mut HeaderMap, client: &ClientAddress) {
         use std::fmt::Write as _;
-        // One string, written in place: prior hops (appending), then the client.
-        let mut value = String::with_capacity(48);
-        match self.x_forwarded_for {
+        let prior = match self.x_forwarded_for {
             ForwardedForMode::Off => return,
-            ForwardedForMode::Replace => {}
-            ForwardedForMode::Append => {
-                let prior = headers
+            ForwardedForMode::Replace => None,
+            ForwardedForMode::Append => headers.get(X_FORWARDED_FOR).map(|_| {
+                headers
                     .get_all(X_FORWARDED_FOR)
                     .iter()
                     .filter_map(|v| v.to_str().ok())
                     .map(str::trim)
-                    .filter(|v| !v.is_empty());
-                for hop in prior {
-                    value.push_str(hop);
-                    value.push_str(", ");
-                }
-            }
+                    .filter(|v| !v.is_empty())
+            }),
+        };
+        let Some(prior) = prior else {
+            // No prior hops (most requests): the connection's ready-made value.
+            headers.insert(X_FORWARDED_FOR, client.header.clone());
+            return;
+        };
+        // One string, written in place: prior hops, then the client.
+        let mut value = String::with_capacity(48);
+        for hop in prior {
+            value.push_str(hop);
+            value.push_str(", ");
         }
-        let _ = write!(value, "{client_ip}");
+        let _ = write!(value, "{}", client.ip);
         if let Ok(value) = HeaderValue::try_from(value) {
             headers.insert(X_FORWARDED_FOR, value);
         }
@@ -274,6 +301,12 @@ mod tests {
         h.insert("content-length", "3".parse().unwrap());
         h.insert("host", "a".parse().unwrap());
         h.insert("x-keep", "1".parse().unwrap());
+        // A second Connection field, a mixed-case name, and tokens that name nothing.
+        h.append(
+            "connection",
+            " X-Other ,, bad token, close".parse().unwrap(),
+        );
+        h.insert("x-other", "2".parse().unwrap());
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(h.len(), 3, "{left:?}");
@@ -288,19 +321,42 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
-        policy(ForwardedForMode::Append, false).add_forwarding(&mut h, ip, "http", None);
+        policy(ForwardedForMode::Append, false).add_forwarding(
+            &mut h,
+            &ClientAddress::new(ip),
+            "http",
+            None,
+        );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
 
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
         h.insert("x-forwarded-proto", "https".parse().unwrap());
-        policy(ForwardedForMode::Replace, false).add_forwarding(&mut h, ip, "http", None);
+        policy(ForwardedForMode::Replace, false).add_forwarding(
+            &mut h,
+            &ClientAddress::new(ip),
+            "http",
+            None,
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
 
+        // No prior hops: the connection's own value, the same on every request.
+        let client = ClientAddress::new(ip);
+        for _ in 0..2 {
+            let mut h = HeaderMap::new();
+            policy(ForwardedForMode::Append, false).add_forwarding(&mut h, &client, "http", None);
+            assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        }
+
         let mut h = HeaderMap::new();
-        policy(ForwardedForMode::Off, false).add_forwarding(&mut h, ip, "http", None);
+        policy(ForwardedForMode::Off, false).add_forwarding(
+            &mut h,
+            &ClientAddress::new(ip),
+            "http",
+            None,
+        );
         assert!(!h.contains_key("x-forwarded-for"));
     }
 
@@ -310,7 +366,7 @@ mod tests {
         let ip: IpAddr = "::1".parse().unwrap();
         policy(ForwardedForMode::Append, true).add_forwarding(
             &mut h,
-            ip,
+            &ClientAddress::new(ip),
             "http",
             Some("a.example:8080"),
         );

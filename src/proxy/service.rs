@@ -35,6 +35,7 @@ mod cached;
 pub struct ProxyService {
     state: Arc<ProxyState>,
     peer: SocketAddr,
+    client: headers::ClientAddress,
     proto: &'static str,
     conn: Arc<ConnActivity>,
     body_pace: BodyPace,
@@ -52,6 +53,7 @@ impl ProxyService {
         Self {
             state,
             peer,
+            client: headers::ClientAddress::new(peer.ip()),
             proto,
             conn,
             body_pace,
@@ -282,7 +284,7 @@ impl ProxyService {
         strip_hop_by_hop(&mut parts.headers);
         snapshot.headers.add_forwarding(
             &mut parts.headers,
-            self.peer.ip(),
+            &self.client,
             self.proto,
             client_host.as_ref().and_then(|h| h.to_str().ok()),
         );
