@@ -6,8 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -21,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use super::ProxyState;
 use super::body::BodyPace;
 use super::conn::ConnActivity;
+use super::protocol::{Builders, Protocol, ServerConnection};
 use super::service::ProxyService;
 
 /// Settings of one listener, fixed while it runs.
@@ -55,7 +55,7 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let limit = Arc::new(Semaphore::new(settings.max_connections));
-    let builder = Arc::new(http_builder(&settings));
+    let builders = Arc::new(Builders::new(&settings));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.drain.cancelled() => break,
@@ -80,7 +80,7 @@ pub async fn serve(
         let connection = Connection {
             tunnels: tracker.clone(),
             state: Arc::clone(&state),
-            builder: Arc::clone(&builder),
+            builders: Arc::clone(&builders),
             shutdown: shutdown.clone(),
             idle_timeout: settings.client_idle_timeout,
             body_pace: settings.body_pace,
@@ -95,7 +95,7 @@ pub async fn serve(
                 .connections_active
                 .fetch_add(1, Relaxed);
             match tls {
-                None => connection.serve(TokioIo::new(stream), "http").await,
+                None => connection.serve_plain(stream, handshake_timeout).await,
                 // Boxed: the TLS state machine is twice the plain one's size, and every
                 // connection task would otherwise be allocated at that size.
                 Some(tls) => Box::pin(connection.serve_tls(stream, &tls, handshake_timeout)).await,
@@ -115,7 +115,7 @@ struct Connection {
     /// Where upgraded connections (WebSocket) run, so shutdown waits for them too.
     tunnels: TaskTracker,
     state: Arc<ProxyState>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     shutdown: Shutdown,
     idle_timeout: Duration,
     body_pace: BodyPace,
@@ -123,6 +123,19 @@ struct Connection {
 }
 
 impl Connection {
+    /// Tells HTTP/1.1 from HTTP/2 by the first bytes (bounded by `sniff_timeout`), then
+    /// serves.
+    async fn serve_plain(&self, stream: TcpStream, sniff_timeout: Duration) {
+        let protocol = tokio::select! {
+            protocol = Protocol::sniff(&stream, sniff_timeout) => protocol,
+            _ = self.shutdown.abort.cancelled() => None,
+        };
+        match protocol {
+            Some(protocol) => self.serve(TokioIo::new(stream), "http", protocol).await,
+            None => tracing::debug!(peer = %self.peer, "no request before the header timeout"),
+        }
+    }
+
     /// Completes the TLS handshake (bounded by `handshake_timeout`), then serves.
     async fn serve_tls(
         &self,
@@ -138,7 +151,10 @@ impl Connection {
             _ = self.shutdown.abort.cancelled() => Ok(Err(std::io::ErrorKind::Interrupted.into())),
         };
         match accepted {
-            Ok(Ok(stream)) => self.serve(TokioIo::new(stream), "https").await,
+            Ok(Ok(stream)) => {
+                let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
+                self.serve(TokioIo::new(stream), "https", protocol).await;
+            }
             Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
@@ -146,7 +162,7 @@ impl Connection {
 
     /// Serves HTTP/1.1 or HTTP/2 on `io` until the client leaves, the connection idles
     /// out, or shutdown drains (or aborts) it.
-    async fn serve<I>(&self, io: TokioIo<I>, proto: &'static str)
+    async fn serve<I>(&self, io: TokioIo<I>, proto: &'static str, protocol: Protocol)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -172,7 +188,7 @@ impl Connection {
             let service = tower::ServiceBuilder::new()
                 .layer(super::compress::layer())
                 .service(service);
-            self.drive(io, TowerToHyperService::new(service), activity)
+            self.drive(io, TowerToHyperService::new(service), activity, protocol)
                 .await;
         } else {
             // Boxed per request: hyper keeps a box the size of the service's future for the
@@ -184,12 +200,17 @@ impl Connection {
                     async move { Ok::<_, std::convert::Infallible>(service.handle(req).await) },
                 )
             });
-            self.drive(io, service, activity).await;
+            self.drive(io, service, activity, protocol).await;
         }
     }
 
-    async fn drive<I, S, B>(&self, io: TokioIo<I>, service: S, activity: Arc<ConnActivity>)
-    where
+    async fn drive<I, S, B>(
+        &self,
+        io: TokioIo<I>,
+        service: S,
+        activity: Arc<ConnActivity>,
+        protocol: Protocol,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: hyper::service::Service<
                 http::Request<hyper::body::Incoming>,
@@ -203,7 +224,17 @@ impl Connection {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let peer = self.peer;
-        let conn = self.builder.serve_connection_with_upgrades(io, service);
+        let conn = match protocol {
+            Protocol::Http1 => ServerConnection::Http1(
+                self.builders
+                    .http1
+                    .serve_connection(io, service)
+                    .with_upgrades(),
+            ),
+            Protocol::Http2 => {
+                ServerConnection::Http2(Box::pin(self.builders.http2.serve_connection(io, service)))
+            }
+        };
         tokio::pin!(conn);
         let idle = activity.idle(self.idle_timeout);
         tokio::pin!(idle);
@@ -228,27 +259,6 @@ impl Connection {
             }
         }
     }
-}
-
-fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.request_header_timeout)
-        .max_buf_size(settings.max_request_header_bytes)
-        .keep_alive(true);
-    // hyper's own bound is the default; setting it moves the header array to the heap.
-    if settings.max_request_headers != crate::config::defaults::DEFAULT_MAX_REQUEST_HEADERS {
-        builder.http1().max_headers(settings.max_request_headers);
-    }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .max_header_list_size(settings.max_request_header_bytes as u32);
-    builder
 }
 
 /// Over the connection limit: answer at once rather than queue, so clients and load

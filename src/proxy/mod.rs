@@ -8,6 +8,7 @@ pub mod error;
 pub mod headers;
 pub mod listener;
 pub mod normalize;
+pub mod protocol;
 pub mod ratelimit;
 pub mod retry;
 pub mod route;
