@@ -1,10 +1,15 @@
 //! Accept loop and per-connection serving: connection limit, HTTP/1.1 + h2c, header and
 //! idle timeouts, graceful drain.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -18,7 +23,7 @@ use arc_swap::ArcSwap;
 use tokio_rustls::TlsAcceptor;
 
 use super::ProxyState;
-use super::body::BodyPace;
+use super::body::{BodyPace, ResponseBody};
 use super::conn::ConnActivity;
 use super::protocol::{Builders, Protocol, ServerConnection};
 use super::service::ProxyService;
@@ -178,29 +183,16 @@ impl Connection {
         .with_tunnels(self.tunnels.clone(), self.shutdown.abort.clone());
         // Compression is chosen per connection from the current snapshot (a reload applies
         // to new connections) so that, when off, the request path carries no extra layer.
+        let handler = handler(service);
         if self.state.snapshot.load().compression {
-            let service = tower::service_fn(move |req| {
-                let service = service.clone();
-                Box::pin(
-                    async move { Ok::<_, std::convert::Infallible>(service.handle(req).await) },
-                )
-            });
             let service = tower::ServiceBuilder::new()
                 .layer(super::compress::layer())
-                .service(service);
+                .service(tower::service_fn(handler));
             self.drive(io, TowerToHyperService::new(service), activity, protocol)
                 .await;
         } else {
-            // Boxed per request: hyper keeps a box the size of the service's future for the
-            // connection's whole life (3.6 KiB per idle connection); boxed, it holds a
-            // pointer, and the request's future lives only while the request does.
-            let service = service_fn(move |req| {
-                let service = service.clone();
-                Box::pin(
-                    async move { Ok::<_, std::convert::Infallible>(service.handle(req).await) },
-                )
-            });
-            self.drive(io, service, activity, protocol).await;
+            self.drive(io, service_fn(handler), activity, protocol)
+                .await;
         }
     }
 
@@ -258,6 +250,21 @@ impl Connection {
                 _ = self.shutdown.abort.cancelled() => break,
             }
         }
+    }
+}
+
+/// What one request's handling is, as hyper and tower see it.
+type HandlerFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+/// A connection's request handler. Each request's future is boxed: hyper keeps a box the
+/// size of the service's future for the connection's whole life (3.6 KiB per idle
+/// connection); this way it holds a pointer, and a request's future lives only while the
+/// request does.
+fn handler(service: ProxyService) -> impl Fn(Request<Incoming>) -> HandlerFuture + Clone {
+    move |req| {
+        let service = service.clone();
+        Box::pin(async move { Ok(service.handle(req).await) })
     }
 }
 
