@@ -440,3 +440,23 @@ async fn https_targets_are_verified_and_speak_h2_by_alpn() {
     .await;
     assert_eq!((insecure.completed(), insecure.failed()), (30, 0));
 }
+
+#[tokio::test]
+async fn https_server_names_come_from_the_host_without_port_or_brackets() {
+    // IPv6 literals with and without a port make valid TLS names (an IP address); nothing
+    // listens there, so the run ends with connect errors, not a plan error.
+    for url in ["https://[::1]/x", "https://[::1]:1/x"] {
+        let p = Plan {
+            tls: TlsSpec {
+                ca_file: None,
+                insecure: true,
+            },
+            ..plan_for(url, Model::Closed, constant(0.3, 1.0))
+        };
+        let report = execute(&p, Progress::Silent)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(report.completed(), 0, "{url}");
+        assert!(report.failed() > 0, "{url}: {:?}", report.errors);
+    }
+}

@@ -297,10 +297,14 @@ pub async fn execute(plan: &Plan, progress: Progress) -> Result<LoadReport, Load
         HeaderValue::from_str(&host).map_err(|_| invalid(format!("{host:?}: invalid Host")))?;
     let tls = if https {
         let config = plan.tls.client_config(plan.http2)?;
-        let name = host
-            .rsplit_once(':')
-            .map_or(host.as_str(), |(name, _)| name);
-        let name = name.trim_start_matches('[').trim_end_matches(']');
+        // The host without its port; an IPv6 literal without its brackets.
+        let authority = host
+            .parse::<http::uri::Authority>()
+            .map_err(|_| invalid(format!("{host:?}: invalid host")))?;
+        let name = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let name = ServerName::try_from(name.to_owned())
             .map_err(|_| invalid(format!("{name:?} is not a TLS server name")))?;
         Some((TlsConnector::from(config), name))
