@@ -11,10 +11,15 @@ pub struct RedisServer {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free ports: all are held at once while they are chosen, so none repeats.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("a bound port").port())
 }
 
 impl RedisServer {
@@ -23,8 +28,12 @@ impl RedisServer {
     }
 
     async fn start_with(extra_args: Vec<String>) -> Self {
+        Self::start_on(free_port(), extra_args).await
+    }
+
+    async fn start_on(port: u16, extra_args: Vec<String>) -> Self {
         let mut server = RedisServer {
-            port: free_port(),
+            port,
             extra_args,
             child: None,
         };
@@ -99,17 +108,18 @@ impl Drop for RedisServer {
 /// ports, its slots split in thirds; built with CLUSTER ADDSLOTSRANGE and MEET.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    bus_ports: Vec<u16>,
     _dir: tempfile::TempDir,
 }
 
 impl RedisCluster {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
+        // Client and bus ports chosen together, so that no node's bus port is another's.
+        let ports = free_ports::<6>();
+        let (client_ports, bus_ports) = ports.split_at(3);
         let mut nodes = Vec::new();
-        let mut bus_ports = Vec::new();
-        for i in 0..3 {
-            let bus_port = free_port();
-            bus_ports.push(bus_port);
+        for (i, (&port, &bus_port)) in client_ports.iter().zip(bus_ports).enumerate() {
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).unwrap();
             let args = vec![
@@ -122,7 +132,7 @@ impl RedisCluster {
                 "--dir".into(),
                 node_dir.display().to_string(),
             ];
-            nodes.push(RedisServer::start_with(args).await);
+            nodes.push(RedisServer::start_on(port, args).await);
         }
         let slots = [(0, 5460), (5461, 10922), (10923, 16383)];
         for (node, (first, last)) in nodes.iter().zip(slots) {
@@ -135,8 +145,19 @@ impl RedisCluster {
                 .await
                 .unwrap();
         }
-        let mut first = nodes[0].connection().await;
-        for (node, bus_port) in nodes.iter().zip(&bus_ports).skip(1) {
+        let cluster = RedisCluster {
+            nodes,
+            bus_ports: bus_ports.to_vec(),
+            _dir: dir,
+        };
+        cluster.wait_until_ok().await;
+        cluster
+    }
+
+    /// Node 0 meets the others (again: a handshake lost on a busy machine is retried).
+    async fn meet(&self) {
+        let mut first = self.nodes[0].connection().await;
+        for (node, bus_port) in self.nodes.iter().zip(&self.bus_ports).skip(1) {
             // The bus port is not port + 10000 here, so MEET has to be told it.
             let _: () = redis::cmd("CLUSTER")
                 .arg("MEET")
@@ -147,13 +168,14 @@ impl RedisCluster {
                 .await
                 .unwrap();
         }
-        let cluster = RedisCluster { nodes, _dir: dir };
-        cluster.wait_until_ok().await;
-        cluster
     }
 
+    /// Waits up to 30 s for every node to know the others and serve all slots.
     async fn wait_until_ok(&self) {
-        for _ in 0..400 {
+        for attempt in 0..1200 {
+            if attempt % 80 == 0 {
+                self.meet().await;
+            }
             let mut all_ok = true;
             for node in &self.nodes {
                 let mut conn = node.connection().await;
