@@ -137,7 +137,10 @@ impl Connection {
         };
         match protocol {
             Some(protocol) => self.serve(TokioIo::new(stream), "http", protocol).await,
-            None => tracing::debug!(peer = %self.peer, "no request before the header timeout"),
+            None => tracing::debug!(
+                peer = %self.peer,
+                "closed before its HTTP version was seen (header timeout, error or shutdown)"
+            ),
         }
     }
 
