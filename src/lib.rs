@@ -11,6 +11,8 @@
 //! proxy/             the data plane
 //!   listener.rs      accept loop, connection limit, TLS handshake, HTTP/1.1 + h2, timeouts, drain
 //!   service.rs       one request: route, limit, pick, rewrite, forward with retries, stream back
+//!   service/cached.rs  the same request on a caching route: look up, serve (ranges too),
+//!                    revalidate, coalesce misses, store as it streams, invalidate
 //!   route.rs         host + path-prefix matching
 //!   normalize.rs     dot-segment removal so routing and forwarding see the same path
 //!   headers.rs       hop-by-hop removal, X-Forwarded-*/Forwarded/Via, request id
@@ -24,8 +26,8 @@
 //!   stats.rs         counters and lock-free latency histograms for metrics and control
 //! balancer/          endpoint selection, one file per strategy behind `Balancer`
 //! upstream/          endpoints (state machine, breaker, signals), pools, active health checks
-//! cache/             two-tier HTTP cache: RFC 9111 policy, moka L1, Redis/Cluster L2,
-//!                    coalescing, purge bus, warming
+//! cache/             two-tier HTTP cache: RFC 9111 policy, byte ranges of stored bodies,
+//!                    moka L1, Redis/Cluster L2, coalescing, purge bus, warming
 //! control/           the control loop: samples, autoscalers, actions, forecasts, USL,
 //!                    capacity reports (JSON + HTML)
 //! chart.rs           the SVG chart frame and HTML escaping the report and loadtest pages share

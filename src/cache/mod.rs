@@ -11,6 +11,7 @@ pub mod key;
 pub mod memory;
 pub mod object;
 pub mod policy;
+pub mod range;
 pub mod redis;
 pub mod stats;
 pub mod warm;
@@ -78,6 +79,7 @@ impl RouteCache {
                 min_ttl: route.min_ttl,
                 max_ttl: route.max_ttl,
                 keep_stale: global.keep_stale,
+                stale_if_unreachable: global.stale_if_unreachable,
                 heuristic: global.heuristic_fraction,
             },
             max_object_bytes: route
@@ -135,6 +137,9 @@ pub struct Cache {
     /// Refresh entries requested in the last tenth of their freshness.
     pub rewarm_hot: bool,
     shutdown: tokio_util::sync::CancellationToken,
+    /// Work that requests leave behind (stores, bounded drains of bodies a client did not
+    /// take): tracked, so that it is counted and ends with the cache.
+    background: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for Cache {
@@ -167,6 +172,7 @@ impl Cache {
             config: config.clone(),
             rewarm_hot: config.rewarm_hot,
             shutdown: tokio_util::sync::CancellationToken::new(),
+            background: tokio_util::task::TaskTracker::new(),
         });
         if cache.redis.is_some() && tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(bus::subscribe(
@@ -195,6 +201,25 @@ impl Cache {
             }
             _ => Some(Self::new(config, redis.cloned())),
         }
+    }
+
+    /// Runs `task` beside the request path; it is cut short when the cache is dropped.
+    pub fn spawn_background<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = self.shutdown.clone();
+        self.background.spawn(async move {
+            tokio::select! {
+                () = task => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+
+    /// Background tasks still running (see [`Cache::spawn_background`]).
+    pub fn background_tasks(&self) -> usize {
+        self.background.len()
     }
 
     pub fn redis(&self) -> Option<&Arc<RedisTier>> {

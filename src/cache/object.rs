@@ -25,6 +25,10 @@ pub struct StoredResponse {
     /// `stale-while-revalidate` and `stale-if-error` windows, in seconds.
     pub stale_while_revalidate: u64,
     pub stale_if_error: u64,
+    /// Seconds past freshness the entry may answer while the origin is unreachable (0
+    /// when the response forbids stale use). Absent in entries stored by older builds.
+    #[serde(default)]
+    pub stale_if_unreachable: u64,
     /// `must-revalidate`, `proxy-revalidate` or `no-cache`: never served stale.
     pub revalidate_always: bool,
     /// Surrogate keys from `Surrogate-Key` / `Cache-Tag`, for purge by tag.

@@ -11,15 +11,31 @@ use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
-use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy, RequestLike};
+use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy, RequestLike};
 
 use super::object::{StoredResponse, unix_ms};
 
 pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+/// Announces weir as a surrogate to origins (Edge Architecture 1.0 §2.1), so that they can
+/// target `Surrogate-Control` directives at it (`max-age=60;weir`).
+pub static SURROGATE_CAPABILITY: HeaderName = HeaderName::from_static("surrogate-capability");
+/// weir's device token in `Surrogate-Capability` and in targeted directives.
+pub const SURROGATE_DEVICE: &str = "weir";
+/// The capability weir announces: `weir="Surrogate/1.0"`.
+pub static SURROGATE_CAPABILITY_VALUE: HeaderValue =
+    HeaderValue::from_static("weir=\"Surrogate/1.0\"");
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+
+/// Statuses the `http-cache-semantics` crate knows the semantics of; it refuses any other.
+/// weir stores the rest too when the origin gave them explicit freshness (RFC 9111 §3:
+/// any final status the cache understands may be stored when the response allows it, and
+/// explicit freshness does), building their policy as if they were a 200.
+const CRATE_STATUSES: &[u16] = &[
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
+];
 
 /// Fields a 304 must not overwrite in the stored head (RFC 9111 §3.2).
 const NOT_UPDATED_BY_304: &[&str] = &[
@@ -38,6 +54,8 @@ pub struct Lifetimes {
     pub max_ttl: Option<Duration>,
     /// Entries with a validator stay this long past freshness, for revalidation.
     pub keep_stale: Duration,
+    /// Stale entries may answer this long past freshness while the origin is unreachable.
+    pub stale_if_unreachable: Duration,
     pub heuristic: f32,
 }
 
@@ -91,7 +109,29 @@ pub fn storable(
     if headers.contains_key(header::SET_COOKIE) {
         return None;
     }
+    // Never 206 (ranges are served from complete responses) or 304 (no body of its own).
+    if status.is_informational()
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return None;
+    }
     let view = &mut policy_view(headers);
+    let directives = Directives::parse(view.get_all(header::CACHE_CONTROL));
+    let understood = CRATE_STATUSES.contains(&status.as_u16());
+    let explicit = directives.explicit_freshness || view.contains_key(header::EXPIRES);
+    if !understood && (directives.must_understand || !explicit) {
+        // `must-understand` (RFC 9111 §5.2.2.3) limits storing to caches that know the
+        // status's semantics; without explicit freshness only the statuses that are
+        // heuristically cacheable may be stored (RFC 9110 §15.1).
+        return None;
+    }
+    if understood && directives.must_understand {
+        // A cache that understands the status ignores the `no-store` sent beside
+        // `must-understand` for older caches.
+        remove_directive(view, "no-store");
+    }
+    let policy_status = if understood { status } else { StatusCode::OK };
     let options = CacheOptions {
         shared: true,
         cache_heuristic: lifetimes.heuristic,
@@ -101,7 +141,7 @@ pub fn storable(
         CachePolicy::new_options(
             req,
             &ResponseView {
-                status,
+                status: policy_status,
                 headers: view,
             },
             now,
@@ -112,7 +152,6 @@ pub fn storable(
     if !policy.is_storable() {
         return None;
     }
-    let directives = Directives::parse(view.get_all(header::CACHE_CONTROL));
     let origin_ttl = policy.time_to_live(now);
     let wanted = clamp_ttl(origin_ttl, lifetimes);
     if wanted != origin_ttl && !directives.revalidate_always {
@@ -136,13 +175,23 @@ pub fn storable(
     let ttl = policy.time_to_live(now);
     let has_validator =
         headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+    // must-revalidate, proxy-revalidate, no-cache and (for a shared cache) s-maxage forbid
+    // serving stale without the origin's explicit leave (RFC 9111 §4.2.4, §5.2.2.10). A
+    // response that was never fresh is not kept for an outage either: on a caching route
+    // that would store every uncacheable API answer.
+    let stale_if_unreachable =
+        if directives.revalidate_always || directives.s_maxage || ttl.is_zero() {
+            Duration::ZERO
+        } else {
+            lifetimes.stale_if_unreachable
+        };
     let stale_window = Duration::from_secs(directives.stale_while_revalidate)
         .max(Duration::from_secs(directives.stale_if_error));
     let keep =
         ttl + if directives.revalidate_always {
-            Duration::ZERO
+            stale_if_unreachable
         } else {
-            stale_window
+            stale_window.max(stale_if_unreachable)
         } + if has_validator {
             lifetimes.keep_stale
         } else {
@@ -178,6 +227,7 @@ pub fn storable(
         fresh_until_ms: unix_ms(now + ttl),
         stale_while_revalidate: directives.stale_while_revalidate,
         stale_if_error: directives.stale_if_error,
+        stale_if_unreachable: stale_if_unreachable.as_secs(),
         revalidate_always: directives.revalidate_always,
         tags,
         keep_until_ms: unix_ms(now + keep),
@@ -192,11 +242,10 @@ pub fn storable(
 /// - an `Age` that is not one non-negative integer makes the response stale.
 fn policy_view(headers: &HeaderMap) -> HeaderMap {
     let mut view = headers.clone();
-    let targeted = headers
-        .get(&CDN_CACHE_CONTROL)
-        .or_else(|| headers.get(&SURROGATE_CONTROL));
-    if let Some(targeted) = targeted {
-        view.insert(header::CACHE_CONTROL, targeted.clone());
+    if let Some(cdn) = headers.get(&CDN_CACHE_CONTROL) {
+        view.insert(header::CACHE_CONTROL, cdn.clone());
+    } else if let Some(ours) = surrogate_directives(headers) {
+        view.insert(header::CACHE_CONTROL, ours);
     }
     let directives: Vec<String> = view
         .get_all(header::CACHE_CONTROL)
@@ -225,6 +274,48 @@ fn policy_view(headers: &HeaderMap) -> HeaderMap {
         }
     }
     view
+}
+
+/// The `Surrogate-Control` directives that apply to weir: those without a target and those
+/// targeted at `weir` (`max-age=60;weir`); directives for other devices are left out.
+/// `None` when the response has no `Surrogate-Control`.
+fn surrogate_directives(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut values = headers.get_all(&SURROGATE_CONTROL).iter().peekable();
+    values.peek()?;
+    let ours: Vec<&str> = values
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter_map(|directive| match directive.rsplit_once(';') {
+            Some((directive, target)) => target
+                .trim()
+                .eq_ignore_ascii_case(SURROGATE_DEVICE)
+                .then(|| directive.trim()),
+            None => Some(directive),
+        })
+        .filter(|d| !d.is_empty())
+        .collect();
+    HeaderValue::from_str(&ours.join(", ")).ok()
+}
+
+/// Removes one directive (by name) from the view's `Cache-Control`.
+fn remove_directive(view: &mut HeaderMap, name: &str) {
+    let kept: Vec<&str> = view
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.split('=').next().unwrap_or("").eq_ignore_ascii_case(name))
+        .collect();
+    match HeaderValue::from_str(&kept.join(", ")) {
+        Ok(value) if !kept.is_empty() => {
+            view.insert(header::CACHE_CONTROL, value);
+        }
+        _ => {
+            view.remove(header::CACHE_CONTROL);
+        }
+    }
 }
 
 fn clamp_ttl(origin: Duration, lifetimes: &Lifetimes) -> Duration {
@@ -314,8 +405,46 @@ pub fn may_serve_on_error(stored: &StoredResponse, now: SystemTime) -> bool {
         && stored.staleness(now) <= Duration::from_secs(stored.stale_if_error)
 }
 
+/// Whether the stale entry may answer because the origin could not be reached at all.
+pub fn may_serve_when_unreachable(stored: &StoredResponse, now: SystemTime) -> bool {
+    stored.stale_if_unreachable > 0
+        && stored.staleness(now) <= Duration::from_secs(stored.stale_if_unreachable)
+}
+
+/// Whether a 304 that answered weir's own revalidation of `stored` (sent with the stored
+/// validators) is about that stored response (RFC 9111 §4.3.4):
+/// - a strong ETag must be the stored one (weir may have weakened the stored tag when it
+///   compressed the body, so the stored tag is compared without its `W/`);
+/// - a weak ETag must match the stored one weakly;
+/// - a Last-Modified alone must equal the stored one, if the stored response has one;
+/// - a 304 with no validator of its own (allowed, and common) answers the conditional
+///   request weir sent, which named this response and no other: it selects it.
+pub fn not_modified_selects(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    fn text(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    }
+    let opaque = |tag: &str| tag.strip_prefix("W/").unwrap_or(tag).to_owned();
+    if let Some(new) = text(not_modified, header::ETAG) {
+        let Some(old) = text(stored, header::ETAG) else {
+            return false;
+        };
+        return if new.starts_with("W/") {
+            opaque(old) == opaque(new)
+        } else {
+            opaque(old) == new
+        };
+    }
+    if let Some(new) = text(not_modified, header::LAST_MODIFIED) {
+        return text(stored, header::LAST_MODIFIED).is_none_or(|old| old == new);
+    }
+    true
+}
+
 /// After a 304 to a revalidation: the stored response with the 304's fields applied, or
-/// `None` if the 304 is not about this response (validators differ).
+/// `None` if the 304 is not about this response (see [`not_modified_selects`]).
 pub fn refresh(
     stored: &StoredResponse,
     req: &PolicyRequest<'_>,
@@ -323,13 +452,8 @@ pub fn refresh(
     now: SystemTime,
     lifetimes: &Lifetimes,
 ) -> Option<StoredResponse> {
-    let view = ResponseView {
-        status: StatusCode::NOT_MODIFIED,
-        headers: not_modified,
-    };
-    match stored.policy.after_response(req, &view, now) {
-        AfterResponse::NotModified(..) => {}
-        AfterResponse::Modified(..) => return None,
+    if !not_modified_selects(&stored.headers, not_modified) {
+        return None;
     }
     let mut merged = stored.headers.clone();
     for name in not_modified.keys() {
@@ -425,6 +549,12 @@ struct Directives {
     requires_validation: bool,
     /// Request: max-stale.
     max_stale: bool,
+    /// Response: max-age or s-maxage (with `Expires`, explicit freshness).
+    explicit_freshness: bool,
+    /// Response: s-maxage, which for a shared cache also means proxy-revalidate.
+    s_maxage: bool,
+    /// Response: must-understand (RFC 9111 §5.2.2.3).
+    must_understand: bool,
 }
 
 impl Directives {
@@ -448,7 +578,15 @@ impl Directives {
                         d.revalidate_always = true;
                         d.requires_validation = true;
                     }
-                    "max-age" if secs() == Some(0) => d.requires_validation = true,
+                    "max-age" => {
+                        d.explicit_freshness = true;
+                        d.requires_validation |= secs() == Some(0);
+                    }
+                    "s-maxage" => {
+                        d.explicit_freshness = true;
+                        d.s_maxage = true;
+                    }
+                    "must-understand" => d.must_understand = true,
                     "max-stale" => d.max_stale = true,
                     _ => {}
                 }

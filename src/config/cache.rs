@@ -29,6 +29,14 @@ pub struct CacheConfig {
     /// that it can be revalidated with a conditional request instead of fetched again.
     #[serde(with = "humantime_serde", default = "d_keep_stale")]
     pub keep_stale: Duration,
+    /// How long past freshness a stored response may still answer when the origin cannot
+    /// be reached at all (refused or reset connection, no response head in time): an
+    /// outage then costs clients staleness, not errors. Responses that forbid stale use
+    /// (`must-revalidate`, `proxy-revalidate`, `no-cache`, `s-maxage`) never get it; an
+    /// origin's 5xx answer is served stale only under its own `stale-if-error`. `0s` turns
+    /// it off.
+    #[serde(with = "humantime_serde", default = "d_stale_if_unreachable")]
+    pub stale_if_unreachable: Duration,
     /// Fraction of `now - Last-Modified` used as freshness when the origin gave none.
     #[serde(default = "d_heuristic")]
     pub heuristic_fraction: f32,
@@ -51,6 +59,7 @@ impl Default for CacheConfig {
             coalesce_wait: DEFAULT_CACHE_COALESCE_WAIT,
             shared_lock: false,
             keep_stale: DEFAULT_CACHE_KEEP_STALE,
+            stale_if_unreachable: DEFAULT_CACHE_STALE_IF_UNREACHABLE,
             heuristic_fraction: DEFAULT_CACHE_HEURISTIC,
             warm_urls: Vec::new(),
             warm_concurrency: DEFAULT_CACHE_WARM_CONCURRENCY,
@@ -154,6 +163,9 @@ fn d_coalesce_wait() -> Duration {
 }
 fn d_keep_stale() -> Duration {
     DEFAULT_CACHE_KEEP_STALE
+}
+fn d_stale_if_unreachable() -> Duration {
+    DEFAULT_CACHE_STALE_IF_UNREACHABLE
 }
 fn d_heuristic() -> f32 {
     DEFAULT_CACHE_HEURISTIC

@@ -58,6 +58,9 @@ pub const DEFAULT_CACHE_MAX_OBJECT_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_CACHE_COALESCE_WAIT: Duration = Duration::from_secs(5);
 /// Stale entries with validators stay this long for conditional revalidation.
 pub const DEFAULT_CACHE_KEEP_STALE: Duration = Duration::from_secs(600);
+/// A stale entry may answer while the origin cannot be reached at all for this long past
+/// its freshness (RFC 9111 §4.2.4, a disconnected cache), like Varnish's grace.
+pub const DEFAULT_CACHE_STALE_IF_UNREACHABLE: Duration = Duration::from_secs(60);
 /// RFC 9111 §4.2.2 suggests 10 % of the time since Last-Modified.
 pub const DEFAULT_CACHE_HEURISTIC: f32 = 0.1;
 pub const DEFAULT_CACHE_WARM_CONCURRENCY: usize = 4;

@@ -226,12 +226,27 @@ impl ResponseBody {
         }
     }
 
-    /// Copies the body for the cache as it streams (streamed bodies only).
+    /// Copies the body for the cache as it streams (streamed bodies only). A body that has
+    /// already ended (a 204, an empty 200) is never polled by hyper, so its copy is handed
+    /// over at once.
     pub fn with_tee(mut self, new: Tee) -> Self {
+        if self.is_end_stream() {
+            new.finish();
+            return self;
+        }
         if let ResponseBody::Upstream { tee, .. } | ResponseBody::Encoded { tee, .. } = &mut self {
             *tee = Some(Box::new(new));
         }
         self
+    }
+
+    /// Whether the cache is still copying this body (it gives up past its size limit).
+    pub fn is_teeing(&self) -> bool {
+        matches!(
+            self,
+            ResponseBody::Upstream { tee: Some(_), .. }
+                | ResponseBody::Encoded { tee: Some(_), .. }
+        )
     }
 
     pub fn full(data: impl Into<Bytes>) -> Self {

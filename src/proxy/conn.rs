@@ -47,6 +47,17 @@ pub struct ConnRequestGuard {
     activity: Arc<ConnActivity>,
 }
 
+impl ConnRequestGuard {
+    /// A second hold on the same connection, for work the request starts besides the one
+    /// this guard covers (the cache fetching a response again).
+    pub fn duplicate(&self) -> Self {
+        self.activity.in_flight.fetch_add(1, Relaxed);
+        ConnRequestGuard {
+            activity: Arc::clone(&self.activity),
+        }
+    }
+}
+
 impl Drop for ConnRequestGuard {
     fn drop(&mut self) {
         self.activity.in_flight.fetch_sub(1, Relaxed);

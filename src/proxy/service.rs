@@ -223,42 +223,42 @@ impl ProxyService {
                 parts.headers.insert(header::HOST, value);
             }
         }
+        let exchange = Exchange {
+            snapshot,
+            route,
+            request_id,
+            trace,
+        };
         if let (Some(cache), Some(policy)) = (&snapshot.cache, &route.cache)
             && upgrade_protocol(&parts).is_none()
         {
             // Boxed: the cache path's state machine is several KiB, and hyper moves the
             // request future by value; the plain path should not carry (and copy) it.
-            return Box::pin(self.forward_cached(
-                snapshot, route, cache, policy, parts, body, request_id, trace, conn_guard,
-            ))
+            return Box::pin(
+                self.forward_cached(&exchange, cache, policy, parts, body, conn_guard),
+            )
             .await;
         }
-        self.forward_upstream(
-            snapshot,
-            route,
-            parts,
-            Some(body),
-            request_id,
-            trace,
-            Some(conn_guard),
-        )
-        .await
+        self.forward_upstream(&exchange, parts, Some(body), Some(conn_guard))
+            .await
     }
 
     /// Sends the request to the route's pool (retrying as the pool allows) and returns the
     /// response with its body streaming. Without `body`, the request has none (cache
     /// refreshes); without `conn_guard`, no client connection waits on it.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn forward_upstream(
         &self,
-        snapshot: &Snapshot,
-        route: &Route,
+        exchange: &Exchange<'_>,
         mut parts: http::request::Parts,
         body: Option<Incoming>,
-        request_id: &HeaderValue,
-        trace: Option<&TraceContext>,
         conn_guard: Option<ConnRequestGuard>,
     ) -> Result<(Response<ResponseBody>, Served), Failure> {
+        let Exchange {
+            snapshot,
+            route,
+            request_id,
+            trace,
+        } = *exchange;
         let pool = &route.pool;
         let failure =
             |error: ProxyError, endpoint: Option<&str>| Failure::at(route, error, endpoint);
@@ -401,8 +401,16 @@ impl ProxyService {
             // A response the client will get has its breaker verdict when its body ends
             // (see `PendingVerdict`); the rest is recorded now.
             let deferred = matches!(&result, Ok(response) if !response.body().is_end_stream());
+            // A status answer is the endpoint's considered reply: asking it again would
+            // only repeat it (and a 503 with Retry-After asked not to be), so statuses are
+            // retried on another endpoint only. Failures without an answer may be retried
+            // anywhere, the same endpoint included (a stale pooled connection).
+            let another_endpoint = || {
+                !matches!(outcome, Outcome::Response { .. }) || pool.has_untried(&tried, &endpoint)
+            };
             let retrying = may_retry
                 && retry::is_retryable(&pool.retry, &parts.method, &outcome)
+                && another_endpoint()
                 && pool.try_retry();
             if retrying || !deferred {
                 pool.report(&mut guard, outcome, elapsed);
@@ -553,6 +561,16 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// What every upstream exchange of one client request shares: the configuration it was
+/// routed under, its route, and the identifiers it carries upstream.
+#[derive(Clone, Copy)]
+pub(super) struct Exchange<'a> {
+    pub snapshot: &'a Arc<Snapshot>,
+    pub route: &'a Route,
+    pub request_id: &'a HeaderValue,
+    pub trace: Option<&'a TraceContext>,
 }
 
 /// Where a proxied request went, for route stats and the access log.

@@ -305,6 +305,17 @@ impl Pool {
         Err(PickError::NoEndpoint)
     }
 
+    /// Whether an available endpoint other than `current` and those in `tried` exists: a
+    /// retry that could only go back to the endpoints that already answered is not one.
+    pub fn has_untried(&self, tried: &[Arc<Endpoint>], current: &Arc<Endpoint>) -> bool {
+        let now_ms = self.clock.now_ms();
+        self.endpoints.load().iter().any(|e| {
+            !Arc::ptr_eq(e, current)
+                && !tried.iter().any(|t| Arc::ptr_eq(t, e))
+                && e.is_available(now_ms)
+        })
+    }
+
     fn sticky_endpoint(
         &self,
         endpoints: &[Arc<Endpoint>],

@@ -1,5 +1,6 @@
-//! The request path through the HTTP cache: look up, answer, revalidate, coalesce misses,
-//! store as the body streams, and invalidate after unsafe methods.
+//! The request path through the HTTP cache: look up, answer (whole, ranges, 304),
+//! revalidate, coalesce misses, store as the body streams, and invalidate after unsafe
+//! methods.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -11,18 +12,18 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{Failure, ProxyService, Served};
+use super::{Exchange, Failure, ProxyService, Served};
 use crate::cache::coalesce;
 use crate::cache::object::StoredResponse;
-use crate::cache::policy::{self, CACHE_STATUS, PolicyRequest, Reuse};
+use crate::cache::policy::{
+    self, CACHE_STATUS, PolicyRequest, Reuse, SURROGATE_CAPABILITY, SURROGATE_CAPABILITY_VALUE,
+};
+use crate::cache::range::{self, RangeAnswer};
 use crate::cache::redis::Lock;
 use crate::cache::{Cache, Flight, FlightGuard, PurgeTarget, RouteCache, Tier};
 use crate::proxy::body::{ResponseBody, Tee};
 use crate::proxy::compress;
 use crate::proxy::conn::ConnRequestGuard;
-use crate::proxy::route::Route;
-use crate::proxy::snapshot::Snapshot;
-use crate::proxy::trace::TraceContext;
 
 /// Request headers that applications commonly use to build URLs (redirects, links,
 /// canonical hosts) but that are not part of the cache key. A client could otherwise send
@@ -45,43 +46,94 @@ const UNKEYED_URL_HEADERS: [HeaderName; 10] = [
 /// How often a request waiting on another instance's lock looks in Redis.
 const SHARED_LOCK_POLL: Duration = Duration::from_millis(20);
 
-/// Statuses weir stores: cacheable by default (RFC 9110 §15.1) plus redirects and 5xx
-/// that carry explicit freshness. Never 206 (ranges) or 304 (no body).
-fn status_may_be_stored(status: StatusCode) -> bool {
-    matches!(
-        status.as_u16(),
-        200 | 203
-            | 204
-            | 300
-            | 301
-            | 302
-            | 303
-            | 307
-            | 308
-            | 404
-            | 405
-            | 410
-            | 414
-            | 500
-            | 501
-            | 502
-            | 503
-            | 504
-    )
+/// A client answered 304 while the origin is still sending the 200 behind it: the rest of
+/// that body is read in the background (for the cache, or so that the upstream connection
+/// can be reused) for at most this long…
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// …and, once the cache is not copying it, for at most this many bytes; past them closing
+/// the upstream connection is cheaper than reading on.
+const DRAIN_LIMIT_BYTES: u64 = 64 * 1024;
+
+/// One GET or HEAD on a caching route: what every step of the cache path needs.
+struct CacheCtx<'a> {
+    exchange: Exchange<'a>,
+    cache: &'a Arc<Cache>,
+    policy: &'a Arc<RouteCache>,
+    primary: String,
+    /// The origin-form target as the route keys it (query kept, sorted or dropped): what
+    /// the cache policy sees.
+    target: Uri,
+    /// The target as the client sent it: what a fetch of weir's own asks for.
+    original: Uri,
+    version: Version,
+    /// The client's head after weir's own changes (Accept-Encoding reduced to one
+    /// coding): it selects variants and carries the client's own conditionals.
+    client_headers: HeaderMap,
+    /// The coding of this request's variant, when compression is on.
+    coding: Option<&'static str>,
+    head_only: bool,
+}
+
+impl CacheCtx<'_> {
+    fn view(&self) -> PolicyRequest<'_> {
+        PolicyRequest {
+            method: &Method::GET,
+            target: self.target.clone(),
+            headers: &self.client_headers,
+        }
+    }
+
+    fn tier_name(&self) -> &'static str {
+        if self.policy.memory {
+            "weir-l1"
+        } else {
+            "weir-l2"
+        }
+    }
+
+    /// Whether the client asked conditionally (it may then get a 304 from weir).
+    fn client_conditional(&self) -> bool {
+        self.client_headers.contains_key(header::IF_NONE_MATCH)
+            || self.client_headers.contains_key(header::IF_MODIFIED_SINCE)
+    }
+
+    /// A request head of weir's own for this resource, with `headers`.
+    fn fetch_parts(&self, headers: HeaderMap) -> http::request::Parts {
+        let mut request = Request::new(());
+        *request.uri_mut() = self.original.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = headers;
+        request.into_parts().0
+    }
+
+    /// Route bookkeeping for an answer that came from the cache.
+    fn served_from_cache(&self) -> Served {
+        Served {
+            route_stats: Arc::clone(&self.exchange.route.stats),
+            route: Arc::clone(&self.exchange.route.name),
+            endpoint: None,
+            attempts: 0,
+            upstream: Duration::ZERO,
+        }
+    }
+}
+
+/// A stored response about to answer a request.
+struct Hit<'a> {
+    stored: &'a StoredResponse,
+    tier: Tier,
+    now: SystemTime,
+    cache_status: String,
 }
 
 impl ProxyService {
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn forward_cached(
         &self,
-        snapshot: &Arc<Snapshot>,
-        route: &Route,
+        exchange: &Exchange<'_>,
         cache: &Arc<Cache>,
         policy: &Arc<RouteCache>,
         mut parts: http::request::Parts,
         body: Incoming,
-        request_id: &HeaderValue,
-        trace: Option<&TraceContext>,
         conn_guard: ConnRequestGuard,
     ) -> Result<(Response<ResponseBody>, Served), Failure> {
         for name in &UNKEYED_URL_HEADERS {
@@ -89,40 +141,29 @@ impl ProxyService {
                 parts.headers.remove(name);
             }
         }
+        // weir is a surrogate: origins may target `Surrogate-Control` directives at it.
+        parts.headers.append(
+            SURROGATE_CAPABILITY.clone(),
+            SURROGATE_CAPABILITY_VALUE.clone(),
+        );
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            // Boxed so that the hit path's future stays small.
+            return Box::pin(self.forward_unsafe(exchange, cache, policy, parts, body, conn_guard))
+                .await;
+        }
         let host = parts
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let primary =
-            policy
-                .key
-                .primary(&host, parts.uri.path(), parts.uri.query(), &parts.headers);
-        let method = parts.method.clone();
-        if method != Method::GET && method != Method::HEAD {
-            // Boxed so that the hit path's future stays small.
-            return Box::pin(self.forward_unsafe(
-                snapshot, route, cache, policy, parts, body, request_id, trace, conn_guard, &host,
-                primary,
-            ))
-            .await;
-        }
-        if parts.headers.contains_key(header::RANGE) {
-            cache.stats.bypass.fetch_add(1, Relaxed);
-            return self
-                .forward_upstream(
-                    snapshot,
-                    route,
-                    parts,
-                    Some(body),
-                    request_id,
-                    trace,
-                    Some(conn_guard),
-                )
-                .await;
-        }
-        let tier_name = if policy.memory { "weir-l1" } else { "weir-l2" };
+            .unwrap_or("");
+        let primary = policy
+            .key
+            .primary(host, parts.uri.path(), parts.uri.query(), &parts.headers);
+        let head_only = parts.method == Method::HEAD;
+        // Range applies to GET only (RFC 9110 §14.2).
+        let range = (!head_only)
+            .then(|| parts.headers.get(header::RANGE).cloned())
+            .flatten();
         let target: Uri = policy
             .key
             .target(parts.uri.path(), parts.uri.query())
@@ -134,76 +175,97 @@ impl ProxyService {
             .map_or("/", |pq| pq.as_str())
             .parse()
             .unwrap_or_else(|_| Uri::from_static("/"));
-        // With compression on, each coding is a variant of its own (see `compress`).
-        let coding = snapshot
-            .compression
-            .then(|| compress::normalize_accept_encoding(&mut parts.headers));
-        let client_headers = parts.headers.clone();
-        let view = PolicyRequest {
-            method: &Method::GET,
-            target: target.clone(),
-            headers: &client_headers,
+        // With compression on, each coding is a variant of its own (see `compress`). A
+        // range request that the cache cannot answer goes upstream as the client sent it.
+        let compression = exchange.snapshot.compression;
+        let (client_headers, coding) = if range.is_none() {
+            let coding =
+                compression.then(|| compress::normalize_accept_encoding(&mut parts.headers));
+            (parts.headers.clone(), coding)
+        } else {
+            let mut headers = parts.headers.clone();
+            let coding = compression.then(|| compress::normalize_accept_encoding(&mut headers));
+            (headers, coding)
         };
-        let head_only = method == Method::HEAD;
+        let ctx = CacheCtx {
+            exchange: *exchange,
+            cache,
+            policy,
+            primary,
+            target,
+            original,
+            version: parts.version,
+            client_headers,
+            coding,
+            head_only,
+        };
         let now = SystemTime::now();
+        let found = cache
+            .lookup(policy, &ctx.primary, &ctx.client_headers)
+            .await;
+
+        if range.is_some() {
+            // Ranges are cut from a fresh, complete stored response; anything else goes to
+            // the origin as the client sent it, and is not stored.
+            if let Some((stored, tier, _)) = &found
+                && stored.status == StatusCode::OK
+                && matches!(policy::reuse(stored, &ctx.view(), now), Reuse::Fresh)
+            {
+                let cache_status =
+                    format!("{}; hit; ttl={}", tier.status_name(), ttl_secs(stored, now));
+                return Ok(serve(
+                    &ctx,
+                    Hit {
+                        stored,
+                        tier: *tier,
+                        now,
+                        cache_status,
+                    },
+                ));
+            }
+            cache.stats.bypass.fetch_add(1, Relaxed);
+            return self
+                .forward_upstream(exchange, parts, Some(body), Some(conn_guard))
+                .await;
+        }
+
         let mut revalidating = None;
-        if let Some((stored, tier, _)) = cache.lookup(policy, &primary, &client_headers).await {
-            match policy::reuse(&stored, &view, now) {
+        if let Some((stored, tier, _)) = found {
+            match policy::reuse(&stored, &ctx.view(), now) {
                 Reuse::Fresh => {
                     if cache.rewarm_hot && near_expiry(&stored, now) {
-                        let revalidation = policy::revalidation_headers(&stored, &client_headers);
-                        self.refresh_in_background(
-                            snapshot,
-                            route,
-                            cache,
-                            policy,
-                            &primary,
-                            Arc::clone(&stored),
-                            (target, original),
-                            client_headers.clone(),
-                            revalidation,
-                        );
+                        let revalidation =
+                            policy::revalidation_headers(&stored, &ctx.client_headers);
+                        self.refresh_in_background(&ctx, Arc::clone(&stored), revalidation);
                     }
-                    let status = format!(
+                    let cache_status = format!(
                         "{}; hit; ttl={}",
                         tier.status_name(),
                         ttl_secs(&stored, now)
                     );
                     return Ok(serve(
-                        cache,
-                        tier,
-                        &stored,
-                        now,
-                        &status,
-                        head_only,
-                        &client_headers,
-                        route,
+                        &ctx,
+                        Hit {
+                            stored: &stored,
+                            tier,
+                            now,
+                            cache_status,
+                        },
                     ));
                 }
                 Reuse::StaleWhileRevalidate { revalidation } => {
-                    self.refresh_in_background(
-                        snapshot,
-                        route,
-                        cache,
-                        policy,
-                        &primary,
-                        Arc::clone(&stored),
-                        (target, original),
-                        client_headers.clone(),
-                        revalidation,
-                    );
+                    self.refresh_in_background(&ctx, Arc::clone(&stored), revalidation);
                     cache.stats.stale.fetch_add(1, Relaxed);
-                    let status =
+                    let cache_status =
                         format!("{}; hit; detail=stale-while-revalidate", tier.status_name());
                     return Ok(serve(
-                        cache,
-                        tier,
-                        &stored,
-                        now,
-                        &status,
-                        head_only,
-                        &client_headers,
-                        route,
+                        &ctx,
+                        Hit {
+                            stored: &stored,
+                            tier,
+                            now,
+                            cache_status,
+                        },
                     ));
                 }
                 Reuse::Revalidate { revalidation } => {
@@ -214,146 +276,27 @@ impl ProxyService {
         }
 
         if let Some((stored, tier, revalidation)) = revalidating {
-            parts.headers = revalidation;
-            let result = self
-                .forward_upstream(
-                    snapshot,
-                    route,
-                    parts,
-                    Some(body),
-                    request_id,
-                    trace,
-                    Some(conn_guard),
-                )
+            return self
+                .revalidate(&ctx, (&stored, tier), parts, body, conn_guard, revalidation)
                 .await;
-            let now = SystemTime::now();
-            let name = tier.status_name();
-            return match result {
-                Ok((response, served)) if response.status() == StatusCode::NOT_MODIFIED => {
-                    match policy::refresh(
-                        &stored,
-                        &view,
-                        response.headers(),
-                        now,
-                        &policy.lifetimes,
-                    ) {
-                        Some(fresh) => {
-                            drop(response);
-                            cache.stats.revalidated.fetch_add(1, Relaxed);
-                            let status = format!("{name}; fwd=stale; fwd-status=304");
-                            let (response, _) = serve(
-                                cache,
-                                tier,
-                                &fresh,
-                                now,
-                                &status,
-                                head_only,
-                                &client_headers,
-                                route,
-                            );
-                            let (cache, policy, primary) =
-                                (Arc::clone(cache), Arc::clone(policy), primary.clone());
-                            tokio::spawn(async move {
-                                cache.store(&policy, &primary, &client_headers, fresh).await;
-                            });
-                            Ok((response, served))
-                        }
-                        None => Ok((
-                            with_status(response, &format!("{name}; fwd=stale; fwd-status=304")),
-                            served,
-                        )),
-                    }
-                }
-                Ok((response, served))
-                    if response.status().is_server_error()
-                        && policy::may_serve_on_error(&stored, now) =>
-                {
-                    cache.stats.stale.fetch_add(1, Relaxed);
-                    let status = format!(
-                        "{name}; fwd=stale; fwd-status={}; detail=stale-if-error",
-                        response.status().as_u16()
-                    );
-                    drop(response);
-                    let (response, _) = serve(
-                        cache,
-                        tier,
-                        &stored,
-                        now,
-                        &status,
-                        head_only,
-                        &client_headers,
-                        route,
-                    );
-                    Ok((response, served))
-                }
-                Err(failure) if policy::may_serve_on_error(&stored, now) => {
-                    cache.stats.stale.fetch_add(1, Relaxed);
-                    tracing::debug!(error = %failure.error, "upstream failed; serving stale (stale-if-error)");
-                    let status = format!("{name}; fwd=stale; detail=stale-if-error");
-                    Ok(serve(
-                        cache,
-                        tier,
-                        &stored,
-                        now,
-                        &status,
-                        head_only,
-                        &client_headers,
-                        route,
-                    ))
-                }
-                Ok((response, served)) => {
-                    let fwd = format!(
-                        "{name}; fwd=stale; fwd-status={}",
-                        response.status().as_u16()
-                    );
-                    let response = encoded(response, coding).await;
-                    Ok((
-                        self.store_as_it_streams(
-                            cache, policy, &primary, &view, response, None, &fwd, head_only,
-                        ),
-                        served,
-                    ))
-                }
-                Err(failure) => Err(failure),
-            };
         }
 
         if head_only {
             cache.stats.misses.fetch_add(1, Relaxed);
             let (response, served) = self
-                .forward_upstream(
-                    snapshot,
-                    route,
-                    parts,
-                    Some(body),
-                    request_id,
-                    trace,
-                    Some(conn_guard),
-                )
+                .forward_upstream(exchange, parts, Some(body), Some(conn_guard))
                 .await?;
-            return Ok((
-                with_status(response, &format!("{tier_name}; fwd=miss")),
-                served,
-            ));
+            let cache_status = format!("{}; fwd=miss", ctx.tier_name());
+            return Ok((with_status(response, &cache_status), served));
         }
 
         // A miss: the first request fetches, concurrent ones wait for it (bounded).
         let mut leader = None;
-        match cache.join_flight(&primary) {
+        match cache.join_flight(&ctx.primary) {
             Flight::Leader(guard) => leader = Some(guard),
             Flight::Follower(waiting) => {
                 if coalesce::wait(waiting, cache.coalesce_wait).await
-                    && let Some(answer) = self
-                        .answer_if_fresh(
-                            cache,
-                            policy,
-                            &primary,
-                            &view,
-                            head_only,
-                            route,
-                            "coalesced",
-                        )
-                        .await
+                    && let Some(answer) = self.answer_if_fresh(&ctx, "coalesced").await
                 {
                     return Ok(answer);
                 }
@@ -365,24 +308,13 @@ impl ProxyService {
             && policy.redis
             && let Some(redis) = cache.redis()
         {
-            match redis.lock(&primary, cache.coalesce_wait).await {
+            match redis.lock(&ctx.primary, cache.coalesce_wait).await {
                 Lock::Acquired(token) => lock = Some((Arc::clone(redis), token)),
                 Lock::HeldElsewhere => {
                     let deadline = tokio::time::Instant::now() + cache.coalesce_wait;
                     while tokio::time::Instant::now() < deadline {
                         tokio::time::sleep(SHARED_LOCK_POLL).await;
-                        if let Some(answer) = self
-                            .answer_if_fresh(
-                                cache,
-                                policy,
-                                &primary,
-                                &view,
-                                head_only,
-                                route,
-                                "coalesced",
-                            )
-                            .await
-                        {
+                        if let Some(answer) = self.answer_if_fresh(&ctx, "coalesced").await {
                             return Ok(answer);
                         }
                     }
@@ -390,122 +322,242 @@ impl ProxyService {
                 Lock::Unavailable => {}
             }
         }
-        // The cache wants the whole response to store; the client's own validators are
-        // then answered here.
-        let client_conditional = parts.headers.contains_key(header::IF_NONE_MATCH)
-            || parts.headers.contains_key(header::IF_MODIFIED_SINCE);
-        if client_conditional {
-            parts.headers.remove(header::IF_NONE_MATCH);
-            parts.headers.remove(header::IF_MODIFIED_SINCE);
-        }
-        let (response, served) = self
-            .forward_upstream(
-                snapshot,
-                route,
-                parts,
-                Some(body),
-                request_id,
-                trace,
-                Some(conn_guard),
-            )
-            .await?;
         cache.stats.misses.fetch_add(1, Relaxed);
-        let response = encoded(response, coding).await;
         let release = leader.map(|guard| Release { guard, lock });
-        let response = self.store_as_it_streams(
-            cache,
-            policy,
-            &primary,
-            &view,
-            response,
+        let cache_status = format!("{}; fwd=miss", ctx.tier_name());
+        let fetch = Fetch {
+            body: Some(body),
+            conn_guard: Some(conn_guard),
             release,
-            &format!("{tier_name}; fwd=miss"),
-            false,
-        );
-        if client_conditional
-            && response.status() == StatusCode::OK
-            && policy::client_not_modified(&client_headers, response.headers())
-        {
-            cache.stats.not_modified.fetch_add(1, Relaxed);
-            let (head, body) = response.into_parts();
-            // The body still goes to the cache, in the background.
-            tokio::spawn(async move {
-                let _ = body.collect().await;
-            });
-            let mut not_modified = Response::new(ResponseBody::empty());
-            *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
-            *not_modified.headers_mut() = policy::not_modified_headers(&head.headers);
-            return Ok((not_modified, served));
+        };
+        self.fetch_whole(&ctx, parts, fetch, &cache_status).await
+    }
+
+    /// Asks the origin about a stale entry with its validators, and answers from what
+    /// comes back: the refreshed entry on a 304 that is about it, the new response
+    /// otherwise, the stale entry when the origin fails and the entry allows it.
+    async fn revalidate(
+        &self,
+        ctx: &CacheCtx<'_>,
+        (stored, tier): (&Arc<StoredResponse>, Tier),
+        mut parts: http::request::Parts,
+        body: Incoming,
+        conn_guard: ConnRequestGuard,
+        revalidation: HeaderMap,
+    ) -> Result<(Response<ResponseBody>, Served), Failure> {
+        let cache = ctx.cache;
+        parts.headers = revalidation;
+        // A second hold on the connection, should the 304 not be about the stored entry.
+        let refetch_guard = conn_guard.duplicate();
+        let result = self
+            .forward_upstream(&ctx.exchange, parts, Some(body), Some(conn_guard))
+            .await;
+        let now = SystemTime::now();
+        let name = tier.status_name();
+        let stale_hit = |cache_status: String| {
+            cache.stats.stale.fetch_add(1, Relaxed);
+            serve(
+                ctx,
+                Hit {
+                    stored,
+                    tier,
+                    now,
+                    cache_status,
+                },
+            )
+        };
+        match result {
+            Ok((response, served)) if response.status() == StatusCode::NOT_MODIFIED => {
+                let Some(fresh) = policy::refresh(
+                    stored,
+                    &ctx.view(),
+                    response.headers(),
+                    now,
+                    &ctx.policy.lifetimes,
+                ) else {
+                    // The 304 names another response than the stored one: it answers
+                    // nobody's question here, so the response is fetched whole (RFC 9111
+                    // §4.3.4). It never reaches a client that did not ask for it.
+                    drop(response);
+                    tracing::debug!(
+                        key = %ctx.primary,
+                        "a 304 does not match the stored response; fetching it again"
+                    );
+                    let parts = ctx.fetch_parts(without_conditionals(&ctx.client_headers));
+                    let fetch = Fetch {
+                        body: None,
+                        conn_guard: Some(refetch_guard),
+                        release: None,
+                    };
+                    let cache_status = format!("{name}; fwd=stale; detail=304-mismatch");
+                    return self.fetch_whole(ctx, parts, fetch, &cache_status).await;
+                };
+                drop(response);
+                cache.stats.revalidated.fetch_add(1, Relaxed);
+                let (response, _) = serve(
+                    ctx,
+                    Hit {
+                        stored: &fresh,
+                        tier,
+                        now,
+                        cache_status: format!("{name}; fwd=stale; fwd-status=304"),
+                    },
+                );
+                let (store_cache, policy, primary, request) = (
+                    Arc::clone(cache),
+                    Arc::clone(ctx.policy),
+                    ctx.primary.clone(),
+                    ctx.client_headers.clone(),
+                );
+                cache.spawn_background(async move {
+                    store_cache.store(&policy, &primary, &request, fresh).await;
+                });
+                Ok((response, served))
+            }
+            Ok((response, served))
+                if response.status().is_server_error()
+                    && policy::may_serve_on_error(stored, now) =>
+            {
+                let cache_status = format!(
+                    "{name}; fwd=stale; fwd-status={}; detail=stale-if-error",
+                    response.status().as_u16()
+                );
+                drop(response);
+                Ok((stale_hit(cache_status).0, served))
+            }
+            Err(failure)
+                if failure.error.status().is_server_error()
+                    && (policy::may_serve_on_error(stored, now)
+                        || policy::may_serve_when_unreachable(stored, now)) =>
+            {
+                tracing::debug!(error = %failure.error, "upstream failed; serving stale");
+                let detail = if policy::may_serve_on_error(stored, now) {
+                    "stale-if-error"
+                } else {
+                    "origin-unreachable"
+                };
+                Ok(stale_hit(format!("{name}; fwd=stale; detail={detail}")))
+            }
+            Ok((response, served)) => {
+                let cache_status = format!(
+                    "{name}; fwd=stale; fwd-status={}",
+                    response.status().as_u16()
+                );
+                Ok((
+                    self.take_fetched(ctx, response, None, &cache_status).await,
+                    served,
+                ))
+            }
+            Err(failure) => Err(failure),
         }
-        Ok((response, served))
+    }
+
+    /// Fetches the whole response for the cache: the client's own validators are not
+    /// sent (the cache wants a body to keep) and are answered here instead.
+    async fn fetch_whole(
+        &self,
+        ctx: &CacheCtx<'_>,
+        mut parts: http::request::Parts,
+        fetch: Fetch,
+        cache_status: &str,
+    ) -> Result<(Response<ResponseBody>, Served), Failure> {
+        parts.headers.remove(header::IF_NONE_MATCH);
+        parts.headers.remove(header::IF_MODIFIED_SINCE);
+        let (response, served) = self
+            .forward_upstream(&ctx.exchange, parts, fetch.body, fetch.conn_guard)
+            .await?;
+        Ok((
+            self.take_fetched(ctx, response, fetch.release, cache_status)
+                .await,
+            served,
+        ))
+    }
+
+    /// A response fetched for the cache: encoded in the request's coding, copied to the
+    /// cache as it streams, and turned into a 304 when the client's own conditional
+    /// matches it.
+    async fn take_fetched(
+        &self,
+        ctx: &CacheCtx<'_>,
+        response: Response<ResponseBody>,
+        release: Option<Release>,
+        cache_status: &str,
+    ) -> Response<ResponseBody> {
+        let response = encoded(response, ctx.coding).await;
+        let response = store_as_it_streams(ctx, response, release, cache_status);
+        if !(ctx.client_conditional()
+            && response.status() == StatusCode::OK
+            && policy::client_not_modified(&ctx.client_headers, response.headers()))
+        {
+            return response;
+        }
+        ctx.cache.stats.not_modified.fetch_add(1, Relaxed);
+        let (head, body) = response.into_parts();
+        drain_in_background(ctx.cache, body);
+        let mut not_modified = Response::new(ResponseBody::empty());
+        *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
+        *not_modified.headers_mut() = policy::not_modified_headers(&head.headers);
+        not_modified
     }
 
     /// Looks again after waiting on another request's fetch.
-    #[allow(clippy::too_many_arguments)]
     async fn answer_if_fresh(
         &self,
-        cache: &Arc<Cache>,
-        policy: &RouteCache,
-        primary: &str,
-        view: &PolicyRequest<'_>,
-        head_only: bool,
-        route: &Route,
+        ctx: &CacheCtx<'_>,
         detail: &str,
     ) -> Option<(Response<ResponseBody>, Served)> {
         let now = SystemTime::now();
-        let (stored, tier, _) = cache.lookup(policy, primary, view.headers).await?;
-        if !matches!(policy::reuse(&stored, view, now), Reuse::Fresh) {
+        let (stored, tier, _) = ctx
+            .cache
+            .lookup(ctx.policy, &ctx.primary, &ctx.client_headers)
+            .await?;
+        if !matches!(policy::reuse(&stored, &ctx.view(), now), Reuse::Fresh) {
             return None;
         }
-        cache.stats.coalesced.fetch_add(1, Relaxed);
-        let status = format!("{}; hit; detail={detail}", tier.status_name());
+        ctx.cache.stats.coalesced.fetch_add(1, Relaxed);
+        let cache_status = format!("{}; hit; detail={detail}", tier.status_name());
         Some(serve(
-            cache,
-            tier,
-            &stored,
-            now,
-            &status,
-            head_only,
-            view.headers,
-            route,
+            ctx,
+            Hit {
+                stored: &stored,
+                tier,
+                now,
+                cache_status,
+            },
         ))
     }
 
     /// Unsafe methods go upstream; a success invalidates the target URI and the
     /// `Location` / `Content-Location` it names on the same host (RFC 9111 §4.4).
-    #[allow(clippy::too_many_arguments)]
     async fn forward_unsafe(
         &self,
-        snapshot: &Arc<Snapshot>,
-        route: &Route,
+        exchange: &Exchange<'_>,
         cache: &Arc<Cache>,
         policy: &Arc<RouteCache>,
         parts: http::request::Parts,
         body: Incoming,
-        request_id: &HeaderValue,
-        trace: Option<&TraceContext>,
         conn_guard: ConnRequestGuard,
-        host: &str,
-        primary: String,
     ) -> Result<(Response<ResponseBody>, Served), Failure> {
         let invalidates = !matches!(parts.method, Method::OPTIONS | Method::TRACE);
         let request_headers = parts.headers.clone();
         let request_path = parts.uri.path().to_owned();
+        let request_query = parts.uri.query().map(str::to_owned);
         cache.stats.bypass.fetch_add(1, Relaxed);
         let (response, served) = self
-            .forward_upstream(
-                snapshot,
-                route,
-                parts,
-                Some(body),
-                request_id,
-                trace,
-                Some(conn_guard),
-            )
+            .forward_upstream(exchange, parts, Some(body), Some(conn_guard))
             .await?;
         let status = response.status();
         if invalidates && (status.is_success() || status.is_redirection()) {
-            let mut keys = vec![primary];
+            let host = request_headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            let mut keys = vec![policy.key.primary(
+                host,
+                &request_path,
+                request_query.as_deref(),
+                &request_headers,
+            )];
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
                 let Some(location) = response.headers().get(&name).and_then(|v| v.to_str().ok())
                 else {
@@ -526,137 +578,291 @@ impl ProxyService {
         Ok((response, served))
     }
 
-    /// Attaches the cache's copy to a response that may be stored, and names the outcome
-    /// in `Cache-Status`.
-    #[allow(clippy::too_many_arguments)]
-    fn store_as_it_streams(
-        &self,
-        cache: &Arc<Cache>,
-        policy: &Arc<RouteCache>,
-        primary: &str,
-        view: &PolicyRequest<'_>,
-        response: Response<ResponseBody>,
-        release: Option<Release>,
-        cache_status: &str,
-        head_only: bool,
-    ) -> Response<ResponseBody> {
-        let (mut head, body) = response.into_parts();
-        let declared = head
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let too_large = declared.is_some_and(|n| n > policy.max_object_bytes);
-        let stored = (!head_only && status_may_be_stored(head.status) && !too_large)
-            .then(|| {
-                policy::storable(
-                    view,
-                    head.status,
-                    &head.headers,
-                    SystemTime::now(),
-                    &policy.lifetimes,
-                )
-            })
-            .flatten();
-        if too_large {
-            cache.stats.too_large.fetch_add(1, Relaxed);
-        }
-        let Some(stored) = stored else {
-            set_status(&mut head.headers, cache_status);
-            return Response::from_parts(head, body);
-        };
-        set_status(&mut head.headers, &format!("{cache_status}; stored"));
-        let cache = Arc::clone(cache);
-        let policy2 = Arc::clone(policy);
-        let primary = primary.to_owned();
-        let request = view.headers.clone();
-        let store = move |bytes: Bytes| {
-            let mut stored = stored;
-            stored.body = bytes;
-            tokio::spawn(async move {
-                cache.store(&policy2, &primary, &request, stored).await;
-                drop(release);
-            });
-        };
-        let limit = usize::try_from(policy.max_object_bytes).unwrap_or(usize::MAX);
-        Response::from_parts(head, body.with_tee(Tee::new(limit, store)))
-    }
-
     /// Refreshes an entry off the request path (stale-while-revalidate, re-warming), at
     /// most once at a time per key.
-    #[allow(clippy::too_many_arguments)]
     fn refresh_in_background(
         &self,
-        snapshot: &Arc<Snapshot>,
-        route: &Route,
-        cache: &Arc<Cache>,
-        policy: &Arc<RouteCache>,
-        primary: &str,
+        ctx: &CacheCtx<'_>,
         stored: Arc<StoredResponse>,
-        (target, original): (Uri, Uri),
-        client_headers: HeaderMap,
         revalidation: HeaderMap,
     ) {
-        let Flight::Leader(guard) = cache.join_flight(primary) else {
+        let Flight::Leader(guard) = ctx.cache.join_flight(&ctx.primary) else {
             return;
         };
-        let this = self.clone();
-        let snapshot = Arc::clone(snapshot);
-        let index = route.index;
-        let cache = Arc::clone(cache);
-        let policy = Arc::clone(policy);
-        let primary = primary.to_owned();
-        tokio::spawn(async move {
-            let Some(route) = snapshot.router.routes().get(index) else {
-                return;
-            };
+        let refresh = BackgroundRefresh {
+            service: self.clone(),
+            snapshot: Arc::clone(ctx.exchange.snapshot),
+            route_index: ctx.exchange.route.index,
+            cache: Arc::clone(ctx.cache),
+            policy: Arc::clone(ctx.policy),
+            primary: ctx.primary.clone(),
+            target: ctx.target.clone(),
+            original: ctx.original.clone(),
+            client_headers: ctx.client_headers.clone(),
+        };
+        let cache = Arc::clone(ctx.cache);
+        cache.spawn_background(async move {
+            refresh.run(stored, revalidation).await;
+            drop(guard);
+        });
+    }
+}
+
+/// What a fetch for the cache takes besides the request head.
+struct Fetch {
+    /// The client's body, if the client's own request is the one going upstream.
+    body: Option<Incoming>,
+    conn_guard: Option<ConnRequestGuard>,
+    /// A miss's leadership, released once the response is stored.
+    release: Option<Release>,
+}
+
+/// A refresh of one entry running after the request that started it has been answered.
+struct BackgroundRefresh {
+    service: ProxyService,
+    snapshot: Arc<crate::proxy::snapshot::Snapshot>,
+    route_index: usize,
+    cache: Arc<Cache>,
+    policy: Arc<RouteCache>,
+    primary: String,
+    target: Uri,
+    original: Uri,
+    client_headers: HeaderMap,
+}
+
+impl BackgroundRefresh {
+    async fn run(self, stored: Arc<StoredResponse>, revalidation: HeaderMap) {
+        let Some(route) = self.snapshot.router.routes().get(self.route_index) else {
+            return;
+        };
+        let request_id = HeaderValue::from_static("weir-cache-refresh");
+        let exchange = Exchange {
+            snapshot: &self.snapshot,
+            route,
+            request_id: &request_id,
+            trace: None,
+        };
+        let view = PolicyRequest {
+            method: &Method::GET,
+            target: self.target.clone(),
+            headers: &self.client_headers,
+        };
+        // A 304 that is not about the stored entry is followed by one unconditional fetch.
+        let mut headers = revalidation;
+        for _ in 0..2 {
             let mut request = Request::new(());
-            *request.uri_mut() = original;
+            *request.uri_mut() = self.original.clone();
             *request.version_mut() = Version::HTTP_11;
-            *request.headers_mut() = revalidation;
+            *request.headers_mut() = headers;
             let (parts, ()) = request.into_parts();
-            let request_id = HeaderValue::from_static("weir-cache-refresh");
-            let Ok((response, _)) = this
-                .forward_upstream(&snapshot, route, parts, None, &request_id, None, None)
+            let Ok((response, _)) = self
+                .service
+                .forward_upstream(&exchange, parts, None, None)
                 .await
             else {
                 return;
             };
-            let coding = snapshot
+            let coding = self
+                .snapshot
                 .compression
-                .then(|| compress::negotiate(&client_headers));
+                .then(|| compress::negotiate(&self.client_headers));
             let response = encoded(response, coding).await;
-            let view = PolicyRequest {
-                method: &Method::GET,
-                target,
-                headers: &client_headers,
-            };
             let now = SystemTime::now();
             let fresh = if response.status() == StatusCode::NOT_MODIFIED {
-                policy::refresh(&stored, &view, response.headers(), now, &policy.lifetimes)
-            } else if status_may_be_stored(response.status()) {
+                match policy::refresh(
+                    &stored,
+                    &view,
+                    response.headers(),
+                    now,
+                    &self.policy.lifetimes,
+                ) {
+                    Some(fresh) => Some(fresh),
+                    None => {
+                        headers = without_conditionals(&self.client_headers);
+                        continue;
+                    }
+                }
+            } else {
                 let (head, body) = response.into_parts();
-                let limit = usize::try_from(policy.max_object_bytes).unwrap_or(usize::MAX);
+                let limit = usize::try_from(self.policy.max_object_bytes).unwrap_or(usize::MAX);
                 let Ok(collected) = http_body_util::Limited::new(body, limit).collect().await
                 else {
                     return;
                 };
-                policy::storable(&view, head.status, &head.headers, now, &policy.lifetimes).map(
-                    |mut s| {
-                        s.body = collected.to_bytes();
-                        s
-                    },
+                policy::storable(
+                    &view,
+                    head.status,
+                    &head.headers,
+                    now,
+                    &self.policy.lifetimes,
                 )
-            } else {
-                None
+                .map(|mut s| {
+                    s.body = collected.to_bytes();
+                    s
+                })
             };
             if let Some(fresh) = fresh {
-                cache.stats.revalidated.fetch_add(1, Relaxed);
-                cache.store(&policy, &primary, &client_headers, fresh).await;
+                self.cache.stats.revalidated.fetch_add(1, Relaxed);
+                self.cache
+                    .store(&self.policy, &self.primary, &self.client_headers, fresh)
+                    .await;
             }
-            drop(guard);
-        });
+            return;
+        }
     }
+}
+
+/// Attaches the cache's copy to a response that may be stored, and names the outcome in
+/// `Cache-Status`.
+fn store_as_it_streams(
+    ctx: &CacheCtx<'_>,
+    response: Response<ResponseBody>,
+    release: Option<Release>,
+    cache_status: &str,
+) -> Response<ResponseBody> {
+    let (mut head, body) = response.into_parts();
+    let declared = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = declared.is_some_and(|n| n > ctx.policy.max_object_bytes);
+    let stored = (!ctx.head_only && !too_large)
+        .then(|| {
+            policy::storable(
+                &ctx.view(),
+                head.status,
+                &head.headers,
+                SystemTime::now(),
+                &ctx.policy.lifetimes,
+            )
+        })
+        .flatten();
+    if too_large {
+        ctx.cache.stats.too_large.fetch_add(1, Relaxed);
+    }
+    let Some(stored) = stored else {
+        set_status(&mut head.headers, cache_status);
+        return Response::from_parts(head, body);
+    };
+    set_status(&mut head.headers, &format!("{cache_status}; stored"));
+    let cache = Arc::clone(ctx.cache);
+    let policy = Arc::clone(ctx.policy);
+    let primary = ctx.primary.clone();
+    let request = ctx.client_headers.clone();
+    let store = move |bytes: Bytes| {
+        let mut stored = stored;
+        stored.body = bytes;
+        let store_cache = Arc::clone(&cache);
+        cache.spawn_background(async move {
+            store_cache.store(&policy, &primary, &request, stored).await;
+            drop(release);
+        });
+    };
+    let limit = usize::try_from(ctx.policy.max_object_bytes).unwrap_or(usize::MAX);
+    Response::from_parts(head, body.with_tee(Tee::new(limit, store)))
+}
+
+/// Reads the rest of a body nobody will see, bounded (see [`DRAIN_DEADLINE`] and
+/// [`DRAIN_LIMIT_BYTES`]) and tracked by the cache: the cache may still be copying it,
+/// and a body read to its end lets the upstream connection be reused.
+fn drain_in_background(cache: &Cache, body: ResponseBody) {
+    cache.spawn_background(async move {
+        let _ = tokio::time::timeout(DRAIN_DEADLINE, drain(body)).await;
+    });
+}
+
+async fn drain(body: ResponseBody) {
+    let mut body = std::pin::pin!(body);
+    let mut read = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return };
+        if let Some(data) = frame.data_ref() {
+            read += data.len() as u64;
+        }
+        if !body.is_teeing() && read > DRAIN_LIMIT_BYTES {
+            return;
+        }
+    }
+}
+
+/// The client's head without its validators.
+fn without_conditionals(client: &HeaderMap) -> HeaderMap {
+    let mut headers = client.clone();
+    headers.remove(header::IF_NONE_MATCH);
+    headers.remove(header::IF_MODIFIED_SINCE);
+    headers
+}
+
+/// Answers from a stored response: the whole response, a 304 to a matching conditional,
+/// or a byte range of it (206, or 416 when the range lies past its end).
+fn serve(ctx: &CacheCtx<'_>, hit: Hit<'_>) -> (Response<ResponseBody>, Served) {
+    let Hit {
+        stored,
+        tier,
+        now,
+        cache_status,
+    } = hit;
+    let headers = policy::served_headers(stored, now, &cache_status);
+    let client = &ctx.client_headers;
+    let stored_ok = stored.status == StatusCode::OK;
+    let range = client
+        .get(header::RANGE)
+        .filter(|_| stored_ok && !ctx.head_only && range::if_range_allows(client, &stored.headers))
+        .map_or(RangeAnswer::Whole, |r| {
+            range::select(r, stored.body.len() as u64)
+        });
+    let mut response = if stored_ok && policy::client_not_modified(client, &stored.headers) {
+        ctx.cache.stats.not_modified.fetch_add(1, Relaxed);
+        let mut r = Response::new(ResponseBody::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        *r.headers_mut() = policy::not_modified_headers(&headers);
+        r
+    } else if let RangeAnswer::Partial { first, last } = range {
+        // Both ends lie within the body (`range::select`).
+        let part = stored.body.slice(first as usize..=last as usize);
+        let mut r = Response::new(ResponseBody::full(part));
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        *r.headers_mut() = headers;
+        let len = stored.body.len() as u64;
+        if let Some(value) = range.content_range(len) {
+            r.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
+        r
+    } else if range == RangeAnswer::Unsatisfiable {
+        let mut r = Response::new(ResponseBody::empty());
+        *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+        if let Some(value) = range.content_range(stored.body.len() as u64) {
+            r.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+        for name in [header::DATE, header::ETAG, header::LAST_MODIFIED] {
+            if let Some(value) = headers.get(&name) {
+                r.headers_mut().insert(name, value.clone());
+            }
+        }
+        set_status(r.headers_mut(), &cache_status);
+        r
+    } else {
+        let body = if ctx.head_only {
+            ResponseBody::empty()
+        } else {
+            ResponseBody::full(stored.body.clone())
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = stored.status;
+        *r.headers_mut() = headers;
+        r
+    };
+    *response.version_mut() = Version::HTTP_11;
+    let sent = hyper::body::Body::size_hint(response.body())
+        .exact()
+        .unwrap_or(0);
+    ctx.cache
+        .stats
+        .record_hit(tier, usize::try_from(sent).unwrap_or(usize::MAX));
+    (response, ctx.served_from_cache())
 }
 
 /// What a miss's leader holds until its response is stored: the flight (waiters) and the
@@ -673,52 +879,6 @@ impl Drop for Release {
             tokio::spawn(async move { redis.unlock(&primary, &token).await });
         }
     }
-}
-
-/// Answers from a stored response: the whole response, or 304 to a matching conditional.
-#[allow(clippy::too_many_arguments)]
-fn serve(
-    cache: &Cache,
-    tier: Tier,
-    stored: &StoredResponse,
-    now: SystemTime,
-    cache_status: &str,
-    head_only: bool,
-    client: &HeaderMap,
-    route: &Route,
-) -> (Response<ResponseBody>, Served) {
-    let headers = policy::served_headers(stored, now, cache_status);
-    let served = Served {
-        route_stats: Arc::clone(&route.stats),
-        route: Arc::clone(&route.name),
-        endpoint: None,
-        attempts: 0,
-        upstream: Duration::ZERO,
-    };
-    let mut response = if stored.status == StatusCode::OK
-        && policy::client_not_modified(client, &stored.headers)
-    {
-        cache.stats.not_modified.fetch_add(1, Relaxed);
-        let mut r = Response::new(ResponseBody::empty());
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        *r.headers_mut() = policy::not_modified_headers(&headers);
-        r
-    } else {
-        let body = if head_only {
-            ResponseBody::empty()
-        } else {
-            ResponseBody::full(stored.body.clone())
-        };
-        let mut r = Response::new(body);
-        *r.status_mut() = stored.status;
-        *r.headers_mut() = headers;
-        r
-    };
-    *response.version_mut() = Version::HTTP_11;
-    cache
-        .stats
-        .record_hit(tier, if head_only { 0 } else { stored.body.len() });
-    (response, served)
 }
 
 /// The response in the request's coding, when compression is on.
