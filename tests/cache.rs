@@ -646,3 +646,473 @@ enabled = true
     assert!(plain.text().starts_with("link=http://shop.example/login"));
     weir.shutdown().await;
 }
+
+/// Polls `check` every 10 ms for up to 5 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until weir's cache has stored `n` responses in all.
+async fn stored(weir: &weir::app::Running, n: u64) {
+    let cache = weir
+        .state()
+        .snapshot
+        .load()
+        .cache
+        .clone()
+        .expect("cache on");
+    eventually(&format!("{n} stores"), async || {
+        cache.stats.stores.load(SeqCst) >= n
+    })
+    .await;
+}
+
+/// Requests an origin saw: the If-None-Match each carried (empty when none) and the
+/// Range each carried.
+#[derive(Clone, Default)]
+struct Seen(Arc<std::sync::Mutex<Vec<(String, String)>>>);
+
+impl Seen {
+    fn record(&self, req: &Request<hyper::body::Incoming>) -> usize {
+        let header = |name| {
+            req.headers()
+                .get(name)
+                .map(|v: &http::HeaderValue| v.to_str().unwrap_or("?").to_owned())
+                .unwrap_or_default()
+        };
+        let mut seen = self.0.lock().unwrap();
+        seen.push((header("if-none-match"), header("range")));
+        seen.len()
+    }
+    fn conditionals(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+    fn ranges(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+/// An origin whose 200s are immediately stale (`max-age=0`, ETag "v1") and whose answer
+/// to a conditional request is `not_modified`'s headers on a 304.
+async fn revalidating_origin(
+    not_modified: &'static [(&'static str, &'static str)],
+) -> (Upstream, Seen) {
+    let seen = Seen::default();
+    let recorder = seen.clone();
+    let upstream = upstream(move |req| {
+        let n = recorder.record(&req);
+        async move {
+            if req.headers().contains_key("if-none-match") {
+                let mut b = Response::builder().status(304);
+                for (k, v) in not_modified {
+                    b = b.header(*k, *v);
+                }
+                return b.body(empty()).unwrap();
+            }
+            Response::builder()
+                .header("cache-control", "max-age=0")
+                .header("etag", "\"v1\"")
+                .body(full(format!("body #{n}")))
+                .unwrap()
+        }
+    })
+    .await;
+    (upstream, seen)
+}
+
+fn config_for(addr: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        "{}\n[cache]\nenabled = true\n{extra}\n",
+        simple_config(&[addr], "")
+    )
+}
+
+#[tokio::test]
+async fn a_304_without_validators_refreshes_the_entry_and_clients_get_the_body() {
+    // Allowed, and common: the origin's 304 repeats no ETag. It answers weir's own
+    // conditional request, which named the stored response and no other.
+    let (origin, seen) = revalidating_origin(&[("cache-control", "max-age=60")]).await;
+    let weir = weir(&config_for(origin.addr, "")).await;
+    let addr = weir.listener_addr("http").unwrap();
+    assert_eq!(get(addr, "/r").await.text(), "body #1");
+    stored(&weir, 1).await;
+
+    // An unconditional client gets the stored body, never the 304.
+    let second = get(addr, "/r").await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.text(), "body #1");
+    assert_eq!(status(&second), "weir-l1; fwd=stale; fwd-status=304");
+    assert_eq!(seen.conditionals(), ["", "\"v1\""]);
+
+    // The 304's max-age refreshed the entry: the next one is a hit, no origin request.
+    stored(&weir, 2).await;
+    let third = get(addr, "/r").await;
+    assert_eq!(third.text(), "body #1");
+    assert!(status(&third).contains("hit"), "{}", status(&third));
+    // A client whose own validator matches gets its 304.
+    let conditional = get_with(addr, "/r", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(conditional.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(seen.conditionals().len(), 2);
+}
+
+#[tokio::test]
+async fn a_304_about_another_response_is_followed_by_a_whole_fetch() {
+    // The origin's 304 names a strong ETag the stored response does not have: it cannot
+    // be matched, so weir fetches the response again without conditions.
+    let (origin, seen) =
+        revalidating_origin(&[("etag", "\"other\""), ("cache-control", "max-age=60")]).await;
+    let weir = weir(&config_for(origin.addr, "")).await;
+    let addr = weir.listener_addr("http").unwrap();
+    get(addr, "/r").await;
+    stored(&weir, 1).await;
+    let second = get(addr, "/r").await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.text(), "body #3");
+    assert_eq!(seen.conditionals(), ["", "\"v1\"", ""]);
+    // The same for a client that asked conditionally with the stored tag: its validator
+    // is judged against the response fetched whole.
+    stored(&weir, 2).await;
+    let conditional = get_with(addr, "/r", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(conditional.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(seen.conditionals(), ["", "\"v1\"", "", "\"v1\"", ""]);
+}
+
+#[tokio::test]
+async fn responses_with_explicit_freshness_are_stored_whatever_their_status() {
+    // (status, Cache-Control, Last-Modified, stored?)
+    let cases: &[(u16, &str, bool, bool)] = &[
+        (204, "max-age=60", false, true),
+        (299, "max-age=60", false, true),
+        (400, "max-age=60", false, true),
+        (404, "max-age=60", false, true),
+        (410, "max-age=60", false, true),
+        (499, "max-age=60", false, true),
+        (500, "max-age=60", false, true),
+        (502, "s-maxage=60", false, true),
+        (503, "max-age=60", false, true),
+        (504, "max-age=60", false, true),
+        (599, "max-age=60", false, true),
+        // must-understand: only a cache that knows the status may store it.
+        (599, "max-age=60, must-understand", false, false),
+        (404, "max-age=60, must-understand, no-store", false, true),
+        // Heuristic freshness only for the heuristically cacheable statuses.
+        (204, "", true, true),
+        (500, "", true, false),
+        (599, "", true, false),
+    ];
+    for &(code, cc, last_modified, expect_stored) in cases {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let origin = upstream(move |_req| {
+            let n = counter.fetch_add(1, SeqCst) + 1;
+            async move {
+                let mut b = Response::builder().status(code);
+                if !cc.is_empty() {
+                    b = b.header("cache-control", cc);
+                }
+                if last_modified {
+                    b = b
+                        .header(
+                            "date",
+                            httpdate::fmt_http_date(std::time::SystemTime::now()),
+                        )
+                        .header("last-modified", "Tue, 01 Jan 2019 00:00:00 GMT");
+                }
+                let body = if code == 204 {
+                    String::new()
+                } else {
+                    format!("#{n}")
+                };
+                b.body(full(body)).unwrap()
+            }
+        })
+        .await;
+        // The default retry policy: 502-504 must not be asked twice of the one endpoint.
+        let weir = weir(&config_for(origin.addr, "")).await;
+        let addr = weir.listener_addr("http").unwrap();
+        let first = get(addr, "/s").await;
+        assert_eq!(first.status.as_u16(), code);
+        assert_eq!(
+            hits.load(SeqCst),
+            1,
+            "{code} {cc}: one origin request, no retry"
+        );
+        if expect_stored {
+            stored(&weir, 1).await;
+        }
+        let second = get(addr, "/s").await;
+        assert_eq!(second.status.as_u16(), code, "{code} {cc}");
+        let from_cache = hits.load(SeqCst) == 1;
+        assert_eq!(
+            from_cache, expect_stored,
+            "{code} {cc} (last-modified {last_modified})"
+        );
+        if expect_stored {
+            assert!(
+                status(&second).contains("hit"),
+                "{code}: {}",
+                status(&second)
+            );
+            assert_eq!(second.body, first.body);
+        }
+    }
+}
+
+#[tokio::test]
+async fn ranges_are_cut_from_a_complete_stored_response() {
+    let seen = Seen::default();
+    let recorder = seen.clone();
+    let origin = upstream(move |req| {
+        recorder.record(&req);
+        async move {
+            Response::builder()
+                .header("cache-control", "max-age=60")
+                .header("etag", "\"r1\"")
+                .header("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT")
+                .header("accept-ranges", "bytes")
+                .body(full("0123456789A"))
+                .unwrap()
+        }
+    })
+    .await;
+    let weir = weir(&config_for(origin.addr, "")).await;
+    let addr = weir.listener_addr("http").unwrap();
+
+    // A range on a miss goes to the origin as sent; nothing is stored from it.
+    get_with(addr, "/f", &[("range", "bytes=0-1")]).await;
+    assert_eq!(seen.ranges(), ["bytes=0-1"]);
+
+    get(addr, "/f").await;
+    stored(&weir, 1).await;
+    let range = |value: &'static str, extra: Option<(&'static str, &'static str)>| async move {
+        let mut headers = vec![("range", value)];
+        headers.extend(extra);
+        get_with(addr, "/f", &headers).await
+    };
+    for (asked, body, content_range) in [
+        ("bytes=0-1", "01", "bytes 0-1/11"),
+        ("bytes=1-", "123456789A", "bytes 1-10/11"),
+        ("bytes=-1", "A", "bytes 10-10/11"),
+        ("bytes=-50", "0123456789A", "bytes 0-10/11"),
+        ("bytes=9-20", "9A", "bytes 9-10/11"),
+    ] {
+        let reply = range(asked, None).await;
+        assert_eq!(reply.status, StatusCode::PARTIAL_CONTENT, "{asked}");
+        assert_eq!(reply.text(), body, "{asked}");
+        assert_eq!(
+            reply.header("content-range"),
+            Some(content_range),
+            "{asked}"
+        );
+        assert_eq!(
+            reply.header("content-length"),
+            Some(&*body.len().to_string())
+        );
+        assert!(status(&reply).contains("hit"), "{asked}");
+    }
+    let past_the_end = range("bytes=11-", None).await;
+    assert_eq!(past_the_end.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(past_the_end.header("content-range"), Some("bytes */11"));
+    assert!(past_the_end.body.is_empty());
+    // If-Range: the stored validator lets the range through, another gets it all.
+    let same = range("bytes=0-1", Some(("if-range", "\"r1\""))).await;
+    assert_eq!(
+        (same.status, same.text().as_str()),
+        (StatusCode::PARTIAL_CONTENT, "01")
+    );
+    let dated = range(
+        "bytes=0-1",
+        Some(("if-range", "Tue, 01 Dec 2026 10:00:00 GMT")),
+    )
+    .await;
+    assert_eq!(dated.status, StatusCode::PARTIAL_CONTENT);
+    for changed in ["\"r0\"", "W/\"r1\"", "Mon, 30 Nov 2026 10:00:00 GMT"] {
+        let whole = range("bytes=0-1", Some(("if-range", changed))).await;
+        assert_eq!(whole.status, StatusCode::OK, "If-Range {changed}");
+        assert_eq!(whole.text(), "0123456789A");
+    }
+    // Several ranges in one request get the whole response (RFC 9110 §14.2 allows it).
+    let several = range("bytes=0-1,4-5", None).await;
+    assert_eq!(
+        (several.status, several.text().as_str()),
+        (StatusCode::OK, "0123456789A")
+    );
+    // A conditional that matches wins over the range.
+    let not_modified = range("bytes=0-1", Some(("if-none-match", "\"r1\""))).await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        seen.ranges(),
+        ["bytes=0-1", ""],
+        "only the miss and the full fetch went upstream"
+    );
+}
+
+/// An origin that answers `headers` and can then be taken away (its port closed).
+async fn vanishing_origin(cc: &'static str) -> Upstream {
+    upstream(move |_req| async move {
+        Response::builder()
+            .header("cache-control", cc)
+            .body(full("kept"))
+            .unwrap()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn stale_entries_answer_while_the_origin_is_unreachable_unless_forbidden() {
+    // (Cache-Control, stored at all, may answer stale while the origin is away)
+    for (cc, is_stored, may_serve_stale) in [
+        ("max-age=1", true, true),
+        ("max-age=1, must-revalidate", true, false),
+        // A shared cache treats proxy-revalidate as never fresh (http-cache-semantics).
+        ("max-age=1, proxy-revalidate", false, false),
+        ("max-age=1, no-cache", false, false),
+        ("s-maxage=1", true, false),
+    ] {
+        let origin = vanishing_origin(cc).await;
+        let weir = weir(&config_for(origin.addr, "stale_if_unreachable = \"30s\"")).await;
+        let addr = weir.listener_addr("http").unwrap();
+        get(addr, "/o").await;
+        if is_stored {
+            stored(&weir, 1).await;
+        }
+        drop(origin); // connections refused from now on
+        // Poll until the entry is no longer fresh; then the answer shows the policy.
+        let mut answer = None;
+        eventually(&format!("{cc}: the entry goes stale"), async || {
+            let reply = get(addr, "/o").await;
+            let fresh_hit = reply.status == StatusCode::OK && status(&reply).contains("hit; ttl");
+            if !fresh_hit {
+                answer = Some(reply);
+            }
+            !fresh_hit
+        })
+        .await;
+        let answer = answer.unwrap();
+        if may_serve_stale {
+            assert_eq!(answer.status, StatusCode::OK, "{cc}");
+            assert_eq!(answer.text(), "kept");
+            assert_eq!(
+                status(&answer),
+                "weir-l1; fwd=stale; detail=origin-unreachable"
+            );
+        } else {
+            assert!(
+                answer.status.is_server_error(),
+                "{cc}: {} {}",
+                answer.status,
+                status(&answer)
+            );
+        }
+    }
+    // Off: the error reaches the client.
+    let origin = vanishing_origin("max-age=1").await;
+    let weir = weir(&config_for(origin.addr, "stale_if_unreachable = \"0s\"")).await;
+    let addr = weir.listener_addr("http").unwrap();
+    get(addr, "/o").await;
+    stored(&weir, 1).await;
+    drop(origin);
+    let mut answer = None;
+    eventually("the entry goes stale", async || {
+        let reply = get(addr, "/o").await;
+        let fresh_hit = status(&reply).contains("hit; ttl");
+        if !fresh_hit {
+            answer = Some(reply.status);
+        }
+        !fresh_hit
+    })
+    .await;
+    assert!(answer.unwrap().is_server_error());
+}
+
+#[tokio::test]
+async fn surrogate_control_targeted_at_weir_is_obeyed() {
+    let capability = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = capability.clone();
+    let origin = upstream(move |req| {
+        seen.lock().unwrap().push(
+            req.headers()
+                .get("surrogate-capability")
+                .map(|v| v.to_str().unwrap().to_owned()),
+        );
+        let path = req.uri().path().to_owned();
+        async move {
+            let sc = match path.as_str() {
+                "/mine" => "max-age=3600;weir",
+                "/other" => "max-age=3600;othercdn",
+                _ => "no-store;othercdn, max-age=3600",
+            };
+            Response::builder()
+                .header("cache-control", "no-store")
+                .header("surrogate-control", sc)
+                .body(full(path))
+                .unwrap()
+        }
+    })
+    .await;
+    let weir = weir(&config_for(origin.addr, "")).await;
+    let addr = weir.listener_addr("http").unwrap();
+    for path in ["/mine", "/other", "/untargeted"] {
+        get(addr, path).await;
+    }
+    stored(&weir, 2).await;
+    assert!(status(&get(addr, "/mine").await).contains("hit"));
+    assert!(status(&get(addr, "/untargeted").await).contains("hit"));
+    assert_eq!(status(&get(addr, "/other").await), "weir-l1; fwd=miss");
+    let capability = capability.lock().unwrap();
+    assert_eq!(capability.len(), 4);
+    assert!(
+        capability
+            .iter()
+            .all(|c| c.as_deref() == Some("weir=\"Surrogate/1.0\""))
+    );
+}
+
+#[tokio::test]
+async fn a_client_304_leaves_no_unbounded_work_behind() {
+    // The client's validator matches the fresh 200; the origin's body is far larger than
+    // anything the cache keeps and keeps coming. weir answers 304 at once and stops
+    // reading the rest within its bounds; the task doing so is tracked and ends.
+    let origin = upstream(|_req| async {
+        let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+        let frames = futures_util::stream::iter(
+            (0..4096).map(move |_| Ok::<_, BoxError>(hyper::body::Frame::data(chunk.clone()))),
+        );
+        Response::builder()
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"big\"")
+            .body(http_body_util::BodyExt::boxed(
+                http_body_util::StreamBody::new(frames),
+            ))
+            .unwrap()
+    })
+    .await;
+    let weir = weir(&config_for(origin.addr, "max_object_bytes = 1048576")).await;
+    let addr = weir.listener_addr("http").unwrap();
+    let reply = get_with(addr, "/big", &[("if-none-match", "\"big\"")]).await;
+    assert_eq!(reply.status, StatusCode::NOT_MODIFIED);
+    let cache = weir.state().snapshot.load().cache.clone().unwrap();
+    eventually("the drain ends", async || cache.background_tasks() == 0).await;
+    assert_eq!(
+        cache.stats.stores.load(SeqCst),
+        0,
+        "past max_object_bytes: not stored"
+    );
+}

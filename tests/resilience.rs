@@ -373,3 +373,59 @@ async fn bulkheads_shed_fast_with_retry_after() {
         weir.shutdown().await;
     }
 }
+
+/// An upstream answering 503 (with `Retry-After: 5` when `retry_after`) and counting hits.
+async fn unavailable_upstream(retry_after: bool) -> (Upstream, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let up = upstream(move |_req| {
+        counter.fetch_add(1, Relaxed);
+        async move {
+            let mut b = Response::builder().status(503);
+            if retry_after {
+                b = b.header("retry-after", "5");
+            }
+            b.body(full("unavailable")).unwrap()
+        }
+    })
+    .await;
+    (up, hits)
+}
+
+#[tokio::test]
+async fn status_answers_are_retried_on_another_endpoint_only() {
+    // One endpoint: its 503 is its answer; asking it again would only repeat it.
+    let (only, only_hits) = unavailable_upstream(false).await;
+    let weir1 = weir(&simple_config(&[only.addr], "")).await;
+    let reply = get(weir1.listener_addr("http").unwrap(), "/").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(only_hits.load(Relaxed), 1, "no retry on the same endpoint");
+
+    // Two endpoints answering 503: each is asked once, then the client gets the 503.
+    let (a, a_hits) = unavailable_upstream(false).await;
+    let (b, b_hits) = unavailable_upstream(false).await;
+    let weir2 = weir(&simple_config(&[a.addr, b.addr], "")).await;
+    let reply = get(weir2.listener_addr("http").unwrap(), "/").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(
+        (a_hits.load(Relaxed), b_hits.load(Relaxed)),
+        (1, 1),
+        "the default two retries stop when no endpoint is left untried"
+    );
+
+    // A 503 with Retry-After never goes back to the endpoint that sent it; the other one
+    // answers every request.
+    let (busy, busy_hits) = unavailable_upstream(true).await;
+    let (good, _, good_hits) = switchable_upstream("good", StatusCode::OK).await;
+    let weir3 = weir(&simple_config(&[busy.addr, good.addr], "")).await;
+    let proxy = weir3.listener_addr("http").unwrap();
+    for _ in 0..20 {
+        assert_eq!(get(proxy, "/").await.status, 200);
+    }
+    assert_eq!(good_hits.load(Relaxed), 20);
+    assert!(
+        busy_hits.load(Relaxed) <= 20,
+        "{} attempts on the endpoint that asked to wait",
+        busy_hits.load(Relaxed)
+    );
+}
