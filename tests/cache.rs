@@ -1116,3 +1116,48 @@ async fn a_client_304_leaves_no_unbounded_work_behind() {
         "past max_object_bytes: not stored"
     );
 }
+
+#[tokio::test]
+async fn vary_compares_normalised_selecting_headers() {
+    let origin = origin(&[
+        ("cache-control", "max-age=60"),
+        ("vary", "Foo, Accept-Language"),
+    ])
+    .await;
+    let weir = weir(&cache_config(&origin, "")).await;
+    let addr = weir.listener_addr("http").unwrap();
+    get_with(
+        addr,
+        "/v",
+        &[("foo", "1, 2"), ("accept-language", "en, de")],
+    )
+    .await;
+    stored(&weir, 1).await;
+    let send_lines = |lines: &'static [(&'static str, &'static str)]| async move {
+        let mut b = Request::get(format!("http://{addr}/v"));
+        for (k, v) in lines {
+            b = b.header(*k, *v);
+        }
+        send(&http1_client(), b.body(empty()).unwrap()).await
+    };
+    // The same selection however it is spelled: lines combined, whitespace, tag case.
+    for lines in [
+        &[("foo", "1"), ("foo", "2"), ("accept-language", "en, de")][..],
+        &[("foo", " 1 ,2 "), ("accept-language", " en ,   de")][..],
+        &[("foo", "1,2"), ("accept-language", "EN, De")][..],
+    ] {
+        let reply = send_lines(lines).await;
+        assert!(
+            status(&reply).contains("hit"),
+            "{lines:?}: {}",
+            status(&reply)
+        );
+    }
+    assert_eq!(origin.hits.load(SeqCst), 1);
+    // Another order is another preference, and another value another variant.
+    let reordered = send_lines(&[("foo", "1, 2"), ("accept-language", "de, en")]).await;
+    assert_eq!(status(&reordered), "weir-l1; fwd=miss; stored");
+    let other = send_lines(&[("foo", "2, 1"), ("accept-language", "en, de")]).await;
+    assert_eq!(status(&other), "weir-l1; fwd=miss; stored");
+    assert_eq!(origin.hits.load(SeqCst), 3);
+}

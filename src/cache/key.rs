@@ -91,13 +91,43 @@ pub fn variant(primary: &str, generation: u64, vary: &[String], headers: &Header
     for name in vary {
         hash.write(name.as_bytes());
         hash.write(b":");
-        for value in headers.get_all(name.as_str()) {
+        if let Some(value) = selecting_value(name, headers) {
             hash.write(value.as_bytes());
-            hash.write(b"\n");
         }
         hash.write(b"\0");
     }
     format!("{primary}#v{generation:x}.{:016x}", hash.finish())
+}
+
+/// A selecting header's value as `Vary` compares it (RFC 9111 §4.1 lets a cache normalise
+/// them): its field lines combined, list members trimmed of whitespace and empty ones
+/// dropped, and, for `Accept-Language`, language tags lowercased (they are
+/// case-insensitive, RFC 5646 §2.1.1). Member order is kept: it may express preference.
+/// `None` when the request lacks the header. Cookies are compared as sent: their lines
+/// are not a comma-separated list.
+pub fn selecting_value(name: &str, headers: &HeaderMap) -> Option<String> {
+    let mut lines = headers.get_all(name).iter().peekable();
+    lines.peek()?;
+    if name == "cookie" {
+        let lines: Vec<&[u8]> = lines.map(|v| v.as_bytes()).collect();
+        return Some(String::from_utf8_lossy(&lines.join(&b"; "[..])).into_owned());
+    }
+    let lowercase = name == "accept-language";
+    let mut out = String::new();
+    for line in lines {
+        let line = String::from_utf8_lossy(line.as_bytes());
+        for member in line.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            if lowercase {
+                out.push_str(&member.to_ascii_lowercase());
+            } else {
+                out.push_str(member);
+            }
+        }
+    }
+    Some(out)
 }
 
 /// The primary key a stored key belongs to (itself unless it is a variant key).
@@ -174,5 +204,43 @@ mod tests {
         assert_ne!(ka, variant(&key, 8, &vary, &a));
         assert_eq!(primary_of(&ka), key);
         assert_eq!(primary_of(&key), key);
+    }
+
+    #[test]
+    fn selecting_values_are_normalised() {
+        let headers = |lines: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in lines {
+                h.append(*name, value.parse().unwrap());
+            }
+            h
+        };
+        let vary = vec!["foo".to_string(), "accept-language".to_string()];
+        let key = |lines| variant("p", 1, &vary, &headers(lines));
+        let base = key(&[("foo", "1, 2"), ("accept-language", "en, de")]);
+        assert_eq!(
+            base,
+            key(&[("foo", "1"), ("foo", "2"), ("accept-language", "en, de")])
+        );
+        assert_eq!(
+            base,
+            key(&[("foo", " 1 ,2 "), ("accept-language", "eN,De")])
+        );
+        assert_eq!(
+            base,
+            key(&[("foo", "1,,2"), ("accept-language", " en ,   de")])
+        );
+        assert_ne!(base, key(&[("foo", "2, 1"), ("accept-language", "en, de")]));
+        assert_ne!(base, key(&[("foo", "1, 2"), ("accept-language", "de, en")]));
+        assert_ne!(base, key(&[("foo", "1, 2")]), "absent is not empty");
+        assert_ne!(
+            key(&[("foo", "A")]),
+            key(&[("foo", "a")]),
+            "only language tags are case-folded"
+        );
+        assert_eq!(
+            selecting_value("cookie", &headers(&[("cookie", "a=1"), ("cookie", "b=2")])),
+            Some("a=1; b=2".to_string())
+        );
     }
 }

@@ -137,6 +137,13 @@ pub fn storable(
         cache_heuristic: lifetimes.heuristic,
         ..CacheOptions::default()
     };
+    let normalized = vary_view(req.headers, headers);
+    let vary_req = normalized.as_ref().map(|headers| PolicyRequest {
+        method: req.method,
+        target: req.target.clone(),
+        headers,
+    });
+    let req = vary_req.as_ref().unwrap_or(req);
     let build = |view: &HeaderMap| {
         CachePolicy::new_options(
             req,
@@ -341,9 +348,45 @@ pub enum Reuse {
     NoMatch,
 }
 
+/// The request's head with the selecting headers that `response_headers`' `Vary` names
+/// normalised as the variant key sees them ([`super::key::selecting_value`]), so that the
+/// crate's `Vary` check agrees with the key. `None` when the response has no `Vary`.
+fn vary_view(request: &HeaderMap, response_headers: &HeaderMap) -> Option<HeaderMap> {
+    let mut names = response_headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty() && n != "*")
+        .peekable();
+    names.peek()?;
+    let mut view = request.clone();
+    for name in names {
+        let Ok(header_name) = HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
+        };
+        if let Some(value) =
+            super::key::selecting_value(&name, request).and_then(|v| HeaderValue::from_str(&v).ok())
+        {
+            view.insert(header_name, value);
+        }
+    }
+    Some(view)
+}
+
 /// `req` should carry GET for a HEAD request: a stored GET response answers both.
 pub fn reuse(stored: &StoredResponse, req: &PolicyRequest<'_>, now: SystemTime) -> Reuse {
-    match stored.policy.before_request(req, now) {
+    let normalized = vary_view(req.headers, &stored.headers);
+    let vary_req = normalized.as_ref().map(|headers| PolicyRequest {
+        method: req.method,
+        target: req.target.clone(),
+        headers,
+    });
+    match stored
+        .policy
+        .before_request(vary_req.as_ref().unwrap_or(req), now)
+    {
         BeforeRequest::Fresh(_) if stored.is_fresh_at(now) || client_accepts_stale(req) => {
             Reuse::Fresh
         }
@@ -361,7 +404,7 @@ pub fn reuse(stored: &StoredResponse, req: &PolicyRequest<'_>, now: SystemTime) 
                     p.to_str()
                         .is_ok_and(|p| p.to_ascii_lowercase().contains("no-cache"))
                 });
-            let revalidation = if stored.is_fresh_at(now) {
+            let revalidation = if stored.is_fresh_at(now) && vary_req.is_none() {
                 request.headers
             } else {
                 revalidation_headers(stored, req.headers)
