@@ -1161,3 +1161,34 @@ async fn vary_compares_normalised_selecting_headers() {
     assert_eq!(status(&other), "weir-l1; fwd=miss; stored");
     assert_eq!(origin.hits.load(SeqCst), 3);
 }
+
+#[tokio::test]
+async fn fields_named_by_no_cache_or_private_are_withheld_not_the_response() {
+    let origin = origin(&[
+        (
+            "cache-control",
+            "max-age=60, no-cache=\"x-secret, x-token\", private=\"x-user\"",
+        ),
+        ("x-secret", "s"),
+        ("x-token", "t"),
+        ("x-user", "u"),
+        ("x-other", "o"),
+    ])
+    .await;
+    let weir = weir(&cache_config(&origin, "")).await;
+    let addr = weir.listener_addr("http").unwrap();
+    let first = get(addr, "/w").await;
+    assert_eq!(
+        first.header("x-secret"),
+        Some("s"),
+        "the origin's own answer is whole"
+    );
+    stored(&weir, 1).await;
+    let second = get(addr, "/w").await;
+    assert!(status(&second).contains("hit"), "{}", status(&second));
+    assert_eq!(origin.hits.load(SeqCst), 1);
+    for withheld in ["x-secret", "x-token", "x-user"] {
+        assert_eq!(second.header(withheld), None, "{withheld}");
+    }
+    assert_eq!(second.header("x-other"), Some("o"));
+}

@@ -116,7 +116,8 @@ pub fn storable(
     {
         return None;
     }
-    let view = &mut policy_view(headers);
+    let (mut view, withheld) = policy_view(headers);
+    let view = &mut view;
     let directives = Directives::parse(view.get_all(header::CACHE_CONTROL));
     let understood = CRATE_STATUSES.contains(&status.as_u16());
     let explicit = directives.explicit_freshness || view.contains_key(header::EXPIRES);
@@ -184,10 +185,11 @@ pub fn storable(
         headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
     // must-revalidate, proxy-revalidate, no-cache and (for a shared cache) s-maxage forbid
     // serving stale without the origin's explicit leave (RFC 9111 §4.2.4, §5.2.2.10). A
-    // response that was never fresh is not kept for an outage either: on a caching route
-    // that would store every uncacheable API answer.
+    // response with no freshness at all, explicit or heuristic, is not kept for an outage
+    // either: on a caching route that would store every API answer without caching
+    // headers.
     let stale_if_unreachable =
-        if directives.revalidate_always || directives.s_maxage || ttl.is_zero() {
+        if directives.revalidate_always || directives.s_maxage || (ttl.is_zero() && !explicit) {
             Duration::ZERO
         } else {
             lifetimes.stale_if_unreachable
@@ -227,6 +229,9 @@ pub fn storable(
     tags.dedup();
     let mut served = headers.clone();
     served.remove(header::AGE);
+    for name in &withheld {
+        served.remove(name);
+    }
     Some(StoredResponse {
         policy,
         status,
@@ -246,30 +251,48 @@ pub fn storable(
 /// - a targeted field replaces Cache-Control for this cache: `CDN-Cache-Control`
 ///   (RFC 9213 §2.1), else `Surrogate-Control` (Edge Architecture 1.0);
 /// - directive names are lowercased (they are case-insensitive, RFC 9111 §5.2);
-/// - an `Age` that is not one non-negative integer makes the response stale.
-fn policy_view(headers: &HeaderMap) -> HeaderMap {
+/// - an `Age` that is not one non-negative integer makes the response stale;
+/// - `no-cache="field"` and `private="field"` are left out: they do not stop a shared
+///   cache from reusing the response, only from sending those fields without
+///   revalidation (RFC 9111 §5.2.2.4, §5.2.2.7), so the fields, returned beside the view,
+///   are not stored (the crate would treat the qualified forms as unqualified).
+fn policy_view(headers: &HeaderMap) -> (HeaderMap, Vec<HeaderName>) {
     let mut view = headers.clone();
     if let Some(cdn) = headers.get(&CDN_CACHE_CONTROL) {
         view.insert(header::CACHE_CONTROL, cdn.clone());
     } else if let Some(ours) = surrogate_directives(headers) {
         view.insert(header::CACHE_CONTROL, ours);
     }
-    let directives: Vec<String> = view
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(|d| match d.split_once('=') {
-            Some((name, arg)) => format!("{}={arg}", name.to_ascii_lowercase()),
-            None => d.to_ascii_lowercase(),
-        })
-        .collect();
-    if !directives.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&directives.join(", "))
-    {
-        view.insert(header::CACHE_CONTROL, value);
+    let mut withheld = Vec::new();
+    let mut directives: Vec<String> = Vec::new();
+    for value in view.get_all(header::CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else { continue };
+        for directive in split_directives(value) {
+            let (name, arg) = match directive.split_once('=') {
+                Some((name, arg)) => (name.trim().to_ascii_lowercase(), Some(arg.trim())),
+                None => (directive.to_ascii_lowercase(), None),
+            };
+            match (name.as_str(), arg) {
+                ("no-cache" | "private", Some(fields)) => withheld.extend(
+                    fields
+                        .trim_matches('"')
+                        .split(',')
+                        .filter_map(|f| HeaderName::from_bytes(f.trim().as_bytes()).ok()),
+                ),
+                (_, Some(arg)) => directives.push(format!("{name}={arg}")),
+                (_, None) => directives.push(name),
+            }
+        }
+    }
+    if view.contains_key(header::CACHE_CONTROL) {
+        match HeaderValue::from_str(&directives.join(", ")) {
+            Ok(value) if !directives.is_empty() => {
+                view.insert(header::CACHE_CONTROL, value);
+            }
+            _ => {
+                view.remove(header::CACHE_CONTROL);
+            }
+        }
     }
     let mut ages = headers.get_all(header::AGE).iter();
     if let Some(age) = ages.next() {
@@ -280,7 +303,27 @@ fn policy_view(headers: &HeaderMap) -> HeaderMap {
             view.insert(header::AGE, HeaderValue::from_static("2147483648"));
         }
     }
-    view
+    (view, withheld)
+}
+
+/// The directives of one `Cache-Control`-style field value, split at commas outside
+/// quoted strings (`no-cache="a, b"` is one directive), trimmed, empty ones dropped.
+fn split_directives(value: &str) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    let mut start = 0;
+    let mut parts = Vec::new();
+    for (at, byte) in value.bytes().enumerate() {
+        match byte {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                parts.push(&value[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts.into_iter().map(str::trim).filter(|d| !d.is_empty())
 }
 
 /// The `Surrogate-Control` directives that apply to weir: those without a target and those
@@ -605,7 +648,7 @@ impl Directives {
         let mut d = Directives::default();
         for value in values {
             let Ok(value) = value.to_str() else { continue };
-            for directive in value.split(',') {
+            for directive in split_directives(value) {
                 let (name, arg) = match directive.split_once('=') {
                     Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
                     None => (directive.trim(), None),
@@ -617,7 +660,8 @@ impl Directives {
                     }
                     "stale-if-error" => d.stale_if_error = secs().unwrap_or(0),
                     "must-revalidate" | "proxy-revalidate" => d.revalidate_always = true,
-                    "no-cache" => {
+                    // `no-cache="field"` limits only the fields (see `policy_view`).
+                    "no-cache" if arg.is_none_or(str::is_empty) => {
                         d.revalidate_always = true;
                         d.requires_validation = true;
                     }

@@ -254,3 +254,10 @@ fn surrogate_keys_become_tags() {
     .unwrap();
     assert_eq!(s.tags, vec!["blue", "catalog", "product-1"]);
 }
+
+#[test]
+fn directives_split_outside_quotes() {
+    let split: Vec<&str> =
+        super::split_directives(" max-age=60, no-cache=\"a, b\" ,,private ").collect();
+    assert_eq!(split, ["max-age=60", "no-cache=\"a, b\"", "private"]);
+}
