@@ -252,6 +252,7 @@ pub fn storable(
 ///   (RFC 9213 §2.1), else `Surrogate-Control` (Edge Architecture 1.0);
 /// - directive names are lowercased (they are case-insensitive, RFC 9111 §5.2);
 /// - an `Age` that is not one non-negative integer makes the response stale;
+/// - dates in any of the three HTTP-date forms are rewritten as IMF-fixdate;
 /// - `no-cache="field"` and `private="field"` are left out: they do not stop a shared
 ///   cache from reusing the response, only from sending those fields without
 ///   revalidation (RFC 9111 §5.2.2.4, §5.2.2.7), so the fields, returned beside the view,
@@ -292,6 +293,18 @@ fn policy_view(headers: &HeaderMap) -> (HeaderMap, Vec<HeaderName>) {
             _ => {
                 view.remove(header::CACHE_CONTROL);
             }
+        }
+    }
+    // Recipients must accept all three HTTP-date forms (RFC 9110 §5.6.7); the crate reads
+    // only the IMF-fixdate one, and would take an RFC 850 or asctime `Expires` as past.
+    for name in [header::EXPIRES, header::DATE, header::LAST_MODIFIED] {
+        if let Some(date) = view
+            .get(&name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+            && let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(date))
+        {
+            view.insert(name, value);
         }
     }
     let mut ages = headers.get_all(header::AGE).iter();
