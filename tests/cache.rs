@@ -1090,19 +1090,10 @@ async fn a_client_304_leaves_no_unbounded_work_behind() {
     // The client's validator matches the fresh 200; the origin's body is far larger than
     // anything the cache keeps and keeps coming. weir answers 304 at once and stops
     // reading the rest within its bounds; the task doing so is tracked and ends.
-    let origin = upstream(|_req| async {
-        let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
-        let frames = futures_util::stream::iter(
-            (0..4096).map(move |_| Ok::<_, BoxError>(hyper::body::Frame::data(chunk.clone()))),
-        );
-        Response::builder()
-            .header("cache-control", "max-age=60")
-            .header("etag", "\"big\"")
-            .body(http_body_util::BodyExt::boxed(
-                http_body_util::StreamBody::new(frames),
-            ))
-            .unwrap()
-    })
+    let origin = streaming_upstream(
+        4096,
+        &[("cache-control", "max-age=60"), ("etag", "\"big\"")],
+    )
     .await;
     let weir = weir(&config_for(origin.addr, "max_object_bytes = 1048576")).await;
     let addr = weir.listener_addr("http").unwrap();

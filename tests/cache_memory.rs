@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 
 /// The process's peak resident set (VmHWM), in bytes.
 fn peak_rss() -> u64 {
@@ -21,6 +21,7 @@ fn peak_rss() -> u64 {
 }
 
 const BODY_BYTES: usize = 256 * 1024 * 1024;
+/// The piece `streaming_upstream` sends.
 const CHUNK: usize = 64 * 1024;
 
 #[tokio::test]
@@ -28,20 +29,10 @@ async fn a_client_304_for_a_256_mib_response_holds_no_body() {
     // A fresh 200 of 256 MiB, streamed without a length, whose ETag the client already
     // has: weir answers 304. What is left of the upstream body is read only within the
     // drain's bounds, and no copy of it is kept past the cache's max_object_bytes.
-    let origin = upstream(|_req| async {
-        let chunk = bytes::Bytes::from(vec![b'x'; CHUNK]);
-        let frames = futures_util::stream::iter(
-            (0..BODY_BYTES / CHUNK)
-                .map(move |_| Ok::<_, BoxError>(hyper::body::Frame::data(chunk.clone()))),
-        );
-        Response::builder()
-            .header("cache-control", "max-age=60")
-            .header("etag", "\"big\"")
-            .body(http_body_util::BodyExt::boxed(
-                http_body_util::StreamBody::new(frames),
-            ))
-            .unwrap()
-    })
+    let origin = streaming_upstream(
+        BODY_BYTES / CHUNK,
+        &[("cache-control", "max-age=60"), ("etag", "\"big\"")],
+    )
     .await;
     let config = format!(
         "{}\n[cache]\nenabled = true\n",

@@ -80,6 +80,31 @@ where
     Upstream { addr, stop }
 }
 
+/// An upstream answering every request with `headers` and `chunks` pieces of 64 KiB,
+/// streamed without a length (one buffer shared by every piece: the upstream itself holds
+/// 64 KiB however long the body).
+pub async fn streaming_upstream(
+    chunks: usize,
+    headers: &'static [(&'static str, &'static str)],
+) -> Upstream {
+    upstream(move |_req| async move {
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let frames = futures_util::stream::iter(
+            (0..chunks).map(move |_| Ok::<_, BoxError>(hyper::body::Frame::data(chunk.clone()))),
+        );
+        let mut response = Response::builder();
+        for (name, value) in headers {
+            response = response.header(*name, *value);
+        }
+        response
+            .body(http_body_util::BodyExt::boxed(
+                http_body_util::StreamBody::new(frames),
+            ))
+            .unwrap()
+    })
+    .await
+}
+
 /// An upstream that answers every request with `text` and the header `x-upstream: name`.
 pub async fn named_upstream(name: &'static str) -> Upstream {
     upstream(move |_req| async move {

@@ -231,47 +231,41 @@ impl ProxyService {
 
         let mut revalidating = None;
         if let Some((stored, tier, _)) = found {
-            match policy::reuse(&stored, &ctx.view(), now) {
+            let cache_status = match policy::reuse(&stored, &ctx.view(), now) {
                 Reuse::Fresh => {
                     if cache.rewarm_hot && near_expiry(&stored, now) {
                         let revalidation =
                             policy::revalidation_headers(&stored, &ctx.client_headers);
                         self.refresh_in_background(&ctx, Arc::clone(&stored), revalidation);
                     }
-                    let cache_status = format!(
+                    Some(format!(
                         "{}; hit; ttl={}",
                         tier.status_name(),
                         ttl_secs(&stored, now)
-                    );
-                    return Ok(serve(
-                        &ctx,
-                        Hit {
-                            stored: &stored,
-                            tier,
-                            now,
-                            cache_status,
-                        },
-                    ));
+                    ))
                 }
                 Reuse::StaleWhileRevalidate { revalidation } => {
                     self.refresh_in_background(&ctx, Arc::clone(&stored), revalidation);
                     cache.stats.stale.fetch_add(1, Relaxed);
-                    let cache_status =
-                        format!("{}; hit; detail=stale-while-revalidate", tier.status_name());
-                    return Ok(serve(
-                        &ctx,
-                        Hit {
-                            stored: &stored,
-                            tier,
-                            now,
-                            cache_status,
-                        },
-                    ));
+                    Some(format!(
+                        "{}; hit; detail=stale-while-revalidate",
+                        tier.status_name()
+                    ))
                 }
                 Reuse::Revalidate { revalidation } => {
-                    revalidating = Some((stored, tier, revalidation))
+                    revalidating = Some((Arc::clone(&stored), tier, revalidation));
+                    None
                 }
-                Reuse::NoMatch => {}
+                Reuse::NoMatch => None,
+            };
+            if let Some(cache_status) = cache_status {
+                let hit = Hit {
+                    stored: &stored,
+                    tier,
+                    now,
+                    cache_status,
+                };
+                return Ok(serve(&ctx, hit));
             }
         }
 
