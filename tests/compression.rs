@@ -307,3 +307,67 @@ async fn a_revalidated_compressed_variant_keeps_its_weak_etag() {
     assert_eq!(*seen.lock().unwrap(), [false, true, true]);
     weir.shutdown().await;
 }
+
+#[tokio::test]
+async fn ranges_of_a_compressed_variant_are_ranges_of_its_stored_bytes() {
+    let up = upstream(|_req| async move {
+        Response::builder()
+            .header("content-type", "application/json")
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"s1\"")
+            .header("accept-ranges", "bytes")
+            .body(full(TEXT.repeat(4096 / TEXT.len())))
+            .unwrap()
+    })
+    .await;
+    let config =
+        simple_config(&[up.addr], "") + "\n[server]\ncompression = true\n[cache]\nenabled = true\n";
+    let weir = weir(&config).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let cache = weir.state().snapshot.load().cache.clone().unwrap();
+    let ask = |headers: &'static [(&'static str, &'static str)]| async move {
+        let mut request = Request::get(format!("http://{proxy}/doc"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        send(&http1_client(), request.body(empty()).unwrap()).await
+    };
+    let stores = || cache.stats.stores.load(std::sync::atomic::Ordering::SeqCst);
+
+    // weir compressed it: the stored bytes are not the origin's, and the origin could not
+    // serve ranges of them, so the gzip variant does not offer ranges.
+    let gz = ask(&[("accept-encoding", "gzip")]).await;
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(gz.header("accept-ranges"), None);
+    assert_eq!(gz.header("etag"), Some("W/\"s1\""));
+    let identity = ask(&[("accept-encoding", "identity")]).await;
+    assert_eq!(identity.header("accept-ranges"), Some("bytes"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while stores() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both variants stored"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let gz_hit = ask(&[("accept-encoding", "gzip")]).await;
+    assert_eq!(gz_hit.header("accept-ranges"), None);
+    // A range a client asks anyway is cut from the variant it selects: gzip bytes for
+    // gzip, the origin's bytes for identity.
+    let gz_part = ask(&[("accept-encoding", "gzip"), ("range", "bytes=0-9")]).await;
+    assert_eq!(gz_part.status, 206);
+    assert_eq!(gz_part.header("content-encoding"), Some("gzip"));
+    assert_eq!(&gz_part.body[..], &gz.body[..10]);
+    let id_part = ask(&[("accept-encoding", "identity"), ("range", "bytes=0-9")]).await;
+    assert_eq!(id_part.status, 206);
+    assert_eq!(&id_part.body[..], &identity.body[..10]);
+    // The origin's strong tag never matches the weakened one: If-Range gets it all.
+    let whole = ask(&[
+        ("accept-encoding", "gzip"),
+        ("range", "bytes=0-9"),
+        ("if-range", "\"s1\""),
+    ])
+    .await;
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.body, gz.body);
+}
