@@ -289,6 +289,15 @@ impl ProxyService {
             client_host.as_ref().and_then(|h| h.to_str().ok()),
         );
         snapshot.headers.add_via(&mut parts.headers, parts.version);
+        if route.cache.is_some() && snapshot.cache.is_some() {
+            // On caching routes weir is a surrogate: origins may target `Surrogate-Control`
+            // directives at it. Added here, on the way out, so that it is not part of the
+            // request head the cache stores with each response.
+            parts.headers.append(
+                crate::cache::policy::SURROGATE_CAPABILITY.clone(),
+                crate::cache::policy::SURROGATE_CAPABILITY_VALUE.clone(),
+            );
+        }
         if let Some((proto, _)) = &upgrade {
             parts
                 .headers

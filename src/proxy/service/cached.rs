@@ -15,9 +15,7 @@ use hyper::body::Incoming;
 use super::{Exchange, Failure, ProxyService, Served};
 use crate::cache::coalesce;
 use crate::cache::object::StoredResponse;
-use crate::cache::policy::{
-    self, CACHE_STATUS, PolicyRequest, Reuse, SURROGATE_CAPABILITY, SURROGATE_CAPABILITY_VALUE,
-};
+use crate::cache::policy::{self, CACHE_STATUS, PolicyRequest, Reuse};
 use crate::cache::range::{self, RangeAnswer};
 use crate::cache::redis::Lock;
 use crate::cache::{Cache, Flight, FlightGuard, PurgeTarget, RouteCache, Tier};
@@ -60,29 +58,21 @@ struct CacheCtx<'a> {
     cache: &'a Arc<Cache>,
     policy: &'a Arc<RouteCache>,
     primary: String,
-    /// The origin-form target as the route keys it (query kept, sorted or dropped): what
-    /// the cache policy sees.
-    target: Uri,
+    /// The request as the cache policy sees it: GET, the origin-form target as the route
+    /// keys it (query kept, sorted or dropped), and `client_headers`.
+    view: PolicyRequest<'a>,
     /// The target as the client sent it: what a fetch of weir's own asks for.
     original: Uri,
     version: Version,
     /// The client's head after weir's own changes (Accept-Encoding reduced to one
     /// coding): it selects variants and carries the client's own conditionals.
-    client_headers: HeaderMap,
+    client_headers: &'a HeaderMap,
     /// The coding of this request's variant, when compression is on.
     coding: Option<&'static str>,
     head_only: bool,
 }
 
 impl CacheCtx<'_> {
-    fn view(&self) -> PolicyRequest<'_> {
-        PolicyRequest {
-            method: &Method::GET,
-            target: self.target.clone(),
-            headers: &self.client_headers,
-        }
-    }
-
     fn tier_name(&self) -> &'static str {
         if self.policy.memory {
             "weir-l1"
@@ -141,11 +131,6 @@ impl ProxyService {
                 parts.headers.remove(name);
             }
         }
-        // weir is a surrogate: origins may target `Surrogate-Control` directives at it.
-        parts.headers.append(
-            SURROGATE_CAPABILITY.clone(),
-            SURROGATE_CAPABILITY_VALUE.clone(),
-        );
         if parts.method != Method::GET && parts.method != Method::HEAD {
             // Boxed so that the hit path's future stays small.
             return Box::pin(self.forward_unsafe(exchange, cache, policy, parts, body, conn_guard))
@@ -192,24 +177,26 @@ impl ProxyService {
             cache,
             policy,
             primary,
-            target,
+            view: PolicyRequest {
+                method: &Method::GET,
+                target,
+                headers: &client_headers,
+            },
             original,
             version: parts.version,
-            client_headers,
+            client_headers: &client_headers,
             coding,
             head_only,
         };
         let now = SystemTime::now();
-        let found = cache
-            .lookup(policy, &ctx.primary, &ctx.client_headers)
-            .await;
+        let found = cache.lookup(policy, &ctx.primary, ctx.client_headers).await;
 
         if range.is_some() {
             // Ranges are cut from a fresh, complete stored response; anything else goes to
             // the origin as the client sent it, and is not stored.
             if let Some((stored, tier, _)) = &found
                 && stored.status == StatusCode::OK
-                && matches!(policy::reuse(stored, &ctx.view(), now), Reuse::Fresh)
+                && matches!(policy::reuse(stored, &ctx.view, now), Reuse::Fresh)
             {
                 let cache_status =
                     format!("{}; hit; ttl={}", tier.status_name(), ttl_secs(stored, now));
@@ -231,11 +218,11 @@ impl ProxyService {
 
         let mut revalidating = None;
         if let Some((stored, tier, _)) = found {
-            let cache_status = match policy::reuse(&stored, &ctx.view(), now) {
+            let cache_status = match policy::reuse(&stored, &ctx.view, now) {
                 Reuse::Fresh => {
                     if cache.rewarm_hot && near_expiry(&stored, now) {
                         let revalidation =
-                            policy::revalidation_headers(&stored, &ctx.client_headers);
+                            policy::revalidation_headers(&stored, ctx.client_headers);
                         self.refresh_in_background(&ctx, Arc::clone(&stored), revalidation);
                     }
                     Some(format!(
@@ -364,7 +351,7 @@ impl ProxyService {
             Ok((response, served)) if response.status() == StatusCode::NOT_MODIFIED => {
                 let Some(fresh) = policy::refresh(
                     stored,
-                    &ctx.view(),
+                    &ctx.view,
                     response.headers(),
                     now,
                     &ctx.policy.lifetimes,
@@ -377,7 +364,7 @@ impl ProxyService {
                         key = %ctx.primary,
                         "a 304 does not match the stored response; fetching it again"
                     );
-                    let parts = ctx.fetch_parts(without_conditionals(&ctx.client_headers));
+                    let parts = ctx.fetch_parts(without_conditionals(ctx.client_headers));
                     let fetch = Fetch {
                         body: None,
                         conn_guard: Some(refetch_guard),
@@ -481,7 +468,7 @@ impl ProxyService {
         let response = store_as_it_streams(ctx, response, release, cache_status);
         if !(ctx.client_conditional()
             && response.status() == StatusCode::OK
-            && policy::client_not_modified(&ctx.client_headers, response.headers()))
+            && policy::client_not_modified(ctx.client_headers, response.headers()))
         {
             return response;
         }
@@ -503,9 +490,9 @@ impl ProxyService {
         let now = SystemTime::now();
         let (stored, tier, _) = ctx
             .cache
-            .lookup(ctx.policy, &ctx.primary, &ctx.client_headers)
+            .lookup(ctx.policy, &ctx.primary, ctx.client_headers)
             .await?;
-        if !matches!(policy::reuse(&stored, &ctx.view(), now), Reuse::Fresh) {
+        if !matches!(policy::reuse(&stored, &ctx.view, now), Reuse::Fresh) {
             return None;
         }
         ctx.cache.stats.coalesced.fetch_add(1, Relaxed);
@@ -590,7 +577,7 @@ impl ProxyService {
             cache: Arc::clone(ctx.cache),
             policy: Arc::clone(ctx.policy),
             primary: ctx.primary.clone(),
-            target: ctx.target.clone(),
+            target: ctx.view.target.clone(),
             original: ctx.original.clone(),
             client_headers: ctx.client_headers.clone(),
         };
@@ -724,7 +711,7 @@ fn store_as_it_streams(
     let stored = (!ctx.head_only && !too_large)
         .then(|| {
             policy::storable(
-                &ctx.view(),
+                &ctx.view,
                 head.status,
                 &head.headers,
                 SystemTime::now(),
@@ -798,7 +785,7 @@ fn serve(ctx: &CacheCtx<'_>, hit: Hit<'_>) -> (Response<ResponseBody>, Served) {
         cache_status,
     } = hit;
     let headers = policy::served_headers(stored, now, &cache_status);
-    let client = &ctx.client_headers;
+    let client = ctx.client_headers;
     let stored_ok = stored.status == StatusCode::OK;
     let range = client
         .get(header::RANGE)
