@@ -163,8 +163,10 @@ fn write_report(
 }
 
 async fn serve(config: weir::config::Config, path: PathBuf) -> anyhow::Result<()> {
+    let signals =
+        anyhow::Context::context(weir::app::Signals::register(), "installing signal handlers")?;
     let running = weir::app::start_with(config, Some(path)).await?;
-    let report = running.run_until_signal().await?;
+    let report = running.run_until_signal(signals).await?;
     if report.completed {
         tracing::info!("drained; exiting");
     } else {

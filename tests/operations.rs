@@ -531,6 +531,58 @@ async fn sighup_reloads_the_real_binary() {
 }
 
 #[tokio::test]
+async fn a_sighup_as_soon_as_weir_listens_reloads_it_rather_than_ending_it() {
+    // SIGHUP's default action ends a process; weir installs its handler before it listens,
+    // so a deploy tool may reload it the moment its port answers.
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let a = named_upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    write(&path, &simple_config(&[a.addr], ""));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str::<Value>(&line)
+                && event["message"] == "listening"
+            {
+                // Signalled from the reading thread, at the first moment it can be.
+                let _ = Command::new("kill").args(["-HUP", &pid]).status();
+                let _ = tx.send(event["address"].as_str().unwrap().to_owned());
+            }
+        }
+    });
+    let proxy: SocketAddr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(get(proxy, "/").await.header("x-upstream"), Some("a"));
+    assert!(child.try_wait().unwrap().is_none(), "weir is still running");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "a clean drain, not death by SIGHUP");
+    reader.join().unwrap();
+}
+
+#[tokio::test]
 async fn the_config_file_wins_over_a_registration_of_the_same_address() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;

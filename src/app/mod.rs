@@ -223,24 +223,41 @@ impl Running {
     }
 
     /// Serves until SIGTERM or SIGINT (or the drain token is cancelled), reloading on
-    /// SIGHUP, then drains.
-    pub async fn run_until_signal(self) -> std::io::Result<DrainReport> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
+    /// SIGHUP, then drains. `signals` are registered before the listeners open (see
+    /// [`Signals::register`]).
+    pub async fn run_until_signal(self, mut signals: Signals) -> std::io::Result<DrainReport> {
         let drain = self.drain_token();
         loop {
             tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
-                _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
+                _ = signals.term.recv() => { tracing::info!("SIGTERM: draining"); break; }
+                _ = signals.int.recv() => { tracing::info!("SIGINT: draining"); break; }
                 _ = drain.cancelled() => break,
-                _ = hup.recv() => {
+                _ = signals.hup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
                     self.supervisor.reload().await;
                 }
             }
         }
         Ok(self.shutdown().await)
+    }
+}
+
+/// The process signals weir acts on. Registered before anything listens: until a handler
+/// is installed, SIGHUP's default action ends the process, so a reload sent as soon as the
+/// port answers (by a deploy tool, say) would otherwise kill it.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn register() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
 }
