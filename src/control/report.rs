@@ -214,16 +214,7 @@ fn pool_report(
             .last()
             .map_or(String::new(), |d| d.explanation.clone()),
     });
-    let recommendations = recommend(
-        name,
-        &summary,
-        usl.as_ref(),
-        forecast.as_ref(),
-        scaling.as_ref(),
-        &bottlenecks,
-        config,
-    );
-    PoolReport {
+    let mut report = PoolReport {
         pool: name.to_owned(),
         series: series(points),
         summary,
@@ -234,8 +225,10 @@ fn pool_report(
         bottlenecks,
         anomalies,
         scaling,
-        recommendations,
-    }
+        recommendations: Vec::new(),
+    };
+    report.recommendations = recommend(&report, config);
+    report
 }
 
 fn series(points: &[(u64, &PoolSample)]) -> Series {
@@ -408,16 +401,14 @@ fn bottlenecks(pool: &str, points: &[(u64, &PoolSample)], usl: Option<&UslReport
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn recommend(
-    pool: &str,
-    summary: &Summary,
-    usl: Option<&UslReport>,
-    forecast: Option<&ForecastReport>,
-    scaling: Option<&ScalingSummary>,
-    bottlenecks: &[String],
-    config: &ControlConfig,
-) -> Vec<String> {
+/// What to do about a pool, from the rest of its report.
+fn recommend(report: &PoolReport, config: &ControlConfig) -> Vec<String> {
+    let pool = report.pool.as_str();
+    let summary = &report.summary;
+    let usl = report.usl.as_ref();
+    let forecast = report.forecast.as_ref();
+    let scaling = report.scaling.as_ref();
+    let bottlenecks = report.bottlenecks.as_slice();
     let mut out = Vec::new();
     let target_ms = config.latency_target.as_secs_f64() * 1000.0;
     if let Some(u) = usl {
