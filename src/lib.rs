@@ -33,6 +33,7 @@
 //! chart.rs           the SVG chart frame and HTML escaping the report and loadtest pages share
 //! tls.rs             rustls (ring): server certificates by SNI, client configs for upstreams
 //! registry.rs        registered instances in an atomically written state file
+//! stable_hash.rs     XXH3 with a fixed seed: ring points and sticky ids every build agrees on
 //! admin/             admin port: probes and the token-protected API (control.rs: scaling,
 //!                    reports, instance load)
 //! metrics.rs         Prometheus exposition built at scrape time from the atomics
@@ -58,5 +59,6 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
+pub mod stable_hash;
 pub mod tls;
 pub mod upstream;

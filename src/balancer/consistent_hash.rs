@@ -2,11 +2,11 @@
 //! virtual nodes, so that when one of N endpoints leaves only its ~1/N of keys move. An
 //! unusable endpoint's keys go to the next usable one on the ring.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use super::{Balancer, PickContext, TableCache};
 use crate::config::{HashConfig, HashKey, defaults::DEFAULT_HASH_VNODES};
+use crate::stable_hash;
 use crate::upstream::Endpoint;
 
 #[derive(Debug)]
@@ -15,13 +15,6 @@ pub struct ConsistentHash {
     vnodes: u32,
     /// (point, endpoint index), sorted by point.
     ring: TableCache<Vec<(u64, u32)>>,
-}
-
-fn hash_of(value: impl Hash) -> u64 {
-    // SipHash with fixed keys: the same key maps to the same point in every process.
-    let mut hasher = std::hash::DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
 }
 
 impl ConsistentHash {
@@ -48,7 +41,12 @@ impl ConsistentHash {
             let share = f64::from(endpoint.weight()) / mean_weight.max(1e-9);
             let count = ((f64::from(self.vnodes) * share).round() as u32).clamp(1, 100_000);
             // Points depend on the address only, so other endpoints' points never move.
-            points.extend((0..count).map(|v| (hash_of((&endpoint.address, v)), index as u32)));
+            // The same in every build and process (`stable_hash`), so that a fleet agrees.
+            points.extend((0..count).map(|v| {
+                let point =
+                    stable_hash::hash_parts(&[endpoint.address.as_bytes(), &v.to_le_bytes()]);
+                (point, index as u32)
+            }));
         }
         points.sort_unstable();
         points
@@ -57,10 +55,15 @@ impl ConsistentHash {
     fn request_key(&self, ctx: &PickContext<'_>) -> u64 {
         let from_request = match &self.key {
             HashKey::ClientIp => None,
-            HashKey::Header(name) => ctx.headers.get(name).map(|v| hash_of(v.as_bytes())),
-            HashKey::Cookie(name) => cookie(ctx.headers, name).map(hash_of),
+            HashKey::Header(name) => ctx
+                .headers
+                .get(name)
+                .map(|v| stable_hash::hash(v.as_bytes())),
+            HashKey::Cookie(name) => {
+                cookie(ctx.headers, name).map(|c| stable_hash::hash(c.as_bytes()))
+            }
         };
-        from_request.unwrap_or_else(|| hash_of(ctx.client_ip))
+        from_request.unwrap_or_else(|| stable_hash::hash_ip(ctx.client_ip))
     }
 }
 
@@ -131,6 +134,30 @@ mod tests {
             })
             .collect()
     }
+
+    /// The ring is the same in every build: these placements only change if
+    /// `stable_hash` or the ring's byte layout does (which moves every key in a fleet).
+    #[test]
+    fn placements_are_pinned() {
+        let eps = endpoints(&[1; 5]);
+        let first: Vec<String> = assignments(&by_header(), &eps, 0)
+            .into_iter()
+            .take(8)
+            .collect();
+        assert_eq!(first, PINNED);
+    }
+
+    /// Where `user-0` … `user-7` go among 127.0.0.1:1000–1004.
+    const PINNED: [&str; 8] = [
+        "127.0.0.1:1004",
+        "127.0.0.1:1002",
+        "127.0.0.1:1002",
+        "127.0.0.1:1000",
+        "127.0.0.1:1002",
+        "127.0.0.1:1004",
+        "127.0.0.1:1001",
+        "127.0.0.1:1000",
+    ];
 
     #[test]
     fn same_key_same_endpoint() {

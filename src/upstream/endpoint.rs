@@ -488,11 +488,11 @@ impl Endpoint {
 
 /// Stable id of an endpoint in a pool, for sticky cookies and the admin API (16 hex
 /// digits; reveals no address).
+/// The same in every weir build (see [`crate::stable_hash`]): a client's cookie keeps
+/// working across upgrades and across a fleet on mixed versions.
 fn endpoint_id(pool: &str, address: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    (pool, address).hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    let id = crate::stable_hash::hash_parts(&[pool.as_bytes(), address.as_bytes()]);
+    format!("{id:016x}")
 }
 
 /// Held while a request to an endpoint is in flight, until its response body has been
@@ -526,6 +526,12 @@ mod tests {
 
     fn endpoint() -> Arc<Endpoint> {
         Arc::new(Endpoint::with_defaults("127.0.0.1:1", 1).unwrap())
+    }
+
+    #[test]
+    fn endpoint_ids_are_the_same_in_every_build() {
+        // XXH3-64 of "api\0" "10.0.0.1:8080\0" with weir's seed (see `stable_hash`).
+        assert_eq!(endpoint_id("api", "10.0.0.1:8080"), "4bbda46c376732b1");
     }
 
     #[tokio::test(start_paused = true)]
