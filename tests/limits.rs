@@ -155,3 +155,113 @@ fn header_count_bounds_are_config_errors() {
         "{err}"
     );
 }
+
+/// An HTTP/1.1 request head of exactly `size` bytes (request line, Host, one padding
+/// field, blank line).
+fn head_of(size: usize) -> Vec<u8> {
+    let fixed = "GET / HTTP/1.1\r\nHost: weir.test\r\nX-Pad: \r\n\r\n".len();
+    let pad = "p".repeat(size - fixed);
+    format!("GET / HTTP/1.1\r\nHost: weir.test\r\nX-Pad: {pad}\r\n\r\n").into_bytes()
+}
+
+/// Sends `head` (in `pieces` writes, paced so that each arrives on its own) and returns
+/// the response's status line.
+async fn status_line(proxy: SocketAddr, head: &[u8], pieces: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    for piece in head.chunks(head.len().div_ceil(pieces)) {
+        if stream.write_all(piece).await.is_err() {
+            break; // refused before the end: the answer is already on its way
+        }
+        if pieces > 1 {
+            // Pacing, not waiting for a state: each piece is read on its own.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+    let mut response = vec![0u8; 256];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read(&mut response),
+    )
+    .await
+    .expect("an answer within 10 s")
+    .unwrap_or(0);
+    let text = String::from_utf8_lossy(&response[..n]).into_owned();
+    text.lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn the_header_bytes_limit_holds_to_the_byte() {
+    for limit in [65536usize, 20000] {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let up = length_upstream(Arc::clone(&requests)).await;
+        let config = config(up.addr).replace(
+            "max_request_headers = 30",
+            &format!("max_request_headers = 30\nmax_request_header_bytes = {limit}"),
+        );
+        let weir = weir(&config).await;
+        let proxy = weir.listener_addr("http").unwrap();
+        let mut forwarded = 0;
+        for pieces in [1, 7] {
+            for (size, fits) in [
+                (limit - 1, true),
+                (limit, true),
+                (limit + 1, false),
+                (100_000, false),
+            ] {
+                let line = status_line(proxy, &head_of(size), pieces).await;
+                if fits {
+                    forwarded += 1;
+                    assert_eq!(
+                        line, "HTTP/1.1 200 OK",
+                        "{size} of {limit}, {pieces} pieces"
+                    );
+                } else {
+                    assert!(
+                        line.starts_with("HTTP/1.1 431"),
+                        "{size} of {limit}, {pieces} pieces: {line}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            requests.load(SeqCst),
+            forwarded,
+            "nothing over the limit went upstream"
+        );
+        weir.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn the_header_list_limit_holds_on_http2() {
+    // HTTP/2 counts a header list as RFC 9113 §6.5.2 does: each field's name and value
+    // plus 32, pseudo-header fields included.
+    let limit = 20000usize;
+    let requests = Arc::new(AtomicUsize::new(0));
+    let up = length_upstream(Arc::clone(&requests)).await;
+    let config = config(up.addr).replace(
+        "max_request_headers = 30",
+        &format!("max_request_headers = 30\nmax_request_header_bytes = {limit}"),
+    );
+    let weir = weir(&config).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let authority = proxy.to_string();
+    // :method GET, :scheme http, :authority, :path /, x-pad
+    let fixed = (7 + 3 + 32) + (7 + 4 + 32) + (10 + authority.len() + 32) + (5 + 1 + 32) + (5 + 32);
+    for (size, fits) in [(limit - 1, true), (limit, true), (limit + 1, false)] {
+        let request = Request::get(format!("http://{authority}/"))
+            .header("x-pad", "p".repeat(size - fixed))
+            .body(empty())
+            .unwrap();
+        let response = h2c_client()
+            .request(request)
+            .await
+            .unwrap_or_else(|err| panic!("{size} of {limit}: {err}"));
+        let expected = if fits { 200 } else { 431 };
+        assert_eq!(response.status(), expected, "{size} of {limit}");
+    }
+    assert_eq!(requests.load(SeqCst), 2);
+    weir.shutdown().await;
+}

@@ -93,7 +93,13 @@ impl Builders {
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(20)))
             .keep_alive_timeout(Duration::from_secs(20))
-            .max_header_list_size(settings.max_request_header_bytes as u32);
+            // The h2 crate refuses a list that *reaches* the size it advertises; weir's
+            // limit is the largest list accepted (RFC 9113 §6.5.2), hence one more.
+            .max_header_list_size(
+                u32::try_from(settings.max_request_header_bytes)
+                    .unwrap_or(u32::MAX - 1)
+                    .saturating_add(1),
+            );
         Self { http1, http2 }
     }
 }

@@ -252,6 +252,14 @@ where
         // SAFETY: ReadBuf and poll_read promise not to set any uninitialized
         // bytes onto `dst`.
         let dst = unsafe { self.read_buf.chunk_mut().as_uninit_slice_mut() };
+        // weir patch: read at most `next` bytes. The spare capacity can be larger (the
+        // strategy's reservations grow, and `BytesMut` rounds up), and a read into all of
+        // it let a request head grow past `max_buf_size` before the parser checked it.
+        let dst = if next > 0 && dst.len() > next {
+            &mut dst[..next]
+        } else {
+            dst
+        };
         let mut buf = ReadBuf::uninit(dst);
         match Pin::new(&mut self.io).poll_read(cx, buf.unfilled()) {
             Poll::Ready(Ok(())) => {
