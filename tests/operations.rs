@@ -652,3 +652,73 @@ async fn a_reload_applies_new_breaker_settings_to_kept_endpoints() {
     );
     weir.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registrations_and_reloads_leave_pool_and_registry_agreeing() {
+    let a = named_upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    write(&path, &config(&[a.addr], ""));
+    let weir = start_from_file(&path).await;
+    let supervisor = Arc::clone(weir.supervisor());
+    // Rounds of 100 concurrent registrations (a third deregistered again) racing three
+    // reloads: a lost update anywhere shows as a difference at the end.
+    let address = |round: u16, i: u16| format!("127.0.0.1:{}", 20_000 + round * 100 + i);
+    let mut expected = std::collections::BTreeSet::new();
+    for round in 0..20u16 {
+        let mut tasks = Vec::new();
+        for i in 0..100u16 {
+            let supervisor = Arc::clone(&supervisor);
+            let address = address(round, i);
+            tasks.push(tokio::spawn(async move {
+                let endpoint = supervisor
+                    .register(weir::registry::Registration {
+                        pool: "main".into(),
+                        address,
+                        weight: 1,
+                        zone: None,
+                        metadata: Default::default(),
+                    })
+                    .expect("registered");
+                tokio::task::yield_now().await;
+                if i % 3 == 0 {
+                    supervisor.deregister(&endpoint.id).expect("deregistered");
+                }
+            }));
+        }
+        let reloader = {
+            let supervisor = Arc::clone(&supervisor);
+            tokio::spawn(async move {
+                for _ in 0..3 {
+                    assert!(supervisor.reload().await.ok);
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        for task in tasks {
+            task.await.unwrap();
+        }
+        reloader.await.unwrap();
+        expected.extend(
+            (0..100u16)
+                .filter(|i| i % 3 != 0)
+                .map(|i| address(round, i)),
+        );
+    }
+
+    let registered: std::collections::BTreeSet<String> = supervisor
+        .registrations()
+        .into_iter()
+        .map(|r| r.address)
+        .collect();
+    let snapshot = weir.state().snapshot.load();
+    let live: std::collections::BTreeSet<String> = snapshot.pools["main"]
+        .endpoints()
+        .iter()
+        .map(|e| e.address.clone())
+        .filter(|address| *address != a.addr.to_string())
+        .collect();
+    assert_eq!(registered, expected, "the registry");
+    assert_eq!(live, expected, "the live pool");
+    weir.shutdown().await;
+}

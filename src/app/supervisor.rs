@@ -63,6 +63,12 @@ pub struct Supervisor {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     last_reload: Mutex<Option<ReloadReport>>,
+    /// Held while pool membership changes: by a registration or deregistration (registry
+    /// and live pool together), and by a reload from reading the registry to swapping the
+    /// snapshot in. Without it, a registration landing between the two went into the
+    /// snapshot being replaced, and the live pool lost it while the registry kept it.
+    /// Never held across an await.
+    membership: Mutex<()>,
 }
 
 impl Supervisor {
@@ -95,7 +101,12 @@ impl Supervisor {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_reload: Mutex::new(None),
+            membership: Mutex::new(()),
         }
+    }
+
+    fn membership(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.membership.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn state(&self) -> &Arc<ProxyState> {
@@ -161,6 +172,7 @@ impl Supervisor {
             Ok(plan) => plan,
             Err(error) => return self.finish(Err(error.to_string())),
         };
+        let membership = self.membership();
         let previous = self.state.snapshot.load_full();
         let snapshot = Snapshot::build(&config, Some(&previous));
         let mut notes = apply_registrations(&snapshot, Some(&previous), &self.registry.list());
@@ -176,6 +188,7 @@ impl Supervisor {
         }
         // Swap: requests in flight keep the snapshot they started with.
         self.state.snapshot.store(Arc::new(snapshot));
+        drop(membership);
         inner.health_stop.cancel();
         inner.health_stop = self.background_stop.child_token();
         spawn_health_checks(&self.state.snapshot.load(), &inner.health_stop);
@@ -240,6 +253,11 @@ impl Supervisor {
         })
     }
 
+    /// The registered instances, as the state file holds them.
+    pub fn registrations(&self) -> Vec<Registration> {
+        self.registry.list()
+    }
+
     /// Registers an instance (or updates its weight if it is registered already), persists
     /// it, and puts it in rotation (ramping up over the pool's slow start).
     pub fn register(&self, registration: Registration) -> Result<Arc<Endpoint>, InstanceError> {
@@ -249,6 +267,7 @@ impl Supervisor {
             )));
         }
         config::parse_endpoint_address(&registration.address).map_err(InstanceError::Invalid)?;
+        let _membership = self.membership();
         let snapshot = self.state.snapshot.load();
         let pool = snapshot
             .pools
@@ -278,6 +297,7 @@ impl Supervisor {
 
     /// Takes an instance out of its pool: no new requests; those in flight finish.
     pub fn deregister(&self, id: &str) -> Result<(Arc<Endpoint>, bool), InstanceError> {
+        let _membership = self.membership();
         let (pool, endpoint) = self
             .find(id)
             .ok_or_else(|| InstanceError::UnknownInstance(id.to_owned()))?;
@@ -302,6 +322,7 @@ impl Supervisor {
                 "weight must be between 1 and {MAX_ENDPOINT_WEIGHT}"
             )));
         }
+        let _membership = self.membership();
         let (pool, endpoint) = self
             .find(id)
             .ok_or_else(|| InstanceError::UnknownInstance(id.to_owned()))?;

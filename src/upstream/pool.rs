@@ -169,12 +169,25 @@ impl Pool {
     /// Appends an existing endpoint (one registered at runtime, carried over a reload with
     /// its live state). No-op if the pool already has its address.
     pub fn adopt(&self, endpoint: Arc<Endpoint>) {
-        let mut list = self.endpoints.load().as_ref().clone();
-        if list.iter().all(|e| e.address != endpoint.address) {
-            endpoint.set_policy(&self.policy);
-            list.push(endpoint);
-            self.set_endpoints(list);
+        endpoint.set_policy(&self.policy);
+        if self.add_unless_present(&endpoint) {
+            self.generation.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Adds `endpoint` unless one with its address is there: a compare-and-swap loop
+    /// (`ArcSwap::rcu`), so that concurrent changes are never lost to each other.
+    fn add_unless_present(&self, endpoint: &Arc<Endpoint>) -> bool {
+        let mut added = false;
+        self.endpoints.rcu(|current| {
+            added = current.iter().all(|e| e.address != endpoint.address);
+            let mut list = current.as_ref().clone();
+            if added {
+                list.push(Arc::clone(endpoint));
+            }
+            list
+        });
+        added
     }
 
     /// The endpoint at `address`, if the pool has it.
@@ -213,12 +226,10 @@ impl Pool {
             self.clock,
             true,
         ));
-        let mut list = self.endpoints.load().as_ref().clone();
-        if list.iter().any(|e| e.address == address) {
+        if !self.add_unless_present(&endpoint) {
             return Err(format!("{address} is already in pool {}", self.name));
         }
-        list.push(Arc::clone(&endpoint));
-        self.set_endpoints(list);
+        self.generation.fetch_add(1, Relaxed);
         Ok(endpoint)
     }
 
@@ -240,15 +251,19 @@ impl Pool {
     /// Removes an endpoint from the pool: it gets no new requests, and requests already on
     /// it finish (their guards hold it). Returns it, or `None` if it is not in the pool.
     pub fn remove_endpoint(&self, address: &str) -> Option<Arc<Endpoint>> {
-        let current = self.endpoints.load();
-        let removed = current.iter().find(|e| e.address == address).cloned()?;
-        let rest = current
-            .iter()
-            .filter(|e| e.address != address)
-            .cloned()
-            .collect();
-        self.set_endpoints(rest);
-        Some(removed)
+        let mut removed = None;
+        self.endpoints.rcu(|current| {
+            removed = current.iter().find(|e| e.address == address).cloned();
+            current
+                .iter()
+                .filter(|e| e.address != address)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        if removed.is_some() {
+            self.generation.fetch_add(1, Relaxed);
+        }
+        removed
     }
 
     /// The balancer's cost of an endpoint now, when the strategy has one.
@@ -523,6 +538,33 @@ mod tests {
             })
             .count();
         hits as f64 / picks as f64
+    }
+
+    #[test]
+    fn concurrent_membership_changes_are_never_lost() {
+        // Four threads add 200 endpoints each and remove every other one they added; with
+        // load-clone-store, one thread's change could overwrite another's.
+        let pool = pool("");
+        std::thread::scope(|scope| {
+            for thread in 0..4u16 {
+                let pool = &pool;
+                scope.spawn(move || {
+                    for i in 0..200u16 {
+                        let address = format!("127.0.0.1:{}", 10_000 + thread * 1000 + i);
+                        pool.add_endpoint(&address, 1).unwrap();
+                        if i % 2 == 0 {
+                            assert!(pool.remove_endpoint(&address).is_some());
+                        }
+                    }
+                });
+            }
+        });
+        let endpoints = pool.endpoints();
+        assert_eq!(endpoints.len(), 1 + 4 * 100);
+        assert!(
+            pool.add_endpoint("127.0.0.1:10001", 1).is_err(),
+            "still there"
+        );
     }
 
     #[tokio::test(start_paused = true)]
