@@ -23,9 +23,10 @@
 //!   conn.rs          per-connection activity (idle timeout)
 //!   error.rs         failures and the 4xx/5xx responses they become
 //!   snapshot.rs      the config-derived view a request runs against, swapped whole
-//!   stats.rs         counters and lock-free latency histograms for metrics and control
+//!   stats.rs         proxy and per-route counters for metrics and control
 //! balancer/          endpoint selection, one file per strategy behind `Balancer`
-//! upstream/          endpoints (state machine, breaker, signals), pools, active health checks
+//! upstream/          endpoints (state machine, breaker, signals and latency histograms),
+//!                    pools, active health checks, request bodies on their way upstream
 //! cache/             two-tier HTTP cache: RFC 9111 policy, byte ranges of stored bodies,
 //!                    moka L1, Redis/Cluster L2, coalescing, purge bus, warming
 //! control/           the control loop: samples, autoscalers, actions, forecasts, USL,

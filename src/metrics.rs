@@ -12,8 +12,8 @@ use prometheus::{Encoder, TextEncoder};
 use crate::app::Supervisor;
 use crate::cache::Cache;
 use crate::cache::redis::RedisTier;
-use crate::proxy::stats::LatencyHistogram;
 use crate::upstream::EndpointState;
+use crate::upstream::signals::LatencyHistogram;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const STATES: [EndpointState; 6] = [

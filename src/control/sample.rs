@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use serde::{Deserialize, Serialize};
 
 use crate::proxy::Snapshot;
-use crate::proxy::stats::LATENCY_BUCKETS;
 use crate::upstream::EndpointState;
+use crate::upstream::signals::LATENCY_BUCKETS;
 
 /// What instances report about themselves through the admin API.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]

@@ -10,9 +10,9 @@ use http::uri::Authority;
 use http::{HeaderValue, StatusCode};
 
 use super::breaker::{Breaker, BreakerEvent, BreakerState};
+use super::signals::LatencyHistogram;
 use super::signals::{Clock, DecayingRate, PeakEwma};
 use crate::config::PassiveHealthConfig;
-use crate::proxy::stats::LatencyHistogram;
 
 /// `available_since_ms` of an endpoint that has never had to ramp up.
 const NOT_RAMPING: u64 = u64::MAX;

@@ -9,9 +9,9 @@ use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use tokio_util::sync::CancellationToken;
 
+use super::request_body::UpstreamRequestBody;
 use super::{Endpoint, Pool};
 use crate::config::HealthCheckConfig;
-use crate::proxy::body::UpstreamRequestBody;
 
 /// Checks `pool`'s endpoints until `stop` is cancelled. Checks go through the pool's own
 /// client, so they use its protocol and TLS settings.

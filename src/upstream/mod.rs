@@ -5,6 +5,7 @@ pub mod breaker;
 mod endpoint;
 pub mod health;
 mod pool;
+pub mod request_body;
 pub mod signals;
 
 pub use endpoint::{

@@ -15,12 +15,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::breaker::{BreakerEvent, BreakerState};
 use super::endpoint::{Endpoint, EndpointPolicy, InFlightGuard, Outcome};
+use super::request_body::UpstreamRequestBody;
 use super::signals::{Clock, RollingCounts};
 use crate::balancer::{self, Balancer, PickContext};
 use crate::config::{
     HealthCheckConfig, PoolConfig, RetryConfig, UpstreamProtocol, parse_endpoint_address,
 };
-use crate::proxy::body::UpstreamRequestBody;
 
 /// Speaks plain HTTP to `http://` endpoints and TLS to `https://` ones.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>;

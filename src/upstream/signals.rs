@@ -1,5 +1,6 @@
 //! Lock-free measurements kept per endpoint: a millisecond clock, rolling windows of
-//! counts, peak-EWMA latency and decaying rates. Concurrent updates may occasionally lose
+//! counts, peak-EWMA latency, decaying rates and latency histograms (also used per route
+//! by the proxy). Concurrent updates may occasionally lose
 //! one sample at a boundary; that is accepted to keep the request path free of locks.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -157,6 +158,50 @@ impl DecayingRate {
     }
 }
 
+/// Upper bounds (seconds) of latency buckets: fine where API targets sit (P50 < 50 ms,
+/// P95 < 200 ms, P99 < 500 ms) and coarse beyond.
+pub const LATENCY_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram recorded with atomic adds only; exported as a Prometheus histogram.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Non-cumulative counts per bucket; the last slot is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&self, elapsed: std::time::Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let index = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[index].fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// Cumulative counts per bucket bound (Prometheus `le`), the sum in seconds, the count.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut cumulative = 0;
+        let buckets = LATENCY_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, count)| {
+                cumulative += count.load(Relaxed);
+                (*bound, cumulative)
+            })
+            .collect();
+        let count = self.count.load(Relaxed);
+        (buckets, self.sum_micros.load(Relaxed) as f64 / 1e6, count)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +246,19 @@ mod tests {
             rate.observe(0, false, 10_000.0);
         }
         assert!(rate.get(0, 10_000.0) < 0.01);
+    }
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = LatencyHistogram::default();
+        h.record(Duration::from_micros(800));
+        h.record(Duration::from_millis(40));
+        h.record(Duration::from_millis(40));
+        h.record(Duration::from_secs(30));
+        let (buckets, sum, count) = h.snapshot();
+        assert_eq!(count, 4);
+        assert!((sum - 30.0808).abs() < 1e-6);
+        assert_eq!(buckets[0], (0.001, 1));
+        assert_eq!(buckets[5], (0.05, 3));
+        assert_eq!(buckets.last(), Some(&(10.0, 3)), "30 s is only in +Inf");
     }
 }
