@@ -467,6 +467,34 @@ impl HashKey {
     }
 }
 
+/// A parsed `rate_limit.key`: which requests share a bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// One bucket for the whole route.
+    Route,
+    ClientIp,
+    /// One bucket per value of this request header (requests without it share the
+    /// client-IP buckets).
+    Header(http::HeaderName),
+}
+
+impl RateLimitKey {
+    pub fn parse(key: &str) -> Result<Self, String> {
+        match key {
+            "route" => Ok(RateLimitKey::Route),
+            "client_ip" => Ok(RateLimitKey::ClientIp),
+            other => match other.strip_prefix("header:") {
+                Some(name) => http::HeaderName::from_bytes(name.as_bytes())
+                    .map(RateLimitKey::Header)
+                    .map_err(|_| format!("{name:?} is not a valid header name")),
+                None => Err(format!(
+                    "{key:?}: expected \"route\", \"client_ip\" or \"header:NAME\""
+                )),
+            },
+        }
+    }
+}
+
 /// Relative importance of each input to the score strategy's cost; only ratios matter.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -118,7 +118,7 @@ fn check_routes(config: &Config, problems: &mut Vec<Problem>) {
                     "requests_per_second and burst must be at least 1",
                 ));
             }
-            if let Err(reason) = crate::proxy::ratelimit::parse_key(&limit.key) {
+            if let Err(reason) = super::RateLimitKey::parse(&limit.key) {
                 problems.push(Problem::new(format!("{key}.rate_limit.key"), reason));
             }
             if limit.shared && config.redis.is_none() {

@@ -19,7 +19,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use http::{HeaderMap, HeaderName};
 
 use crate::cache::redis::RedisTier;
-use crate::config::RateLimitConfig;
+use crate::config::{RateLimitConfig, RateLimitKey};
 use shared::SharedBucket;
 
 /// Keyed limiters forget idle keys every this many checks, so memory stays bounded.
@@ -45,21 +45,6 @@ pub struct RouteLimiter {
     pub fallbacks: AtomicU64,
 }
 
-/// What `rate_limit.key` may be.
-pub fn parse_key(key: &str) -> Result<Option<HeaderName>, String> {
-    match key {
-        "route" | "client_ip" => Ok(None),
-        other => match other.strip_prefix("header:") {
-            Some(name) => HeaderName::from_bytes(name.as_bytes())
-                .map(Some)
-                .map_err(|_| format!("{name:?} is not a valid header name")),
-            None => Err(format!(
-                "{key:?}: expected \"route\", \"client_ip\" or \"header:NAME\""
-            )),
-        },
-    }
-}
-
 impl RouteLimiter {
     /// Builds from validated config (zero rates were rejected; clamp defensively). `route`
     /// names the shared buckets in Redis.
@@ -68,10 +53,11 @@ impl RouteLimiter {
         let burst = NonZeroU32::new(config.burst.unwrap_or(config.requests_per_second))
             .unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_second(rate).allow_burst(burst);
-        let buckets = match (config.key.as_str(), parse_key(&config.key)) {
-            ("route", _) => Buckets::Route(RateLimiter::direct(quota)),
-            (_, Ok(Some(header))) => Buckets::Header(header, RateLimiter::keyed(quota)),
-            _ => Buckets::ClientIp(RateLimiter::keyed(quota)),
+        // Validation refused any other key; fall back to per-client buckets defensively.
+        let buckets = match RateLimitKey::parse(&config.key) {
+            Ok(RateLimitKey::Route) => Buckets::Route(RateLimiter::direct(quota)),
+            Ok(RateLimitKey::Header(header)) => Buckets::Header(header, RateLimiter::keyed(quota)),
+            Ok(RateLimitKey::ClientIp) | Err(_) => Buckets::ClientIp(RateLimiter::keyed(quota)),
         };
         let shared = redis
             .filter(|_| config.shared)
@@ -210,10 +196,13 @@ mod tests {
 
     #[test]
     fn keys() {
-        assert_eq!(parse_key("route"), Ok(None));
-        assert_eq!(parse_key("client_ip"), Ok(None));
-        assert!(parse_key("header:x-api-key").unwrap().is_some());
-        assert!(parse_key("cookie:x").is_err());
-        assert!(parse_key("header:bad name").is_err());
+        assert_eq!(RateLimitKey::parse("route"), Ok(RateLimitKey::Route));
+        assert_eq!(RateLimitKey::parse("client_ip"), Ok(RateLimitKey::ClientIp));
+        assert!(matches!(
+            RateLimitKey::parse("header:x-api-key"),
+            Ok(RateLimitKey::Header(_))
+        ));
+        assert!(RateLimitKey::parse("cookie:x").is_err());
+        assert!(RateLimitKey::parse("header:bad name").is_err());
     }
 }
