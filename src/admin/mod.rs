@@ -396,7 +396,6 @@ async fn pools(State(ctx): State<AdminContext>) -> Response {
     Json(json!({ "pools": pools })).into_response()
 }
 
-/// Whether the request carries the configured bearer token.
 /// A pool and its endpoints: each endpoint's state, why it is in it, and the inputs the
 /// balancer uses.
 fn pool_json(pool: &Pool) -> Value {
@@ -458,6 +457,7 @@ fn pool_json(pool: &Pool) -> Value {
     })
 }
 
+/// Whether the request carries the configured bearer token.
 fn authorized(ctx: &AdminContext, headers: &HeaderMap) -> bool {
     let Some(expected) = &ctx.token else {
         return false;

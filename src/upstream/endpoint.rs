@@ -88,13 +88,13 @@ pub struct EndpointPolicy {
     pub decay: Duration,
 }
 
-/// An upstream server, shared by the balancer, in-flight guards and (read-only) the admin
-/// and control sides.
 /// A time that has not happened.
 const NEVER: u64 = u64::MAX;
 /// How often a held-back ejection is logged per endpoint.
 const HELD_EJECTION_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// An upstream server, shared by the balancer, in-flight guards and (read-only) the admin
+/// and control sides.
 #[derive(Debug)]
 pub struct Endpoint {
     /// `host:port` as configured; identifies the endpoint across reloads.
@@ -144,18 +144,35 @@ pub struct EndpointStats {
     pub latency: LatencyHistogram,
 }
 
+/// When an endpoint comes into its pool, which decides whether it ramps up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// One of a new pool's first endpoints: they start together, each at its full share.
+    WithThePool,
+    /// Added to a running pool: it ramps up over the pool's slow-start window from now.
+    Joining,
+}
+
+/// What identifies a new endpoint and how it arrives.
+#[derive(Debug, Clone)]
+pub struct NewEndpoint<'a> {
+    pub pool: &'a str,
+    /// `host:port` as configured.
+    pub address: String,
+    pub authority: Authority,
+    pub weight: u32,
+    pub arrival: Arrival,
+}
+
 impl Endpoint {
-    /// `slow_start` applies from now (an endpoint added to a running pool) or not at all
-    /// (the pool's first endpoints, which start together).
-    pub fn new(
-        pool: &str,
-        address: String,
-        authority: Authority,
-        weight: u32,
-        policy: &EndpointPolicy,
-        clock: Clock,
-        slow_start: bool,
-    ) -> Self {
+    pub fn new(new: NewEndpoint<'_>, policy: &EndpointPolicy, clock: Clock) -> Self {
+        let NewEndpoint {
+            pool,
+            address,
+            authority,
+            weight,
+            arrival,
+        } = new;
         let host_header = HeaderValue::from_str(authority.as_str())
             .unwrap_or(HeaderValue::from_static("localhost"));
         let now = clock.now_ms();
@@ -177,7 +194,10 @@ impl Endpoint {
             failure_rate: DecayingRate::default(),
             backoff_until_ms: AtomicU64::new(0),
             held_ejection_logged_ms: AtomicU64::new(NEVER),
-            available_since_ms: AtomicU64::new(if slow_start { now } else { NOT_RAMPING }),
+            available_since_ms: AtomicU64::new(match arrival {
+                Arrival::Joining => now,
+                Arrival::WithThePool => NOT_RAMPING,
+            }),
             slow_start_ms: AtomicU64::new(slow_start_ms),
             decay_ms: AtomicU64::new((policy.decay.as_millis().max(1) as f64).to_bits()),
             transition: Mutex::new(Transition {
@@ -197,15 +217,14 @@ impl Endpoint {
             slow_start: Duration::ZERO,
             decay: crate::config::defaults::DEFAULT_SCORE_DECAY,
         };
-        Some(Self::new(
-            "test",
-            address.to_owned(),
+        let new = NewEndpoint {
+            pool: "test",
+            address: address.to_owned(),
             authority,
             weight,
-            &policy,
-            Clock::new(),
-            false,
-        ))
+            arrival: Arrival::WithThePool,
+        };
+        Some(Self::new(new, &policy, Clock::new()))
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -259,7 +278,8 @@ impl Endpoint {
         !self.draining.load(Relaxed) && self.healthy.load(Relaxed) && self.breaker.admits(now_ms)
     }
 
-    /// Whether panic mode (every endpoint unavailable) may still use it.
+    /// Whether the endpoint is draining: it takes no new requests, not even in panic mode
+    /// (when no endpoint is available and the pool uses unhealthy ones rather than none).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Relaxed)
     }

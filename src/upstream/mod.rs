@@ -9,6 +9,7 @@ pub mod request_body;
 pub mod signals;
 
 pub use endpoint::{
-    Endpoint, EndpointPolicy, EndpointState, EndpointStats, InFlightGuard, Outcome, Transition,
+    Arrival, Endpoint, EndpointPolicy, EndpointState, EndpointStats, InFlightGuard, NewEndpoint,
+    Outcome, Transition,
 };
 pub use pool::{PickError, Pool, PoolSlot, PoolStats, UpstreamClient};

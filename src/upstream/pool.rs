@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::breaker::{BreakerEvent, BreakerState};
-use super::endpoint::{Endpoint, EndpointPolicy, InFlightGuard, Outcome};
+use super::endpoint::{Arrival, Endpoint, EndpointPolicy, InFlightGuard, NewEndpoint, Outcome};
 use super::request_body::UpstreamRequestBody;
 use super::signals::{Clock, RollingCounts};
 use crate::balancer::{self, Balancer, PickContext};
@@ -105,16 +105,18 @@ impl Pool {
                 }
                 // Validation has already rejected bad addresses; skip defensively.
                 let authority = parse_endpoint_address(&e.address).ok()?;
-                Some(Arc::new(Endpoint::new(
-                    name,
-                    e.address.clone(),
+                let new = NewEndpoint {
+                    pool: name,
+                    address: e.address.clone(),
                     authority,
-                    e.weight,
-                    &policy,
-                    clock,
-                    // Joining a running pool ramps up; a new pool's endpoints start together.
-                    previous.is_some(),
-                )))
+                    weight: e.weight,
+                    arrival: if previous.is_some() {
+                        Arrival::Joining
+                    } else {
+                        Arrival::WithThePool
+                    },
+                };
+                Some(Arc::new(Endpoint::new(new, &policy, clock)))
             })
             .collect();
         let balancer = match previous {
@@ -217,15 +219,14 @@ impl Pool {
     /// Adds an endpoint to the running pool; it ramps up over the slow-start window.
     pub fn add_endpoint(&self, address: &str, weight: u32) -> Result<Arc<Endpoint>, String> {
         let authority = parse_endpoint_address(address)?;
-        let endpoint = Arc::new(Endpoint::new(
-            &self.name,
-            address.to_owned(),
+        let new = NewEndpoint {
+            pool: &self.name,
+            address: address.to_owned(),
             authority,
             weight,
-            &self.policy,
-            self.clock,
-            true,
-        ));
+            arrival: Arrival::Joining,
+        };
+        let endpoint = Arc::new(Endpoint::new(new, &self.policy, self.clock));
         if !self.add_unless_present(&endpoint) {
             return Err(format!("{address} is already in pool {}", self.name));
         }
