@@ -674,10 +674,10 @@ async fn stored(weir: &weir::app::Running, n: u64) {
     .await;
 }
 
-/// Requests an origin saw: the If-None-Match each carried (empty when none) and the
-/// Range each carried.
+/// Requests an origin saw: the If-None-Match each carried (empty when none), the Range
+/// each carried, and the method.
 #[derive(Clone, Default)]
-struct Seen(Arc<std::sync::Mutex<Vec<(String, String)>>>);
+struct Seen(Arc<std::sync::Mutex<Vec<(String, String, String)>>>);
 
 impl Seen {
     fn record(&self, req: &Request<hyper::body::Incoming>) -> usize {
@@ -688,24 +688,29 @@ impl Seen {
                 .unwrap_or_default()
         };
         let mut seen = self.0.lock().unwrap();
-        seen.push((header("if-none-match"), header("range")));
+        seen.push((
+            header("if-none-match"),
+            header("range"),
+            req.method().to_string(),
+        ));
         seen.len()
     }
-    fn conditionals(&self) -> Vec<String> {
+    fn column(&self, pick: impl Fn(&(String, String, String)) -> &String) -> Vec<String> {
         self.0
             .lock()
             .unwrap()
             .iter()
-            .map(|(c, _)| c.clone())
+            .map(|s| pick(s).clone())
             .collect()
     }
+    fn conditionals(&self) -> Vec<String> {
+        self.column(|(c, _, _)| c)
+    }
     fn ranges(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, r)| r.clone())
-            .collect()
+        self.column(|(_, r, _)| r)
+    }
+    fn methods(&self) -> Vec<String> {
+        self.column(|(_, _, m)| m)
     }
 }
 
@@ -792,6 +797,18 @@ async fn a_304_about_another_response_is_followed_by_a_whole_fetch() {
     let conditional = get_with(addr, "/r", &[("if-none-match", "\"v1\"")]).await;
     assert_eq!(conditional.status, StatusCode::NOT_MODIFIED);
     assert_eq!(seen.conditionals(), ["", "\"v1\"", "", "\"v1\"", ""]);
+    // A HEAD is revalidated and, after such a 304, fetched again as a HEAD.
+    let head = send(
+        &http1_client(),
+        Request::head(format!("http://{addr}/r"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
+    assert_eq!(seen.methods()[5..], ["HEAD", "HEAD"]);
+    assert_eq!(seen.conditionals()[5..], ["\"v1\"", ""]);
 }
 
 #[tokio::test]

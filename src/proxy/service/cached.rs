@@ -87,9 +87,13 @@ impl CacheCtx<'_> {
             || self.client_headers.contains_key(header::IF_MODIFIED_SINCE)
     }
 
-    /// A request head of weir's own for this resource, with `headers`.
+    /// A request head of weir's own for this resource (GET, or HEAD for a HEAD), with
+    /// `headers`.
     fn fetch_parts(&self, headers: HeaderMap) -> http::request::Parts {
         let mut request = Request::new(());
+        if self.head_only {
+            *request.method_mut() = Method::HEAD;
+        }
         *request.uri_mut() = self.original.clone();
         *request.version_mut() = self.version;
         *request.headers_mut() = headers;
