@@ -104,7 +104,7 @@ async fn fresh_responses_are_served_from_memory_with_age() {
     let first = get(addr, "/a").await;
     assert_eq!(first.text(), "/a #1 ");
     assert_eq!(status(&first), "weir-l1; fwd=miss; stored");
-    tokio::time::sleep(Duration::from_millis(50)).await; // the store runs after the body
+    stored(&weir, 1).await;
     let second = get(addr, "/a").await;
     assert_eq!(second.text(), "/a #1 ");
     assert!(
@@ -145,7 +145,7 @@ async fn what_must_not_be_stored_is_not() {
         for _ in 0..3 {
             let reply = get(addr, "/p").await;
             assert_eq!(status(&reply), "weir-l1; fwd=miss", "{headers:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            settled(&weir).await;
         }
         assert_eq!(origin.hits.load(SeqCst), 3, "{headers:?}");
     }
@@ -155,12 +155,12 @@ async fn what_must_not_be_stored_is_not() {
     let addr = weir.listener_addr("http").unwrap();
     for _ in 0..2 {
         get_with(addr, "/me", &[("authorization", "Bearer x")]).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        settled(&weir).await;
     }
     assert_eq!(origin.hits.load(SeqCst), 2);
     // A request's no-store keeps it out too.
     get_with(addr, "/n", &[("cache-control", "no-store")]).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    settled(&weir).await;
     get(addr, "/n").await;
     assert_eq!(origin.hits.load(SeqCst), 4);
 }
@@ -177,7 +177,7 @@ async fn vary_keeps_one_variant_per_header_value() {
                 .await
                 .text(),
         );
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        settled(&weir).await;
     }
     assert_eq!(
         texts,
@@ -192,7 +192,7 @@ async fn stale_entries_revalidate_with_their_etag_and_refresh_on_304() {
     let weir = weir(&cache_config(&origin, "")).await;
     let addr = weir.listener_addr("http").unwrap();
     assert_eq!(get(addr, "/r").await.text(), "/r #1 ");
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    stored(&weir, 1).await;
     let again = get(addr, "/r").await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(
@@ -219,7 +219,7 @@ async fn clients_conditional_requests_get_304_from_the_cache() {
     let first = get_with(addr, "/c", &[("if-none-match", "\"v1\"")]).await;
     assert_eq!(first.status, StatusCode::NOT_MODIFIED);
     assert_eq!(origin.conditional.load(SeqCst), 0);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    stored(&weir, 1).await;
     let hit = get_with(addr, "/c", &[("if-none-match", "W/\"v1\"")]).await;
     assert_eq!(hit.status, StatusCode::NOT_MODIFIED);
     assert_eq!(hit.header("etag"), Some("\"v1\""));
@@ -251,7 +251,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     let weir = weir(&cache_config(&origin, "")).await;
     let addr = weir.listener_addr("http").unwrap();
     get(addr, "/s").await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    stored(&weir, 1).await;
     for _ in 0..5 {
         let stale = get(addr, "/s").await;
         assert_eq!(stale.text(), "/s #1 ");
@@ -261,7 +261,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
             status(&stale)
         );
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled(&weir).await;
     // One request to fill, then one background refresh for the five stale answers.
     assert_eq!(origin.hits.load(SeqCst), 2);
     assert_eq!(origin.conditional.load(SeqCst), 1);
@@ -278,7 +278,7 @@ async fn stale_if_error_covers_an_origin_that_fails() {
     let proxy = weir(&cache_config(&lenient, "")).await;
     let addr = proxy.listener_addr("http").unwrap();
     assert_eq!(get(addr, "/e").await.text(), "/e #1 ");
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    stored(&proxy, 1).await;
     lenient.failing.store(true, SeqCst);
     let covered = get(addr, "/e").await;
     assert_eq!(covered.status, StatusCode::OK);
@@ -293,7 +293,7 @@ async fn stale_if_error_covers_an_origin_that_fails() {
     let addr2 = weir2.listener_addr("http").unwrap();
     get(addr2, "/e").await;
     strict.failing.store(true, SeqCst);
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    settled(&weir2).await;
     assert_eq!(
         get(addr2, "/e").await.status,
         StatusCode::INTERNAL_SERVER_ERROR
@@ -324,7 +324,7 @@ async fn unsafe_methods_invalidate_the_uri_and_its_location() {
     let addr = weir.listener_addr("http").unwrap();
     let list = get(addr, "/items").await.text();
     let item = get(addr, "/items/7").await.text();
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    stored(&weir, 2).await;
     assert_eq!(get(addr, "/items").await.text(), list);
     assert_eq!(get(addr, "/items/7").await.text(), item);
     let post = send(
@@ -389,7 +389,7 @@ async fn large_objects_stream_through_uncached() {
         let reply = get(addr, "/big").await;
         assert_eq!(reply.body.len(), 300_000);
         assert_eq!(status(&reply), "weir-l1; fwd=miss");
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        settled(&weir).await;
     }
     assert_eq!(hits.load(SeqCst), 2);
 }
@@ -405,7 +405,7 @@ async fn cdn_cache_control_and_route_ttl_override_the_origin() {
     let first = weir(&cache_config(&origin, "")).await;
     let addr = first.listener_addr("http").unwrap();
     get(addr, "/cdn").await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    stored(&first, 1).await;
     let hit = get(addr, "/cdn").await;
     assert!(status(&hit).contains("hit"), "{}", status(&hit));
     assert_eq!(
@@ -423,7 +423,7 @@ async fn cdn_cache_control_and_route_ttl_override_the_origin() {
     let proxy = weir(&config).await;
     let addr = proxy.listener_addr("http").unwrap();
     get(addr, "/t?a=1&b=2").await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    stored(&proxy, 1).await;
     let hit = get(addr, "/t?b=2&a=1").await;
     assert!(status(&hit).contains("hit"), "{}", status(&hit));
     assert_eq!(short.hits.load(SeqCst), 1);
@@ -444,7 +444,7 @@ async fn purge_by_key_prefix_and_tag_through_the_admin_api() {
         for path in ["/p/1", "/p/2", "/q/1"] {
             get(addr, path).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        stored(&weir, 3).await;
     };
     let purge = |body: String| async move {
         let reply = send(
@@ -474,7 +474,8 @@ async fn purge_by_key_prefix_and_tag_through_the_admin_api() {
     );
     assert!(status(&get(addr, "/q/1").await).contains("miss"));
     // Soft purge: the entry stays but counts as stale, so the next request revalidates.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // (Stores so far: the three filled, /p/1 and /q/1 again after their purges.)
+    stored(&weir, 5).await;
     purge(r#"{"prefix": "/q/", "soft": true}"#.to_owned()).await;
     let after = get(addr, "/q/1").await;
     assert!(status(&after).contains("fwd=stale"), "{}", status(&after));
@@ -509,7 +510,7 @@ async fn warming_fills_the_cache_before_clients_ask() {
     .await;
     let report: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(report["ok"], 20, "{report}");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    stored(&weir, 20).await;
     for i in 0..20 {
         assert!(status(&get(addr, &format!("/w/{i}")).await).contains("hit"));
     }
@@ -657,6 +658,22 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until the work requests left behind (stores, drains, refreshes) has finished:
+/// after it, what is not stored will not be.
+async fn settled(weir: &weir::app::Running) {
+    let cache = weir
+        .state()
+        .snapshot
+        .load()
+        .cache
+        .clone()
+        .expect("cache on");
+    eventually("background cache work to finish", async || {
+        cache.background_tasks() == 0
+    })
+    .await;
 }
 
 /// Waits until weir's cache has stored `n` responses in all.
