@@ -11,7 +11,6 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::listeners::{ListenerContext, ListenerSet};
-use crate::config::defaults::MAX_WEIGHT as MAX_ENDPOINT_WEIGHT;
 use crate::config::{self, Config};
 use crate::proxy::{ProxyState, Snapshot};
 use crate::registry::{Registration, Registry, RegistryError};
@@ -261,11 +260,8 @@ impl Supervisor {
     /// Registers an instance (or updates its weight if it is registered already), persists
     /// it, and puts it in rotation (ramping up over the pool's slow start).
     pub fn register(&self, registration: Registration) -> Result<Arc<Endpoint>, InstanceError> {
-        if registration.weight == 0 || registration.weight > MAX_ENDPOINT_WEIGHT {
-            return Err(InstanceError::Invalid(format!(
-                "weight must be between 1 and {MAX_ENDPOINT_WEIGHT}"
-            )));
-        }
+        config::Weight::new(registration.weight)
+            .map_err(|reason| InstanceError::Invalid(format!("weight {reason}")))?;
         config::parse_endpoint_address(&registration.address).map_err(InstanceError::Invalid)?;
         let _membership = self.membership();
         let snapshot = self.state.snapshot.load();
@@ -317,11 +313,8 @@ impl Supervisor {
     }
 
     pub fn set_weight(&self, id: &str, weight: u32) -> Result<Arc<Endpoint>, InstanceError> {
-        if weight == 0 || weight > MAX_ENDPOINT_WEIGHT {
-            return Err(InstanceError::Invalid(format!(
-                "weight must be between 1 and {MAX_ENDPOINT_WEIGHT}"
-            )));
-        }
+        config::Weight::new(weight)
+            .map_err(|reason| InstanceError::Invalid(format!("weight {reason}")))?;
         let _membership = self.membership();
         let (pool, endpoint) = self
             .find(id)

@@ -467,6 +467,27 @@ impl HashKey {
     }
 }
 
+/// An endpoint's weight, checked once for every way a weight arrives (config file,
+/// registration, weight change): 1 to [`super::defaults::MAX_WEIGHT`], so that weighted
+/// sums cannot overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weight(u32);
+
+impl Weight {
+    pub fn new(weight: u32) -> Result<Self, String> {
+        let max = super::defaults::MAX_WEIGHT;
+        if (1..=max).contains(&weight) {
+            Ok(Weight(weight))
+        } else {
+            Err(format!("must be between 1 and {max}, got {weight}"))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
 /// A parsed `rate_limit.key`: which requests share a bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RateLimitKey {

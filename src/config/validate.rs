@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use http::uri::Authority;
 
-use super::defaults::{MAX_WEIGHT, MIN_REQUEST_HEADER_BYTES};
+use super::defaults::MIN_REQUEST_HEADER_BYTES;
 use super::error::Problem;
 use super::model::{Config, HashKey, PoolConfig, Strategy};
 
@@ -172,14 +172,8 @@ fn check_pools(config: &Config, problems: &mut Vec<Problem>) {
                 }
                 Err(reason) => problems.push(Problem::new(format!("{ekey}.address"), reason)),
             }
-            if endpoint.weight == 0 || endpoint.weight > MAX_WEIGHT {
-                problems.push(Problem::new(
-                    format!("{ekey}.weight"),
-                    format!(
-                        "must be between 1 and {MAX_WEIGHT}, got {}",
-                        endpoint.weight
-                    ),
-                ));
+            if let Err(reason) = super::Weight::new(endpoint.weight) {
+                problems.push(Problem::new(format!("{ekey}.weight"), reason));
             }
         }
         for (field, value) in [
@@ -691,6 +685,21 @@ mod tests {
     fn suggests_close_pool_names() {
         assert_eq!(closest("apii", ["api", "web"].into_iter()), Some("api"));
         assert_eq!(closest("zzzzzz", ["api", "web"].into_iter()), None);
+    }
+
+    #[test]
+    fn weights_are_checked_one_way() {
+        assert_eq!(crate::config::Weight::new(1).map(|w| w.get()), Ok(1));
+        assert_eq!(
+            crate::config::Weight::new(10_000).map(|w| w.get()),
+            Ok(10_000)
+        );
+        for bad in [0, 10_001, u32::MAX] {
+            assert_eq!(
+                crate::config::Weight::new(bad),
+                Err(format!("must be between 1 and 10000, got {bad}"))
+            );
+        }
     }
 
     #[test]
