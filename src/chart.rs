@@ -1,6 +1,8 @@
 //! What weir's self-contained HTML pages share: an SVG document, one chart frame (axes,
 //! labels, sizes) drawn the same way in the capacity report and the load test page, and
 //! HTML escaping.
+//!
+//! Imports nothing from weir.
 
 use std::ops::Range;
 

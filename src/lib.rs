@@ -44,6 +44,8 @@
 //!
 //! The data plane (`proxy`, `balancer`, `upstream`, `cache`) never imports `admin`,
 //! `control` or the demo; they read what it publishes through [`proxy::ProxyState`].
+//! Each module's opening comment says what it may import; `tests/layers.rs` checks the
+//! rules on the source.
 
 #![forbid(unsafe_code)]
 

@@ -1,4 +1,6 @@
 //! `tracing` setup: env-filter (`RUST_LOG`) with text or JSON lines on stderr.
+//!
+//! Imports nothing from weir.
 
 use std::io::IsTerminal;
 

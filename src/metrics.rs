@@ -1,6 +1,9 @@
 //! Prometheus exposition, built at scrape time from the counters and histograms the data
 //! plane keeps in atomics. Recording is an atomic add on the request path, with no label
 //! lookup and no lock; this module reads those values when `/metrics` is scraped.
+//!
+//! May import: `cache`, `upstream` and `app`'s `Supervisor` (to be replaced by a small
+//! struct of what it reads: #19 item 3).
 
 use std::sync::atomic::Ordering::Relaxed;
 

@@ -1,6 +1,8 @@
 //! Instances registered through the admin API, kept in a JSON state file so they survive
 //! restarts. Writes go to a temporary file that is synced and renamed over the old one, so
 //! a crash leaves either the old or the new file, never half of one.
+//!
+//! Imports nothing from weir.
 
 use std::collections::BTreeMap;
 use std::io::Write;

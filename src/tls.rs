@@ -1,6 +1,8 @@
 //! TLS termination material: certificates and keys loaded from PEM files into a rustls
 //! server config (ring provider, TLS 1.3 and 1.2, ALPN h2 and http/1.1), with the
 //! certificate chosen by SNI.
+//!
+//! May import: `config` (the file model of certificates).
 
 use std::path::Path;
 use std::sync::Arc;

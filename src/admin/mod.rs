@@ -1,6 +1,9 @@
 //! The admin port (axum): liveness and readiness probes, and the token-protected API —
 //! pools and endpoint states, instance registration, drain, weights, and reload. It reads
 //! the state the data plane publishes and changes it only through the [`Supervisor`].
+//!
+//! May import: the data plane, `control`, `metrics`, `registry`, `config`, and `app`'s
+//! `Supervisor` (the `admin`/`app`/`metrics` circle is still to break: #19 item 3).
 
 mod control;
 

@@ -1,5 +1,8 @@
 //! Wiring: build the state from config, bind listeners and the admin port, run until told
 //! to stop, drain. [`Supervisor`] applies reloads and instance changes while running.
+//!
+//! May import: every other module; nothing imports `app` but `main.rs`, `demo`, and (still)
+//! `admin` and `metrics`.
 
 mod listeners;
 mod supervisor;

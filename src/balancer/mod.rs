@@ -1,5 +1,7 @@
 //! Endpoint selection. Each strategy lives in its own file behind [`Balancer`]; the rule
 //! for which endpoints may be picked at all ([`PickContext::usable`]) is shared.
+//!
+//! May import: `config`, `upstream` (the endpoints it picks from), `stable_hash`.
 
 mod consistent_hash;
 mod least_connections;

@@ -4,6 +4,8 @@
 //!
 //! The data plane calls [`Cache::lookup`] / [`Cache::store`]; the admin API calls
 //! [`Cache::purge`]. A Redis that is down or slow only costs L2 hits.
+//!
+//! May import: `config` only; the proxy drives it, the admin side purges through it.
 
 pub mod bus;
 pub mod coalesce;

@@ -1,5 +1,8 @@
 //! Configuration: the TOML file model, its defaults, loading with precise errors, and
 //! validation. A [`Config`] that comes out of [`load_file`] or [`load_str`] is valid.
+//!
+//! May import: nothing of weir's runtime (no `proxy`, `upstream`, `cache`); `tls` still loads
+//! certificates during validation (#19 item 1).
 
 mod cache;
 mod control;

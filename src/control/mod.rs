@@ -7,6 +7,9 @@
 //! - `action.rs`: a decision → a command or a webhook, with its outcome recorded
 //! - `forecast.rs`, `usl.rs`, `anomaly.rs`: the models behind the report
 //! - `report.rs`, `html.rs`: the capacity report as JSON and as a page with SVG charts
+//!
+//! May import: `config`, `chart`, and what the data plane publishes (`proxy::ProxyState`,
+//! `upstream`); the data plane never imports it.
 
 pub mod action;
 pub mod anomaly;

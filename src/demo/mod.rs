@@ -1,6 +1,8 @@
 //! `weir demo`: sample upstreams, weir in front of them, a bounded burst of traffic, and a
 //! summary of what happened. Everything runs in-process on free loopback ports and is shut
 //! down before it returns.
+//!
+//! May import: `app`, `config`, `control`, `loadtest`: it runs weir as a user would.
 
 pub mod upstream;
 

@@ -7,6 +7,8 @@
 //! - `request.rs`: each request's method, headers and body; TLS for `https://` targets
 //! - `engine.rs`: connections, the closed and open loops, recording
 //! - `output.rs`: the text summary, SLO verdicts, JSON, the HTML latency chart
+//!
+//! May import: `chart` only: it is a client, and knows nothing of the proxy.
 
 pub mod cli;
 pub mod engine;

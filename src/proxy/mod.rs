@@ -1,5 +1,7 @@
 //! The data plane: listeners, the request service, header rewriting, routing and bodies.
 //! It publishes [`ProxyState`] and never reads from the control or admin sides.
+//!
+//! May import: `balancer`, `cache`, `config`, `upstream`; never `admin`, `app` or `control`.
 
 pub mod body;
 pub mod compress;

@@ -1,5 +1,8 @@
 //! Upstream side: endpoints with their live state (health, breaker, latency), pools that
 //! group them, and the active health checker.
+//!
+//! May import: `config`, `tls` (upstream client settings), `stable_hash`, and `balancer`
+//! (a pool owns its strategy); never `proxy`, `cache`, `admin`, `app` or `control`.
 
 pub mod breaker;
 mod endpoint;
