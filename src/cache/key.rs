@@ -91,12 +91,25 @@ pub fn variant(primary: &str, generation: u64, vary: &[String], headers: &Header
     for name in vary {
         hash.write(name.as_bytes());
         hash.write(b":");
+        // A present header (even an empty one) is another selection than an absent one.
         if let Some(value) = selecting_value(name, headers) {
+            hash.write(b"=");
             hash.write(value.as_bytes());
         }
         hash.write(b"\0");
     }
     format!("{primary}#v{generation:x}.{:016x}", hash.finish())
+}
+
+/// The header names a response's `Vary` nominates, lowercased (`*` included).
+pub fn vary_names(response: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+    response
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
 }
 
 /// A selecting header's value as `Vary` compares it (RFC 9111 §4.1 lets a cache normalise
@@ -233,6 +246,11 @@ mod tests {
         assert_ne!(base, key(&[("foo", "2, 1"), ("accept-language", "en, de")]));
         assert_ne!(base, key(&[("foo", "1, 2"), ("accept-language", "de, en")]));
         assert_ne!(base, key(&[("foo", "1, 2")]), "absent is not empty");
+        assert_ne!(
+            key(&[("foo", "1, 2")]),
+            key(&[("foo", "1, 2"), ("accept-language", "")]),
+            "an empty header is not an absent one"
+        );
         assert_ne!(
             key(&[("foo", "A")]),
             key(&[("foo", "a")]),
