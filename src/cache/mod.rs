@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
-use http::header;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CacheConfig, CacheTier, RouteCacheConfig};
@@ -295,15 +294,7 @@ impl Cache {
     ) {
         let now = SystemTime::now();
         let keep = response.keep_for(now);
-        let vary: Vec<String> = response
-            .headers
-            .get_all(header::VARY)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|n| n.trim().to_ascii_lowercase())
-            .filter(|n| !n.is_empty())
-            .collect();
+        let vary: Vec<String> = key::vary_names(&response.headers).collect();
         if vary.iter().any(|n| n == "*") || keep.is_zero() {
             return;
         }

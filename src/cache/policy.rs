@@ -165,20 +165,10 @@ pub fn storable(
     if wanted != origin_ttl && !directives.revalidate_always {
         // s-maxage rules for shared caches and counts from the response's age.
         let s_maxage = wanted + policy.age(now);
-        let mut cc: Vec<String> = view
-            .get_all(header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|d| !d.is_empty() && !d.to_ascii_lowercase().starts_with("s-maxage"))
-            .map(str::to_owned)
-            .collect();
+        let mut cc = directives_without(view, "s-maxage");
         cc.push(format!("s-maxage={}", s_maxage.as_secs()));
-        if let Ok(value) = HeaderValue::from_str(&cc.join(", ")) {
-            view.insert(header::CACHE_CONTROL, value);
-            policy = build(view);
-        }
+        set_cache_control(view, &cc);
+        policy = build(view);
     }
     let ttl = policy.time_to_live(now);
     let has_validator =
@@ -198,7 +188,7 @@ pub fn storable(
         .max(Duration::from_secs(directives.stale_if_error));
     let keep =
         ttl + if directives.revalidate_always {
-            stale_if_unreachable
+            Duration::ZERO
         } else {
             stale_window.max(stale_if_unreachable)
         } + if has_validator {
@@ -286,14 +276,7 @@ fn policy_view(headers: &HeaderMap) -> (HeaderMap, Vec<HeaderName>) {
         }
     }
     if view.contains_key(header::CACHE_CONTROL) {
-        match HeaderValue::from_str(&directives.join(", ")) {
-            Ok(value) if !directives.is_empty() => {
-                view.insert(header::CACHE_CONTROL, value);
-            }
-            _ => {
-                view.remove(header::CACHE_CONTROL);
-            }
-        }
+        set_cache_control(&mut view, &directives);
     }
     // Recipients must accept all three HTTP-date forms (RFC 9110 §5.6.7); the crate reads
     // only the IMF-fixdate one, and would take an RFC 850 or asctime `Expires` as past.
@@ -363,16 +346,32 @@ fn surrogate_directives(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Removes one directive (by name) from the view's `Cache-Control`.
 fn remove_directive(view: &mut HeaderMap, name: &str) {
-    let kept: Vec<&str> = view
-        .get_all(header::CACHE_CONTROL)
+    let kept = directives_without(view, name);
+    set_cache_control(view, &kept);
+}
+
+/// The view's `Cache-Control` directives (split outside quoted strings), except those
+/// named `name`.
+fn directives_without(view: &HeaderMap, name: &str) -> Vec<String> {
+    view.get_all(header::CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|d| !d.is_empty() && !d.split('=').next().unwrap_or("").eq_ignore_ascii_case(name))
-        .collect();
-    match HeaderValue::from_str(&kept.join(", ")) {
-        Ok(value) if !kept.is_empty() => {
+        .flat_map(split_directives)
+        .filter(|d| {
+            !d.split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(name)
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Makes `directives` the view's one `Cache-Control` field (none when there are none).
+fn set_cache_control(view: &mut HeaderMap, directives: &[String]) {
+    match HeaderValue::from_str(&directives.join(", ")) {
+        Ok(value) if !directives.is_empty() => {
             view.insert(header::CACHE_CONTROL, value);
         }
         _ => {
@@ -408,13 +407,8 @@ pub enum Reuse {
 /// normalised as the variant key sees them ([`super::key::selecting_value`]), so that the
 /// crate's `Vary` check agrees with the key. `None` when the response has no `Vary`.
 fn vary_view(request: &HeaderMap, response_headers: &HeaderMap) -> Option<HeaderMap> {
-    let mut names = response_headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty() && n != "*")
+    let mut names = super::key::vary_names(response_headers)
+        .filter(|n| n != "*")
         .peekable();
     names.peek()?;
     let mut view = request.clone();
@@ -525,15 +519,14 @@ pub fn not_modified_selects(stored: &HeaderMap, not_modified: &HeaderMap) -> boo
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     }
-    let opaque = |tag: &str| tag.strip_prefix("W/").unwrap_or(tag).to_owned();
     if let Some(new) = text(not_modified, header::ETAG) {
         let Some(old) = text(stored, header::ETAG) else {
             return false;
         };
         return if new.starts_with("W/") {
-            opaque(old) == opaque(new)
+            opaque_tag(old) == opaque_tag(new)
         } else {
-            opaque(old) == new
+            opaque_tag(old) == new
         };
     }
     if let Some(new) = text(not_modified, header::LAST_MODIFIED) {
@@ -595,14 +588,13 @@ pub fn client_not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
         let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
             return false;
         };
-        let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
-        let ours = opaque(etag);
+        let ours = opaque_tag(etag);
         return request
             .get_all(header::IF_NONE_MATCH)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|tag| tag.trim() == "*" || opaque(tag) == ours);
+            .any(|tag| tag.trim() == "*" || opaque_tag(tag) == ours);
     }
     let since = request
         .get(header::IF_MODIFIED_SINCE)
@@ -614,6 +606,12 @@ pub fn client_not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
     matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+}
+
+/// An entity tag without its weakness marker, for weak comparison (RFC 9110 §8.8.3.2).
+fn opaque_tag(tag: &str) -> &str {
+    let tag = tag.trim();
+    tag.strip_prefix("W/").unwrap_or(tag)
 }
 
 /// The fields a 304 carries (RFC 9110 §15.4.5), from a full served head.
