@@ -90,14 +90,12 @@ impl CacheCtx<'_> {
     /// A request head of weir's own for this resource (GET, or HEAD for a HEAD), with
     /// `headers`.
     fn fetch_parts(&self, headers: HeaderMap) -> http::request::Parts {
-        let mut request = Request::new(());
-        if self.head_only {
-            *request.method_mut() = Method::HEAD;
-        }
-        *request.uri_mut() = self.original.clone();
-        *request.version_mut() = self.version;
-        *request.headers_mut() = headers;
-        request.into_parts().0
+        let method = if self.head_only {
+            Method::HEAD
+        } else {
+            Method::GET
+        };
+        request_head(method, &self.original, self.version, headers)
     }
 
     /// Route bookkeeping for an answer that came from the cache.
@@ -634,12 +632,12 @@ impl BackgroundRefresh {
         };
         // A 304 that is not about the stored entry is followed by one unconditional fetch.
         let mut headers = revalidation;
+        let coding = self
+            .snapshot
+            .compression
+            .then(|| compress::negotiate(&self.client_headers));
         for _ in 0..2 {
-            let mut request = Request::new(());
-            *request.uri_mut() = self.original.clone();
-            *request.version_mut() = Version::HTTP_11;
-            *request.headers_mut() = headers;
-            let (parts, ()) = request.into_parts();
+            let parts = request_head(Method::GET, &self.original, Version::HTTP_11, headers);
             let Ok((response, _)) = self
                 .service
                 .forward_upstream(&exchange, parts, None, None)
@@ -647,10 +645,6 @@ impl BackgroundRefresh {
             else {
                 return;
             };
-            let coding = self
-                .snapshot
-                .compression
-                .then(|| compress::negotiate(&self.client_headers));
             let response = encoded(response, coding).await;
             let now = SystemTime::now();
             let fresh = if response.status() == StatusCode::NOT_MODIFIED {
@@ -769,6 +763,21 @@ async fn drain(body: ResponseBody) {
             return;
         }
     }
+}
+
+/// A request head of weir's own (a refetch or a refresh), with no body.
+fn request_head(
+    method: Method,
+    target: &Uri,
+    version: Version,
+    headers: HeaderMap,
+) -> http::request::Parts {
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = target.clone();
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    request.into_parts().0
 }
 
 /// The client's head without its validators.
