@@ -172,9 +172,7 @@ impl Pool {
     /// its live state). No-op if the pool already has its address.
     pub fn adopt(&self, endpoint: Arc<Endpoint>) {
         endpoint.set_policy(&self.policy);
-        if self.add_unless_present(&endpoint) {
-            self.generation.fetch_add(1, Relaxed);
-        }
+        self.add_unless_present(&endpoint);
     }
 
     /// Adds `endpoint` unless one with its address is there: a compare-and-swap loop
@@ -183,12 +181,16 @@ impl Pool {
         let mut added = false;
         self.endpoints.rcu(|current| {
             added = current.iter().all(|e| e.address != endpoint.address);
-            let mut list = current.as_ref().clone();
-            if added {
-                list.push(Arc::clone(endpoint));
+            if !added {
+                return Arc::clone(current);
             }
-            list
+            let mut list = current.as_ref().clone();
+            list.push(Arc::clone(endpoint));
+            Arc::new(list)
         });
+        if added {
+            self.generation.fetch_add(1, Relaxed);
+        }
         added
     }
 
@@ -230,7 +232,6 @@ impl Pool {
         if !self.add_unless_present(&endpoint) {
             return Err(format!("{address} is already in pool {}", self.name));
         }
-        self.generation.fetch_add(1, Relaxed);
         Ok(endpoint)
     }
 
@@ -255,11 +256,16 @@ impl Pool {
         let mut removed = None;
         self.endpoints.rcu(|current| {
             removed = current.iter().find(|e| e.address == address).cloned();
-            current
-                .iter()
-                .filter(|e| e.address != address)
-                .cloned()
-                .collect::<Vec<_>>()
+            if removed.is_none() {
+                return Arc::clone(current);
+            }
+            Arc::new(
+                current
+                    .iter()
+                    .filter(|e| e.address != address)
+                    .cloned()
+                    .collect(),
+            )
         });
         if removed.is_some() {
             self.generation.fetch_add(1, Relaxed);
