@@ -156,6 +156,14 @@ fn header_count_bounds_are_config_errors() {
     );
 }
 
+/// [`config`] with `max_request_header_bytes = limit`.
+fn config_with_head_limit(upstream: SocketAddr, limit: usize) -> String {
+    config(upstream).replace(
+        "max_request_headers = 30",
+        &format!("max_request_headers = 30\nmax_request_header_bytes = {limit}"),
+    )
+}
+
 /// An HTTP/1.1 request head of exactly `size` bytes (request line, Host, one padding
 /// field, blank line).
 fn head_of(size: usize) -> Vec<u8> {
@@ -196,11 +204,7 @@ async fn the_header_bytes_limit_holds_to_the_byte() {
     for limit in [65536usize, 20000] {
         let requests = Arc::new(AtomicUsize::new(0));
         let up = length_upstream(Arc::clone(&requests)).await;
-        let config = config(up.addr).replace(
-            "max_request_headers = 30",
-            &format!("max_request_headers = 30\nmax_request_header_bytes = {limit}"),
-        );
-        let weir = weir(&config).await;
+        let weir = weir(&config_with_head_limit(up.addr, limit)).await;
         let proxy = weir.listener_addr("http").unwrap();
         let mut forwarded = 0;
         for pieces in [1, 7] {
@@ -241,11 +245,7 @@ async fn the_header_list_limit_holds_on_http2() {
     let limit = 20000usize;
     let requests = Arc::new(AtomicUsize::new(0));
     let up = length_upstream(Arc::clone(&requests)).await;
-    let config = config(up.addr).replace(
-        "max_request_headers = 30",
-        &format!("max_request_headers = 30\nmax_request_header_bytes = {limit}"),
-    );
-    let weir = weir(&config).await;
+    let weir = weir(&config_with_head_limit(up.addr, limit)).await;
     let proxy = weir.listener_addr("http").unwrap();
     let authority = proxy.to_string();
     // :method GET, :scheme http, :authority, :path /, x-pad

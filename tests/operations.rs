@@ -455,21 +455,26 @@ async fn reload_adds_and_removes_listeners_without_touching_the_others() {
     weir.shutdown().await;
 }
 
-#[tokio::test]
-async fn sighup_reloads_the_real_binary() {
+/// The real binary serving `path` with JSON logs: the child, the proxy address from its
+/// "listening" line, and a thread collecting every log line until the process exits. With
+/// `hup_on_listening`, the reading thread sends SIGHUP the moment that line appears.
+fn spawn_binary(
+    path: &Path,
+    hup_on_listening: bool,
+) -> (
+    std::process::Child,
+    SocketAddr,
+    std::thread::JoinHandle<Vec<String>>,
+) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let a = named_upstream("a").await;
-    let b = named_upstream("b").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("weir.toml");
-    write(&path, &simple_config(&[a.addr], ""));
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["--log-format", "json", "serve", "--config"])
-        .arg(&path)
+        .arg(path)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let pid = child.id().to_string();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -478,6 +483,9 @@ async fn sighup_reloads_the_real_binary() {
             if let Ok(event) = serde_json::from_str::<Value>(&line)
                 && event["message"] == "listening"
             {
+                if hup_on_listening {
+                    let _ = Command::new("kill").args(["-HUP", &pid]).status();
+                }
                 let _ = tx.send(event["address"].as_str().unwrap().to_owned());
             }
             lines.push(line);
@@ -489,6 +497,18 @@ async fn sighup_reloads_the_real_binary() {
         .unwrap()
         .parse()
         .unwrap();
+    (child, proxy, reader)
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_real_binary() {
+    use std::process::Command;
+    let a = named_upstream("a").await;
+    let b = named_upstream("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    write(&path, &simple_config(&[a.addr], ""));
+    let (mut child, proxy, reader) = spawn_binary(&path, false);
     assert_eq!(get(proxy, "/").await.header("x-upstream"), Some("a"));
 
     write(&path, &simple_config(&[b.addr], ""));
@@ -534,37 +554,12 @@ async fn sighup_reloads_the_real_binary() {
 async fn a_sighup_as_soon_as_weir_listens_reloads_it_rather_than_ending_it() {
     // SIGHUP's default action ends a process; weir installs its handler before it listens,
     // so a deploy tool may reload it the moment its port answers.
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let a = named_upstream("a").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     write(&path, &simple_config(&[a.addr], ""));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id().to_string();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str::<Value>(&line)
-                && event["message"] == "listening"
-            {
-                // Signalled from the reading thread, at the first moment it can be.
-                let _ = Command::new("kill").args(["-HUP", &pid]).status();
-                let _ = tx.send(event["address"].as_str().unwrap().to_owned());
-            }
-        }
-    });
-    let proxy: SocketAddr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut child, proxy, reader) = spawn_binary(&path, true);
     assert_eq!(get(proxy, "/").await.header("x-upstream"), Some("a"));
     assert!(child.try_wait().unwrap().is_none(), "weir is still running");
     assert!(
