@@ -52,7 +52,7 @@ fn config_text() -> String {
 
 fn balancers(c: &mut Criterion) {
     let config = config::load_str(&config_text(), Path::new("bench.toml")).unwrap();
-    let snapshot = Snapshot::build(&config, None);
+    let snapshot = Snapshot::build(&config, &Default::default(), None);
     let client = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
     let mut headers = HeaderMap::new();
     headers.insert("x-user-id", HeaderValue::from_static("user-4711"));

@@ -65,8 +65,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match weir::config::load_file(&file) {
-            Ok(config) => {
+        Command::CheckConfig { file } => match weir::app::Prepared::from_file(&file) {
+            Ok(weir::app::Prepared { config, .. }) => {
                 println!(
                     "{}: ok ({} listeners, {} routes, {} pools)",
                     file.display(),
@@ -83,14 +83,14 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => {
             logging::init(cli.log_format, "info");
-            let loaded = match weir::config::load_file(&config) {
+            let loaded = match weir::app::Prepared::from_file(&config) {
                 Ok(loaded) => loaded,
                 Err(err) => {
                     eprintln!("{err}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let threads = loaded.server.threads;
+            let threads = loaded.config.server.threads;
             run_with(threads, serve(loaded, config))
         }
         Command::Loadtest(args) => match weir::loadtest::cli::run(*args) {
@@ -162,7 +162,7 @@ fn write_report(
     Ok(html)
 }
 
-async fn serve(config: weir::config::Config, path: PathBuf) -> anyhow::Result<()> {
+async fn serve(config: weir::app::Prepared, path: PathBuf) -> anyhow::Result<()> {
     let signals =
         anyhow::Context::context(weir::app::Signals::register(), "installing signal handlers")?;
     let running = weir::app::start_with(config, Some(path)).await?;

@@ -2,8 +2,12 @@
 //! server config (ring provider, TLS 1.3 and 1.2, ALPN h2 and http/1.1), with the
 //! certificate chosen by SNI.
 //!
+//! [`TlsMaterial::load`] is the one place certificate files are read: `check-config`,
+//! start and reload all call it, and the runtime is built from what it returns.
+//!
 //! May import: `config` (the file model of certificates).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,7 +17,66 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{CertificateConfig, ListenerTlsConfig, UpstreamTlsConfig};
+use crate::config::{CertificateConfig, Config, ListenerTlsConfig, Problem, UpstreamTlsConfig};
+
+/// Every certificate, key and trust store a config names, loaded and checked.
+#[derive(Debug, Clone, Default)]
+pub struct TlsMaterial {
+    /// By listener name, for listeners with a `tls` table.
+    listeners: BTreeMap<String, Arc<rustls::ServerConfig>>,
+    /// By pool name, for pools with a `tls` table.
+    pools: BTreeMap<String, Arc<rustls::ClientConfig>>,
+}
+
+impl TlsMaterial {
+    /// Reads every file the config's `tls` tables name; each failure is a [`Problem`] with
+    /// the full key (e.g. `listeners[0].tls.certificates[1].key`).
+    pub fn load(config: &Config) -> Result<Self, Vec<Problem>> {
+        let mut material = Self::default();
+        let mut problems = Vec::new();
+        for (i, listener) in config.listeners.iter().enumerate() {
+            if let Some(tls) = &listener.tls {
+                match server_config(tls) {
+                    Ok(server) => {
+                        material.listeners.insert(listener.name.clone(), server);
+                    }
+                    Err(error) => problems.push(Problem::new(
+                        format!("listeners[{i}].{}", error.key),
+                        error.reason,
+                    )),
+                }
+            }
+        }
+        for (name, pool) in &config.pools {
+            if let Some(tls) = &pool.tls {
+                match client_config(tls) {
+                    Ok(client) => {
+                        material.pools.insert(name.clone(), Arc::new(client));
+                    }
+                    Err(error) => problems.push(Problem::new(
+                        format!("pools.{name}.{}", error.key),
+                        error.reason,
+                    )),
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(material)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The server config of the listener named `name`, if it terminates TLS.
+    pub fn listener(&self, name: &str) -> Option<&Arc<rustls::ServerConfig>> {
+        self.listeners.get(name)
+    }
+
+    /// The client config toward the pool named `name`, if it speaks TLS upstream.
+    pub fn pool(&self, name: &str) -> Option<&Arc<rustls::ClientConfig>> {
+        self.pools.get(name)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {reason}")]
@@ -132,8 +195,8 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The rustls client config for TLS to a pool's endpoints (ALPN http/1.1).
-pub fn client_config(config: &UpstreamTlsConfig) -> Result<rustls::ClientConfig, TlsError> {
+/// The rustls client config for TLS to a pool's endpoints (ALPN is set by the connector).
+fn client_config(config: &UpstreamTlsConfig) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     match &config.ca_file {
         Some(path) => {
@@ -152,12 +215,6 @@ pub fn client_config(config: &UpstreamTlsConfig) -> Result<rustls::ClientConfig,
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    if let Some(name) = &config.server_name {
-        rustls_pki_types::ServerName::try_from(name.as_str()).map_err(|_| TlsError {
-            key: "tls.server_name".into(),
-            reason: format!("{name:?} is not a valid server name"),
-        })?;
     }
     Ok(ring_client_config(roots))
 }

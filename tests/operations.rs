@@ -268,8 +268,8 @@ fn write(path: &Path, text: &str) {
 }
 
 async fn start_from_file(path: &Path) -> weir::app::Running {
-    let config = weir::config::load_file(path).unwrap();
-    weir::app::start_with(config, Some(path.to_owned()))
+    let prepared = weir::app::Prepared::from_file(path).unwrap();
+    weir::app::start_with(prepared, Some(path.to_owned()))
         .await
         .unwrap()
 }

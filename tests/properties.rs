@@ -141,7 +141,7 @@ proptest! {
             "strategy = \"{strategy}\"\n{hash}endpoints = [{}]\npassive = {{ consecutive_failures = 2, max_ejected_share = 1.0 }}\n",
             endpoints.join(", ")
         )).unwrap();
-        let pool = weir::upstream::Pool::from_config("p", &config, None);
+        let pool = weir::upstream::Pool::from_config("p", &config, None, None);
         for (endpoint, state) in pool.endpoints().iter().zip(&states) {
             match state {
                 1 => endpoint.set_draining(true, "property test"),

@@ -168,9 +168,7 @@ fn missing_files_and_mismatched_keys_are_clear_config_errors() {
     let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
 
     let text = tls_config(up, &[(a_cert.clone(), b_key, "")]);
-    let err = weir::config::load_str(&text, Path::new("weir.toml"))
-        .unwrap_err()
-        .to_string();
+    let err = prepare(&text, "weir.toml");
     assert!(
         err.starts_with("weir.toml: listeners[0].tls.certificates[0].key: "),
         "{err}"
@@ -182,9 +180,7 @@ fn missing_files_and_mismatched_keys_are_clear_config_errors() {
 
     let missing = dir.path().join("missing.key");
     let text = tls_config(up, &[(a_cert, missing, "")]);
-    let err = weir::config::load_str(&text, Path::new("weir.toml"))
-        .unwrap_err()
-        .to_string();
+    let err = prepare(&text, "weir.toml");
     assert!(
         err.contains("listeners[0].tls.certificates[0].key: ") && err.contains("missing.key"),
         "{err}"
@@ -203,8 +199,8 @@ async fn a_reload_replaces_certificates_without_dropping_connections() {
         tls_config(up.addr, &[(cert.clone(), key.clone(), "\"a.test\"")]),
     )
     .unwrap();
-    let config = weir::config::load_file(&config_path).unwrap();
-    let weir = weir::app::start_with(config, Some(config_path.clone()))
+    let prepared = weir::app::Prepared::from_file(&config_path).unwrap();
+    let weir = weir::app::start_with(prepared, Some(config_path.clone()))
         .await
         .unwrap();
     let proxy = weir.listener_addr("https").unwrap();
@@ -239,6 +235,18 @@ async fn a_reload_replaces_certificates_without_dropping_connections() {
         .await
         .expect("the old connection still works");
     assert_eq!(response.status(), 200);
+
+    // A key that cannot be read: the reload is refused, with the key, and nothing changes.
+    std::fs::remove_file(&key).unwrap();
+    let report = weir.supervisor().reload().await;
+    assert!(!report.ok);
+    let error = report.error.unwrap_or_default();
+    assert!(
+        error.contains("listeners[0].tls.certificates[0].key: ") && error.contains("site"),
+        "{error}"
+    );
+    let after = connect(&connector, proxy, "a.test").await;
+    assert_eq!(peer_der(&after), renewed_der);
     weir.shutdown().await;
 }
 
@@ -338,15 +346,56 @@ async fn http2_to_upstreams_over_tls_is_negotiated_by_alpn() {
     }
 }
 
+/// The error of preparing `text` as a config named `origin`: validation, then certificates.
+fn prepare(text: &str, origin: &str) -> String {
+    let origin = Path::new(origin);
+    weir::config::load_str(text, origin)
+        .map_err(|e| e.to_string())
+        .and_then(|config| weir::app::Prepared::new(config, origin).map_err(|e| e.to_string()))
+        .expect_err("the config should be refused")
+}
+
+#[test]
+fn validation_reads_no_file_and_check_config_reads_them_all() {
+    let ca = ca();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _key, _) = leaf(&ca, dir.path(), "a", &["a.test"]);
+    let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let missing = dir.path().join("missing.key");
+    let text = tls_config(up, &[(cert, missing, "")])
+        + "\n[pools.main.tls]\nca_file = \"/nonexistent/ca.pem\"\n";
+    // The file model is valid: the files are read when the runtime is built.
+    assert!(weir::config::load_str(&text, Path::new("weir.toml")).is_ok());
+
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, &text).unwrap();
+    let bin = env!("CARGO_BIN_EXE_weir");
+    for command in [&["check-config"][..], &["serve", "--config"][..]] {
+        let out = std::process::Command::new(bin)
+            .args(command)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{command:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "{}: listeners[0].tls.certificates[0].key: ",
+                path.display()
+            )) && stderr.contains("missing.key")
+                && stderr.contains("; pools.main.tls.ca_file: /nonexistent/ca.pem"),
+            "{command:?}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn upstream_tls_config_errors() {
     let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let err = weir::config::load_str(
+    let err = prepare(
         &tls_pool_config(up, "ca_file = \"/nonexistent/ca.pem\""),
-        Path::new("w.toml"),
-    )
-    .unwrap_err()
-    .to_string();
+        "w.toml",
+    );
     assert!(
         err.contains("pools.main.tls.ca_file: /nonexistent/ca.pem"),
         "{err}"

@@ -14,6 +14,7 @@ use crate::config::{ListenerConfig, ServerConfig};
 use crate::proxy::ProxyState;
 use crate::proxy::body::BodyPace;
 use crate::proxy::listener::{self, ListenerSettings, Shutdown};
+use crate::tls::TlsMaterial;
 
 /// What listeners share: where they publish, and the process-wide stop signals.
 #[derive(Debug, Clone)]
@@ -52,22 +53,6 @@ pub(super) struct Plan {
     notes: Vec<String>,
 }
 
-fn build_tls(
-    index: usize,
-    config: &ListenerConfig,
-) -> Result<Option<Arc<rustls::ServerConfig>>, StartError> {
-    config
-        .tls
-        .as_ref()
-        .map(|tls| {
-            crate::tls::server_config(tls).map_err(|error| StartError::Tls {
-                key: format!("listeners[{index}].{}", error.key),
-                reason: error.reason,
-            })
-        })
-        .transpose()
-}
-
 impl ListenerSet {
     pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
         self.running
@@ -78,7 +63,11 @@ impl ListenerSet {
 
     /// Binds what `wanted` adds or moves; fails (binding nothing) if any socket cannot be
     /// bound.
-    pub async fn plan(&self, wanted: &[ListenerConfig]) -> Result<Plan, StartError> {
+    pub async fn plan(
+        &self,
+        wanted: &[ListenerConfig],
+        tls: &TlsMaterial,
+    ) -> Result<Plan, StartError> {
         let mut plan = Plan {
             start: Vec::new(),
             tls_updates: Vec::new(),
@@ -86,7 +75,7 @@ impl ListenerSet {
             notes: Vec::new(),
         };
         for (index, config) in wanted.iter().enumerate() {
-            let tls = build_tls(index, config)?;
+            let tls = tls.listener(&config.name).cloned();
             match self.running.iter().find(|r| r.config.name == config.name) {
                 Some(current) if current.config.address == config.address => {
                     match (&current.tls, tls) {

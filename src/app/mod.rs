@@ -8,7 +8,7 @@ mod listeners;
 mod supervisor;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +19,11 @@ use tokio_util::task::TaskTracker;
 pub use supervisor::{InstanceError, ReloadReport, Supervisor, describe_instance};
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::{self, Config, ConfigError};
 use crate::proxy::listener::Shutdown;
 use crate::proxy::{ProxyState, Snapshot};
 use crate::registry::{Registry, RegistryError};
+use crate::tls::TlsMaterial;
 use listeners::{ListenerContext, ListenerSet};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +44,34 @@ pub enum StartError {
     },
     #[error("admin.state_file: {0}")]
     State(#[from] RegistryError),
-    #[error("{key}: {reason}")]
-    Tls { key: String, reason: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// A config ready to run: valid, with every certificate it names loaded.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub config: Config,
+    pub tls: TlsMaterial,
+}
+
+impl Prepared {
+    /// Reads and validates `path`, then loads its certificates: all `weir check-config`
+    /// checks, and what `serve` starts from.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        Self::new(config::load_file(path)?, path)
+    }
+
+    /// Loads the certificates of a validated config; `origin` names it in errors.
+    pub fn new(config: Config, origin: &Path) -> Result<Self, ConfigError> {
+        match TlsMaterial::load(&config) {
+            Ok(tls) => Ok(Self { config, tls }),
+            Err(problems) => Err(ConfigError::Invalid {
+                origin: origin.to_path_buf(),
+                problems,
+            }),
+        }
+    }
 }
 
 /// A running weir: its bound addresses, its state, and the handles to change and stop it.
@@ -70,17 +97,19 @@ pub struct DrainReport {
 
 /// Starts from a config that was not read from a file (it cannot be reloaded).
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    start_with(config.clone(), None).await
+    let prepared = Prepared::new(config.clone(), Path::new("(config)"))?;
+    start_with(prepared, None).await
 }
 
 /// Binds every listener (all or nothing) and starts serving; `config_path` is what SIGHUP
 /// and the admin reload re-read.
 pub async fn start_with(
-    config: Config,
+    prepared: Prepared,
     config_path: Option<PathBuf>,
 ) -> Result<Running, StartError> {
+    let Prepared { config, tls } = prepared;
     let registry = Registry::load(config.admin.as_ref().and_then(|a| a.state_file.clone()))?;
-    let state = Arc::new(ProxyState::new(Snapshot::build(&config, None)));
+    let state = Arc::new(ProxyState::new(Snapshot::build(&config, &tls, None)));
     for note in supervisor::apply_registrations(&state.snapshot.load(), None, &registry.list()) {
         tracing::warn!("{note}");
     }
@@ -95,7 +124,7 @@ pub async fn start_with(
         shutdown: shutdown.clone(),
     };
     let mut listeners = ListenerSet::default();
-    let plan = listeners.plan(&config.listeners).await?;
+    let plan = listeners.plan(&config.listeners, &tls).await?;
     let admin_listener = match &config.admin {
         Some(admin) => Some(TcpListener::bind(admin.address).await.map_err(|source| {
             StartError::AdminBind {

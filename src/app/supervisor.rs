@@ -164,16 +164,25 @@ impl Supervisor {
         }
     }
 
-    /// Applies an already validated config.
+    /// Applies an already validated config, loading its certificates first.
     pub async fn apply(&self, config: Config) -> ReloadReport {
+        let origin = self
+            .config_path
+            .clone()
+            .unwrap_or_else(|| "(config)".into());
+        let tls = match super::Prepared::new(config, &origin) {
+            Ok(prepared) => prepared,
+            Err(error) => return self.finish(Err(error.to_string())),
+        };
+        let super::Prepared { config, tls } = tls;
         let mut inner = self.inner.lock().await;
-        let plan = match inner.listeners.plan(&config.listeners).await {
+        let plan = match inner.listeners.plan(&config.listeners, &tls).await {
             Ok(plan) => plan,
             Err(error) => return self.finish(Err(error.to_string())),
         };
         let membership = self.membership();
         let previous = self.state.snapshot.load_full();
-        let snapshot = Snapshot::build(&config, Some(&previous));
+        let snapshot = Snapshot::build(&config, &tls, Some(&previous));
         let mut notes = apply_registrations(&snapshot, Some(&previous), &self.registry.list());
         notes.extend(describe_pool_changes(&previous, &snapshot));
         if inner.config.server.threads != config.server.threads {

@@ -1,8 +1,10 @@
 //! Configuration: the TOML file model, its defaults, loading with precise errors, and
 //! validation. A [`Config`] that comes out of [`load_file`] or [`load_str`] is valid.
 //!
-//! May import: nothing of weir's runtime (no `proxy`, `upstream`, `cache`); `tls` still loads
-//! certificates during validation (#19 item 1).
+//! Validation reads no file: certificates are loaded by `tls::TlsMaterial` when the runtime
+//! is built (and by `check-config`, which builds it too).
+//!
+//! May import: nothing else of weir.
 
 mod cache;
 mod control;

@@ -60,9 +60,12 @@ fn check_listeners(config: &Config, problems: &mut Vec<Problem>) {
             ));
         }
         if let Some(tls) = &listener.tls
-            && let Err(error) = crate::tls::server_config(tls)
+            && tls.certificates.is_empty()
         {
-            problems.push(Problem::new(format!("{key}.{}", error.key), error.reason));
+            problems.push(Problem::new(
+                format!("{key}.tls.certificates"),
+                "at least one certificate is required",
+            ));
         }
         if listener.max_connections == 0 {
             problems.push(Problem::new(
@@ -235,8 +238,14 @@ fn check_pool_policies(key: &str, pool: &PoolConfig, problems: &mut Vec<Problem>
                 "h2c is HTTP/2 in cleartext; it cannot be combined with [tls]".into(),
             );
         }
-        if let Err(error) = crate::tls::client_config(tls) {
-            problem(&error.key, error.reason);
+        // Certificate files are read when the runtime is built (`tls::TlsMaterial`).
+        if let Some(name) = &tls.server_name
+            && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            problem(
+                "tls.server_name",
+                format!("{name:?} is not a valid server name"),
+            );
         }
     }
     if let Some(cookie) = &pool.sticky_cookie

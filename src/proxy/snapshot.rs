@@ -8,6 +8,7 @@ use super::route::{Route, Router};
 use crate::cache::redis::RedisTier;
 use crate::cache::{Cache, RouteCache};
 use crate::config::Config;
+use crate::tls::TlsMaterial;
 use crate::upstream::Pool;
 
 /// One immutable view of routes, pools and header policy. Requests hold the snapshot they
@@ -28,9 +29,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds from a validated config; with `previous` (the snapshot being replaced by a
-    /// reload), pools of the same name keep their live state (see [`Pool::from_config`]).
-    pub fn build(config: &Config, previous: Option<&Snapshot>) -> Self {
+    /// Builds from a validated config and its loaded certificates; with `previous` (the
+    /// snapshot being replaced by a reload), pools of the same name keep their live state
+    /// (see [`Pool::from_config`]).
+    pub fn build(config: &Config, tls: &TlsMaterial, previous: Option<&Snapshot>) -> Self {
         let redis = RedisTier::shared(
             config.redis.as_ref(),
             previous.and_then(|p| p.redis.as_ref()),
@@ -40,7 +42,9 @@ impl Snapshot {
             .iter()
             .map(|(name, pool)| {
                 let old = previous.and_then(|p| p.pools.get(name)).map(Arc::as_ref);
-                (name.clone(), Arc::new(Pool::from_config(name, pool, old)))
+                let client_tls = tls.pool(name).map(Arc::as_ref);
+                let built = Pool::from_config(name, pool, client_tls, old);
+                (name.clone(), Arc::new(built))
             })
             .collect();
         let routes = config

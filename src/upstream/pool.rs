@@ -83,7 +83,15 @@ impl Pool {
     /// state (latency, breaker, health, in-flight), the clock their times refer to,
     /// counters, the retry budget, the balancer when its settings are unchanged, and the
     /// upstream connections when their settings are unchanged.
-    pub fn from_config(name: &str, config: &PoolConfig, previous: Option<&Pool>) -> Self {
+    ///
+    /// `tls` is the loaded client config when the pool has a `tls` table (see
+    /// `tls::TlsMaterial`).
+    pub fn from_config(
+        name: &str,
+        config: &PoolConfig,
+        tls: Option<&rustls::ClientConfig>,
+        previous: Option<&Pool>,
+    ) -> Self {
         let clock = previous.map_or_else(Clock::new, |p| p.clock);
         let policy = EndpointPolicy {
             passive: config.passive.clone(),
@@ -125,7 +133,7 @@ impl Pool {
         };
         let client = match previous {
             Some(p) if same_connections(&p.config, config) => p.client.clone(),
-            _ => build_client(config),
+            _ => build_client(config, tls),
         };
         Self {
             name: name.to_owned(),
@@ -465,19 +473,15 @@ fn same_connections(old: &PoolConfig, new: &PoolConfig) -> bool {
         && old.max_idle_per_endpoint == new.max_idle_per_endpoint
 }
 
-fn build_client(config: &PoolConfig) -> UpstreamClient {
+fn build_client(config: &PoolConfig, tls: Option<&rustls::ClientConfig>) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(config.connect_timeout));
     connector.set_keepalive(Some(Duration::from_secs(60)));
     // https:// URIs go to the TLS layer below.
     connector.enforce_http(false);
-    let tls_config = match &config.tls {
-        // Validated already; should it fail now, trust nothing rather than something else.
-        Some(tls) => crate::tls::client_config(tls).unwrap_or_else(|error| {
-            tracing::error!(%error, "upstream TLS config; connections will fail");
-            crate::tls::ring_client_config(rustls::RootCertStore::empty())
-        }),
+    let tls_config = match tls {
+        Some(loaded) => loaded.clone(),
         // Plain-HTTP pools never use it.
         None => crate::tls::ring_client_config(rustls::RootCertStore::empty()),
     };
@@ -531,7 +535,7 @@ mod tests {
             "endpoints = [{{ address = \"127.0.0.1:1\" }}]\n{extra}"
         ))
         .unwrap();
-        Arc::new(Pool::from_config("test", &config, None))
+        Arc::new(Pool::from_config("test", &config, None, None))
     }
 
     fn share_of(pool: &Pool, endpoint: &Arc<Endpoint>, picks: usize) -> f64 {
