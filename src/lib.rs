@@ -5,8 +5,9 @@
 //! ```text
 //! main.rs            CLI (clap): serve, check-config, demo, loadtest, report
 //! app/               wiring: bind listeners and the admin port, signals, drain
+//! supervisor/        reloads (load certificates, build whole, then swap) and instance
+//!                    register/drain/weights; `Prepared` = a valid config with its TLS loaded
 //!   listeners.rs     the running listener set, changed on reload without touching the rest
-//!   supervisor.rs    reloads (build whole, then swap) and instance register/drain/weights
 //! config/            the TOML file model, named defaults, loading with precise errors, validation
 //! proxy/             the data plane
 //!   listener.rs      accept loop, connection limit, TLS handshake, HTTP/1.1 + h2, timeouts, drain
@@ -32,12 +33,13 @@
 //! control/           the control loop: samples, autoscalers, actions, forecasts, USL,
 //!                    capacity reports (JSON + HTML)
 //! chart.rs           the SVG chart frame and HTML escaping the report and loadtest pages share
-//! tls.rs             rustls (ring): server certificates by SNI, client configs for upstreams
+//! tls.rs             rustls (ring): every certificate a config names, loaded once
+//!                    (`TlsMaterial`); server certificates by SNI, client configs for upstreams
 //! registry.rs        registered instances in an atomically written state file
 //! stable_hash.rs     XXH3 with a fixed seed: ring points and sticky ids every build agrees on
 //! admin/             admin port: probes and the token-protected API (control.rs: scaling,
-//!                    reports, instance load)
-//! metrics.rs         Prometheus exposition built at scrape time from the atomics
+//!                    reports, instance load; views.rs: the JSON of pools, instances, cache)
+//! metrics.rs         Prometheus exposition built at scrape time from `metrics::Sources`
 //! loadtest/          `weir loadtest`: plans and scenarios, closed/open engine, output
 //! demo/              sample upstreams and the `weir demo` run
 //! ```
@@ -63,5 +65,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod stable_hash;
+pub mod supervisor;
 pub mod tls;
 pub mod upstream;

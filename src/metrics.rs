@@ -2,8 +2,8 @@
 //! plane keeps in atomics. Recording is an atomic add on the request path, with no label
 //! lookup and no lock; this module reads those values when `/metrics` is scraped.
 //!
-//! May import: `cache`, `upstream` and `app`'s `Supervisor` (to be replaced by a small
-//! struct of what it reads: #19 item 3).
+//! May import: the data plane and `control` (for what they publish); never `supervisor`,
+//! `admin` or `app`: the caller fills [`Sources`].
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -12,9 +12,10 @@ use prometheus::proto::{
 };
 use prometheus::{Encoder, TextEncoder};
 
-use crate::app::Supervisor;
 use crate::cache::Cache;
 use crate::cache::redis::RedisTier;
+use crate::control::ScalerStats;
+use crate::proxy::ProxyState;
 use crate::upstream::EndpointState;
 use crate::upstream::signals::LatencyHistogram;
 
@@ -108,18 +109,32 @@ fn metric(labels: &[(&str, &str)]) -> Metric {
     metric
 }
 
+/// What the exposition reads; the admin API fills it from the running instance, a test from
+/// a bare [`ProxyState`].
+#[derive(Debug, Clone, Copy)]
+pub struct Sources<'a> {
+    /// Connections, requests, and the current snapshot's routes, pools, cache and Redis.
+    pub proxy: &'a ProxyState,
+    /// Configuration reloads that succeeded.
+    pub reloads_ok: u64,
+    /// Configuration reloads that were refused.
+    pub reloads_failed: u64,
+    /// The autoscalers' counters and last decisions, one entry per pool.
+    pub scalers: &'a [ScalerStats],
+}
+
 /// Everything weir exports, in the Prometheus text format.
-pub fn render(supervisor: &Supervisor) -> String {
-    let families = gather(supervisor);
+pub fn render(sources: Sources<'_>) -> String {
+    let families = gather(sources);
     let mut out = Vec::new();
     // Encoding into a Vec cannot fail for well-formed families.
     let _ = TextEncoder::new().encode(&families, &mut out);
     String::from_utf8(out).unwrap_or_default()
 }
 
-fn gather(supervisor: &Supervisor) -> Vec<MetricFamily> {
+fn gather(sources: Sources<'_>) -> Vec<MetricFamily> {
     let mut f = Families::default();
-    let state = supervisor.state();
+    let state = sources.proxy;
     let stats = &state.stats;
     f.counter(
         "weir_connections_accepted_total",
@@ -157,13 +172,13 @@ fn gather(supervisor: &Supervisor) -> Vec<MetricFamily> {
         "weir_reloads_total",
         "Configuration reloads.",
         &[("result", "ok")],
-        supervisor.reloads_ok.load(Relaxed),
+        sources.reloads_ok,
     );
     f.counter(
         "weir_reloads_total",
         "Configuration reloads.",
         &[("result", "failed")],
-        supervisor.reloads_failed.load(Relaxed),
+        sources.reloads_failed,
     );
 
     let snapshot = state.snapshot.load();
@@ -297,7 +312,7 @@ fn gather(supervisor: &Supervisor) -> Vec<MetricFamily> {
     if let Some(redis) = &state.snapshot.load().redis {
         redis_metrics(&mut f, redis);
     }
-    control_metrics(&mut f, supervisor);
+    control_metrics(&mut f, sources.scalers);
     process_metrics(&mut f);
     f.0
 }
@@ -383,8 +398,8 @@ fn redis_metrics(f: &mut Families, redis: &RedisTier) {
     );
 }
 
-fn control_metrics(f: &mut Families, supervisor: &Supervisor) {
-    for (pool, counts, last) in supervisor.control().scaler_stats() {
+fn control_metrics(f: &mut Families, scalers: &[ScalerStats]) {
+    for ScalerStats { pool, counts, last } in scalers {
         let labels = [("pool", pool.as_str())];
         if let Some(decision) = last {
             f.gauge(
@@ -502,39 +517,59 @@ fn cache_metrics(f: &mut Families, cache: &Cache) {
     );
 }
 
-/// The cache's counters as JSON (admin API and demo).
-pub fn cache_summary(cache: &Cache) -> serde_json::Value {
-    let s = &cache.stats;
-    let memory = cache.memory();
-    memory.sync();
-    let redis = cache.redis().map(|r| {
-        serde_json::json!({
-            "up": !r.is_open(),
-            "commands": r.stats.commands.load(Relaxed),
-            "errors": r.stats.errors.load(Relaxed),
-            "timeouts": r.stats.timeouts.load(Relaxed),
-            "skipped": r.stats.skipped.load(Relaxed),
-            "mean_latency_ms": r.stats.latency_micros_total.load(Relaxed) as f64
-                / r.stats.commands.load(Relaxed).max(1) as f64 / 1000.0,
-        })
-    });
-    serde_json::json!({
-        "hit_ratio": s.hit_ratio(),
-        "hits": { "l1": s.hits_memory.load(Relaxed), "l2": s.hits_redis.load(Relaxed) },
-        "misses": s.misses.load(Relaxed),
-        "stale": s.stale.load(Relaxed),
-        "bypass": s.bypass.load(Relaxed),
-        "coalesced": s.coalesced.load(Relaxed),
-        "revalidated": s.revalidated.load(Relaxed),
-        "not_modified": s.not_modified.load(Relaxed),
-        "stores": s.stores.load(Relaxed),
-        "too_large": s.too_large.load(Relaxed),
-        "purges": s.purges.load(Relaxed),
-        "l1": {
-            "entries": memory.entry_count(),
-            "bytes": memory.weighted_size(),
-            "evictions": memory.evictions.load(Relaxed),
-        },
-        "redis": redis,
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::autoscaler::ScaleCounts;
+    use crate::proxy::Snapshot;
+
+    /// The exposition of a bare state: no listener, admin port or supervisor running.
+    #[test]
+    fn renders_from_sources_alone() {
+        let config = crate::config::load_str(
+            r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+[[routes]]
+pool = "api"
+[pools.api]
+endpoints = [{ address = "127.0.0.1:1" }]
+"#,
+            std::path::Path::new("metrics-test.toml"),
+        )
+        .unwrap();
+        let snapshot = Snapshot::build(&config, &Default::default(), None);
+        let proxy = ProxyState::new(snapshot);
+        proxy.stats.requests.store(7, Relaxed);
+        let scalers = [ScalerStats {
+            pool: "api".into(),
+            counts: ScaleCounts {
+                decisions: 5,
+                scale_ups: 2,
+                ..ScaleCounts::default()
+            },
+            last: None,
+        }];
+        let text = render(Sources {
+            proxy: &proxy,
+            reloads_ok: 3,
+            reloads_failed: 1,
+            scalers: &scalers,
+        });
+        for line in [
+            "weir_requests_total 7",
+            "weir_reloads_total{result=\"ok\"} 3",
+            "weir_reloads_total{result=\"failed\"} 1",
+            "weir_autoscale_decisions_total{pool=\"api\"} 5",
+            "weir_autoscale_changes_total{pool=\"api\",direction=\"up\"} 2",
+            "weir_pool_in_flight{pool=\"api\"} 0",
+            "weir_endpoint_state{pool=\"api\",endpoint=\"127.0.0.1:1\",state=\"healthy\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
 }

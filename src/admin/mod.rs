@@ -2,10 +2,11 @@
 //! pools and endpoint states, instance registration, drain, weights, and reload. It reads
 //! the state the data plane publishes and changes it only through the [`Supervisor`].
 //!
-//! May import: the data plane, `control`, `metrics`, `registry`, `config`, and `app`'s
-//! `Supervisor` (the `admin`/`app`/`metrics` circle is still to break: #19 item 3).
+//! May import: the data plane, `control`, `metrics`, `registry`, `config` and `supervisor`;
+//! never `app` (which starts it).
 
 mod control;
+mod views;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,13 +22,13 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{InstanceError, Supervisor};
 use crate::cache::PurgeTarget;
 use crate::config::AdminConfig;
 use crate::proxy::ProxyState;
 use crate::registry::Registration;
-use crate::upstream::Pool;
+use crate::supervisor::{InstanceError, Supervisor};
 use serde::Deserialize;
+use views::{cache_summary, instance_json, pool_json};
 
 #[derive(Clone)]
 pub struct AdminContext {
@@ -162,7 +163,7 @@ async fn register(State(ctx): State<AdminContext>, body: Bytes) -> Response {
         Ok(endpoint) => match ctx.supervisor.find(&endpoint.id) {
             Some((pool, endpoint)) => (
                 StatusCode::CREATED,
-                Json(ctx.supervisor.describe(&pool, &endpoint)),
+                Json(instance_json(&ctx.supervisor, &pool, &endpoint)),
             )
                 .into_response(),
             None => error(
@@ -176,7 +177,9 @@ async fn register(State(ctx): State<AdminContext>, body: Bytes) -> Response {
 
 async fn instance(State(ctx): State<AdminContext>, Path(id): Path<String>) -> Response {
     match ctx.supervisor.find(&id) {
-        Some((pool, endpoint)) => Json(ctx.supervisor.describe(&pool, &endpoint)).into_response(),
+        Some((pool, endpoint)) => {
+            Json(instance_json(&ctx.supervisor, &pool, &endpoint)).into_response()
+        }
         None => instance_error(InstanceError::UnknownInstance(id)),
     }
 }
@@ -207,7 +210,7 @@ async fn drain(State(ctx): State<AdminContext>, Path(id): Path<String>) -> Respo
         Ok(_) => match ctx.supervisor.find(&id) {
             Some((pool, endpoint)) => (
                 StatusCode::ACCEPTED,
-                Json(ctx.supervisor.describe(&pool, &endpoint)),
+                Json(instance_json(&ctx.supervisor, &pool, &endpoint)),
             )
                 .into_response(),
             None => instance_error(InstanceError::UnknownInstance(id)),
@@ -234,7 +237,7 @@ async fn reweight(
     match ctx.supervisor.set_weight(&id, body.weight) {
         Ok(_) => match ctx.supervisor.find(&id) {
             Some((pool, endpoint)) => {
-                Json(ctx.supervisor.describe(&pool, &endpoint)).into_response()
+                Json(instance_json(&ctx.supervisor, &pool, &endpoint)).into_response()
             }
             None => instance_error(InstanceError::UnknownInstance(id)),
         },
@@ -349,7 +352,7 @@ async fn cache_stats(State(ctx): State<AdminContext>) -> Response {
         Ok(cache) => cache,
         Err(response) => return *response,
     };
-    Json(crate::metrics::cache_summary(&cache)).into_response()
+    Json(cache_summary(&cache)).into_response()
 }
 
 async fn metrics(State(ctx): State<AdminContext>) -> Response {
@@ -358,7 +361,15 @@ async fn metrics(State(ctx): State<AdminContext>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&ctx.supervisor),
+        {
+            let scalers = ctx.supervisor.control().scaler_stats();
+            crate::metrics::render(crate::metrics::Sources {
+                proxy: &ctx.state,
+                reloads_ok: ctx.supervisor.reloads_ok.load(Relaxed),
+                reloads_failed: ctx.supervisor.reloads_failed.load(Relaxed),
+                scalers: &scalers,
+            })
+        },
     )
         .into_response()
 }
@@ -397,67 +408,6 @@ async fn pools(State(ctx): State<AdminContext>) -> Response {
         .map(|pool| pool_json(pool))
         .collect();
     Json(json!({ "pools": pools })).into_response()
-}
-
-/// A pool and its endpoints: each endpoint's state, why it is in it, and the inputs the
-/// balancer uses.
-fn pool_json(pool: &Pool) -> Value {
-    let now = pool.now_ms();
-    let endpoints: Vec<Value> = pool
-        .endpoints()
-        .iter()
-        .map(|ep| {
-            let s = &ep.stats;
-            let responses = ep.total_responses();
-            let mean_ms = if responses == 0 {
-                0.0
-            } else {
-                s.latency_micros_total.load(Relaxed) as f64 / responses as f64 / 1000.0
-            };
-            let transition = ep.last_transition();
-            json!({
-                "id": ep.id,
-                "address": ep.address,
-                "weight": ep.weight(),
-                "state": ep.state(now).as_str(),
-                "reason": transition.reason,
-                "since": humantime::format_rfc3339_seconds(transition.at).to_string(),
-                "health_check_passing": ep.is_healthy_by_checks(),
-                "breaker": ep.breaker_state(now).as_str(),
-                "slow_start_factor": ep.slow_start_factor(now),
-                "in_flight": ep.in_flight(),
-                "latency_ewma_ms": ep.latency_ms(now),
-                "error_rate": ep.error_rate(now),
-                "failure_rate": ep.failure_rate(now),
-                "score_cost": pool.cost(ep),
-                "requests": s.requests.load(Relaxed),
-                "responses": {
-                    "1xx": s.responses[0].load(Relaxed),
-                    "2xx": s.responses[1].load(Relaxed),
-                    "3xx": s.responses[2].load(Relaxed),
-                    "4xx": s.responses[3].load(Relaxed),
-                    "5xx": s.responses[4].load(Relaxed),
-                },
-                "connect_errors": s.connect_errors.load(Relaxed),
-                "timeouts": s.timeouts.load(Relaxed),
-                "protocol_errors": s.protocol_errors.load(Relaxed),
-                "ejections": s.ejections.load(Relaxed),
-                "mean_latency_ms": mean_ms,
-            })
-        })
-        .collect();
-    let stats = &pool.stats;
-    json!({
-        "name": pool.name,
-        "strategy": pool.strategy(),
-        "in_flight": stats.in_flight.load(Relaxed),
-        "requests": stats.requests.load(Relaxed),
-        "retries": stats.retries.load(Relaxed),
-        "retry_budget_exhausted": stats.retry_budget_exhausted.load(Relaxed),
-        "panic_picks": stats.panic_picks.load(Relaxed),
-        "capacity_rejections": stats.capacity_rejections.load(Relaxed),
-        "endpoints": endpoints,
-    })
 }
 
 /// Whether the request carries the configured bearer token.

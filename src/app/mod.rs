@@ -1,11 +1,7 @@
 //! Wiring: build the state from config, bind listeners and the admin port, run until told
 //! to stop, drain. [`Supervisor`] applies reloads and instance changes while running.
 //!
-//! May import: every other module; nothing imports `app` but `main.rs`, `demo`, and (still)
-//! `admin` and `metrics`.
-
-mod listeners;
-mod supervisor;
+//! May import: every other module; nothing imports `app` but `main.rs` and `demo`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,26 +12,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use supervisor::{InstanceError, ReloadReport, Supervisor, describe_instance};
+pub use crate::supervisor::{InstanceError, Prepared, ReloadReport, Supervisor};
 
 use crate::admin;
-use crate::config::{self, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::proxy::listener::Shutdown;
 use crate::proxy::{ProxyState, Snapshot};
 use crate::registry::{Registry, RegistryError};
-use crate::tls::TlsMaterial;
-use listeners::{ListenerContext, ListenerSet};
+use crate::supervisor::listeners::{BindError, ListenerContext, ListenerSet};
+use crate::supervisor::{SupervisorParts, apply_registrations};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("listeners[{index}] {name:?}: cannot listen on {address}: {source}")]
-    Bind {
-        index: usize,
-        name: String,
-        address: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("admin.address: cannot listen on {address}: {source}")]
     AdminBind {
         address: SocketAddr,
@@ -46,32 +36,6 @@ pub enum StartError {
     State(#[from] RegistryError),
     #[error(transparent)]
     Config(#[from] ConfigError),
-}
-
-/// A config ready to run: valid, with every certificate it names loaded.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    pub config: Config,
-    pub tls: TlsMaterial,
-}
-
-impl Prepared {
-    /// Reads and validates `path`, then loads its certificates: all `weir check-config`
-    /// checks, and what `serve` starts from.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        Self::new(config::load_file(path)?, path)
-    }
-
-    /// Loads the certificates of a validated config; `origin` names it in errors.
-    pub fn new(config: Config, origin: &Path) -> Result<Self, ConfigError> {
-        match TlsMaterial::load(&config) {
-            Ok(tls) => Ok(Self { config, tls }),
-            Err(problems) => Err(ConfigError::Invalid {
-                origin: origin.to_path_buf(),
-                problems,
-            }),
-        }
-    }
 }
 
 /// A running weir: its bound addresses, its state, and the handles to change and stop it.
@@ -110,7 +74,7 @@ pub async fn start_with(
     let Prepared { config, tls } = prepared;
     let registry = Registry::load(config.admin.as_ref().and_then(|a| a.state_file.clone()))?;
     let state = Arc::new(ProxyState::new(Snapshot::build(&config, &tls, None)));
-    for note in supervisor::apply_registrations(&state.snapshot.load(), None, &registry.list()) {
+    for note in apply_registrations(&state.snapshot.load(), None, &registry.list()) {
         tracing::warn!("{note}");
     }
     let shutdown = Shutdown {
@@ -146,15 +110,15 @@ pub async fn start_with(
     } else {
         Vec::new()
     };
-    let supervisor = Arc::new(Supervisor::new(
-        Arc::clone(&state),
+    let supervisor = Arc::new(Supervisor::new(SupervisorParts {
+        state: Arc::clone(&state),
         config,
         config_path,
         registry,
         listeners,
         ctx,
-        background_stop.clone(),
-    ));
+        background_stop: background_stop.clone(),
+    }));
     tokio::spawn(Arc::clone(supervisor.control()).run(background_stop.clone()));
     if !warm_urls.is_empty() {
         let supervisor = Arc::clone(&supervisor);

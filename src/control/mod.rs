@@ -36,6 +36,16 @@ use sample::{InstanceLoad, Sample, Sampler};
 /// An instance's own load report counts for this many intervals.
 const LOAD_REPORT_INTERVALS: u32 = 3;
 
+/// One autoscaled pool's counters and last decision, as metrics export them.
+#[derive(Debug, Clone)]
+pub struct ScalerStats {
+    pub pool: String,
+    pub counts: autoscaler::ScaleCounts,
+    pub last: Option<Decision>,
+}
+
+/// The control loop's state: samples, per-pool autoscalers and forecasts, reconfigured on
+/// reload and read by the admin API and metrics.
 pub struct Controller {
     state: Arc<ProxyState>,
     config: ArcSwap<ControlConfig>,
@@ -250,10 +260,14 @@ impl Controller {
     }
 
     /// Per autoscaled pool: its counts and last decision (for metrics).
-    pub fn scaler_stats(&self) -> Vec<(String, autoscaler::ScaleCounts, Option<Decision>)> {
+    pub fn scaler_stats(&self) -> Vec<ScalerStats> {
         lock(&self.scalers)
             .iter()
-            .map(|(pool, s)| (pool.clone(), s.counts(), s.last().cloned()))
+            .map(|(pool, s)| ScalerStats {
+                pool: pool.clone(),
+                counts: s.counts(),
+                last: s.last().cloned(),
+            })
             .collect()
     }
 

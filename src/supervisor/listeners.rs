@@ -9,16 +9,26 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::StartError;
 use crate::config::{ListenerConfig, ServerConfig};
 use crate::proxy::ProxyState;
 use crate::proxy::body::BodyPace;
 use crate::proxy::listener::{self, ListenerSettings, Shutdown};
 use crate::tls::TlsMaterial;
 
+/// A proxy listener whose socket cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("listeners[{index}] {name:?}: cannot listen on {address}: {source}")]
+pub struct BindError {
+    pub index: usize,
+    pub name: String,
+    pub address: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// What listeners share: where they publish, and the process-wide stop signals.
 #[derive(Debug, Clone)]
-pub(super) struct ListenerContext {
+pub(crate) struct ListenerContext {
     pub state: Arc<ProxyState>,
     pub tracker: TaskTracker,
     pub shutdown: Shutdown,
@@ -36,12 +46,12 @@ struct RunningListener {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct ListenerSet {
+pub(crate) struct ListenerSet {
     running: Vec<RunningListener>,
 }
 
 /// Sockets bound for a change, not yet serving.
-pub(super) struct Plan {
+pub(crate) struct Plan {
     start: Vec<(
         ListenerConfig,
         TcpListener,
@@ -67,7 +77,7 @@ impl ListenerSet {
         &self,
         wanted: &[ListenerConfig],
         tls: &TlsMaterial,
-    ) -> Result<Plan, StartError> {
+    ) -> Result<Plan, BindError> {
         let mut plan = Plan {
             start: Vec::new(),
             tls_updates: Vec::new(),
@@ -96,14 +106,15 @@ impl ListenerSet {
                     }
                 }
                 found => {
-                    let socket = TcpListener::bind(config.address).await.map_err(|source| {
-                        StartError::Bind {
-                            index,
-                            name: config.name.clone(),
-                            address: config.address,
-                            source,
-                        }
-                    })?;
+                    let socket =
+                        TcpListener::bind(config.address)
+                            .await
+                            .map_err(|source| BindError {
+                                index,
+                                name: config.name.clone(),
+                                address: config.address,
+                                source,
+                            })?;
                     if found.is_some() {
                         plan.stop.push(config.name.clone());
                         plan.notes.push(format!(

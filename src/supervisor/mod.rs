@@ -1,8 +1,13 @@
 //! Changes to a running weir: configuration reloads (SIGHUP or admin), and instances
 //! registered, drained, reweighted or removed through the admin API. Reloads build the new
 //! state whole and swap it in; on any error the old one keeps serving.
+//!
+//! May import: the data plane, `config`, `tls`, `registry`, `control` (reconfigured on
+//! reload); never `app`, `admin` or `metrics`, which sit above it.
 
-use std::path::PathBuf;
+pub(crate) mod listeners;
+
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -10,11 +15,51 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::listeners::{ListenerContext, ListenerSet};
-use crate::config::{self, Config};
+use crate::config::{self, Config, ConfigError};
 use crate::proxy::{ProxyState, Snapshot};
 use crate::registry::{Registration, Registry, RegistryError};
-use crate::upstream::{Endpoint, EndpointState, Pool};
+use crate::tls::TlsMaterial;
+use crate::upstream::{Endpoint, Pool};
+use listeners::{ListenerContext, ListenerSet};
+
+/// A config ready to run: valid, with every certificate it names loaded.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub config: Config,
+    pub tls: TlsMaterial,
+}
+
+impl Prepared {
+    /// Reads and validates `path`, then loads its certificates: all `weir check-config`
+    /// checks, and what `serve` starts from.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        Self::new(config::load_file(path)?, path)
+    }
+
+    /// Loads the certificates of a validated config; `origin` names it in errors.
+    pub fn new(config: Config, origin: &Path) -> Result<Self, ConfigError> {
+        match TlsMaterial::load(&config) {
+            Ok(tls) => Ok(Self { config, tls }),
+            Err(problems) => Err(ConfigError::Invalid {
+                origin: origin.to_path_buf(),
+                problems,
+            }),
+        }
+    }
+}
+
+/// What a supervisor takes over once the listeners run.
+#[derive(Debug)]
+pub(crate) struct SupervisorParts {
+    pub state: Arc<ProxyState>,
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    pub registry: Registry,
+    pub listeners: ListenerSet,
+    pub ctx: ListenerContext,
+    /// Stops background work (health checks, control loop) after the drain.
+    pub background_stop: CancellationToken,
+}
 
 /// How a reload went, for the log, the admin API and metrics.
 #[derive(Debug, Clone, Serialize)]
@@ -71,15 +116,16 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub(super) fn new(
-        state: Arc<ProxyState>,
-        config: Config,
-        config_path: Option<PathBuf>,
-        registry: Registry,
-        listeners: ListenerSet,
-        ctx: ListenerContext,
-        background_stop: CancellationToken,
-    ) -> Self {
+    pub(crate) fn new(parts: SupervisorParts) -> Self {
+        let SupervisorParts {
+            state,
+            config,
+            config_path,
+            registry,
+            listeners,
+            ctx,
+            background_stop,
+        } = parts;
         let health_stop = background_stop.child_token();
         spawn_health_checks(&state.snapshot.load(), &health_stop);
         let addresses = arc_swap::ArcSwap::from_pointee(listeners.addresses());
@@ -170,11 +216,10 @@ impl Supervisor {
             .config_path
             .clone()
             .unwrap_or_else(|| "(config)".into());
-        let tls = match super::Prepared::new(config, &origin) {
+        let Prepared { config, tls } = match Prepared::new(config, &origin) {
             Ok(prepared) => prepared,
             Err(error) => return self.finish(Err(error.to_string())),
         };
-        let super::Prepared { config, tls } = tls;
         let mut inner = self.inner.lock().await;
         let plan = match inner.listeners.plan(&config.listeners, &tls).await {
             Ok(plan) => plan,
@@ -233,22 +278,6 @@ impl Supervisor {
         };
         *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
         report
-    }
-
-    /// An instance as the admin API shows it, with its registration when it has one.
-    pub fn describe(&self, pool: &Pool, endpoint: &Endpoint) -> serde_json::Value {
-        let mut json = describe_instance(pool, endpoint);
-        let registration = self
-            .registry
-            .list()
-            .into_iter()
-            .find(|r| r.pool == pool.name && r.address == endpoint.address);
-        json["registered"] = serde_json::json!(registration.is_some());
-        if let Some(r) = registration {
-            json["zone"] = serde_json::json!(r.zone);
-            json["metadata"] = serde_json::json!(r.metadata);
-        }
-        json
     }
 
     /// The pool and endpoint with instance id `id`.
@@ -338,7 +367,7 @@ impl Supervisor {
 /// Puts registered instances into `snapshot`'s pools, carrying live endpoints over from
 /// `previous`. An address that the config file also lists is the file's: the registration
 /// is ignored and a note says so.
-pub(super) fn apply_registrations(
+pub(crate) fn apply_registrations(
     snapshot: &Snapshot,
     previous: Option<&Snapshot>,
     registrations: &[Registration],
@@ -402,7 +431,7 @@ fn describe_pool_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     notes
 }
 
-pub(super) fn spawn_health_checks(snapshot: &Snapshot, stop: &CancellationToken) {
+pub(crate) fn spawn_health_checks(snapshot: &Snapshot, stop: &CancellationToken) {
     for pool in snapshot.pools.values() {
         if let Some(check) = &pool.health_check {
             tokio::spawn(crate::upstream::health::run(
@@ -412,19 +441,4 @@ pub(super) fn spawn_health_checks(snapshot: &Snapshot, stop: &CancellationToken)
             ));
         }
     }
-}
-
-/// An instance as the admin API shows it.
-pub fn describe_instance(pool: &Pool, endpoint: &Endpoint) -> serde_json::Value {
-    let state = endpoint.state(pool.now_ms());
-    serde_json::json!({
-        "id": endpoint.id,
-        "pool": pool.name,
-        "address": endpoint.address,
-        "weight": endpoint.weight(),
-        "state": state.as_str(),
-        "reason": endpoint.last_transition().reason,
-        "in_flight": endpoint.in_flight(),
-        "drained": state == EndpointState::Draining && endpoint.in_flight() == 0,
-    })
 }
