@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
+use common::wait::{eventually, settled, stored};
 use common::*;
 use http::{HeaderMap, Request, Response, StatusCode};
 
@@ -536,20 +537,20 @@ async fn hot_entries_are_refreshed_before_they_expire() {
     let addr = weir.listener_addr("http").unwrap();
     get(addr, "/hot").await;
     // Early in its freshness: a plain hit.
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(status(&get(addr, "/hot").await).contains("hit"));
     assert_eq!(origin.hits.load(SeqCst), 1);
-    // In its last second: still a hit for the client, and a refresh goes out behind it.
+    // In its last second (the age must pass, not a state): still a hit for the client,
+    // and a refresh goes out behind it.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(status(&get(addr, "/hot").await).contains("hit"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    settled(&weir).await;
     assert_eq!(origin.hits.load(SeqCst), 2);
     assert_eq!(
         origin.conditional.load(SeqCst),
         1,
         "refreshed with its ETag"
     );
-    // Past the original expiry the refreshed entry still answers.
+    // Past the original expiry (time, again) the refreshed entry still answers.
     tokio::time::sleep(Duration::from_millis(900)).await;
     let later = get(addr, "/hot").await;
     assert!(status(&later).contains("hit"), "{}", status(&later));
@@ -646,49 +647,6 @@ enabled = true
     assert!(status(&plain).contains("fwd=miss"), "{}", status(&plain));
     assert!(plain.text().starts_with("link=http://shop.example/login"));
     weir.shutdown().await;
-}
-
-/// Polls `check` every 10 ms for up to 5 s.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until the work requests left behind (stores, drains, refreshes) has finished:
-/// after it, what is not stored will not be.
-async fn settled(weir: &weir::app::Running) {
-    let cache = weir
-        .state()
-        .snapshot
-        .load()
-        .cache
-        .clone()
-        .expect("cache on");
-    eventually("background cache work to finish", async || {
-        cache.background_tasks() == 0
-    })
-    .await;
-}
-
-/// Waits until weir's cache has stored `n` responses in all.
-async fn stored(weir: &weir::app::Running, n: u64) {
-    let cache = weir
-        .state()
-        .snapshot
-        .load()
-        .cache
-        .clone()
-        .expect("cache on");
-    eventually(&format!("{n} stores"), async || {
-        cache.stats.stores.load(SeqCst) >= n
-    })
-    .await;
 }
 
 /// Requests an origin saw: the If-None-Match each carried (empty when none), the Range

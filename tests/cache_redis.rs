@@ -64,20 +64,15 @@ async fn admin_json(admin: SocketAddr, method: &str, path: &str, body: &str) -> 
     serde_json::from_slice(&reply.body).unwrap()
 }
 
-/// Waits for the background L2 write after a response.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
 #[tokio::test]
 async fn a_second_instance_hits_l2_and_promotes_to_l1() {
     let redis = RedisServer::start().await;
     let (origin, hits) = counting_origin(Duration::ZERO, 0).await;
-    let a = weir(&config(origin.addr, &redis, "")).await;
-    let b = weir(&config(origin.addr, &redis, "")).await;
+    let weir_a = weir(&config(origin.addr, &redis, "")).await;
+    let weir_b = weir(&config(origin.addr, &redis, "")).await;
     let (a, b) = (
-        a.listener_addr("http").unwrap(),
-        b.listener_addr("http").unwrap(),
+        weir_a.listener_addr("http").unwrap(),
+        weir_b.listener_addr("http").unwrap(),
     );
     // Both instances see the same Host: the key does not depend on which one is asked.
     let get_host = |addr: SocketAddr, path: &'static str| async move {
@@ -91,7 +86,7 @@ async fn a_second_instance_hits_l2_and_promotes_to_l1() {
         status(&get_host(a, "/x").await),
         "weir-l1; fwd=miss; stored"
     );
-    settle().await;
+    wait::settled(&weir_a).await;
     let from_l2 = get_host(b, "/x").await;
     assert!(
         status(&from_l2).starts_with("weir-l2; hit"),
@@ -123,7 +118,7 @@ async fn l2_answers_what_l1_evicted() {
     for i in 0..20 {
         get(addr, &format!("/o/{i}")).await;
     }
-    settle().await;
+    wait::settled(&proxy).await;
     // The stats call runs moka's pending maintenance, which enforces the byte bound.
     let stats = admin_json(proxy.admin_addr().unwrap(), "GET", "/api/v1/cache", "").await;
     assert!(stats["l1"]["bytes"].as_u64().unwrap() <= 200_000, "{stats}");
@@ -145,12 +140,12 @@ async fn l2_answers_what_l1_evicted() {
 async fn purge_by_tag_reaches_every_instance() {
     let redis = RedisServer::start().await;
     let (origin, hits) = counting_origin(Duration::ZERO, 0).await;
-    let a = weir(&config(origin.addr, &redis, "")).await;
-    let b = weir(&config(origin.addr, &redis, "")).await;
-    let admin_a = a.admin_addr().unwrap();
+    let weir_a = weir(&config(origin.addr, &redis, "")).await;
+    let weir_b = weir(&config(origin.addr, &redis, "")).await;
+    let admin_a = weir_a.admin_addr().unwrap();
     let (a, b) = (
-        a.listener_addr("http").unwrap(),
-        b.listener_addr("http").unwrap(),
+        weir_a.listener_addr("http").unwrap(),
+        weir_b.listener_addr("http").unwrap(),
     );
     let fetch = |addr: SocketAddr| async move {
         let request = Request::get(format!("http://{addr}/t"))
@@ -160,28 +155,26 @@ async fn purge_by_tag_reaches_every_instance() {
         send(&http1_client(), request).await
     };
     fetch(a).await;
-    settle().await;
+    wait::settled(&weir_a).await;
     fetch(b).await; // L2 hit, now in B's L1 too
     assert!(status(&fetch(b).await).starts_with("weir-l1; hit"));
-    // Give B's subscriber a moment to be listening before the purge is published.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // B must be listening before the purge is published (pub/sub keeps no backlog).
+    wait::purge_bus_listening(&weir_a, 2, async |channel| {
+        redis.subscribers(&channel).await
+    })
+    .await;
     let report = admin_json(admin_a, "POST", "/api/v1/cache/purge", r#"{"tag": "all"}"#).await;
     assert_eq!(report["report"]["redis"], 1, "{report}");
     assert_eq!(report["report"]["published"], true, "{report}");
-    let mut purged_in_b = false;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    wait::eventually("B's L1 to drop the purged entry", async || {
         // Look without storing: HEAD is not stored, and a miss shows the purge arrived.
         let request = Request::head(format!("http://{b}/t"))
             .header("host", "shared.example")
             .body(empty())
             .unwrap();
-        if status(&send(&http1_client(), request).await).contains("miss") {
-            purged_in_b = true;
-            break;
-        }
-    }
-    assert!(purged_in_b, "B's L1 still had the purged entry");
+        status(&send(&http1_client(), request).await).contains("miss")
+    })
+    .await;
     assert!(hits.load(SeqCst) >= 2);
 }
 

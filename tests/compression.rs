@@ -5,7 +5,6 @@ mod common;
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::redis_server::RedisServer;
 use common::*;
@@ -242,7 +241,7 @@ async fn compressed_variants_are_cached_apart_and_served_without_recompressing()
     assert_eq!(seen.lock().unwrap().len(), 3);
 
     // Another instance finds each variant in Redis (L2).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait::settled(&a).await;
     let b = weir(&config).await;
     let other = b.listener_addr("http").unwrap();
     for (accept, coding) in [("br", "br"), ("gzip", "gzip"), ("identity", "identity")] {
@@ -324,7 +323,6 @@ async fn ranges_of_a_compressed_variant_are_ranges_of_its_stored_bytes() {
         simple_config(&[up.addr], "") + "\n[server]\ncompression = true\n[cache]\nenabled = true\n";
     let weir = weir(&config).await;
     let proxy = weir.listener_addr("http").unwrap();
-    let cache = weir.state().snapshot.load().cache.clone().unwrap();
     let ask = |headers: &'static [(&'static str, &'static str)]| async move {
         let mut request = Request::get(format!("http://{proxy}/doc"));
         for (name, value) in headers {
@@ -332,7 +330,6 @@ async fn ranges_of_a_compressed_variant_are_ranges_of_its_stored_bytes() {
         }
         send(&http1_client(), request.body(empty()).unwrap()).await
     };
-    let stores = || cache.stats.stores.load(std::sync::atomic::Ordering::SeqCst);
 
     // weir compressed it: the stored bytes are not the origin's, and the origin could not
     // serve ranges of them, so the gzip variant does not offer ranges.
@@ -342,14 +339,7 @@ async fn ranges_of_a_compressed_variant_are_ranges_of_its_stored_bytes() {
     assert_eq!(gz.header("etag"), Some("W/\"s1\""));
     let identity = ask(&[("accept-encoding", "identity")]).await;
     assert_eq!(identity.header("accept-ranges"), Some("bytes"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while stores() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "both variants stored"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait::stored(&weir, 2).await;
     let gz_hit = ask(&[("accept-encoding", "gzip")]).await;
     assert_eq!(gz_hit.header("accept-ranges"), None);
     // A range a client asks anyway is cut from the variant it selects: gzip bytes for

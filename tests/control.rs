@@ -308,7 +308,8 @@ async fn the_report_and_scaling_endpoints_answer_with_what_was_sampled() {
     for concurrency in [1, 2, 4, 8] {
         load(addr, concurrency, Duration::from_millis(400)).await;
     }
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    let control = Arc::clone(proxy.supervisor().control());
+    wait::eventually("12 samples", async || control.samples().len() >= 12).await;
     let reply = admin(admin_addr, "GET", "/api/v1/report", "").await;
     assert_eq!(reply.status, StatusCode::OK);
     let report: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
@@ -368,8 +369,9 @@ async fn history_survives_a_restart_and_weir_report_reads_it() {
         Duration::from_millis(600),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let written = first.supervisor().control().samples().len();
+    let control = Arc::clone(first.supervisor().control());
+    wait::eventually("5 samples", async || control.samples().len() >= 5).await;
+    let written = control.samples().len();
     assert!(written >= 5, "{written} samples");
     first.shutdown().await;
     let lines = std::fs::read_to_string(&history).unwrap().lines().count();
@@ -450,8 +452,13 @@ async fn a_slow_action_does_not_hold_up_sampling() {
     .await;
     let scaling = wait_for_scaling(admin_addr, |s| last_up(s).is_some()).await;
     let up_seq = last_up(&scaling).unwrap()["seq"].as_u64().unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let during = wait_for_scaling(admin_addr, |_| true).await;
+    // Sampling goes on while the 1.5 s action runs.
+    let during = wait_for_scaling(admin_addr, |s| {
+        s["last"]["seq"]
+            .as_u64()
+            .is_some_and(|seq| seq >= up_seq + 4)
+    })
+    .await;
     let up = during["history"]
         .as_array()
         .unwrap()

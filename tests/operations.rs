@@ -458,14 +458,29 @@ async fn reload_adds_and_removes_listeners_without_touching_the_others() {
 /// The real binary serving `path` with JSON logs: the child, the proxy address from its
 /// "listening" line, and a thread collecting every log line until the process exits. With
 /// `hup_on_listening`, the reading thread sends SIGHUP the moment that line appears.
-fn spawn_binary(
-    path: &Path,
-    hup_on_listening: bool,
-) -> (
-    std::process::Child,
-    SocketAddr,
-    std::thread::JoinHandle<Vec<String>>,
-) {
+/// The real binary serving `path`, its proxy address once it listens, the thread that
+/// collects its log lines, and each log message as it comes.
+struct Spawned {
+    child: std::process::Child,
+    proxy: SocketAddr,
+    logs: std::thread::JoinHandle<Vec<String>>,
+    messages: std::sync::mpsc::Receiver<String>,
+}
+
+/// Waits (up to 10 s) for a log message containing `text`.
+fn wait_for_message(messages: &std::sync::mpsc::Receiver<String>, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match messages.recv_timeout(left) {
+            Ok(message) if message.contains(text) => return,
+            Ok(_) => {}
+            Err(_) => panic!("no log message with {text:?}"),
+        }
+    }
+}
+
+fn spawn_binary(path: &Path, hup_on_listening: bool) -> Spawned {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -477,16 +492,18 @@ fn spawn_binary(
     let pid = child.id().to_string();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
+    let (message_tx, messages) = std::sync::mpsc::channel();
+    let logs = std::thread::spawn(move || {
         let mut lines = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str::<Value>(&line)
-                && event["message"] == "listening"
-            {
-                if hup_on_listening {
-                    let _ = Command::new("kill").args(["-HUP", &pid]).status();
+            if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                if event["message"] == "listening" {
+                    if hup_on_listening {
+                        let _ = Command::new("kill").args(["-HUP", &pid]).status();
+                    }
+                    let _ = tx.send(event["address"].as_str().unwrap().to_owned());
                 }
-                let _ = tx.send(event["address"].as_str().unwrap().to_owned());
+                let _ = message_tx.send(event["message"].as_str().unwrap_or("").to_owned());
             }
             lines.push(line);
         }
@@ -497,7 +514,12 @@ fn spawn_binary(
         .unwrap()
         .parse()
         .unwrap();
-    (child, proxy, reader)
+    Spawned {
+        child,
+        proxy,
+        logs,
+        messages,
+    }
 }
 
 #[tokio::test]
@@ -508,7 +530,12 @@ async fn sighup_reloads_the_real_binary() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     write(&path, &simple_config(&[a.addr], ""));
-    let (mut child, proxy, reader) = spawn_binary(&path, false);
+    let Spawned {
+        mut child,
+        proxy,
+        logs: reader,
+        messages,
+    } = spawn_binary(&path, false);
     assert_eq!(get(proxy, "/").await.header("x-upstream"), Some("a"));
 
     write(&path, &simple_config(&[b.addr], ""));
@@ -531,7 +558,10 @@ async fn sighup_reloads_the_real_binary() {
     // A bad file on SIGHUP keeps the process and the current config.
     write(&path, "not = [valid");
     assert!(kill("-HUP").success());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_message(
+        &messages,
+        "reload failed; the previous configuration keeps serving",
+    );
     assert_eq!(get(proxy, "/").await.header("x-upstream"), Some("b"));
     assert!(kill("-TERM").success());
     let exit = tokio::task::spawn_blocking(move || child.wait())
@@ -559,7 +589,12 @@ async fn a_sighup_as_soon_as_weir_listens_reloads_it_rather_than_ending_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     write(&path, &simple_config(&[a.addr], ""));
-    let (mut child, proxy, reader) = spawn_binary(&path, true);
+    let Spawned {
+        mut child,
+        proxy,
+        logs: reader,
+        ..
+    } = spawn_binary(&path, true);
     assert_eq!(get(proxy, "/").await.header("x-upstream"), Some("a"));
     assert!(child.try_wait().unwrap().is_none(), "weir is still running");
     assert!(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use common::wait::eventually;
 use common::*;
 use http::{Request, Response, StatusCode};
 use tokio::sync::Notify;
@@ -65,15 +66,6 @@ fn endpoint_json(pool: &serde_json::Value, addr: SocketAddr) -> &serde_json::Val
 
 const ADMIN: &str = "\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"test-token-0123456789\"\n";
 
-/// Polls `check` every 10 ms for up to 5 s.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn failing_endpoint_is_ejected_and_returns_after_recovery() {
     let (bad, failing, bad_hits) =
@@ -105,7 +97,10 @@ async fn failing_endpoint_is_ejected_and_returns_after_recovery() {
 
     // It recovers; after the ejection, probes succeed and it is back in rotation.
     failing.store(false, Relaxed);
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    eventually("the 400 ms ejection to end", async || {
+        endpoint_json(&admin_pool(&weir).await, bad.addr)["state"] != "ejected"
+    })
+    .await;
     let before = bad_hits.load(Relaxed);
     let counts: Vec<u16> = {
         let mut v = Vec::new();

@@ -4,6 +4,7 @@
 
 pub mod redis_server;
 pub mod tls;
+pub mod wait;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -92,6 +92,17 @@ impl RedisServer {
         client.get_multiplexed_async_connection().await.unwrap()
     }
 
+    /// Clients subscribed to `channel` on this server (`PUBSUB NUMSUB`).
+    pub async fn subscribers(&self, channel: &str) -> i64 {
+        let (_, count): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap();
+        count
+    }
+
     pub async fn dbsize(&self) -> i64 {
         let mut conn = self.connection().await;
         redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap()
@@ -197,6 +208,15 @@ impl RedisCluster {
 
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Clients subscribed to `channel` on any node (each subscribes through one).
+    pub async fn subscribers(&self, channel: &str) -> i64 {
+        let mut total = 0;
+        for node in &self.nodes {
+            total += node.subscribers(channel).await;
+        }
+        total
     }
 
     /// Keys held by each node, in node order.
