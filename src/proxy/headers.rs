@@ -68,6 +68,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether a request's `TE` accepts trailers: the one `TE` value that goes on upstream
+/// (gRPC servers require it), whatever else the field lists.
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let name = coding.split(';').next().unwrap_or("").trim();
+            name.eq_ignore_ascii_case("trailers")
+        })
+}
+
+/// `TE: trailers`, the value forwarded when the client sent it.
+pub const TE_TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
+
 /// A client connection's address, with the `X-Forwarded-For` value it gives made once per
 /// connection rather than once per request.
 #[derive(Debug, Clone)]
@@ -399,5 +416,22 @@ mod tests {
         let fresh = request_id(&h, &name);
         assert_eq!(fresh.len(), 32);
         assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn trailers_is_found_among_te_codings() {
+        let te = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TE, v.parse().unwrap());
+            }
+            accepts_trailers(&h)
+        };
+        assert!(te(&["trailers"]));
+        assert!(te(&["gzip;q=0.5, Trailers"]));
+        assert!(te(&["gzip", "trailers;q=1"]));
+        assert!(!te(&["gzip, deflate"]));
+        assert!(!te(&["trailersx"]));
+        assert!(!te(&[]));
     }
 }

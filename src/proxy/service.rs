@@ -281,7 +281,13 @@ impl ProxyService {
         let sticky_id = pool.sticky_cookie.as_deref().and_then(|name| {
             crate::balancer::cookie_value(&parts.headers, name).map(str::to_owned)
         });
+        let trailers = headers::accepts_trailers(&parts.headers);
         strip_hop_by_hop(&mut parts.headers);
+        if trailers {
+            // Hop-by-hop like the rest of TE, but its meaning (the client reads trailers,
+            // and weir passes them) holds end to end; HTTP/2 allows no other TE value.
+            parts.headers.insert(header::TE, headers::TE_TRAILERS);
+        }
         snapshot.headers.add_forwarding(
             &mut parts.headers,
             &self.client,
