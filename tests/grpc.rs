@@ -162,3 +162,250 @@ async fn two_hundred_concurrent_calls_share_one_connection() {
         1
     );
 }
+
+/// One listener, a route for `/test.Echo/` only (with `route_extra`) to a pool of
+/// `upstreams` speaking h2c (with `pool_extra`).
+fn echo_route_config(
+    upstreams: &[std::net::SocketAddr],
+    route_extra: &str,
+    pool_extra: &str,
+) -> String {
+    let endpoints: Vec<String> = upstreams
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
+    format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n\
+         [[routes]]\npath_prefix = \"/test.Echo/\"\npool = \"main\"\n{route_extra}\n\
+         [pools.main]\nprotocol = \"h2c\"\nendpoints = [{}]\n{pool_extra}\n",
+        endpoints.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn weirs_own_errors_are_grpc_statuses() {
+    let up = grpc_upstream("a").await;
+    let down = closed_port().await;
+
+    // No route: the health service's path is not routed.
+    let weir_a = weir(&echo_route_config(&[up.addr], "", "")).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        weir_a.listener_addr("http").unwrap()
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect_err("no route");
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(status.message(), "no route for this host and path");
+
+    // Upstream down (connect refused, retries exhausted).
+    let weir_b = weir(&echo_route_config(&[down], "", "")).await;
+    let mut client = EchoClient::connect(weir_b.listener_addr("http").unwrap()).await;
+    let status = client
+        .unary(Request::new(echo("x")))
+        .await
+        .expect_err("down");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "upstream connect failed");
+
+    // Rate limited.
+    let weir_c = weir(&echo_route_config(
+        &[up.addr],
+        "rate_limit = { requests_per_second = 1, burst = 1 }",
+        "",
+    ))
+    .await;
+    let mut client = EchoClient::connect(weir_c.listener_addr("http").unwrap()).await;
+    client
+        .unary(Request::new(echo("first")))
+        .await
+        .expect("within the limit");
+    let status = client
+        .unary(Request::new(echo("second")))
+        .await
+        .expect_err("limited");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.message(), "rate limit exceeded");
+}
+
+#[tokio::test]
+async fn a_deadline_shorter_than_the_handler_is_deadline_exceeded_from_weir() {
+    // A handler that ignores the deadline, and a raw HTTP/2 client: tonic's client and
+    // server each enforce `grpc-timeout` themselves, which would race weir's timer.
+    let slow = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        http::Response::new(full("late"))
+    })
+    .await;
+    let weir = weir(&grpc_config(&[slow.addr], "response_timeout = \"30s\"")).await;
+    let request = http::Request::post(format!(
+        "http://{}/test.Echo/Unary",
+        weir.listener_addr("http").unwrap()
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("grpc-timeout", "200m")
+    .body(full(&b"\0\0\0\0\0"[..]))
+    .unwrap();
+    let started = std::time::Instant::now();
+    let reply = send(&h2c_client(), request).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "weir answered at the deadline, not after the handler: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(reply.status, 200, "a gRPC status, not an HTTP 504");
+    assert_eq!(reply.header("content-type"), Some("application/grpc"));
+    assert_eq!(reply.header("grpc-status"), Some("4"), "DEADLINE_EXCEEDED");
+    assert_eq!(reply.header("grpc-message"), Some("deadline exceeded"));
+    // The endpoint is not blamed for the caller's deadline.
+    let snapshot = weir.state().snapshot.load();
+    let endpoint = &snapshot.pools["main"].endpoints()[0];
+    assert_eq!(
+        endpoint
+            .stats
+            .timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    // tonic's client sees the same status when its own timer is not first.
+    let up = grpc_upstream("a").await;
+    let weir = weir_with(&grpc_config(&[up.addr], "")).await;
+    let mut client = EchoClient::connect(weir.listener_addr("http").unwrap()).await;
+    let mut request = Request::new(echo("quick"));
+    request.set_timeout(Duration::from_secs(5));
+    client
+        .unary(request)
+        .await
+        .expect("well within its deadline");
+}
+
+#[tokio::test]
+async fn unavailable_is_retried_on_another_endpoint() {
+    let first = grpc_upstream("first").await;
+    let second = grpc_upstream("second").await;
+    first
+        .unavailable
+        .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    let weir = weir(&grpc_config(&[first.addr, second.addr], "")).await;
+    let mut client = EchoClient::connect(weir.listener_addr("http").unwrap()).await;
+    for i in 0..6 {
+        let reply = client
+            .unary(Request::new(Echo {
+                payload: vec![1; 10_000],
+                ..echo(&format!("{i}"))
+            }))
+            .await
+            .expect("retried on the healthy endpoint");
+        assert_eq!(reply.get_ref().text, format!("second: {i}"));
+        assert_eq!(
+            reply.get_ref().payload.len(),
+            10_000,
+            "the body was sent again whole"
+        );
+    }
+    assert_eq!(
+        second.stats.calls.load(std::sync::atomic::Ordering::SeqCst),
+        6
+    );
+    assert!(first.stats.calls.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+
+    // Without gRPC statuses to retry, UNAVAILABLE reaches the client.
+    let strict = weir_with(&grpc_config(
+        &[first.addr],
+        "retry = { grpc_statuses = [] }",
+    ))
+    .await;
+    let mut client = EchoClient::connect(strict.listener_addr("http").unwrap()).await;
+    let status = client
+        .unary(Request::new(echo("x")))
+        .await
+        .expect_err("not retried");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(status.message(), "warming up");
+}
+
+async fn weir_with(config: &str) -> weir::app::Running {
+    weir(config).await
+}
+
+#[tokio::test]
+async fn grpc_health_checks_follow_the_standard_health_service() {
+    let a = grpc_upstream("a").await;
+    let mut b = grpc_upstream("b").await;
+    let weir = weir(&grpc_config(
+        &[a.addr, b.addr],
+        "health_check = { grpc_service = \"test.Echo\", interval = \"50ms\", rise = 1, fall = 1 }",
+    ))
+    .await;
+    let snapshot = weir.state().snapshot.load_full();
+    let endpoints = snapshot.pools["main"].endpoints().clone();
+    let healthy = |i: usize| endpoints[i].is_healthy_by_checks();
+    wait::eventually("both SERVING", async || healthy(0) && healthy(1)).await;
+
+    a.health
+        .set_service_status("test.Echo", tonic_health::ServingStatus::NotServing)
+        .await;
+    wait::eventually("a NOT_SERVING is taken out", async || {
+        !healthy(0) && healthy(1)
+    })
+    .await;
+    assert!(
+        endpoints[0]
+            .last_transition()
+            .reason
+            .contains("NOT_SERVING"),
+        "{}",
+        endpoints[0].last_transition().reason
+    );
+    let mut client = EchoClient::connect(weir.listener_addr("http").unwrap()).await;
+    for i in 0..4 {
+        let reply = client
+            .unary(Request::new(echo(&format!("{i}"))))
+            .await
+            .unwrap();
+        assert_eq!(reply.get_ref().text, format!("b: {i}"));
+    }
+
+    a.health
+        .set_service_status("test.Echo", tonic_health::ServingStatus::Serving)
+        .await;
+    wait::eventually("a SERVING again", async || healthy(0)).await;
+
+    // An unknown service is NOT_FOUND from the health service: a failed check.
+    b.health.clear_service_status("test.Echo").await;
+    wait::eventually("b's unknown service fails", async || !healthy(1)).await;
+    assert!(
+        endpoints[1]
+            .last_transition()
+            .reason
+            .contains("grpc-status 5"),
+        "{}",
+        endpoints[1].last_transition().reason
+    );
+    a.stop();
+}
+
+#[test]
+fn grpc_health_checks_need_http2() {
+    let err = weir::config::load_str(
+        &simple_config(
+            &["127.0.0.1:9".parse().unwrap()],
+            "health_check = { grpc_service = \"\" }",
+        ),
+        std::path::Path::new("w.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("pools.main.health_check.grpc_service: gRPC health checks need protocol"),
+        "{err}"
+    );
+}

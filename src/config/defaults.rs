@@ -101,6 +101,8 @@ pub const DEFAULT_RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
 /// Request bodies up to this size are buffered so that they can be retried.
 pub const DEFAULT_RETRY_BUFFER_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_RETRY_STATUSES: [u16; 3] = [502, 503, 504];
+/// UNAVAILABLE is gRPC's "not carried out, try again" (as 503 is HTTP's).
+pub const DEFAULT_RETRY_GRPC_STATUSES: [super::GrpcCode; 1] = [super::GrpcCode::Unavailable];
 
 /// Score strategy inputs (the seeds' composite weights).
 pub const DEFAULT_SCORE_RESPONSE_TIME: f64 = 0.3;

@@ -322,6 +322,10 @@ pub struct HealthCheckConfig {
     pub fall: u32,
     /// `Host` sent with checks; the endpoint's address when absent.
     pub host: Option<String>,
+    /// Check with the standard gRPC health service (`grpc.health.v1.Health/Check`) for
+    /// this service name ("" asks about the server as a whole) instead of a GET of
+    /// `path`: passing means SERVING. Needs an HTTP/2 pool (`h2c` or `h2`).
+    pub grpc_service: Option<String>,
 }
 
 /// Passive outlier detection and the per-endpoint circuit breaker, one state machine.
@@ -406,9 +410,45 @@ pub struct RetryConfig {
     #[serde(default = "d_budget_min")]
     pub budget_min_per_second: u32,
     /// Request bodies up to this many bytes (by Content-Length) are buffered to be
-    /// retryable; larger ones stream and are not retried after being sent.
+    /// retryable; larger ones stream and are not retried after being sent. gRPC bodies
+    /// (no Content-Length) stream while a copy of up to this many bytes is kept.
     #[serde(default = "d_retry_buffer")]
     pub buffer_body_bytes: u64,
+    /// gRPC statuses that are retried when the upstream answered with the status alone
+    /// (no message streamed yet), whatever the method: gRPC calls are all POSTs, and
+    /// these codes say the call was not carried out.
+    #[serde(default = "d_retry_grpc_statuses")]
+    pub grpc_statuses: Vec<GrpcCode>,
+}
+
+/// The gRPC status codes, by their names in the gRPC spec written in snake case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrpcCode {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl GrpcCode {
+    /// The number carried in `grpc-status`.
+    pub fn number(self) -> u8 {
+        self as u8
+    }
 }
 
 impl Default for RetryConfig {
@@ -423,6 +463,7 @@ impl Default for RetryConfig {
             budget_ratio: DEFAULT_RETRY_BUDGET_RATIO,
             budget_min_per_second: DEFAULT_RETRY_BUDGET_MIN_PER_SECOND,
             buffer_body_bytes: DEFAULT_RETRY_BUFFER_BYTES,
+            grpc_statuses: d_retry_grpc_statuses(),
         }
     }
 }
@@ -681,6 +722,9 @@ fn d_retry_on() -> Vec<RetryOn> {
 }
 fn d_retry_statuses() -> Vec<u16> {
     DEFAULT_RETRY_STATUSES.to_vec()
+}
+fn d_retry_grpc_statuses() -> Vec<GrpcCode> {
+    DEFAULT_RETRY_GRPC_STATUSES.to_vec()
 }
 fn d_backoff_base() -> Duration {
     DEFAULT_RETRY_BACKOFF_BASE

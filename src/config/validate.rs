@@ -257,6 +257,17 @@ fn check_pool_policies(key: &str, pool: &PoolConfig, problems: &mut Vec<Problem>
         );
     }
     if let Some(check) = &pool.health_check {
+        if check.grpc_service.is_some()
+            && !matches!(
+                pool.protocol,
+                crate::config::UpstreamProtocol::H2c | crate::config::UpstreamProtocol::H2
+            )
+        {
+            problem(
+                "health_check.grpc_service",
+                "gRPC health checks need protocol = \"h2c\" or \"h2\"".into(),
+            );
+        }
         if !check.path.starts_with('/') {
             problem(
                 "health_check.path",

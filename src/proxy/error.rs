@@ -5,6 +5,7 @@ use std::time::Duration;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::ResponseBody;
+use crate::config::GrpcCode;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -38,6 +39,8 @@ pub enum ProxyError {
     Connect(#[source] BoxError),
     #[error("upstream did not answer within {0:?}")]
     ResponseTimeout(Duration),
+    #[error("the call's deadline ({0:?}, grpc-timeout) passed")]
+    Deadline(Duration),
     #[error("upstream request failed")]
     Upstream(#[source] BoxError),
 }
@@ -56,9 +59,9 @@ impl ProxyError {
             ProxyError::NoEndpoint(_) | ProxyError::AtCapacity(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ProxyError::ConnectTimeout(_)
+            | ProxyError::ResponseTimeout(_)
+            | ProxyError::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -82,6 +85,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout(_) => "upstream connect timed out",
             ProxyError::Connect(_) => "upstream connect failed",
             ProxyError::ResponseTimeout(_) => "upstream timed out",
+            ProxyError::Deadline(_) => "deadline exceeded",
             ProxyError::Upstream(_) => "upstream request failed",
         }
     }
@@ -142,6 +146,43 @@ impl ProxyError {
                 | ProxyError::UnsupportedTransferEncoding
         ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    /// The gRPC status a gRPC client gets for this failure: the gRPC spec's mapping of
+    /// HTTP statuses, made precise where weir knows more (a rate limit is
+    /// RESOURCE_EXHAUSTED, a passed deadline DEADLINE_EXCEEDED).
+    pub fn grpc_code(&self) -> GrpcCode {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::ClientBody(_)
+            | ProxyError::UnsupportedTransferEncoding
+            | ProxyError::TooManyHeaders(_) => GrpcCode::Internal,
+            ProxyError::ConnectNotSupported | ProxyError::NoRoute => GrpcCode::Unimplemented,
+            ProxyError::BodyTooLarge(_) | ProxyError::RateLimited(_) => GrpcCode::ResourceExhausted,
+            ProxyError::ClientBodyTimeout
+            | ProxyError::ResponseTimeout(_)
+            | ProxyError::Deadline(_) => GrpcCode::DeadlineExceeded,
+            ProxyError::NoEndpoint(_)
+            | ProxyError::AtCapacity(_)
+            | ProxyError::ConnectTimeout(_)
+            | ProxyError::Connect(_)
+            | ProxyError::Upstream(_) => GrpcCode::Unavailable,
+        }
+    }
+
+    /// The answer to a gRPC client: HTTP 200 with the status alone (no message), as gRPC
+    /// clients read weir's failures; the HTTP status would only be mapped back roughly.
+    pub fn to_grpc_response(&self) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::empty());
+        *response.headers_mut() =
+            super::grpc::status_response_headers(self.grpc_code(), self.public_reason());
+        if let ProxyError::RateLimited(wait) = self {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response
     }

@@ -7,6 +7,7 @@ pub mod body;
 pub mod compress;
 pub mod conn;
 pub mod error;
+pub mod grpc;
 pub mod headers;
 pub mod listener;
 pub mod normalize;

@@ -19,6 +19,7 @@ use super::ProxyState;
 use super::body::{BodyPace, PendingVerdict, RequestGuards, ResponseBody, UpstreamRequestBody};
 use super::conn::{ConnActivity, ConnRequestGuard};
 use super::error::ProxyError;
+use super::grpc;
 use super::headers::{self, strip_hop_by_hop};
 use super::normalize::normalize_path;
 use super::retry;
@@ -26,6 +27,7 @@ use super::route::Route;
 use super::snapshot::Snapshot;
 use super::stats::RouteStats;
 use super::trace::{TRACEPARENT, TraceContext};
+use crate::upstream::request_body::{CopyInProgress, ReplayCopy};
 use crate::upstream::{Endpoint, Outcome, PickError};
 
 mod cached;
@@ -80,6 +82,7 @@ impl ProxyService {
             .then(|| TraceContext::from_headers(req.headers()));
         let method = req.method().clone();
         let path = snapshot.access_log.then(|| req.uri().path().to_owned());
+        let is_grpc = grpc::is_grpc(req.headers());
         let result = self
             .forward(&snapshot, req, &request_id, trace.as_ref(), conn_guard)
             .await;
@@ -108,7 +111,12 @@ impl ProxyService {
                 } else {
                     tracing::debug!(request_id = ?request_id, status = status.as_u16(), error = %failure.error, "request refused");
                 }
-                (failure.error.to_response(), Err(failure))
+                let response = if is_grpc {
+                    failure.error.to_grpc_response()
+                } else {
+                    failure.error.to_response()
+                };
+                (response, Err(failure))
             }
         };
         if let Some(path) = path {
@@ -323,17 +331,25 @@ impl ProxyService {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
+        let is_grpc = grpc::is_grpc(&parts.headers);
+        // A gRPC call's deadline bounds every attempt (and the waits between them).
+        let call_deadline = grpc::timeout(&parts.headers)
+            .filter(|_| is_grpc)
+            .map(|timeout| (timeout, tokio::time::Instant::now() + timeout));
         let mut body = match body {
-            Some(body) => RequestBody::prepare(
-                body,
-                &parts.headers,
-                pool.retry.attempts,
-                pool.retry.buffer_body_bytes,
-                self.body_pace,
-                route.max_body_bytes,
-            )
-            .await
-            .map_err(|error| failure(error, None))?,
+            Some(body) => {
+                let plan = BodyPlan {
+                    retries: pool.retry.attempts,
+                    buffer_limit: pool.retry.buffer_body_bytes,
+                    pace: self.body_pace,
+                    max_body: route.max_body_bytes,
+                    // gRPC bodies have no length to decide by: they stream, copied.
+                    copy_while_streaming: is_grpc && !pool.retry.grpc_statuses.is_empty(),
+                };
+                RequestBody::prepare(body, &parts.headers, plan)
+                    .await
+                    .map_err(|error| failure(error, None))?
+            }
             None => RequestBody::Replayable(Bytes::new()),
         };
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -348,7 +364,7 @@ impl ProxyService {
                     };
                     failure(error, None)
                 })?;
-            let may_retry = retries < pool.retry.attempts && body.is_replayable();
+            let may_retry = retries < pool.retry.attempts && body.may_replay();
             let mut headers = if may_retry {
                 parts.headers.clone()
             } else {
@@ -369,11 +385,25 @@ impl ProxyService {
             *upstream_request.version_mut() = pool.version;
             *upstream_request.headers_mut() = headers;
 
+            let (wait, deadline_bound) = match call_deadline {
+                Some((timeout, at)) => {
+                    let left = at.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(failure(
+                            ProxyError::Deadline(timeout),
+                            Some(&endpoint.address),
+                        ));
+                    }
+                    (
+                        left.min(pool.response_timeout),
+                        left < pool.response_timeout,
+                    )
+                }
+                None => (pool.response_timeout, false),
+            };
             let mut guard = endpoint.begin_request();
             let started = Instant::now();
-            let sent =
-                tokio::time::timeout(pool.response_timeout, pool.client.request(upstream_request))
-                    .await;
+            let sent = tokio::time::timeout(wait, pool.client.request(upstream_request)).await;
             let elapsed = started.elapsed();
             let (outcome, result) = match sent {
                 Ok(Ok(response)) => {
@@ -408,6 +438,15 @@ impl ProxyService {
                     };
                     (outcome, Err(error))
                 }
+                Err(_elapsed) if deadline_bound => {
+                    // The caller's deadline, not the endpoint's slowness: nothing to learn.
+                    drop(guard);
+                    let timeout = call_deadline.map_or(wait, |(timeout, _)| timeout);
+                    return Err(failure(
+                        ProxyError::Deadline(timeout),
+                        Some(&endpoint.address),
+                    ));
+                }
                 Err(_elapsed) => (
                     Outcome::TimedOut,
                     Err(ProxyError::ResponseTimeout(pool.response_timeout)),
@@ -423,8 +462,14 @@ impl ProxyService {
             let another_endpoint = || {
                 !matches!(outcome, Outcome::Response { .. }) || pool.has_untried(&tried, &endpoint)
             };
+            // A gRPC status alone (nothing streamed yet) that says the call was not carried
+            // out may be retried whatever the method.
+            let grpc_retryable = is_grpc
+                && matches!(&result, Ok(response)
+                    if grpc::is_retryable_status(&pool.retry.grpc_statuses, response.headers()));
             let retrying = may_retry
-                && retry::is_retryable(&pool.retry, &parts.method, &outcome)
+                && body.is_replayable()
+                && (grpc_retryable || retry::is_retryable(&pool.retry, &parts.method, &outcome))
                 && another_endpoint()
                 && pool.try_retry();
             if retrying || !deferred {
@@ -519,31 +564,51 @@ impl ProxyService {
     }
 }
 
+/// How a client's request body is to be held: what [`RequestBody::prepare`] decides by.
+#[derive(Debug, Clone, Copy)]
+struct BodyPlan {
+    /// Retries the pool may make (none: nothing is held).
+    retries: u32,
+    /// Bodies up to this many bytes are held for a retry.
+    buffer_limit: u64,
+    pace: BodyPace,
+    /// The route's body limit (0 = none).
+    max_body: u64,
+    /// Stream the body and keep a copy (up to `buffer_limit`) rather than read it first:
+    /// for calls whose body has no length and may not end before the answer starts.
+    copy_while_streaming: bool,
+}
+
 /// The client's request body, held so that it can be sent again when it is small enough.
 enum RequestBody {
     /// Empty or buffered: every attempt gets the same bytes.
     Replayable(Bytes),
     /// Streams from the client; only one attempt can have it (with its size limit).
     Streaming(Option<Incoming>, BodyPace, u64),
+    /// Streams from the client to the first attempt while a copy is kept; later attempts
+    /// get the copy, if it completed.
+    Copied {
+        first: Option<(Incoming, CopyInProgress)>,
+        pace: BodyPace,
+        max_body: u64,
+        copy: ReplayCopy,
+    },
 }
 
 impl RequestBody {
     async fn prepare(
         body: Incoming,
         headers: &http::HeaderMap,
-        attempts: u32,
-        buffer_limit: u64,
-        pace: BodyPace,
-        max_body: u64,
+        plan: BodyPlan,
     ) -> Result<Self, ProxyError> {
         if body.is_end_stream() {
             return Ok(RequestBody::Replayable(Bytes::new()));
         }
         let declared = declared_length(headers);
         match declared {
-            Some(length) if attempts > 0 && length <= buffer_limit => {
-                let limited = http_body_util::Limited::new(body, buffer_limit as usize);
-                let deadline = pace.deadline(tokio::time::Instant::now(), length);
+            Some(length) if plan.retries > 0 && length <= plan.buffer_limit => {
+                let limited = http_body_util::Limited::new(body, plan.buffer_limit as usize);
+                let deadline = plan.pace.deadline(tokio::time::Instant::now(), length);
                 let bytes = tokio::time::timeout_at(deadline, limited.collect())
                     .await
                     .map_err(|_| ProxyError::ClientBodyTimeout)?
@@ -551,12 +616,32 @@ impl RequestBody {
                     .to_bytes();
                 Ok(RequestBody::Replayable(bytes))
             }
-            _ => Ok(RequestBody::Streaming(Some(body), pace, max_body)),
+            None if plan.retries > 0 && plan.copy_while_streaming => {
+                let copy = ReplayCopy::default();
+                let in_progress = CopyInProgress::new(plan.buffer_limit, Arc::clone(&copy));
+                Ok(RequestBody::Copied {
+                    first: Some((body, in_progress)),
+                    pace: plan.pace,
+                    max_body: plan.max_body,
+                    copy,
+                })
+            }
+            _ => Ok(RequestBody::Streaming(Some(body), plan.pace, plan.max_body)),
         }
     }
 
+    /// Whether a retry may be possible: decided before the first attempt is sent.
+    fn may_replay(&self) -> bool {
+        !matches!(self, RequestBody::Streaming(..))
+    }
+
+    /// Whether the next attempt can be sent the whole body.
     fn is_replayable(&self) -> bool {
-        matches!(self, RequestBody::Replayable(_))
+        match self {
+            RequestBody::Replayable(_) => true,
+            RequestBody::Streaming(..) => false,
+            RequestBody::Copied { copy, .. } => copy.get().is_some(),
+        }
     }
 
     fn for_attempt(&mut self) -> UpstreamRequestBody {
@@ -565,6 +650,20 @@ impl RequestBody {
             RequestBody::Streaming(body, pace, limit) => match body.take() {
                 Some(inner) => UpstreamRequestBody::streaming(inner, *pace, *limit),
                 None => UpstreamRequestBody::buffered(Bytes::new()),
+            },
+            RequestBody::Copied {
+                first,
+                pace,
+                max_body,
+                copy,
+            } => match first.take() {
+                Some((inner, in_progress)) => UpstreamRequestBody::streaming_with_copy(
+                    inner,
+                    *pace,
+                    *max_body,
+                    Some(in_progress),
+                ),
+                None => UpstreamRequestBody::buffered(copy.get().cloned().unwrap_or_default()),
             },
         }
     }

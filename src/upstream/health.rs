@@ -1,12 +1,14 @@
-//! Active HTTP health checks: one task per pool that checks every endpoint each interval
+//! Active health checks: one task per pool that checks every endpoint each interval
 //! (with jitter, so a fleet of proxies does not check in lockstep) and feeds the results to
-//! the endpoints' rise/fall counters.
+//! the endpoints' rise/fall counters. A check is an HTTP GET, or a call of the standard
+//! gRPC health service (`grpc.health.v1.Health/Check`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, StatusCode, header};
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
 use super::request_body::UpstreamRequestBody;
@@ -48,6 +50,9 @@ async fn check_one(pool: Arc<Pool>, endpoint: Arc<Endpoint>, config: HealthCheck
 }
 
 async fn probe(pool: &Pool, endpoint: &Endpoint, config: &HealthCheckConfig) -> (bool, String) {
+    if let Some(service) = &config.grpc_service {
+        return grpc_probe(pool, endpoint, config, service).await;
+    }
     let uri = format!("{}://{}{}", pool.scheme, endpoint.authority, config.path);
     let host = config
         .host
@@ -74,6 +79,113 @@ async fn probe(pool: &Pool, endpoint: &Endpoint, config: &HealthCheckConfig) -> 
                 (false, format!("status {}", status.as_u16()))
             }
         }
+    }
+}
+
+/// `grpc.health.v1.HealthCheckRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse`; `status` 1 is SERVING.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+const SERVING: i32 = 1;
+
+/// Largest health answer read (it is a few bytes).
+const MAX_GRPC_HEALTH_ANSWER: usize = 64 * 1024;
+
+async fn grpc_probe(
+    pool: &Pool,
+    endpoint: &Endpoint,
+    config: &HealthCheckConfig,
+    service: &str,
+) -> (bool, String) {
+    let uri = format!(
+        "{}://{}/grpc.health.v1.Health/Check",
+        pool.scheme, endpoint.authority
+    );
+    let message = prost::Message::encode_to_vec(&HealthCheckRequest {
+        service: service.to_owned(),
+    });
+    // gRPC framing: uncompressed flag, big-endian length, message.
+    let mut framed = BytesMut::with_capacity(5 + message.len());
+    framed.put_u8(0);
+    framed.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
+    framed.extend_from_slice(&message);
+    let request = match Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header(header::TE, "trailers")
+        .header(header::USER_AGENT, "weir-health-check")
+        .version(pool.version)
+        .body(UpstreamRequestBody::buffered(framed.freeze()))
+    {
+        Ok(request) => request,
+        Err(err) => return (false, format!("cannot build the check request: {err}")),
+    };
+    let answer = async {
+        let response = pool.client.request(request).await.map_err(|err| {
+            if err.is_connect() {
+                "connect failed".to_owned()
+            } else {
+                format!("request failed: {err}")
+            }
+        })?;
+        if response.status() != StatusCode::OK {
+            return Err(format!("HTTP status {}", response.status().as_u16()));
+        }
+        let (parts, body) = response.into_parts();
+        let collected = http_body_util::Limited::new(body, MAX_GRPC_HEALTH_ANSWER)
+            .collect()
+            .await
+            .map_err(|err| format!("reading the answer: {err}"))?;
+        // A status alone comes in the head; otherwise in the trailers.
+        let status =
+            grpc_status(collected.trailers()).or_else(|| grpc_status(Some(&parts.headers)));
+        match status {
+            Some(0) => {}
+            Some(code) => return Err(format!("grpc-status {code}")),
+            None => return Err("no grpc-status".to_owned()),
+        }
+        let bytes = collected.to_bytes();
+        let message = bytes
+            .get(5..)
+            .ok_or_else(|| "no health message".to_owned())?;
+        let answer: HealthCheckResponse = prost::Message::decode(message)
+            .map_err(|err| format!("undecodable health message: {err}"))?;
+        Ok(answer.status)
+    };
+    match tokio::time::timeout(config.timeout, answer).await {
+        Err(_) => (false, format!("no answer within {:?}", config.timeout)),
+        Ok(Err(detail)) => (false, detail),
+        Ok(Ok(SERVING)) => (true, String::new()),
+        Ok(Ok(status)) => (
+            false,
+            format!("health status {}", serving_status_name(status)),
+        ),
+    }
+}
+
+fn grpc_status(headers: Option<&HeaderMap>) -> Option<u32> {
+    headers?
+        .get("grpc-status")
+        .and_then(|v: &HeaderValue| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn serving_status_name(status: i32) -> &'static str {
+    match status {
+        0 => "UNKNOWN",
+        1 => "SERVING",
+        2 => "NOT_SERVING",
+        3 => "SERVICE_UNKNOWN",
+        _ => "unrecognised",
     }
 }
 

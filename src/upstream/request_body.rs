@@ -3,9 +3,10 @@
 //! client that sends them, so that `upstream` needs nothing from `proxy`.
 
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
@@ -43,6 +44,42 @@ impl BodyPace {
     }
 }
 
+/// Where a streamed body's copy lands once the body has ended: complete bytes for a
+/// retry to send again. Empty while the body streams, and for good when the body outgrew
+/// the copy's limit or carried trailers.
+pub type ReplayCopy = Arc<OnceLock<Bytes>>;
+
+/// A copy being made of a streamed body, up to `limit` bytes.
+#[derive(Debug)]
+pub struct CopyInProgress {
+    buffer: BytesMut,
+    limit: u64,
+    target: ReplayCopy,
+}
+
+impl CopyInProgress {
+    pub fn new(limit: u64, target: ReplayCopy) -> Self {
+        Self {
+            buffer: BytesMut::new(),
+            limit,
+            target,
+        }
+    }
+
+    /// Adds `data`; `false` once the copy is over its limit (it is then dropped).
+    fn add(&mut self, data: &Bytes) -> bool {
+        if (self.buffer.len() + data.len()) as u64 > self.limit {
+            return false;
+        }
+        self.buffer.extend_from_slice(data);
+        true
+    }
+
+    fn finish(self) {
+        let _ = self.target.set(self.buffer.freeze());
+    }
+}
+
 pin_project! {
     /// A request body on its way upstream: the client's stream as it arrives (under a
     /// pace deadline), or bytes weir holds (empty or buffered) so that the request can be
@@ -58,6 +95,8 @@ pin_project! {
             // Largest body allowed (0 = no limit).
             limit: u64,
             timer: Pin<Box<tokio::time::Sleep>>,
+            // A copy kept for a retry (gRPC calls), if one is wanted.
+            copy: Option<CopyInProgress>,
         },
         Buffered {
             data: Option<Bytes>,
@@ -73,6 +112,17 @@ impl UpstreamRequestBody {
     }
 
     pub fn streaming(inner: Incoming, pace: BodyPace, limit: u64) -> Self {
+        Self::streaming_with_copy(inner, pace, limit, None)
+    }
+
+    /// As [`Self::streaming`], keeping a copy that `copy` receives if the body ends
+    /// within the copy's limit.
+    pub fn streaming_with_copy(
+        inner: Incoming,
+        pace: BodyPace,
+        limit: u64,
+        copy: Option<CopyInProgress>,
+    ) -> Self {
         let start = tokio::time::Instant::now();
         UpstreamRequestBody::Streaming {
             inner,
@@ -81,6 +131,7 @@ impl UpstreamRequestBody {
             received: 0,
             limit,
             timer: Box::pin(tokio::time::sleep_until(pace.deadline(start, 0))),
+            copy,
         }
     }
 }
@@ -95,13 +146,14 @@ impl Body for UpstreamRequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             UpstreamRequestBodyProj::Streaming {
-                inner,
+                mut inner,
                 pace,
                 start,
                 received,
                 limit,
                 timer,
-            } => match inner.poll_frame(cx) {
+                copy,
+            } => match inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         *received += data.len() as u64;
@@ -109,10 +161,31 @@ impl Body for UpstreamRequestBody {
                             return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
                         }
                         timer.as_mut().reset(pace.deadline(*start, *received));
+                        if copy.as_mut().is_some_and(|c| !c.add(data)) {
+                            *copy = None;
+                        }
+                    } else {
+                        // Trailers are not kept: such a body is not replayed.
+                        *copy = None;
+                    }
+                    // The client (hyper) stops polling once the body says it has ended.
+                    if inner.is_end_stream()
+                        && let Some(done) = copy.take()
+                    {
+                        done.finish();
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
+                Poll::Ready(None) => {
+                    if let Some(done) = copy.take() {
+                        done.finish();
+                    }
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    *copy = None;
+                    Poll::Ready(Some(Err(BoxError::from(error))))
+                }
                 Poll::Pending => match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTooSlow)))),
                     Poll::Pending => Poll::Pending,

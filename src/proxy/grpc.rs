@@ -1,0 +1,146 @@
+//! gRPC over the proxy: telling a gRPC call apart, its deadline (`grpc-timeout`), the
+//! status an upstream gave before streaming anything, and weir's own errors in the shape
+//! a gRPC client reads (HTTP 200 with `grpc-status` and `grpc-message`).
+
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::GrpcCode;
+
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// Whether the request is a gRPC call: `application/grpc`, alone or with a `+format` or
+/// parameters (gRPC-Web, `application/grpc-web`, is another protocol).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let value = content_type.as_bytes();
+    value.len() >= 16
+        && value[..16].eq_ignore_ascii_case(b"application/grpc")
+        && matches!(value.get(16), None | Some(b'+' | b';'))
+}
+
+/// The call's deadline from `grpc-timeout`: 1 to 8 digits and a unit (H, M, S, m, u, n).
+/// `None` when absent or malformed (the call then has no deadline of its own).
+pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(GRPC_TIMEOUT)?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// The status of a response that carries it in its head: a trailers-only answer, which
+/// streamed no message. `None` for a response whose status will come in trailers.
+pub fn head_status(headers: &HeaderMap) -> Option<u8> {
+    std::str::from_utf8(headers.get(GRPC_STATUS)?.as_bytes())
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Whether a trailers-only answer's status is one `retryable` lists.
+pub fn is_retryable_status(retryable: &[GrpcCode], headers: &HeaderMap) -> bool {
+    head_status(headers).is_some_and(|code| retryable.iter().any(|c| c.number() == code))
+}
+
+/// A trailers-only gRPC answer (HTTP 200, no message) with `code` and `message`.
+pub fn status_response_headers(code: GrpcCode, message: &str) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(4);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(GRPC_STATUS, HeaderValue::from(u16::from(code.number())));
+    if let Ok(value) = HeaderValue::from_str(&percent_encode(message)) {
+        headers.insert(GRPC_MESSAGE, value);
+    }
+    headers
+}
+
+/// `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
+fn percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        let grpc = |ct| is_grpc(&headers(&[("content-type", ct)]));
+        assert!(grpc("application/grpc"));
+        assert!(grpc("application/grpc+proto"));
+        assert!(grpc("Application/GRPC;charset=utf-8"));
+        assert!(!grpc("application/grpc-web"));
+        assert!(!grpc("application/grpcx"));
+        assert!(!grpc("application/json"));
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn timeouts_in_every_unit() {
+        let t = |v| timeout(&headers(&[("grpc-timeout", v)]));
+        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(t("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(t("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(t("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(t("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(t("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S", " 1S"] {
+            assert_eq!(t(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn status_in_the_head_and_retryable_codes() {
+        let unavailable = headers(&[("grpc-status", "14")]);
+        assert_eq!(head_status(&unavailable), Some(14));
+        assert!(is_retryable_status(&[GrpcCode::Unavailable], &unavailable));
+        assert!(!is_retryable_status(&[GrpcCode::Aborted], &unavailable));
+        assert!(!is_retryable_status(
+            &[GrpcCode::Unavailable],
+            &HeaderMap::new()
+        ));
+    }
+
+    #[test]
+    fn messages_are_percent_encoded() {
+        assert_eq!(percent_encode("no route"), "no route");
+        assert_eq!(percent_encode("100% ü"), "100%25 %C3%BC");
+        let h = status_response_headers(GrpcCode::Unavailable, "upstream down");
+        assert_eq!(h["grpc-status"], "14");
+        assert_eq!(h["grpc-message"], "upstream down");
+        assert_eq!(h["content-type"], "application/grpc");
+    }
+}
