@@ -193,6 +193,23 @@ fn gather(sources: Sources<'_>) -> Vec<MetricFamily> {
                 counter.load(Relaxed),
             );
         }
+        for (code, counter) in route.stats.grpc.iter().enumerate() {
+            let calls = counter.load(Relaxed);
+            // Only the statuses a route has seen: 17 mostly-zero series per route is noise.
+            if calls > 0 {
+                let code = u8::try_from(code).unwrap_or(u8::MAX);
+                f.counter(
+                    "weir_route_grpc_calls_total",
+                    "gRPC calls by route and the status they ended with, weir's own included.",
+                    &[
+                        ("route", name),
+                        ("pool", pool),
+                        ("code", crate::proxy::grpc::code_name(code)),
+                    ],
+                    calls,
+                );
+            }
+        }
         f.histogram(
             "weir_route_duration_seconds",
             "Request start to response head by route, retries included.",

@@ -409,3 +409,114 @@ fn grpc_health_checks_need_http2() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn metrics_and_the_access_log_show_the_grpc_status() {
+    let up = grpc_upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(
+        &path,
+        grpc_config(&[up.addr], "")
+            + "\n[server]\naccess_log = true\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"grpc-test-token-0123456789\"\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                let _ = tx.send(event);
+            }
+        }
+    });
+    let (mut proxy, mut admin) = (None, None);
+    while proxy.is_none() || admin.is_none() {
+        let event = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        let address = event["address"]
+            .as_str()
+            .map(|a| a.parse::<std::net::SocketAddr>().unwrap());
+        match event["message"].as_str() {
+            Some("listening") => proxy = address,
+            Some("admin listening") => admin = address,
+            _ => {}
+        }
+    }
+    let mut client = EchoClient::connect(proxy.unwrap()).await;
+    client.unary(Request::new(echo("fine"))).await.unwrap();
+    client
+        .unary(Request::new(Echo {
+            fail_code: Code::FailedPrecondition as i32,
+            ..echo("no")
+        }))
+        .await
+        .unwrap_err();
+    let mut stream = client
+        .server_stream(Request::new(Echo {
+            count: 3,
+            ..echo("s")
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    while stream.next().await.is_some() {}
+
+    let mut lines = Vec::new();
+    while lines.len() < 3 {
+        let event = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        if event["message"] == "access" {
+            lines.push(event);
+        }
+    }
+    let statuses: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["path"].as_str().unwrap(),
+                l["grpc_status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("/test.Echo/Unary", "0"),
+            ("/test.Echo/Unary", "9"),
+            ("/test.Echo/ServerStream", "0")
+        ]
+    );
+
+    let metrics = admin_get(admin.unwrap(), "/metrics", "grpc-test-token-0123456789")
+        .await
+        .text();
+    for expected in [
+        "weir_route_grpc_calls_total{route=\"routes[0]\",pool=\"main\",code=\"OK\"} 2",
+        "weir_route_grpc_calls_total{route=\"routes[0]\",pool=\"main\",code=\"FAILED_PRECONDITION\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == expected),
+            "missing {expected}:\n{metrics}"
+        );
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    // Waited for off the runtime: the client's connection task must stay live to answer
+    // the drain's GOAWAY ping, or the drain waits for its deadline.
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    drop((client, stream));
+}

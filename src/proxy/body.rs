@@ -13,6 +13,7 @@ use pin_project_lite::pin_project;
 
 use super::conn::ConnRequestGuard;
 use super::error::BoxError;
+use super::grpc::{CallEnd, head_status};
 pub use crate::upstream::request_body::{BodyPace, BodyTooLarge, BodyTooSlow, UpstreamRequestBody};
 use crate::upstream::{InFlightGuard, Outcome, PoolSlot};
 
@@ -68,6 +69,8 @@ pin_project! {
             inner: Incoming,
             guards: Option<RequestGuards>,
             tee: Option<Box<Tee>>,
+            // A gRPC call's end, told by the trailers' status.
+            call_end: Option<Box<CallEnd>>,
         },
         Encoded {
             inner: EncodedBody,
@@ -85,6 +88,22 @@ impl ResponseBody {
             inner,
             guards: Some(guards),
             tee: None,
+            call_end: None,
+        }
+    }
+
+    /// Hands `end` the call's status when the trailers bring it; a body that cannot
+    /// (weir's own, or one that has ended) gives `end` back beside itself.
+    pub fn with_call_end(mut self, end: CallEnd) -> (Self, Option<CallEnd>) {
+        if self.is_end_stream() {
+            return (self, Some(end));
+        }
+        match &mut self {
+            ResponseBody::Upstream { call_end, .. } => {
+                *call_end = Some(Box::new(end));
+                (self, None)
+            }
+            _ => (self, Some(end)),
         }
     }
 
@@ -182,9 +201,26 @@ impl Body for ResponseBody {
                 mut inner,
                 guards,
                 tee,
+                call_end,
             } => {
                 let polled = inner.as_mut().poll_frame(cx);
                 feed_tee(tee, &polled, || inner.is_end_stream());
+                if call_end.is_some() {
+                    match &polled {
+                        Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                            let status = frame.trailers_ref().and_then(head_status);
+                            if let Some(end) = call_end.take() {
+                                end.finish(status);
+                            }
+                        }
+                        Poll::Ready(None | Some(Err(_))) => {
+                            if let Some(end) = call_end.take() {
+                                end.finish(None);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 // End or failure: the request is over for the endpoint and connection.
                 if let Poll::Ready(Some(Err(_))) = &polled
                     && let Some(pending) = guards.as_mut().and_then(|g| g.pending.as_mut())

@@ -2,10 +2,13 @@
 //! status an upstream gave before streaming anything, and weir's own errors in the shape
 //! a gRPC client reads (HTTP 200 with `grpc-status` and `grpc-message`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::access_log::AccessLine;
+use super::stats::RouteStats;
 use crate::config::GrpcCode;
 
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -51,6 +54,76 @@ pub fn head_status(headers: &HeaderMap) -> Option<u8> {
         .ok()?
         .parse()
         .ok()
+}
+
+/// The spec's name of status `code`, as metrics label it.
+pub fn code_name(code: u8) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES
+        .get(usize::from(code))
+        .copied()
+        .unwrap_or("UNRECOGNISED")
+}
+
+/// What is done once a gRPC call's status is known (from trailers, or when the stream
+/// ends without one): count it for the route, write the access log line. Done on drop at
+/// the latest, so a call the client abandons is still logged.
+#[derive(Debug)]
+pub struct CallEnd {
+    pub route_stats: Option<Arc<RouteStats>>,
+    pub access: Option<AccessLine>,
+    done: bool,
+}
+
+impl CallEnd {
+    pub fn new(route_stats: Option<Arc<RouteStats>>, access: Option<AccessLine>) -> Self {
+        Self {
+            route_stats,
+            access,
+            done: false,
+        }
+    }
+
+    /// The call ended with `status` (`None`: without one).
+    pub fn finish(mut self, status: Option<u8>) {
+        self.record(status);
+    }
+
+    fn record(&mut self, status: Option<u8>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        if let (Some(stats), Some(code)) = (&self.route_stats, status) {
+            stats.record_grpc(code);
+        }
+        if let Some(line) = self.access.take() {
+            line.write(Some(status));
+        }
+    }
+}
+
+impl Drop for CallEnd {
+    fn drop(&mut self) {
+        self.record(None);
+    }
 }
 
 /// Whether a trailers-only answer's status is one `retryable` lists.

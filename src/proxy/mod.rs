@@ -3,6 +3,7 @@
 //!
 //! May import: `balancer`, `cache`, `config`, `upstream`; never `admin`, `app` or `control`.
 
+pub mod access_log;
 pub mod body;
 pub mod compress;
 pub mod conn;

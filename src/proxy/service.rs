@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ProxyState;
+use super::access_log::{AccessLine, Destination};
 use super::body::{BodyPace, PendingVerdict, RequestGuards, ResponseBody, UpstreamRequestBody};
 use super::conn::{ConnActivity, ConnRequestGuard};
 use super::error::ProxyError;
@@ -119,42 +120,62 @@ impl ProxyService {
                 (response, Err(failure))
             }
         };
-        if let Some(path) = path {
-            let (route, endpoint, attempts, upstream_ms) = match &outcome {
-                Ok(s) => (
-                    s.route.as_ref(),
-                    s.endpoint.as_ref().map_or("cache", |e| e.address.as_str()),
-                    s.attempts,
-                    s.upstream.as_secs_f64() * 1000.0,
+        let access = path.map(|path| {
+            let (route, destination, attempts, upstream_ms) = match &outcome {
+                Ok(served) => (
+                    Some(Arc::clone(&served.route)),
+                    served
+                        .endpoint
+                        .as_ref()
+                        .map_or(Destination::Cache, |e| Destination::Endpoint(Arc::clone(e))),
+                    served.attempts,
+                    served.upstream.as_secs_f64() * 1000.0,
                 ),
-                Err(f) => (
-                    f.route.as_deref().unwrap_or("-"),
-                    f.endpoint.as_deref().unwrap_or("-"),
+                Err(failure) => (
+                    failure.route.as_deref().map(Arc::from),
+                    Destination::Failed(failure.endpoint.clone()),
                     0,
                     0.0,
                 ),
             };
-            tracing::info!(
-                target: "weir::access",
-                request_id = request_id.to_str().unwrap_or("-"),
-                trace_id = trace.as_ref().map_or("-", TraceContext::trace_id),
-                client = %self.peer.ip(),
-                %method,
+            AccessLine {
+                request_id: request_id.clone(),
+                trace: trace.clone(),
+                client: self.peer.ip(),
+                method,
                 path,
-                status = response.status().as_u16(),
+                status: response.status().as_u16(),
                 route,
-                endpoint,
+                destination,
                 attempts,
-                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                started,
                 upstream_ms,
-                // The cache's outcome and tier (`weir-l1; hit`, `weir-l2; fwd=miss`…).
-                cache = response
+                cache: response
                     .headers()
                     .get(&crate::cache::policy::CACHE_STATUS)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-"),
-                "access"
-            );
+                    .cloned(),
+            }
+        });
+        if is_grpc {
+            let route_stats = match &outcome {
+                Ok(served) => Some(Arc::clone(&served.route_stats)),
+                Err(failure) => failure.route_stats.clone(),
+            };
+            let end = grpc::CallEnd::new(route_stats, access);
+            match grpc::head_status(response.headers()) {
+                // A status alone (weir's own answers too): the call has ended.
+                Some(code) => end.finish(Some(code)),
+                None => {
+                    let (parts, body) = response.into_parts();
+                    let (body, not_taken) = body.with_call_end(end);
+                    if let Some(end) = not_taken {
+                        end.finish(None);
+                    }
+                    response = Response::from_parts(parts, body);
+                }
+            }
+        } else if let Some(line) = access {
+            line.write(None);
         }
         self.state.stats.record_response(response.status());
         response

@@ -38,6 +38,8 @@ pub struct RouteStats {
     pub responses: [AtomicU64; 5],
     /// Request start to response head, retries included.
     pub latency: LatencyHistogram,
+    /// gRPC calls by the status they ended with (index = code), weir's own included.
+    pub grpc: [AtomicU64; 17],
 }
 
 impl RouteStats {
@@ -45,5 +47,11 @@ impl RouteStats {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.responses[class].fetch_add(1, Relaxed);
         self.latency.record(elapsed);
+    }
+
+    pub fn record_grpc(&self, code: u8) {
+        if let Some(counter) = self.grpc.get(usize::from(code)) {
+            counter.fetch_add(1, Relaxed);
+        }
     }
 }
