@@ -520,3 +520,91 @@ async fn metrics_and_the_access_log_show_the_grpc_status() {
     assert_eq!(exit.code(), Some(0));
     drop((client, stream));
 }
+
+#[tokio::test]
+async fn grpc_to_an_upstream_over_tls() {
+    let ca = common::tls::ca();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = common::tls::leaf(&ca, dir.path(), "backend", &["backend.test"]);
+    let mut server = weir::tls::server_config(&weir::config::ListenerTlsConfig {
+        certificates: vec![weir::config::CertificateConfig {
+            cert,
+            key,
+            names: vec![],
+        }],
+    })
+    .unwrap();
+    std::sync::Arc::get_mut(&mut server).unwrap().alpn_protocols = vec![b"h2".to_vec()];
+    let up = grpc_tls_upstream("tls", server).await;
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let weir = weir(&simple_config(
+        &[up],
+        &format!(
+            "protocol = \"h2\"\ntls = {{ ca_file = {:?}, server_name = \"backend.test\" }}",
+            ca_file.display().to_string()
+        ),
+    ))
+    .await;
+    let mut client = EchoClient::connect(weir.listener_addr("http").unwrap()).await;
+    let reply = client.unary(Request::new(echo("secure"))).await.unwrap();
+    assert_eq!(reply.get_ref().text, "tls: secure");
+    let status = client
+        .unary(Request::new(Echo {
+            fail_code: Code::NotFound as i32,
+            ..echo("gone")
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!((status.code(), status.message()), (Code::NotFound, "gone"));
+    let upload = tokio_stream::iter((0..3).map(|_| Echo {
+        payload: vec![0; 100_000],
+        ..Echo::default()
+    }));
+    let summary = client.client_stream(upload).await.unwrap();
+    assert_eq!(summary.get_ref().text, "3 messages, 300000 bytes");
+}
+
+#[tokio::test]
+async fn request_trailers_reach_the_upstream() {
+    let up = upstream(|req: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        let collected = req.into_body().collect().await.unwrap();
+        let trailer = collected
+            .trailers()
+            .and_then(|t| t.get("x-checksum"))
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = collected.to_bytes();
+        http::Response::builder()
+            .header("x-got-trailer", trailer)
+            .header("x-got-bytes", body.len())
+            .body(full("ok"))
+            .unwrap()
+    })
+    .await;
+    let weir = weir(&grpc_config(&[up.addr], "")).await;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc123".parse().unwrap());
+    let frames = tokio_stream::iter(vec![
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from_static(
+            b"payload",
+        ))),
+        Ok(http_body::Frame::trailers(trailers)),
+    ]);
+    let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(frames));
+    let request = http::Request::post(format!(
+        "http://{}/upload",
+        weir.listener_addr("http").unwrap()
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(body)
+    .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.headers()["x-got-trailer"], "abc123");
+    assert_eq!(response.headers()["x-got-bytes"], "7");
+}

@@ -234,6 +234,42 @@ pub async fn grpc_upstream(name: &'static str) -> GrpcUpstream {
     }
 }
 
+/// The echo service over TLS (HTTP/2 by ALPN) with `tls`, for `protocol = "h2"` pools.
+pub async fn grpc_tls_upstream(name: &'static str, tls: Arc<rustls::ServerConfig>) -> SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echo = EchoServer {
+        name,
+        stats: Arc::default(),
+        unavailable: Arc::default(),
+    };
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, echo) = (acceptor.clone(), echo.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = tower::ServiceBuilder::new()
+                    .map_request(|r: http::Request<hyper::body::Incoming>| {
+                        r.map(tonic::body::Body::new)
+                    })
+                    .service(echo);
+                let _ = hyper::server::conn::http2::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(stream),
+                    hyper_util::service::TowerToHyperService::new(service),
+                )
+                .await;
+            });
+        }
+    });
+    addr
+}
+
 /// A client of the echo service through `addr` (weir's listener), on one HTTP/2
 /// connection (h2c, prior knowledge).
 #[derive(Clone)]
