@@ -608,3 +608,43 @@ async fn request_trailers_reach_the_upstream() {
     assert_eq!(response.headers()["x-got-trailer"], "abc123");
     assert_eq!(response.headers()["x-got-bytes"], "7");
 }
+
+#[tokio::test]
+async fn a_stream_does_not_outlive_its_deadline() {
+    let up = grpc_upstream("a").await;
+    let weir = weir(&grpc_config(&[up.addr], "")).await;
+    let mut client = EchoClient::connect(weir.listener_addr("http").unwrap()).await;
+    let mut request = Request::new(Echo {
+        count: 20,
+        delay_ms: 100,
+        ..echo("tick")
+    });
+    request.set_timeout(Duration::from_millis(350));
+    let started = std::time::Instant::now();
+    let mut stream = client.server_stream(request).await.unwrap().into_inner();
+    let mut received = 0;
+    let status = loop {
+        match stream.next().await {
+            Some(Ok(_)) => received += 1,
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without a status after {received} messages"),
+        }
+    };
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(status.message(), "deadline exceeded");
+    assert!(
+        (2..=5).contains(&received),
+        "{received} messages before the deadline"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let snapshot = weir.state().snapshot.load();
+    let route = &snapshot.router.routes()[0];
+    wait::eventually("the call counted as DEADLINE_EXCEEDED", async || {
+        route.stats.grpc[4].load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+}

@@ -2,6 +2,7 @@
 //! (Request bodies going upstream live in `upstream::request_body`, where the client that
 //! sends them is; they are re-exported here.)
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -13,7 +14,8 @@ use pin_project_lite::pin_project;
 
 use super::conn::ConnRequestGuard;
 use super::error::BoxError;
-use super::grpc::{CallEnd, head_status};
+use super::grpc::{CallEnd, head_status, status_trailers};
+use crate::config::GrpcCode;
 pub use crate::upstream::request_body::{BodyPace, BodyTooLarge, BodyTooSlow, UpstreamRequestBody};
 use crate::upstream::{InFlightGuard, Outcome, PoolSlot};
 
@@ -71,6 +73,8 @@ pin_project! {
             tee: Option<Box<Tee>>,
             // A gRPC call's end, told by the trailers' status.
             call_end: Option<Box<CallEnd>>,
+            // A gRPC call's deadline, which a stream must not outlive.
+            deadline: Option<Box<StreamDeadline>>,
         },
         Encoded {
             inner: EncodedBody,
@@ -89,7 +93,20 @@ impl ResponseBody {
             guards: Some(guards),
             tee: None,
             call_end: None,
+            deadline: None,
         }
+    }
+
+    /// Ends the stream at `at` with a DEADLINE_EXCEEDED status in its trailers, if the
+    /// upstream has not ended it by then (gRPC calls with a `grpc-timeout`).
+    pub fn with_deadline(mut self, at: tokio::time::Instant) -> Self {
+        if let ResponseBody::Upstream { deadline, .. } = &mut self {
+            *deadline = Some(Box::new(StreamDeadline {
+                timer: Box::pin(tokio::time::sleep_until(at)),
+                passed: false,
+            }));
+        }
+        self
     }
 
     /// Hands `end` the call's status when the trailers bring it; a body that cannot
@@ -202,8 +219,25 @@ impl Body for ResponseBody {
                 guards,
                 tee,
                 call_end,
+                deadline,
             } => {
+                if deadline.as_ref().is_some_and(|d| d.passed) {
+                    return Poll::Ready(None);
+                }
                 let polled = inner.as_mut().poll_frame(cx);
+                if polled.is_pending()
+                    && let Some(stream_deadline) = deadline.as_mut()
+                    && stream_deadline.poll_passed(cx)
+                {
+                    // The endpoint is not to blame: the verdict stays what the head said.
+                    guards.take();
+                    tee.take();
+                    if let Some(end) = call_end.take() {
+                        end.finish(Some(GrpcCode::DeadlineExceeded.number()));
+                    }
+                    let trailers = status_trailers(GrpcCode::DeadlineExceeded, "deadline exceeded");
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
                 feed_tee(tee, &polled, || inner.is_end_stream());
                 if call_end.is_some() {
                     match &polled {
@@ -243,6 +277,9 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
+            ResponseBody::Upstream {
+                deadline: Some(d), ..
+            } if d.passed => true,
             ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
             ResponseBody::Encoded { inner, .. } => inner.is_end_stream(),
             ResponseBody::Full { data } => data.is_none(),
@@ -257,6 +294,21 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }
+    }
+}
+
+/// A stream's deadline: once passed, the body ends with the status in trailers.
+pub struct StreamDeadline {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    passed: bool,
+}
+
+impl StreamDeadline {
+    fn poll_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timer.as_mut().poll(cx).is_ready() {
+            self.passed = true;
+        }
+        self.passed
     }
 }
 

@@ -133,11 +133,17 @@ pub fn is_retryable_status(retryable: &[GrpcCode], headers: &HeaderMap) -> bool 
 
 /// A trailers-only gRPC answer (HTTP 200, no message) with `code` and `message`.
 pub fn status_response_headers(code: GrpcCode, message: &str) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(4);
+    let mut headers = status_trailers(code, message);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
+    headers
+}
+
+/// The trailers that end a call with `code` and `message`.
+pub fn status_trailers(code: GrpcCode, message: &str) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(3);
     headers.insert(GRPC_STATUS, HeaderValue::from(u16::from(code.number())));
     if let Ok(value) = HeaderValue::from_str(&percent_encode(message)) {
         headers.insert(GRPC_MESSAGE, value);

@@ -577,10 +577,11 @@ impl ProxyService {
                 attempts: retries + 1,
                 upstream: elapsed,
             };
-            return Ok((
-                Response::from_parts(parts, ResponseBody::upstream(body, guards)),
-                served,
-            ));
+            let mut body = ResponseBody::upstream(body, guards);
+            if let Some((_, at)) = call_deadline {
+                body = body.with_deadline(at);
+            }
+            return Ok((Response::from_parts(parts, body), served));
         }
     }
 }

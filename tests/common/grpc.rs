@@ -150,11 +150,19 @@ impl EchoServer {
 async fn server_stream(request: Request<Echo>) -> Result<Response<EchoStream>, Status> {
     let message = request.into_inner();
     let count = message.count;
-    let stream = tokio_stream::iter(0..count).map(move |i| {
-        Ok(Echo {
+    // `delay_ms` apart, the first at once.
+    let pause = Duration::from_millis(u64::from(message.delay_ms));
+    let stream = tokio_stream::iter(0..count).then(move |i| {
+        let reply = Echo {
             text: format!("#{i}"),
             ..message.clone()
-        })
+        };
+        async move {
+            if i > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            Ok(reply)
+        }
     });
     Ok(Response::new(Box::pin(stream)))
 }
@@ -256,14 +264,13 @@ pub async fn grpc_tls_upstream(name: &'static str, tls: Arc<rustls::ServerConfig
                         r.map(tonic::body::Body::new)
                     })
                     .service(echo);
-                let _ = hyper::server::conn::http2::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(
-                    hyper_util::rt::TokioIo::new(stream),
-                    hyper_util::service::TowerToHyperService::new(service),
-                )
-                .await;
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(stream),
+                            hyper_util::service::TowerToHyperService::new(service),
+                        )
+                        .await;
             });
         }
     });
