@@ -94,7 +94,12 @@ fn headers(c: &mut Criterion) {
                 || request.clone(),
                 |headers| {
                     strip_hop_by_hop(headers);
-                    policy.add_forwarding(headers, &client, "http", Some("api.example.com"));
+                    policy.add_forwarding(
+                        headers,
+                        (&client).into(),
+                        "http",
+                        Some("api.example.com"),
+                    );
                     policy.add_via(headers, Version::HTTP_11);
                 },
                 criterion::BatchSize::SmallInput,

@@ -148,6 +148,12 @@ fn gather(sources: Sources<'_>) -> Vec<MetricFamily> {
         &[],
         stats.connections_refused.load(Relaxed),
     );
+    f.counter(
+        "weir_proxy_header_refused_total",
+        "Connections closed for a missing or malformed PROXY protocol header.",
+        &[],
+        stats.proxy_header_refused.load(Relaxed),
+    );
     f.gauge(
         "weir_connections_active",
         "Client connections open now.",

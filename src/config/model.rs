@@ -103,6 +103,41 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     /// Terminate TLS on this listener.
     pub tls: Option<ListenerTlsConfig>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, as an L4 load
+    /// balancer sends): the client address is the one it carries. A connection without a
+    /// valid header is closed, never read as HTTP.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR blocks): when the
+    /// connection comes from one, the client is the right-most hop not in this list (as
+    /// nginx's `real_ip_recursive`). Empty: the connection's address is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<TrustedNet>,
+}
+
+/// An address or CIDR block in `trusted_proxies` (`10.0.0.0/8`, `192.0.2.7`, `::1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedNet(pub ipnet::IpNet);
+
+impl<'de> Deserialize<'de> for TrustedNet {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(TrustedNet)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not an IP address or CIDR block (e.g. \"10.0.0.0/8\")"
+                ))
+            })
+    }
+}
+
+impl TrustedNet {
+    /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as its IPv4 one).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
 }
 
 /// Certificates of a TLS listener; the first is used when SNI matches none.

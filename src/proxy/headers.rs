@@ -102,6 +102,24 @@ impl ClientAddress {
     }
 }
 
+/// The addresses a request's forwarding headers name: the connection it came over (the
+/// hop appended to `X-Forwarded-For`), and the client resolved behind trusted proxies
+/// (what `replace` mode and `Forwarded: for=` say). The same when weir is the first hop.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop<'a> {
+    pub connection: &'a ClientAddress,
+    pub client: &'a ClientAddress,
+}
+
+impl<'a> From<&'a ClientAddress> for Hop<'a> {
+    fn from(address: &'a ClientAddress) -> Self {
+        Hop {
+            connection: address,
+            client: address,
+        }
+    }
+}
+
 /// The header settings compiled once per config, so requests only copy values.
 #[derive(Debug, Clone)]
 pub struct HeaderPolicy {
@@ -154,11 +172,11 @@ impl HeaderPolicy {
     pub fn add_forwarding(
         &self,
         headers: &mut HeaderMap,
-        client: &ClientAddress,
+        hop: Hop<'_>,
         proto: &'static str,
         host: Option<&str>,
     ) {
-        self.add_x_forwarded_for(headers, client);
+        self.add_x_forwarded_for(headers, hop);
         if self.x_forwarded_proto {
             let keep = self.x_forwarded_for == ForwardedForMode::Append
                 && headers.contains_key(X_FORWARDED_PROTO);
@@ -167,11 +185,11 @@ impl HeaderPolicy {
             }
         }
         if self.forwarded {
-            self.add_rfc7239_forwarded(headers, client.ip, proto, host);
+            self.add_rfc7239_forwarded(headers, hop.client.ip, proto, host);
         }
     }
 
-    fn add_x_forwarded_for(&self, headers: &mut HeaderMap, client: &ClientAddress) {
+    fn add_x_forwarded_for(&self, headers: &mut HeaderMap, hop: Hop<'_>) {
         use std::fmt::Write as _;
         let prior = match self.x_forwarded_for {
             ForwardedForMode::Off => return,
@@ -186,10 +204,16 @@ impl HeaderPolicy {
             }),
         };
         let Some(prior) = prior else {
-            // No prior hops (most requests): the connection's ready-made value.
-            headers.insert(X_FORWARDED_FOR, client.header.clone());
+            // No prior hops (most requests): the ready-made value. Replacing, the whole
+            // chain becomes the client; appending, the connection is the new hop.
+            let address = match self.x_forwarded_for {
+                ForwardedForMode::Replace => hop.client,
+                _ => hop.connection,
+            };
+            headers.insert(X_FORWARDED_FOR, address.header.clone());
             return;
         };
+        let client = hop.connection;
         // One string, written in place: prior hops, then the client.
         let mut value = String::with_capacity(48);
         for hop in prior {
@@ -340,7 +364,7 @@ mod tests {
         h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
         policy(ForwardedForMode::Append, false).add_forwarding(
             &mut h,
-            &ClientAddress::new(ip),
+            (&ClientAddress::new(ip)).into(),
             "http",
             None,
         );
@@ -352,7 +376,7 @@ mod tests {
         h.insert("x-forwarded-proto", "https".parse().unwrap());
         policy(ForwardedForMode::Replace, false).add_forwarding(
             &mut h,
-            &ClientAddress::new(ip),
+            (&ClientAddress::new(ip)).into(),
             "http",
             None,
         );
@@ -363,18 +387,48 @@ mod tests {
         let client = ClientAddress::new(ip);
         for _ in 0..2 {
             let mut h = HeaderMap::new();
-            policy(ForwardedForMode::Append, false).add_forwarding(&mut h, &client, "http", None);
+            policy(ForwardedForMode::Append, false).add_forwarding(
+                &mut h,
+                (&client).into(),
+                "http",
+                None,
+            );
             assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         }
 
         let mut h = HeaderMap::new();
         policy(ForwardedForMode::Off, false).add_forwarding(
             &mut h,
-            &ClientAddress::new(ip),
+            (&ClientAddress::new(ip)).into(),
             "http",
             None,
         );
         assert!(!h.contains_key("x-forwarded-for"));
+
+        // Behind a trusted proxy: appending adds the proxy (the connection's hop) to the
+        // chain it sent; replacing names the client resolved from that chain.
+        let (lb, real) = (
+            ClientAddress::new("10.1.1.1".parse().unwrap()),
+            ClientAddress::new("203.0.113.5".parse().unwrap()),
+        );
+        let hop = Hop {
+            connection: &lb,
+            client: &real,
+        };
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.5".parse().unwrap());
+        policy(ForwardedForMode::Append, true).add_forwarding(&mut h, hop, "http", None);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.5, 10.1.1.1");
+        assert!(
+            h["forwarded"]
+                .to_str()
+                .unwrap()
+                .starts_with("for=203.0.113.5;")
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.5".parse().unwrap());
+        policy(ForwardedForMode::Replace, false).add_forwarding(&mut h, hop, "http", None);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.5");
     }
 
     #[test]
@@ -383,7 +437,7 @@ mod tests {
         let ip: IpAddr = "::1".parse().unwrap();
         policy(ForwardedForMode::Append, true).add_forwarding(
             &mut h,
-            &ClientAddress::new(ip),
+            (&ClientAddress::new(ip)).into(),
             "http",
             Some("a.example:8080"),
         );

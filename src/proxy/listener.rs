@@ -24,9 +24,11 @@ use tokio_rustls::TlsAcceptor;
 
 use super::ProxyState;
 use super::body::{BodyPace, ResponseBody};
+use super::client_address::read_proxy_header;
 use super::conn::ConnActivity;
 use super::protocol::{Builders, Protocol, ServerConnection};
 use super::service::ProxyService;
+use crate::config::TrustedNet;
 
 /// Settings of one listener, fixed while it runs.
 #[derive(Debug, Clone)]
@@ -40,6 +42,10 @@ pub struct ListenerSettings {
     pub body_pace: BodyPace,
     /// TLS termination; swapped in place when a reload brings new certificates.
     pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    /// Each connection starts with a PROXY protocol header naming the client.
+    pub proxy_protocol: bool,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<[TrustedNet]>,
 }
 
 /// How a running listener is told to stop.
@@ -90,16 +96,29 @@ pub async fn serve(
             idle_timeout: settings.client_idle_timeout,
             body_pace: settings.body_pace,
             peer,
+            trusted_proxies: Arc::clone(&settings.trusted_proxies),
         };
         let tls = settings.tls.clone();
         let handshake_timeout = settings.request_header_timeout;
+        let proxy_protocol = settings.proxy_protocol.then(|| settings.name.clone());
         tracker.spawn(async move {
             connection
                 .state
                 .stats
                 .connections_active
                 .fetch_add(1, Relaxed);
+            let mut connection = connection;
+            let mut stream = stream;
+            let accepted = match proxy_protocol {
+                Some(listener) => {
+                    connection
+                        .read_proxy_header(&mut stream, &listener, handshake_timeout)
+                        .await
+                }
+                None => true,
+            };
             match tls {
+                _ if !accepted => {}
                 None => connection.serve_plain(stream, handshake_timeout).await,
                 // Boxed: the TLS state machine is twice the plain one's size, and every
                 // connection task would otherwise be allocated at that size.
@@ -124,10 +143,44 @@ struct Connection {
     shutdown: Shutdown,
     idle_timeout: Duration,
     body_pace: BodyPace,
+    /// The client: the TCP peer, or the source its PROXY header names.
     peer: std::net::SocketAddr,
+    trusted_proxies: Arc<[TrustedNet]>,
 }
 
 impl Connection {
+    /// Reads the connection's PROXY header (bounded by `timeout`) and takes the client
+    /// address from it; `false` (the connection is to be closed) when there is none.
+    async fn read_proxy_header(
+        &mut self,
+        stream: &mut TcpStream,
+        listener: &str,
+        timeout: Duration,
+    ) -> bool {
+        let read = tokio::select! {
+            read = tokio::time::timeout(timeout, read_proxy_header(stream)) => read,
+            _ = self.shutdown.abort.cancelled() => return false,
+        };
+        match read {
+            Ok(Ok(Some(source))) => {
+                self.peer = source;
+                true
+            }
+            // LOCAL or UNKNOWN: the balancer's own connection (a health check).
+            Ok(Ok(None)) => true,
+            Ok(Err(error)) => {
+                self.state.stats.proxy_header_refused.fetch_add(1, Relaxed);
+                tracing::warn!(listener, peer = %self.peer, %error, "PROXY protocol header refused; connection closed");
+                false
+            }
+            Err(_) => {
+                self.state.stats.proxy_header_refused.fetch_add(1, Relaxed);
+                tracing::warn!(listener, peer = %self.peer, "no PROXY protocol header within the header timeout; connection closed");
+                false
+            }
+        }
+    }
+
     /// Tells HTTP/1.1 from HTTP/2 by the first bytes (bounded by `sniff_timeout`), then
     /// serves.
     async fn serve_plain(&self, stream: TcpStream, sniff_timeout: Duration) {
@@ -183,6 +236,7 @@ impl Connection {
             Arc::clone(&activity),
             self.body_pace,
         )
+        .with_trusted_proxies(Arc::clone(&self.trusted_proxies))
         .with_tunnels(self.tunnels.clone(), self.shutdown.abort.clone());
         // Compression is chosen per connection from the current snapshot (a reload applies
         // to new connections) so that, when off, the request path carries no extra layer.

@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod body;
+pub mod client_address;
 pub mod compress;
 pub mod conn;
 pub mod error;

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::ProxyState;
 use super::access_log::{AccessLine, Destination};
 use super::body::{BodyPace, PendingVerdict, RequestGuards, ResponseBody, UpstreamRequestBody};
+use super::client_address;
 use super::conn::{ConnActivity, ConnRequestGuard};
 use super::error::ProxyError;
 use super::grpc;
@@ -28,6 +29,7 @@ use super::route::Route;
 use super::snapshot::Snapshot;
 use super::stats::RouteStats;
 use super::trace::{TRACEPARENT, TraceContext};
+use crate::config::TrustedNet;
 use crate::upstream::request_body::{CopyInProgress, ReplayCopy};
 use crate::upstream::{Endpoint, Outcome, PickError};
 
@@ -37,8 +39,10 @@ mod cached;
 #[derive(Clone)]
 pub struct ProxyService {
     state: Arc<ProxyState>,
-    peer: SocketAddr,
+    /// The connection's client: the TCP peer, or the source a PROXY header gave.
     client: headers::ClientAddress,
+    /// Proxies whose `X-Forwarded-For` names the client (the listener's setting).
+    trusted_proxies: Arc<[TrustedNet]>,
     proto: &'static str,
     conn: Arc<ConnActivity>,
     body_pace: BodyPace,
@@ -55,13 +59,28 @@ impl ProxyService {
     ) -> Self {
         Self {
             state,
-            peer,
             client: headers::ClientAddress::new(peer.ip()),
+            trusted_proxies: Arc::from([]),
             proto,
             conn,
             body_pace,
             tunnels: None,
         }
+    }
+
+    /// Believes `X-Forwarded-For` from these proxies (see [`client_address::resolve`]).
+    pub fn with_trusted_proxies(mut self, trusted: Arc<[TrustedNet]>) -> Self {
+        self.trusted_proxies = trusted;
+        self
+    }
+
+    /// The request's client: this connection's, or the one a trusted proxy names.
+    fn resolve_client(&self, headers: &http::HeaderMap) -> Option<headers::ClientAddress> {
+        if self.trusted_proxies.is_empty() {
+            return None;
+        }
+        let ip = client_address::resolve(self.client.ip, &self.trusted_proxies, headers);
+        (ip != self.client.ip).then(|| headers::ClientAddress::new(ip))
     }
 
     /// Enables protocol upgrades (WebSocket): tunnels run on `tracker` and are cut when
@@ -84,9 +103,14 @@ impl ProxyService {
         let method = req.method().clone();
         let path = snapshot.access_log.then(|| req.uri().path().to_owned());
         let is_grpc = grpc::is_grpc(req.headers());
-        let result = self
-            .forward(&snapshot, req, &request_id, trace.as_ref(), conn_guard)
-            .await;
+        let resolved = self.resolve_client(req.headers());
+        let client = resolved.as_ref().unwrap_or(&self.client);
+        let origin = Origin {
+            request_id: &request_id,
+            trace: trace.as_ref(),
+            client,
+        };
+        let result = self.forward(&snapshot, req, origin, conn_guard).await;
         let (mut response, outcome) = match result {
             Ok((response, served)) => {
                 served
@@ -141,7 +165,7 @@ impl ProxyService {
             AccessLine {
                 request_id: request_id.clone(),
                 trace: trace.clone(),
-                client: self.peer.ip(),
+                client: client.ip,
                 method,
                 path,
                 status: response.status().as_u16(),
@@ -188,8 +212,7 @@ impl ProxyService {
         &self,
         snapshot: &Arc<Snapshot>,
         req: Request<Incoming>,
-        request_id: &HeaderValue,
-        trace: Option<&TraceContext>,
+        origin: Origin<'_>,
         conn_guard: ConnRequestGuard,
     ) -> Result<(Response<ResponseBody>, Served), Failure> {
         let (mut parts, body) = req.into_parts();
@@ -225,7 +248,7 @@ impl ProxyService {
                 .ok_or(ProxyError::NoRoute)?
         };
         if let Some(limiter) = &route.rate_limit
-            && let Err(wait) = limiter.check(self.peer.ip(), &parts.headers).await
+            && let Err(wait) = limiter.check(origin.client.ip, &parts.headers).await
         {
             return Err(Failure::at(route, ProxyError::RateLimited(wait), None));
         }
@@ -255,8 +278,9 @@ impl ProxyService {
         let exchange = Exchange {
             snapshot,
             route,
-            request_id,
-            trace,
+            request_id: origin.request_id,
+            trace: origin.trace,
+            client: origin.client,
         };
         if let (Some(cache), Some(policy)) = (&snapshot.cache, &route.cache)
             && upgrade_protocol(&parts).is_none()
@@ -287,6 +311,7 @@ impl ProxyService {
             route,
             request_id,
             trace,
+            client,
         } = *exchange;
         let pool = &route.pool;
         let failure =
@@ -319,7 +344,10 @@ impl ProxyService {
         }
         snapshot.headers.add_forwarding(
             &mut parts.headers,
-            &self.client,
+            headers::Hop {
+                connection: &self.client,
+                client,
+            },
             self.proto,
             client_host.as_ref().and_then(|h| h.to_str().ok()),
         );
@@ -376,15 +404,13 @@ impl ProxyService {
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut retries = 0u32;
         loop {
-            let endpoint = pool
-                .pick(self.peer.ip(), &parts.headers, &tried)
-                .map_err(|e| {
-                    let error = match e {
-                        PickError::NoEndpoint => ProxyError::NoEndpoint(pool.name.clone()),
-                        PickError::AtCapacity => ProxyError::AtCapacity(pool.name.clone()),
-                    };
-                    failure(error, None)
-                })?;
+            let endpoint = pool.pick(client.ip, &parts.headers, &tried).map_err(|e| {
+                let error = match e {
+                    PickError::NoEndpoint => ProxyError::NoEndpoint(pool.name.clone()),
+                    PickError::AtCapacity => ProxyError::AtCapacity(pool.name.clone()),
+                };
+                failure(error, None)
+            })?;
             let may_retry = retries < pool.retry.attempts && body.may_replay();
             let mut headers = if may_retry {
                 parts.headers.clone()
@@ -699,6 +725,15 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
+/// Who a request is from: its identifiers and its client (resolved behind trusted
+/// proxies), fixed before it is routed.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    request_id: &'a HeaderValue,
+    trace: Option<&'a TraceContext>,
+    client: &'a headers::ClientAddress,
+}
+
 /// What every upstream exchange of one client request shares: the configuration it was
 /// routed under, its route, and the identifiers it carries upstream.
 #[derive(Clone, Copy)]
@@ -707,6 +742,8 @@ pub(super) struct Exchange<'a> {
     pub route: &'a Route,
     pub request_id: &'a HeaderValue,
     pub trace: Option<&'a TraceContext>,
+    /// The client balancing and forwarding headers use.
+    pub client: &'a headers::ClientAddress,
 }
 
 /// Where a proxied request went, for route stats and the access log.

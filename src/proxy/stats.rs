@@ -12,6 +12,8 @@ pub struct ProxyStats {
     /// Refused because the listener was at `max_connections`.
     pub connections_refused: AtomicU64,
     pub connections_active: AtomicU64,
+    /// Closed for a missing or malformed PROXY protocol header.
+    pub proxy_header_refused: AtomicU64,
     pub requests: AtomicU64,
     /// Responses sent to clients by class, index 0 = 1xx … 4 = 5xx, including weir's own.
     pub responses: [AtomicU64; 5],

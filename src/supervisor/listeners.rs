@@ -98,6 +98,14 @@ impl ListenerSet {
                             config.name
                         )),
                     }
+                    if current.config.proxy_protocol != config.proxy_protocol
+                        || current.config.trusted_proxies != config.trusted_proxies
+                    {
+                        plan.notes.push(format!(
+                            "listener {:?}: proxy_protocol and trusted_proxies change when it restarts",
+                            config.name
+                        ));
+                    }
                     if current.config.max_connections != config.max_connections {
                         plan.notes.push(format!(
                             "listener {:?}: max_connections changes when it restarts",
@@ -196,6 +204,8 @@ impl ListenerSet {
                 min_rate: server.min_request_body_rate,
             },
             tls: tls.clone(),
+            proxy_protocol: config.proxy_protocol,
+            trusted_proxies: config.trusted_proxies.iter().copied().collect(),
         };
         let stop = ctx.shutdown.drain.child_token();
         let shutdown = Shutdown {

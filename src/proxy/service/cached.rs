@@ -624,6 +624,8 @@ impl BackgroundRefresh {
             route,
             request_id: &request_id,
             trace: None,
+            // The refresh is made for the connection that found the entry due.
+            client: &self.service.client,
         };
         let view = PolicyRequest {
             method: &Method::GET,
