@@ -58,40 +58,25 @@ impl AccessLine {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        match grpc_status {
-            None => tracing::info!(
-                target: "weir::access",
-                request_id,
-                trace_id,
-                client = %self.client,
-                method = %self.method,
-                path = self.path,
-                status = self.status,
-                route,
-                endpoint,
-                attempts = self.attempts,
-                duration_ms,
-                upstream_ms = self.upstream_ms,
-                cache,
-                "access"
-            ),
-            Some(grpc_status) => tracing::info!(
-                target: "weir::access",
-                request_id,
-                trace_id,
-                client = %self.client,
-                method = %self.method,
-                path = self.path,
-                status = self.status,
-                grpc_status = grpc_status.map_or_else(|| "-".to_owned(), |c| c.to_string()),
-                route,
-                endpoint,
-                attempts = self.attempts,
-                duration_ms,
-                upstream_ms = self.upstream_ms,
-                cache,
-                "access"
-            ),
-        }
+        // Absent from HTTP lines; `-` for a gRPC call that ended without a status.
+        let grpc_status =
+            grpc_status.map(|status| status.map_or_else(|| "-".to_owned(), |c| c.to_string()));
+        tracing::info!(
+            target: "weir::access",
+            request_id,
+            trace_id,
+            client = %self.client,
+            method = %self.method,
+            path = self.path,
+            status = self.status,
+            grpc_status = grpc_status.as_deref(),
+            route,
+            endpoint,
+            attempts = self.attempts,
+            duration_ms,
+            upstream_ms = self.upstream_ms,
+            cache,
+            "access"
+        );
     }
 }

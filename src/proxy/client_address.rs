@@ -61,14 +61,8 @@ pub async fn read_proxy_header(
         }
         return match ppp::v1::Header::try_from(head.as_slice()) {
             Ok(header) => Ok(match header.addresses {
-                ppp::v1::Addresses::Tcp4(ip) => Some(SocketAddr::new(
-                    IpAddr::V4(ip.source_address),
-                    ip.source_port,
-                )),
-                ppp::v1::Addresses::Tcp6(ip) => Some(SocketAddr::new(
-                    IpAddr::V6(ip.source_address),
-                    ip.source_port,
-                )),
+                ppp::v1::Addresses::Tcp4(ip) => Some(v4_source(&ip)),
+                ppp::v1::Addresses::Tcp6(ip) => Some(v6_source(&ip)),
                 ppp::v1::Addresses::Unknown => None,
             }),
             Err(err) => Err(ProxyHeaderError::Malformed(err.to_string())),
@@ -95,14 +89,8 @@ pub async fn read_proxy_header(
         return match ppp::v2::Header::try_from(head.as_slice()) {
             Ok(header) if header.command == ppp::v2::Command::Local => Ok(None),
             Ok(header) => Ok(match header.addresses {
-                ppp::v2::Addresses::IPv4(ip) => Some(SocketAddr::new(
-                    IpAddr::V4(ip.source_address),
-                    ip.source_port,
-                )),
-                ppp::v2::Addresses::IPv6(ip) => Some(SocketAddr::new(
-                    IpAddr::V6(ip.source_address),
-                    ip.source_port,
-                )),
+                ppp::v2::Addresses::IPv4(ip) => Some(v4_source(&ip)),
+                ppp::v2::Addresses::IPv6(ip) => Some(v6_source(&ip)),
                 ppp::v2::Addresses::Unspecified | ppp::v2::Addresses::Unix(_) => None,
             }),
             Err(err) => Err(ProxyHeaderError::Malformed(err.to_string())),
@@ -111,6 +99,14 @@ pub async fn read_proxy_header(
     Err(ProxyHeaderError::Missing(
         String::from_utf8_lossy(&head[..head.len().min(8)]).into_owned(),
     ))
+}
+
+fn v4_source(ip: &ppp::v1::IPv4) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(ip.source_address), ip.source_port)
+}
+
+fn v6_source(ip: &ppp::v1::IPv6) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(ip.source_address), ip.source_port)
 }
 
 /// The client of a request that came over a connection from `connection`: the
