@@ -17,7 +17,9 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{CertificateConfig, Config, ListenerTlsConfig, Problem, UpstreamTlsConfig};
+use crate::config::{
+    CertificateConfig, ClientAuthConfig, Config, ListenerTlsConfig, Problem, UpstreamTlsConfig,
+};
 
 /// Every certificate, key and trust store a config names, loaded and checked.
 #[derive(Debug, Clone, Default)]
@@ -104,16 +106,111 @@ pub fn server_config(config: &ListenerTlsConfig) -> Result<Arc<rustls::ServerCon
             reason: "at least one certificate is required".into(),
         });
     }
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError {
             key: "tls".into(),
             reason: e.to_string(),
-        })?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        })?;
+    let builder = match &config.client_auth {
+        Some(client_auth) => {
+            builder.with_client_cert_verifier(client_verifier(client_auth, provider)?)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder.with_cert_resolver(Arc::new(resolver));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(server))
+}
+
+/// Verifies client certificates against `ca_file`; without `required`, a client may
+/// also present none.
+fn client_verifier(
+    config: &ClientAuthConfig,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let roots = load_roots(&config.ca_file, "tls.client_auth.ca_file")?;
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = if config.required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder.build().map_err(|e| TlsError {
+        key: "tls.client_auth.ca_file".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The CA certificates of a PEM bundle; `key` names the setting in errors.
+fn load_roots(path: &Path, key: &str) -> Result<rustls::RootCertStore, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<_, _>>())
+        .map_err(|e| TlsError {
+            key: key.into(),
+            reason: describe(path, e),
+        })?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(TlsError {
+            key: key.into(),
+            reason: format!("{}: no usable CA certificate", path.display()),
+        });
+    }
+    Ok(roots)
+}
+
+/// A verified client certificate as upstreams are told of it, in the form of Envoy's
+/// `x-forwarded-client-cert`: `Hash=<SHA-256 of the DER, hex>;Subject="<DN>"`, then
+/// `URI=` and `DNS=` for each such subject alternative name. Quotes and backslashes in
+/// the subject are escaped, and bytes outside printable ASCII percent-encoded, so that the
+/// value is always a valid header value.
+pub fn describe_client_certificate(der: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = String::from("Hash=");
+    for byte in digest.as_ref() {
+        let _ = write!(out, "{byte:02x}");
+    }
+    let Ok((_, certificate)) = x509_parser::parse_x509_certificate(der) else {
+        return out;
+    };
+    out.push_str(";Subject=\"");
+    for c in certificate.subject().to_string().chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            other => {
+                let mut buffer = [0u8; 4];
+                for byte in other.encode_utf8(&mut buffer).bytes() {
+                    let _ = write!(out, "%{byte:02X}");
+                }
+            }
+        }
+    }
+    out.push('"');
+    if let Ok(Some(names)) = certificate.subject_alternative_name() {
+        for name in &names.value.general_names {
+            let (kind, value) = match name {
+                x509_parser::extensions::GeneralName::URI(uri) => ("URI", *uri),
+                x509_parser::extensions::GeneralName::DNSName(dns) => ("DNS", *dns),
+                _ => continue,
+            };
+            // SAN values are IA5 (ASCII); anything else, or a separator, is left out.
+            if value
+                .bytes()
+                .all(|b| (b'!'..=b'~').contains(&b) && b != b';' && b != b',')
+            {
+                let _ = write!(out, ";{kind}={value}");
+            }
+        }
+    }
+    out
 }
 
 fn load_certified_key(
@@ -197,25 +294,10 @@ impl ResolvesServerCert for SniResolver {
 
 /// The rustls client config for TLS to a pool's endpoints (ALPN is set by the connector).
 fn client_config(config: &UpstreamTlsConfig) -> Result<rustls::ClientConfig, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &config.ca_file {
-        Some(path) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .and_then(|iter| iter.collect::<Result<_, _>>())
-                .map_err(|e| TlsError {
-                    key: "tls.ca_file".into(),
-                    reason: describe(path, e),
-                })?;
-            let (added, _ignored) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(TlsError {
-                    key: "tls.ca_file".into(),
-                    reason: format!("{}: no usable CA certificate", path.display()),
-                });
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
+    let roots = match &config.ca_file {
+        Some(path) => load_roots(path, "tls.ca_file")?,
+        None => rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    };
     Ok(ring_client_config(roots))
 }
 

@@ -532,6 +532,7 @@ async fn grpc_to_an_upstream_over_tls() {
             key,
             names: vec![],
         }],
+        client_auth: None,
     })
     .unwrap();
     std::sync::Arc::get_mut(&mut server).unwrap().alpn_protocols = vec![b"h2".to_vec()];

@@ -145,6 +145,25 @@ impl TrustedNet {
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsConfig {
     pub certificates: Vec<CertificateConfig>,
+    /// Client certificates (mutual TLS). Absent: none are asked for.
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+/// Mutual TLS on a listener: clients present certificates that chain to `ca_file`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// PEM bundle of the CAs client certificates must chain to.
+    pub ca_file: std::path::PathBuf,
+    /// true: a client without a valid certificate cannot connect. false: it may connect
+    /// without one, but a certificate it presents must verify.
+    #[serde(default = "d_true")]
+    pub required: bool,
+    /// Request header that tells upstreams who the client is, in Envoy's
+    /// `x-forwarded-client-cert` form (`Hash=…;Subject="…";URI=…;DNS=…`). The header is
+    /// removed from every client request on every listener, so only weir can set it.
+    /// Absent: nothing is sent.
+    pub header: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -59,13 +59,21 @@ fn check_listeners(config: &Config, problems: &mut Vec<Problem>) {
                 format!("{} is used by another listener", listener.address),
             ));
         }
-        if let Some(tls) = &listener.tls
-            && tls.certificates.is_empty()
-        {
-            problems.push(Problem::new(
-                format!("{key}.tls.certificates"),
-                "at least one certificate is required",
-            ));
+        if let Some(tls) = &listener.tls {
+            if tls.certificates.is_empty() {
+                problems.push(Problem::new(
+                    format!("{key}.tls.certificates"),
+                    "at least one certificate is required",
+                ));
+            }
+            if let Some(header) = tls.client_auth.as_ref().and_then(|c| c.header.as_ref())
+                && http::HeaderName::from_bytes(header.as_bytes()).is_err()
+            {
+                problems.push(Problem::new(
+                    format!("{key}.tls.client_auth.header"),
+                    format!("{header:?} is not a valid header name"),
+                ));
+            }
         }
         if listener.max_connections == 0 {
             problems.push(Problem::new(

@@ -46,6 +46,8 @@ pub struct ListenerSettings {
     pub proxy_protocol: bool,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Arc<[TrustedNet]>,
+    /// The header that tells upstreams of a verified client certificate (mutual TLS).
+    pub client_cert_header: Option<http::HeaderName>,
 }
 
 /// How a running listener is told to stop.
@@ -97,6 +99,7 @@ pub async fn serve(
             body_pace: settings.body_pace,
             peer,
             trusted_proxies: Arc::clone(&settings.trusted_proxies),
+            client_cert_header: settings.client_cert_header.clone(),
         };
         let tls = settings.tls.clone();
         let handshake_timeout = settings.request_header_timeout;
@@ -146,6 +149,7 @@ struct Connection {
     /// The client: the TCP peer, or the source its PROXY header names.
     peer: std::net::SocketAddr,
     trusted_proxies: Arc<[TrustedNet]>,
+    client_cert_header: Option<http::HeaderName>,
 }
 
 impl Connection {
@@ -189,7 +193,10 @@ impl Connection {
             _ = self.shutdown.abort.cancelled() => None,
         };
         match protocol {
-            Some(protocol) => self.serve(TokioIo::new(stream), "http", protocol).await,
+            Some(protocol) => {
+                self.serve(TokioIo::new(stream), "http", protocol, None)
+                    .await
+            }
             None => tracing::debug!(
                 peer = %self.peer,
                 "closed before its HTTP version was seen (header timeout, error or shutdown)"
@@ -213,8 +220,16 @@ impl Connection {
         };
         match accepted {
             Ok(Ok(stream)) => {
-                let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
-                self.serve(TokioIo::new(stream), "https", protocol).await;
+                let session = stream.get_ref().1;
+                let protocol = Protocol::from_alpn(session.alpn_protocol());
+                // Verified by the handshake; described once for the connection's requests.
+                let client_cert = self.client_cert_header.clone().and_then(|name| {
+                    let der = session.peer_certificates()?.first()?;
+                    let value = crate::tls::describe_client_certificate(der);
+                    Some((name, http::HeaderValue::try_from(value).ok()?))
+                });
+                self.serve(TokioIo::new(stream), "https", protocol, client_cert)
+                    .await;
             }
             Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -223,8 +238,13 @@ impl Connection {
 
     /// Serves HTTP/1.1 or HTTP/2 on `io` until the client leaves, the connection idles
     /// out, or shutdown drains (or aborts) it.
-    async fn serve<I>(&self, io: TokioIo<I>, proto: &'static str, protocol: Protocol)
-    where
+    async fn serve<I>(
+        &self,
+        io: TokioIo<I>,
+        proto: &'static str,
+        protocol: Protocol,
+        client_cert: Option<(http::HeaderName, http::HeaderValue)>,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let peer = self.peer;
@@ -237,6 +257,7 @@ impl Connection {
             self.body_pace,
         )
         .with_trusted_proxies(Arc::clone(&self.trusted_proxies))
+        .with_client_certificate(client_cert)
         .with_tunnels(self.tunnels.clone(), self.shutdown.abort.clone());
         // Compression is chosen per connection from the current snapshot (a reload applies
         // to new connections) so that, when off, the request path carries no extra layer.

@@ -43,6 +43,8 @@ pub struct ProxyService {
     client: headers::ClientAddress,
     /// Proxies whose `X-Forwarded-For` names the client (the listener's setting).
     trusted_proxies: Arc<[TrustedNet]>,
+    /// The connection's verified client certificate, as the header upstreams get.
+    client_cert: Option<Arc<(http::HeaderName, HeaderValue)>>,
     proto: &'static str,
     conn: Arc<ConnActivity>,
     body_pace: BodyPace,
@@ -61,6 +63,7 @@ impl ProxyService {
             state,
             client: headers::ClientAddress::new(peer.ip()),
             trusted_proxies: Arc::from([]),
+            client_cert: None,
             proto,
             conn,
             body_pace,
@@ -71,6 +74,15 @@ impl ProxyService {
     /// Believes `X-Forwarded-For` from these proxies (see [`client_address::resolve`]).
     pub fn with_trusted_proxies(mut self, trusted: Arc<[TrustedNet]>) -> Self {
         self.trusted_proxies = trusted;
+        self
+    }
+
+    /// Tells upstreams of the connection's verified client certificate in this header.
+    pub fn with_client_certificate(
+        mut self,
+        header: Option<(http::HeaderName, HeaderValue)>,
+    ) -> Self {
+        self.client_cert = header.map(Arc::new);
         self
     }
 
@@ -337,6 +349,13 @@ impl ProxyService {
         });
         let trailers = headers::accepts_trailers(&parts.headers);
         strip_hop_by_hop(&mut parts.headers);
+        // Only weir says who a certificate belongs to.
+        for name in &snapshot.client_cert_headers {
+            parts.headers.remove(name);
+        }
+        if let Some(cert) = &self.client_cert {
+            parts.headers.insert(cert.0.clone(), cert.1.clone());
+        }
         if trailers {
             // Hop-by-hop like the rest of TE, but its meaning (the client reads trailers,
             // and weir passes them) holds end to end; HTTP/2 allows no other TE value.

@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub cache: Option<Arc<Cache>>,
     /// The instance's Redis connection (`[redis]`): the cache's L2 and shared rate limits.
     pub redis: Option<Arc<RedisTier>>,
+    /// Headers that carry verified client certificates upstream (any listener's
+    /// `tls.client_auth.header`): removed from every client request, so only weir sets them.
+    pub client_cert_headers: Vec<http::HeaderName>,
 }
 
 impl Snapshot {
@@ -86,6 +89,12 @@ impl Snapshot {
                 previous.and_then(|p| p.cache.as_ref()),
             ),
             redis,
+            client_cert_headers: config
+                .listeners
+                .iter()
+                .filter_map(|l| l.tls.as_ref()?.client_auth.as_ref()?.header.as_ref())
+                .filter_map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect(),
         }
     }
 }

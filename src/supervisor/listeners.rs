@@ -206,6 +206,11 @@ impl ListenerSet {
             tls: tls.clone(),
             proxy_protocol: config.proxy_protocol,
             trusted_proxies: config.trusted_proxies.iter().copied().collect(),
+            client_cert_header: config
+                .tls
+                .as_ref()
+                .and_then(|tls| tls.client_auth.as_ref()?.header.as_ref())
+                .and_then(|name| http::HeaderName::from_bytes(name.as_bytes()).ok()),
         };
         let stop = ctx.shutdown.drain.child_token();
         let shutdown = Shutdown {

@@ -57,6 +57,7 @@ pub async fn tls_upstream_speaking(
             key,
             names: vec![],
         }],
+        client_auth: None,
     })
     .unwrap();
     Arc::get_mut(&mut config).unwrap().alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
