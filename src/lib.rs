@@ -17,6 +17,9 @@
 //!   route.rs         host + path-prefix matching
 //!   normalize.rs     dot-segment removal so routing and forwarding see the same path
 //!   headers.rs       hop-by-hop removal, X-Forwarded-*/Forwarded/Via, request id
+//!   client_address.rs  PROXY protocol v1/v2 headers, the client behind trusted proxies
+//!   grpc.rs          gRPC calls: deadlines, statuses in heads and trailers, weir's own errors
+//!   access_log.rs    the access line, written at the head or when a gRPC call ends
 //!   retry.rs         what may be retried, full-jitter backoff, Retry-After
 //!   ratelimit.rs     per-route GCRA limits
 //!   trace.rs         W3C traceparent
@@ -27,7 +30,8 @@
 //!   stats.rs         proxy and per-route counters for metrics and control
 //! balancer/          endpoint selection, one file per strategy behind `Balancer`
 //! upstream/          endpoints (state machine, breaker, signals and latency histograms),
-//!                    pools, active health checks, request bodies on their way upstream
+//!                    pools, active health checks (HTTP or grpc.health.v1), request bodies
+//!                    on their way upstream (with the copy a gRPC retry replays)
 //! cache/             two-tier HTTP cache: RFC 9111 policy, byte ranges of stored bodies,
 //!                    moka L1, Redis/Cluster L2, coalescing, purge bus, warming
 //! control/           the control loop: samples, autoscalers, actions, forecasts, USL,
