@@ -90,7 +90,7 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection = Connection {
+        let mut connection = Connection {
             tunnels: tracker.clone(),
             state: Arc::clone(&state),
             builders: Arc::clone(&builders),
@@ -104,19 +104,23 @@ pub async fn serve(
         let tls = settings.tls.clone();
         let handshake_timeout = settings.request_header_timeout;
         let proxy_protocol = settings.proxy_protocol.then(|| settings.name.clone());
+        let mut stream = stream;
         tracker.spawn(async move {
             connection
                 .state
                 .stats
                 .connections_active
                 .fetch_add(1, Relaxed);
-            let mut connection = connection;
-            let mut stream = stream;
             let accepted = match proxy_protocol {
+                // Boxed: read once per connection, it should not size every connection's
+                // task (which lives as long as the connection).
                 Some(listener) => {
-                    connection
-                        .read_proxy_header(&mut stream, &listener, handshake_timeout)
-                        .await
+                    Box::pin(connection.read_proxy_header(
+                        &mut stream,
+                        &listener,
+                        handshake_timeout,
+                    ))
+                    .await
                 }
                 None => true,
             };
@@ -226,7 +230,7 @@ impl Connection {
                 let client_cert = self.client_cert_header.clone().and_then(|name| {
                     let der = session.peer_certificates()?.first()?;
                     let value = crate::tls::describe_client_certificate(der);
-                    Some((name, http::HeaderValue::try_from(value).ok()?))
+                    Some(Arc::new((name, http::HeaderValue::try_from(value).ok()?)))
                 });
                 self.serve(TokioIo::new(stream), "https", protocol, client_cert)
                     .await;
@@ -243,7 +247,7 @@ impl Connection {
         io: TokioIo<I>,
         proto: &'static str,
         protocol: Protocol,
-        client_cert: Option<(http::HeaderName, http::HeaderValue)>,
+        client_cert: Option<Arc<(http::HeaderName, http::HeaderValue)>>,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {

@@ -80,9 +80,9 @@ impl ProxyService {
     /// Tells upstreams of the connection's verified client certificate in this header.
     pub fn with_client_certificate(
         mut self,
-        header: Option<(http::HeaderName, HeaderValue)>,
+        header: Option<Arc<(http::HeaderName, HeaderValue)>>,
     ) -> Self {
-        self.client_cert = header.map(Arc::new);
+        self.client_cert = header;
         self
     }
 
