@@ -238,9 +238,15 @@ async fn weirs_own_errors_are_grpc_statuses() {
 async fn a_deadline_shorter_than_the_handler_is_deadline_exceeded_from_weir() {
     // A handler that ignores the deadline, and a raw HTTP/2 client: tonic's client and
     // server each enforce `grpc-timeout` themselves, which would race weir's timer.
-    let slow = upstream(|_req| async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        http::Response::new(full("late"))
+    let told = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = told.clone();
+    let slow = upstream(move |req: http::Request<hyper::body::Incoming>| {
+        let seen = seen.clone();
+        async move {
+            *seen.lock().unwrap() = req.headers()["grpc-timeout"].to_str().unwrap().to_owned();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            http::Response::new(full("late"))
+        }
     })
     .await;
     let weir = weir(&grpc_config(&[slow.addr], "response_timeout = \"30s\"")).await;
@@ -264,6 +270,10 @@ async fn a_deadline_shorter_than_the_handler_is_deadline_exceeded_from_weir() {
     assert_eq!(reply.header("content-type"), Some("application/grpc"));
     assert_eq!(reply.header("grpc-status"), Some("4"), "DEADLINE_EXCEEDED");
     assert_eq!(reply.header("grpc-message"), Some("deadline exceeded"));
+    // The upstream was told what was left of the 200 ms, in milliseconds.
+    let told = told.lock().unwrap().clone();
+    let millis: u64 = told.strip_suffix('m').unwrap().parse().unwrap();
+    assert!((1..=200).contains(&millis), "grpc-timeout upstream: {told}");
     // The endpoint is not blamed for the caller's deadline.
     let snapshot = weir.state().snapshot.load();
     let endpoint = &snapshot.pools["main"].endpoints()[0];

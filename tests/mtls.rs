@@ -213,6 +213,22 @@ async fn a_reload_brings_a_new_client_ca() {
         "the new CA's clients"
     );
     assert_eq!(ask(&old_client, https).await, None, "the old CA's are out");
+
+    // The header is fixed while the listener runs, and a reload says so.
+    let renamed = std::fs::read_to_string(&path).unwrap().replace(
+        "header = \"x-client-cert\"",
+        "header = \"x-verified-client\"",
+    );
+    std::fs::write(&path, renamed).unwrap();
+    let report = weir.supervisor().reload().await;
+    assert!(
+        report.ok
+            && report
+                .notes
+                .iter()
+                .any(|n| n.contains("client_auth.header")),
+        "{report:?}"
+    );
     weir.shutdown().await;
 }
 

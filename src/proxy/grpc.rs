@@ -47,6 +47,18 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
+/// `left` as a `grpc-timeout` value: milliseconds (rounded up, at least 1), or whole
+/// seconds past the 8 digits the format allows.
+pub fn timeout_value(left: Duration) -> HeaderValue {
+    let millis = left.as_nanos().div_ceil(1_000_000).max(1);
+    let text = if millis < 100_000_000 {
+        format!("{millis}m")
+    } else {
+        format!("{}S", left.as_secs().min(99_999_999))
+    };
+    HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("99999999S"))
+}
+
 /// The status of a response that carries it in its head: a trailers-only answer, which
 /// streamed no message. `None` for a response whose status will come in trailers.
 pub fn head_status(headers: &HeaderMap) -> Option<u8> {
@@ -199,6 +211,20 @@ mod tests {
         for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S", " 1S"] {
             assert_eq!(t(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn timeout_values_fit_the_format() {
+        assert_eq!(timeout_value(Duration::from_millis(250)), "250m");
+        assert_eq!(timeout_value(Duration::from_micros(1500)), "2m");
+        assert_eq!(timeout_value(Duration::ZERO), "1m");
+        assert_eq!(timeout_value(Duration::from_secs(200_000)), "200000S");
+        let value = timeout_value(Duration::from_secs(3600));
+        assert_eq!(
+            timeout(&headers(&[("grpc-timeout", "3600000m")])),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(value, "3600000m");
     }
 
     #[test]

@@ -460,6 +460,11 @@ impl ProxyService {
                             Some(&endpoint.address),
                         ));
                     }
+                    // The upstream learns what is left of the call's time, not the
+                    // whole of it (time spent here and in earlier attempts is gone).
+                    upstream_request
+                        .headers_mut()
+                        .insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(left));
                     (
                         left.min(pool.response_timeout),
                         left < pool.response_timeout,

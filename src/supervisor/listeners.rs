@@ -98,11 +98,17 @@ impl ListenerSet {
                             config.name
                         )),
                     }
+                    let header = |l: &ListenerConfig| {
+                        l.tls
+                            .as_ref()
+                            .and_then(|t| t.client_auth.as_ref()?.header.clone())
+                    };
                     if current.config.proxy_protocol != config.proxy_protocol
                         || current.config.trusted_proxies != config.trusted_proxies
+                        || header(&current.config) != header(config)
                     {
                         plan.notes.push(format!(
-                            "listener {:?}: proxy_protocol and trusted_proxies change when it restarts",
+                            "listener {:?}: proxy_protocol, trusted_proxies and client_auth.header change when it restarts",
                             config.name
                         ));
                     }
