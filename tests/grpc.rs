@@ -535,17 +535,7 @@ async fn metrics_and_the_access_log_show_the_grpc_status() {
 async fn grpc_to_an_upstream_over_tls() {
     let ca = common::tls::ca();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, _) = common::tls::leaf(&ca, dir.path(), "backend", &["backend.test"]);
-    let mut server = weir::tls::server_config(&weir::config::ListenerTlsConfig {
-        certificates: vec![weir::config::CertificateConfig {
-            cert,
-            key,
-            names: vec![],
-        }],
-        client_auth: None,
-    })
-    .unwrap();
-    std::sync::Arc::get_mut(&mut server).unwrap().alpn_protocols = vec![b"h2".to_vec()];
+    let server = common::tls::upstream_server_config(&ca, dir.path(), "backend.test", &[b"h2"]);
     let up = grpc_tls_upstream("tls", server).await;
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();

@@ -119,13 +119,13 @@ pub fn resolve(connection: IpAddr, trusted: &[TrustedNet], headers: &HeaderMap) 
     }
     let mut client = connection;
     // Header lines in order, hops left to right in each: walked from the right.
-    let hops: Vec<&str> = headers
+    let hops = headers
         .get_all(http::header::HeaderName::from_static("x-forwarded-for"))
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .collect();
-    for hop in hops.iter().rev() {
+        .rev();
+    for hop in hops {
         let Some(ip) = parse_hop(hop) else {
             // Garbage from a hop we trust to have checked it: stop at what we know.
             break;

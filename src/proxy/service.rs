@@ -121,6 +121,7 @@ impl ProxyService {
             request_id: &request_id,
             trace: trace.as_ref(),
             client,
+            is_grpc,
         };
         let result = self.forward(&snapshot, req, origin, conn_guard).await;
         let (mut response, outcome) = match result {
@@ -293,6 +294,7 @@ impl ProxyService {
             request_id: origin.request_id,
             trace: origin.trace,
             client: origin.client,
+            is_grpc: origin.is_grpc,
         };
         if let (Some(cache), Some(policy)) = (&snapshot.cache, &route.cache)
             && upgrade_protocol(&parts).is_none()
@@ -324,6 +326,7 @@ impl ProxyService {
             request_id,
             trace,
             client,
+            is_grpc,
         } = *exchange;
         let pool = &route.pool;
         let failure =
@@ -399,7 +402,6 @@ impl ProxyService {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-        let is_grpc = grpc::is_grpc(&parts.headers);
         // A gRPC call's deadline bounds every attempt (and the waits between them).
         let call_deadline = grpc::timeout(&parts.headers)
             .filter(|_| is_grpc)
@@ -756,6 +758,8 @@ struct Origin<'a> {
     request_id: &'a HeaderValue,
     trace: Option<&'a TraceContext>,
     client: &'a headers::ClientAddress,
+    /// A gRPC call (by its content type), told once for the whole request path.
+    is_grpc: bool,
 }
 
 /// What every upstream exchange of one client request shares: the configuration it was
@@ -768,6 +772,8 @@ pub(super) struct Exchange<'a> {
     pub trace: Option<&'a TraceContext>,
     /// The client balancing and forwarding headers use.
     pub client: &'a headers::ClientAddress,
+    /// A gRPC call: its deadline, status retries and body copy apply.
+    pub is_grpc: bool,
 }
 
 /// Where a proxied request went, for route stats and the access log.

@@ -41,15 +41,14 @@ pub fn leaf(ca: &Ca, dir: &Path, file: &str, names: &[&str]) -> (PathBuf, PathBu
     (cert_path, key_path, cert.der().to_vec())
 }
 
-/// An HTTPS upstream with a certificate for `name` signed by `ca`; answers with the SNI it
-/// was asked for and the HTTP version the request came in. `alpn` is what it accepts
-/// (h2 and/or http/1.1).
-pub async fn tls_upstream_speaking(
+/// A server TLS config for an upstream: a certificate for `name` signed by `ca`,
+/// accepting the protocols in `alpn` (h2 and/or http/1.1).
+pub fn upstream_server_config(
     ca: &Ca,
     dir: &Path,
     name: &str,
     alpn: &[&[u8]],
-) -> std::net::SocketAddr {
+) -> Arc<rustls::ServerConfig> {
     let (cert, key, _) = leaf(ca, dir, "backend", &[name]);
     let mut config = weir::tls::server_config(&weir::config::ListenerTlsConfig {
         certificates: vec![weir::config::CertificateConfig {
@@ -61,7 +60,19 @@ pub async fn tls_upstream_speaking(
     })
     .unwrap();
     Arc::get_mut(&mut config).unwrap().alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    config
+}
+
+/// An HTTPS upstream with a certificate for `name` signed by `ca`; answers with the SNI it
+/// was asked for and the HTTP version the request came in. `alpn` is what it accepts
+/// (h2 and/or http/1.1).
+pub async fn tls_upstream_speaking(
+    ca: &Ca,
+    dir: &Path,
+    name: &str,
+    alpn: &[&[u8]],
+) -> std::net::SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(upstream_server_config(ca, dir, name, alpn));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

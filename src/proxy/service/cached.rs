@@ -626,6 +626,8 @@ impl BackgroundRefresh {
             trace: None,
             // The refresh is made for the connection that found the entry due.
             client: &self.service.client,
+            // Refreshes are GETs of stored responses; gRPC calls are never stored.
+            is_grpc: false,
         };
         let view = PolicyRequest {
             method: &Method::GET,
