@@ -270,6 +270,28 @@ fn gather(sources: Sources<'_>) -> Vec<MetricFamily> {
             &[("pool", p)],
             s.capacity_rejections.load(Relaxed),
         );
+        for source in pool.discovery() {
+            let labels = [("pool", p), ("entry", &*source.label)];
+            let ds = &source.stats;
+            f.counter(
+                "weir_discovery_answers_total",
+                "DNS answers applied to the pool, by endpoint entry.",
+                &labels,
+                ds.answers.load(Relaxed),
+            );
+            f.counter(
+                "weir_discovery_failures_total",
+                "DNS resolutions that failed or found no address (the last good set was kept).",
+                &labels,
+                ds.failures.load(Relaxed),
+            );
+            f.gauge(
+                "weir_discovery_endpoints",
+                "Endpoints the entry has in the pool now.",
+                &labels,
+                ds.endpoints.load(Relaxed) as f64,
+            );
+        }
         let now = pool.now_ms();
         for ep in pool.endpoints().iter() {
             let labels = [("pool", p), ("endpoint", ep.address.as_str())];

@@ -28,6 +28,7 @@ pub(super) fn pool_json(pool: &Pool) -> Value {
             json!({
                 "id": ep.id,
                 "address": ep.address,
+                "discovered_by": ep.discovered_by.as_deref(),
                 "weight": ep.weight(),
                 "state": ep.state(now).as_str(),
                 "reason": transition.reason,
@@ -56,6 +57,20 @@ pub(super) fn pool_json(pool: &Pool) -> Value {
             })
         })
         .collect();
+    let discovery: Vec<Value> = pool
+        .discovery()
+        .iter()
+        .map(|source| {
+            let s = &source.stats;
+            json!({
+                "entry": &*source.label,
+                "endpoints": s.endpoints.load(Relaxed),
+                "answers": s.answers.load(Relaxed),
+                "failures": s.failures.load(Relaxed),
+                "last_error": s.last_error.lock().ok().and_then(|e| e.clone()),
+            })
+        })
+        .collect();
     let stats = &pool.stats;
     json!({
         "name": pool.name,
@@ -67,6 +82,7 @@ pub(super) fn pool_json(pool: &Pool) -> Value {
         "panic_picks": stats.panic_picks.load(Relaxed),
         "capacity_rejections": stats.capacity_rejections.load(Relaxed),
         "endpoints": endpoints,
+        "discovery": discovery,
     })
 }
 

@@ -98,6 +98,9 @@ pub async fn start_with(
         })?),
         None => None,
     };
+    // Endpoints found by DNS are there before the first request is taken.
+    crate::upstream::discovery::first_answers(state.snapshot.load().pools.values(), &config.dns)
+        .await;
     listeners.apply(plan, &config.server, &ctx);
 
     // The admin port and health checks outlive the drain (so /readyz can report it and

@@ -35,6 +35,12 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle keep-alive connections kept per endpoint.
 pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// A discovered name is asked again no sooner than this after its last answer.
+pub const DEFAULT_DNS_MIN_TTL: Duration = Duration::from_secs(1);
+/// …and no later than this, whatever the records' TTL.
+pub const DEFAULT_DNS_MAX_TTL: Duration = Duration::from_secs(30);
+/// Time for one DNS query.
+pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Weight of an endpoint that does not name one.
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Largest weight accepted, so weighted sums cannot overflow.

@@ -33,6 +33,40 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     #[serde(default)]
     pub control: ControlConfig,
+    /// How names in `{ dns = .. }` and `{ srv = .. }` endpoints are resolved.
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// Service discovery by DNS: where names are asked and how often they are asked again.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers (`ip:port`), asked over UDP with TCP for truncated answers. Empty: the
+    /// system's (`/etc/resolv.conf`, and `/etc/hosts`).
+    #[serde(default)]
+    pub servers: Vec<SocketAddr>,
+    /// A name is asked again when its records' TTL ends, but no sooner than this (records
+    /// with TTL 0 would otherwise be asked for in a loop)…
+    #[serde(with = "humantime_serde", default = "d_dns_min_ttl")]
+    pub min_ttl: Duration,
+    /// …and no later than this, so a long TTL cannot hide a moved endpoint for hours.
+    #[serde(with = "humantime_serde", default = "d_dns_max_ttl")]
+    pub max_ttl: Duration,
+    /// Time for one query (each of `attempts`).
+    #[serde(with = "humantime_serde", default = "d_dns_timeout")]
+    pub timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            min_ttl: DEFAULT_DNS_MIN_TTL,
+            max_ttl: DEFAULT_DNS_MAX_TTL,
+            timeout: DEFAULT_DNS_TIMEOUT,
+        }
+    }
 }
 
 /// Process-wide settings of the client side.
@@ -640,13 +674,85 @@ impl Default for ScoreWeights {
     }
 }
 
+/// One entry of a pool's `endpoints`: a fixed address, or a name that stands for a
+/// changing set of instances.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "EndpointEntry")]
 pub struct EndpointConfig {
-    /// `host:port`; a host name is resolved when connecting.
-    pub address: String,
-    #[serde(default = "d_weight")]
+    pub source: EndpointSource,
+    /// For `srv` entries the records' weights are used instead.
     pub weight: u32,
+}
+
+/// Where an entry's endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointSource {
+    /// `host:port`: one endpoint; a host name is resolved when connecting.
+    Address(String),
+    /// `host:port`: one endpoint per A/AAAA record of `host`, re-resolved at the TTL.
+    Dns(String),
+    /// `_service._proto.name`: one endpoint per address of each SRV target of the best
+    /// priority, with the record's port and weight.
+    Srv(String),
+}
+
+impl EndpointSource {
+    /// The address of an `Address` entry.
+    pub fn address(&self) -> Option<&str> {
+        match self {
+            EndpointSource::Address(address) => Some(address),
+            _ => None,
+        }
+    }
+
+    /// How the entry is written in the config (`dns:api.internal:8080`), in logs and
+    /// metrics labels.
+    pub fn label(&self) -> String {
+        match self {
+            EndpointSource::Address(address) => address.clone(),
+            EndpointSource::Dns(name) => format!("dns:{name}"),
+            EndpointSource::Srv(name) => format!("srv:{name}"),
+        }
+    }
+}
+
+/// The file's form of an endpoint entry: exactly one of the three keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointEntry {
+    address: Option<String>,
+    dns: Option<String>,
+    srv: Option<String>,
+    weight: Option<u32>,
+}
+
+impl TryFrom<EndpointEntry> for EndpointConfig {
+    type Error = String;
+
+    fn try_from(entry: EndpointEntry) -> Result<Self, String> {
+        let source = match (entry.address, entry.dns, entry.srv) {
+            (Some(address), None, None) => EndpointSource::Address(address),
+            (None, Some(name), None) => EndpointSource::Dns(name),
+            (None, None, Some(name)) => {
+                if entry.weight.is_some() {
+                    return Err("an srv entry takes its weights from the SRV records; \
+                                remove `weight`"
+                        .into());
+                }
+                EndpointSource::Srv(name)
+            }
+            _ => {
+                return Err("an endpoint needs exactly one of `address` (host:port), \
+                            `dns` (host:port, one endpoint per address record) or `srv` \
+                            (_service._proto.name)"
+                    .into());
+            }
+        };
+        Ok(Self {
+            source,
+            weight: entry.weight.unwrap_or(DEFAULT_WEIGHT),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -663,6 +769,15 @@ pub struct AdminConfig {
     pub state_file: Option<std::path::PathBuf>,
 }
 
+fn d_dns_min_ttl() -> Duration {
+    DEFAULT_DNS_MIN_TTL
+}
+fn d_dns_max_ttl() -> Duration {
+    DEFAULT_DNS_MAX_TTL
+}
+fn d_dns_timeout() -> Duration {
+    DEFAULT_DNS_TIMEOUT
+}
 fn d_drain() -> Duration {
     DEFAULT_DRAIN_TIMEOUT
 }
@@ -713,9 +828,6 @@ fn d_upstream_idle() -> Duration {
 }
 fn d_max_idle() -> usize {
     DEFAULT_MAX_IDLE_PER_ENDPOINT
-}
-fn d_weight() -> u32 {
-    DEFAULT_WEIGHT
 }
 fn d_admin_address() -> SocketAddr {
     // A constant literal: parsing cannot fail.

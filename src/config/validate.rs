@@ -7,13 +7,14 @@ use http::uri::Authority;
 
 use super::defaults::MIN_REQUEST_HEADER_BYTES;
 use super::error::Problem;
-use super::model::{Config, HashKey, PoolConfig, Strategy};
+use super::model::{Config, EndpointSource, HashKey, PoolConfig, Strategy};
 
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     check_listeners(config, &mut problems);
     check_routes(config, &mut problems);
     check_pools(config, &mut problems);
+    check_dns(config, &mut problems);
     check_headers(config, &mut problems);
     check_services(config, &mut problems);
     check_control(config, &mut problems);
@@ -172,20 +173,38 @@ fn check_pools(config: &Config, problems: &mut Vec<Problem>) {
         let mut seen = HashSet::new();
         for (i, endpoint) in pool.endpoints.iter().enumerate() {
             let ekey = format!("{key}.endpoints[{i}]");
-            match parse_endpoint_address(&endpoint.address) {
-                Ok(_) => {
-                    if !seen.insert(endpoint.address.to_ascii_lowercase()) {
+            let (field, checked) = match &endpoint.source {
+                EndpointSource::Address(address) => {
+                    ("address", parse_endpoint_address(address).map(|_| ()))
+                }
+                EndpointSource::Dns(name) => ("dns", check_dns_endpoint(name)),
+                EndpointSource::Srv(name) => ("srv", check_dns_name(name)),
+            };
+            match checked {
+                Ok(()) => {
+                    if !seen.insert(endpoint.source.label().to_ascii_lowercase()) {
                         problems.push(Problem::new(
-                            format!("{ekey}.address"),
-                            format!("duplicate endpoint {:?}", endpoint.address),
+                            format!("{ekey}.{field}"),
+                            format!("duplicate endpoint {:?}", endpoint.source.label()),
                         ));
                     }
                 }
-                Err(reason) => problems.push(Problem::new(format!("{ekey}.address"), reason)),
+                Err(reason) => problems.push(Problem::new(format!("{ekey}.{field}"), reason)),
             }
             if let Err(reason) = super::Weight::new(endpoint.weight) {
                 problems.push(Problem::new(format!("{ekey}.weight"), reason));
             }
+        }
+        let discovers = pool
+            .endpoints
+            .iter()
+            .any(|e| e.source.address().is_none());
+        if discovers && pool.tls.as_ref().is_some_and(|t| t.server_name.is_none()) {
+            problems.push(Problem::new(
+                format!("{key}.tls.server_name"),
+                "needed with dns or srv endpoints: discovered endpoints are addresses, and \
+                 the certificate is verified against this name",
+            ));
         }
         for (field, value) in [
             ("connect_timeout", pool.connect_timeout),
@@ -369,6 +388,67 @@ fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A `dns` endpoint: `name:port`, where the name is to be resolved (not an address).
+fn check_dns_endpoint(value: &str) -> Result<(), String> {
+    let authority = parse_endpoint_address(value)?;
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!(
+            "{value:?} is an address, not a name; give it as `address`"
+        ));
+    }
+    check_dns_name(host)
+}
+
+/// A DNS name: dot-separated labels of letters, digits, `-` and `_` (SRV names start with
+/// `_service._proto`), each 1 to 63 bytes, 253 in all; a trailing dot is allowed.
+fn check_dns_name(name: &str) -> Result<(), String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    let labels_ok = !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if labels_ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a valid DNS name"))
+    }
+}
+
+fn check_dns(config: &Config, problems: &mut Vec<Problem>) {
+    let dns = &config.dns;
+    if dns.min_ttl.is_zero() {
+        problems.push(Problem::new(
+            "dns.min_ttl",
+            "must be above 0 (a TTL of 0 would mean asking in a loop)",
+        ));
+    }
+    if dns.max_ttl < dns.min_ttl {
+        problems.push(Problem::new(
+            "dns.max_ttl",
+            format!(
+                "must be at least dns.min_ttl ({})",
+                humantime::format_duration(dns.min_ttl)
+            ),
+        ));
+    }
+    if dns.timeout.is_zero() {
+        problems.push(Problem::new("dns.timeout", "must be above 0"));
+    }
+    for (i, server) in dns.servers.iter().enumerate() {
+        if server.port() == 0 {
+            problems.push(Problem::new(
+                format!("dns.servers[{i}]"),
+                format!("{server} needs a port between 1 and 65535"),
+            ));
+        }
+    }
 }
 
 /// Parses `host:port` as an endpoint address, with a reason when it is not one.

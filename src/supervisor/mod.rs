@@ -88,7 +88,7 @@ pub enum InstanceError {
 struct Inner {
     config: Config,
     listeners: ListenerSet,
-    health_stop: CancellationToken,
+    pool_tasks_stop: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -126,8 +126,8 @@ impl Supervisor {
             ctx,
             background_stop,
         } = parts;
-        let health_stop = background_stop.child_token();
-        spawn_health_checks(&state.snapshot.load(), &health_stop);
+        let pool_tasks_stop = background_stop.child_token();
+        spawn_pool_tasks(&state.snapshot.load(), &config.dns, &pool_tasks_stop);
         let addresses = arc_swap::ArcSwap::from_pointee(listeners.addresses());
         let control = crate::control::Controller::new(Arc::clone(&state), &config.control);
         Self {
@@ -141,7 +141,7 @@ impl Supervisor {
             inner: tokio::sync::Mutex::new(Inner {
                 config,
                 listeners,
-                health_stop,
+                pool_tasks_stop,
             }),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -242,9 +242,9 @@ impl Supervisor {
         // Swap: requests in flight keep the snapshot they started with.
         self.state.snapshot.store(Arc::new(snapshot));
         drop(membership);
-        inner.health_stop.cancel();
-        inner.health_stop = self.background_stop.child_token();
-        spawn_health_checks(&self.state.snapshot.load(), &inner.health_stop);
+        inner.pool_tasks_stop.cancel();
+        inner.pool_tasks_stop = self.background_stop.child_token();
+        spawn_pool_tasks(&self.state.snapshot.load(), &config.dns, &inner.pool_tasks_stop);
         notes.extend(inner.listeners.apply(plan, &config.server, &self.ctx));
         self.control.reconfigure(&config.control);
         self.addresses.store(Arc::new(inner.listeners.addresses()));
@@ -431,8 +431,22 @@ fn describe_pool_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     notes
 }
 
-pub(crate) fn spawn_health_checks(snapshot: &Snapshot, stop: &CancellationToken) {
+/// Starts each pool's background work: active health checks and DNS discovery. `stop`
+/// ends them when the snapshot is replaced.
+pub(crate) fn spawn_pool_tasks(
+    snapshot: &Snapshot,
+    dns: &crate::config::DnsConfig,
+    stop: &CancellationToken,
+) {
     for pool in snapshot.pools.values() {
+        for index in 0..pool.discovery().len() {
+            tokio::spawn(crate::upstream::discovery::run(
+                Arc::clone(pool),
+                index,
+                dns.clone(),
+                stop.clone(),
+            ));
+        }
         if let Some(check) = &pool.health_check {
             tokio::spawn(crate::upstream::health::run(
                 Arc::clone(pool),

@@ -97,8 +97,12 @@ const HELD_EJECTION_LOG_EVERY: std::time::Duration = std::time::Duration::from_s
 /// and control sides.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// `host:port` as configured; identifies the endpoint across reloads.
+    /// `host:port` as configured (or `ip:port` as discovered); identifies the endpoint
+    /// across reloads.
     pub address: String,
+    /// The `dns`/`srv` entry that found it (its label): only that entry's answers add or
+    /// remove it, and a reload keeps it while the entry stays.
+    pub discovered_by: Option<Arc<str>>,
     pub authority: Authority,
     /// Opaque id for sticky-session cookies.
     pub id: String,
@@ -162,6 +166,10 @@ pub struct NewEndpoint<'a> {
     pub authority: Authority,
     pub weight: u32,
     pub arrival: Arrival,
+    /// `Host` sent when the pool does not preserve the client's; absent: `address`.
+    pub host: Option<&'a str>,
+    /// The `dns`/`srv` entry that found it (its label), if one did.
+    pub discovered_by: Option<Arc<str>>,
 }
 
 impl Endpoint {
@@ -172,14 +180,17 @@ impl Endpoint {
             authority,
             weight,
             arrival,
+            host,
+            discovered_by,
         } = new;
-        let host_header = HeaderValue::from_str(authority.as_str())
+        let host_header = HeaderValue::from_str(host.unwrap_or(authority.as_str()))
             .unwrap_or(HeaderValue::from_static("localhost"));
         let now = clock.now_ms();
         let slow_start_ms = policy.slow_start.as_millis() as u64;
         Self {
             id: endpoint_id(pool, &address),
             address,
+            discovered_by,
             authority,
             host_header,
             clock,
@@ -223,6 +234,8 @@ impl Endpoint {
             authority,
             weight,
             arrival: Arrival::WithThePool,
+            host: None,
+            discovered_by: None,
         };
         Some(Self::new(new, &policy, Clock::new()))
     }

@@ -1,10 +1,11 @@
 //! Upstream side: endpoints with their live state (health, breaker, latency), pools that
-//! group them, and the active health checker.
+//! group them, the active health checker and DNS service discovery.
 //!
 //! May import: `config`, `tls` (upstream client settings), `stable_hash`, and `balancer`
 //! (a pool owns its strategy); never `proxy`, `cache`, `admin`, `app` or `control`.
 
 pub mod breaker;
+pub mod discovery;
 mod endpoint;
 pub mod health;
 mod pool;

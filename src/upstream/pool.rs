@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::breaker::{BreakerEvent, BreakerState};
+use super::discovery::Source;
 use super::endpoint::{Arrival, Endpoint, EndpointPolicy, InFlightGuard, NewEndpoint, Outcome};
 use super::request_body::UpstreamRequestBody;
 use super::signals::{Clock, RollingCounts};
@@ -75,6 +76,13 @@ pub struct Pool {
     retry_budget: Arc<RollingCounts>,
     /// Shared with the pool's earlier and later versions across reloads.
     pub stats: Arc<PoolStats>,
+    /// The `dns`/`srv` entries whose answers keep endpoints in this pool.
+    discovery: Vec<Source>,
+    /// Woken when a connection to a discovered endpoint fails, so its entry asks again.
+    pub(crate) rediscover: tokio::sync::Notify,
+    /// Whether this pool replaced another (a reload): endpoints found from now on join
+    /// with slow start instead of arriving with the pool.
+    replaced_another: bool,
 }
 
 impl Pool {
@@ -99,34 +107,62 @@ impl Pool {
             decay: config.score.decay,
         };
         let old_endpoints = previous.map(|p| p.endpoints.load_full());
-        let endpoints = config
+        let discovery: Vec<Source> = config
             .endpoints
             .iter()
             .filter_map(|e| {
-                let kept = old_endpoints
-                    .as_ref()
-                    .and_then(|list| list.iter().find(|old| old.address == e.address));
-                if let Some(kept) = kept {
-                    kept.set_weight(e.weight);
-                    kept.set_policy(&policy);
-                    return Some(Arc::clone(kept));
-                }
-                // Validation has already rejected bad addresses; skip defensively.
-                let authority = parse_endpoint_address(&e.address).ok()?;
-                let new = NewEndpoint {
-                    pool: name,
-                    address: e.address.clone(),
-                    authority,
-                    weight: e.weight,
-                    arrival: if previous.is_some() {
-                        Arrival::Joining
-                    } else {
-                        Arrival::WithThePool
-                    },
-                };
-                Some(Arc::new(Endpoint::new(new, &policy, clock)))
+                let label = e.source.label();
+                let kept = previous
+                    .and_then(|p| p.discovery.iter().find(|s| *s.label == *label))
+                    .map(|s| &s.stats);
+                Source::new(&e.source, e.weight, kept)
             })
             .collect();
+        let fixed = config.endpoints.iter().filter_map(|e| {
+            let address = e.source.address()?;
+            let kept = old_endpoints.as_ref().and_then(|list| {
+                list.iter()
+                    .find(|old| old.address == address && old.discovered_by.is_none())
+            });
+            if let Some(kept) = kept {
+                kept.set_weight(e.weight);
+                kept.set_policy(&policy);
+                return Some(Arc::clone(kept));
+            }
+            // Validation has already rejected bad addresses; skip defensively.
+            let authority = parse_endpoint_address(address).ok()?;
+            let new = NewEndpoint {
+                pool: name,
+                address: address.to_owned(),
+                authority,
+                weight: e.weight,
+                arrival: if previous.is_some() {
+                    Arrival::Joining
+                } else {
+                    Arrival::WithThePool
+                },
+                host: None,
+                discovered_by: None,
+            };
+            Some(Arc::new(Endpoint::new(new, &policy, clock)))
+        });
+        // Endpoints found by an entry the new config still has stay, with their state,
+        // until that entry's next answer says otherwise.
+        let discovered = old_endpoints.iter().flat_map(|list| list.iter()).filter_map(|old| {
+            let label = old.discovered_by.as_deref()?;
+            let source = discovery.iter().find(|s| &*s.label == label)?;
+            if !matches!(source.entry, crate::config::EndpointSource::Srv(_)) {
+                old.set_weight(source.weight);
+            }
+            old.set_policy(&policy);
+            Some(Arc::clone(old))
+        });
+        let mut endpoints: Vec<Arc<Endpoint>> = fixed.collect();
+        for endpoint in discovered {
+            if endpoints.iter().all(|e| e.address != endpoint.address) {
+                endpoints.push(endpoint);
+            }
+        }
         let balancer = match previous {
             Some(p) if same_balancing(&p.config, config) => Arc::clone(&p.balancer),
             _ => Arc::from(balancer::for_pool(config)),
@@ -173,7 +209,45 @@ impl Pool {
             config: config.clone(),
             policy,
             clock,
+            discovery,
+            rediscover: tokio::sync::Notify::new(),
+            replaced_another: previous.is_some(),
         }
+    }
+
+    /// The pool's `dns`/`srv` entries.
+    pub fn discovery(&self) -> &[Source] {
+        &self.discovery
+    }
+
+    /// Whether this pool replaced another in a reload.
+    pub fn has_history(&self) -> bool {
+        self.replaced_another
+    }
+
+    /// Adds an endpoint found by `source`, unless its address is already in the pool.
+    pub(crate) fn add_discovered(
+        &self,
+        address: &str,
+        weight: u32,
+        host: Option<&str>,
+        source: &Source,
+        arrival: Arrival,
+    ) -> bool {
+        let Ok(authority) = parse_endpoint_address(address) else {
+            return false;
+        };
+        let new = NewEndpoint {
+            pool: &self.name,
+            address: address.to_owned(),
+            authority,
+            weight,
+            arrival,
+            host,
+            discovered_by: Some(Arc::clone(&source.label)),
+        };
+        let endpoint = Arc::new(Endpoint::new(new, &self.policy, self.clock));
+        self.add_unless_present(&endpoint)
     }
 
     /// Appends an existing endpoint (one registered at runtime, carried over a reload with
@@ -235,6 +309,8 @@ impl Pool {
             authority,
             weight,
             arrival: Arrival::Joining,
+            host: None,
+            discovered_by: None,
         };
         let endpoint = Arc::new(Endpoint::new(new, &self.policy, self.clock));
         if !self.add_unless_present(&endpoint) {
@@ -396,6 +472,10 @@ impl Pool {
     /// ejecting only while the pool's `max_ejected_share` allows.
     pub fn report(&self, guard: &mut InFlightGuard, outcome: Outcome, elapsed: Duration) {
         let endpoint = Arc::clone(guard.endpoint());
+        if outcome == Outcome::ConnectFailed && endpoint.discovered_by.is_some() {
+            // The name may point elsewhere by now.
+            self.rediscover.notify_waiters();
+        }
         let event = endpoint.record_outcome(guard, outcome, elapsed);
         self.act_on(&endpoint, event);
     }
