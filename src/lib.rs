@@ -30,8 +30,9 @@
 //!   stats.rs         proxy and per-route counters for metrics and control
 //! balancer/          endpoint selection, one file per strategy behind `Balancer`
 //! upstream/          endpoints (state machine, breaker, signals and latency histograms),
-//!                    pools, active health checks (HTTP or grpc.health.v1), request bodies
-//!                    on their way upstream (with the copy a gRPC retry replays)
+//!                    pools, active health checks (HTTP or grpc.health.v1), DNS service
+//!                    discovery (A/AAAA and SRV, hickory), request bodies on their way
+//!                    upstream (with the copy a gRPC retry replays)
 //! cache/             two-tier HTTP cache: RFC 9111 policy, byte ranges of stored bodies,
 //!                    moka L1, Redis/Cluster L2, coalescing, purge bus, warming
 //! control/           the control loop: samples, autoscalers, actions, forecasts, USL,

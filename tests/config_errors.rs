@@ -345,3 +345,82 @@ fn balancing_sections_are_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn discovery_entries_and_dns_settings_name_key_and_reason() {
+    let endpoints = "endpoints = [{ address = \"127.0.0.1:9001\" }]";
+    let cases = [
+        (
+            "endpoints = [{ address = \"127.0.0.1:9001\", dns = \"api.internal:80\" }]",
+            "pools.api.endpoints[0]",
+            "exactly one of `address` (host:port), `dns`",
+        ),
+        (
+            "endpoints = [{ weight = 2 }]",
+            "pools.api.endpoints[0]",
+            "exactly one of",
+        ),
+        (
+            "endpoints = [{ srv = \"_http._tcp.api.internal\", weight = 2 }]",
+            "pools.api.endpoints[0]",
+            "takes its weights from the SRV records",
+        ),
+        (
+            "endpoints = [{ dns = \"api.internal\" }]",
+            "pools.api.endpoints[0].dns",
+            "needs a port between 1 and 65535",
+        ),
+        (
+            "endpoints = [{ dns = \"10.0.0.1:80\" }]",
+            "pools.api.endpoints[0].dns",
+            "is an address, not a name; give it as `address`",
+        ),
+        (
+            "endpoints = [{ srv = \"_http._tcp..internal\" }]",
+            "pools.api.endpoints[0].srv",
+            "is not a valid DNS name",
+        ),
+        (
+            "endpoints = [{ dns = \"api.internal:80\" }, { dns = \"API.internal:80\" }]",
+            "pools.api.endpoints[1].dns",
+            "duplicate endpoint",
+        ),
+        (
+            "endpoints = [{ dns = \"api.internal:443\" }]\ntls = {}",
+            "pools.api.tls.server_name",
+            "needed with dns or srv endpoints",
+        ),
+    ];
+    for (replacement, key, reason) in cases {
+        let err = error_for(&GOOD.replace(endpoints, replacement));
+        assert!(
+            err.starts_with(&format!("config/weir.toml: {key}")) && err.contains(reason),
+            "{replacement}: {err}"
+        );
+    }
+    for (dns, expected) in [
+        (
+            "[dns]\nmin_ttl = \"10s\"\nmax_ttl = \"1s\"\n",
+            "dns.max_ttl: must be at least dns.min_ttl (10s)",
+        ),
+        ("[dns]\nmin_ttl = \"0s\"\n", "dns.min_ttl: must be above 0"),
+        (
+            "[dns]\nservers = [\"127.0.0.1:0\"]\n",
+            "dns.servers[0]: 127.0.0.1:0 needs a port",
+        ),
+        ("[dns]\nservers = [\"resolver\"]\n", "dns.servers[0]"),
+    ] {
+        let err = error_for(&(GOOD.to_owned() + dns));
+        assert!(err.contains(expected), "{dns}: {err}");
+    }
+    let good = GOOD.replace(
+        endpoints,
+        "endpoints = [{ dns = \"api.internal:8080\", weight = 2 }, { srv = \"_http._tcp.api.internal\" }]",
+    );
+    let config = load_str(&good, Path::new("good.toml")).unwrap();
+    assert_eq!(config.pools["api"].endpoints[0].weight, 2);
+    assert_eq!(
+        config.pools["api"].endpoints[1].source,
+        weir::config::EndpointSource::Srv("_http._tcp.api.internal".into())
+    );
+}

@@ -195,10 +195,7 @@ fn check_pools(config: &Config, problems: &mut Vec<Problem>) {
                 problems.push(Problem::new(format!("{ekey}.weight"), reason));
             }
         }
-        let discovers = pool
-            .endpoints
-            .iter()
-            .any(|e| e.source.address().is_none());
+        let discovers = pool.endpoints.iter().any(|e| e.source.address().is_none());
         if discovers && pool.tls.as_ref().is_some_and(|t| t.server_name.is_none()) {
             problems.push(Problem::new(
                 format!("{key}.tls.server_name"),
@@ -393,7 +390,10 @@ fn is_token(s: &str) -> bool {
 /// A `dns` endpoint: `name:port`, where the name is to be resolved (not an address).
 fn check_dns_endpoint(value: &str) -> Result<(), String> {
     let authority = parse_endpoint_address(value)?;
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     if host.parse::<std::net::IpAddr>().is_ok() {
         return Err(format!(
             "{value:?} is an address, not a name; give it as `address`"

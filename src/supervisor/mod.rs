@@ -244,7 +244,11 @@ impl Supervisor {
         drop(membership);
         inner.pool_tasks_stop.cancel();
         inner.pool_tasks_stop = self.background_stop.child_token();
-        spawn_pool_tasks(&self.state.snapshot.load(), &config.dns, &inner.pool_tasks_stop);
+        spawn_pool_tasks(
+            &self.state.snapshot.load(),
+            &config.dns,
+            &inner.pool_tasks_stop,
+        );
         notes.extend(inner.listeners.apply(plan, &config.server, &self.ctx));
         self.control.reconfigure(&config.control);
         self.addresses.store(Arc::new(inner.listeners.addresses()));

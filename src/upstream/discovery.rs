@@ -233,7 +233,9 @@ impl Resolver {
                 // weighted pick gets.
                 let weight = u32::from(srv.weight.max(1));
                 *answer.endpoints.entry(address).or_insert(0) += weight;
-                answer.host.insert(address, format!("{target}:{}", srv.port));
+                answer
+                    .host
+                    .insert(address, format!("{target}:{}", srv.port));
             }
         }
         answer.ttl = ttl;
@@ -245,9 +247,7 @@ impl Resolver {
 fn addresses_of(records: &[Record], name: &hickory_resolver::proto::rr::Name) -> Vec<IpAddr> {
     records
         .iter()
-        .filter(|r| {
-            matches!(r.record_type(), RecordType::A | RecordType::AAAA) && &r.name == name
-        })
+        .filter(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA) && &r.name == name)
         .filter_map(|r| match &r.data {
             RData::A(a) => Some(IpAddr::V4(a.0)),
             RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
@@ -445,8 +445,14 @@ mod tests {
             ..DnsConfig::default()
         };
         assert_eq!(next_interval(Duration::ZERO, &dns), Duration::from_secs(1));
-        assert_eq!(next_interval(Duration::from_secs(7), &dns), Duration::from_secs(7));
-        assert_eq!(next_interval(Duration::from_secs(86_400), &dns), Duration::from_secs(30));
+        assert_eq!(
+            next_interval(Duration::from_secs(7), &dns),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            next_interval(Duration::from_secs(86_400), &dns),
+            Duration::from_secs(30)
+        );
         let backoff: Vec<u64> = (1..=7).map(|n| retry_interval(n, &dns).as_secs()).collect();
         assert_eq!(backoff, [1, 2, 4, 8, 16, 30, 30]);
         assert_eq!(retry_interval(1000, &dns), Duration::from_secs(30));
@@ -454,7 +460,10 @@ mod tests {
 
     #[test]
     fn name_and_port_split_at_the_last_colon() {
-        assert_eq!(split_name_port("api.internal:8080").unwrap(), ("api.internal", 8080));
+        assert_eq!(
+            split_name_port("api.internal:8080").unwrap(),
+            ("api.internal", 8080)
+        );
         assert!(split_name_port("api.internal").is_err());
         assert!(split_name_port("api.internal:http").is_err());
     }

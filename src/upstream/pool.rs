@@ -148,15 +148,18 @@ impl Pool {
         });
         // Endpoints found by an entry the new config still has stay, with their state,
         // until that entry's next answer says otherwise.
-        let discovered = old_endpoints.iter().flat_map(|list| list.iter()).filter_map(|old| {
-            let label = old.discovered_by.as_deref()?;
-            let source = discovery.iter().find(|s| &*s.label == label)?;
-            if !matches!(source.entry, crate::config::EndpointSource::Srv(_)) {
-                old.set_weight(source.weight);
-            }
-            old.set_policy(&policy);
-            Some(Arc::clone(old))
-        });
+        let discovered = old_endpoints
+            .iter()
+            .flat_map(|list| list.iter())
+            .filter_map(|old| {
+                let label = old.discovered_by.as_deref()?;
+                let source = discovery.iter().find(|s| &*s.label == label)?;
+                if !matches!(source.entry, crate::config::EndpointSource::Srv(_)) {
+                    old.set_weight(source.weight);
+                }
+                old.set_policy(&policy);
+                Some(Arc::clone(old))
+            });
         let mut endpoints: Vec<Arc<Endpoint>> = fixed.collect();
         for endpoint in discovered {
             if endpoints.iter().all(|e| e.address != endpoint.address) {

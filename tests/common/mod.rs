@@ -56,6 +56,24 @@ where
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_upstream(listener, handler)
+}
+
+/// As [`upstream`], on `address` (e.g. another loopback address on a port already used
+/// on 127.0.0.1); the bind error when it is taken.
+pub async fn upstream_on<F, Fut>(address: SocketAddr, handler: F) -> std::io::Result<Upstream>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    Ok(serve_upstream(TcpListener::bind(address).await?, handler))
+}
+
+fn serve_upstream<F, Fut>(listener: TcpListener, handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let token = stop.clone();
