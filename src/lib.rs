@@ -23,6 +23,7 @@
 //!   retry.rs         what may be retried, full-jitter backoff, Retry-After
 //!   ratelimit.rs     per-route GCRA limits
 //!   trace.rs         W3C traceparent
+//!   spans.rs         the request, attempt and cache-lookup spans of recorded requests
 //!   body.rs          streamed bodies: in-flight guards, replayable requests, body pace
 //!   conn.rs          per-connection activity (idle timeout)
 //!   error.rs         failures and the 4xx/5xx responses they become
@@ -40,6 +41,8 @@
 //! chart.rs           the SVG chart frame and HTML escaping the report and loadtest pages share
 //! tls.rs             rustls (ring): every certificate a config names, loaded once
 //!                    (`TlsMaterial`); server certificates by SNI, client configs for upstreams
+//! telemetry/         trace export: the span records and bounded queue the data plane
+//!                    fills, and the OTLP exporter task (HTTP/protobuf or gRPC)
 //! registry.rs        registered instances in an atomically written state file
 //! stable_hash.rs     XXH3 with a fixed seed: ring points and sticky ids every build agrees on
 //! admin/             admin port: probes and the token-protected API (control.rs: scaling,
@@ -71,5 +74,6 @@ pub mod proxy;
 pub mod registry;
 pub mod stable_hash;
 pub mod supervisor;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -237,6 +237,26 @@ fn gather(sources: Sources<'_>) -> Vec<MetricFamily> {
             );
         }
     }
+    if let Some(tracer) = &snapshot.tracer {
+        let stats = &tracer.stats;
+        f.counter(
+            "weir_trace_spans_exported_total",
+            "Spans the OTLP collector accepted.",
+            &[],
+            stats.exported.load(Relaxed),
+        );
+        for (reason, counter) in [
+            ("queue_full", &stats.dropped_queue_full),
+            ("export_failed", &stats.dropped_export_failed),
+        ] {
+            f.counter(
+                "weir_trace_spans_dropped_total",
+                "Spans not exported: the queue was full (a slow or absent collector), or the export failed.",
+                &[("reason", reason)],
+                counter.load(Relaxed),
+            );
+        }
+    }
     for pool in snapshot.pools.values() {
         let p = pool.name.as_str();
         let s = &pool.stats;

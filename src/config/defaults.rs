@@ -35,6 +35,18 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle keep-alive connections kept per endpoint.
 pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// Share of the traces weir starts that it records (when trace export is on).
+pub const DEFAULT_TRACE_SAMPLE_RATIO: f64 = 1.0;
+/// Spans waiting for export before new ones are dropped.
+pub const DEFAULT_TRACE_QUEUE_SPANS: usize = 4096;
+/// Most spans in one export request (the OpenTelemetry SDK's batch default).
+pub const DEFAULT_TRACE_BATCH_SPANS: usize = 512;
+/// A partial batch goes out after this.
+pub const DEFAULT_TRACE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Time for one export request.
+pub const DEFAULT_TRACE_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `service.name` of exported spans.
+pub const DEFAULT_TRACE_SERVICE_NAME: &str = "weir";
 /// A discovered name is asked again no sooner than this after its last answer.
 pub const DEFAULT_DNS_MIN_TTL: Duration = Duration::from_secs(1);
 /// …and no later than this, whatever the records' TTL.

@@ -36,6 +36,51 @@ pub struct Config {
     /// How names in `{ dns = .. }` and `{ srv = .. }` endpoints are resolved.
     #[serde(default)]
     pub dns: DnsConfig,
+    /// Spans sent to an OpenTelemetry collector; absent: none are made.
+    pub trace_export: Option<TraceExportConfig>,
+}
+
+/// OTLP trace export: the request, each upstream attempt and cache lookups, as spans.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceExportConfig {
+    /// Collector URL: `http(s)://host:4318/v1/traces` for `http_protobuf`,
+    /// `http://host:4317` for `grpc`.
+    pub endpoint: String,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Share of traces weir starts that are recorded; a client's `traceparent` decides
+    /// for the traces it starts (its sampled flag), as OpenTelemetry's parent-based
+    /// sampler does.
+    #[serde(default = "d_sample_ratio")]
+    pub sample_ratio: f64,
+    /// Spans waiting for export; when full (a slow or absent collector), new spans are
+    /// dropped and counted, and requests never wait.
+    #[serde(default = "d_trace_queue")]
+    pub queue_spans: usize,
+    /// Most spans in one export request.
+    #[serde(default = "d_trace_batch")]
+    pub batch_spans: usize,
+    /// A batch is sent when full or when this has passed since its first span.
+    #[serde(with = "humantime_serde", default = "d_trace_flush")]
+    pub flush_interval: Duration,
+    /// Time for one export request.
+    #[serde(with = "humantime_serde", default = "d_trace_timeout")]
+    pub timeout: Duration,
+    /// `service.name` of the spans' resource.
+    #[serde(default = "d_service_name")]
+    pub service_name: String,
+}
+
+/// How spans reach the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    /// OTLP/HTTP with protobuf bodies (port 4318).
+    #[default]
+    HttpProtobuf,
+    /// OTLP/gRPC (port 4317).
+    Grpc,
 }
 
 /// Service discovery by DNS: where names are asked and how often they are asked again.
@@ -769,6 +814,24 @@ pub struct AdminConfig {
     pub state_file: Option<std::path::PathBuf>,
 }
 
+fn d_sample_ratio() -> f64 {
+    DEFAULT_TRACE_SAMPLE_RATIO
+}
+fn d_trace_queue() -> usize {
+    DEFAULT_TRACE_QUEUE_SPANS
+}
+fn d_trace_batch() -> usize {
+    DEFAULT_TRACE_BATCH_SPANS
+}
+fn d_trace_flush() -> Duration {
+    DEFAULT_TRACE_FLUSH_INTERVAL
+}
+fn d_trace_timeout() -> Duration {
+    DEFAULT_TRACE_EXPORT_TIMEOUT
+}
+fn d_service_name() -> String {
+    DEFAULT_TRACE_SERVICE_NAME.to_owned()
+}
 fn d_dns_min_ttl() -> Duration {
     DEFAULT_DNS_MIN_TTL
 }

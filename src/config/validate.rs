@@ -7,7 +7,7 @@ use http::uri::Authority;
 
 use super::defaults::MIN_REQUEST_HEADER_BYTES;
 use super::error::Problem;
-use super::model::{Config, EndpointSource, HashKey, PoolConfig, Strategy};
+use super::model::{Config, EndpointSource, HashKey, OtlpProtocol, PoolConfig, Strategy};
 
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
@@ -15,6 +15,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     check_routes(config, &mut problems);
     check_pools(config, &mut problems);
     check_dns(config, &mut problems);
+    check_trace_export(config, &mut problems);
     check_headers(config, &mut problems);
     check_services(config, &mut problems);
     check_control(config, &mut problems);
@@ -418,6 +419,59 @@ fn check_dns_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{name:?} is not a valid DNS name"))
+    }
+}
+
+fn check_trace_export(config: &Config, problems: &mut Vec<Problem>) {
+    let Some(export) = &config.trace_export else {
+        return;
+    };
+    let mut problem = |field: &str, reason: String| {
+        problems.push(Problem::new(format!("trace_export.{field}"), reason));
+    };
+    let schemes: &[&str] = match export.protocol {
+        OtlpProtocol::HttpProtobuf => &["http", "https"],
+        // The gRPC transport is built without TLS: a local collector or agent is the usual
+        // first hop.
+        OtlpProtocol::Grpc => &["http"],
+    };
+    match export.endpoint.parse::<http::Uri>() {
+        Ok(uri)
+            if uri.host().is_some() && uri.scheme_str().is_some_and(|s| schemes.contains(&s)) => {}
+        _ => problem(
+            "endpoint",
+            format!(
+                "{:?} must be a {} URL with a host",
+                export.endpoint,
+                schemes.join(" or ")
+            ),
+        ),
+    }
+    if !(0.0..=1.0).contains(&export.sample_ratio) {
+        problem(
+            "sample_ratio",
+            format!("must be 0 to 1, got {}", export.sample_ratio),
+        );
+    }
+    if export.queue_spans == 0 {
+        problem("queue_spans", "must be above 0".into());
+    }
+    if export.batch_spans == 0 || export.batch_spans > export.queue_spans {
+        problem(
+            "batch_spans",
+            format!("must be 1 to queue_spans ({})", export.queue_spans),
+        );
+    }
+    for (field, value) in [
+        ("flush_interval", export.flush_interval),
+        ("timeout", export.timeout),
+    ] {
+        if value.is_zero() {
+            problem(field, "must be above 0".into());
+        }
+    }
+    if export.service_name.is_empty() {
+        problem("service_name", "must not be empty".into());
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::access_log::AccessLine;
+use super::spans::RequestSpan;
 use super::stats::RouteStats;
 use crate::config::GrpcCode;
 
@@ -102,14 +103,20 @@ pub fn code_name(code: u8) -> &'static str {
 pub struct CallEnd {
     pub route_stats: Option<Arc<RouteStats>>,
     pub access: Option<AccessLine>,
+    pub span: Option<RequestSpan>,
     done: bool,
 }
 
 impl CallEnd {
-    pub fn new(route_stats: Option<Arc<RouteStats>>, access: Option<AccessLine>) -> Self {
+    pub fn new(
+        route_stats: Option<Arc<RouteStats>>,
+        access: Option<AccessLine>,
+        span: Option<RequestSpan>,
+    ) -> Self {
         Self {
             route_stats,
             access,
+            span,
             done: false,
         }
     }
@@ -128,6 +135,9 @@ impl CallEnd {
         }
         if let Some(line) = self.access.take() {
             line.write(Some(status));
+        }
+        if let Some(span) = self.span.take() {
+            span.send(Some(status));
         }
     }
 }

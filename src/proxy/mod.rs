@@ -19,6 +19,7 @@ pub mod retry;
 pub mod route;
 pub mod service;
 pub mod snapshot;
+pub mod spans;
 pub mod stats;
 pub mod trace;
 

@@ -27,9 +27,11 @@ use super::normalize::normalize_path;
 use super::retry;
 use super::route::Route;
 use super::snapshot::Snapshot;
+use super::spans::{ChildSpan, Recording, RequestEnd, RequestSpan};
 use super::stats::RouteStats;
 use super::trace::{TRACEPARENT, TraceContext};
 use crate::config::TrustedNet;
+use crate::telemetry::SpanKind;
 use crate::upstream::request_body::{CopyInProgress, ReplayCopy};
 use crate::upstream::{Endpoint, Outcome, PickError};
 
@@ -108,12 +110,16 @@ impl ProxyService {
         self.state.stats.requests.fetch_add(1, Relaxed);
         let snapshot = self.state.snapshot.load_full();
         let request_id = headers::request_id(req.headers(), &snapshot.headers.request_id);
-        let trace = snapshot
-            .headers
-            .traceparent
-            .then(|| TraceContext::from_headers(req.headers()));
+        let tracer = snapshot.tracer.as_ref();
+        let trace = (snapshot.headers.traceparent || tracer.is_some()).then(|| {
+            TraceContext::from_headers(req.headers(), || {
+                tracer.is_some_and(|t| t.sample_new_trace())
+            })
+        });
         let method = req.method().clone();
         let path = snapshot.access_log.then(|| req.uri().path().to_owned());
+        let mut request_span = Recording::new(tracer, trace.as_ref())
+            .map(|recording| RequestSpan::start(recording, &method, req.uri().path()));
         let is_grpc = grpc::is_grpc(req.headers());
         let resolved = self.resolve_client(req.headers());
         let client = resolved.as_ref().unwrap_or(&self.client);
@@ -157,6 +163,26 @@ impl ProxyService {
                 (response, Err(failure))
             }
         };
+        if let Some(span) = &mut request_span {
+            let (route, endpoint, attempts) = match &outcome {
+                Ok(served) => (
+                    Some(&*served.route),
+                    served.endpoint.as_ref().map(|e| e.address.as_str()),
+                    served.attempts,
+                ),
+                Err(failure) => (failure.route.as_deref(), failure.endpoint.as_deref(), 0),
+            };
+            span.end(RequestEnd {
+                status: response.status().as_u16(),
+                route,
+                endpoint,
+                attempts,
+                cache: response
+                    .headers()
+                    .get(&crate::cache::policy::CACHE_STATUS)
+                    .and_then(|v| v.to_str().ok()),
+            });
+        }
         let access = path.map(|path| {
             let (route, destination, attempts, upstream_ms) = match &outcome {
                 Ok(served) => (
@@ -198,7 +224,7 @@ impl ProxyService {
                 Ok(served) => Some(Arc::clone(&served.route_stats)),
                 Err(failure) => failure.route_stats.clone(),
             };
-            let end = grpc::CallEnd::new(route_stats, access);
+            let end = grpc::CallEnd::new(route_stats, access, request_span);
             match grpc::head_status(response.headers()) {
                 // A status alone (weir's own answers too): the call has ended.
                 Some(code) => end.finish(Some(code)),
@@ -211,8 +237,13 @@ impl ProxyService {
                     response = Response::from_parts(parts, body);
                 }
             }
-        } else if let Some(line) = access {
-            line.write(None);
+        } else {
+            if let Some(line) = access {
+                line.write(None);
+            }
+            if let Some(span) = request_span {
+                span.send(None);
+            }
         }
         self.state.stats.record_response(response.status());
         response
@@ -295,6 +326,7 @@ impl ProxyService {
             trace: origin.trace,
             client: origin.client,
             is_grpc: origin.is_grpc,
+            recording: Recording::new(snapshot.tracer.as_ref(), origin.trace),
         };
         if let (Some(cache), Some(policy)) = (&snapshot.cache, &route.cache)
             && upgrade_protocol(&parts).is_none()
@@ -327,6 +359,7 @@ impl ProxyService {
             trace,
             client,
             is_grpc,
+            recording,
         } = *exchange;
         let pool = &route.pool;
         let failure =
@@ -392,7 +425,8 @@ impl ProxyService {
         parts
             .headers
             .insert(snapshot.headers.request_id.clone(), request_id.clone());
-        if let Some(value) = trace.and_then(TraceContext::header_value) {
+        let send_traceparent = snapshot.headers.traceparent;
+        if send_traceparent && let Some(value) = trace.and_then(TraceContext::header_value) {
             // `tracestate` travels unchanged; weir adds no vendor entry.
             parts.headers.insert(TRACEPARENT, value);
         }
@@ -474,10 +508,31 @@ impl ProxyService {
                 }
                 None => (pool.response_timeout, false),
             };
+            // A recorded attempt is a span of its own, and the upstream's parent.
+            let attempt_trace = recording.and(trace).map(TraceContext::child);
+            if send_traceparent
+                && let Some(value) = attempt_trace.as_ref().and_then(TraceContext::header_value)
+            {
+                upstream_request.headers_mut().insert(TRACEPARENT, value);
+            }
+            let attempt_start = attempt_trace.as_ref().map(|_| std::time::SystemTime::now());
             let mut guard = endpoint.begin_request();
             let started = Instant::now();
             let sent = tokio::time::timeout(wait, pool.client.request(upstream_request)).await;
             let elapsed = started.elapsed();
+            if let (Some(recording), Some(start)) = (recording, attempt_start) {
+                recording.child(
+                    attempt_span(AttemptSpan {
+                        start,
+                        pool: &pool.name,
+                        endpoint: &endpoint.address,
+                        method: &parts.method,
+                        attempt: retries + 1,
+                        sent: &sent,
+                    }),
+                    attempt_trace.as_ref(),
+                );
+            }
             let (outcome, result) = match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();
@@ -774,6 +829,8 @@ pub(super) struct Exchange<'a> {
     pub client: &'a headers::ClientAddress,
     /// A gRPC call: its deadline, status retries and body copy apply.
     pub is_grpc: bool,
+    /// Set when the request's trace is recorded: attempts and cache lookups add spans.
+    pub recording: Option<Recording<'a>>,
 }
 
 /// Where a proxied request went, for route stats and the access log.
@@ -924,5 +981,46 @@ fn request_host(parts: &http::request::Parts) -> Result<&str, ProxyError> {
         }
         None if parts.version == Version::HTTP_10 || parts.version == Version::HTTP_09 => Ok(""),
         None => Err(ProxyError::BadRequest("missing Host header")),
+    }
+}
+
+/// What an attempt's span says.
+struct AttemptSpan<'a> {
+    start: std::time::SystemTime,
+    pool: &'a str,
+    endpoint: &'a str,
+    method: &'a Method,
+    attempt: u32,
+    sent: &'a Result<
+        Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+        tokio::time::error::Elapsed,
+    >,
+}
+
+fn attempt_span(attempt: AttemptSpan<'_>) -> ChildSpan {
+    let mut attributes = vec![
+        (
+            "http.request.method",
+            attempt.method.as_str().to_owned().into(),
+        ),
+        ("server.address", attempt.endpoint.to_owned().into()),
+        ("weir.pool", attempt.pool.to_owned().into()),
+        ("weir.attempt", i64::from(attempt.attempt).into()),
+    ];
+    let error = match attempt.sent {
+        Ok(Ok(response)) => {
+            let status = response.status().as_u16();
+            attributes.push(("http.response.status_code", i64::from(status).into()));
+            (status >= 500).then(|| format!("HTTP {status}"))
+        }
+        Ok(Err(error)) => Some(format!("no response: {error}")),
+        Err(_) => Some("no response head within the time allowed".to_owned()),
+    };
+    ChildSpan {
+        kind: SpanKind::Client,
+        name: std::borrow::Cow::Owned(format!("upstream {}", attempt.pool)),
+        start: attempt.start,
+        attributes,
+        error,
     }
 }

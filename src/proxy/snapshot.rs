@@ -8,6 +8,7 @@ use super::route::{Route, Router};
 use crate::cache::redis::RedisTier;
 use crate::cache::{Cache, RouteCache};
 use crate::config::Config;
+use crate::telemetry::{Tracer, otlp};
 use crate::tls::TlsMaterial;
 use crate::upstream::Pool;
 
@@ -29,6 +30,9 @@ pub struct Snapshot {
     /// Headers that carry verified client certificates upstream (any listener's
     /// `tls.client_auth.header`): removed from every client request, so only weir sets them.
     pub client_cert_headers: Vec<http::HeaderName>,
+    /// Where spans go when `[trace_export]` is on; kept across reloads that keep its
+    /// settings (a changed one starts anew, and the old exporter sends what it has).
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 impl Snapshot {
@@ -95,6 +99,21 @@ impl Snapshot {
                 .filter_map(|l| l.tls.as_ref()?.client_auth.as_ref()?.header.as_ref())
                 .filter_map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok())
                 .collect(),
+            tracer: tracer_for(config, previous),
         }
+    }
+}
+
+/// The previous tracer when its settings are unchanged, else a new one (with the previous
+/// one's counters), or none when export is off.
+fn tracer_for(config: &Config, previous: Option<&Snapshot>) -> Option<Arc<Tracer>> {
+    let settings = config.trace_export.as_ref()?;
+    let old = previous.and_then(|p| p.tracer.as_ref());
+    match old {
+        Some(old) if old.config == *settings => Some(Arc::clone(old)),
+        _ => otlp::start(
+            settings,
+            old.map(|t| Arc::clone(&t.stats)).unwrap_or_default(),
+        ),
     }
 }

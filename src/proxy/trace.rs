@@ -12,21 +12,26 @@ pub struct TraceContext {
     trace_id: [u8; 32],
     /// weir's own span id, sent upstream as the parent.
     span_id: [u8; 16],
-    /// Trace flags from the client (sampling decision), `00` for traces weir starts.
+    /// Trace flags from the client (its sampling decision); for traces weir starts, `01`
+    /// when weir records the trace, `00` otherwise.
     flags: [u8; 2],
+    /// The client's span, when it sent a `traceparent`: the parent of weir's.
+    parent_id: Option<[u8; 16]>,
 }
 
 impl TraceContext {
-    /// Continues a valid incoming `traceparent` or starts a new trace.
-    pub fn from_headers(headers: &HeaderMap) -> Self {
+    /// Continues a valid incoming `traceparent` or starts a new trace; `sample_new` says
+    /// whether a trace weir starts is recorded (a continued one keeps the client's flag).
+    pub fn from_headers(headers: &HeaderMap, sample_new: impl FnOnce() -> bool) -> Self {
         let mut span_id = [0u8; 16];
         random_hex(&mut span_id);
         let incoming = headers.get(TRACEPARENT).and_then(|v| parse(v.as_bytes()));
         match incoming {
-            Some((trace_id, flags)) => Self {
+            Some((trace_id, parent_id, flags)) => Self {
                 trace_id,
                 span_id,
                 flags,
+                parent_id: Some(parent_id),
             },
             None => {
                 let mut trace_id = [0u8; 32];
@@ -34,10 +39,40 @@ impl TraceContext {
                 Self {
                     trace_id,
                     span_id,
-                    flags: *b"00",
+                    flags: if sample_new() { *b"01" } else { *b"00" },
+                    parent_id: None,
                 }
             }
         }
+    }
+
+    /// The same trace with a new span of weir's (an upstream attempt), whose parent is
+    /// this one's span.
+    pub fn child(&self) -> Self {
+        let mut span_id = [0u8; 16];
+        random_hex(&mut span_id);
+        Self {
+            trace_id: self.trace_id,
+            span_id,
+            flags: self.flags,
+            parent_id: Some(self.span_id),
+        }
+    }
+
+    /// Whether the trace is recorded (the sampled bit of its flags).
+    pub fn sampled(&self) -> bool {
+        let low = self.flags[1];
+        let digit = if low.is_ascii_digit() {
+            low - b'0'
+        } else {
+            low.wrapping_sub(b'a') + 10
+        };
+        digit & 1 == 1
+    }
+
+    /// (trace id, span id, parent span id) as lowercase hex.
+    pub fn ids(&self) -> ([u8; 32], [u8; 16], Option<[u8; 16]>) {
+        (self.trace_id, self.span_id, self.parent_id)
     }
 
     pub fn trace_id(&self) -> &str {
@@ -65,8 +100,8 @@ impl TraceContext {
     }
 }
 
-/// (trace id, flags) of a valid version-00 `traceparent`.
-fn parse(value: &[u8]) -> Option<([u8; 32], [u8; 2])> {
+/// (trace id, parent span id, flags) of a valid version-00 `traceparent`.
+fn parse(value: &[u8]) -> Option<([u8; 32], [u8; 16], [u8; 2])> {
     let hex = |s: &[u8]| {
         s.iter()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
@@ -85,7 +120,9 @@ fn parse(value: &[u8]) -> Option<([u8; 32], [u8; 2])> {
     }
     let mut trace_id = [0u8; 32];
     trace_id.copy_from_slice(&value[3..35]);
-    Some((trace_id, [value[53], value[54]]))
+    let mut parent_id = [0u8; 16];
+    parent_id.copy_from_slice(&value[36..52]);
+    Some((trace_id, parent_id, [value[53], value[54]]))
 }
 
 /// Fills `out` with random lowercase hex digits, never all zeros (an invalid id).
@@ -112,11 +149,17 @@ mod tests {
             TRACEPARENT,
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
-        let t = TraceContext::from_headers(&h);
+        let t = TraceContext::from_headers(&h, || false);
         assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(t.flags(), "01");
+        assert!(t.sampled(), "the client's decision stands");
         assert_ne!(t.span_id(), "00f067aa0ba902b7");
         assert_eq!(t.span_id().len(), 16);
+        assert_eq!(t.ids().2, Some(*b"00f067aa0ba902b7"));
+        let attempt = t.child();
+        assert_eq!(attempt.trace_id(), t.trace_id());
+        assert_ne!(attempt.span_id(), t.span_id());
+        assert_eq!(attempt.ids().2.as_ref(), Some(&t.ids().1));
     }
 
     #[test]
@@ -132,10 +175,13 @@ mod tests {
             if !bad.is_empty() {
                 h.insert(TRACEPARENT, HeaderValue::from_str(bad).unwrap());
             }
-            let t = TraceContext::from_headers(&h);
+            let t = TraceContext::from_headers(&h, || false);
             assert_eq!(t.trace_id().len(), 32, "{bad}");
             assert_ne!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
             assert_eq!(t.flags(), "00");
+            assert!(!t.sampled());
+            assert_eq!(t.ids().2, None);
+            assert_eq!(TraceContext::from_headers(&h, || true).flags(), "01");
             let header = t.header_value().unwrap();
             assert!(parse(header.as_bytes()).is_some(), "we send valid ones");
         }

@@ -22,6 +22,8 @@ use crate::cache::{Cache, Flight, FlightGuard, PurgeTarget, RouteCache, Tier};
 use crate::proxy::body::{ResponseBody, Tee};
 use crate::proxy::compress;
 use crate::proxy::conn::ConnRequestGuard;
+use crate::proxy::spans::ChildSpan;
+use crate::telemetry::SpanKind;
 
 /// Request headers that applications commonly use to build URLs (redirects, links,
 /// canonical hosts) but that are not part of the cache key. A client could otherwise send
@@ -70,6 +72,34 @@ struct CacheCtx<'a> {
     /// The coding of this request's variant, when compression is on.
     coding: Option<&'static str>,
     head_only: bool,
+}
+
+/// A cache lookup, with a span of its own when the request is recorded.
+async fn traced_lookup(ctx: &CacheCtx<'_>) -> Option<(Arc<StoredResponse>, Tier, String)> {
+    let start = ctx.exchange.recording.map(|_| SystemTime::now());
+    let found = ctx
+        .cache
+        .lookup(ctx.policy, &ctx.primary, ctx.client_headers)
+        .await;
+    if let (Some(recording), Some(start)) = (ctx.exchange.recording, start) {
+        let result = found
+            .as_ref()
+            .map_or("miss", |(_, tier, _)| tier.status_name());
+        recording.child(
+            ChildSpan {
+                kind: SpanKind::Internal,
+                name: "cache lookup".into(),
+                start,
+                attributes: vec![
+                    ("weir.cache.key", ctx.primary.clone().into()),
+                    ("weir.cache.result", result.into()),
+                ],
+                error: None,
+            },
+            None,
+        );
+    }
+    found
 }
 
 impl CacheCtx<'_> {
@@ -191,7 +221,7 @@ impl ProxyService {
             head_only,
         };
         let now = SystemTime::now();
-        let found = cache.lookup(policy, &ctx.primary, ctx.client_headers).await;
+        let found = traced_lookup(&ctx).await;
 
         if range.is_some() {
             // Ranges are cut from a fresh, complete stored response; anything else goes to
@@ -490,10 +520,7 @@ impl ProxyService {
         detail: &str,
     ) -> Option<(Response<ResponseBody>, Served)> {
         let now = SystemTime::now();
-        let (stored, tier, _) = ctx
-            .cache
-            .lookup(ctx.policy, &ctx.primary, ctx.client_headers)
-            .await?;
+        let (stored, tier, _) = traced_lookup(ctx).await?;
         if !matches!(policy::reuse(&stored, &ctx.view, now), Reuse::Fresh) {
             return None;
         }
@@ -628,6 +655,8 @@ impl BackgroundRefresh {
             client: &self.service.client,
             // Refreshes are GETs of stored responses; gRPC calls are never stored.
             is_grpc: false,
+            // A background refresh belongs to no recorded request.
+            recording: None,
         };
         let view = PolicyRequest {
             method: &Method::GET,

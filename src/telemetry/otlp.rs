@@ -1,0 +1,200 @@
+//! Sends queued spans to an OpenTelemetry collector over OTLP (HTTP/protobuf or gRPC), in
+//! batches, from one background task per tracer. Only one export is in flight at a time:
+//! while the collector is slow, spans wait in the tracer's queue, and past its size they are
+//! dropped (counted by the tracer), never waited for.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind as OtelKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+use tokio::sync::mpsc;
+
+use super::{AttributeValue, ExportStats, SpanKind, SpanRecord, Tracer};
+use crate::config::{OtlpProtocol, TraceExportConfig};
+
+/// Why the exporter could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("trace export to {endpoint}: {reason}")]
+pub struct ExportSetupError {
+    endpoint: String,
+    reason: String,
+}
+
+/// Starts a tracer and its export task. `stats` carries counters over from the tracer this
+/// one replaces. Needs a Tokio runtime (`None` without one: nothing could send).
+pub fn start(config: &TraceExportConfig, stats: Arc<ExportStats>) -> Option<Arc<Tracer>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let (tracer, queue) = Tracer::new(config.clone(), Arc::clone(&stats));
+    let config = config.clone();
+    runtime.spawn(async move {
+        match build_exporter(&config) {
+            Ok(exporter) => export_until_closed(exporter, queue, &config, &stats).await,
+            Err(error) => {
+                tracing::error!(%error, "trace export is off");
+            }
+        }
+    });
+    Some(Arc::new(tracer))
+}
+
+fn build_exporter(
+    config: &TraceExportConfig,
+) -> Result<opentelemetry_otlp::SpanExporter, ExportSetupError> {
+    let setup_error = |reason: String| ExportSetupError {
+        endpoint: config.endpoint.clone(),
+        reason,
+    };
+    let built = match config.protocol {
+        OtlpProtocol::HttpProtobuf => {
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(crate::tls::ring_client_config(webpki_roots_store()))
+                .https_or_http()
+                .enable_http1()
+                .build();
+            let client =
+                opentelemetry_http::hyper::HyperClient::new(connector, config.timeout, None);
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .with_protocol(Protocol::HttpBinary)
+                .with_endpoint(config.endpoint.clone())
+                .with_timeout(config.timeout)
+                .build()
+        }
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(config.endpoint.clone())
+            .with_timeout(config.timeout)
+            .build(),
+    };
+    let mut exporter = built.map_err(|e| setup_error(e.to_string()))?;
+    exporter.set_resource(
+        &Resource::builder_empty()
+            .with_service_name(config.service_name.clone())
+            .build(),
+    );
+    Ok(exporter)
+}
+
+fn webpki_roots_store() -> rustls::RootCertStore {
+    rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
+/// Collects batches (full, or `flush_interval` after their first span) and exports them
+/// one at a time until every sender is gone; then sends what is left.
+async fn export_until_closed(
+    exporter: opentelemetry_otlp::SpanExporter,
+    mut queue: mpsc::Receiver<SpanRecord>,
+    config: &TraceExportConfig,
+    stats: &ExportStats,
+) {
+    let scope = InstrumentationScope::builder("weir")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    let mut batch = Vec::with_capacity(config.batch_spans);
+    let mut open = true;
+    while open {
+        match queue.recv().await {
+            Some(first) => batch.push(to_span_data(first, &scope)),
+            None => break,
+        }
+        let flush_at = tokio::time::Instant::now() + config.flush_interval;
+        while batch.len() < config.batch_spans {
+            match tokio::time::timeout_at(flush_at, queue.recv()).await {
+                Ok(Some(span)) => batch.push(to_span_data(span, &scope)),
+                Ok(None) => {
+                    open = false;
+                    break;
+                }
+                Err(_flush_time) => break,
+            }
+        }
+        export(&exporter, std::mem::take(&mut batch), config.timeout, stats).await;
+    }
+    let _ = exporter.shutdown();
+}
+
+async fn export(
+    exporter: &opentelemetry_otlp::SpanExporter,
+    batch: Vec<SpanData>,
+    timeout: Duration,
+    stats: &ExportStats,
+) {
+    let spans = batch.len() as u64;
+    // The exporter has its own timeout; this bounds anything it does not cover.
+    match tokio::time::timeout(timeout + Duration::from_secs(1), exporter.export(batch)).await {
+        Ok(Ok(())) => {
+            stats.exported.fetch_add(spans, Relaxed);
+        }
+        Ok(Err(error)) => {
+            stats.dropped_export_failed.fetch_add(spans, Relaxed);
+            tracing::warn!(%error, spans, "trace export failed; spans dropped");
+        }
+        Err(_) => {
+            stats.dropped_export_failed.fetch_add(spans, Relaxed);
+            tracing::warn!(spans, "trace export timed out; spans dropped");
+        }
+    }
+}
+
+fn hex_str(hex: &[u8]) -> &str {
+    std::str::from_utf8(hex).unwrap_or("0")
+}
+
+fn to_span_data(span: SpanRecord, scope: &InstrumentationScope) -> SpanData {
+    let trace_id = TraceId::from_hex(hex_str(&span.trace_id)).unwrap_or(TraceId::INVALID);
+    let span_id = SpanId::from_hex(hex_str(&span.span_id)).unwrap_or(SpanId::INVALID);
+    let parent_span_id = span
+        .parent_id
+        .and_then(|id| SpanId::from_hex(hex_str(&id)).ok())
+        .unwrap_or(SpanId::INVALID);
+    SpanData {
+        span_context: SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id,
+        parent_span_is_remote: span.parent_is_remote,
+        span_kind: match span.kind {
+            SpanKind::Server => OtelKind::Server,
+            SpanKind::Client => OtelKind::Client,
+            SpanKind::Internal => OtelKind::Internal,
+        },
+        name: span.name,
+        start_time: span.start,
+        end_time: span.end,
+        attributes: span
+            .attributes
+            .into_iter()
+            .map(|(key, value)| {
+                let value = match value {
+                    AttributeValue::Text(text) => Value::String(text.into()),
+                    AttributeValue::Int(n) => Value::I64(n),
+                };
+                KeyValue::new(key, value)
+            })
+            .collect(),
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: match span.error {
+            Some(description) => Status::Error {
+                description: description.into(),
+            },
+            None => Status::Unset,
+        },
+        instrumentation_scope: scope.clone(),
+    }
+}
