@@ -424,3 +424,53 @@ fn discovery_entries_and_dns_settings_name_key_and_reason() {
         weir::config::EndpointSource::Srv("_http._tcp.api.internal".into())
     );
 }
+
+#[test]
+fn trace_export_settings_name_key_and_reason() {
+    let with = |table: &str| format!("{GOOD}\n[trace_export]\n{table}\n");
+    for (table, expected) in [
+        (
+            "endpoint = \"collector:4318\"",
+            "trace_export.endpoint: \"collector:4318\" must be a http or https URL with a host",
+        ),
+        (
+            "endpoint = \"https://collector:4317\"\nprotocol = \"grpc\"",
+            "trace_export.endpoint: \"https://collector:4317\" must be a http URL with a host",
+        ),
+        (
+            "endpoint = \"http://collector:4318/v1/traces\"\nsample_ratio = 1.5",
+            "trace_export.sample_ratio: must be 0 to 1, got 1.5",
+        ),
+        (
+            "endpoint = \"http://collector:4318/v1/traces\"\nqueue_spans = 10\nbatch_spans = 20",
+            "trace_export.batch_spans: must be 1 to queue_spans (10)",
+        ),
+        (
+            "endpoint = \"http://collector:4318/v1/traces\"\ntimeout = \"0s\"",
+            "trace_export.timeout: must be above 0",
+        ),
+        (
+            "endpoint = \"http://collector:4318/v1/traces\"\nprotocol = \"thrift\"",
+            "trace_export.protocol",
+        ),
+        ("sample_ratio = 0.5", "missing field `endpoint`"),
+    ] {
+        let err = error_for(&with(table));
+        assert!(err.contains(expected), "{table}: {err}");
+    }
+    let config = load_str(
+        &with("endpoint = \"http://127.0.0.1:4318/v1/traces\""),
+        Path::new("good.toml"),
+    )
+    .unwrap();
+    let export = config.trace_export.unwrap();
+    assert_eq!(export.sample_ratio, 1.0);
+    assert_eq!(export.service_name, "weir");
+    assert!(
+        load_str(GOOD, Path::new("good.toml"))
+            .unwrap()
+            .trace_export
+            .is_none(),
+        "off by default"
+    );
+}
