@@ -338,3 +338,162 @@ async fn a_stalled_proxy_header_is_cut_at_the_header_timeout() {
     );
     assert_eq!(weir.state().stats.proxy_header_refused.load(Relaxed), 1);
 }
+
+/// What an upstream that requires a PROXY header saw on each connection: the header (v1 as
+/// its text, v2 as command and addresses) and the paths requested on it.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<String>)>>>;
+
+/// An upstream that reads a PROXY header (v1 or v2, parsed by the `ppp` crate) first on
+/// every connection, then serves HTTP/1.1 on the rest of it.
+async fn proxy_protocol_upstream() -> (SocketAddr, Seen) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Seen::default();
+    let record = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let record = std::sync::Arc::clone(&record);
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 16];
+                if stream.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let described = if head.starts_with(b"PROXY ") {
+                    while !head.ends_with(b"\r\n") {
+                        head.push(stream.read_u8().await.unwrap());
+                    }
+                    let text = String::from_utf8(head).unwrap();
+                    ppp::v1::Header::try_from(text.as_str()).expect("a valid v1 header");
+                    text.trim_end().to_owned()
+                } else {
+                    let length = usize::from(u16::from_be_bytes([head[14], head[15]]));
+                    let mut rest = vec![0u8; length];
+                    stream.read_exact(&mut rest).await.unwrap();
+                    head.extend_from_slice(&rest);
+                    let header = ppp::v2::Header::try_from(&head[..]).expect("a valid v2 header");
+                    format!("v2 {:?} {:?}", header.command, header.addresses)
+                };
+                let index = {
+                    let mut seen = record.lock().unwrap();
+                    seen.push((described, Vec::new()));
+                    seen.len() - 1
+                };
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let record = std::sync::Arc::clone(&record);
+                        async move {
+                            record.lock().unwrap()[index]
+                                .1
+                                .push(req.uri().path().to_owned());
+                            Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Sends GETs for `paths` on one keep-alive connection; returns the connection's local
+/// address (the client port the upstream should be told).
+async fn keep_alive_gets(proxy: SocketAddr, paths: &[&str]) -> SocketAddr {
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for path in paths {
+        let request = http::Request::get(*path)
+            .header("host", "a")
+            .body(empty())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap();
+    }
+    local
+}
+
+#[tokio::test]
+async fn a_pool_sends_the_client_in_a_proxy_header_on_connections_of_its_own() {
+    let (up, seen) = proxy_protocol_upstream().await;
+    let weir = weir(
+        &listener_config(up, "", "")
+            .replace("[pools.main]\n", "[pools.main]\nproxy_protocol = \"v1\"\n"),
+    )
+    .await;
+    let proxy = weir.listener_addr("http").unwrap();
+
+    let first = keep_alive_gets(proxy, &["/a", "/b"]).await;
+    let second = keep_alive_gets(proxy, &["/c"]).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                format!(
+                    "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}",
+                    first.port(),
+                    proxy.port()
+                ),
+                vec!["/a".to_owned(), "/b".to_owned()],
+            ),
+            (
+                format!(
+                    "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}",
+                    second.port(),
+                    proxy.port()
+                ),
+                vec!["/c".to_owned()],
+            ),
+        ],
+        "one upstream connection per client connection, reused by its requests"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_header_received_is_passed_on_in_v2_and_health_checks_say_local() {
+    let (up, seen) = proxy_protocol_upstream().await;
+    let weir = weir(&listener_config(up, "proxy_protocol = true", "").replace(
+        "[pools.main]\n",
+        "[pools.main]\nproxy_protocol = \"v2\"\n\
+             health_check = { path = \"/health\", interval = \"50ms\" }\n",
+    ))
+    .await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let reply = exchange_in_pieces(
+        proxy,
+        &[
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 56324 443\r\n".as_slice(),
+            GET,
+        ],
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    common::wait::eventually("a health check on a LOCAL connection", async || {
+        seen.lock().unwrap().iter().any(|(header, paths)| {
+            header.starts_with("v2 Local") && paths.iter().any(|p| p == "/health")
+        })
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    let client = seen
+        .iter()
+        .find(|(_, paths)| paths.iter().any(|p| p == "/"))
+        .expect("the client's connection");
+    let expected = format!(
+        "v2 Proxy {:?}",
+        ppp::v2::Addresses::from(("203.0.113.7:56324".parse::<SocketAddr>().unwrap(), proxy))
+    );
+    assert_eq!(
+        client.0, expected,
+        "the source the balancer named, weir's address as destination"
+    );
+}

@@ -474,3 +474,18 @@ fn trace_export_settings_name_key_and_reason() {
         "off by default"
     );
 }
+
+#[test]
+fn a_pool_proxy_protocol_is_v1_or_v2() {
+    let text = GOOD.replace("[pools.api]\n", "[pools.api]\nproxy_protocol = \"v3\"\n");
+    let err = error_for(&text);
+    assert!(
+        err.starts_with("config/weir.toml: pools.api.proxy_protocol") && err.contains("v1"),
+        "{err}"
+    );
+    let good = GOOD.replace("[pools.api]\n", "[pools.api]\nproxy_protocol = \"v2\"\n");
+    assert_eq!(
+        load_str(&good, Path::new("good.toml")).unwrap().pools["api"].proxy_protocol,
+        Some(weir::config::ProxyProtocolVersion::V2)
+    );
+}

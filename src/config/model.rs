@@ -419,6 +419,20 @@ pub struct PoolConfig {
     pub sticky_cookie: Option<String>,
     #[serde(default)]
     pub score: ScoreWeights,
+    /// Send a PROXY protocol header naming the client first on every connection to the
+    /// endpoints (HAProxy's `send-proxy`): such connections serve one client connection
+    /// each, never shared.
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+}
+
+/// Which PROXY protocol header a pool sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocolVersion {
+    /// The text form (`PROXY TCP4 …`).
+    V1,
+    /// The binary form.
+    V2,
 }
 
 /// TLS to a pool's endpoints. Certificates are always verified.

@@ -1,17 +1,44 @@
-//! Per-client-connection bookkeeping: requests in flight, for the idle timeout.
+//! Per-client-connection bookkeeping: requests in flight, for the idle timeout, and the
+//! upstream clients that belong to this connection alone (pools sending a PROXY header).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use crate::upstream::{Pool, UpstreamClient};
 
 /// Shared by a connection's task and the requests it carries.
 #[derive(Debug, Default)]
 pub struct ConnActivity {
     in_flight: AtomicU32,
     started: AtomicU64,
+    /// Clients of pools with `proxy_protocol`: their connections name this connection's
+    /// client, so they are this connection's own, and close with it.
+    private_clients: Mutex<Vec<(Weak<Pool>, UpstreamClient)>>,
 }
 
 impl ConnActivity {
+    /// This connection's client for `pool` (built on first use by `build`). Only pools
+    /// that send a PROXY header come here; the lock is held for a lookup, never an await.
+    pub fn private_client(
+        &self,
+        pool: &Arc<Pool>,
+        build: impl FnOnce() -> Option<UpstreamClient>,
+    ) -> Option<UpstreamClient> {
+        let mut clients = self.private_clients.lock().ok()?;
+        // Pools replaced by a reload are gone: so are their clients.
+        clients.retain(|(owner, _)| owner.strong_count() > 0);
+        if let Some((_, client)) = clients
+            .iter()
+            .find(|(owner, _)| std::ptr::eq(owner.as_ptr(), Arc::as_ptr(pool)))
+        {
+            return Some(client.clone());
+        }
+        let client = build()?;
+        clients.push((Arc::downgrade(pool), client.clone()));
+        Some(client)
+    }
+
     pub fn begin_request(self: &Arc<Self>) -> ConnRequestGuard {
         self.started.fetch_add(1, Relaxed);
         self.in_flight.fetch_add(1, Relaxed);

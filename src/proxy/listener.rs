@@ -90,7 +90,10 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // Where the client reached weir: the destination a PROXY header sent upstream names.
+        let local = stream.local_addr().unwrap_or(peer);
         let mut connection = Connection {
+            local,
             tunnels: tracker.clone(),
             state: Arc::clone(&state),
             builders: Arc::clone(&builders),
@@ -152,6 +155,8 @@ struct Connection {
     body_pace: BodyPace,
     /// The client: the TCP peer, or the source its PROXY header names.
     peer: std::net::SocketAddr,
+    /// The address the connection was accepted on.
+    local: std::net::SocketAddr,
     trusted_proxies: Arc<[TrustedNet]>,
     client_cert_header: Option<http::HeaderName>,
 }
@@ -260,6 +265,7 @@ impl Connection {
             Arc::clone(&activity),
             self.body_pace,
         )
+        .with_local_address(self.local)
         .with_trusted_proxies(Arc::clone(&self.trusted_proxies))
         .with_client_certificate(client_cert)
         .with_tunnels(self.tunnels.clone(), self.shutdown.abort.clone());

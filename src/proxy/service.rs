@@ -43,6 +43,9 @@ pub struct ProxyService {
     state: Arc<ProxyState>,
     /// The connection's client: the TCP peer, or the source a PROXY header gave.
     client: headers::ClientAddress,
+    /// That client's address and port, and the address it reached weir at: what a PROXY
+    /// header sent upstream says.
+    ends: (SocketAddr, SocketAddr),
     /// Proxies whose `X-Forwarded-For` names the client (the listener's setting).
     trusted_proxies: Arc<[TrustedNet]>,
     /// The connection's verified client certificate, as the header upstreams get.
@@ -64,6 +67,7 @@ impl ProxyService {
         Self {
             state,
             client: headers::ClientAddress::new(peer.ip()),
+            ends: (peer, peer),
             trusted_proxies: Arc::from([]),
             client_cert: None,
             proto,
@@ -71,6 +75,12 @@ impl ProxyService {
             body_pace,
             tunnels: None,
         }
+    }
+
+    /// The address the connection was accepted on.
+    pub fn with_local_address(mut self, local: SocketAddr) -> Self {
+        self.ends.1 = local;
+        self
     }
 
     /// Believes `X-Forwarded-For` from these proxies (see [`client_address::resolve`]).
@@ -518,7 +528,12 @@ impl ProxyService {
             let attempt_start = attempt_trace.as_ref().map(|_| std::time::SystemTime::now());
             let mut guard = endpoint.begin_request();
             let started = Instant::now();
-            let sent = tokio::time::timeout(wait, pool.client.request(upstream_request)).await;
+            let private = pool.proxy_protocol.and_then(|_| {
+                self.conn
+                    .private_client(pool, || pool.private_client(self.ends.0, self.ends.1))
+            });
+            let upstream_client = private.as_ref().unwrap_or(&pool.client);
+            let sent = tokio::time::timeout(wait, upstream_client.request(upstream_request)).await;
             let elapsed = started.elapsed();
             if let (Some(recording), Some(start)) = (recording, attempt_start) {
                 recording.child(

@@ -5,6 +5,7 @@
 //! (a pool owns its strategy); never `proxy`, `cache`, `admin`, `app` or `control`.
 
 pub mod breaker;
+pub mod connector;
 pub mod discovery;
 mod endpoint;
 pub mod health;

@@ -14,17 +14,19 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::breaker::{BreakerEvent, BreakerState};
+use super::connector::{UpstreamConnector, local_header, proxy_header};
 use super::discovery::Source;
 use super::endpoint::{Arrival, Endpoint, EndpointPolicy, InFlightGuard, NewEndpoint, Outcome};
 use super::request_body::UpstreamRequestBody;
 use super::signals::{Clock, RollingCounts};
 use crate::balancer::{self, Balancer, PickContext};
 use crate::config::{
-    HealthCheckConfig, PoolConfig, RetryConfig, UpstreamProtocol, parse_endpoint_address,
+    HealthCheckConfig, PoolConfig, ProxyProtocolVersion, RetryConfig, UpstreamProtocol,
+    parse_endpoint_address,
 };
 
 /// Speaks plain HTTP to `http://` endpoints and TLS to `https://` ones.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>;
+pub type UpstreamClient = Client<HttpsConnector<UpstreamConnector>, UpstreamRequestBody>;
 
 /// Why no endpoint could be picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +85,10 @@ pub struct Pool {
     /// Whether this pool replaced another (a reload): endpoints found from now on join
     /// with slow start instead of arriving with the pool.
     replaced_another: bool,
+    /// The PROXY header to send first on each connection, when the pool asks for one.
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// The loaded TLS client config, for the clients [`Pool::private_client`] builds.
+    tls: Option<rustls::ClientConfig>,
 }
 
 impl Pool {
@@ -172,7 +178,8 @@ impl Pool {
         };
         let client = match previous {
             Some(p) if same_connections(&p.config, config) => p.client.clone(),
-            _ => build_client(config, tls),
+            // Connections without a client (health checks) say so in their header.
+            _ => build_client(config, tls, config.proxy_protocol.map(local_header)),
         };
         Self {
             name: name.to_owned(),
@@ -215,7 +222,22 @@ impl Pool {
             discovery,
             rediscover: tokio::sync::Notify::new(),
             replaced_another: previous.is_some(),
+            proxy_protocol: config.proxy_protocol,
+            tls: tls.cloned(),
         }
+    }
+
+    /// A client whose connections start with a PROXY header naming `source` (the client)
+    /// and `destination` (the address it reached weir at): for one client connection only,
+    /// and dropped with it. `None` when the pool sends no PROXY header.
+    pub fn private_client(
+        &self,
+        source: std::net::SocketAddr,
+        destination: std::net::SocketAddr,
+    ) -> Option<UpstreamClient> {
+        let version = self.proxy_protocol?;
+        let header = proxy_header(version, source, destination);
+        Some(build_client(&self.config, self.tls.as_ref(), Some(header)))
     }
 
     /// The pool's `dns`/`srv` entries.
@@ -554,9 +576,14 @@ fn same_connections(old: &PoolConfig, new: &PoolConfig) -> bool {
         && old.tls == new.tls
         && old.idle_timeout == new.idle_timeout
         && old.max_idle_per_endpoint == new.max_idle_per_endpoint
+        && old.proxy_protocol == new.proxy_protocol
 }
 
-fn build_client(config: &PoolConfig, tls: Option<&rustls::ClientConfig>) -> UpstreamClient {
+fn build_client(
+    config: &PoolConfig,
+    tls: Option<&rustls::ClientConfig>,
+    proxy_header: Option<bytes::Bytes>,
+) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(config.connect_timeout));
@@ -578,6 +605,7 @@ fn build_client(config: &PoolConfig, tls: Option<&rustls::ClientConfig>) -> Upst
         },
         None => builder,
     };
+    let connector = UpstreamConnector::new(connector, proxy_header);
     // The enabled versions are also what ALPN offers.
     let connector = match config.protocol {
         UpstreamProtocol::H2 => builder.enable_http2().wrap_connector(connector),
