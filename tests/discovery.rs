@@ -366,3 +366,50 @@ async fn a_reload_keeps_discovered_endpoints_and_their_state() {
     assert!(weir.supervisor().reload().await.ok);
     assert_eq!(addresses(&weir), [fixed.addr.to_string()]);
 }
+
+#[tokio::test]
+async fn a_removed_address_drains_its_requests_in_flight() {
+    // An instance that holds its requests until told.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let held = Arc::clone(&release);
+    let slow = upstream_on(SocketAddr::new(loopback(3), 0), move |_req| {
+        let held = Arc::clone(&held);
+        async move {
+            held.notified().await;
+            Response::builder().body(full("late")).unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let slow_port = slow.addr.port();
+    let dns = DnsServer::start().await;
+    dns.set_addresses("api.test", &[loopback(3)], 0);
+    let weir = weir(&config(
+        &dns,
+        &format!("{{ dns = \"api.test:{slow_port}\" }}"),
+        "",
+        "max_ttl = \"100ms\"",
+    ))
+    .await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let in_flight = tokio::spawn(async move { get(proxy, "/").await });
+    let draining = Arc::clone(&endpoints(&weir)[&format!("127.0.0.3:{slow_port}")]);
+    eventually("the request to be in flight", async || {
+        draining.in_flight() == 1
+    })
+    .await;
+
+    // The name now points elsewhere (a port nothing answers on: only removal matters).
+    dns.set_addresses("api.test", &[loopback(4)], 0);
+    eventually("the address to leave the pool", async || {
+        !addresses(&weir).contains(&format!("127.0.0.3:{slow_port}"))
+    })
+    .await;
+    assert_eq!(draining.in_flight(), 1, "its request is still running");
+    // notify_one keeps a permit if the handler is not waiting yet.
+    release.notify_one();
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "late", "answered by the drained endpoint");
+    assert_eq!(draining.in_flight(), 0);
+}
