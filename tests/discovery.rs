@@ -406,6 +406,7 @@ async fn a_removed_address_drains_its_requests_in_flight() {
     })
     .await;
     assert_eq!(draining.in_flight(), 1, "its request is still running");
+    assert_eq!(draining.state(draining.now_ms()), EndpointState::Draining);
     // notify_one keeps a permit if the handler is not waiting yet.
     release.notify_one();
     let reply = in_flight.await.unwrap();

@@ -1,6 +1,7 @@
 //! Per-client-connection bookkeeping: requests in flight, for the idle timeout, and the
 //! upstream clients that belong to this connection alone (pools sending a PROXY header).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -8,16 +9,40 @@ use std::time::Duration;
 use crate::upstream::{Pool, UpstreamClient};
 
 /// Shared by a connection's task and the requests it carries.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnActivity {
     in_flight: AtomicU32,
     started: AtomicU64,
+    /// The client's address and port (the TCP peer or its PROXY header's source) and the
+    /// address it reached weir at: what a PROXY header sent upstream says.
+    ends: (SocketAddr, SocketAddr),
     /// Clients of pools with `proxy_protocol`: their connections name this connection's
     /// client, so they are this connection's own, and close with it.
     private_clients: Mutex<Vec<(Weak<Pool>, UpstreamClient)>>,
 }
 
+impl Default for ConnActivity {
+    fn default() -> Self {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        Self::new(unspecified, unspecified)
+    }
+}
+
 impl ConnActivity {
+    pub fn new(peer: SocketAddr, local: SocketAddr) -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            started: AtomicU64::new(0),
+            ends: (peer, local),
+            private_clients: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The client's and weir's ends of the connection.
+    pub fn ends(&self) -> (SocketAddr, SocketAddr) {
+        self.ends
+    }
+
     /// This connection's client for `pool` (built on first use by `build`). Only pools
     /// that send a PROXY header come here; the lock is held for a lookup, never an await.
     pub fn private_client(

@@ -257,7 +257,7 @@ impl Connection {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let peer = self.peer;
-        let activity = Arc::new(ConnActivity::default());
+        let activity = Arc::new(ConnActivity::new(peer, self.local));
         let service = ProxyService::new(
             Arc::clone(&self.state),
             peer,
@@ -265,7 +265,6 @@ impl Connection {
             Arc::clone(&activity),
             self.body_pace,
         )
-        .with_local_address(self.local)
         .with_trusted_proxies(Arc::clone(&self.trusted_proxies))
         .with_client_certificate(client_cert)
         .with_tunnels(self.tunnels.clone(), self.shutdown.abort.clone());

@@ -43,9 +43,6 @@ pub struct ProxyService {
     state: Arc<ProxyState>,
     /// The connection's client: the TCP peer, or the source a PROXY header gave.
     client: headers::ClientAddress,
-    /// That client's address and port, and the address it reached weir at: what a PROXY
-    /// header sent upstream says.
-    ends: (SocketAddr, SocketAddr),
     /// Proxies whose `X-Forwarded-For` names the client (the listener's setting).
     trusted_proxies: Arc<[TrustedNet]>,
     /// The connection's verified client certificate, as the header upstreams get.
@@ -67,7 +64,6 @@ impl ProxyService {
         Self {
             state,
             client: headers::ClientAddress::new(peer.ip()),
-            ends: (peer, peer),
             trusted_proxies: Arc::from([]),
             client_cert: None,
             proto,
@@ -75,12 +71,6 @@ impl ProxyService {
             body_pace,
             tunnels: None,
         }
-    }
-
-    /// The address the connection was accepted on.
-    pub fn with_local_address(mut self, local: SocketAddr) -> Self {
-        self.ends.1 = local;
-        self
     }
 
     /// Believes `X-Forwarded-For` from these proxies (see [`client_address::resolve`]).
@@ -518,24 +508,32 @@ impl ProxyService {
                 }
                 None => (pool.response_timeout, false),
             };
-            // A recorded attempt is a span of its own, and the upstream's parent.
-            let attempt_trace = recording.and(trace).map(TraceContext::child);
+            // A recorded attempt is a span of its own, and the upstream's parent. Boxed: the
+            // future holds it across the wait, and most requests are not recorded.
+            let attempt_trace = recording
+                .and(trace)
+                .map(|t| Box::new((t.child(), std::time::SystemTime::now())));
             if send_traceparent
-                && let Some(value) = attempt_trace.as_ref().and_then(TraceContext::header_value)
+                && let Some(value) = attempt_trace.as_ref().and_then(|a| a.0.header_value())
             {
                 upstream_request.headers_mut().insert(TRACEPARENT, value);
             }
-            let attempt_start = attempt_trace.as_ref().map(|_| std::time::SystemTime::now());
             let mut guard = endpoint.begin_request();
             let started = Instant::now();
-            let private = pool.proxy_protocol.and_then(|_| {
+            // A pool that sends PROXY headers has clients private to each client connection
+            // (the future does not hold the client: it is not kept across the wait).
+            let response = match pool.proxy_protocol.and_then(|_| {
+                let (peer, local) = self.conn.ends();
                 self.conn
-                    .private_client(pool, || pool.private_client(self.ends.0, self.ends.1))
-            });
-            let upstream_client = private.as_ref().unwrap_or(&pool.client);
-            let sent = tokio::time::timeout(wait, upstream_client.request(upstream_request)).await;
+                    .private_client(pool, || pool.private_client(peer, local))
+            }) {
+                Some(private) => private.request(upstream_request),
+                None => pool.client.request(upstream_request),
+            };
+            let sent = tokio::time::timeout(wait, response).await;
             let elapsed = started.elapsed();
-            if let (Some(recording), Some(start)) = (recording, attempt_start) {
+            if let (Some(recording), Some(attempt)) = (recording, attempt_trace) {
+                let (attempt_trace, start) = *attempt;
                 recording.child(
                     attempt_span(AttemptSpan {
                         start,
@@ -545,7 +543,7 @@ impl ProxyService {
                         attempt: retries + 1,
                         sent: &sent,
                     }),
-                    attempt_trace.as_ref(),
+                    Some(&attempt_trace),
                 );
             }
             let (outcome, result) = match sent {

@@ -68,7 +68,12 @@ pub struct ChildSpan {
 /// The request's own span: started with the request, finished when the response head goes
 /// out (a gRPC call's, when the call ends, with its status).
 #[derive(Debug)]
-pub struct RequestSpan {
+pub struct RequestSpan(Box<RequestSpanInner>);
+
+/// Boxed: the request future holds a `RequestSpan` across its waits, and an unrecorded
+/// request should carry a pointer's worth, not the whole record.
+#[derive(Debug)]
+struct RequestSpanInner {
     tracer: Arc<Tracer>,
     record: SpanRecord,
 }
@@ -86,7 +91,7 @@ pub struct RequestEnd<'a> {
 impl RequestSpan {
     pub fn start(recording: Recording<'_>, method: &Method, path: &str) -> Self {
         let (trace_id, span_id, parent_id) = recording.trace.ids();
-        Self {
+        Self(Box::new(RequestSpanInner {
             tracer: Arc::clone(recording.tracer),
             record: SpanRecord {
                 trace_id,
@@ -103,12 +108,12 @@ impl RequestSpan {
                 ],
                 error: None,
             },
-        }
+        }))
     }
 
     /// Adds how the request ended; the span is sent by [`RequestSpan::send`].
     pub fn end(&mut self, end: RequestEnd<'_>) {
-        let record = &mut self.record;
+        let record = &mut self.0.record;
         record.end = SystemTime::now();
         let attributes = &mut record.attributes;
         attributes.push(("http.response.status_code", i64::from(end.status).into()));
@@ -131,24 +136,25 @@ impl RequestSpan {
     }
 
     /// Sends the span; `grpc_status` for a gRPC call (`None` inside: ended without one).
-    pub fn send(mut self, grpc_status: Option<Option<u8>>) {
+    pub fn send(self, grpc_status: Option<Option<u8>>) {
+        let RequestSpanInner { tracer, mut record } = *self.0;
         if let Some(status) = grpc_status {
-            self.record.end = SystemTime::now();
+            record.end = SystemTime::now();
             match status {
                 Some(code) => {
-                    self.record
+                    record
                         .attributes
                         .push(("rpc.grpc.status_code", i64::from(code).into()));
                     // The codes OpenTelemetry counts as a server's error.
                     if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
-                        self.record.error = Some(format!("gRPC {}", super::grpc::code_name(code)));
+                        record.error = Some(format!("gRPC {}", super::grpc::code_name(code)));
                     }
                 }
                 None => {
-                    self.record.error = Some("the stream ended without a gRPC status".into());
+                    record.error = Some("the stream ended without a gRPC status".into());
                 }
             }
         }
-        self.tracer.record(self.record);
+        tracer.record(record);
     }
 }

@@ -399,6 +399,7 @@ pub fn apply(pool: &Pool, source: &Source, answer: &Answer) {
             .parse::<SocketAddr>()
             .is_ok_and(|a| answer.endpoints.contains_key(&a));
         if !stays && pool.remove_endpoint(&endpoint.address).is_some() {
+            endpoint.set_draining(true, "no longer in DNS");
             tracing::info!(pool = %pool.name, entry = %source.label, endpoint = %endpoint.address, "no longer in DNS: draining");
         }
     }
