@@ -414,3 +414,29 @@ async fn a_removed_address_drains_its_requests_in_flight() {
     assert_eq!(reply.text(), "late", "answered by the drained endpoint");
     assert_eq!(draining.in_flight(), 0);
 }
+
+#[tokio::test]
+async fn a_silent_resolver_at_startup_leaves_the_pool_empty_until_dns_answers() {
+    let (port, _servers) = upstreams_on_one_port(1).await;
+    let dns = DnsServer::start().await;
+    dns.set_addresses("api.test", &[loopback(1)], 0);
+    dns.set_mode(Mode::Silent);
+    // Startup waits at most twice the query timeout for the first answers.
+    let weir = weir(&config(
+        &dns,
+        &format!("{{ dns = \"api.test:{port}\" }}"),
+        "",
+        "timeout = \"100ms\"\nmax_ttl = \"200ms\"",
+    ))
+    .await;
+    let proxy = weir.listener_addr("http").unwrap();
+    assert!(addresses(&weir).is_empty());
+    assert_eq!(get(proxy, "/").await.status, 503, "no endpoint yet");
+
+    dns.set_mode(Mode::Answer);
+    eventually("the endpoint once DNS answers", async || {
+        get(proxy, "/").await.status == 200
+    })
+    .await;
+    assert_eq!(addresses(&weir), [format!("127.0.0.1:{port}")]);
+}

@@ -209,24 +209,40 @@ fn spans_of(store: &Store, trace_id: &str) -> Vec<Received> {
         .collect()
 }
 
+/// weir in front of a [`traced_upstream`] (and a pool whose only endpoint is down), with
+/// `export` as its `[trace_export]` table.
+struct Traced {
+    weir: weir::app::Running,
+    proxy: std::net::SocketAddr,
+    upstream: Upstream,
+}
+
+async fn traced_weir(export: &str) -> Traced {
+    let upstream = traced_upstream().await;
+    let dead = closed_port().await;
+    let weir = weir(&config(upstream.addr, dead, export)).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    Traced {
+        weir,
+        proxy,
+        upstream,
+    }
+}
+
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
 #[tokio::test]
 async fn requests_attempts_and_cache_lookups_reach_an_http_collector() {
     let (collector, store) = http_collector().await;
-    let up = traced_upstream().await;
-    let dead = closed_port().await;
-    let weir = weir(&config(
-        up.addr,
-        dead,
-        &format!(
+    let Traced {
+        weir,
+        proxy,
+        upstream: up,
+    } = traced_weir(&format!(
             "endpoint = \"http://{}/v1/traces\"\nservice_name = \"edge-test\"\nflush_interval = \"20ms\"",
             collector.addr
-        ),
-    ))
-    .await;
-    let proxy = weir.listener_addr("http").unwrap();
+        )).await;
 
     // A cache miss under the client's (sampled) trace.
     let reply = get_with(
@@ -305,18 +321,15 @@ async fn requests_attempts_and_cache_lookups_reach_an_http_collector() {
 #[tokio::test]
 async fn the_sampling_ratio_applies_to_traces_weir_starts_and_the_client_decides_its_own() {
     let (collector, store) = http_collector().await;
-    let up = traced_upstream().await;
-    let dead = closed_port().await;
-    let weir = weir(&config(
-        up.addr,
-        dead,
-        &format!(
-            "endpoint = \"http://{}/v1/traces\"\nsample_ratio = 0.0\nflush_interval = \"20ms\"",
-            collector.addr
-        ),
+    let Traced {
+        weir: _weir,
+        proxy,
+        upstream: _up,
+    } = traced_weir(&format!(
+        "endpoint = \"http://{}/v1/traces\"\nsample_ratio = 0.0\nflush_interval = \"20ms\"",
+        collector.addr
     ))
     .await;
-    let proxy = weir.listener_addr("http").unwrap();
 
     // Not recorded: weir's own trace at ratio 0, and a client's unsampled one.
     let own = get_with(proxy, "/", None).await;
@@ -359,17 +372,14 @@ async fn the_sampling_ratio_applies_to_traces_weir_starts_and_the_client_decides
 #[tokio::test]
 async fn spans_reach_a_grpc_collector() {
     let (collector, store) = grpc_collector().await;
-    let up = traced_upstream().await;
-    let dead = closed_port().await;
-    let weir = weir(&config(
-        up.addr,
-        dead,
-        &format!(
-            "endpoint = \"http://{collector}\"\nprotocol = \"grpc\"\nflush_interval = \"20ms\""
-        ),
+    let Traced {
+        weir: _weir,
+        proxy,
+        upstream: _up,
+    } = traced_weir(&format!(
+        "endpoint = \"http://{collector}\"\nprotocol = \"grpc\"\nflush_interval = \"20ms\""
     ))
     .await;
-    let proxy = weir.listener_addr("http").unwrap();
     let reply = get_with(proxy, "/", None).await;
     let trace_id = reply.header("x-traceparent").unwrap()[3..35].to_owned();
     eventually("the spans over gRPC", async || {
@@ -396,17 +406,13 @@ async fn a_stuck_or_absent_collector_never_holds_requests_and_drops_are_counted(
     });
     let absent = closed_port().await;
     for (collector, expect) in [(stuck_addr, "queue_full"), (absent, "export_failed")] {
-        let up = traced_upstream().await;
-        let dead = closed_port().await;
-        let weir = weir(&config(
-            up.addr,
-            dead,
-            &format!(
+        let Traced {
+            weir,
+            proxy,
+            upstream: _up,
+        } = traced_weir(&format!(
                 "endpoint = \"http://{collector}/v1/traces\"\nqueue_spans = 8\nbatch_spans = 4\nflush_interval = \"10ms\"\ntimeout = \"60s\""
-            ),
-        ))
-        .await;
-        let proxy = weir.listener_addr("http").unwrap();
+            )).await;
         // Every request is answered while the collector is stuck or gone.
         for _ in 0..100 {
             assert_eq!(get_with(proxy, "/", None).await.status, 200);

@@ -281,7 +281,7 @@ pub fn retry_interval(failures: u32, config: &DnsConfig) -> Duration {
 
 /// Asks every `dns`/`srv` entry of `pools` once, together, and applies the answers: a
 /// started weir has its discovered endpoints before it takes its first request. Bounded by
-/// the resolver's own time limit; entries that fail stay empty until their task succeeds.
+/// twice `[dns] timeout`; entries that fail stay empty until their task succeeds.
 pub async fn first_answers<'a>(pools: impl Iterator<Item = &'a Arc<Pool>>, dns: &DnsConfig) {
     let mut jobs = tokio::task::JoinSet::new();
     let mut resolver = None;
@@ -304,7 +304,15 @@ pub async fn first_answers<'a>(pools: impl Iterator<Item = &'a Arc<Pool>>, dns: 
             });
         }
     }
-    jobs.join_all().await;
+    // Startup waits for one attempt, not for the resolver's retries: the entries' tasks
+    // keep asking, and add the endpoints when DNS answers.
+    let limit = dns.timeout * 2;
+    if tokio::time::timeout(limit, jobs.join_all()).await.is_err() {
+        tracing::warn!(
+            ?limit,
+            "DNS gave no answer for some entries before the first request; their endpoints are added when it does"
+        );
+    }
 }
 
 /// Keeps one entry's endpoints in step with its records until `stop`.

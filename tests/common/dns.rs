@@ -1,6 +1,6 @@
 //! A real DNS server for tests: answers A, AAAA and SRV queries over UDP on a free loopback
 //! port from a zone the test changes while weir runs, counts the queries it gets, and can
-//! be told to fail (SERVFAIL) or to say a name does not exist (NXDOMAIN).
+//! be told to fail (SERVFAIL), to say a name does not exist (NXDOMAIN) or to keep silent.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -22,6 +22,8 @@ pub enum Mode {
     Fail,
     /// NXDOMAIN for every name.
     NoSuchName,
+    /// No answer at all (a server that is down or unreachable).
+    Silent,
 }
 
 #[derive(Default)]
@@ -81,6 +83,9 @@ impl DnsServer {
                 };
                 queries.fetch_add(1, SeqCst);
                 let mode = *mode.lock().unwrap();
+                if mode == Mode::Silent {
+                    continue;
+                }
                 let reply = answer(&query, &zone.lock().unwrap(), mode);
                 if let Ok(bytes) = reply.to_vec() {
                     let _ = socket.send_to(&bytes, peer).await;
@@ -160,7 +165,7 @@ fn answer(query: &Message, zone: &Zone, mode: Mode) -> Message {
             reply.metadata.response_code = ResponseCode::NXDomain;
             return reply;
         }
-        Mode::Answer => {}
+        Mode::Answer | Mode::Silent => {}
     }
     let known = [RecordType::A, RecordType::AAAA, RecordType::SRV]
         .iter()
