@@ -435,3 +435,27 @@ async fn a_stuck_or_absent_collector_never_holds_requests_and_drops_are_counted(
         assert_eq!(stats.exported.load(Relaxed), 0);
     }
 }
+
+#[tokio::test]
+async fn shutdown_sends_the_spans_still_queued() {
+    let (collector, store) = http_collector().await;
+    // A batch would wait a minute: only the flush at shutdown sends it.
+    let Traced {
+        weir,
+        proxy,
+        upstream: _up,
+    } = traced_weir(&format!(
+        "endpoint = \"http://{}/v1/traces\"\nflush_interval = \"60s\"",
+        collector.addr
+    ))
+    .await;
+    let reply = get_with(proxy, "/", None).await;
+    let trace_id = reply.header("x-traceparent").unwrap()[3..35].to_owned();
+    assert!(spans_of(&store, &trace_id).is_empty(), "still queued");
+    assert!(weir.shutdown().await.completed);
+    assert_eq!(
+        spans_of(&store, &trace_id).len(),
+        2,
+        "the request and its attempt, sent before shutdown returned"
+    );
+}

@@ -22,6 +22,9 @@ use crate::registry::{Registry, RegistryError};
 use crate::supervisor::listeners::{BindError, ListenerContext, ListenerSet};
 use crate::supervisor::{SupervisorParts, apply_registrations};
 
+/// How long shutdown waits for queued spans to reach the collector.
+const TRACE_FLUSH_AT_EXIT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -210,6 +213,11 @@ impl Running {
             );
             self.shutdown.abort.cancel();
             self.tracker.wait().await;
+        }
+        // The last requests' spans go out before the process does.
+        let tracer = self.state().snapshot.load().tracer.clone();
+        if let Some(tracer) = tracer {
+            tracer.flush(TRACE_FLUSH_AT_EXIT).await;
         }
         self.background_stop.cancel();
         if let Some(task) = self.admin_task {

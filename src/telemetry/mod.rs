@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::SystemTime;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::TraceExportConfig;
 
@@ -87,26 +87,43 @@ pub struct ExportStats {
 #[derive(Debug)]
 pub struct Tracer {
     queue: mpsc::Sender<SpanRecord>,
+    /// Asks the exporter to send everything queued now; it answers when it has.
+    flushes: mpsc::UnboundedSender<oneshot::Sender<()>>,
     pub config: TraceExportConfig,
     pub stats: Arc<ExportStats>,
+}
+
+/// The exporter's ends of a tracer's channels.
+#[derive(Debug)]
+pub struct ExportQueue {
+    pub spans: mpsc::Receiver<SpanRecord>,
+    pub flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
 }
 
 impl Tracer {
     /// A tracer whose spans wait in a queue of `config.queue_spans`; `receiver` is the other
     /// end, for the exporter.
-    pub fn new(
-        config: TraceExportConfig,
-        stats: Arc<ExportStats>,
-    ) -> (Self, mpsc::Receiver<SpanRecord>) {
-        let (queue, receiver) = mpsc::channel(config.queue_spans.max(1));
+    pub fn new(config: TraceExportConfig, stats: Arc<ExportStats>) -> (Self, ExportQueue) {
+        let (queue, spans) = mpsc::channel(config.queue_spans.max(1));
+        let (flush_requests, flushes) = mpsc::unbounded_channel();
         (
             Self {
                 queue,
+                flushes: flush_requests,
                 config,
                 stats,
             },
-            receiver,
+            ExportQueue { spans, flushes },
         )
+    }
+
+    /// Sends every queued span now and waits for the exporter (at most `limit`): at
+    /// shutdown, so that the last requests' spans are not lost with the process.
+    pub async fn flush(&self, limit: std::time::Duration) {
+        let (done, answered) = oneshot::channel();
+        if self.flushes.send(done).is_ok() {
+            let _ = tokio::time::timeout(limit, answered).await;
+        }
     }
 
     /// Queues a finished span, or drops and counts it when the queue is full.

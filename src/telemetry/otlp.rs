@@ -14,9 +14,8 @@ use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
-use tokio::sync::mpsc;
 
-use super::{AttributeValue, ExportStats, SpanKind, SpanRecord, Tracer};
+use super::{AttributeValue, ExportQueue, ExportStats, SpanKind, SpanRecord, Tracer};
 use crate::config::{OtlpProtocol, TraceExportConfig};
 
 /// Why the exporter could not be built.
@@ -90,37 +89,82 @@ fn webpki_roots_store() -> rustls::RootCertStore {
 }
 
 /// Collects batches (full, or `flush_interval` after their first span) and exports them
-/// one at a time until every sender is gone; then sends what is left.
+/// one at a time until every sender is gone; a flush request sends all that is queued at
+/// once and is answered when it has been.
 async fn export_until_closed(
     exporter: opentelemetry_otlp::SpanExporter,
-    mut queue: mpsc::Receiver<SpanRecord>,
+    queue: ExportQueue,
     config: &TraceExportConfig,
     stats: &ExportStats,
 ) {
-    let scope = InstrumentationScope::builder("weir")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
+    let ExportQueue {
+        spans: mut queue,
+        mut flushes,
+    } = queue;
+    let batcher = Batcher {
+        exporter: &exporter,
+        config,
+        stats,
+        scope: InstrumentationScope::builder("weir")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build(),
+    };
     let mut batch = Vec::with_capacity(config.batch_spans);
     let mut open = true;
     while open {
-        match queue.recv().await {
-            Some(first) => batch.push(to_span_data(first, &scope)),
-            None => break,
+        let mut flushed = None;
+        tokio::select! {
+            span = queue.recv() => match span {
+                Some(span) => batch.push(to_span_data(span, &batcher.scope)),
+                None => break,
+            },
+            Some(done) = flushes.recv() => flushed = Some(done),
         }
         let flush_at = tokio::time::Instant::now() + config.flush_interval;
-        while batch.len() < config.batch_spans {
-            match tokio::time::timeout_at(flush_at, queue.recv()).await {
-                Ok(Some(span)) => batch.push(to_span_data(span, &scope)),
-                Ok(None) => {
-                    open = false;
-                    break;
-                }
-                Err(_flush_time) => break,
+        while flushed.is_none() && batch.len() < config.batch_spans {
+            tokio::select! {
+                span = queue.recv() => match span {
+                    Some(span) => batch.push(to_span_data(span, &batcher.scope)),
+                    None => {
+                        open = false;
+                        break;
+                    }
+                },
+                _ = tokio::time::sleep_until(flush_at) => break,
+                Some(done) = flushes.recv() => flushed = Some(done),
             }
         }
-        export(&exporter, std::mem::take(&mut batch), config.timeout, stats).await;
+        if flushed.is_some() {
+            // Everything queued now goes, in full batches.
+            while let Ok(span) = queue.try_recv() {
+                batch.push(to_span_data(span, &batcher.scope));
+                if batch.len() >= config.batch_spans {
+                    batcher.send(std::mem::take(&mut batch)).await;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            batcher.send(std::mem::take(&mut batch)).await;
+        }
+        if let Some(done) = flushed {
+            let _ = done.send(());
+        }
     }
     let _ = exporter.shutdown();
+}
+
+/// What every export shares.
+struct Batcher<'a> {
+    exporter: &'a opentelemetry_otlp::SpanExporter,
+    config: &'a TraceExportConfig,
+    stats: &'a ExportStats,
+    scope: InstrumentationScope,
+}
+
+impl Batcher<'_> {
+    async fn send(&self, batch: Vec<SpanData>) {
+        export(self.exporter, batch, self.config.timeout, self.stats).await;
+    }
 }
 
 async fn export(
