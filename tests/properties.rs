@@ -22,6 +22,7 @@ fn plain_context(headers: &HeaderMap) -> PickContext<'_> {
         max_in_flight: 0,
         generation: 0,
         ignore_health: false,
+        avoid_stalled: false,
     }
 }
 

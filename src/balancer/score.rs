@@ -54,11 +54,14 @@ impl Score {
 
     fn cost_at(&self, endpoint: &Endpoint, now_ms: u64) -> f64 {
         let e = self.exponents;
-        let latency = endpoint.latency_ms(now_ms);
+        // What it owes counts as evidence too: a request waiting 800 ms for its head says
+        // latency is at least that, before any answer teaches the estimate.
+        let estimate = endpoint.latency_ms(now_ms);
         let in_flight = endpoint.in_flight() as f64;
-        if latency < UNKNOWN_LATENCY_MS && in_flight > 0.0 {
+        if estimate < UNKNOWN_LATENCY_MS && in_flight > 0.0 {
             return f64::MAX / 4.0;
         }
+        let latency = estimate.max(endpoint.head_wait_ms(now_ms) as f64);
         let capacity = f64::from(endpoint.weight().max(1)) * endpoint.slow_start_factor(now_ms);
         let mut cost = pow(latency.max(UNKNOWN_LATENCY_MS), e.latency)
             * pow(in_flight + 1.0, e.load)

@@ -35,6 +35,10 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle keep-alive connections kept per endpoint.
 pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// Mean wait for response heads past which an endpoint counts as stalled…
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(1);
+/// …when it is also this many times the endpoint's latency estimate.
+pub const DEFAULT_STALL_FACTOR: f64 = 4.0;
 /// Share of the traces weir starts that it records (when trace export is on).
 pub const DEFAULT_TRACE_SAMPLE_RATIO: f64 = 1.0;
 /// Spans waiting for export before new ones are dropped.

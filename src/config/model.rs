@@ -503,6 +503,13 @@ pub struct PassiveHealthConfig {
     /// Largest share of the pool that may be ejected at once (one endpoint always may).
     #[serde(default = "d_max_ejected_share")]
     pub max_ejected_share: f64,
+    /// An endpoint whose requests have waited for their response heads longer than this
+    /// on average (and longer than `stall_factor` × its latency estimate) is stalled: new
+    /// requests go to others while any is available (0 = off).
+    #[serde(with = "humantime_serde", default = "d_stall_after")]
+    pub stall_after: Duration,
+    #[serde(default = "d_stall_factor")]
+    pub stall_factor: f64,
 }
 
 impl Default for PassiveHealthConfig {
@@ -517,6 +524,8 @@ impl Default for PassiveHealthConfig {
             max_ejection: DEFAULT_MAX_EJECTION,
             half_open_probes: DEFAULT_HALF_OPEN_PROBES,
             max_ejected_share: DEFAULT_MAX_EJECTED_SHARE,
+            stall_after: DEFAULT_STALL_AFTER,
+            stall_factor: DEFAULT_STALL_FACTOR,
         }
     }
 }
@@ -556,6 +565,12 @@ pub struct RetryConfig {
     /// …plus this many per second, over a 10 s window.
     #[serde(default = "d_budget_min")]
     pub budget_min_per_second: u32,
+    /// Time one attempt may wait for its response head when another attempt could follow
+    /// (the request is retryable on timeout and attempts remain); past it the attempt is
+    /// abandoned, counted as a timeout, and the request retried elsewhere. Absent: each
+    /// attempt may take the whole `response_timeout`.
+    #[serde(default, with = "humantime_serde")]
+    pub per_try_timeout: Option<Duration>,
     /// Request bodies up to this many bytes (by Content-Length) are buffered to be
     /// retryable; larger ones stream and are not retried after being sent. gRPC bodies
     /// (no Content-Length) stream while a copy of up to this many bytes is kept.
@@ -609,6 +624,7 @@ impl Default for RetryConfig {
             backoff_cap: DEFAULT_RETRY_BACKOFF_CAP,
             budget_ratio: DEFAULT_RETRY_BUDGET_RATIO,
             budget_min_per_second: DEFAULT_RETRY_BUDGET_MIN_PER_SECOND,
+            per_try_timeout: None,
             buffer_body_bytes: DEFAULT_RETRY_BUFFER_BYTES,
             grpc_statuses: d_retry_grpc_statuses(),
         }
@@ -828,6 +844,12 @@ pub struct AdminConfig {
     pub state_file: Option<std::path::PathBuf>,
 }
 
+fn d_stall_after() -> Duration {
+    DEFAULT_STALL_AFTER
+}
+fn d_stall_factor() -> f64 {
+    DEFAULT_STALL_FACTOR
+}
 fn d_sample_ratio() -> f64 {
     DEFAULT_TRACE_SAMPLE_RATIO
 }

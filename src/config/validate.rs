@@ -366,6 +366,23 @@ fn check_pool_policies(key: &str, pool: &PoolConfig, problems: &mut Vec<Problem>
     if retry.backoff_cap < retry.backoff_base {
         problem("retry.backoff_cap", "must be at least backoff_base".into());
     }
+    if let Some(per_try) = retry.per_try_timeout
+        && (per_try.is_zero() || per_try >= pool.response_timeout)
+    {
+        problem(
+            "retry.per_try_timeout",
+            format!(
+                "must be above 0 and below response_timeout ({})",
+                humantime::format_duration(pool.response_timeout)
+            ),
+        );
+    }
+    if !(passive.stall_factor >= 1.0 && passive.stall_factor.is_finite()) {
+        problem(
+            "passive.stall_factor",
+            format!("must be at least 1, got {}", passive.stall_factor),
+        );
+    }
     if retry.attempts > 10 {
         problem(
             "retry.attempts",

@@ -31,6 +31,12 @@ pub fn is_retryable(policy: &RetryConfig, method: &Method, outcome: &Outcome) ->
     }
 }
 
+/// Whether an attempt cut by `per_try_timeout` may be retried: whenever the method may be
+/// sent again (setting a per-try timeout asks for exactly that retry, whatever `on` says).
+pub fn retries_cut_attempts(policy: &RetryConfig, method: &Method) -> bool {
+    policy.per_try_timeout.is_some() && (policy.non_idempotent || is_idempotent(method))
+}
+
 /// Full jitter: uniform in `[0, min(cap, base · 2^retry))` (AWS architecture blog).
 pub fn backoff(policy: &RetryConfig, retry: u32) -> Duration {
     let ceiling = policy

@@ -508,6 +508,19 @@ impl ProxyService {
                 }
                 None => (pool.response_timeout, false),
             };
+            // A per-try timeout cuts an attempt that another may follow; the last one (or
+            // one that could not be retried) gets the whole wait.
+            let per_try = pool.retry.per_try_timeout.filter(|per_try| {
+                *per_try < wait
+                    && may_retry
+                    && body.is_replayable()
+                    && retry::retries_cut_attempts(&pool.retry, &parts.method)
+            });
+            let cut_by_per_try = per_try.is_some();
+            let (wait, deadline_bound) = match per_try {
+                Some(per_try) => (per_try, false),
+                None => (wait, deadline_bound),
+            };
             // A recorded attempt is a span of its own, and the upstream's parent. Boxed: the
             // future holds it across the wait, and most requests are not recorded.
             let attempt_trace = recording
@@ -532,6 +545,7 @@ impl ProxyService {
             };
             let sent = tokio::time::timeout(wait, response).await;
             let elapsed = started.elapsed();
+            guard.head_done();
             if let (Some(recording), Some(attempt)) = (recording, attempt_trace) {
                 let (attempt_trace, start) = *attempt;
                 recording.child(
@@ -588,10 +602,7 @@ impl ProxyService {
                         Some(&endpoint.address),
                     ));
                 }
-                Err(_elapsed) => (
-                    Outcome::TimedOut,
-                    Err(ProxyError::ResponseTimeout(pool.response_timeout)),
-                ),
+                Err(_elapsed) => (Outcome::TimedOut, Err(ProxyError::ResponseTimeout(wait))),
             };
             // A response the client will get has its breaker verdict when its body ends
             // (see `PendingVerdict`); the rest is recorded now.
@@ -610,7 +621,9 @@ impl ProxyService {
                     if grpc::is_retryable_status(&pool.retry.grpc_statuses, response.headers()));
             let retrying = may_retry
                 && body.is_replayable()
-                && (grpc_retryable || retry::is_retryable(&pool.retry, &parts.method, &outcome))
+                && (grpc_retryable
+                    || retry::is_retryable(&pool.retry, &parts.method, &outcome)
+                    || (cut_by_per_try && outcome == Outcome::TimedOut))
                 && another_endpoint()
                 && pool.try_retry();
             if retrying || !deferred {

@@ -2,7 +2,10 @@
 //! errors, slow start) and the counters the data plane publishes. Everything requests
 //! touch is an atomic; only state transitions (rare) take the endpoint's own small lock.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -127,6 +130,14 @@ pub struct Endpoint {
     slow_start_ms: AtomicU64,
     /// Bits of an `f64`.
     decay_ms: AtomicU64,
+    /// Attempts waiting for a response head, and the sum of their start times: the mean
+    /// age of what the endpoint owes is evidence before any answer comes (a hung endpoint
+    /// answers nothing, so its latency estimate alone would never learn).
+    awaiting_head: AtomicU64,
+    awaiting_since_sum_ms: AtomicU64,
+    /// `passive.stall_after` in ms (0 = stall detection off) and `stall_factor` (bits).
+    stall_after_ms: AtomicU64,
+    stall_factor: AtomicU64,
     transition: Mutex<Transition>,
     pub stats: EndpointStats,
 }
@@ -211,6 +222,10 @@ impl Endpoint {
             }),
             slow_start_ms: AtomicU64::new(slow_start_ms),
             decay_ms: AtomicU64::new((policy.decay.as_millis().max(1) as f64).to_bits()),
+            awaiting_head: AtomicU64::new(0),
+            awaiting_since_sum_ms: AtomicU64::new(0),
+            stall_after_ms: AtomicU64::new(policy.passive.stall_after.as_millis() as u64),
+            stall_factor: AtomicU64::new(policy.passive.stall_factor.to_bits()),
             transition: Mutex::new(Transition {
                 state: EndpointState::Healthy,
                 reason: "added".into(),
@@ -264,6 +279,10 @@ impl Endpoint {
     /// Applies the pool's policy from a reload that kept this endpoint.
     pub(crate) fn set_policy(&self, policy: &EndpointPolicy) {
         self.breaker.set_policy(policy.passive.clone());
+        self.stall_after_ms
+            .store(policy.passive.stall_after.as_millis() as u64, Relaxed);
+        self.stall_factor
+            .store(policy.passive.stall_factor.to_bits(), Relaxed);
         self.slow_start_ms
             .store(policy.slow_start.as_millis() as u64, Relaxed);
         self.decay_ms
@@ -319,6 +338,39 @@ impl Endpoint {
     /// Peak-EWMA time to response head, in ms (0 = no recent observation).
     pub fn latency_ms(&self, now_ms: u64) -> f64 {
         self.latency.get(now_ms, self.decay_ms())
+    }
+
+    /// How long, on average, the attempts now waiting for a response head have waited
+    /// (0 when none is): a request outstanding for 800 ms says latency is at least that.
+    pub fn head_wait_ms(&self, now_ms: u64) -> u64 {
+        // The sum is added to before the count and taken from after it (Release), and read
+        // after the count (Acquire): a sum read here covers at least the attempts counted.
+        // A count that changed between the two reads could pair a sum with the wrong count,
+        // so it gives no evidence this time.
+        let waiting = self.awaiting_head.load(Acquire);
+        if waiting == 0 {
+            return 0;
+        }
+        let sum = self.awaiting_since_sum_ms.load(Acquire);
+        if self.awaiting_head.load(Acquire) != waiting {
+            return 0;
+        }
+        now_ms.saturating_sub(sum / waiting)
+    }
+
+    /// Stalled: its waiting attempts are older than `passive.stall_after` on average and
+    /// than `stall_factor` times its latency estimate. Strategies send new requests
+    /// elsewhere while another endpoint is available.
+    pub fn is_stalled(&self, now_ms: u64) -> bool {
+        let floor = self.stall_after_ms.load(Relaxed);
+        if floor == 0 {
+            return false;
+        }
+        let waited = self.head_wait_ms(now_ms);
+        // The cheap test first: the estimate (a decay computation) only past the floor.
+        waited > floor
+            && waited as f64
+                > f64::from_bits(self.stall_factor.load(Relaxed)) * self.latency_ms(now_ms)
     }
 
     pub fn error_rate(&self, now_ms: u64) -> f64 {
@@ -417,11 +469,15 @@ impl Endpoint {
     pub fn begin_request(self: &Arc<Self>) -> InFlightGuard {
         self.stats.requests.fetch_add(1, Relaxed);
         self.stats.in_flight.fetch_add(1, Relaxed);
-        let probe = self.breaker.on_dispatch(self.now_ms());
+        let now = self.now_ms();
+        let probe = self.breaker.on_dispatch(now);
+        self.awaiting_since_sum_ms.fetch_add(now, Release);
+        self.awaiting_head.fetch_add(1, Release);
         InFlightGuard {
             endpoint: Arc::clone(self),
             probe,
             recorded: false,
+            awaiting_since_ms: Some(now),
         }
     }
 
@@ -535,16 +591,30 @@ pub struct InFlightGuard {
     endpoint: Arc<Endpoint>,
     probe: bool,
     recorded: bool,
+    /// When the attempt started, while it waits for its response head.
+    awaiting_since_ms: Option<u64>,
 }
 
 impl InFlightGuard {
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
     }
+
+    /// The attempt's wait for a response head is over (an answer, an error or a timeout):
+    /// it no longer counts as evidence of a stall.
+    pub fn head_done(&mut self) {
+        if let Some(since) = self.awaiting_since_ms.take() {
+            self.endpoint.awaiting_head.fetch_sub(1, Release);
+            self.endpoint
+                .awaiting_since_sum_ms
+                .fetch_sub(since, Release);
+        }
+    }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
+        self.head_done();
         self.endpoint.stats.in_flight.fetch_sub(1, Relaxed);
         if self.probe && !self.recorded {
             // The client went away before an answer: free the probe slot, learn nothing.
@@ -559,6 +629,44 @@ mod tests {
 
     fn endpoint() -> Arc<Endpoint> {
         Arc::new(Endpoint::with_defaults("127.0.0.1:1", 1).unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_attempts_are_evidence_of_a_stall() {
+        // Defaults: stalled past a mean wait of 1 s and 4x the latency estimate.
+        let ep = endpoint();
+        let mut first = ep.begin_request();
+        tokio::time::advance(Duration::from_millis(600)).await;
+        let _second = ep.begin_request();
+        assert_eq!(ep.head_wait_ms(ep.now_ms()), 300, "the mean of 600 and 0");
+        assert!(!ep.is_stalled(ep.now_ms()));
+        tokio::time::advance(Duration::from_millis(900)).await;
+        // Waits of 1500 and 900 ms: 1200 on average, and no latency estimate yet.
+        assert_eq!(ep.head_wait_ms(ep.now_ms()), 1200);
+        assert!(ep.is_stalled(ep.now_ms()));
+        // An answer ends the first wait; the second alone (900 ms) is under the floor.
+        first.head_done();
+        assert_eq!(ep.head_wait_ms(ep.now_ms()), 900);
+        assert!(!ep.is_stalled(ep.now_ms()));
+        drop(first);
+        drop(_second);
+        assert_eq!(ep.head_wait_ms(ep.now_ms()), 0, "nothing waits");
+
+        // An endpoint known to be slow is not stalled by its usual wait.
+        let slow = endpoint();
+        slow.observe(
+            Outcome::Response {
+                status: StatusCode::OK,
+                retry_after: None,
+            },
+            Duration::from_secs(2),
+        );
+        let _waiting = slow.begin_request();
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert!(
+            !slow.is_stalled(slow.now_ms()),
+            "1.5 s against a 2 s estimate"
+        );
     }
 
     #[test]

@@ -404,19 +404,25 @@ impl Pool {
             max_in_flight: self.max_in_flight_per_endpoint,
             generation: self.generation.load(Relaxed),
             ignore_health: false,
+            avoid_stalled: true,
         };
         if exclude.is_empty()
             && let Some(sticky) = self.sticky_endpoint(&endpoints, &ctx)
         {
             return Ok(sticky);
         }
-        if let Some(endpoint) = self.balancer.pick(&endpoints, &ctx) {
-            return Ok(Arc::clone(endpoint));
-        }
-        if !exclude.is_empty() {
-            ctx.exclude = &[];
+        // Preference: not stalled and not tried, not stalled, stalled and not tried, any.
+        for avoid_stalled in [true, false] {
+            ctx.avoid_stalled = avoid_stalled;
+            ctx.exclude = exclude;
             if let Some(endpoint) = self.balancer.pick(&endpoints, &ctx) {
                 return Ok(Arc::clone(endpoint));
+            }
+            if !exclude.is_empty() {
+                ctx.exclude = &[];
+                if let Some(endpoint) = self.balancer.pick(&endpoints, &ctx) {
+                    return Ok(Arc::clone(endpoint));
+                }
             }
         }
         let capacity_bound =
