@@ -4,7 +4,9 @@
 //! omission). Prints p50/p99/p99.9/max and the count of requests ≥ 500 ms per strategy.
 //!
 //! Run: `cargo bench --bench slow_backend`; WEIR_BENCH_SECONDS and WEIR_BENCH_RATE change
-//! the run, WEIR_BENCH_SLOW=all keeps the endpoint slow for the whole run.
+//! the run, WEIR_BENCH_SLOW=all keeps the endpoint slow for the whole run,
+//! WEIR_BENCH_HANG=1 makes it hang (each request held 10 s) instead of slow, and
+//! WEIR_BENCH_POOL adds pool settings (e.g. `retry = { per_try_timeout = "300ms" }`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -49,10 +51,29 @@ struct Result {
     strategy: &'static str,
     latency: Histogram<u64>,
     slow: u64,
+    over_a_second: u64,
     failed: u64,
 }
 
-async fn run(strategy: &'static str, seconds: u64, rate: u64, slow_all_run: bool) -> Result {
+/// One run's shape.
+#[derive(Clone)]
+struct Plan {
+    seconds: u64,
+    rate: u64,
+    slow_all_run: bool,
+    /// The slow endpoint's delay in ms while slow (1 000, or 10 000 for a hang).
+    slow_ms: u64,
+    pool_extra: String,
+}
+
+async fn run(strategy: &'static str, plan: &Plan) -> Result {
+    let Plan {
+        seconds,
+        rate,
+        slow_all_run,
+        slow_ms,
+        ..
+    } = *plan;
     let delays: Vec<Arc<AtomicU64>> = (0..4).map(|_| Arc::new(AtomicU64::new(5))).collect();
     let mut addrs = Vec::new();
     for d in &delays {
@@ -64,8 +85,9 @@ async fn run(strategy: &'static str, seconds: u64, rate: u64, slow_all_run: bool
         .collect();
     let config = format!(
         "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[[routes]]\npool = \"p\"\n\
-         [pools.p]\nstrategy = \"{strategy}\"\nendpoints = [{}]\nresponse_timeout = \"10s\"\n",
-        endpoints.join(", ")
+         [pools.p]\nstrategy = \"{strategy}\"\nendpoints = [{}]\nresponse_timeout = \"10s\"\n{}\n",
+        endpoints.join(", "),
+        plan.pool_extra
     );
     let config = weir::config::load_str(&config, Path::new("bench")).unwrap();
     let weir = weir::app::start(&config).await.unwrap();
@@ -86,7 +108,7 @@ async fn run(strategy: &'static str, seconds: u64, rate: u64, slow_all_run: bool
         // One endpoint is slow for the middle third of the run (or all of it).
         let third = total / 3;
         let slow = slow_all_run || (third..2 * third).contains(&i);
-        delays[0].store(if slow { 1000 } else { 5 }, Relaxed);
+        delays[0].store(if slow { slow_ms } else { 5 }, Relaxed);
         tokio::time::sleep_until(scheduled).await;
         let (client, uri, histogram, failed) = (
             client.clone(),
@@ -121,10 +143,12 @@ async fn run(strategy: &'static str, seconds: u64, rate: u64, slow_all_run: bool
     weir.shutdown().await;
     let latency = histogram.lock().unwrap().clone();
     let slow = latency.count_between(500_000, 60_000_000);
+    let over_a_second = latency.count_between(1_000_000, 60_000_000);
     Result {
         strategy,
         latency,
         slow,
+        over_a_second,
         failed: failed.load(Relaxed),
     }
 }
@@ -144,32 +168,46 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(500);
-    let slow_all_run = std::env::var("WEIR_BENCH_SLOW").is_ok_and(|v| v == "all");
+    let hang = std::env::var("WEIR_BENCH_HANG").is_ok_and(|v| v == "1");
+    let plan = Plan {
+        seconds,
+        rate,
+        slow_all_run: std::env::var("WEIR_BENCH_SLOW").is_ok_and(|v| v == "all"),
+        slow_ms: if hang { 10_000 } else { 1000 },
+        pool_extra: std::env::var("WEIR_BENCH_POOL").unwrap_or_default(),
+    };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     println!(
-        "slow backend: 4 upstreams at 5 ms, one at 1 s for {}; {rate} req/s for {seconds} s ({} requests)\n",
-        if slow_all_run {
+        "slow backend: 4 upstreams at 5 ms, one {} for {}; {rate} req/s for {seconds} s ({} requests){}\n",
+        if hang { "hanging (10 s)" } else { "at 1 s" },
+        if plan.slow_all_run {
             "the whole run"
         } else {
             "the middle third"
         },
-        seconds * rate
+        seconds * rate,
+        if plan.pool_extra.is_empty() {
+            String::new()
+        } else {
+            format!("; pool: {}", plan.pool_extra)
+        }
     );
     println!(
-        "{:<18} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7}",
-        "strategy", "p50 ms", "p99 ms", "p99.9 ms", "max ms", ">=500 ms", "failed"
+        "{:<18} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7}",
+        "strategy", "p50 ms", "p99 ms", "p99.9 ms", "max ms", ">=500 ms", ">=1 s", "failed"
     );
-    for strategy in ["round_robin", "least_connections", "score"] {
-        let r = runtime.block_on(run(strategy, seconds, rate, slow_all_run));
+    for strategy in ["round_robin", "weighted", "least_connections", "score"] {
+        let r = runtime.block_on(run(strategy, &plan));
         let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "{:<18} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>7}",
+            "{:<18} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>9} {:>7}",
             r.strategy,
             ms(0.5),
             ms(0.99),
             ms(0.999),
             r.latency.max() as f64 / 1000.0,
             r.slow,
+            r.over_a_second,
             r.failed
         );
     }

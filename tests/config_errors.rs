@@ -334,6 +334,14 @@ fn balancing_sections_are_checked() {
             "sticky_cookie = \"a b\"\n",
             "pools.api.sticky_cookie: \"a b\" is not a valid cookie name",
         ),
+        (
+            "response_timeout = \"2s\"\nretry = { per_try_timeout = \"2s\" }\n",
+            "pools.api.retry.per_try_timeout: must be above 0 and below response_timeout (2s)",
+        ),
+        (
+            "passive = { stall_factor = 0.5 }\n",
+            "pools.api.passive.stall_factor: must be at least 1, got 0.5",
+        ),
     ];
     for (extra, expected) in cases {
         let err = error_for(&(GOOD.to_owned() + extra));
