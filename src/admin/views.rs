@@ -37,6 +37,8 @@ pub(super) fn pool_json(pool: &Pool) -> Value {
                 "breaker": ep.breaker_state(now).as_str(),
                 "slow_start_factor": ep.slow_start_factor(now),
                 "in_flight": ep.in_flight(),
+                "head_wait_ms": ep.head_wait_ms(now),
+                "stalled": ep.is_stalled(now),
                 "latency_ewma_ms": ep.latency_ms(now),
                 "error_rate": ep.error_rate(now),
                 "failure_rate": ep.failure_rate(now),
