@@ -13,6 +13,13 @@
 //! linkerd's `latency × (in_flight + 1)`; the defaults (0.3, 0.1, 0.4, 0.2) give
 //! a = 1.5, b = 0.5, c = 2, d = 1. An endpoint with no latency estimate gets one request at
 //! a time until it answers (Finagle's rule), so a new endpoint is not flooded.
+//!
+//! An estimate only learns from answers, so an endpoint that was slow and is avoided would
+//! keep its old estimate (decaying slowly) long after it recovered. An endpoint whose
+//! estimate is stale (no sample for half the decay time, nothing in flight) costs nothing
+//! when it is one of the two candidates: it gets one probe request, whose answer renews the
+//! estimate — back to its share if it recovered, avoided again if not. A slow endpoint thus
+//! costs one request per half decay time (5 s by default), and is never starved.
 
 use std::sync::Arc;
 
@@ -53,6 +60,9 @@ impl Score {
     }
 
     fn cost_at(&self, endpoint: &Endpoint, now_ms: u64) -> f64 {
+        if endpoint.latency_is_stale(now_ms) {
+            return 0.0;
+        }
         let e = self.exponents;
         // What it owes counts as evidence too: a request waiting 800 ms for its head says
         // latency is at least that, before any answer teaches the estimate.
@@ -184,6 +194,42 @@ mod tests {
         drop(guard);
         let after = s.cost_at(&limited[0], limited[0].now_ms());
         assert!(after > 100.0 * before, "{before} → {after}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_endpoint_is_probed_and_gets_its_share_back() {
+        let eps = endpoints(&[1, 1]);
+        let s = Score::new(&ScoreWeights::default());
+        let h = HeaderMap::new();
+        // eps[0] was slow (1 s); eps[1] answers in 5 ms and keeps answering.
+        observe(&eps[0], StatusCode::OK, 1000);
+        observe(&eps[1], StatusCode::OK, 5);
+        let mut first_probe_ms = None;
+        for step in 0..200u64 {
+            tokio::time::advance(Duration::from_millis(50)).await;
+            let c = PickContext {
+                now_ms: eps[0].now_ms(),
+                ..ctx(&h)
+            };
+            let picked = s.pick(&eps, &c).unwrap();
+            if Arc::ptr_eq(picked, &eps[0]) {
+                first_probe_ms.get_or_insert(step * 50);
+                // It has recovered: the probe's answer is fast.
+                observe(&eps[0], StatusCode::OK, 5);
+            } else {
+                observe(&eps[1], StatusCode::OK, 5);
+            }
+        }
+        let probed_at = first_probe_ms.expect("the slow endpoint was probed");
+        // Stale after half the default 10 s decay: probed about 5 s in, not starved.
+        assert!((5000..=6000).contains(&probed_at), "{probed_at}");
+        // After the probe, both answer in 5 ms: an even split.
+        let c = PickContext {
+            now_ms: eps[0].now_ms(),
+            ..ctx(&h)
+        };
+        let counts = tally(&s, &eps, &c, 4000);
+        assert!(counts[0] > 1500, "{counts:?}");
     }
 
     #[test]

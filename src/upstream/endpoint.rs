@@ -340,6 +340,15 @@ impl Endpoint {
         self.latency.get(now_ms, self.decay_ms())
     }
 
+    /// Whether the latency estimate is stale: there is one, no sample has come for half the
+    /// decay time, and nothing is in flight. Such an estimate says how the endpoint was,
+    /// not how it is; the score strategy sends it a probe (see `balancer::score`).
+    pub fn latency_is_stale(&self, now_ms: u64) -> bool {
+        self.latency.last_sample_ms().is_some_and(|last| {
+            self.in_flight() == 0 && now_ms.saturating_sub(last) as f64 > self.decay_ms() / 2.0
+        })
+    }
+
     /// How long, on average, the attempts now waiting for a response head have waited
     /// (0 when none is): a request outstanding for 800 ms says latency is at least that.
     pub fn head_wait_ms(&self, now_ms: u64) -> u64 {

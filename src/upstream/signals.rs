@@ -117,7 +117,9 @@ impl PeakEwma {
     pub fn observe(&self, now_ms: u64, rtt_ms: f64, tau_ms: f64) {
         let elapsed = now_ms.saturating_sub(self.stamp_ms.load(Relaxed)) as f64;
         let previous = self.value_ms.load();
-        let next = if rtt_ms > previous {
+        // After half the time constant without samples the estimate says how the endpoint
+        // was, not how it is (the score strategy probes it then): the new sample replaces it.
+        let next = if rtt_ms > previous || elapsed > tau_ms / 2.0 {
             rtt_ms
         } else {
             let w = (-elapsed / tau_ms).exp();
@@ -125,6 +127,11 @@ impl PeakEwma {
         };
         self.value_ms.store(next);
         self.stamp_ms.store(now_ms, Relaxed);
+    }
+
+    /// When the last sample came, if one has.
+    pub fn last_sample_ms(&self) -> Option<u64> {
+        (self.value_ms.load() > 0.0).then(|| self.stamp_ms.load(Relaxed))
     }
 
     /// The estimate at `now_ms`, decayed for the time since the last observation.
@@ -226,13 +233,18 @@ mod tests {
         assert_eq!(ewma.get(0, 10_000.0), 10.0);
         ewma.observe(0, 200.0, 10_000.0);
         assert_eq!(ewma.get(0, 10_000.0), 200.0, "peak is taken at once");
-        ewma.observe(10_000, 10.0, 10_000.0);
-        let after = ewma.get(10_000, 10_000.0);
-        // w = e^-1: 200·0.368 + 10·0.632 = 79.9
-        assert!((after - 79.9).abs() < 0.1, "{after}");
+        ewma.observe(2_000, 10.0, 10_000.0);
+        let after = ewma.get(2_000, 10_000.0);
+        // w = e^-0.2: 200·0.819 + 10·0.181 = 165.6
+        assert!((after - 165.6).abs() < 0.1, "{after}");
         // Unobserved for one tau: decays by e^-1 toward zero.
-        let idle = ewma.get(20_000, 10_000.0);
+        let idle = ewma.get(12_000, 10_000.0);
         assert!((idle - after / std::f64::consts::E).abs() < 0.1, "{idle}");
+        // A sample after more than half a tau of silence replaces the stale estimate.
+        ewma.observe(12_000, 10.0, 10_000.0);
+        assert_eq!(ewma.get(12_000, 10_000.0), 10.0);
+        assert_eq!(ewma.last_sample_ms(), Some(12_000));
+        assert_eq!(PeakEwma::default().last_sample_ms(), None);
     }
 
     #[test]
