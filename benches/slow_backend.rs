@@ -1,7 +1,9 @@
 //! linkerd's slow-backend experiment on loopback: four upstreams answering in ~5 ms, one of
 //! them slowed to 1 s for the middle third of the run, under a constant arrival rate.
 //! Latency is measured from each request's scheduled start (open model: no coordinated
-//! omission). Prints p50/p99/p99.9/max and the count of requests ≥ 500 ms per strategy.
+//! omission). Prints p50/p99/p99.9/max, the count of requests ≥ 500 ms and ≥ 1 s per
+//! strategy, and the share of the last third's requests the once-slow endpoint answered
+//! (after it recovered; a fair share is 25 %).
 //!
 //! Run: `cargo bench --bench slow_backend`; WEIR_BENCH_SECONDS and WEIR_BENCH_RATE change
 //! the run, WEIR_BENCH_SLOW=all keeps the endpoint slow for the whole run,
@@ -24,7 +26,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-async fn upstream(delay_ms: Arc<AtomicU64>) -> SocketAddr {
+/// An upstream answering after `delay_ms`, naming itself in `x-endpoint`.
+async fn upstream(index: usize, delay_ms: Arc<AtomicU64>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -35,7 +38,11 @@ async fn upstream(delay_ms: Arc<AtomicU64>) -> SocketAddr {
                     let delay = Duration::from_millis(delay_ms.load(Relaxed));
                     async move {
                         tokio::time::sleep(delay).await;
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                        response
+                            .headers_mut()
+                            .insert("x-endpoint", http::HeaderValue::from(index));
+                        Ok::<_, Infallible>(response)
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -52,6 +59,8 @@ struct Result {
     latency: Histogram<u64>,
     slow: u64,
     over_a_second: u64,
+    /// Share of the last third's requests the once-slow endpoint answered (fair: 25 %).
+    recovered_share: f64,
     failed: u64,
 }
 
@@ -76,8 +85,8 @@ async fn run(strategy: &'static str, plan: &Plan) -> Result {
     } = *plan;
     let delays: Vec<Arc<AtomicU64>> = (0..4).map(|_| Arc::new(AtomicU64::new(5))).collect();
     let mut addrs = Vec::new();
-    for d in &delays {
-        addrs.push(upstream(d.clone()).await);
+    for (index, d) in delays.iter().enumerate() {
+        addrs.push(upstream(index, d.clone()).await);
     }
     let endpoints: Vec<String> = addrs
         .iter()
@@ -99,6 +108,7 @@ async fn run(strategy: &'static str, plan: &Plan) -> Result {
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
     ));
     let failed = Arc::new(AtomicU64::new(0));
+    let recovered_hits = Arc::new(AtomicU64::new(0));
     let total = seconds * rate;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = tokio::time::Instant::now();
@@ -110,12 +120,14 @@ async fn run(strategy: &'static str, plan: &Plan) -> Result {
         let slow = slow_all_run || (third..2 * third).contains(&i);
         delays[0].store(if slow { slow_ms } else { 5 }, Relaxed);
         tokio::time::sleep_until(scheduled).await;
-        let (client, uri, histogram, failed) = (
+        let (client, uri, histogram, failed, recovered_hits) = (
             client.clone(),
             uri.clone(),
             histogram.clone(),
             failed.clone(),
+            recovered_hits.clone(),
         );
+        let after_recovery = !slow_all_run && i >= 2 * third;
         tasks.spawn(async move {
             let request = http::Request::get(uri).body(Empty::new()).unwrap();
             let ok = match tokio::time::timeout(Duration::from_secs(15), client.request(request))
@@ -123,6 +135,11 @@ async fn run(strategy: &'static str, plan: &Plan) -> Result {
             {
                 Ok(Ok(response)) => {
                     let ok = response.status().is_success();
+                    if after_recovery
+                        && response.headers().get("x-endpoint").map(|v| v.as_bytes()) == Some(b"0")
+                    {
+                        recovered_hits.fetch_add(1, Relaxed);
+                    }
                     let _ = response.into_body().collect().await;
                     ok
                 }
@@ -144,11 +161,13 @@ async fn run(strategy: &'static str, plan: &Plan) -> Result {
     let latency = histogram.lock().unwrap().clone();
     let slow = latency.count_between(500_000, 60_000_000);
     let over_a_second = latency.count_between(1_000_000, 60_000_000);
+    let last_third = total - 2 * (total / 3);
     Result {
         strategy,
         latency,
         slow,
         over_a_second,
+        recovered_share: recovered_hits.load(Relaxed) as f64 / last_third.max(1) as f64,
         failed: failed.load(Relaxed),
     }
 }
@@ -193,14 +212,22 @@ fn main() {
         }
     );
     println!(
-        "{:<18} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7}",
-        "strategy", "p50 ms", "p99 ms", "p99.9 ms", "max ms", ">=500 ms", ">=1 s", "failed"
+        "{:<18} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7} {:>10}",
+        "strategy",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        ">=500 ms",
+        ">=1 s",
+        "failed",
+        "recovered"
     );
     for strategy in ["round_robin", "weighted", "least_connections", "score"] {
         let r = runtime.block_on(run(strategy, &plan));
         let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "{:<18} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>9} {:>7}",
+            "{:<18} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>9} {:>7} {:>9.1}%",
             r.strategy,
             ms(0.5),
             ms(0.99),
@@ -208,7 +235,8 @@ fn main() {
             r.latency.max() as f64 / 1000.0,
             r.slow,
             r.over_a_second,
-            r.failed
+            r.failed,
+            r.recovered_share * 100.0
         );
     }
 }
