@@ -25,6 +25,32 @@ fn pool_endpoint(weir: &weir::app::Running, address: std::net::SocketAddr) -> Ar
         .expect("the endpoint is in the pool")
 }
 
+/// A hung and a good upstream behind weir: a pool of `strategy` with a 30 s response
+/// timeout and `extra` settings.
+struct HungAndGood {
+    hung: Upstream,
+    _good: Upstream,
+    weir: weir::app::Running,
+    proxy: std::net::SocketAddr,
+}
+
+async fn hung_and_good(strategy: &str, extra: &str) -> HungAndGood {
+    let hung = hung_upstream().await;
+    let good = named_upstream("good").await;
+    let weir = weir(&simple_config(
+        &[hung.addr, good.addr],
+        &format!("strategy = \"{strategy}\"\nresponse_timeout = \"30s\"\n{extra}"),
+    ))
+    .await;
+    let proxy = weir.listener_addr("http").unwrap();
+    HungAndGood {
+        hung,
+        _good: good,
+        weir,
+        proxy,
+    }
+}
+
 /// A GET that must be answered well inside the pool's 30 s response timeout.
 async fn quick_get(proxy: std::net::SocketAddr) -> Reply {
     tokio::time::timeout(Duration::from_secs(5), get(proxy, "/"))
@@ -35,17 +61,12 @@ async fn quick_get(proxy: std::net::SocketAddr) -> Reply {
 #[tokio::test]
 async fn a_per_try_timeout_moves_requests_off_a_hung_endpoint() {
     for strategy in STRATEGIES {
-        let hung = hung_upstream().await;
-        let good = named_upstream("good").await;
-        let weir = weir(&simple_config(
-            &[hung.addr, good.addr],
-            &format!(
-                "strategy = \"{strategy}\"\nresponse_timeout = \"30s\"\n\
-                 retry = {{ per_try_timeout = \"200ms\" }}"
-            ),
-        ))
-        .await;
-        let proxy = weir.listener_addr("http").unwrap();
+        let HungAndGood {
+            hung,
+            _good,
+            weir,
+            proxy,
+        } = hung_and_good(strategy, "retry = { per_try_timeout = \"200ms\" }").await;
         for _ in 0..12 {
             let reply = quick_get(proxy).await;
             assert_eq!(reply.status, 200, "{strategy}");
@@ -62,17 +83,16 @@ async fn a_per_try_timeout_moves_requests_off_a_hung_endpoint() {
 #[tokio::test]
 async fn new_requests_avoid_an_endpoint_whose_requests_wait() {
     for strategy in STRATEGIES {
-        let hung = hung_upstream().await;
-        let good = named_upstream("good").await;
-        let weir = weir(&simple_config(
-            &[hung.addr, good.addr],
-            &format!(
-                "strategy = \"{strategy}\"\nresponse_timeout = \"30s\"\n\
-                 retry = {{ attempts = 0 }}\npassive = {{ stall_after = \"100ms\" }}"
-            ),
-        ))
+        let HungAndGood {
+            hung,
+            _good,
+            weir,
+            proxy,
+        } = hung_and_good(
+            strategy,
+            "retry = { attempts = 0 }\npassive = { stall_after = \"100ms\" }",
+        )
         .await;
-        let proxy = weir.listener_addr("http").unwrap();
         let stuck = pool_endpoint(&weir, hung.addr);
         // Requests until one is held by the hung endpoint (the others are answered).
         let mut held = Vec::new();

@@ -118,8 +118,9 @@ impl ProxyService {
         });
         let method = req.method().clone();
         let path = snapshot.access_log.then(|| req.uri().path().to_owned());
-        let mut request_span = Recording::new(tracer, trace.as_ref())
-            .map(|recording| RequestSpan::start(recording, &method, req.uri().path()));
+        let recording = Recording::new(tracer, trace.as_ref());
+        let mut request_span =
+            recording.map(|recording| RequestSpan::start(recording, &method, req.uri().path()));
         let is_grpc = grpc::is_grpc(req.headers());
         let resolved = self.resolve_client(req.headers());
         let client = resolved.as_ref().unwrap_or(&self.client);
@@ -128,6 +129,7 @@ impl ProxyService {
             trace: trace.as_ref(),
             client,
             is_grpc,
+            recording,
         };
         let result = self.forward(&snapshot, req, origin, conn_guard).await;
         let (mut response, outcome) = match result {
@@ -326,7 +328,7 @@ impl ProxyService {
             trace: origin.trace,
             client: origin.client,
             is_grpc: origin.is_grpc,
-            recording: Recording::new(snapshot.tracer.as_ref(), origin.trace),
+            recording: origin.recording,
         };
         if let (Some(cache), Some(policy)) = (&snapshot.cache, &route.cache)
             && upgrade_protocol(&parts).is_none()
@@ -841,6 +843,8 @@ struct Origin<'a> {
     client: &'a headers::ClientAddress,
     /// A gRPC call (by its content type), told once for the whole request path.
     is_grpc: bool,
+    /// Set when the request's trace is recorded (decided once, with its span).
+    recording: Option<Recording<'a>>,
 }
 
 /// What every upstream exchange of one client request shares: the configuration it was

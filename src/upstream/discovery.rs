@@ -63,8 +63,9 @@ pub struct Source {
     pub entry: EndpointSource,
     /// `dns:name:port` / `srv:name`: marks the endpoints it owns, labels logs and metrics.
     pub label: Arc<str>,
-    /// Weight of each endpoint of a `dns` entry (`srv` ones carry theirs).
-    pub weight: u32,
+    /// Weight of each endpoint of a `dns` entry; `None` for `srv`, whose records carry
+    /// their endpoints' weights.
+    pub weight: Option<u32>,
     pub stats: Arc<DiscoveryStats>,
 }
 
@@ -82,7 +83,7 @@ impl Source {
         Some(Self {
             entry: entry.clone(),
             label: entry.label().into(),
-            weight,
+            weight: (!matches!(entry, EndpointSource::Srv(_))).then_some(weight),
             stats: previous.cloned().unwrap_or_default(),
         })
     }
@@ -98,14 +99,23 @@ impl Source {
     }
 }
 
-/// What one resolution found: each address with its weight, and how long that holds.
+/// What one resolution found: each address with what is known of it, and how long that
+/// holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
-    pub endpoints: BTreeMap<SocketAddr, u32>,
+    pub endpoints: BTreeMap<SocketAddr, Found>,
     pub ttl: Duration,
-    /// `Host` for the endpoints when the pool does not preserve the client's: the name
+}
+
+/// One address of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    /// The SRV records' weight (summed when several name it); 0 for A/AAAA records, whose
+    /// entry gives the weight.
+    pub weight: u32,
+    /// `Host` for the endpoint when the pool does not preserve the client's: the name
     /// (with the port), never the address.
-    pub host: BTreeMap<SocketAddr, String>,
+    pub host: String,
 }
 
 /// A resolver built from `[dns]`.
@@ -177,18 +187,20 @@ impl Resolver {
             .lookup_ip(name)
             .await
             .map_err(|e| DiscoveryError::Lookup(e.to_string()))?;
-        let ttl = remaining(found.valid_until());
-        let mut answer = Answer {
-            endpoints: BTreeMap::new(),
-            ttl,
-            host: BTreeMap::new(),
-        };
-        for ip in found.iter() {
-            let address = SocketAddr::new(ip, port);
-            answer.endpoints.insert(address, 0);
-            answer.host.insert(address, name_port.to_owned());
-        }
-        Ok(answer)
+        let endpoints = found
+            .iter()
+            .map(|ip| {
+                let found = Found {
+                    weight: 0,
+                    host: name_port.to_owned(),
+                };
+                (SocketAddr::new(ip, port), found)
+            })
+            .collect();
+        Ok(Answer {
+            endpoints,
+            ttl: remaining(found.valid_until()),
+        })
     }
 
     async fn resolve_srv(&self, name: &str) -> Result<Answer, DiscoveryError> {
@@ -208,11 +220,7 @@ impl Resolver {
             .collect();
         // RFC 2782: only the best (lowest) priority is used while it has targets.
         let best = records.iter().map(|srv| srv.priority).min();
-        let mut answer = Answer {
-            endpoints: BTreeMap::new(),
-            ttl,
-            host: BTreeMap::new(),
-        };
+        let mut endpoints: BTreeMap<SocketAddr, Found> = BTreeMap::new();
         for srv in records.iter().filter(|srv| Some(srv.priority) == best) {
             let target = srv.target.to_ascii();
             let target = target.trim_end_matches('.');
@@ -232,14 +240,16 @@ impl Resolver {
                 // Weight 0 means "only when nothing else is there"; 1 is as close as a
                 // weighted pick gets.
                 let weight = u32::from(srv.weight.max(1));
-                *answer.endpoints.entry(address).or_insert(0) += weight;
-                answer
-                    .host
-                    .insert(address, format!("{target}:{}", srv.port));
+                endpoints
+                    .entry(address)
+                    .or_insert_with(|| Found {
+                        weight: 0,
+                        host: format!("{target}:{}", srv.port),
+                    })
+                    .weight += weight;
             }
         }
-        answer.ttl = ttl;
-        Ok(answer)
+        Ok(Answer { endpoints, ttl })
     }
 }
 
@@ -411,11 +421,8 @@ pub fn apply(pool: &Pool, source: &Source, answer: &Answer) {
             tracing::info!(pool = %pool.name, entry = %source.label, endpoint = %endpoint.address, "no longer in DNS: draining");
         }
     }
-    for (address, record_weight) in &answer.endpoints {
-        let weight = match source.entry {
-            EndpointSource::Srv(_) => *record_weight,
-            _ => source.weight,
-        };
+    for (address, found) in &answer.endpoints {
+        let weight = source.weight.unwrap_or(found.weight);
         let address_text = address.to_string();
         if let Some(kept) = owned.iter().find(|e| e.address == address_text) {
             if kept.weight() != weight {
@@ -423,14 +430,13 @@ pub fn apply(pool: &Pool, source: &Source, answer: &Answer) {
             }
             continue;
         }
-        let host = answer.host.get(address).map(String::as_str);
         // The first answer of a pool's start is its initial set; later ones join.
         let arrival = if first && !pool.has_history() {
             Arrival::WithThePool
         } else {
             Arrival::Joining
         };
-        if pool.add_discovered(&address_text, weight, host, source, arrival) {
+        if pool.add_discovered(&address_text, weight, Some(&found.host), source, arrival) {
             tracing::info!(pool = %pool.name, entry = %source.label, endpoint = %address_text, "found in DNS: added");
         }
     }

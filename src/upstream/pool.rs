@@ -87,7 +87,8 @@ pub struct Pool {
     replaced_another: bool,
     /// The PROXY header to send first on each connection, when the pool asks for one.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
-    /// The loaded TLS client config, for the clients [`Pool::private_client`] builds.
+    /// The loaded TLS client config, for the clients [`Pool::private_client`] builds (kept
+    /// only when the pool sends PROXY headers).
     tls: Option<rustls::ClientConfig>,
 }
 
@@ -160,8 +161,8 @@ impl Pool {
             .filter_map(|old| {
                 let label = old.discovered_by.as_deref()?;
                 let source = discovery.iter().find(|s| &*s.label == label)?;
-                if !matches!(source.entry, crate::config::EndpointSource::Srv(_)) {
-                    old.set_weight(source.weight);
+                if let Some(weight) = source.weight {
+                    old.set_weight(weight);
                 }
                 old.set_policy(&policy);
                 Some(Arc::clone(old))
@@ -223,7 +224,8 @@ impl Pool {
             rediscover: tokio::sync::Notify::new(),
             replaced_another: previous.is_some(),
             proxy_protocol: config.proxy_protocol,
-            tls: tls.cloned(),
+            // Only private clients need it.
+            tls: config.proxy_protocol.and_then(|_| tls.cloned()),
         }
     }
 
@@ -262,7 +264,7 @@ impl Pool {
         let Ok(authority) = parse_endpoint_address(address) else {
             return false;
         };
-        let new = NewEndpoint {
+        self.add_new(NewEndpoint {
             pool: &self.name,
             address: address.to_owned(),
             authority,
@@ -270,9 +272,15 @@ impl Pool {
             arrival,
             host,
             discovered_by: Some(Arc::clone(&source.label)),
-        };
+        })
+        .is_some()
+    }
+
+    /// Creates an endpoint with the pool's policy and clock and adds it, unless one with
+    /// its address is there.
+    fn add_new(&self, new: NewEndpoint<'_>) -> Option<Arc<Endpoint>> {
         let endpoint = Arc::new(Endpoint::new(new, &self.policy, self.clock));
-        self.add_unless_present(&endpoint)
+        self.add_unless_present(&endpoint).then_some(endpoint)
     }
 
     /// Appends an existing endpoint (one registered at runtime, carried over a reload with
@@ -328,7 +336,7 @@ impl Pool {
     /// Adds an endpoint to the running pool; it ramps up over the slow-start window.
     pub fn add_endpoint(&self, address: &str, weight: u32) -> Result<Arc<Endpoint>, String> {
         let authority = parse_endpoint_address(address)?;
-        let new = NewEndpoint {
+        self.add_new(NewEndpoint {
             pool: &self.name,
             address: address.to_owned(),
             authority,
@@ -336,12 +344,8 @@ impl Pool {
             arrival: Arrival::Joining,
             host: None,
             discovered_by: None,
-        };
-        let endpoint = Arc::new(Endpoint::new(new, &self.policy, self.clock));
-        if !self.add_unless_present(&endpoint) {
-            return Err(format!("{address} is already in pool {}", self.name));
-        }
-        Ok(endpoint)
+        })
+        .ok_or_else(|| format!("{address} is already in pool {}", self.name))
     }
 
     /// Changes an endpoint's weight at runtime.
