@@ -3,11 +3,13 @@
 //! Latency is measured from each request's scheduled start (open model: no coordinated
 //! omission). Prints p50/p99/p99.9/max, the count of requests ≥ 500 ms and ≥ 1 s per
 //! strategy, and the share of the last third's requests the once-slow endpoint answered
-//! (after it recovered; a fair share is 25 %).
+//! (after it recovered; a fair share is 25 %), and the largest share of the run any one
+//! endpoint answered.
 //!
 //! Run: `cargo bench --bench slow_backend`; WEIR_BENCH_SECONDS and WEIR_BENCH_RATE change
 //! the run, WEIR_BENCH_SLOW=all keeps the endpoint slow for the whole run,
-//! WEIR_BENCH_HANG=1 makes it hang (each request held 10 s) instead of slow, and
+//! WEIR_BENCH_SLOW=none keeps every endpoint fast (the `max share` column then shows how
+//! evenly equal endpoints share the load; fair is 25 %), WEIR_BENCH_HANG=1 makes it hang (each request held 10 s) instead of slow, and
 //! WEIR_BENCH_POOL adds pool settings (e.g. `retry = { per_try_timeout = "300ms" }`).
 
 use std::convert::Infallible;
@@ -55,12 +57,14 @@ async fn upstream(index: usize, delay_ms: Arc<AtomicU64>) -> SocketAddr {
 }
 
 struct Result {
-    strategy: &'static str,
+    strategy: String,
     latency: Histogram<u64>,
     slow: u64,
     over_a_second: u64,
     /// Share of the last third's requests the once-slow endpoint answered (fair: 25 %).
     recovered_share: f64,
+    /// The largest share of all answered requests one endpoint answered (fair: 25 %).
+    max_share: f64,
     failed: u64,
 }
 
@@ -70,16 +74,19 @@ struct Plan {
     seconds: u64,
     rate: u64,
     slow_all_run: bool,
+    /// No endpoint is ever slow (fairness among equals).
+    none_slow: bool,
     /// The slow endpoint's delay in ms while slow (1 000, or 10 000 for a hang).
     slow_ms: u64,
     pool_extra: String,
 }
 
-async fn run(strategy: &'static str, plan: &Plan) -> Result {
+async fn run(strategy: &str, plan: &Plan) -> Result {
     let Plan {
         seconds,
         rate,
         slow_all_run,
+        none_slow,
         slow_ms,
         ..
     } = *plan;
@@ -94,8 +101,14 @@ async fn run(strategy: &'static str, plan: &Plan) -> Result {
         .collect();
     let config = format!(
         "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[[routes]]\npool = \"p\"\n\
-         [pools.p]\nstrategy = \"{strategy}\"\nendpoints = [{}]\nresponse_timeout = \"10s\"\n{}\n",
+         [pools.p]\nstrategy = \"{strategy}\"\nendpoints = [{}]\nresponse_timeout = \"10s\"\n{}\n{}\n",
         endpoints.join(", "),
+        // Requests carry one of 10 000 user keys: the ring's balance, not one client's.
+        if strategy == "consistent_hash" {
+            "hash = { key = \"header:x-user\" }"
+        } else {
+            ""
+        },
         plan.pool_extra
     );
     let config = weir::config::load_str(&config, Path::new("bench")).unwrap();
@@ -109,6 +122,7 @@ async fn run(strategy: &'static str, plan: &Plan) -> Result {
     ));
     let failed = Arc::new(AtomicU64::new(0));
     let recovered_hits = Arc::new(AtomicU64::new(0));
+    let hits: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
     let total = seconds * rate;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = tokio::time::Instant::now();
@@ -117,24 +131,36 @@ async fn run(strategy: &'static str, plan: &Plan) -> Result {
         let scheduled = start + interval * i as u32;
         // One endpoint is slow for the middle third of the run (or all of it).
         let third = total / 3;
-        let slow = slow_all_run || (third..2 * third).contains(&i);
+        let slow = !none_slow && (slow_all_run || (third..2 * third).contains(&i));
         delays[0].store(if slow { slow_ms } else { 5 }, Relaxed);
         tokio::time::sleep_until(scheduled).await;
-        let (client, uri, histogram, failed, recovered_hits) = (
+        let (client, uri, histogram, failed, recovered_hits, hits) = (
             client.clone(),
             uri.clone(),
             histogram.clone(),
             failed.clone(),
             recovered_hits.clone(),
+            hits.clone(),
         );
         let after_recovery = !slow_all_run && i >= 2 * third;
         tasks.spawn(async move {
-            let request = http::Request::get(uri).body(Empty::new()).unwrap();
+            let request = http::Request::get(uri)
+                .header("x-user", i % 10_000)
+                .body(Empty::new())
+                .unwrap();
             let ok = match tokio::time::timeout(Duration::from_secs(15), client.request(request))
                 .await
             {
                 Ok(Ok(response)) => {
                     let ok = response.status().is_success();
+                    let endpoint = response
+                        .headers()
+                        .get("x-endpoint")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<usize>().ok());
+                    if let Some(hit) = endpoint.and_then(|index| hits.get(index)) {
+                        hit.fetch_add(1, Relaxed);
+                    }
                     if after_recovery
                         && response.headers().get("x-endpoint").map(|v| v.as_bytes()) == Some(b"0")
                     {
@@ -162,8 +188,11 @@ async fn run(strategy: &'static str, plan: &Plan) -> Result {
     let slow = latency.count_between(500_000, 60_000_000);
     let over_a_second = latency.count_between(1_000_000, 60_000_000);
     let last_third = total - 2 * (total / 3);
+    let answered: u64 = hits.iter().map(|h| h.load(Relaxed)).sum();
+    let most = hits.iter().map(|h| h.load(Relaxed)).max().unwrap_or(0);
     Result {
-        strategy,
+        strategy: strategy.to_owned(),
+        max_share: most as f64 / answered.max(1) as f64,
         latency,
         slow,
         over_a_second,
@@ -192,6 +221,7 @@ fn main() {
         seconds,
         rate,
         slow_all_run: std::env::var("WEIR_BENCH_SLOW").is_ok_and(|v| v == "all"),
+        none_slow: std::env::var("WEIR_BENCH_SLOW").is_ok_and(|v| v == "none"),
         slow_ms: if hang { 10_000 } else { 1000 },
         pool_extra: std::env::var("WEIR_BENCH_POOL").unwrap_or_default(),
     };
@@ -199,7 +229,9 @@ fn main() {
     println!(
         "slow backend: 4 upstreams at 5 ms, one {} for {}; {rate} req/s for {seconds} s ({} requests){}\n",
         if hang { "hanging (10 s)" } else { "at 1 s" },
-        if plan.slow_all_run {
+        if plan.none_slow {
+            "none of the run"
+        } else if plan.slow_all_run {
             "the whole run"
         } else {
             "the middle third"
@@ -212,7 +244,7 @@ fn main() {
         }
     );
     println!(
-        "{:<18} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7} {:>10}",
+        "{:<18} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7} {:>10} {:>10}",
         "strategy",
         "p50 ms",
         "p99 ms",
@@ -221,13 +253,17 @@ fn main() {
         ">=500 ms",
         ">=1 s",
         "failed",
-        "recovered"
+        "recovered",
+        "max share"
     );
-    for strategy in ["round_robin", "weighted", "least_connections", "score"] {
+    let strategies = std::env::var("WEIR_BENCH_STRATEGIES").unwrap_or_else(|_| {
+        "round_robin,weighted,least_connections,score,consistent_hash".to_owned()
+    });
+    for strategy in strategies.split(',').map(str::trim) {
         let r = runtime.block_on(run(strategy, &plan));
         let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "{:<18} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>9} {:>7} {:>9.1}%",
+            "{:<18} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>9} {:>7} {:>9.1}% {:>9.1}%",
             r.strategy,
             ms(0.5),
             ms(0.99),
@@ -236,7 +272,8 @@ fn main() {
             r.slow,
             r.over_a_second,
             r.failed,
-            r.recovered_share * 100.0
+            r.recovered_share * 100.0,
+            r.max_share * 100.0
         );
     }
 }

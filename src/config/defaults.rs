@@ -39,6 +39,16 @@ pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 128;
 pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(1);
 /// …when it is also this many times the endpoint's latency estimate.
 pub const DEFAULT_STALL_FACTOR: f64 = 4.0;
+/// A quantile hedge delay is multiplied by this…
+pub const DEFAULT_HEDGE_FACTOR: f64 = 1.0;
+/// …and is never below this.
+pub const DEFAULT_HEDGE_MIN_DELAY: Duration = Duration::from_millis(10);
+/// A quantile hedge delay needs this many answers in the pool's recent window; until then
+/// nothing is hedged (an estimate from a handful of answers would hedge at random).
+pub const HEDGE_MIN_SAMPLES: u64 = 20;
+/// The recent window of times to response head that a quantile delay is taken from (two
+/// halves: the current one and the one before).
+pub const HEDGE_WINDOW: Duration = Duration::from_secs(10);
 /// Share of the traces weir starts that it records (when trace export is on).
 pub const DEFAULT_TRACE_SAMPLE_RATIO: f64 = 1.0;
 /// Spans waiting for export before new ones are dropped.

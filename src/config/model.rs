@@ -423,6 +423,64 @@ pub struct PoolConfig {
     /// endpoints (HAProxy's `send-proxy`): such connections serve one client connection
     /// each, never shared.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// Hedged requests (off when absent): a request whose attempt has no response head
+    /// after a delay gets a second attempt on another endpoint; the first answer wins.
+    pub hedge: Option<HedgeConfig>,
+}
+
+/// Hedged requests (Dean and Barroso, "The Tail at Scale"; Envoy's
+/// `hedge_on_per_try_timeout`): an idempotent request whose first attempt has waited
+/// `delay` for its response head gets one more attempt on another endpoint, paid from the
+/// retry budget; the first usable answer wins and the other attempt is cancelled.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgeConfig {
+    /// A fixed wait (`"50ms"`), or a quantile of the pool's recent times to response head
+    /// (`"p95"`, `"p99.9"`) times `factor`.
+    pub delay: HedgeDelay,
+    /// Multiplies a quantile delay (a fixed one is used as written).
+    #[serde(default = "d_hedge_factor")]
+    pub factor: f64,
+    /// A quantile delay is never shorter than this, so that ordinary jitter on a fast
+    /// pool does not double its requests.
+    #[serde(with = "humantime_serde", default = "d_hedge_min_delay")]
+    pub min_delay: Duration,
+    /// Also hedge POST and PATCH (the upstream may then carry out such a request twice).
+    #[serde(default)]
+    pub non_idempotent: bool,
+}
+
+/// When a hedge is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum HedgeDelay {
+    /// After this long.
+    Fixed(Duration),
+    /// After this quantile (0 < q < 1) of the pool's recent times to response head.
+    Quantile(f64),
+}
+
+impl TryFrom<String> for HedgeDelay {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        if let Some(percent) = text.strip_prefix('p') {
+            let percent: f64 = percent
+                .parse()
+                .map_err(|_| format!("{text:?} is not a percentile like \"p95\""))?;
+            if !(percent > 0.0 && percent < 100.0) {
+                return Err(format!(
+                    "{text:?}: the percentile must be above 0 and below 100"
+                ));
+            }
+            return Ok(HedgeDelay::Quantile(percent / 100.0));
+        }
+        humantime::parse_duration(&text)
+            .map(HedgeDelay::Fixed)
+            .map_err(|e| {
+                format!("{text:?} is neither a duration (\"50ms\") nor a percentile (\"p95\"): {e}")
+            })
+    }
 }
 
 /// Which PROXY protocol header a pool sends.
@@ -846,6 +904,12 @@ pub struct AdminConfig {
 
 fn d_stall_after() -> Duration {
     DEFAULT_STALL_AFTER
+}
+fn d_hedge_factor() -> f64 {
+    DEFAULT_HEDGE_FACTOR
+}
+fn d_hedge_min_delay() -> Duration {
+    DEFAULT_HEDGE_MIN_DELAY
 }
 fn d_stall_factor() -> f64 {
     DEFAULT_STALL_FACTOR

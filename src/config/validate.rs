@@ -7,7 +7,9 @@ use http::uri::Authority;
 
 use super::defaults::MIN_REQUEST_HEADER_BYTES;
 use super::error::Problem;
-use super::model::{Config, EndpointSource, HashKey, OtlpProtocol, PoolConfig, Strategy};
+use super::model::{
+    Config, EndpointSource, HashKey, HedgeDelay, OtlpProtocol, PoolConfig, Strategy,
+};
 
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
@@ -376,6 +378,37 @@ fn check_pool_policies(key: &str, pool: &PoolConfig, problems: &mut Vec<Problem>
                 humantime::format_duration(pool.response_timeout)
             ),
         );
+    }
+    if let Some(hedge) = &pool.hedge {
+        if let HedgeDelay::Fixed(delay) = hedge.delay
+            && (delay.is_zero() || delay >= pool.response_timeout)
+        {
+            problem(
+                "hedge.delay",
+                format!(
+                    "must be above 0 and below response_timeout ({})",
+                    humantime::format_duration(pool.response_timeout)
+                ),
+            );
+        }
+        if !(hedge.factor >= 1.0 && hedge.factor.is_finite()) {
+            problem(
+                "hedge.factor",
+                format!("must be at least 1, got {}", hedge.factor),
+            );
+        }
+        if hedge.min_delay >= pool.response_timeout {
+            problem(
+                "hedge.min_delay",
+                "must be below response_timeout".to_owned(),
+            );
+        }
+        if retry.attempts == 0 {
+            problem(
+                "hedge",
+                "a hedge is an extra attempt: it needs retry.attempts of at least 1".to_owned(),
+            );
+        }
     }
     if !(passive.stall_factor >= 1.0 && passive.stall_factor.is_finite()) {
         problem(

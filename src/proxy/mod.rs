@@ -4,6 +4,7 @@
 //! May import: `balancer`, `cache`, `config`, `upstream`; never `admin`, `app` or `control`.
 
 pub mod access_log;
+mod attempt;
 pub mod body;
 pub mod client_address;
 pub mod compress;

@@ -8,13 +8,7 @@ use http::{HeaderMap, Method, StatusCode, header};
 use crate::config::{RetryConfig, RetryOn};
 use crate::upstream::Outcome;
 
-/// Methods that may be sent twice without changing the result (RFC 9110 §9.2.2).
-pub fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
+pub use crate::upstream::is_idempotent;
 
 /// Whether `outcome` of an attempt may be retried under `policy`. A failed connect never
 /// reached the upstream, so it is safe for any method; everything else needs an

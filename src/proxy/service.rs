@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use super::ProxyState;
 use super::access_log::{AccessLine, Destination};
+use super::attempt::{self, Attempt, AttemptPlan, Launch, RaceEnd};
 use super::body::{BodyPace, PendingVerdict, RequestGuards, ResponseBody, UpstreamRequestBody};
 use super::client_address;
 use super::conn::{ConnActivity, ConnRequestGuard};
@@ -27,11 +28,10 @@ use super::normalize::normalize_path;
 use super::retry;
 use super::route::Route;
 use super::snapshot::Snapshot;
-use super::spans::{ChildSpan, Recording, RequestEnd, RequestSpan};
+use super::spans::{Recording, RequestEnd, RequestSpan};
 use super::stats::RouteStats;
 use super::trace::{TRACEPARENT, TraceContext};
 use crate::config::TrustedNet;
-use crate::telemetry::SpanKind;
 use crate::upstream::request_body::{CopyInProgress, ReplayCopy};
 use crate::upstream::{Endpoint, Outcome, PickError};
 
@@ -458,6 +458,27 @@ impl ProxyService {
             }
             None => RequestBody::Replayable(Bytes::new()),
         };
+        // A pool that sends PROXY headers has clients private to each client connection.
+        let private = pool.proxy_protocol.and_then(|_| {
+            let (peer, local) = self.conn.ends();
+            self.conn
+                .private_client(pool, || pool.private_client(peer, local))
+        });
+        let send = |request: Request<UpstreamRequestBody>| match &private {
+            Some(private) => private.request(request),
+            None => pool.client.request(request),
+        };
+        let plan = AttemptPlan {
+            pool,
+            method: &parts.method,
+            path_and_query: &path_and_query,
+            call_deadline,
+            trace,
+            recording,
+            send_traceparent,
+            send: &send,
+        };
+        let may_cut = retry::retries_cut_attempts(&pool.retry, &parts.method);
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut retries = 0u32;
         loop {
@@ -469,99 +490,103 @@ impl ProxyService {
                 failure(error, None)
             })?;
             let may_retry = retries < pool.retry.attempts && body.may_replay();
-            let mut headers = if may_retry {
+            let replayable = may_retry && body.is_replayable();
+            let headers = if may_retry {
                 parts.headers.clone()
             } else {
                 std::mem::take(&mut parts.headers)
             };
-            if !pool.preserve_host {
-                headers.insert(header::HOST, endpoint.host_header().clone());
-            }
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(pool.scheme.clone());
-            uri.authority = Some(endpoint.authority.clone());
-            uri.path_and_query = Some(path_and_query.clone());
-            let uri = Uri::from_parts(uri)
-                .map_err(|_| failure(ProxyError::BadRequest("invalid request target"), None))?;
-            let mut upstream_request = Request::new(body.for_attempt());
-            *upstream_request.method_mut() = parts.method.clone();
-            *upstream_request.uri_mut() = uri;
-            *upstream_request.version_mut() = pool.version;
-            *upstream_request.headers_mut() = headers;
-
-            let (wait, deadline_bound) = match call_deadline {
-                Some((timeout, at)) => {
-                    let left = at.saturating_duration_since(tokio::time::Instant::now());
-                    if left.is_zero() {
-                        return Err(failure(
-                            ProxyError::Deadline(timeout),
-                            Some(&endpoint.address),
-                        ));
-                    }
-                    // The upstream learns what is left of the call's time, not the
-                    // whole of it (time spent here and in earlier attempts is gone).
-                    upstream_request
-                        .headers_mut()
-                        .insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(left));
-                    (
-                        left.min(pool.response_timeout),
-                        left < pool.response_timeout,
-                    )
+            let first = attempt::launch(
+                &plan,
+                Launch {
+                    endpoint,
+                    headers,
+                    body: body.for_attempt(),
+                    number: retries + 1,
+                    per_try: pool.retry.per_try_timeout.filter(|_| replayable && may_cut),
+                },
+            )
+            .map_err(|(error, endpoint)| failure(error, Some(&endpoint.address)))?;
+            // A hedge needs a body that can be sent again, a method that may be sent
+            // twice, and no upgrade (a tunnel has one upstream).
+            let hedge_delay = pool
+                .hedging
+                .as_ref()
+                .filter(|h| replayable && upgrade.is_none() && h.allows(&parts.method))
+                .and_then(|h| h.delay(pool.now_ms()))
+                .filter(|delay| *delay < first.0.wait);
+            let raced = match hedge_delay {
+                Some(delay) => {
+                    let first_endpoint = Arc::clone(&first.0.endpoint);
+                    let start_hedge = || {
+                        let mut exclude = tried.clone();
+                        exclude.push(first_endpoint);
+                        let other = pool.pick(client.ip, &parts.headers, &exclude).ok()?;
+                        // Another endpoint, or no hedge.
+                        if exclude.iter().any(|e| Arc::ptr_eq(e, &other)) || !pool.try_retry() {
+                            return None;
+                        }
+                        pool.stats.hedges.fetch_add(1, Relaxed);
+                        let more_after = retries + 1 < pool.retry.attempts;
+                        attempt::launch(
+                            &plan,
+                            Launch {
+                                endpoint: other,
+                                headers: parts.headers.clone(),
+                                body: body.for_attempt(),
+                                number: retries + 2,
+                                per_try: pool
+                                    .retry
+                                    .per_try_timeout
+                                    .filter(|_| more_after && may_cut),
+                            },
+                        )
+                        .ok()
+                    };
+                    attempt::race(&plan, first, delay, start_hedge, |sent| {
+                        attempt::is_final_answer(&plan, is_grpc, sent)
+                    })
+                    .await
                 }
-                None => (pool.response_timeout, false),
+                None => {
+                    let (mut only, pending) = first;
+                    let sent = pending.await;
+                    only.finish(&plan, &sent);
+                    RaceEnd {
+                        attempt: only,
+                        sent,
+                        failed_first: None,
+                        hedged: false,
+                    }
+                }
             };
-            // A per-try timeout cuts an attempt that another may follow; the last one (or
-            // one that could not be retried) gets the whole wait.
-            let per_try = pool.retry.per_try_timeout.filter(|per_try| {
-                *per_try < wait
-                    && may_retry
-                    && body.is_replayable()
-                    && retry::retries_cut_attempts(&pool.retry, &parts.method)
-            });
-            let cut_by_per_try = per_try.is_some();
-            let (wait, deadline_bound) = match per_try {
-                Some(per_try) => (per_try, false),
-                None => (wait, deadline_bound),
-            };
-            // A recorded attempt is a span of its own, and the upstream's parent. Boxed: the
-            // future holds it across the wait, and most requests are not recorded.
-            let attempt_trace = recording
-                .and(trace)
-                .map(|t| Box::new((t.child(), std::time::SystemTime::now())));
-            if send_traceparent
-                && let Some(value) = attempt_trace.as_ref().and_then(|a| a.0.header_value())
-            {
-                upstream_request.headers_mut().insert(TRACEPARENT, value);
+            let RaceEnd {
+                attempt: current,
+                sent,
+                failed_first,
+                hedged,
+            } = raced;
+            if hedged {
+                retries += 1;
             }
-            let mut guard = endpoint.begin_request();
-            let started = Instant::now();
-            // A pool that sends PROXY headers has clients private to each client connection
-            // (the future does not hold the client: it is not kept across the wait).
-            let response = match pool.proxy_protocol.and_then(|_| {
-                let (peer, local) = self.conn.ends();
-                self.conn
-                    .private_client(pool, || pool.private_client(peer, local))
-            }) {
-                Some(private) => private.request(upstream_request),
-                None => pool.client.request(upstream_request),
-            };
-            let sent = tokio::time::timeout(wait, response).await;
-            let elapsed = started.elapsed();
-            guard.head_done();
-            if let (Some(recording), Some(attempt)) = (recording, attempt_trace) {
-                let (attempt_trace, start) = *attempt;
-                recording.child(
-                    attempt_span(AttemptSpan {
-                        start,
-                        pool: &pool.name,
-                        endpoint: &endpoint.address,
-                        method: &parts.method,
-                        attempt: retries + 1,
-                        sent: &sent,
-                    }),
-                    Some(&attempt_trace),
-                );
+            if let Some((mut failed, sent)) = failed_first {
+                // Lost the race without a usable answer: what it says is learned, and the
+                // request does not go back to it.
+                if let Some(outcome) = attempt::outcome_of(sent) {
+                    pool.report(&mut failed.guard, outcome, failed.elapsed);
+                }
+                tried.push(Arc::clone(&failed.endpoint));
             }
+            let Attempt {
+                endpoint,
+                mut guard,
+                elapsed,
+                wait,
+                deadline_bound,
+                cut_by_per_try,
+                hedge: answered_by_hedge,
+                ..
+            } = current;
             let (outcome, result) = match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();
@@ -621,6 +646,8 @@ impl ProxyService {
             let grpc_retryable = is_grpc
                 && matches!(&result, Ok(response)
                     if grpc::is_retryable_status(&pool.retry.grpc_statuses, response.headers()));
+            // A hedge was an attempt too.
+            let may_retry = retries < pool.retry.attempts && body.may_replay();
             let retrying = may_retry
                 && body.is_replayable()
                 && (grpc_retryable
@@ -649,6 +676,9 @@ impl ProxyService {
                 continue;
             }
             let mut response = result.map_err(|error| failure(error, Some(&endpoint.address)))?;
+            if answered_by_hedge {
+                pool.stats.hedges_won.fetch_add(1, Relaxed);
+            }
             let upstream_upgrade = (response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
                 .then(|| hyper::upgrade::on(&mut response));
             let (mut parts, body) = response.into_parts();
@@ -1011,46 +1041,5 @@ fn request_host(parts: &http::request::Parts) -> Result<&str, ProxyError> {
         }
         None if parts.version == Version::HTTP_10 || parts.version == Version::HTTP_09 => Ok(""),
         None => Err(ProxyError::BadRequest("missing Host header")),
-    }
-}
-
-/// What an attempt's span says.
-struct AttemptSpan<'a> {
-    start: std::time::SystemTime,
-    pool: &'a str,
-    endpoint: &'a str,
-    method: &'a Method,
-    attempt: u32,
-    sent: &'a Result<
-        Result<Response<Incoming>, hyper_util::client::legacy::Error>,
-        tokio::time::error::Elapsed,
-    >,
-}
-
-fn attempt_span(attempt: AttemptSpan<'_>) -> ChildSpan {
-    let mut attributes = vec![
-        (
-            "http.request.method",
-            attempt.method.as_str().to_owned().into(),
-        ),
-        ("server.address", attempt.endpoint.to_owned().into()),
-        ("weir.pool", attempt.pool.to_owned().into()),
-        ("weir.attempt", i64::from(attempt.attempt).into()),
-    ];
-    let error = match attempt.sent {
-        Ok(Ok(response)) => {
-            let status = response.status().as_u16();
-            attributes.push(("http.response.status_code", i64::from(status).into()));
-            (status >= 500).then(|| format!("HTTP {status}"))
-        }
-        Ok(Err(error)) => Some(format!("no response: {error}")),
-        Err(_) => Some("no response head within the time allowed".to_owned()),
-    };
-    ChildSpan {
-        kind: SpanKind::Client,
-        name: std::borrow::Cow::Owned(format!("upstream {}", attempt.pool)),
-        start: attempt.start,
-        attributes,
-        error,
     }
 }

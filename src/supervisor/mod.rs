@@ -451,6 +451,10 @@ pub(crate) fn spawn_pool_tasks(
                 stop.clone(),
             ));
         }
+        tokio::spawn(crate::upstream::run_stall_sweep(
+            Arc::clone(pool),
+            stop.clone(),
+        ));
         if let Some(check) = &pool.health_check {
             tokio::spawn(crate::upstream::health::run(
                 Arc::clone(pool),

@@ -33,6 +33,7 @@ pub enum SpanKind {
 pub enum AttributeValue {
     Text(Cow<'static, str>),
     Int(i64),
+    Bool(bool),
 }
 
 impl From<&'static str> for AttributeValue {
@@ -44,6 +45,12 @@ impl From<&'static str> for AttributeValue {
 impl From<String> for AttributeValue {
     fn from(value: String) -> Self {
         AttributeValue::Text(Cow::Owned(value))
+    }
+}
+
+impl From<bool> for AttributeValue {
+    fn from(value: bool) -> Self {
+        AttributeValue::Bool(value)
     }
 }
 

@@ -226,6 +226,7 @@ fn to_span_data(span: SpanRecord, scope: &InstrumentationScope) -> SpanData {
                 let value = match value {
                     AttributeValue::Text(text) => Value::String(text.into()),
                     AttributeValue::Int(n) => Value::I64(n),
+                    AttributeValue::Bool(b) => Value::Bool(b),
                 };
                 KeyValue::new(key, value)
             })

@@ -31,7 +31,15 @@ impl BreakerState {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Trip {
     ConsecutiveFailures(u32),
-    ErrorRate { rate: f64, requests: u64 },
+    ErrorRate {
+        rate: f64,
+        requests: u64,
+    },
+    /// Attempts waited on average this long and the endpoint answered nothing meanwhile.
+    Hung {
+        waited_ms: u64,
+        waiting: u64,
+    },
 }
 
 impl std::fmt::Display for Trip {
@@ -42,6 +50,10 @@ impl std::fmt::Display for Trip {
                 f,
                 "error rate {:.0}% over {requests} requests",
                 rate * 100.0
+            ),
+            Trip::Hung { waited_ms, waiting } => write!(
+                f,
+                "hung: {waiting} attempts waiting {waited_ms} ms on average, no answer meanwhile"
             ),
         }
     }

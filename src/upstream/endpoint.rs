@@ -138,6 +138,16 @@ pub struct Endpoint {
     /// `passive.stall_after` in ms (0 = stall detection off) and `stall_factor` (bits).
     stall_after_ms: AtomicU64,
     stall_factor: AtomicU64,
+    /// When the endpoint last sent a response head (ms): an endpoint that answers nothing
+    /// while attempts wait is hung, not merely slow on some requests.
+    last_head_ms: AtomicU64,
+    /// Start times of attempts weir stopped waiting for (a hedge answered first, or a
+    /// per-try timeout cut them) while the endpoint still owes them an answer. They stay
+    /// in `awaiting_head` (evidence of a stall) until the endpoint answers anything or the
+    /// pool's response timeout has passed for them. Touched only by abandoned attempts,
+    /// the pool's stall sweep, and an answer while `ghost_count` is not 0.
+    ghosts: Mutex<Vec<u64>>,
+    ghost_count: AtomicU64,
     transition: Mutex<Transition>,
     pub stats: EndpointStats,
 }
@@ -226,6 +236,9 @@ impl Endpoint {
             awaiting_since_sum_ms: AtomicU64::new(0),
             stall_after_ms: AtomicU64::new(policy.passive.stall_after.as_millis() as u64),
             stall_factor: AtomicU64::new(policy.passive.stall_factor.to_bits()),
+            last_head_ms: AtomicU64::new(now),
+            ghosts: Mutex::new(Vec::new()),
+            ghost_count: AtomicU64::new(0),
             transition: Mutex::new(Transition {
                 state: EndpointState::Healthy,
                 reason: "added".into(),
@@ -382,6 +395,49 @@ impl Endpoint {
                 > f64::from_bits(self.stall_factor.load(Relaxed)) * self.latency_ms(now_ms)
     }
 
+    /// Hung: stalled, and no response head at all for `stall_after` (an endpoint that
+    /// keeps answering other requests is slow on some, not hung). The pool's stall sweep
+    /// ejects a hung endpoint (see [`Pool::sweep_stalls`](super::Pool::sweep_stalls)).
+    pub fn is_hung(&self, now_ms: u64) -> bool {
+        self.is_stalled(now_ms)
+            && now_ms.saturating_sub(self.last_head_ms.load(Relaxed))
+                > self.stall_after_ms.load(Relaxed)
+    }
+
+    /// Attempts counted as waiting for a head (those weir abandoned included).
+    pub fn waiting_heads(&self) -> u64 {
+        self.awaiting_head.load(Relaxed)
+    }
+
+    /// Attempts weir stopped waiting for that the endpoint has not answered (see `ghosts`).
+    pub fn abandoned_waiting(&self) -> u64 {
+        self.ghost_count.load(Relaxed)
+    }
+
+    fn add_ghost(&self, since_ms: u64) {
+        let mut ghosts = self.ghosts.lock().unwrap_or_else(|p| p.into_inner());
+        ghosts.push(since_ms);
+        self.ghost_count.store(ghosts.len() as u64, Relaxed);
+    }
+
+    /// Forgets abandoned attempts that started before `started_before_ms` (or all, with
+    /// `u64::MAX`): they no longer count as waiting.
+    pub(crate) fn expire_ghosts(&self, started_before_ms: u64) {
+        if self.ghost_count.load(Relaxed) == 0 {
+            return;
+        }
+        let mut ghosts = self.ghosts.lock().unwrap_or_else(|p| p.into_inner());
+        ghosts.retain(|&since| {
+            let expired = since < started_before_ms;
+            if expired {
+                self.awaiting_head.fetch_sub(1, Release);
+                self.awaiting_since_sum_ms.fetch_sub(since, Release);
+            }
+            !expired
+        });
+        self.ghost_count.store(ghosts.len() as u64, Relaxed);
+    }
+
     pub fn error_rate(&self, now_ms: u64) -> f64 {
         self.error_rate.get(now_ms, self.decay_ms())
     }
@@ -526,6 +582,10 @@ impl Endpoint {
                     .fetch_add(elapsed.as_micros().min(u64::MAX as u128) as u64, Relaxed);
                 self.latency.observe(now, elapsed_ms, decay_ms);
                 self.stats.latency.record(elapsed);
+                self.last_head_ms.store(now, Relaxed);
+                // An answer says the endpoint is not hung: what it owed is no longer
+                // evidence that it is.
+                self.expire_ghosts(u64::MAX);
                 let bad = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
                 self.error_rate.observe(now, bad, decay_ms);
                 self.failure_rate.observe(now, false, decay_ms);
@@ -548,6 +608,16 @@ impl Endpoint {
                 self.failure_rate.observe(now, true, decay_ms);
             }
         }
+    }
+
+    /// An attempt weir stopped waiting for without an answer (another attempt answered
+    /// first): its wait is a lower bound on the endpoint's latency, and not a failure.
+    pub fn observe_abandoned(&self, elapsed: Duration) {
+        self.latency.observe(
+            self.now_ms(),
+            elapsed.as_secs_f64() * 1000.0,
+            self.decay_ms(),
+        );
     }
 
     /// Opens the breaker after a trip the pool allowed; records the transition.
@@ -617,6 +687,17 @@ impl InFlightGuard {
             self.endpoint
                 .awaiting_since_sum_ms
                 .fetch_sub(since, Release);
+        }
+    }
+}
+
+impl InFlightGuard {
+    /// Weir stops waiting for this attempt's head, but the endpoint still owes it: it
+    /// keeps counting as waiting (evidence of a stall) until the endpoint answers anything
+    /// or the pool's stall sweep expires it.
+    pub fn abandon(&mut self) {
+        if let Some(since) = self.awaiting_since_ms.take() {
+            self.endpoint.add_ghost(since);
         }
     }
 }

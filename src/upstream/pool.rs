@@ -13,10 +13,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::breaker::{BreakerEvent, BreakerState};
+use super::breaker::{BreakerEvent, BreakerState, Trip};
 use super::connector::{UpstreamConnector, local_header, proxy_header};
 use super::discovery::Source;
 use super::endpoint::{Arrival, Endpoint, EndpointPolicy, InFlightGuard, NewEndpoint, Outcome};
+use super::hedge::Hedging;
 use super::request_body::UpstreamRequestBody;
 use super::signals::{Clock, RollingCounts};
 use crate::balancer::{self, Balancer, PickContext};
@@ -46,6 +47,12 @@ pub struct PoolStats {
     pub retry_budget_exhausted: AtomicU64,
     pub panic_picks: AtomicU64,
     pub capacity_rejections: AtomicU64,
+    /// Hedges sent (each also counted in `retries`: they share the budget)…
+    pub hedges: AtomicU64,
+    /// …and those whose answer the client got.
+    pub hedges_won: AtomicU64,
+    /// Endpoints ejected by the stall sweep for answering nothing while attempts waited.
+    pub hung_ejections: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -70,6 +77,9 @@ pub struct Pool {
     pub max_in_flight_per_endpoint: u64,
     pub max_ejected_share: f64,
     pub retry: RetryConfig,
+    /// When to hedge (absent: never). Shared with the pool's next version while the
+    /// `[hedge]` table is unchanged, so a reload keeps the recent times.
+    pub hedging: Option<Arc<Hedging>>,
     pub sticky_cookie: Option<String>,
     pub health_check: Option<HealthCheckConfig>,
     policy: EndpointPolicy,
@@ -206,6 +216,10 @@ impl Pool {
             max_in_flight_per_endpoint: config.max_in_flight_per_endpoint,
             max_ejected_share: config.passive.max_ejected_share,
             retry: config.retry.clone(),
+            hedging: match previous {
+                Some(p) if p.config.hedge == config.hedge => p.hedging.clone(),
+                _ => config.hedge.clone().map(|h| Arc::new(Hedging::new(h))),
+            },
             sticky_cookie: config.sticky_cookie.clone(),
             health_check: config.health_check.clone(),
             retry_budget: previous.map_or_else(
@@ -515,6 +529,38 @@ impl Pool {
         self.act_on(&endpoint, event);
     }
 
+    /// An attempt weir stopped waiting for because another attempt of the same request
+    /// answered first: the endpoint learns a lower bound on its latency, and the attempt
+    /// keeps counting as waiting (stall evidence) until the endpoint answers anything.
+    pub fn abandon(&self, mut guard: InFlightGuard, elapsed: Duration) {
+        guard.endpoint().observe_abandoned(elapsed);
+        guard.abandon();
+    }
+
+    /// One pass of the stall sweep (run every quarter of `passive.stall_after` by
+    /// [`run_stall_sweep`]): forgets abandoned attempts older than the response timeout
+    /// (they would have timed out by now), and ejects hung endpoints (stalled, and no
+    /// answer of any kind for `stall_after`) as the breaker would, within
+    /// `max_ejected_share`: a hung endpoint is out long before its requests time out.
+    pub fn sweep_stalls(&self) {
+        let now = self.clock.now_ms();
+        let timeout_ms = self.response_timeout.as_millis() as u64;
+        for endpoint in self.endpoints.load().iter() {
+            endpoint.expire_ghosts(now.saturating_sub(timeout_ms));
+            if endpoint.breaker_state(now) == BreakerState::Closed && endpoint.is_hung(now) {
+                let trip = Trip::Hung {
+                    waited_ms: endpoint.head_wait_ms(now),
+                    waiting: endpoint.waiting_heads(),
+                };
+                let ejections = endpoint.stats.ejections.load(Relaxed);
+                self.act_on(endpoint, BreakerEvent::WouldOpen(trip));
+                if endpoint.stats.ejections.load(Relaxed) > ejections {
+                    self.stats.hung_ejections.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+
     /// The breaker's part of [`Pool::report`], for a response whose body has ended:
     /// `success` unless the head said failure or the upstream cut the body off.
     pub fn judge(&self, guard: &mut InFlightGuard, success: bool) {
@@ -553,6 +599,23 @@ impl Pool {
         let allowed =
             ((n as f64 * self.max_ejected_share).floor() as usize).max(usize::from(n >= 2));
         ejected < allowed
+    }
+}
+
+/// Runs [`Pool::sweep_stalls`] every quarter of `passive.stall_after` until `stop` (not at
+/// all when stall detection is off). One per pool, replaced with the pool on reload.
+pub async fn run_stall_sweep(pool: Arc<Pool>, stop: tokio_util::sync::CancellationToken) {
+    let stall_after = pool.config.passive.stall_after;
+    if stall_after.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval((stall_after / 4).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => pool.sweep_stalls(),
+        }
     }
 }
 

@@ -1,0 +1,363 @@
+//! One attempt of a forwarded request (the upstream request for one endpoint, sent with
+//! its time limit, and its span), and the hedge race between two attempts of the same
+//! request.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{self, HeaderMap};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::ResponseFuture;
+
+use super::body::UpstreamRequestBody;
+use super::error::ProxyError;
+use super::grpc;
+use super::spans::{ChildSpan, Recording};
+use super::trace::{TRACEPARENT, TraceContext};
+use crate::telemetry::SpanKind;
+use crate::upstream::{Endpoint, InFlightGuard, Outcome, Pool};
+
+/// What waiting for an attempt's response head gave.
+pub(super) type Sent = Result<
+    Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+    tokio::time::error::Elapsed,
+>;
+
+/// An attempt's response head, still to come.
+pub(super) type Pending = Pin<Box<tokio::time::Timeout<ResponseFuture>>>;
+
+/// What every attempt of one request shares.
+#[derive(Clone, Copy)]
+pub(super) struct AttemptPlan<'a> {
+    pub pool: &'a Pool,
+    pub method: &'a Method,
+    pub path_and_query: &'a PathAndQuery,
+    /// The gRPC call's timeout and when it ends.
+    pub call_deadline: Option<(Duration, tokio::time::Instant)>,
+    pub trace: Option<&'a TraceContext>,
+    pub recording: Option<Recording<'a>>,
+    pub send_traceparent: bool,
+    /// Sends one request, on the pool's shared client or a client of this connection's.
+    pub send: &'a (dyn Fn(Request<UpstreamRequestBody>) -> ResponseFuture + Sync),
+}
+
+/// One attempt to start: where, with what, and whether a per-try timeout may cut it.
+pub(super) struct Launch {
+    pub endpoint: Arc<Endpoint>,
+    pub headers: HeaderMap,
+    pub body: UpstreamRequestBody,
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// The per-try timeout, when another attempt may follow this one.
+    pub per_try: Option<Duration>,
+}
+
+/// An attempt in flight (or just finished).
+pub(super) struct Attempt {
+    pub endpoint: Arc<Endpoint>,
+    pub guard: InFlightGuard,
+    pub started: Instant,
+    /// Time to its head (or to giving up), once finished.
+    pub elapsed: Duration,
+    pub number: u32,
+    /// How long it may wait for its head.
+    pub wait: Duration,
+    /// The wait is what is left of the gRPC call's deadline (its end is no fault of the
+    /// endpoint's).
+    pub deadline_bound: bool,
+    /// The wait is the per-try timeout: a timeout is retried elsewhere.
+    pub cut_by_per_try: bool,
+    /// A hedge (sent while an earlier attempt still waited).
+    pub hedge: bool,
+    /// Its own span context when the request is recorded (boxed: most are not).
+    trace: Option<Box<(TraceContext, SystemTime)>>,
+}
+
+/// Starts an attempt: builds the upstream request, counts it on the endpoint and sends it.
+/// Fails (giving the endpoint back) only when a gRPC call's deadline has already passed.
+pub(super) fn launch(
+    plan: &AttemptPlan<'_>,
+    launch: Launch,
+) -> Result<(Attempt, Pending), (ProxyError, Arc<Endpoint>)> {
+    let Launch {
+        endpoint,
+        mut headers,
+        body,
+        number,
+        per_try,
+    } = launch;
+    let pool = plan.pool;
+    if !pool.preserve_host {
+        headers.insert(header::HOST, endpoint.host_header().clone());
+    }
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(pool.scheme.clone());
+    uri.authority = Some(endpoint.authority.clone());
+    uri.path_and_query = Some(plan.path_and_query.clone());
+    let Ok(uri) = Uri::from_parts(uri) else {
+        return Err((ProxyError::BadRequest("invalid request target"), endpoint));
+    };
+    let mut request = Request::new(body);
+    *request.method_mut() = plan.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = pool.version;
+    *request.headers_mut() = headers;
+
+    let (wait, deadline_bound) = match plan.call_deadline {
+        Some((timeout, at)) => {
+            let left = at.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err((ProxyError::Deadline(timeout), endpoint));
+            }
+            // The upstream learns what is left of the call's time, not the whole of it
+            // (time spent here and in earlier attempts is gone).
+            request
+                .headers_mut()
+                .insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(left));
+            (
+                left.min(pool.response_timeout),
+                left < pool.response_timeout,
+            )
+        }
+        None => (pool.response_timeout, false),
+    };
+    // A per-try timeout cuts an attempt that another may follow; the last one (or one
+    // that could not be retried) gets the whole wait.
+    let per_try = per_try.filter(|per_try| *per_try < wait);
+    let (wait, deadline_bound) = match per_try {
+        Some(per_try) => (per_try, false),
+        None => (wait, deadline_bound),
+    };
+    // A recorded attempt is a span of its own, and the upstream's parent.
+    let trace = plan
+        .recording
+        .and(plan.trace)
+        .map(|t| Box::new((t.child(), SystemTime::now())));
+    if plan.send_traceparent
+        && let Some(value) = trace.as_ref().and_then(|a| a.0.header_value())
+    {
+        request.headers_mut().insert(TRACEPARENT, value);
+    }
+    let guard = endpoint.begin_request();
+    let started = Instant::now();
+    let pending = Box::pin(tokio::time::timeout(wait, (plan.send)(request)));
+    Ok((
+        Attempt {
+            endpoint,
+            guard,
+            started,
+            elapsed: Duration::ZERO,
+            number,
+            wait,
+            deadline_bound,
+            cut_by_per_try: per_try.is_some(),
+            hedge: false,
+            trace,
+        },
+        pending,
+    ))
+}
+
+impl Attempt {
+    /// The attempt's wait is over: it stops counting as waiting, its span is recorded, and
+    /// a head teaches the pool's hedge delay. Returns the time it took.
+    pub(super) fn finish(&mut self, plan: &AttemptPlan<'_>, sent: &Sent) -> Duration {
+        let elapsed = self.started.elapsed();
+        self.elapsed = elapsed;
+        if sent.is_err() && self.cut_by_per_try {
+            // Cut by the per-try timeout: the endpoint still owes the answer.
+            self.guard.abandon();
+        } else {
+            self.guard.head_done();
+        }
+        if let Ok(Ok(_)) = sent
+            && let Some(hedging) = &plan.pool.hedging
+        {
+            hedging.record(plan.pool.now_ms(), elapsed);
+        }
+        self.record_span(plan, End::Sent(sent));
+        elapsed
+    }
+
+    /// Weir stops waiting for this attempt because another answered first (see
+    /// [`Pool::abandon`]).
+    pub(super) fn abandon(mut self, plan: &AttemptPlan<'_>) {
+        self.record_span(plan, End::Cancelled);
+        plan.pool.abandon(self.guard, self.started.elapsed());
+    }
+
+    fn record_span(&mut self, plan: &AttemptPlan<'_>, end: End<'_>) {
+        if let (Some(recording), Some(attempt)) = (plan.recording, self.trace.take()) {
+            let (own, start) = *attempt;
+            recording.child(
+                attempt_span(AttemptSpan {
+                    start,
+                    pool: &plan.pool.name,
+                    endpoint: &self.endpoint.address,
+                    method: plan.method,
+                    attempt: self.number,
+                    hedge: self.hedge,
+                    end,
+                }),
+                Some(&own),
+            );
+        }
+    }
+}
+
+/// How a hedge race ended.
+pub(super) struct RaceEnd {
+    /// The attempt whose result the request goes on with.
+    pub attempt: Attempt,
+    pub sent: Sent,
+    /// An attempt that finished first without a usable answer (the race then waited for
+    /// the other): to be reported and not tried again.
+    pub failed_first: Option<(Attempt, Sent)>,
+    /// Whether a hedge was sent (an attempt paid from the retry budget).
+    pub hedged: bool,
+}
+
+/// Waits for `first`; once it has waited `delay` without a head, starts a hedge with
+/// `start_hedge` (which may decline: no other endpoint, no budget) and goes on with the
+/// first usable answer of the two (`usable`: not one that would be retried), cancelling
+/// the other. When neither answer is usable, it goes on with the later one.
+pub(super) async fn race(
+    plan: &AttemptPlan<'_>,
+    (mut first, mut first_pending): (Attempt, Pending),
+    delay: Duration,
+    start_hedge: impl FnOnce() -> Option<(Attempt, Pending)>,
+    usable: impl Fn(&Sent) -> bool,
+) -> RaceEnd {
+    let hedge_at = tokio::time::sleep(delay);
+    tokio::select! {
+        biased;
+        sent = &mut first_pending => {
+            first.finish(plan, &sent);
+            return RaceEnd { attempt: first, sent, failed_first: None, hedged: false };
+        }
+        () = hedge_at => {}
+    }
+    let Some((mut second, mut second_pending)) = start_hedge() else {
+        let sent = first_pending.await;
+        first.finish(plan, &sent);
+        return RaceEnd {
+            attempt: first,
+            sent,
+            failed_first: None,
+            hedged: false,
+        };
+    };
+    second.hedge = true;
+    // The first to finish with a usable answer wins; one that finishes without lets the
+    // race wait for the other.
+    let (mut done, sent, mut other, other_pending) = tokio::select! {
+        sent = &mut first_pending => (first, sent, second, second_pending),
+        sent = &mut second_pending => (second, sent, first, first_pending),
+    };
+    if usable(&sent) {
+        done.finish(plan, &sent);
+        other.abandon(plan);
+        return RaceEnd {
+            attempt: done,
+            sent,
+            failed_first: None,
+            hedged: true,
+        };
+    }
+    done.finish(plan, &sent);
+    let later = other_pending.await;
+    other.finish(plan, &later);
+    RaceEnd {
+        attempt: other,
+        sent: later,
+        failed_first: Some((done, sent)),
+        hedged: true,
+    }
+}
+
+/// How an attempt ended, for its span.
+enum End<'a> {
+    Sent(&'a Sent),
+    /// Another attempt of the request answered first.
+    Cancelled,
+}
+
+/// What an attempt's span says.
+struct AttemptSpan<'a> {
+    start: SystemTime,
+    pool: &'a str,
+    endpoint: &'a str,
+    method: &'a Method,
+    attempt: u32,
+    hedge: bool,
+    end: End<'a>,
+}
+
+fn attempt_span(attempt: AttemptSpan<'_>) -> ChildSpan {
+    let mut attributes = vec![
+        (
+            "http.request.method",
+            attempt.method.as_str().to_owned().into(),
+        ),
+        ("server.address", attempt.endpoint.to_owned().into()),
+        ("weir.pool", attempt.pool.to_owned().into()),
+        ("weir.attempt", i64::from(attempt.attempt).into()),
+    ];
+    if attempt.hedge {
+        attributes.push(("weir.hedge", true.into()));
+    }
+    let error = match attempt.end {
+        End::Sent(Ok(Ok(response))) => {
+            let status = response.status().as_u16();
+            attributes.push(("http.response.status_code", i64::from(status).into()));
+            (status >= 500).then(|| format!("HTTP {status}"))
+        }
+        End::Sent(Ok(Err(error))) => Some(format!("no response: {error}")),
+        End::Sent(Err(_)) => Some("no response head within the time allowed".to_owned()),
+        End::Cancelled => {
+            attributes.push(("weir.cancelled", true.into()));
+            None
+        }
+    };
+    ChildSpan {
+        kind: SpanKind::Client,
+        name: std::borrow::Cow::Owned(format!("upstream {}", attempt.pool)),
+        start: attempt.start,
+        attributes,
+        error,
+    }
+}
+
+/// Whether an answer ends the race: a response that would not be retried.
+pub(super) fn is_final_answer(plan: &AttemptPlan<'_>, is_grpc: bool, sent: &Sent) -> bool {
+    let Ok(Ok(response)) = sent else {
+        return false;
+    };
+    let retry = &plan.pool.retry;
+    let retried_status = retry.statuses.contains(&response.status().as_u16());
+    let retried_grpc =
+        is_grpc && grpc::is_retryable_status(&retry.grpc_statuses, response.headers());
+    !(retried_status || retried_grpc)
+}
+
+/// What an attempt that will not be answered to the client tells its endpoint: `None`
+/// when the failure was the client's (its body), which says nothing of the endpoint.
+pub(super) fn outcome_of(sent: Sent) -> Option<Outcome> {
+    match sent {
+        Ok(Ok(response)) => Some(Outcome::Response {
+            status: response.status(),
+            retry_after: super::retry::retry_after(response.status(), response.headers()),
+        }),
+        Ok(Err(error)) => match ProxyError::from_client(error) {
+            ProxyError::ClientBody(_)
+            | ProxyError::ClientBodyTimeout
+            | ProxyError::BodyTooLarge(_) => None,
+            ProxyError::Connect(_) | ProxyError::ConnectTimeout(_) => Some(Outcome::ConnectFailed),
+            _ => Some(Outcome::Failed),
+        },
+        Err(_) => Some(Outcome::TimedOut),
+    }
+}
