@@ -268,15 +268,33 @@ fn gather(sources: Sources<'_>) -> Vec<MetricFamily> {
         );
         f.counter(
             "weir_pool_retries_total",
-            "Retries sent.",
+            "Retries sent (hedges included).",
             &[("pool", p)],
             s.retries.load(Relaxed),
         );
         f.counter(
             "weir_pool_retry_budget_exhausted_total",
-            "Retries refused by the retry budget.",
+            "Retries and hedges refused by the retry budget.",
             &[("pool", p)],
             s.retry_budget_exhausted.load(Relaxed),
+        );
+        f.counter(
+            "weir_pool_hedges_total",
+            "Hedged attempts sent (also counted in weir_pool_retries_total).",
+            &[("pool", p)],
+            s.hedges.load(Relaxed),
+        );
+        f.counter(
+            "weir_pool_hedges_won_total",
+            "Hedged attempts whose answer the client got.",
+            &[("pool", p)],
+            s.hedges_won.load(Relaxed),
+        );
+        f.counter(
+            "weir_pool_hung_ejections_total",
+            "Endpoints ejected for answering nothing while requests waited.",
+            &[("pool", p)],
+            s.hung_ejections.load(Relaxed),
         );
         f.counter(
             "weir_pool_panic_picks_total",

@@ -339,6 +339,26 @@ fn balancing_sections_are_checked() {
             "pools.api.retry.per_try_timeout: must be above 0 and below response_timeout (2s)",
         ),
         (
+            "response_timeout = \"2s\"\nhedge = { delay = \"2s\" }\n",
+            "pools.api.hedge.delay: must be above 0 and below response_timeout (2s)",
+        ),
+        (
+            "hedge = { delay = \"p100\" }\n",
+            "the percentile must be above 0 and below 100",
+        ),
+        (
+            "hedge = { delay = \"soon\" }\n",
+            "\"soon\" is neither a duration (\"50ms\") nor a percentile (\"p95\")",
+        ),
+        (
+            "hedge = { delay = \"p95\", factor = 0.5 }\n",
+            "pools.api.hedge.factor: must be at least 1, got 0.5",
+        ),
+        (
+            "hedge = { delay = \"p95\" }\nretry = { attempts = 0 }\n",
+            "pools.api.hedge: a hedge is an extra attempt: it needs retry.attempts of at least 1",
+        ),
+        (
             "passive = { stall_factor = 0.5 }\n",
             "pools.api.passive.stall_factor: must be at least 1, got 0.5",
         ),

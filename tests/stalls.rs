@@ -1,16 +1,17 @@
-//! No request waits on a stalled endpoint (issue #21, first part): a per-try timeout moves a
-//! request off an endpoint that accepts and never answers, and an endpoint whose requests
-//! have waited too long gets no new ones while another is available — for every strategy.
+//! No request waits on a stalled endpoint (issue #21): a per-try timeout or a hedge moves a
+//! request off an endpoint that accepts and never answers, an endpoint whose requests have
+//! waited too long gets no new ones while another is available, and one that answers
+//! nothing at all is ejected — for every strategy.
 
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use common::wait::eventually;
 use common::*;
-use weir::upstream::Endpoint;
+use weir::upstream::{Endpoint, EndpointState, Pool};
 
 /// An upstream that takes requests and never answers them.
 async fn hung_upstream() -> Upstream {
@@ -23,6 +24,10 @@ fn pool_endpoint(weir: &weir::app::Running, address: std::net::SocketAddr) -> Ar
     weir.state().snapshot.load().pools["main"]
         .endpoint(&address.to_string())
         .expect("the endpoint is in the pool")
+}
+
+fn main_pool(weir: &weir::app::Running) -> Arc<Pool> {
+    Arc::clone(&weir.state().snapshot.load().pools["main"])
 }
 
 /// A hung and a good upstream behind weir: a pool of `strategy` with a 30 s response
@@ -144,4 +149,145 @@ async fn a_stalled_endpoint_is_still_used_when_it_is_the_only_one() {
     assert_eq!(second.status, 504);
     assert_eq!(first.await.unwrap().status, 504);
     assert!(stuck.stats.requests.load(Relaxed) >= 2);
+}
+
+#[tokio::test]
+async fn a_hedge_answers_for_a_hung_endpoint_and_the_sweep_ejects_it() {
+    for strategy in STRATEGIES {
+        let HungAndGood {
+            hung,
+            _good,
+            weir,
+            proxy,
+        } = hung_and_good(
+            strategy,
+            "hedge = { delay = \"50ms\" }\npassive = { stall_after = \"300ms\" }",
+        )
+        .await;
+        let stuck = pool_endpoint(&weir, hung.addr);
+        let pool = main_pool(&weir);
+        // Requests until the hung endpoint has taken one (the first for every strategy
+        // here but score, which picks between the two at random).
+        for sent in 1.. {
+            let reply = quick_get(proxy).await;
+            assert_eq!(reply.status, 200, "{strategy}");
+            assert_eq!(reply.header("x-upstream"), Some("good"), "{strategy}");
+            if stuck.stats.requests.load(Relaxed) > 0 {
+                break;
+            }
+            assert!(
+                sent < 100,
+                "{strategy}: the hung endpoint never got a request"
+            );
+        }
+        // Its attempt was hedged, the hedge answered, and the abandoned attempt still
+        // counts as waiting: the endpoint owes it.
+        assert!(pool.stats.hedges.load(Relaxed) >= 1, "{strategy}");
+        assert!(pool.stats.hedges_won.load(Relaxed) >= 1, "{strategy}");
+        assert_eq!(
+            stuck.stats.timeouts.load(Relaxed),
+            0,
+            "{strategy}: cancelled, not timed out"
+        );
+        assert!(stuck.abandoned_waiting() >= 1, "{strategy}");
+        // Answering nothing while requests wait, it is ejected long before its requests
+        // could time out (30 s).
+        eventually("the hung endpoint to be ejected", async || {
+            stuck.state(stuck.now_ms()) == EndpointState::Ejected
+        })
+        .await;
+        assert!(
+            stuck.last_transition().reason.contains("hung"),
+            "{strategy}: {}",
+            stuck.last_transition().reason
+        );
+        assert_eq!(pool.stats.hung_ejections.load(Relaxed), 1, "{strategy}");
+        let before = stuck.stats.requests.load(Relaxed);
+        for _ in 0..10 {
+            let reply = quick_get(proxy).await;
+            assert_eq!(reply.header("x-upstream"), Some("good"), "{strategy}");
+        }
+        assert_eq!(
+            stuck.stats.requests.load(Relaxed),
+            before,
+            "{strategy}: ejected"
+        );
+    }
+}
+
+/// POSTs through round robin over a hung and a good endpoint (the first POST goes to the
+/// hung one), with `hedge` settings: the statuses, and how many hedges were sent.
+async fn posts_with(hedge: &str) -> (Vec<u16>, u64) {
+    let hung = hung_upstream().await;
+    let good = named_upstream("good").await;
+    let weir = weir(&simple_config(
+        &[hung.addr, good.addr],
+        &format!("strategy = \"round_robin\"\nresponse_timeout = \"1s\"\nhedge = {hedge}"),
+    ))
+    .await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let client = http1_client();
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let request = http::Request::post(format!("http://{proxy}/orders"))
+            .body(full("{}"))
+            .unwrap();
+        statuses.push(send(&client, request).await.status.as_u16());
+    }
+    (statuses, main_pool(&weir).stats.hedges.load(Relaxed))
+}
+
+#[tokio::test]
+async fn only_idempotent_requests_are_hedged_unless_asked() {
+    // A POST may not be carried out twice: it waits out the response timeout (504).
+    let (statuses, hedges) = posts_with("{ delay = \"50ms\" }").await;
+    assert_eq!(statuses, [504, 200]);
+    assert_eq!(hedges, 0);
+    // Asked to, weir hedges it too.
+    let (statuses, hedges) = posts_with("{ delay = \"50ms\", non_idempotent = true }").await;
+    assert_eq!(statuses, [200, 200]);
+    assert_eq!(hedges, 1);
+}
+
+#[tokio::test]
+async fn a_quantile_delay_is_learned_from_answers_before_hedging() {
+    let hang = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&hang);
+    let flaky = upstream(move |_req| {
+        let hang = flag.load(Relaxed);
+        async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            http::Response::builder()
+                .header("x-upstream", "flaky")
+                .body(full("flaky"))
+                .unwrap()
+        }
+    })
+    .await;
+    let good = named_upstream("good").await;
+    let weir = weir(&simple_config(
+        &[flaky.addr, good.addr],
+        "strategy = \"round_robin\"\nresponse_timeout = \"30s\"\nhedge = { delay = \"p90\", factor = 2.0, min_delay = \"25ms\" }",
+    ))
+    .await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let pool = main_pool(&weir);
+    let hedging = pool.hedging.as_ref().expect("the pool hedges");
+    assert_eq!(hedging.delay(pool.now_ms()), None, "nothing known yet");
+    for _ in 0..30 {
+        assert_eq!(quick_get(proxy).await.status, 200);
+    }
+    // Loopback answers take well under a millisecond: the floor applies.
+    eventually("a delay learned from 30 answers", async || {
+        hedging.delay(pool.now_ms()) == Some(Duration::from_millis(25))
+    })
+    .await;
+    hang.store(true, Relaxed);
+    for _ in 0..6 {
+        let reply = quick_get(proxy).await;
+        assert_eq!(reply.header("x-upstream"), Some("good"));
+    }
+    assert!(pool.stats.hedges.load(Relaxed) >= 1);
 }

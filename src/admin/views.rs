@@ -38,6 +38,7 @@ pub(super) fn pool_json(pool: &Pool) -> Value {
                 "slow_start_factor": ep.slow_start_factor(now),
                 "in_flight": ep.in_flight(),
                 "head_wait_ms": ep.head_wait_ms(now),
+                "abandoned_waiting": ep.abandoned_waiting(),
                 "stalled": ep.is_stalled(now),
                 "latency_ewma_ms": ep.latency_ms(now),
                 "error_rate": ep.error_rate(now),
@@ -81,6 +82,14 @@ pub(super) fn pool_json(pool: &Pool) -> Value {
         "requests": stats.requests.load(Relaxed),
         "retries": stats.retries.load(Relaxed),
         "retry_budget_exhausted": stats.retry_budget_exhausted.load(Relaxed),
+        "hedges": stats.hedges.load(Relaxed),
+        "hedges_won": stats.hedges_won.load(Relaxed),
+        "hung_ejections": stats.hung_ejections.load(Relaxed),
+        "hedge_delay_ms": pool
+            .hedging
+            .as_ref()
+            .and_then(|h| h.delay(pool.now_ms()))
+            .map(|d| d.as_secs_f64() * 1000.0),
         "panic_picks": stats.panic_picks.load(Relaxed),
         "capacity_rejections": stats.capacity_rejections.load(Relaxed),
         "endpoints": endpoints,

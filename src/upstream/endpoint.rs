@@ -759,6 +759,66 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn abandoned_attempts_wait_until_an_answer_or_expiry() {
+        let ok = Outcome::Response {
+            status: StatusCode::OK,
+            retry_after: None,
+        };
+        let ep = endpoint();
+        // An attempt weir stopped waiting for still counts as waiting...
+        let mut lost = ep.begin_request();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        ep.observe_abandoned(Duration::from_millis(100));
+        lost.abandon();
+        drop(lost);
+        assert_eq!((ep.in_flight(), ep.waiting_heads()), (0, 1));
+        assert_eq!(ep.abandoned_waiting(), 1);
+        assert_eq!(
+            ep.latency_ms(ep.now_ms()),
+            100.0,
+            "a lower bound on latency"
+        );
+        tokio::time::advance(Duration::from_millis(1_100)).await;
+        assert_eq!(ep.head_wait_ms(ep.now_ms()), 1_200);
+        // ...and with no answer for stall_after, the endpoint is hung.
+        assert!(ep.is_stalled(ep.now_ms()) && ep.is_hung(ep.now_ms()));
+        // Any answer clears it: the endpoint is alive.
+        ep.observe(ok, Duration::from_millis(3));
+        assert_eq!((ep.waiting_heads(), ep.abandoned_waiting()), (0, 0));
+        assert!(!ep.is_hung(ep.now_ms()));
+
+        // Without an answer, an abandoned attempt expires (the pool's sweep passes the
+        // oldest start that still counts).
+        let mut lost = ep.begin_request();
+        lost.abandon();
+        drop(lost);
+        let started = ep.now_ms();
+        ep.expire_ghosts(started);
+        assert_eq!(ep.abandoned_waiting(), 1, "not older than the cut");
+        ep.expire_ghosts(started + 1);
+        assert_eq!((ep.waiting_heads(), ep.abandoned_waiting()), (0, 0));
+        assert_eq!(ep.head_wait_ms(ep.now_ms()), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_that_answers_others_is_slow_not_hung() {
+        let ep = endpoint();
+        let _long = ep.begin_request();
+        for _ in 0..15 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            ep.observe(
+                Outcome::Response {
+                    status: StatusCode::OK,
+                    retry_after: None,
+                },
+                Duration::from_millis(2),
+            );
+        }
+        assert!(ep.is_stalled(ep.now_ms()), "one request waited 1.5 s");
+        assert!(!ep.is_hung(ep.now_ms()), "but others are answered");
+    }
+
     #[test]
     fn endpoint_ids_are_the_same_in_every_build() {
         // XXH3-64 of "api\0" "10.0.0.1:8080\0" with weir's seed (see `stable_hash`).

@@ -22,6 +22,8 @@ const GROWTH: f64 = 1.25;
 const RECOMPUTE_EVERY_MS: u64 = 250;
 /// Stored in `cached_delay_micros` while too few answers are known to hedge by.
 const NO_DELAY: u64 = u64::MAX;
+/// `cached_at_ms` before the first computation.
+const NEVER_COMPUTED: u64 = u64::MAX;
 
 /// A pool's hedging policy and what it needs to decide each request's delay.
 #[derive(Debug)]
@@ -40,7 +42,7 @@ impl Hedging {
             policy,
             recent: RecentTimes::default(),
             cached_delay_micros: AtomicU64::new(NO_DELAY),
-            cached_at_ms: AtomicU64::new(0),
+            cached_at_ms: AtomicU64::new(NEVER_COMPUTED),
         }
     }
 
@@ -69,7 +71,7 @@ impl Hedging {
             HedgeDelay::Quantile(q) => q,
         };
         let cached_at = self.cached_at_ms.load(Relaxed);
-        if now_ms.saturating_sub(cached_at) >= RECOMPUTE_EVERY_MS
+        if (cached_at == NEVER_COMPUTED || now_ms.saturating_sub(cached_at) >= RECOMPUTE_EVERY_MS)
             && self
                 .cached_at_ms
                 .compare_exchange(cached_at, now_ms, Relaxed, Relaxed)
