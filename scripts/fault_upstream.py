@@ -5,8 +5,12 @@
     fault_upstream.py slow MS PORT      answers 200 after MS milliseconds
     fault_upstream.py hang PORT         accepts, reads, never answers
     fault_upstream.py reset PORT        sends a head promising 1000 bytes, 10 of them, then resets
+    fault_upstream.py switch NAME PORT  as `ok NAME`; SIGUSR1 starts or ends a hang (requests
+                                        wait until it ends), SIGUSR2 starts or ends a slowdown
+                                        (each request answered after 1 s)
 """
 import asyncio
+import signal
 import socket
 import struct
 import sys
@@ -24,7 +28,25 @@ async def read_head(reader):
     return head
 
 
-def responder(mode, arg):
+class Switch:
+    """The `switch` mode's state, flipped by signals."""
+
+    def __init__(self):
+        self.running = asyncio.Event()
+        self.running.set()
+        self.slow = False
+
+    def toggle_hang(self):
+        if self.running.is_set():
+            self.running.clear()
+        else:
+            self.running.set()
+
+    def toggle_slow(self):
+        self.slow = not self.slow
+
+
+def responder(mode, arg, switch):
     async def handle(reader, writer):
         try:
             while True:
@@ -45,7 +67,11 @@ def responder(mode, arg):
                     return
                 if mode == "slow":
                     await asyncio.sleep(int(arg) / 1000)
-                body = (arg if mode == "ok" else "slow").encode()
+                if mode == "switch":
+                    await switch.running.wait()
+                    if switch.slow:
+                        await asyncio.sleep(1)
+                body = (arg if mode in ("ok", "switch") else "slow").encode()
                 writer.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncache-control: max-age=2\r\n"
                     + b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
@@ -59,9 +85,14 @@ def responder(mode, arg):
 
 async def main():
     mode = sys.argv[1]
-    arg = sys.argv[2] if mode in ("ok", "slow") else ""
+    arg = sys.argv[2] if mode in ("ok", "slow", "switch") else ""
     port = int(sys.argv[-1])
-    server = await asyncio.start_server(responder(mode, arg), "127.0.0.1", port, backlog=1024)
+    switch = Switch()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, switch.toggle_hang)
+    loop.add_signal_handler(signal.SIGUSR2, switch.toggle_slow)
+    server = await asyncio.start_server(responder(mode, arg, switch), "127.0.0.1", port,
+                                        backlog=1024)
     async with server:
         await server.serve_forever()
 

@@ -213,6 +213,9 @@ struct Json<'a> {
     body_bytes: u64,
     latency_ms: Percentiles,
     service_latency_ms: Option<Percentiles>,
+    /// Answers that took at least 500 ms and at least 1 s (the slow tail, counted).
+    at_least_500ms: u64,
+    at_least_1s: u64,
     late: u64,
     slo: &'a [Verdict],
     timeline: &'a [Slot],
@@ -227,6 +230,14 @@ struct Percentiles {
     p999: f64,
     max: f64,
     mean: f64,
+}
+
+/// Recorded values of at least `micros`.
+fn count_at_least(h: &hdrhistogram::Histogram<u64>, micros: u64) -> u64 {
+    if h.max() < micros {
+        return 0;
+    }
+    h.count_between(micros, h.max())
 }
 
 fn percentiles(h: &hdrhistogram::Histogram<u64>) -> Percentiles {
@@ -255,6 +266,8 @@ pub fn json(plan: &Plan, report: &LoadReport, verdicts: &[Verdict]) -> serde_jso
         body_bytes: report.body_bytes,
         latency_ms: percentiles(&report.latency),
         service_latency_ms: report.service_latency.as_ref().map(percentiles),
+        at_least_500ms: count_at_least(&report.latency, 500_000),
+        at_least_1s: count_at_least(&report.latency, 1_000_000),
         late: report.late,
         slo: verdicts,
         timeline: &report.timeline,

@@ -53,7 +53,7 @@ impl std::fmt::Display for Trip {
             ),
             Trip::Hung { waited_ms, waiting } => write!(
                 f,
-                "hung: {waiting} attempts waiting {waited_ms} ms on average, no answer meanwhile"
+                "hung: {waiting} attempts waiting {waited_ms} ms on average, and no answer to any request meanwhile"
             ),
         }
     }

@@ -148,6 +148,7 @@ pub struct Endpoint {
     /// the pool's stall sweep, and an answer while `ghost_count` is not 0.
     ghosts: Mutex<Vec<u64>>,
     ghost_count: AtomicU64,
+    ghost_since_sum_ms: AtomicU64,
     transition: Mutex<Transition>,
     pub stats: EndpointStats,
 }
@@ -239,6 +240,7 @@ impl Endpoint {
             last_head_ms: AtomicU64::new(now),
             ghosts: Mutex::new(Vec::new()),
             ghost_count: AtomicU64::new(0),
+            ghost_since_sum_ms: AtomicU64::new(0),
             transition: Mutex::new(Transition {
                 state: EndpointState::Healthy,
                 reason: "added".into(),
@@ -395,13 +397,37 @@ impl Endpoint {
                 > f64::from_bits(self.stall_factor.load(Relaxed)) * self.latency_ms(now_ms)
     }
 
-    /// Hung: stalled, and no response head at all for `stall_after` (an endpoint that
-    /// keeps answering other requests is slow on some, not hung). The pool's stall sweep
-    /// ejects a hung endpoint (see [`Pool::sweep_stalls`](super::Pool::sweep_stalls)).
+    /// Hung: the attempts weir is still waiting for (not those it abandoned) have waited
+    /// as long as a stall takes, and the endpoint sent no response head at all for
+    /// `stall_after` (one that keeps answering other requests is slow on some, not hung).
+    /// The pool's stall sweep ejects a hung endpoint (see
+    /// [`Pool::sweep_stalls`](super::Pool::sweep_stalls)). Abandoned attempts do not
+    /// count here: weir stopped waiting for them (a hedge answered first), so they cannot
+    /// tell a slow endpoint from a hung one; they only keep it avoided while stalled.
     pub fn is_hung(&self, now_ms: u64) -> bool {
-        self.is_stalled(now_ms)
-            && now_ms.saturating_sub(self.last_head_ms.load(Relaxed))
-                > self.stall_after_ms.load(Relaxed)
+        let floor = self.stall_after_ms.load(Relaxed);
+        if floor == 0 || now_ms.saturating_sub(self.last_head_ms.load(Relaxed)) <= floor {
+            return false;
+        }
+        let (ghosts, ghost_sum) = {
+            let _ghosts = self.ghosts.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                self.ghost_count.load(Relaxed),
+                self.ghost_since_sum_ms.load(Relaxed),
+            )
+        };
+        let waiting = self.awaiting_head.load(Acquire).saturating_sub(ghosts);
+        if waiting == 0 {
+            return false;
+        }
+        let sum = self
+            .awaiting_since_sum_ms
+            .load(Acquire)
+            .saturating_sub(ghost_sum);
+        let waited = now_ms.saturating_sub(sum / waiting);
+        waited > floor
+            && waited as f64
+                > f64::from_bits(self.stall_factor.load(Relaxed)) * self.latency_ms(now_ms)
     }
 
     /// Attempts counted as waiting for a head (those weir abandoned included).
@@ -417,6 +443,7 @@ impl Endpoint {
     fn add_ghost(&self, since_ms: u64) {
         let mut ghosts = self.ghosts.lock().unwrap_or_else(|p| p.into_inner());
         ghosts.push(since_ms);
+        self.ghost_since_sum_ms.fetch_add(since_ms, Relaxed);
         self.ghost_count.store(ghosts.len() as u64, Relaxed);
     }
 
@@ -432,6 +459,7 @@ impl Endpoint {
             if expired {
                 self.awaiting_head.fetch_sub(1, Release);
                 self.awaiting_since_sum_ms.fetch_sub(since, Release);
+                self.ghost_since_sum_ms.fetch_sub(since, Relaxed);
             }
             !expired
         });
@@ -679,6 +707,11 @@ impl InFlightGuard {
         &self.endpoint
     }
 
+    /// Whether this attempt is one of a half-open breaker's probes.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
     /// The attempt's wait for a response head is over (an answer, an error or a timeout):
     /// it no longer counts as evidence of a stall.
     pub fn head_done(&mut self) {
@@ -781,12 +814,17 @@ mod tests {
         );
         tokio::time::advance(Duration::from_millis(1_100)).await;
         assert_eq!(ep.head_wait_ms(ep.now_ms()), 1_200);
-        // ...and with no answer for stall_after, the endpoint is hung.
-        assert!(ep.is_stalled(ep.now_ms()) && ep.is_hung(ep.now_ms()));
-        // Any answer clears it: the endpoint is alive.
+        // ...so the endpoint is stalled (avoided), but not hung: weir did not wait.
+        assert!(ep.is_stalled(ep.now_ms()) && !ep.is_hung(ep.now_ms()));
+        // An attempt really waited on, with no answer for stall_after, is a hang.
+        let _waited = ep.begin_request();
+        tokio::time::advance(Duration::from_millis(1_100)).await;
+        assert!(ep.is_hung(ep.now_ms()));
+        drop(_waited);
+        // Any answer clears what was owed: the endpoint is alive.
         ep.observe(ok, Duration::from_millis(3));
         assert_eq!((ep.waiting_heads(), ep.abandoned_waiting()), (0, 0));
-        assert!(!ep.is_hung(ep.now_ms()));
+        assert!(!ep.is_stalled(ep.now_ms()) && !ep.is_hung(ep.now_ms()));
 
         // Without an answer, an abandoned attempt expires (the pool's sweep passes the
         // oldest start that still counts).

@@ -532,8 +532,14 @@ impl Pool {
     /// An attempt weir stopped waiting for because another attempt of the same request
     /// answered first: the endpoint learns a lower bound on its latency, and the attempt
     /// keeps counting as waiting (stall evidence) until the endpoint answers anything.
+    /// A half-open breaker's probe that lost the race has failed: it was to show the
+    /// endpoint answers in time, and it did not (otherwise every probe of a hung endpoint
+    /// would be hedged and forgotten, and the endpoint never ejected again).
     pub fn abandon(&self, mut guard: InFlightGuard, elapsed: Duration) {
         guard.endpoint().observe_abandoned(elapsed);
+        if guard.is_probe() {
+            self.judge(&mut guard, false);
+        }
         guard.abandon();
     }
 
