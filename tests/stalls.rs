@@ -304,3 +304,41 @@ async fn a_quantile_delay_is_learned_from_answers_before_hedging() {
     }
     assert!(pool.stats.hedges.load(Relaxed) >= 1);
 }
+
+#[tokio::test]
+async fn a_request_waiting_on_an_endpoint_that_gets_ejected_goes_elsewhere() {
+    // Defaults but a short stall_after: no hedge, no per-try timeout, timeouts not retried.
+    for strategy in STRATEGIES {
+        let HungAndGood {
+            hung,
+            _good,
+            weir,
+            proxy,
+        } = hung_and_good(strategy, "passive = { stall_after = \"200ms\" }").await;
+        let stuck = pool_endpoint(&weir, hung.addr);
+        for sent in 1.. {
+            // Answered by the good endpoint, also when the hung one took it first: once
+            // the hung endpoint is ejected, the waiting request is retried, long before
+            // its 30 s timeout.
+            let reply = quick_get(proxy).await;
+            assert_eq!(reply.status, 200, "{strategy}");
+            assert_eq!(reply.header("x-upstream"), Some("good"), "{strategy}");
+            if stuck.stats.requests.load(Relaxed) > 0 {
+                break;
+            }
+            assert!(
+                sent < 100,
+                "{strategy}: the hung endpoint never got a request"
+            );
+        }
+        assert_eq!(
+            stuck.state(stuck.now_ms()),
+            EndpointState::Ejected,
+            "{strategy}"
+        );
+        assert_eq!(stuck.stats.timeouts.load(Relaxed), 0, "{strategy}");
+        let pool = main_pool(&weir);
+        assert_eq!(pool.stats.hung_ejections.load(Relaxed), 1, "{strategy}");
+        assert!(pool.stats.retries.load(Relaxed) >= 1, "{strategy}");
+    }
+}

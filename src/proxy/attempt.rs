@@ -2,7 +2,7 @@
 //! its time limit, and its span), and the hedge race between two attempts of the same
 //! request.
 
-use std::pin::Pin;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,16 +18,69 @@ use super::grpc;
 use super::spans::{ChildSpan, Recording};
 use super::trace::{TRACEPARENT, TraceContext};
 use crate::telemetry::SpanKind;
+use crate::upstream::breaker::BreakerState;
 use crate::upstream::{Endpoint, InFlightGuard, Outcome, Pool};
 
 /// What waiting for an attempt's response head gave.
-pub(super) type Sent = Result<
-    Result<Response<Incoming>, hyper_util::client::legacy::Error>,
-    tokio::time::error::Elapsed,
->;
+pub(super) type Sent = Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, Cut>;
 
-/// An attempt's response head, still to come.
-pub(super) type Pending = Pin<Box<tokio::time::Timeout<ResponseFuture>>>;
+/// Why weir stopped waiting for a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cut {
+    /// The attempt's time (response timeout, per-try timeout or call deadline) ran out.
+    TimedOut,
+    /// It had waited `stall_after` when its endpoint was ejected (hung): the request goes
+    /// elsewhere now instead of waiting out its timeout. The retry is already paid.
+    EndpointEjected,
+}
+
+/// An attempt's response head, still to come; [`Pending::head`] waits for it.
+pub(super) struct Pending {
+    response: ResponseFuture,
+    /// When the attempt's time runs out.
+    ends: tokio::time::Instant,
+    /// Set when the request could go elsewhere: from this long on, the wait checks (every
+    /// quarter of it) whether the endpoint was ejected meanwhile.
+    rescue_after: Option<Duration>,
+}
+
+impl Pending {
+    /// Waits for the head until the attempt's time runs out, or until its endpoint is
+    /// ejected once the attempt has waited `rescue_after` (and the retry budget allows
+    /// the retry). One timer, reset for each check: an attempt answered before
+    /// `rescue_after` costs no more than a plain timeout.
+    pub(super) async fn head(self, pool: &Pool, endpoint: Arc<Endpoint>) -> Sent {
+        let Pending {
+            mut response,
+            ends,
+            rescue_after,
+        } = self;
+        let check_every = rescue_after.map(|after| (after / 4).max(Duration::from_millis(10)));
+        let first_check = rescue_after.map_or(ends, |after| {
+            (tokio::time::Instant::now() + after).min(ends)
+        });
+        let mut timer = pin!(tokio::time::sleep_until(first_check));
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut response => return Ok(result),
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if now >= ends {
+                        return Err(Cut::TimedOut);
+                    }
+                    if endpoint.breaker_state(endpoint.now_ms()) == BreakerState::Open
+                        && pool.try_retry()
+                    {
+                        return Err(Cut::EndpointEjected);
+                    }
+                    let every = check_every.unwrap_or(ends - now);
+                    timer.as_mut().reset((now + every).min(ends));
+                }
+            }
+        }
+    }
+}
 
 /// What every attempt of one request shares.
 #[derive(Clone, Copy)]
@@ -53,6 +106,10 @@ pub(super) struct Launch {
     pub number: u32,
     /// The per-try timeout, when another attempt may follow this one.
     pub per_try: Option<Duration>,
+    /// Whether another attempt may follow this one (the method may be repeated, the body
+    /// can be sent again, attempts are left): then a wait on an endpoint that gets ejected
+    /// is cut (see [`Cut::EndpointEjected`]).
+    pub may_follow: bool,
 }
 
 /// An attempt in flight (or just finished).
@@ -88,6 +145,7 @@ pub(super) fn launch(
         body,
         number,
         per_try,
+        may_follow,
     } = launch;
     let pool = plan.pool;
     if !pool.preserve_host {
@@ -143,7 +201,13 @@ pub(super) fn launch(
     }
     let guard = endpoint.begin_request();
     let started = Instant::now();
-    let pending = Box::pin(tokio::time::timeout(wait, (plan.send)(request)));
+    let stall_after = pool.stall_after();
+    let pending = Pending {
+        response: (plan.send)(request),
+        ends: tokio::time::Instant::now() + wait,
+        rescue_after: (may_follow && !stall_after.is_zero() && stall_after < wait)
+            .then_some(stall_after),
+    };
     Ok((
         Attempt {
             endpoint,
@@ -167,8 +231,13 @@ impl Attempt {
     pub(super) fn finish(&mut self, plan: &AttemptPlan<'_>, sent: &Sent) -> Duration {
         let elapsed = self.started.elapsed();
         self.elapsed = elapsed;
-        if sent.is_err() && self.cut_by_per_try {
-            // Cut by the per-try timeout: the endpoint still owes the answer.
+        let owed = match sent {
+            Err(Cut::EndpointEjected) => true,
+            Err(Cut::TimedOut) => self.cut_by_per_try,
+            Ok(_) => false,
+        };
+        if owed {
+            // Cut before its time was up: the endpoint still owes the answer.
             self.guard.abandon();
         } else {
             self.guard.head_done();
@@ -226,11 +295,12 @@ pub(super) struct RaceEnd {
 /// the other. When neither answer is usable, it goes on with the later one.
 pub(super) async fn race(
     plan: &AttemptPlan<'_>,
-    (mut first, mut first_pending): (Attempt, Pending),
+    (mut first, first_pending): (Attempt, Pending),
     delay: Duration,
     start_hedge: impl FnOnce() -> Option<(Attempt, Pending)>,
     usable: impl Fn(&Sent) -> bool,
 ) -> RaceEnd {
+    let mut first_pending = pin!(first_pending.head(plan.pool, Arc::clone(&first.endpoint)));
     let hedge_at = tokio::time::sleep(delay);
     tokio::select! {
         biased;
@@ -240,7 +310,7 @@ pub(super) async fn race(
         }
         () = hedge_at => {}
     }
-    let Some((mut second, mut second_pending)) = start_hedge() else {
+    let Some((mut second, second_pending)) = start_hedge() else {
         let sent = first_pending.await;
         first.finish(plan, &sent);
         return RaceEnd {
@@ -251,6 +321,7 @@ pub(super) async fn race(
         };
     };
     second.hedge = true;
+    let mut second_pending = pin!(second_pending.head(plan.pool, Arc::clone(&second.endpoint)));
     // The first to finish with a usable answer wins; one that finishes without lets the
     // race wait for the other.
     let (mut done, sent, mut other, other_pending) = tokio::select! {
@@ -316,7 +387,12 @@ fn attempt_span(attempt: AttemptSpan<'_>) -> ChildSpan {
             (status >= 500).then(|| format!("HTTP {status}"))
         }
         End::Sent(Ok(Err(error))) => Some(format!("no response: {error}")),
-        End::Sent(Err(_)) => Some("no response head within the time allowed".to_owned()),
+        End::Sent(Err(Cut::TimedOut)) => {
+            Some("no response head within the time allowed".to_owned())
+        }
+        End::Sent(Err(Cut::EndpointEjected)) => {
+            Some("endpoint ejected while the attempt waited; retried elsewhere".to_owned())
+        }
         End::Cancelled => {
             attributes.push(("weir.cancelled", true.into()));
             None
@@ -358,6 +434,8 @@ pub(super) fn outcome_of(sent: Sent) -> Option<Outcome> {
             ProxyError::Connect(_) | ProxyError::ConnectTimeout(_) => Some(Outcome::ConnectFailed),
             _ => Some(Outcome::Failed),
         },
-        Err(_) => Some(Outcome::TimedOut),
+        Err(Cut::TimedOut) => Some(Outcome::TimedOut),
+        // Ejected already: this says nothing new.
+        Err(Cut::EndpointEjected) => None,
     }
 }

@@ -25,10 +25,16 @@ pub fn is_retryable(policy: &RetryConfig, method: &Method, outcome: &Outcome) ->
     }
 }
 
+/// Whether weir may send this method again once it has been sent (a hedge, or a retry of
+/// an attempt weir gave up on).
+pub fn may_repeat(policy: &RetryConfig, method: &Method) -> bool {
+    policy.non_idempotent || is_idempotent(method)
+}
+
 /// Whether an attempt cut by `per_try_timeout` may be retried: whenever the method may be
 /// sent again (setting a per-try timeout asks for exactly that retry, whatever `on` says).
 pub fn retries_cut_attempts(policy: &RetryConfig, method: &Method) -> bool {
-    policy.per_try_timeout.is_some() && (policy.non_idempotent || is_idempotent(method))
+    policy.per_try_timeout.is_some() && may_repeat(policy, method)
 }
 
 /// Full jitter: uniform in `[0, min(cap, base · 2^retry))` (AWS architecture blog).

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use super::ProxyState;
 use super::access_log::{AccessLine, Destination};
-use super::attempt::{self, Attempt, AttemptPlan, Launch, RaceEnd};
+use super::attempt::{self, Attempt, AttemptPlan, Cut, Launch, RaceEnd};
 use super::body::{BodyPace, PendingVerdict, RequestGuards, ResponseBody, UpstreamRequestBody};
 use super::client_address;
 use super::conn::{ConnActivity, ConnRequestGuard};
@@ -479,6 +479,7 @@ impl ProxyService {
             send: &send,
         };
         let may_cut = retry::retries_cut_attempts(&pool.retry, &parts.method);
+        let may_repeat = retry::may_repeat(&pool.retry, &parts.method);
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut retries = 0u32;
         loop {
@@ -504,6 +505,7 @@ impl ProxyService {
                     body: body.for_attempt(),
                     number: retries + 1,
                     per_try: pool.retry.per_try_timeout.filter(|_| replayable && may_cut),
+                    may_follow: replayable && may_repeat,
                 },
             )
             .map_err(|(error, endpoint)| failure(error, Some(&endpoint.address)))?;
@@ -539,6 +541,7 @@ impl ProxyService {
                                     .retry
                                     .per_try_timeout
                                     .filter(|_| more_after && may_cut),
+                                may_follow: more_after && may_repeat,
                             },
                         )
                         .ok()
@@ -550,7 +553,7 @@ impl ProxyService {
                 }
                 None => {
                     let (mut only, pending) = first;
-                    let sent = pending.await;
+                    let sent = pending.head(pool, Arc::clone(&only.endpoint)).await;
                     only.finish(&plan, &sent);
                     RaceEnd {
                         attempt: only,
@@ -620,7 +623,21 @@ impl ProxyService {
                     };
                     (outcome, Err(error))
                 }
-                Err(_elapsed) if deadline_bound => {
+                Err(Cut::EndpointEjected) => {
+                    // Its endpoint was ejected while it waited (and the retry is paid):
+                    // the request goes elsewhere now rather than at its timeout.
+                    tracing::debug!(
+                        request_id = ?request_id,
+                        endpoint = %endpoint.address,
+                        retry = retries + 1,
+                        "endpoint ejected while the request waited; retrying elsewhere"
+                    );
+                    drop(guard);
+                    tried.push(endpoint);
+                    retries += 1;
+                    continue;
+                }
+                Err(Cut::TimedOut) if deadline_bound => {
                     // The caller's deadline, not the endpoint's slowness: nothing to learn.
                     drop(guard);
                     let timeout = call_deadline.map_or(wait, |(timeout, _)| timeout);
@@ -629,7 +646,7 @@ impl ProxyService {
                         Some(&endpoint.address),
                     ));
                 }
-                Err(_elapsed) => (Outcome::TimedOut, Err(ProxyError::ResponseTimeout(wait))),
+                Err(Cut::TimedOut) => (Outcome::TimedOut, Err(ProxyError::ResponseTimeout(wait))),
             };
             // A response the client will get has its breaker verdict when its body ends
             // (see `PendingVerdict`); the rest is recorded now.

@@ -400,6 +400,11 @@ impl Pool {
         removed
     }
 
+    /// `passive.stall_after` (zero: stall detection is off).
+    pub fn stall_after(&self) -> Duration {
+        self.policy.passive.stall_after
+    }
+
     /// The balancer's cost of an endpoint now, when the strategy has one.
     pub fn cost(&self, endpoint: &Endpoint) -> Option<f64> {
         self.balancer.cost(endpoint, self.now_ms())
