@@ -342,3 +342,105 @@ async fn a_request_waiting_on_an_endpoint_that_gets_ejected_goes_elsewhere() {
         assert!(pool.stats.retries.load(Relaxed) >= 1, "{strategy}");
     }
 }
+
+const EVERY_STRATEGY: [&str; 5] = [
+    "round_robin",
+    "weighted",
+    "least_connections",
+    "score",
+    "consistent_hash",
+];
+
+#[tokio::test]
+async fn equal_endpoints_share_evenly_under_every_strategy() {
+    let names = ["a", "b", "c", "d"];
+    let mut upstreams = Vec::new();
+    for name in names {
+        upstreams.push(named_upstream(name).await);
+    }
+    let addrs: Vec<_> = upstreams.iter().map(|u| u.addr).collect();
+    for strategy in EVERY_STRATEGY {
+        // consistent_hash spreads keys: each request carries one of many user ids.
+        let hash = if strategy == "consistent_hash" {
+            "hash = { key = \"header:x-user\" }"
+        } else {
+            ""
+        };
+        let weir = weir(&simple_config(
+            &addrs,
+            &format!("strategy = \"{strategy}\"\n{hash}"),
+        ))
+        .await;
+        let proxy = weir.listener_addr("http").unwrap();
+        // 8 clients x 100 requests: concurrent, so in-flight counts and latencies vary.
+        let mut clients = tokio::task::JoinSet::new();
+        for client in 0..8 {
+            clients.spawn(async move {
+                let http = http1_client();
+                let mut served = Vec::new();
+                for i in 0..100 {
+                    let request = http::Request::get(format!("http://{proxy}/"))
+                        .header("x-user", format!("user-{client}-{i}"))
+                        .body(empty())
+                        .unwrap();
+                    let reply = send(&http, request).await;
+                    served.push(reply.header("x-upstream").unwrap_or("?").to_owned());
+                }
+                served
+            });
+        }
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        while let Some(served) = clients.join_next().await {
+            for name in served.unwrap() {
+                *counts.entry(name).or_default() += 1;
+            }
+        }
+        eprintln!("{strategy}: {counts:?}");
+        // Fair is 200 each; the bound is 1.5 times that.
+        assert_eq!(
+            counts.values().sum::<usize>(),
+            800,
+            "{strategy}: {counts:?}"
+        );
+        assert!(counts.values().all(|&n| n <= 300), "{strategy}: {counts:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_recovered_endpoint_gets_requests_again_under_every_strategy() {
+    let slow = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&slow);
+    let flaky = upstream(move |_req| {
+        let slow = flag.load(Relaxed);
+        async move {
+            if slow {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            http::Response::builder()
+                .header("x-upstream", "flaky")
+                .body(full("flaky"))
+                .unwrap()
+        }
+    })
+    .await;
+    let good = named_upstream("good").await;
+    for strategy in STRATEGIES {
+        slow.store(true, Relaxed);
+        // A short score decay: an estimate is stale (and probed) after 500 ms unsampled.
+        let weir = weir(&simple_config(
+            &[flaky.addr, good.addr],
+            &format!("strategy = \"{strategy}\"\nscore = {{ decay = \"1s\" }}"),
+        ))
+        .await;
+        let proxy = weir.listener_addr("http").unwrap();
+        for _ in 0..10 {
+            assert_eq!(get(proxy, "/").await.status, 200, "{strategy}");
+        }
+        slow.store(false, Relaxed);
+        // Recovered, it answers again (score: once its stale estimate is probed).
+        eventually("the recovered endpoint to answer a request", async || {
+            get(proxy, "/").await.header("x-upstream") == Some("flaky")
+        })
+        .await;
+    }
+}
