@@ -12,6 +12,7 @@
 //! proxy/             the data plane
 //!   listener.rs      accept loop, connection limit, TLS handshake, HTTP/1.1 + h2, timeouts, drain
 //!   service.rs       one request: route, limit, pick, rewrite, forward with retries, stream back
+//!   attempt.rs       one attempt upstream (its request, its wait, its span) and the hedge race
 //!   service/cached.rs  the same request on a caching route: look up, serve (ranges too),
 //!                    revalidate, coalesce misses, store as it streams, invalidate
 //!   route.rs         host + path-prefix matching
@@ -31,9 +32,10 @@
 //!   stats.rs         proxy and per-route counters for metrics and control
 //! balancer/          endpoint selection, one file per strategy behind `Balancer`
 //! upstream/          endpoints (state machine, breaker, signals and latency histograms),
-//!                    pools, active health checks (HTTP or grpc.health.v1), DNS service
-//!                    discovery (A/AAAA and SRV, hickory), request bodies on their way
-//!                    upstream (with the copy a gRPC retry replays)
+//!                    pools (and their stall sweep), active health checks (HTTP or
+//!                    grpc.health.v1), DNS service discovery (A/AAAA and SRV, hickory),
+//!                    when to hedge (fixed or percentile delay), request bodies on their
+//!                    way upstream (with the copy a gRPC retry replays)
 //! cache/             two-tier HTTP cache: RFC 9111 policy, byte ranges of stored bodies,
 //!                    moka L1, Redis/Cluster L2, coalescing, purge bus, warming
 //! control/           the control loop: samples, autoscalers, actions, forecasts, USL,
