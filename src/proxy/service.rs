@@ -546,9 +546,11 @@ impl ProxyService {
                         )
                         .ok()
                     };
-                    attempt::race(&plan, first, delay, start_hedge, |sent| {
+                    // Boxed: the race holds two attempts and three timers, and only hedging
+                    // pools need it; the request future of every other pool stays small.
+                    Box::pin(attempt::race(&plan, first, delay, start_hedge, |sent| {
                         attempt::is_final_answer(&plan, is_grpc, sent)
-                    })
+                    }))
                     .await
                 }
                 None => {
