@@ -38,7 +38,7 @@ pub struct PickContext<'a> {
     pub generation: u64,
     /// Panic mode: every non-draining endpoint is usable whatever its health.
     pub ignore_health: bool,
-    /// Skip stalled endpoints ([`Endpoint::is_stalled`]): the pool's first choice, given
+    /// Skip stalled endpoints ([`Endpoint::avoid_as_stalled`]): the pool's first choice, given
     /// up when only stalled ones are left.
     pub avoid_stalled: bool,
 }
@@ -54,7 +54,7 @@ impl PickContext<'_> {
         healthy_enough
             && (self.max_in_flight == 0 || endpoint.in_flight() < self.max_in_flight)
             && !self.exclude.iter().any(|e| Arc::ptr_eq(e, endpoint))
-            && !(self.avoid_stalled && endpoint.is_stalled(self.now_ms))
+            && !(self.avoid_stalled && endpoint.avoid_as_stalled(self.now_ms))
     }
 
     /// Slow start as a coin toss: an endpoint at 30 % of its ramp is accepted 30 % of the

@@ -149,6 +149,13 @@ pub struct Endpoint {
     ghosts: Mutex<Vec<u64>>,
     ghost_count: AtomicU64,
     ghost_since_sum_ms: AtomicU64,
+    /// Start of the oldest abandoned attempt still owed (`NEVER` when none): since any
+    /// answer clears them all, the endpoint has answered nothing since. A mean would be
+    /// pulled down by each new abandoned attempt and let the endpoint in and out.
+    oldest_ghost_ms: AtomicU64,
+    /// When an endpoint stalled only by abandoned attempts was last let through for one
+    /// request (see [`Endpoint::avoid_as_stalled`]).
+    stall_probe_ms: AtomicU64,
     transition: Mutex<Transition>,
     pub stats: EndpointStats,
 }
@@ -241,6 +248,8 @@ impl Endpoint {
             ghosts: Mutex::new(Vec::new()),
             ghost_count: AtomicU64::new(0),
             ghost_since_sum_ms: AtomicU64::new(0),
+            stall_probe_ms: AtomicU64::new(0),
+            oldest_ghost_ms: AtomicU64::new(NEVER),
             transition: Mutex::new(Transition {
                 state: EndpointState::Healthy,
                 reason: "added".into(),
@@ -382,19 +391,49 @@ impl Endpoint {
         now_ms.saturating_sub(sum / waiting)
     }
 
-    /// Stalled: its waiting attempts are older than `passive.stall_after` on average and
-    /// than `stall_factor` times its latency estimate. Strategies send new requests
+    /// Stalled: its waiting attempts are older than `passive.stall_after` on average (or
+    /// the oldest attempt it owes since weir abandoned it is), and than `stall_factor`
+    /// times its latency estimate. Strategies send new requests
     /// elsewhere while another endpoint is available.
     pub fn is_stalled(&self, now_ms: u64) -> bool {
         let floor = self.stall_after_ms.load(Relaxed);
         if floor == 0 {
             return false;
         }
-        let waited = self.head_wait_ms(now_ms);
+        let owed_since = self.oldest_ghost_ms.load(Relaxed);
+        let owed_for = if owed_since == NEVER {
+            0
+        } else {
+            now_ms.saturating_sub(owed_since)
+        };
+        let waited = self.head_wait_ms(now_ms).max(owed_for);
         // The cheap test first: the estimate (a decay computation) only past the floor.
         waited > floor
             && waited as f64
                 > f64::from_bits(self.stall_factor.load(Relaxed)) * self.latency_ms(now_ms)
+    }
+
+    /// Whether a pick should pass over this endpoint as stalled. An endpoint stalled only
+    /// by attempts weir abandoned (nothing it waits on now) is let through for one request
+    /// every `stall_after`: weir stopped waiting for the abandoned ones, so only a new
+    /// request can show the endpoint answers again (an answer clears what it owed). A
+    /// recovered endpoint is back within `stall_after`; a hung one costs one more
+    /// abandoned attempt per `stall_after`.
+    pub fn avoid_as_stalled(&self, now_ms: u64) -> bool {
+        self.is_stalled(now_ms) && !self.take_stall_probe(now_ms)
+    }
+
+    fn take_stall_probe(&self, now_ms: u64) -> bool {
+        let ghosts = self.ghost_count.load(Relaxed);
+        if ghosts == 0 || self.awaiting_head.load(Relaxed) > ghosts {
+            return false;
+        }
+        let last = self.stall_probe_ms.load(Relaxed);
+        now_ms.saturating_sub(last) >= self.stall_after_ms.load(Relaxed)
+            && self
+                .stall_probe_ms
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                .is_ok()
     }
 
     /// Hung: the attempts weir is still waiting for (not those it abandoned) have waited
@@ -444,6 +483,7 @@ impl Endpoint {
         let mut ghosts = self.ghosts.lock().unwrap_or_else(|p| p.into_inner());
         ghosts.push(since_ms);
         self.ghost_since_sum_ms.fetch_add(since_ms, Relaxed);
+        self.oldest_ghost_ms.fetch_min(since_ms, Relaxed);
         self.ghost_count.store(ghosts.len() as u64, Relaxed);
     }
 
@@ -464,6 +504,8 @@ impl Endpoint {
             !expired
         });
         self.ghost_count.store(ghosts.len() as u64, Relaxed);
+        self.oldest_ghost_ms
+            .store(ghosts.iter().copied().min().unwrap_or(NEVER), Relaxed);
     }
 
     pub fn error_rate(&self, now_ms: u64) -> f64 {
@@ -816,10 +858,23 @@ mod tests {
         assert_eq!(ep.head_wait_ms(ep.now_ms()), 1_200);
         // ...so the endpoint is stalled (avoided), but not hung: weir did not wait.
         assert!(ep.is_stalled(ep.now_ms()) && !ep.is_hung(ep.now_ms()));
+        // Once per stall_after a pick is let through, to see whether it answers again.
+        assert!(!ep.avoid_as_stalled(ep.now_ms()), "a probe");
+        assert!(ep.avoid_as_stalled(ep.now_ms()), "one");
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        assert!(
+            !ep.avoid_as_stalled(ep.now_ms()),
+            "the next, a stall_after later"
+        );
+        assert!(ep.avoid_as_stalled(ep.now_ms()));
         // An attempt really waited on, with no answer for stall_after, is a hang.
         let _waited = ep.begin_request();
         tokio::time::advance(Duration::from_millis(1_100)).await;
         assert!(ep.is_hung(ep.now_ms()));
+        assert!(
+            ep.avoid_as_stalled(ep.now_ms()),
+            "no probe while weir waits on one"
+        );
         drop(_waited);
         // Any answer clears what was owed: the endpoint is alive.
         ep.observe(ok, Duration::from_millis(3));
