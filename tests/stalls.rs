@@ -56,6 +56,27 @@ async fn hung_and_good(strategy: &str, extra: &str) -> HungAndGood {
     }
 }
 
+/// GETs, each answered by the good endpoint, until the hung one has taken one of them
+/// (the first for every strategy here but score, which picks between the two at random).
+async fn good_answers_until_the_hung_one_took_a_request(
+    proxy: std::net::SocketAddr,
+    stuck: &Endpoint,
+    strategy: &str,
+) {
+    for sent in 1.. {
+        let reply = quick_get(proxy).await;
+        assert_eq!(reply.status, 200, "{strategy}");
+        assert_eq!(reply.header("x-upstream"), Some("good"), "{strategy}");
+        if stuck.stats.requests.load(Relaxed) > 0 {
+            return;
+        }
+        assert!(
+            sent < 100,
+            "{strategy}: the hung endpoint never got a request"
+        );
+    }
+}
+
 /// A GET that must be answered well inside the pool's 30 s response timeout.
 async fn quick_get(proxy: std::net::SocketAddr) -> Reply {
     tokio::time::timeout(Duration::from_secs(5), get(proxy, "/"))
@@ -179,20 +200,7 @@ async fn a_hedge_answers_for_a_hung_endpoint_which_is_then_avoided() {
         .await;
         let stuck = pool_endpoint(&weir, hung.addr);
         let pool = main_pool(&weir);
-        // Requests until the hung endpoint has taken one (the first for every strategy
-        // here but score, which picks between the two at random).
-        for sent in 1.. {
-            let reply = quick_get(proxy).await;
-            assert_eq!(reply.status, 200, "{strategy}");
-            assert_eq!(reply.header("x-upstream"), Some("good"), "{strategy}");
-            if stuck.stats.requests.load(Relaxed) > 0 {
-                break;
-            }
-            assert!(
-                sent < 100,
-                "{strategy}: the hung endpoint never got a request"
-            );
-        }
+        good_answers_until_the_hung_one_took_a_request(proxy, &stuck, strategy).await;
         // Its attempt was hedged, the hedge answered, and the abandoned attempt still
         // counts as waiting: the endpoint owes it.
         assert!(pool.stats.hedges.load(Relaxed) >= 1, "{strategy}");
@@ -327,21 +335,10 @@ async fn a_request_waiting_on_an_endpoint_that_gets_ejected_goes_elsewhere() {
             proxy,
         } = hung_and_good(strategy, "passive = { stall_after = \"200ms\" }").await;
         let stuck = pool_endpoint(&weir, hung.addr);
-        for sent in 1.. {
-            // Answered by the good endpoint, also when the hung one took it first: once
-            // the hung endpoint is ejected, the waiting request is retried, long before
-            // its 30 s timeout.
-            let reply = quick_get(proxy).await;
-            assert_eq!(reply.status, 200, "{strategy}");
-            assert_eq!(reply.header("x-upstream"), Some("good"), "{strategy}");
-            if stuck.stats.requests.load(Relaxed) > 0 {
-                break;
-            }
-            assert!(
-                sent < 100,
-                "{strategy}: the hung endpoint never got a request"
-            );
-        }
+        // Answered by the good endpoint, also when the hung one took it first: once the
+        // hung endpoint is ejected, the waiting request is retried, long before its 30 s
+        // timeout.
+        good_answers_until_the_hung_one_took_a_request(proxy, &stuck, strategy).await;
         assert_eq!(
             stuck.state(stuck.now_ms()),
             EndpointState::Ejected,
