@@ -497,3 +497,38 @@ async fn a_proxy_header_received_is_passed_on_in_v2_and_health_checks_say_local(
         "the source the balancer named, weir's address as destination"
     );
 }
+
+#[tokio::test]
+async fn route_allow_and_deny_lists_judge_the_resolved_client() {
+    let up = forwarded_echo().await;
+    // Behind a trusted proxy (127.0.0.1): the client is the one X-Forwarded-For names.
+    let weir = weir(&listener_config(
+        up.addr,
+        "trusted_proxies = [\"127.0.0.1\"]",
+        "allow = [\"10.0.0.0/8\", \"192.0.2.7\"]\ndeny = [\"10.6.6.0/24\"]",
+    ))
+    .await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let status_for = |xff: Option<&'static str>| async move {
+        let mut request = http::Request::get(format!("http://{proxy}/"));
+        if let Some(xff) = xff {
+            request = request.header("x-forwarded-for", xff);
+        }
+        let reply = send(&http1_client(), request.body(empty()).unwrap()).await;
+        (reply.status.as_u16(), reply.text())
+    };
+    assert_eq!(status_for(Some("10.1.2.3")).await.0, 200, "allowed block");
+    assert_eq!(
+        status_for(Some("192.0.2.7")).await.0,
+        200,
+        "allowed address"
+    );
+    let (status, text) = status_for(Some("10.6.6.6")).await;
+    assert_eq!(status, 403, "deny wins over allow");
+    assert!(text.contains("not allowed from this address"), "{text}");
+    assert_eq!(status_for(Some("203.0.113.5")).await.0, 403, "not listed");
+    // No X-Forwarded-For: the client is the trusted proxy itself, which is not allowed.
+    assert_eq!(status_for(None).await.0, 403);
+    // A forged chain: the right-most untrusted hop is the client (10.6.6.6, denied).
+    assert_eq!(status_for(Some("10.1.2.3, 10.6.6.6")).await.0, 403);
+}

@@ -517,3 +517,23 @@ fn a_pool_proxy_protocol_is_v1_or_v2() {
         Some(weir::config::ProxyProtocolVersion::V2)
     );
 }
+
+#[test]
+fn route_allow_and_deny_entries_name_key_and_reason() {
+    let with =
+        |extra: &str| GOOD.replace("pool = \"api\"\n", &format!("pool = \"api\"\n{extra}\n"));
+    let err = error_for(&with("allow = [\"10.0.0.0/8\", \"10.0.0.300\"]"));
+    assert!(
+        err.contains("routes[0].allow[1]")
+            && err.contains("\"10.0.0.300\" is not an IP address or CIDR block"),
+        "{err}"
+    );
+    let err = error_for(&with("deny = [\"everyone\"]"));
+    assert!(err.contains("routes[0].deny[0]"), "{err}");
+    let config = load_str(
+        &with("allow = [\"10.0.0.0/8\", \"::1\"]"),
+        Path::new("ok.toml"),
+    )
+    .unwrap();
+    assert_eq!(config.routes[0].allow.len(), 2);
+}

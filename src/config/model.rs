@@ -191,19 +191,20 @@ pub struct ListenerConfig {
     /// connection comes from one, the client is the right-most hop not in this list (as
     /// nginx's `real_ip_recursive`). Empty: the connection's address is the client.
     #[serde(default)]
-    pub trusted_proxies: Vec<TrustedNet>,
+    pub trusted_proxies: Vec<IpBlock>,
 }
 
-/// An address or CIDR block in `trusted_proxies` (`10.0.0.0/8`, `192.0.2.7`, `::1`).
+/// An address or CIDR block (`10.0.0.0/8`, `192.0.2.7`, `::1`): `trusted_proxies`, a
+/// route's `allow` and `deny`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrustedNet(pub ipnet::IpNet);
+pub struct IpBlock(pub ipnet::IpNet);
 
-impl<'de> Deserialize<'de> for TrustedNet {
+impl<'de> Deserialize<'de> for IpBlock {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         text.parse::<ipnet::IpNet>()
             .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            .map(TrustedNet)
+            .map(IpBlock)
             .map_err(|_| {
                 serde::de::Error::custom(format!(
                     "{text:?} is not an IP address or CIDR block (e.g. \"10.0.0.0/8\")"
@@ -212,7 +213,7 @@ impl<'de> Deserialize<'de> for TrustedNet {
     }
 }
 
-impl TrustedNet {
+impl IpBlock {
     /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as its IPv4 one).
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         self.0.contains(&ip.to_canonical())
@@ -323,6 +324,13 @@ pub struct RouteConfig {
     /// Largest request body (bytes); more gets 413. Absent: `server.max_request_body_bytes`;
     /// 0 = no limit.
     pub max_body_bytes: Option<u64>,
+    /// Only clients in these blocks may use the route (empty: any); others get 403. The
+    /// client is the resolved one (PROXY protocol, `trusted_proxies`), not the connection.
+    #[serde(default)]
+    pub allow: Vec<IpBlock>,
+    /// Clients in these blocks get 403, even when `allow` lists them too.
+    #[serde(default)]
+    pub deny: Vec<IpBlock>,
 }
 
 /// A GCRA rate limit: `requests_per_second` sustained, bursts of `burst`.

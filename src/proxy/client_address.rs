@@ -9,7 +9,7 @@ use http::HeaderMap;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::config::TrustedNet;
+use crate::config::IpBlock;
 
 /// The v2 signature (RFC-less, haproxy.org/download/2.9/doc/proxy-protocol.txt §2.2).
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
@@ -112,7 +112,7 @@ fn v6_source(ip: &ppp::v1::IPv6) -> SocketAddr {
 /// The client of a request that came over a connection from `connection`: the
 /// connection's address, unless it is a trusted proxy; then the right-most
 /// `X-Forwarded-For` hop that is not one (all of them trusted: the left-most).
-pub fn resolve(connection: IpAddr, trusted: &[TrustedNet], headers: &HeaderMap) -> IpAddr {
+pub fn resolve(connection: IpAddr, trusted: &[IpBlock], headers: &HeaderMap) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
     if trusted.is_empty() || !is_trusted(connection) {
         return connection;
@@ -150,10 +150,8 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
-    fn nets(list: &[&str]) -> Vec<TrustedNet> {
-        list.iter()
-            .map(|n| TrustedNet(n.parse().unwrap()))
-            .collect()
+    fn nets(list: &[&str]) -> Vec<IpBlock> {
+        list.iter().map(|n| IpBlock(n.parse().unwrap())).collect()
     }
 
     fn xff(values: &[&'static str]) -> HeaderMap {

@@ -29,6 +29,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("rate limited for {0:?}")]
     RateLimited(Duration),
+    #[error("the client's address may not use this route")]
+    Forbidden,
     #[error("no endpoint available in pool {0:?}")]
     NoEndpoint(String),
     #[error("pool {0:?} is at its in-flight limit")]
@@ -56,6 +58,7 @@ impl ProxyError {
             ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::NoEndpoint(_) | ProxyError::AtCapacity(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -80,6 +83,7 @@ impl ProxyError {
             ProxyError::TooManyHeaders(_) => "too many header fields",
             ProxyError::NoRoute => "no route for this host and path",
             ProxyError::RateLimited(_) => "rate limit exceeded",
+            ProxyError::Forbidden => "not allowed from this address",
             ProxyError::NoEndpoint(_) => "no upstream endpoint available",
             ProxyError::AtCapacity(_) => "upstream at capacity",
             ProxyError::ConnectTimeout(_) => "upstream connect timed out",
@@ -161,6 +165,7 @@ impl ProxyError {
             | ProxyError::TooManyHeaders(_) => GrpcCode::Internal,
             ProxyError::ConnectNotSupported | ProxyError::NoRoute => GrpcCode::Unimplemented,
             ProxyError::BodyTooLarge(_) | ProxyError::RateLimited(_) => GrpcCode::ResourceExhausted,
+            ProxyError::Forbidden => GrpcCode::PermissionDenied,
             ProxyError::ClientBodyTimeout
             | ProxyError::ResponseTimeout(_)
             | ProxyError::Deadline(_) => GrpcCode::DeadlineExceeded,

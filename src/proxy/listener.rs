@@ -28,7 +28,7 @@ use super::client_address::read_proxy_header;
 use super::conn::ConnActivity;
 use super::protocol::{Builders, Protocol, ServerConnection};
 use super::service::ProxyService;
-use crate::config::TrustedNet;
+use crate::config::IpBlock;
 
 /// Settings of one listener, fixed while it runs.
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ pub struct ListenerSettings {
     /// Each connection starts with a PROXY protocol header naming the client.
     pub proxy_protocol: bool,
     /// Proxies whose `X-Forwarded-For` names the client.
-    pub trusted_proxies: Arc<[TrustedNet]>,
+    pub trusted_proxies: Arc<[IpBlock]>,
     /// The header that tells upstreams of a verified client certificate (mutual TLS).
     pub client_cert_header: Option<http::HeaderName>,
 }
@@ -157,7 +157,7 @@ struct Connection {
     peer: std::net::SocketAddr,
     /// The address the connection was accepted on.
     local: std::net::SocketAddr,
-    trusted_proxies: Arc<[TrustedNet]>,
+    trusted_proxies: Arc<[IpBlock]>,
     client_cert_header: Option<http::HeaderName>,
 }
 

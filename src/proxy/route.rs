@@ -1,11 +1,13 @@
-//! Route matching: host (exact or `*.suffix`) and path prefix on segment boundaries.
+//! Route matching: host (exact or `*.suffix`) and path prefix on segment boundaries; who
+//! may use a route (client address allow and deny lists).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::ratelimit::RouteLimiter;
 use super::stats::RouteStats;
 use crate::cache::redis::RedisTier;
-use crate::config::RouteConfig;
+use crate::config::{IpBlock, RouteConfig};
 use crate::upstream::Pool;
 
 #[derive(Debug)]
@@ -30,6 +32,31 @@ pub struct Route {
     pub index: usize,
     /// Largest request body in bytes (0 = no limit); more gets 413.
     pub max_body_bytes: u64,
+    /// Which client addresses may use the route.
+    pub access: ClientAccess,
+}
+
+/// A route's `allow` and `deny` blocks: deny wins, then an empty allow list allows all.
+#[derive(Debug, Default)]
+pub struct ClientAccess {
+    allow: Vec<IpBlock>,
+    deny: Vec<IpBlock>,
+}
+
+impl ClientAccess {
+    pub fn new(allow: &[IpBlock], deny: &[IpBlock]) -> Self {
+        Self {
+            allow: allow.to_vec(),
+            deny: deny.to_vec(),
+        }
+    }
+
+    /// Whether a client at `ip` may use the route (an IPv4-mapped IPv6 address is judged
+    /// as its IPv4 one).
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        !self.deny.iter().any(|block| block.contains(ip))
+            && (self.allow.is_empty() || self.allow.iter().any(|block| block.contains(ip)))
+    }
 }
 
 impl Route {
@@ -67,6 +94,7 @@ impl Route {
             cache: None,
             index,
             max_body_bytes: config.max_body_bytes.unwrap_or(0),
+            access: ClientAccess::new(&config.allow, &config.deny),
         }
     }
 
@@ -133,6 +161,25 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deny_wins_and_an_empty_allow_list_allows_all() {
+        let block = |text: &str| IpBlock(text.parse().unwrap());
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let open = ClientAccess::default();
+        assert!(open.permits(ip("203.0.113.5")));
+        let access = ClientAccess::new(&[block("10.0.0.0/8")], &[block("10.6.6.0/24")]);
+        assert!(access.permits(ip("10.1.2.3")));
+        assert!(!access.permits(ip("10.6.6.6")));
+        assert!(!access.permits(ip("192.0.2.1")));
+        assert!(
+            access.permits(ip("::ffff:10.1.2.3")),
+            "IPv4-mapped IPv6 is judged as IPv4"
+        );
+        let deny_only = ClientAccess::new(&[], &[block("2001:db8::/32")]);
+        assert!(!deny_only.permits(ip("2001:db8::1")));
+        assert!(deny_only.permits(ip("2001:db9::1")));
+    }
 
     #[test]
     fn segment_aware_prefixes() {

@@ -31,7 +31,7 @@ use super::snapshot::Snapshot;
 use super::spans::{Recording, RequestEnd, RequestSpan};
 use super::stats::RouteStats;
 use super::trace::{TRACEPARENT, TraceContext};
-use crate::config::TrustedNet;
+use crate::config::IpBlock;
 use crate::upstream::request_body::{CopyInProgress, ReplayCopy};
 use crate::upstream::{Endpoint, Outcome, PickError};
 
@@ -44,7 +44,7 @@ pub struct ProxyService {
     /// The connection's client: the TCP peer, or the source a PROXY header gave.
     client: headers::ClientAddress,
     /// Proxies whose `X-Forwarded-For` names the client (the listener's setting).
-    trusted_proxies: Arc<[TrustedNet]>,
+    trusted_proxies: Arc<[IpBlock]>,
     /// The connection's verified client certificate, as the header upstreams get.
     client_cert: Option<Arc<(http::HeaderName, HeaderValue)>>,
     proto: &'static str,
@@ -74,7 +74,7 @@ impl ProxyService {
     }
 
     /// Believes `X-Forwarded-For` from these proxies (see [`client_address::resolve`]).
-    pub fn with_trusted_proxies(mut self, trusted: Arc<[TrustedNet]>) -> Self {
+    pub fn with_trusted_proxies(mut self, trusted: Arc<[IpBlock]>) -> Self {
         self.trusted_proxies = trusted;
         self
     }
@@ -293,6 +293,9 @@ impl ProxyService {
                 .find(host, parts.uri.path())
                 .ok_or(ProxyError::NoRoute)?
         };
+        if !route.access.permits(origin.client.ip) {
+            return Err(Failure::at(route, ProxyError::Forbidden, None));
+        }
         if let Some(limiter) = &route.rate_limit
             && let Err(wait) = limiter.check(origin.client.ip, &parts.headers).await
         {
