@@ -31,12 +31,13 @@ fn main_pool(weir: &weir::app::Running) -> Arc<Pool> {
 }
 
 /// A hung and a good upstream behind weir: a pool of `strategy` with a 30 s response
-/// timeout and `extra` settings.
+/// timeout and `extra` settings; `stuck` is the hung upstream's endpoint in the pool.
 struct HungAndGood {
-    hung: Upstream,
+    _hung: Upstream,
     _good: Upstream,
     weir: weir::app::Running,
     proxy: std::net::SocketAddr,
+    stuck: Arc<Endpoint>,
 }
 
 async fn hung_and_good(strategy: &str, extra: &str) -> HungAndGood {
@@ -48,11 +49,13 @@ async fn hung_and_good(strategy: &str, extra: &str) -> HungAndGood {
     ))
     .await;
     let proxy = weir.listener_addr("http").unwrap();
+    let stuck = pool_endpoint(&weir, hung.addr);
     HungAndGood {
-        hung,
+        _hung: hung,
         _good: good,
         weir,
         proxy,
+        stuck,
     }
 }
 
@@ -88,17 +91,17 @@ async fn quick_get(proxy: std::net::SocketAddr) -> Reply {
 async fn a_per_try_timeout_moves_requests_off_a_hung_endpoint() {
     for strategy in STRATEGIES {
         let HungAndGood {
-            hung,
+            _hung,
             _good,
-            weir,
+            weir: _weir,
             proxy,
+            stuck,
         } = hung_and_good(strategy, "retry = { per_try_timeout = \"200ms\" }").await;
         for _ in 0..12 {
             let reply = quick_get(proxy).await;
             assert_eq!(reply.status, 200, "{strategy}");
             assert_eq!(reply.header("x-upstream"), Some("good"), "{strategy}");
         }
-        let stuck = pool_endpoint(&weir, hung.addr);
         // Round robin and weighted alternate: the hung endpoint was tried and cut.
         if matches!(strategy, "round_robin" | "weighted") {
             assert!(stuck.stats.timeouts.load(Relaxed) >= 1, "{strategy}");
@@ -110,16 +113,16 @@ async fn a_per_try_timeout_moves_requests_off_a_hung_endpoint() {
 async fn new_requests_avoid_an_endpoint_whose_requests_wait() {
     for strategy in STRATEGIES {
         let HungAndGood {
-            hung,
+            _hung,
             _good,
             weir,
             proxy,
+            stuck,
         } = hung_and_good(
             strategy,
             "retry = { attempts = 0 }\npassive = { stall_after = \"100ms\" }",
         )
         .await;
-        let stuck = pool_endpoint(&weir, hung.addr);
         // Requests until one is held by the hung endpoint (the others are answered).
         let mut held = Vec::new();
         while stuck.in_flight() == 0 {
@@ -189,16 +192,16 @@ async fn a_stalled_endpoint_is_still_used_when_it_is_the_only_one() {
 async fn a_hedge_answers_for_a_hung_endpoint_which_is_then_avoided() {
     for strategy in STRATEGIES {
         let HungAndGood {
-            hung,
+            _hung,
             _good,
             weir,
             proxy,
+            stuck,
         } = hung_and_good(
             strategy,
             "hedge = { delay = \"50ms\" }\npassive = { stall_after = \"300ms\" }",
         )
         .await;
-        let stuck = pool_endpoint(&weir, hung.addr);
         let pool = main_pool(&weir);
         good_answers_until_the_hung_one_took_a_request(proxy, &stuck, strategy).await;
         // Its attempt was hedged, the hedge answered, and the abandoned attempt still
@@ -329,12 +332,12 @@ async fn a_request_waiting_on_an_endpoint_that_gets_ejected_goes_elsewhere() {
     // Defaults but a short stall_after: no hedge, no per-try timeout, timeouts not retried.
     for strategy in STRATEGIES {
         let HungAndGood {
-            hung,
+            _hung,
             _good,
             weir,
             proxy,
+            stuck,
         } = hung_and_good(strategy, "passive = { stall_after = \"200ms\" }").await;
-        let stuck = pool_endpoint(&weir, hung.addr);
         // Answered by the good endpoint, also when the hung one took it first: once the
         // hung endpoint is ejected, the waiting request is retried, long before its 30 s
         // timeout.

@@ -34,6 +34,22 @@ pub(super) enum Cut {
     EndpointEjected,
 }
 
+/// What an attempt's result means (see [`Attempt::verdict`]).
+pub(super) enum Verdict {
+    /// The endpoint answered or failed: `outcome` is what it is judged by, `result` what
+    /// the request goes on with.
+    Judged {
+        outcome: Outcome,
+        result: Result<Response<Incoming>, ProxyError>,
+    },
+    /// The client's request body failed: the endpoint learns nothing from it.
+    ClientFault(ProxyError),
+    /// The gRPC call's deadline ran out: the caller's time, not the endpoint's slowness.
+    Deadline,
+    /// The endpoint was ejected while the attempt waited; its retry is paid.
+    Ejected,
+}
+
 /// An attempt's response head, still to come; [`Pending::head`] waits for it.
 pub(super) struct Pending {
     response: ResponseFuture,
@@ -227,8 +243,8 @@ pub(super) fn launch(
 
 impl Attempt {
     /// The attempt's wait is over: it stops counting as waiting, its span is recorded, and
-    /// a head teaches the pool's hedge delay. Returns the time it took.
-    pub(super) fn finish(&mut self, plan: &AttemptPlan<'_>, sent: &Sent) -> Duration {
+    /// a head teaches the pool's hedge delay.
+    pub(super) fn finish(&mut self, plan: &AttemptPlan<'_>, sent: &Sent) {
         let elapsed = self.started.elapsed();
         self.elapsed = elapsed;
         let owed = match sent {
@@ -248,7 +264,44 @@ impl Attempt {
             hedging.record(plan.pool.now_ms(), elapsed);
         }
         self.record_span(plan, End::Sent(sent));
-        elapsed
+    }
+
+    /// What its result means for the request and for its endpoint.
+    pub(super) fn verdict(&self, sent: Sent) -> Verdict {
+        match sent {
+            Ok(Ok(response)) => {
+                let status = response.status();
+                Verdict::Judged {
+                    outcome: Outcome::Response {
+                        status,
+                        retry_after: super::retry::retry_after(status, response.headers()),
+                    },
+                    result: Ok(response),
+                }
+            }
+            Ok(Err(error)) => match ProxyError::from_client(error) {
+                error @ (ProxyError::ClientBody(_)
+                | ProxyError::ClientBodyTimeout
+                | ProxyError::BodyTooLarge(_)) => Verdict::ClientFault(error),
+                // Never sent: safe to retry whatever the method.
+                error @ (ProxyError::Connect(_) | ProxyError::ConnectTimeout(_)) => {
+                    Verdict::Judged {
+                        outcome: Outcome::ConnectFailed,
+                        result: Err(error),
+                    }
+                }
+                error => Verdict::Judged {
+                    outcome: Outcome::Failed,
+                    result: Err(error),
+                },
+            },
+            Err(Cut::TimedOut) if self.deadline_bound => Verdict::Deadline,
+            Err(Cut::TimedOut) => Verdict::Judged {
+                outcome: Outcome::TimedOut,
+                result: Err(ProxyError::ResponseTimeout(self.wait)),
+            },
+            Err(Cut::EndpointEjected) => Verdict::Ejected,
+        }
     }
 
     /// Weir stops waiting for this attempt because another answered first (see
@@ -417,25 +470,4 @@ pub(super) fn is_final_answer(plan: &AttemptPlan<'_>, is_grpc: bool, sent: &Sent
     let retried_grpc =
         is_grpc && grpc::is_retryable_status(&retry.grpc_statuses, response.headers());
     !(retried_status || retried_grpc)
-}
-
-/// What an attempt that will not be answered to the client tells its endpoint: `None`
-/// when the failure was the client's (its body), which says nothing of the endpoint.
-pub(super) fn outcome_of(sent: Sent) -> Option<Outcome> {
-    match sent {
-        Ok(Ok(response)) => Some(Outcome::Response {
-            status: response.status(),
-            retry_after: super::retry::retry_after(response.status(), response.headers()),
-        }),
-        Ok(Err(error)) => match ProxyError::from_client(error) {
-            ProxyError::ClientBody(_)
-            | ProxyError::ClientBodyTimeout
-            | ProxyError::BodyTooLarge(_) => None,
-            ProxyError::Connect(_) | ProxyError::ConnectTimeout(_) => Some(Outcome::ConnectFailed),
-            _ => Some(Outcome::Failed),
-        },
-        Err(Cut::TimedOut) => Some(Outcome::TimedOut),
-        // Ejected already: this says nothing new.
-        Err(Cut::EndpointEjected) => None,
-    }
 }

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use super::ProxyState;
 use super::access_log::{AccessLine, Destination};
-use super::attempt::{self, Attempt, AttemptPlan, Cut, Launch, RaceEnd};
+use super::attempt::{self, Attempt, AttemptPlan, Launch, RaceEnd, Verdict};
 use super::body::{BodyPace, PendingVerdict, RequestGuards, ResponseBody, UpstreamRequestBody};
 use super::client_address;
 use super::conn::{ConnActivity, ConnRequestGuard};
@@ -580,55 +580,28 @@ impl ProxyService {
             if let Some((mut failed, sent)) = failed_first {
                 // Lost the race without a usable answer: what it says is learned, and the
                 // request does not go back to it.
-                if let Some(outcome) = attempt::outcome_of(sent) {
+                if let Verdict::Judged { outcome, .. } = failed.verdict(sent) {
                     pool.report(&mut failed.guard, outcome, failed.elapsed);
                 }
                 tried.push(Arc::clone(&failed.endpoint));
             }
+            let verdict = current.verdict(sent);
             let Attempt {
                 endpoint,
                 mut guard,
                 elapsed,
                 wait,
-                deadline_bound,
                 cut_by_per_try,
                 hedge: answered_by_hedge,
                 ..
             } = current;
-            let (outcome, result) = match sent {
-                Ok(Ok(response)) => {
-                    let status = response.status();
-                    let retry_after = retry::retry_after(status, response.headers());
-                    (
-                        Outcome::Response {
-                            status,
-                            retry_after,
-                        },
-                        Ok(response),
-                    )
+            let (outcome, result) = match verdict {
+                Verdict::Judged { outcome, result } => (outcome, result),
+                Verdict::ClientFault(error) => {
+                    drop(guard);
+                    return Err(failure(error, Some(&endpoint.address)));
                 }
-                Ok(Err(err)) => {
-                    let error = ProxyError::from_client(err);
-                    if matches!(
-                        error,
-                        ProxyError::ClientBody(_)
-                            | ProxyError::ClientBodyTimeout
-                            | ProxyError::BodyTooLarge(_)
-                    ) {
-                        // The client's fault: the endpoint learns nothing from it.
-                        drop(guard);
-                        return Err(failure(error, Some(&endpoint.address)));
-                    }
-                    let outcome = match error {
-                        // Never sent: safe to retry whatever the method.
-                        ProxyError::Connect(_) | ProxyError::ConnectTimeout(_) => {
-                            Outcome::ConnectFailed
-                        }
-                        _ => Outcome::Failed,
-                    };
-                    (outcome, Err(error))
-                }
-                Err(Cut::EndpointEjected) => {
+                Verdict::Ejected => {
                     // Its endpoint was ejected while it waited (and the retry is paid):
                     // the request goes elsewhere now rather than at its timeout.
                     tracing::debug!(
@@ -642,8 +615,7 @@ impl ProxyService {
                     retries += 1;
                     continue;
                 }
-                Err(Cut::TimedOut) if deadline_bound => {
-                    // The caller's deadline, not the endpoint's slowness: nothing to learn.
+                Verdict::Deadline => {
                     drop(guard);
                     let timeout = call_deadline.map_or(wait, |(timeout, _)| timeout);
                     return Err(failure(
@@ -651,7 +623,6 @@ impl ProxyService {
                         Some(&endpoint.address),
                     ));
                 }
-                Err(Cut::TimedOut) => (Outcome::TimedOut, Err(ProxyError::ResponseTimeout(wait))),
             };
             // A response the client will get has its breaker verdict when its body ends
             // (see `PendingVerdict`); the rest is recorded now.

@@ -148,7 +148,6 @@ pub struct Endpoint {
     /// the pool's stall sweep, and an answer while `ghost_count` is not 0.
     ghosts: Mutex<Vec<u64>>,
     ghost_count: AtomicU64,
-    ghost_since_sum_ms: AtomicU64,
     /// Start of the oldest abandoned attempt still owed (`NEVER` when none): since any
     /// answer clears them all, the endpoint has answered nothing since. A mean would be
     /// pulled down by each new abandoned attempt and let the endpoint in and out.
@@ -247,7 +246,6 @@ impl Endpoint {
             last_head_ms: AtomicU64::new(now),
             ghosts: Mutex::new(Vec::new()),
             ghost_count: AtomicU64::new(0),
-            ghost_since_sum_ms: AtomicU64::new(0),
             stall_probe_ms: AtomicU64::new(0),
             oldest_ghost_ms: AtomicU64::new(NEVER),
             transition: Mutex::new(Transition {
@@ -406,10 +404,15 @@ impl Endpoint {
         } else {
             now_ms.saturating_sub(owed_since)
         };
-        let waited = self.head_wait_ms(now_ms).max(owed_for);
+        self.waited_too_long(self.head_wait_ms(now_ms).max(owed_for), floor, now_ms)
+    }
+
+    /// A wait is a stall's when it is over `stall_after` (`floor`) and over `stall_factor`
+    /// times the latency estimate.
+    fn waited_too_long(&self, waited_ms: u64, floor: u64, now_ms: u64) -> bool {
         // The cheap test first: the estimate (a decay computation) only past the floor.
-        waited > floor
-            && waited as f64
+        waited_ms > floor
+            && waited_ms as f64
                 > f64::from_bits(self.stall_factor.load(Relaxed)) * self.latency_ms(now_ms)
     }
 
@@ -448,12 +451,11 @@ impl Endpoint {
         if floor == 0 || now_ms.saturating_sub(self.last_head_ms.load(Relaxed)) <= floor {
             return false;
         }
+        // The abandoned attempts' part of the waiting counts, read under their lock (only
+        // the sweep asks this).
         let (ghosts, ghost_sum) = {
-            let _ghosts = self.ghosts.lock().unwrap_or_else(|p| p.into_inner());
-            (
-                self.ghost_count.load(Relaxed),
-                self.ghost_since_sum_ms.load(Relaxed),
-            )
+            let ghosts = self.ghosts.lock().unwrap_or_else(|p| p.into_inner());
+            (ghosts.len() as u64, ghosts.iter().sum::<u64>())
         };
         let waiting = self.awaiting_head.load(Acquire).saturating_sub(ghosts);
         if waiting == 0 {
@@ -463,10 +465,7 @@ impl Endpoint {
             .awaiting_since_sum_ms
             .load(Acquire)
             .saturating_sub(ghost_sum);
-        let waited = now_ms.saturating_sub(sum / waiting);
-        waited > floor
-            && waited as f64
-                > f64::from_bits(self.stall_factor.load(Relaxed)) * self.latency_ms(now_ms)
+        self.waited_too_long(now_ms.saturating_sub(sum / waiting), floor, now_ms)
     }
 
     /// Attempts counted as waiting for a head (those weir abandoned included).
@@ -482,7 +481,6 @@ impl Endpoint {
     fn add_ghost(&self, since_ms: u64) {
         let mut ghosts = self.ghosts.lock().unwrap_or_else(|p| p.into_inner());
         ghosts.push(since_ms);
-        self.ghost_since_sum_ms.fetch_add(since_ms, Relaxed);
         self.oldest_ghost_ms.fetch_min(since_ms, Relaxed);
         self.ghost_count.store(ghosts.len() as u64, Relaxed);
     }
@@ -499,7 +497,6 @@ impl Endpoint {
             if expired {
                 self.awaiting_head.fetch_sub(1, Release);
                 self.awaiting_since_sum_ms.fetch_sub(since, Release);
-                self.ghost_since_sum_ms.fetch_sub(since, Relaxed);
             }
             !expired
         });
@@ -690,15 +687,18 @@ impl Endpoint {
         );
     }
 
-    /// Opens the breaker after a trip the pool allowed; records the transition.
-    pub(crate) fn eject(&self, reason: &str) {
-        if let Some(for_ms) = self.breaker.open(self.now_ms()) {
+    /// Opens the breaker after a trip the pool allowed; records the transition. Returns
+    /// whether it opened (it was not open already).
+    pub(crate) fn eject(&self, reason: &str) -> bool {
+        let opened = self.breaker.open(self.now_ms());
+        if let Some(for_ms) = opened {
             self.stats.ejections.fetch_add(1, Relaxed);
             self.record_transition(format!(
                 "ejected for {}: {reason}",
                 humantime::format_duration(Duration::from_millis(for_ms))
             ));
         }
+        opened.is_some()
     }
 
     /// Acts on breaker events other than a trip (which needs the pool's permission).
@@ -764,9 +764,7 @@ impl InFlightGuard {
                 .fetch_sub(since, Release);
         }
     }
-}
 
-impl InFlightGuard {
     /// Weir stops waiting for this attempt's head, but the endpoint still owes it: it
     /// keeps counting as waiting (evidence of a stall) until the endpoint answers anything
     /// or the pool's stall sweep expires it.

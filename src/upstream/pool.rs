@@ -563,9 +563,7 @@ impl Pool {
                     waited_ms: endpoint.head_wait_ms(now),
                     waiting: endpoint.waiting_heads(),
                 };
-                let ejections = endpoint.stats.ejections.load(Relaxed);
-                self.act_on(endpoint, BreakerEvent::WouldOpen(trip));
-                if endpoint.stats.ejections.load(Relaxed) > ejections {
+                if self.act_on(endpoint, BreakerEvent::WouldOpen(trip)) {
                     self.stats.hung_ejections.fetch_add(1, Relaxed);
                 }
             }
@@ -581,12 +579,14 @@ impl Pool {
     }
 
     /// Acts on the breaker's event, ejecting only while `max_ejected_share` allows.
-    fn act_on(&self, endpoint: &Endpoint, event: BreakerEvent) {
+    /// Returns whether it ejected the endpoint.
+    fn act_on(&self, endpoint: &Endpoint, event: BreakerEvent) -> bool {
         match event {
             BreakerEvent::WouldOpen(trip) => {
                 if self.may_eject() {
-                    endpoint.eject(&trip.to_string());
-                } else if endpoint.should_log_held_ejection() {
+                    return endpoint.eject(&trip.to_string());
+                }
+                if endpoint.should_log_held_ejection() {
                     tracing::warn!(
                         pool = %self.name,
                         endpoint = %endpoint.address,
@@ -594,8 +594,12 @@ impl Pool {
                         "not ejecting: max_ejected_share of the pool is already ejected (logged at most every 10 s)"
                     );
                 }
+                false
             }
-            event => endpoint.apply_breaker_event(event),
+            event => {
+                endpoint.apply_breaker_event(event);
+                false
+            }
         }
     }
 
@@ -616,7 +620,7 @@ impl Pool {
 /// Runs [`Pool::sweep_stalls`] every quarter of `passive.stall_after` until `stop` (not at
 /// all when stall detection is off). One per pool, replaced with the pool on reload.
 pub async fn run_stall_sweep(pool: Arc<Pool>, stop: tokio_util::sync::CancellationToken) {
-    let stall_after = pool.config.passive.stall_after;
+    let stall_after = pool.stall_after();
     if stall_after.is_zero() {
         return;
     }
