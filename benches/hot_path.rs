@@ -1,5 +1,6 @@
 //! Per-request work on the hot path, without the network: endpoint pick per balancing
-//! strategy (8 endpoints), route matching (20 routes), request header rewriting, and the
+//! strategy (8 endpoints), route matching (21 host + prefix routes; 100 routes of mixed
+//! rule kinds), request header rewriting, and the
 //! cache key. `cargo bench --bench hot_path`
 
 use std::hint::black_box;
@@ -7,11 +8,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{HeaderMap, HeaderValue, Version};
+use http::{HeaderMap, HeaderValue, Method, Version};
 use weir::cache::key::KeySpec;
 use weir::config::{self, HeadersConfig, RouteCacheConfig};
 use weir::proxy::Snapshot;
 use weir::proxy::headers::{ClientAddress, HeaderPolicy, strip_hop_by_hop};
+use weir::proxy::route::{Action, RouteRequest};
 
 fn config_text() -> String {
     let endpoints = (0..8)
@@ -61,13 +63,95 @@ fn balancers(c: &mut Criterion) {
             b.iter(|| black_box(pool.pick(client, &headers, &[]).unwrap()))
         });
     }
+    let no_headers = HeaderMap::new();
     c.bench_function("route: 21 routes, host + path prefix, 12th matches", |b| {
         b.iter(|| {
-            black_box(snapshot.router.find(
-                black_box("svc3.example.com"),
-                black_box("/api/v11/orders/42"),
-            ))
+            black_box(snapshot.router.find(&RouteRequest {
+                host: black_box("svc3.example.com"),
+                path: black_box("/api/v11/orders/42"),
+                method: &Method::GET,
+                headers: &no_headers,
+                query: None,
+                client,
+            }))
         })
+    });
+}
+
+/// 100 routes of every rule kind, in blocks of ten (host + prefix, exact path, path
+/// regex, method, header value, header regex, query parameter, cookie, client block,
+/// split), each on its own host so that the request below passes over the first 95.
+fn mixed_routes_text() -> String {
+    let mut text = String::from("[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n");
+    for i in 0..100 {
+        let rule = match i / 10 {
+            0 => format!("path_prefix = \"/api/v{i}\""),
+            1 => format!("path = \"/exact/{i}\""),
+            2 => format!("path_regex = \"/items/[0-9]+/v{i}\""),
+            3 => "methods = [\"PUT\", \"PATCH\"]".to_owned(),
+            4 => format!("headers = [{{ name = \"x-canary\", value = \"{i}\" }}]"),
+            5 => "headers = [{ name = \"x-user\", regex = \"beta-[a-z]+\" }]".to_owned(),
+            6 => format!("query = [{{ name = \"version\", value = \"{i}\" }}]"),
+            7 => format!("cookies = [{{ name = \"tier\", value = \"t{i}\" }}]"),
+            8 => format!("clients = [\"10.{i}.0.0/16\"]"),
+            _ => "pools = [{ pool = \"round_robin\", weight = 95 }, { pool = \"weighted\", weight = 5 }]\nsticky = \"header:x-user-id\"".to_owned(),
+        };
+        let pool = if i / 10 == 9 {
+            ""
+        } else {
+            "pool = \"round_robin\"\n"
+        };
+        text += &format!(
+            "\n[[routes]]\nname = \"m{i}\"\nhost = \"svc{i}.example.com\"\n{rule}\n{pool}"
+        );
+    }
+    for strategy in ["round_robin", "weighted"] {
+        text += &format!(
+            "\n[pools.{strategy}]\nstrategy = \"{strategy}\"\nendpoints = [{{ address = \"127.0.0.1:20000\" }}]\n"
+        );
+    }
+    text
+}
+
+fn route_rules(c: &mut Criterion) {
+    let config = config::load_str(&mixed_routes_text(), Path::new("bench.toml")).unwrap();
+    let snapshot = Snapshot::build(&config, &Default::default(), None);
+    let mut headers = HeaderMap::new();
+    headers.insert("x-user-id", HeaderValue::from_static("user-4711"));
+    headers.insert("x-canary", HeaderValue::from_static("1"));
+    headers.insert("cookie", HeaderValue::from_static("session=abc; tier=t3"));
+    let client = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
+    let request = |host: &'static str, path: &'static str| RouteRequest {
+        host,
+        path,
+        method: &Method::GET,
+        headers: &headers,
+        query: Some("page=2&version=1"),
+        client,
+    };
+    c.bench_function(
+        "route: 100 mixed routes, a header-regex route (55th) matches",
+        |b| {
+            let req = request("svc55.example.com", "/anything");
+            b.iter(|| black_box(snapshot.router.find(black_box(&req))))
+        },
+    );
+    c.bench_function(
+        "route: 100 mixed routes, a sticky split (96th) matches and picks",
+        |b| {
+            let req = request("svc96.example.com", "/anything");
+            b.iter(|| {
+                let route = snapshot.router.find(black_box(&req)).unwrap();
+                match &route.action {
+                    Action::Forward(split) => black_box(split.pick(client, &headers)).name.len(),
+                    _ => 0,
+                }
+            })
+        },
+    );
+    c.bench_function("route: 100 mixed routes, none matches", |b| {
+        let req = request("nowhere.example.com", "/anything");
+        b.iter(|| black_box(snapshot.router.find(black_box(&req))))
     });
 }
 
@@ -119,5 +203,5 @@ fn headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, balancers, headers);
+criterion_group!(benches, balancers, route_rules, headers);
 criterion_main!(benches);

@@ -11,12 +11,14 @@ mod control;
 pub mod defaults;
 mod error;
 mod model;
+mod route;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, Problem};
 pub use model::*;
+pub use route::*;
 pub use validate::parse_endpoint_address;
 
 /// Reads, parses and validates a config file.

@@ -13,6 +13,7 @@ pub use super::control::{
     ScheduleRule, Window, redact_url,
 };
 use super::defaults::*;
+use super::route::RouteConfig;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -304,33 +305,6 @@ impl Default for HeadersConfig {
             traceparent: true,
         }
     }
-}
-
-/// Routes are tried in file order; the first whose host and path prefix match wins.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    pub name: Option<String>,
-    /// Exact host (`api.example.com`) or one-label wildcard (`*.example.com`); absent = any.
-    pub host: Option<String>,
-    /// Matches on whole path segments: `/api` matches `/api` and `/api/x`, not `/apix`.
-    #[serde(default = "d_path_prefix")]
-    pub path_prefix: String,
-    pub pool: String,
-    /// Requests over this rate get 429 with `Retry-After`.
-    pub rate_limit: Option<RateLimitConfig>,
-    /// This route's caching policy; absent = the defaults when `[cache] enabled`.
-    pub cache: Option<RouteCacheConfig>,
-    /// Largest request body (bytes); more gets 413. Absent: `server.max_request_body_bytes`;
-    /// 0 = no limit.
-    pub max_body_bytes: Option<u64>,
-    /// Only clients in these blocks may use the route (empty: any); others get 403. The
-    /// client is the resolved one (PROXY protocol, `trusted_proxies`), not the connection.
-    #[serde(default)]
-    pub allow: Vec<IpBlock>,
-    /// Clients in these blocks get 403, even when `allow` lists them too.
-    #[serde(default)]
-    pub deny: Vec<IpBlock>,
 }
 
 /// A GCRA rate limit: `requests_per_second` sustained, bursts of `burst`.
@@ -984,9 +958,6 @@ fn d_proxy_name() -> String {
 }
 fn d_rate_key() -> String {
     "client_ip".to_owned()
-}
-fn d_path_prefix() -> String {
-    "/".to_owned()
 }
 fn d_connect() -> Duration {
     DEFAULT_CONNECT_TIMEOUT

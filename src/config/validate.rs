@@ -106,21 +106,7 @@ fn check_routes(config: &Config, problems: &mut Vec<Problem>) {
     }
     for (i, route) in config.routes.iter().enumerate() {
         let key = format!("routes[{i}]");
-        if !config.pools.contains_key(&route.pool) {
-            let hint = closest(&route.pool, config.pools.keys().map(String::as_str))
-                .map(|name| format!(" (did you mean {name:?}?)"))
-                .unwrap_or_default();
-            problems.push(Problem::new(
-                format!("{key}.pool"),
-                format!("unknown pool {:?}{hint}", route.pool),
-            ));
-        }
-        if !route.path_prefix.starts_with('/') {
-            problems.push(Problem::new(
-                format!("{key}.path_prefix"),
-                format!("must start with '/', got {:?}", route.path_prefix),
-            ));
-        }
+        super::route::check_route(config, i, route, problems);
         if let Some(host) = &route.host
             && let Err(reason) = check_host_pattern(host)
         {
@@ -764,7 +750,10 @@ fn check_services(config: &Config, problems: &mut Vec<Problem>) {
 }
 
 /// The candidate nearest to `name` by edit distance, if it is close enough to be a typo.
-fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(super) fn closest<'a>(
+    name: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .map(|c| (edit_distance(name, c), c))
         .filter(|(d, c)| *d <= 2.max(c.len() / 3))

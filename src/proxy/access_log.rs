@@ -18,6 +18,8 @@ pub enum Destination {
     Endpoint(Arc<Endpoint>),
     /// The cache answered.
     Cache,
+    /// The route answered itself (a redirect, a fixed response, a CORS preflight).
+    Route,
     /// Weir answered itself; the endpoint it was trying, if any.
     Failed(Option<String>),
 }
@@ -47,6 +49,7 @@ impl AccessLine {
         let endpoint = match &self.destination {
             Destination::Endpoint(endpoint) => endpoint.address.as_str(),
             Destination::Cache => "cache",
+            Destination::Route => "route",
             Destination::Failed(endpoint) => endpoint.as_deref().unwrap_or("-"),
         };
         let request_id = self.request_id.to_str().unwrap_or("-");

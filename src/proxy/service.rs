@@ -26,14 +26,17 @@ use super::grpc;
 use super::headers::{self, strip_hop_by_hop};
 use super::normalize::normalize_path;
 use super::retry;
-use super::route::Route;
+use super::route::answer::RedirectFrom;
+use super::route::cors::Cors;
+use super::route::rewrite::{FORWARDED_PREFIX, HeaderVariables};
+use super::route::{Action, Route, RouteRequest};
 use super::snapshot::Snapshot;
 use super::spans::{Recording, RequestEnd, RequestSpan};
 use super::stats::RouteStats;
 use super::trace::{TRACEPARENT, TraceContext};
 use crate::config::IpBlock;
 use crate::upstream::request_body::{CopyInProgress, ReplayCopy};
-use crate::upstream::{Endpoint, Outcome, PickError};
+use crate::upstream::{Endpoint, Outcome, PickError, Pool};
 
 mod cached;
 
@@ -97,6 +100,25 @@ impl ProxyService {
         (ip != self.client.ip).then(|| headers::ClientAddress::new(ip))
     }
 
+    /// The scheme the client used: `https` on a TLS listener, or what a trusted proxy in
+    /// front says in `X-Forwarded-Proto` (it may have terminated TLS itself).
+    fn request_scheme(&self, headers: &http::HeaderMap) -> &'static str {
+        let from_trusted = self
+            .trusted_proxies
+            .iter()
+            .any(|b| b.contains(self.client.ip));
+        let forwarded = headers
+            .get("x-forwarded-proto")
+            .filter(|_| from_trusted)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim);
+        match forwarded {
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            Some(p) if p.eq_ignore_ascii_case("http") => "http",
+            _ => self.proto,
+        }
+    }
+
     /// Enables protocol upgrades (WebSocket): tunnels run on `tracker` and are cut when
     /// `abort` fires.
     pub fn with_tunnels(mut self, tracker: TaskTracker, abort: CancellationToken) -> Self {
@@ -122,6 +144,12 @@ impl ProxyService {
         let mut request_span =
             recording.map(|recording| RequestSpan::start(recording, &method, req.uri().path()));
         let is_grpc = grpc::is_grpc(req.headers());
+        // Only routes with a CORS policy read it, after the request is gone.
+        let cors_origin = snapshot
+            .router
+            .any_cors()
+            .then(|| req.headers().get(header::ORIGIN).cloned())
+            .flatten();
         let resolved = self.resolve_client(req.headers());
         let client = resolved.as_ref().unwrap_or(&self.client);
         let origin = Origin {
@@ -165,11 +193,37 @@ impl ProxyService {
                 (response, Err(failure))
             }
         };
+        let route_index = match &outcome {
+            Ok(served) => Some(served.route_index),
+            Err(failure) => failure.route_index,
+        };
+        if let Some(route) = route_index.and_then(|i| snapshot.router.routes().get(i)) {
+            let pool = match &outcome {
+                Ok(Served {
+                    pool: Some(pool), ..
+                }) => pool.name.as_str(),
+                _ => route.primary_pool().map_or("", |p| p.name.as_str()),
+            };
+            let preflight =
+                matches!(&outcome, Ok(served) if matches!(served.source, Source::Preflight));
+            let vars = HeaderVariables {
+                client_ip: client.ip,
+                request_id: &request_id,
+                route: &route.name,
+                pool,
+            };
+            route.finish_response(
+                response.headers_mut(),
+                &vars,
+                cors_origin.as_ref(),
+                preflight,
+            );
+        }
         if let Some(span) = &mut request_span {
             let (route, endpoint, attempts) = match &outcome {
                 Ok(served) => (
                     Some(&*served.route),
-                    served.endpoint.as_ref().map(|e| e.address.as_str()),
+                    served.endpoint().map(|e| e.address.as_str()),
                     served.attempts,
                 ),
                 Err(failure) => (failure.route.as_deref(), failure.endpoint.as_deref(), 0),
@@ -189,10 +243,11 @@ impl ProxyService {
             let (route, destination, attempts, upstream_ms) = match &outcome {
                 Ok(served) => (
                     Some(Arc::clone(&served.route)),
-                    served
-                        .endpoint
-                        .as_ref()
-                        .map_or(Destination::Cache, |e| Destination::Endpoint(Arc::clone(e))),
+                    match &served.source {
+                        Source::Endpoint(e) => Destination::Endpoint(Arc::clone(e)),
+                        Source::Cache => Destination::Cache,
+                        Source::Answer | Source::Preflight => Destination::Route,
+                    },
                     served.attempts,
                     served.upstream.as_secs_f64() * 1000.0,
                 ),
@@ -286,21 +341,59 @@ impl ProxyService {
             parts.uri = Uri::from_parts(uri)
                 .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
         }
-        let route = {
-            let host = request_host(&parts)?;
-            snapshot
-                .router
-                .find(host, parts.uri.path())
-                .ok_or(ProxyError::NoRoute)?
-        };
+        let host = request_host(&parts)?;
+        let route = snapshot
+            .router
+            .find(&RouteRequest {
+                host,
+                path: parts.uri.path(),
+                method: &parts.method,
+                headers: &parts.headers,
+                query: parts.uri.query(),
+                client: origin.client.ip,
+            })
+            .ok_or(ProxyError::NoRoute)?;
         if !route.access.permits(origin.client.ip) {
             return Err(Failure::at(route, ProxyError::Forbidden, None));
+        }
+        if let Some(cors) = &route.cors
+            && Cors::is_preflight(&parts.method, &parts.headers)
+        {
+            return Ok(answered(
+                route,
+                cors.preflight(&parts.headers),
+                Source::Preflight,
+            ));
         }
         if let Some(limiter) = &route.rate_limit
             && let Err(wait) = limiter.check(origin.client.ip, &parts.headers).await
         {
             return Err(Failure::at(route, ProxyError::RateLimited(wait), None));
         }
+        let pool = match &route.action {
+            Action::Forward(split) => split.pick(origin.client.ip, &parts.headers),
+            Action::Redirect(redirect) => {
+                let from = RedirectFrom {
+                    method: &parts.method,
+                    scheme: self.request_scheme(&parts.headers),
+                    host,
+                    path: parts.uri.path(),
+                    query: parts.uri.query(),
+                };
+                let location = redirect.location(&from).ok_or_else(|| {
+                    Failure::at(route, ProxyError::BadRequest("invalid Host header"), None)
+                })?;
+                let response = redirect.response(location, &parts.method);
+                return Ok(answered(route, response, Source::Answer));
+            }
+            Action::Respond(fixed) => {
+                return Ok(answered(
+                    route,
+                    fixed.response(&parts.method),
+                    Source::Answer,
+                ));
+            }
+        };
         // A declared length over the limit is refused before anything goes upstream; a
         // chunked body is cut when it gets there (see `UpstreamRequestBody`).
         if route.max_body_bytes > 0
@@ -311,6 +404,26 @@ impl ProxyService {
                 ProxyError::BodyTooLarge(route.max_body_bytes),
                 None,
             ));
+        }
+        if let Some(rewrite) = &route.rewrite {
+            let (path, prefix) = rewrite.apply(parts.uri.path());
+            let target = match parts.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.path_and_query = Some(PathAndQuery::try_from(target).map_err(|_| {
+                Failure::at(
+                    route,
+                    ProxyError::BadRequest("the rewritten path is not valid"),
+                    None,
+                )
+            })?);
+            parts.uri = Uri::from_parts(uri)
+                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+            if let Some(prefix) = prefix.and_then(|p| HeaderValue::from_str(p).ok()) {
+                parts.headers.insert(FORWARDED_PREFIX.clone(), prefix);
+            }
         }
         // The target's authority (HTTP/2 :authority, HTTP/1.1 absolute-form) is what the
         // route was chosen by, so it replaces any Host header (RFC 9112 §3.2.2); HTTP/1.1
@@ -327,6 +440,7 @@ impl ProxyService {
         let exchange = Exchange {
             snapshot,
             route,
+            pool,
             request_id: origin.request_id,
             trace: origin.trace,
             client: origin.client,
@@ -360,13 +474,13 @@ impl ProxyService {
         let Exchange {
             snapshot,
             route,
+            pool,
             request_id,
             trace,
             client,
             is_grpc,
             recording,
         } = *exchange;
-        let pool = &route.pool;
         let failure =
             |error: ProxyError, endpoint: Option<&str>| Failure::at(route, error, endpoint);
         let pool_slot = pool
@@ -430,6 +544,15 @@ impl ProxyService {
         parts
             .headers
             .insert(snapshot.headers.request_id.clone(), request_id.clone());
+        if let Some(rules) = &route.request_headers {
+            let vars = HeaderVariables {
+                client_ip: client.ip,
+                request_id,
+                route: &route.name,
+                pool: &pool.name,
+            };
+            rules.apply(&mut parts.headers, &vars);
+        }
         let send_traceparent = snapshot.headers.traceparent;
         if send_traceparent && let Some(value) = trace.and_then(TraceContext::header_value) {
             // `tracestate` travels unchanged; weir adds no vendor entry.
@@ -722,7 +845,9 @@ impl ProxyService {
                 let served = Served {
                     route_stats: Arc::clone(&route.stats),
                     route: Arc::clone(&route.name),
-                    endpoint: Some(Arc::clone(&endpoint)),
+                    route_index: route.index,
+                    pool: Some(Arc::clone(pool)),
+                    source: Source::Endpoint(Arc::clone(&endpoint)),
                     attempts: retries + 1,
                     upstream: elapsed,
                 };
@@ -731,7 +856,9 @@ impl ProxyService {
             let served = Served {
                 route_stats: Arc::clone(&route.stats),
                 route: Arc::clone(&route.name),
-                endpoint: Some(Arc::clone(&endpoint)),
+                route_index: route.index,
+                pool: Some(Arc::clone(pool)),
+                source: Source::Endpoint(Arc::clone(&endpoint)),
                 attempts: retries + 1,
                 upstream: elapsed,
             };
@@ -876,6 +1003,8 @@ struct Origin<'a> {
 pub(super) struct Exchange<'a> {
     pub snapshot: &'a Arc<Snapshot>,
     pub route: &'a Route,
+    /// The pool the route's split chose for this request.
+    pub pool: &'a Arc<Pool>,
     pub request_id: &'a HeaderValue,
     pub trace: Option<&'a TraceContext>,
     /// The client balancing and forwarding headers use.
@@ -890,17 +1019,59 @@ pub(super) struct Exchange<'a> {
 pub(super) struct Served {
     route_stats: Arc<RouteStats>,
     route: Arc<str>,
-    /// `None` when the cache answered.
-    endpoint: Option<Arc<Endpoint>>,
+    /// The route's position in the snapshot (to finish the response by its rules).
+    route_index: usize,
+    /// The pool the request was for; `None` when the route answered itself.
+    pool: Option<Arc<Pool>>,
+    source: Source,
     attempts: u32,
     /// Time to the response head of the attempt that answered.
     upstream: std::time::Duration,
+}
+
+impl Served {
+    fn endpoint(&self) -> Option<&Arc<Endpoint>> {
+        match &self.source {
+            Source::Endpoint(endpoint) => Some(endpoint),
+            _ => None,
+        }
+    }
+}
+
+/// Who gave a served response.
+#[derive(Debug)]
+pub(super) enum Source {
+    Endpoint(Arc<Endpoint>),
+    Cache,
+    /// The route itself: a redirect or a fixed response.
+    Answer,
+    /// The route's CORS policy, answering a preflight.
+    Preflight,
+}
+
+/// A response the route gives itself.
+fn answered(
+    route: &Route,
+    response: Response<ResponseBody>,
+    source: Source,
+) -> (Response<ResponseBody>, Served) {
+    let served = Served {
+        route_stats: Arc::clone(&route.stats),
+        route: Arc::clone(&route.name),
+        route_index: route.index,
+        pool: None,
+        source,
+        attempts: 0,
+        upstream: std::time::Duration::ZERO,
+    };
+    (response, served)
 }
 
 /// A failed request with what is known of where it was going, for the log line.
 pub(super) struct Failure {
     error: ProxyError,
     route: Option<String>,
+    route_index: Option<usize>,
     route_stats: Option<Arc<RouteStats>>,
     endpoint: Option<String>,
 }
@@ -910,6 +1081,7 @@ impl Failure {
         Failure {
             error,
             route: Some(route.name.to_string()),
+            route_index: Some(route.index),
             route_stats: Some(Arc::clone(&route.stats)),
             endpoint: endpoint.map(str::to_owned),
         }
@@ -921,6 +1093,7 @@ impl From<ProxyError> for Failure {
         Failure {
             error,
             route: None,
+            route_index: None,
             route_stats: None,
             endpoint: None,
         }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::headers::HeaderPolicy;
-use super::route::{Route, Router};
+use super::route::{Route, RouteBuild, Router};
 use crate::cache::redis::RedisTier;
 use crate::cache::{Cache, RouteCache};
 use crate::config::Config;
@@ -58,9 +58,13 @@ impl Snapshot {
             .routes
             .iter()
             .enumerate()
-            .filter_map(|(i, route)| {
-                let pool = pools.get(&route.pool)?;
-                let mut fresh = Route::new(i, route, Arc::clone(pool), None, redis.as_ref());
+            .filter_map(|(index, route)| {
+                let build = RouteBuild {
+                    index,
+                    pools: &pools,
+                    redis: redis.as_ref(),
+                };
+                let mut fresh = Route::new(route, build)?;
                 fresh.max_body_bytes = route
                     .max_body_bytes
                     .unwrap_or(config.server.max_request_body_bytes);

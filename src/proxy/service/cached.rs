@@ -12,7 +12,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{Exchange, Failure, ProxyService, Served};
+use super::{Exchange, Failure, ProxyService, Served, Source};
 use crate::cache::coalesce;
 use crate::cache::object::StoredResponse;
 use crate::cache::policy::{self, CACHE_STATUS, PolicyRequest, Reuse};
@@ -133,7 +133,9 @@ impl CacheCtx<'_> {
         Served {
             route_stats: Arc::clone(&self.exchange.route.stats),
             route: Arc::clone(&self.exchange.route.name),
-            endpoint: None,
+            route_index: self.exchange.route.index,
+            pool: Some(Arc::clone(self.exchange.pool)),
+            source: Source::Cache,
             attempts: 0,
             upstream: Duration::ZERO,
         }
@@ -603,6 +605,7 @@ impl ProxyService {
             service: self.clone(),
             snapshot: Arc::clone(ctx.exchange.snapshot),
             route_index: ctx.exchange.route.index,
+            pool: Arc::clone(ctx.exchange.pool),
             cache: Arc::clone(ctx.cache),
             policy: Arc::clone(ctx.policy),
             primary: ctx.primary.clone(),
@@ -632,6 +635,8 @@ struct BackgroundRefresh {
     service: ProxyService,
     snapshot: Arc<crate::proxy::snapshot::Snapshot>,
     route_index: usize,
+    /// The pool the request that found the entry due was split to.
+    pool: Arc<crate::upstream::Pool>,
     cache: Arc<Cache>,
     policy: Arc<RouteCache>,
     primary: String,
@@ -649,6 +654,7 @@ impl BackgroundRefresh {
         let exchange = Exchange {
             snapshot: &self.snapshot,
             route,
+            pool: &self.pool,
             request_id: &request_id,
             trace: None,
             // The refresh is made for the connection that found the entry due.

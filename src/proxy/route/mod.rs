@@ -1,14 +1,30 @@
-//! Route matching: host (exact or `*.suffix`) and path prefix on segment boundaries; who
-//! may use a route (client address allow and deny lists).
+//! Routes: what they match (host, exact or `*.suffix`, and path prefix on segment
+//! boundaries first, then the rest in [`conditions`]), who may use them (client address
+//! allow and deny lists), and what they do with a request ([`Action`]: forward to a
+//! [`split::Split`] of pools, redirect, or answer), rewrite ([`rewrite`]), copy
+//! ([`mirror`]) and allow across origins ([`cors`]).
 
+pub mod answer;
+pub mod conditions;
+pub mod cors;
+pub mod rewrite;
+pub mod split;
+
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::ratelimit::RouteLimiter;
 use super::stats::RouteStats;
 use crate::cache::redis::RedisTier;
-use crate::config::{IpBlock, RouteConfig};
+use crate::config::{HashKey, IpBlock, RouteConfig};
 use crate::upstream::Pool;
+use answer::{FixedResponse, Redirect};
+use conditions::Conditions;
+pub use conditions::RouteRequest;
+use cors::Cors;
+use rewrite::{HeaderRules, PathRewrite};
+use split::Split;
 
 #[derive(Debug)]
 enum HostMatch {
@@ -18,12 +34,26 @@ enum HostMatch {
     Wildcard(String),
 }
 
+/// What a route does with a request that passed its checks.
+#[derive(Debug)]
+pub enum Action {
+    Forward(Split),
+    Redirect(Redirect),
+    Respond(FixedResponse),
+}
+
 #[derive(Debug)]
 pub struct Route {
     pub name: Arc<str>,
     host: HostMatch,
     path_prefix: String,
-    pub pool: Arc<Pool>,
+    /// Checked after host and prefix; usually none.
+    conditions: Conditions,
+    pub action: Action,
+    pub rewrite: Option<PathRewrite>,
+    pub request_headers: Option<HeaderRules>,
+    pub response_headers: Option<HeaderRules>,
+    pub cors: Option<Cors>,
     pub stats: Arc<RouteStats>,
     pub rate_limit: Option<Arc<RouteLimiter>>,
     /// Caching policy, when the cache is on and the route uses it.
@@ -59,16 +89,23 @@ impl ClientAccess {
     }
 }
 
+/// What a route is built from besides its own config.
+#[derive(Clone, Copy)]
+pub struct RouteBuild<'a> {
+    pub index: usize,
+    pub pools: &'a BTreeMap<String, Arc<Pool>>,
+    /// Holds shared rate-limit buckets.
+    pub redis: Option<&'a Arc<RedisTier>>,
+}
+
 impl Route {
-    /// `stats` carries the counters of the route of the same name before a reload; `redis`
-    /// holds shared rate-limit buckets.
-    pub fn new(
-        index: usize,
-        config: &RouteConfig,
-        pool: Arc<Pool>,
-        stats: Option<Arc<RouteStats>>,
-        redis: Option<&Arc<RedisTier>>,
-    ) -> Self {
+    /// `None` when the config names a pool that does not exist (validation prevents it).
+    pub fn new(config: &RouteConfig, build: RouteBuild<'_>) -> Option<Self> {
+        let RouteBuild {
+            index,
+            pools,
+            redis,
+        } = build;
         let host = match config.host.as_deref() {
             None => HostMatch::Any,
             Some(h) => match h.strip_prefix('*') {
@@ -76,29 +113,80 @@ impl Route {
                 None => HostMatch::Exact(h.to_ascii_lowercase()),
             },
         };
-        let name = config
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("routes[{index}]"));
+        let name = config.display_name(index);
+        let action = if let Some(redirect) = &config.redirect {
+            Action::Redirect(Redirect::new(redirect, &config.path_prefix))
+        } else if let Some(respond) = &config.respond {
+            Action::Respond(FixedResponse::new(respond))
+        } else {
+            let sides = config
+                .split()
+                .into_iter()
+                .map(|(pool, weight)| Some((Arc::clone(pools.get(pool)?), weight)))
+                .collect::<Option<Vec<_>>>()?;
+            if sides.is_empty() {
+                return None;
+            }
+            let sticky = config
+                .sticky
+                .as_deref()
+                .and_then(|k| HashKey::parse(k).ok());
+            Action::Forward(Split::new(sides, sticky))
+        };
         let rate_limit = config
             .rate_limit
             .as_ref()
             .map(|limit| Arc::new(RouteLimiter::new(limit, &name, redis)));
-        Self {
+        Some(Self {
             name: name.into(),
             host,
             path_prefix: config.path_prefix.clone(),
-            pool,
-            stats: stats.unwrap_or_default(),
+            conditions: Conditions::from_config(config),
+            action,
+            rewrite: config
+                .rewrite
+                .as_ref()
+                .and_then(|r| PathRewrite::new(r, &config.path_prefix)),
+            request_headers: config.request_headers.as_ref().map(HeaderRules::new),
+            response_headers: config.response_headers.as_ref().map(HeaderRules::new),
+            cors: config.cors.as_ref().map(Cors::new),
+            stats: Arc::default(),
             rate_limit,
             cache: None,
             index,
             max_body_bytes: config.max_body_bytes.unwrap_or(0),
             access: ClientAccess::new(&config.allow, &config.deny),
+        })
+    }
+
+    /// Applies the route's response rules to a response of its (the upstream's, the
+    /// cache's, or weir's own): header changes, then the CORS policy for a request from
+    /// `origin` (a preflight's answer already carries it).
+    pub fn finish_response(
+        &self,
+        headers: &mut http::HeaderMap,
+        vars: &rewrite::HeaderVariables<'_>,
+        origin: Option<&http::HeaderValue>,
+        preflight: bool,
+    ) {
+        if let Some(rules) = &self.response_headers {
+            rules.apply(headers, vars);
+        }
+        if let Some(cors) = self.cors.as_ref().filter(|_| !preflight) {
+            cors.decorate(origin, headers);
         }
     }
 
-    fn matches(&self, host: &str, path: &str) -> bool {
+    /// The pool metrics name the route by: its first (for a split) or only pool; none for
+    /// a route that answers itself.
+    pub fn primary_pool(&self) -> Option<&Arc<Pool>> {
+        match &self.action {
+            Action::Forward(split) => Some(split.primary()),
+            Action::Redirect(_) | Action::Respond(_) => None,
+        }
+    }
+
+    fn matches(&self, host: &str, request: &RouteRequest<'_>) -> bool {
         let host_ok = match &self.host {
             HostMatch::Any => true,
             HostMatch::Exact(expected) => host.eq_ignore_ascii_case(expected),
@@ -109,7 +197,7 @@ impl Route {
                     && !host[..host.len() - suffix.len()].contains('.')
             }
         };
-        host_ok && path_has_prefix(path, &self.path_prefix)
+        host_ok && path_has_prefix(request.path, &self.path_prefix) && self.conditions.hold(request)
     }
 }
 
@@ -129,17 +217,25 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct Router {
     routes: Vec<Route>,
+    /// Whether any route has a CORS policy (only then is a request's `Origin` kept).
+    any_cors: bool,
 }
 
 impl Router {
     pub fn new(routes: Vec<Route>) -> Self {
-        Self { routes }
+        let any_cors = routes.iter().any(|r| r.cors.is_some());
+        Self { routes, any_cors }
     }
 
-    /// `host` may carry a port; it is ignored.
-    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
-        let host = strip_port(host);
-        self.routes.iter().find(|r| r.matches(host, path))
+    pub fn any_cors(&self) -> bool {
+        self.any_cors
+    }
+
+    /// The first route that matches (the request's host may carry a port; it is
+    /// ignored).
+    pub fn find(&self, request: &RouteRequest<'_>) -> Option<&Route> {
+        let host = strip_port(request.host);
+        self.routes.iter().find(|r| r.matches(host, request))
     }
 
     pub fn routes(&self) -> &[Route] {

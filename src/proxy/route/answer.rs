@@ -1,0 +1,243 @@
+//! Answers a route gives itself: redirects and fixed responses.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode};
+
+use crate::config::{RedirectConfig, RespondConfig};
+use crate::proxy::body::ResponseBody;
+
+/// What a redirect's location is built from: the request's own parts.
+#[derive(Debug, Clone, Copy)]
+pub struct RedirectFrom<'a> {
+    pub method: &'a Method,
+    /// `http` or `https`, as the client used it.
+    pub scheme: &'a str,
+    /// The request's host, perhaps with a port.
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+}
+
+#[derive(Debug)]
+pub struct Redirect {
+    scheme: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    path: Option<String>,
+    /// The route's prefix and what replaces it.
+    prefix: Option<(String, String)>,
+    status: Option<StatusCode>,
+    drop_query: bool,
+}
+
+impl Redirect {
+    pub fn new(config: &RedirectConfig, route_prefix: &str) -> Self {
+        Self {
+            scheme: config.scheme.clone(),
+            host: config.host.clone(),
+            port: config.port,
+            path: config.path.clone(),
+            prefix: config
+                .prefix
+                .clone()
+                .map(|to| (route_prefix.to_owned(), to)),
+            status: config.status.and_then(|s| StatusCode::from_u16(s).ok()),
+            drop_query: config.drop_query,
+        }
+    }
+
+    /// The location for `from`; `None` when the parts make no valid URI (a request host
+    /// that is not one), which the caller answers as a bad request.
+    pub fn location(&self, from: &RedirectFrom<'_>) -> Option<HeaderValue> {
+        let scheme = self.scheme.as_deref().unwrap_or(from.scheme);
+        let (request_host, request_port) = split_port(from.host);
+        let host = self.host.as_deref().unwrap_or(request_host);
+        // A port the request named stays only while the scheme and host stay.
+        let port = self.port.or_else(|| {
+            let same = scheme == from.scheme && self.host.is_none();
+            request_port.filter(|_| same)
+        });
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        let path = match (&self.path, &self.prefix) {
+            (Some(path), _) => path.clone(),
+            (None, Some((old, new))) => replace_prefix(from.path, old, new),
+            (None, None) => from.path.to_owned(),
+        };
+        let mut location = format!("{scheme}://{host}");
+        if let Some(port) = port.filter(|p| *p != default_port) {
+            location.push_str(&format!(":{port}"));
+        }
+        location.push_str(&path);
+        if let Some(query) = from.query.filter(|q| !self.drop_query && !q.is_empty()) {
+            location.push('?');
+            location.push_str(query);
+        }
+        location
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|_| HeaderValue::from_str(&location).ok())
+    }
+
+    /// The redirect's status: the configured one, or 301 for GET and HEAD and 308 (which
+    /// keeps method and body) for the others.
+    pub fn status(&self, method: &Method) -> StatusCode {
+        self.status.unwrap_or(match *method {
+            Method::GET | Method::HEAD => StatusCode::MOVED_PERMANENTLY,
+            _ => StatusCode::PERMANENT_REDIRECT,
+        })
+    }
+
+    pub fn response(&self, location: HeaderValue, method: &Method) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::empty());
+        *response.status_mut() = self.status(method);
+        response.headers_mut().insert(header::LOCATION, location);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        response
+    }
+}
+
+/// Replaces `old` at the start of `path` with `new`, on segment boundaries (the route
+/// matched `old`, so it is there).
+pub fn replace_prefix(path: &str, old: &str, new: &str) -> String {
+    let rest = path.strip_prefix(old.trim_end_matches('/')).unwrap_or(path);
+    let joined = format!("{}{}", new.trim_end_matches('/'), rest);
+    if joined.is_empty() {
+        "/".to_owned()
+    } else if !joined.starts_with('/') {
+        format!("/{joined}")
+    } else {
+        joined
+    }
+}
+
+fn split_port(host: &str) -> (&str, Option<u16>) {
+    if host.starts_with('[') {
+        // IPv6 literal: `[::1]:8080`.
+        return match host.rsplit_once("]:") {
+            Some((name, port)) => (&host[..name.len() + 1], port.parse().ok()),
+            None => (host, None),
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) => match port.parse() {
+            Ok(port) => (name, Some(port)),
+            Err(_) => (host, None),
+        },
+        None => (host, None),
+    }
+}
+
+/// A fixed response, built once.
+#[derive(Debug)]
+pub struct FixedResponse {
+    status: StatusCode,
+    body: Bytes,
+    content_type: HeaderValue,
+}
+
+impl FixedResponse {
+    pub fn new(config: &RespondConfig) -> Self {
+        Self {
+            status: StatusCode::from_u16(config.status).unwrap_or(StatusCode::OK),
+            body: Bytes::from(config.body.clone()),
+            content_type: HeaderValue::from_str(&config.content_type)
+                .unwrap_or(HeaderValue::from_static("text/plain")),
+        }
+    }
+
+    pub fn response(&self, method: &Method) -> Response<ResponseBody> {
+        let body = if *method == Method::HEAD {
+            ResponseBody::empty()
+        } else {
+            ResponseBody::full(self.body.clone())
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, self.content_type.clone());
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from<'a>(
+        scheme: &'a str,
+        host: &'a str,
+        path: &'a str,
+        query: Option<&'a str>,
+    ) -> RedirectFrom<'a> {
+        RedirectFrom {
+            method: &Method::GET,
+            scheme,
+            host,
+            path,
+            query,
+        }
+    }
+
+    fn redirect(text: &str) -> Redirect {
+        let config: RedirectConfig = toml::from_str(text).unwrap();
+        Redirect::new(&config, "/old")
+    }
+
+    #[test]
+    fn https_keeps_host_path_and_query_and_drops_the_http_port() {
+        let to_https = redirect(r#"scheme = "https""#);
+        let location = to_https
+            .location(&from("http", "example.com:8080", "/a/b", Some("x=1&y=2")))
+            .unwrap();
+        assert_eq!(location, "https://example.com/a/b?x=1&y=2");
+        assert_eq!(to_https.status(&Method::GET), StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(
+            to_https.status(&Method::POST),
+            StatusCode::PERMANENT_REDIRECT
+        );
+        let with_port = redirect("scheme = \"https\"\nport = 8443");
+        assert_eq!(
+            with_port
+                .location(&from("http", "example.com", "/", None))
+                .unwrap(),
+            "https://example.com:8443/"
+        );
+    }
+
+    #[test]
+    fn prefix_path_and_host_replacements() {
+        let moved = redirect("prefix = \"/new\"\nstatus = 302\ndrop_query = true");
+        assert_eq!(
+            moved
+                .location(&from("https", "example.com", "/old/page", Some("q=1")))
+                .unwrap(),
+            "https://example.com/new/page"
+        );
+        assert_eq!(moved.status(&Method::POST), StatusCode::FOUND);
+        let elsewhere = redirect("host = \"www.example.org\"\npath = \"/\"");
+        assert_eq!(
+            elsewhere
+                .location(&from("http", "example.com:8080", "/x", None))
+                .unwrap(),
+            "http://www.example.org/"
+        );
+        assert_eq!(
+            redirect("scheme = \"https\"")
+                .location(&from("http", "[::1]:8080", "/", None))
+                .unwrap(),
+            "https://[::1]/"
+        );
+    }
+
+    #[test]
+    fn prefixes_are_replaced_on_segments() {
+        assert_eq!(replace_prefix("/api/users", "/api", ""), "/users");
+        assert_eq!(replace_prefix("/api", "/api", ""), "/");
+        assert_eq!(replace_prefix("/api/users", "/api/", "/v2"), "/v2/users");
+        assert_eq!(replace_prefix("/api/users", "/api", "/v2/"), "/v2/users");
+    }
+}
