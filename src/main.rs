@@ -74,6 +74,14 @@ fn main() -> ExitCode {
                     config.routes.len(),
                     config.pools.len()
                 );
+                println!("routes, tried in this order (the first match wins):");
+                for (index, route) in config.routes.iter().enumerate() {
+                    println!(
+                        "  {}: {}",
+                        route.display_name(index),
+                        weir::config::describe(route)
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(err) => {

@@ -222,6 +222,7 @@ fn gather(sources: Sources<'_>) -> Vec<MetricFamily> {
             &[("route", name), ("pool", pool)],
             &route.stats.latency,
         );
+        route_rules(&mut f, route);
         if let Some(limiter) = &route.rate_limit {
             f.counter(
                 "weir_rate_limited_total",
@@ -598,6 +599,61 @@ fn cache_metrics(f: &mut Families, cache: &Cache) {
         &[],
         s.hit_ratio(),
     );
+}
+
+/// A route's split sides and mirror.
+fn route_rules(f: &mut Families, route: &crate::proxy::route::Route) {
+    let name = route.name.as_ref();
+    if let crate::proxy::route::Action::Forward(split) = &route.action
+        && split.sides().len() > 1
+    {
+        for side in split.sides() {
+            let labels = [("route", name), ("pool", side.pool.name.as_str())];
+            f.counter(
+                "weir_route_split_requests_total",
+                "Requests a split route sent to each of its pools.",
+                &labels,
+                side.requests.load(Relaxed),
+            );
+            f.gauge(
+                "weir_route_split_weight",
+                "The current weight of each side of a split route.",
+                &labels,
+                f64::from(side.weight()),
+            );
+        }
+    }
+    if let Some(mirror) = &route.mirror {
+        let pool = mirror.pool.name.as_str();
+        let stats = &mirror.stats;
+        for (result, counter) in [
+            ("sent", &stats.sent),
+            ("dropped_busy", &stats.dropped_busy),
+            ("skipped_body", &stats.skipped_body),
+            ("failed", &stats.failed),
+        ] {
+            f.counter(
+                "weir_route_mirror_requests_total",
+                "Copies of a route's requests by what became of them.",
+                &[("route", name), ("pool", pool), ("result", result)],
+                counter.load(Relaxed),
+            );
+        }
+        for (class, counter) in CLASSES.iter().zip(&stats.responses) {
+            f.counter(
+                "weir_route_mirror_responses_total",
+                "The mirror pool's answers to copies, by status class.",
+                &[("route", name), ("pool", pool), ("class", class)],
+                counter.load(Relaxed),
+            );
+        }
+        f.histogram(
+            "weir_route_mirror_duration_seconds",
+            "Copy sent to the mirror pool's response head.",
+            &[("route", name), ("pool", pool)],
+            &stats.latency,
+        );
+    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,11 @@ pub fn router(context: AdminContext) -> Router {
         .route("/api/v1/pools/{pool}/scaling", get(control::scaling))
         .route("/api/v1/report", get(control::report_json))
         .route("/api/v1/report.html", get(control::report_html))
+        .route("/api/v1/routes", get(routes))
+        .route(
+            "/api/v1/routes/{route}/split",
+            axum::routing::put(set_split),
+        )
         .route("/api/v1/reload", post(reload).get(last_reload))
         .route("/api/v1/cache", get(cache_stats))
         .route("/api/v1/cache/purge", post(cache_purge))
@@ -242,6 +247,50 @@ async fn reweight(
             None => instance_error(InstanceError::UnknownInstance(id)),
         },
         Err(err) => instance_error(err),
+    }
+}
+
+/// Every route in match order, with its split and mirror.
+async fn routes(State(ctx): State<AdminContext>) -> Response {
+    let snapshot = ctx.state.snapshot.load();
+    let list: Vec<Value> = snapshot
+        .router
+        .routes()
+        .iter()
+        .map(views::route_json)
+        .collect();
+    Json(json!({ "routes": list })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitBody {
+    /// Pool name → new weight; pools not named keep theirs.
+    weights: std::collections::BTreeMap<String, u32>,
+}
+
+async fn set_split(
+    State(ctx): State<AdminContext>,
+    Path(route): Path<String>,
+    body: Bytes,
+) -> Response {
+    let body: SplitBody = match parse_body(&body) {
+        Ok(body) => body,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let weights: Vec<(String, u32)> = body.weights.into_iter().collect();
+    match ctx.supervisor.set_split_weights(&route, &weights) {
+        Ok(()) => {
+            let snapshot = ctx.state.snapshot.load();
+            match snapshot.router.routes().iter().find(|r| *r.name == *route) {
+                Some(found) => Json(views::route_json(found)).into_response(),
+                None => error(StatusCode::NOT_FOUND, format!("no route named {route:?}")),
+            }
+        }
+        Err(err @ crate::supervisor::SplitChangeError::UnknownRoute(_)) => {
+            error(StatusCode::NOT_FOUND, err.to_string())
+        }
+        Err(err) => error(StatusCode::BAD_REQUEST, err.to_string()),
     }
 }
 

@@ -158,3 +158,44 @@ pub(super) fn cache_summary(cache: &Cache) -> Value {
         "redis": redis,
     })
 }
+
+/// A route as the admin API shows it: name, what it does, its split sides (weight and
+/// requests so far) and its mirror's counters.
+pub fn route_json(route: &crate::proxy::route::Route) -> Value {
+    use crate::proxy::route::Action;
+    let (kind, sides) = match &route.action {
+        Action::Forward(split) => (
+            "forward",
+            split
+                .sides()
+                .iter()
+                .map(|side| {
+                    json!({
+                        "pool": side.pool.name,
+                        "weight": side.weight(),
+                        "requests": side.requests.load(Relaxed),
+                    })
+                })
+                .collect(),
+        ),
+        Action::Redirect(_) => ("redirect", Vec::new()),
+        Action::Respond(_) => ("respond", Vec::new()),
+    };
+    let mirror = route.mirror.as_ref().map(|m| {
+        let stats = &m.stats;
+        json!({
+            "pool": m.pool.name,
+            "sent": stats.sent.load(Relaxed),
+            "dropped_busy": stats.dropped_busy.load(Relaxed),
+            "skipped_body": stats.skipped_body.load(Relaxed),
+            "failed": stats.failed.load(Relaxed),
+            "responses": stats.responses.iter().map(|c| c.load(Relaxed)).collect::<Vec<_>>(),
+        })
+    });
+    json!({
+        "name": route.name.as_ref(),
+        "action": kind,
+        "pools": sides,
+        "mirror": mirror,
+    })
+}

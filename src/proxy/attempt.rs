@@ -6,7 +6,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
@@ -126,6 +126,8 @@ pub(super) struct Launch {
     /// can be sent again, attempts are left): then a wait on an endpoint that gets ejected
     /// is cut (see [`Cut::EndpointEjected`]).
     pub may_follow: bool,
+    /// A `Host` for this attempt alone (a mirrored copy's), over the pool's choice.
+    pub host: Option<HeaderValue>,
 }
 
 /// An attempt in flight (or just finished).
@@ -162,9 +164,12 @@ pub(super) fn launch(
         number,
         per_try,
         may_follow,
+        host,
     } = launch;
     let pool = plan.pool;
-    if !pool.preserve_host {
+    if let Some(host) = host {
+        headers.insert(header::HOST, host);
+    } else if !pool.preserve_host {
         headers.insert(header::HOST, endpoint.host_header().clone());
     }
     let mut uri = http::uri::Parts::default();

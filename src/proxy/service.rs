@@ -28,6 +28,7 @@ use super::normalize::normalize_path;
 use super::retry;
 use super::route::answer::RedirectFrom;
 use super::route::cors::Cors;
+use super::route::mirror::{Mirror, MirrorRequest};
 use super::route::rewrite::{FORWARDED_PREFIX, HeaderVariables};
 use super::route::{Action, Route, RouteRequest};
 use super::snapshot::Snapshot;
@@ -437,10 +438,12 @@ impl ProxyService {
                 parts.headers.insert(header::HOST, value);
             }
         }
+        let mirror = route.mirror.as_ref().filter(|m| m.chosen());
         let exchange = Exchange {
             snapshot,
             route,
             pool,
+            mirror,
             request_id: origin.request_id,
             trace: origin.trace,
             client: origin.client,
@@ -475,6 +478,7 @@ impl ProxyService {
             snapshot,
             route,
             pool,
+            mirror,
             request_id,
             trace,
             client,
@@ -577,6 +581,9 @@ impl ProxyService {
                     max_body: route.max_body_bytes,
                     // gRPC bodies have no length to decide by: they stream, copied.
                     copy_while_streaming: is_grpc && !pool.retry.grpc_statuses.is_empty(),
+                    mirror_limit: mirror
+                        .filter(|_| upgrade.is_none())
+                        .map_or(0, |m| m.max_body),
                 };
                 RequestBody::prepare(body, &parts.headers, plan)
                     .await
@@ -585,6 +592,22 @@ impl ProxyService {
             None => RequestBody::Replayable(Bytes::new()),
         };
         // A pool that sends PROXY headers has clients private to each client connection.
+        if let Some(mirror) = mirror {
+            match &body {
+                RequestBody::Replayable(bytes)
+                    if upgrade.is_none() && bytes.len() as u64 <= mirror.max_body =>
+                {
+                    mirror.send(MirrorRequest {
+                        method: &parts.method,
+                        path_and_query: &path_and_query,
+                        headers: &parts.headers,
+                        body: bytes.clone(),
+                        client: client.ip,
+                    })
+                }
+                _ => mirror.skip(),
+            }
+        }
         let private = pool.proxy_protocol.and_then(|_| {
             let (peer, local) = self.conn.ends();
             self.conn
@@ -632,6 +655,7 @@ impl ProxyService {
                     number: retries + 1,
                     per_try: pool.retry.per_try_timeout.filter(|_| replayable && may_cut),
                     may_follow: replayable && may_repeat,
+                    host: None,
                 },
             )
             .map_err(|(error, endpoint)| failure(error, Some(&endpoint.address)))?;
@@ -668,6 +692,7 @@ impl ProxyService {
                                     .per_try_timeout
                                     .filter(|_| more_after && may_cut),
                                 may_follow: more_after && may_repeat,
+                                host: None,
                             },
                         )
                         .ok()
@@ -884,6 +909,8 @@ struct BodyPlan {
     /// Stream the body and keep a copy (up to `buffer_limit`) rather than read it first:
     /// for calls whose body has no length and may not end before the answer starts.
     copy_while_streaming: bool,
+    /// A mirrored request's body is held whole up to this (0: not mirrored).
+    mirror_limit: u64,
 }
 
 /// The client's request body, held so that it can be sent again when it is small enough.
@@ -913,8 +940,12 @@ impl RequestBody {
         }
         let declared = declared_length(headers);
         match declared {
-            Some(length) if plan.retries > 0 && length <= plan.buffer_limit => {
-                let limited = http_body_util::Limited::new(body, plan.buffer_limit as usize);
+            Some(length)
+                if (plan.retries > 0 && length <= plan.buffer_limit)
+                    || length <= plan.mirror_limit =>
+            {
+                let limit = plan.buffer_limit.max(plan.mirror_limit);
+                let limited = http_body_util::Limited::new(body, limit as usize);
                 let deadline = plan.pace.deadline(tokio::time::Instant::now(), length);
                 let bytes = tokio::time::timeout_at(deadline, limited.collect())
                     .await
@@ -1005,6 +1036,8 @@ pub(super) struct Exchange<'a> {
     pub route: &'a Route,
     /// The pool the route's split chose for this request.
     pub pool: &'a Arc<Pool>,
+    /// The route's mirror, when this request is one it copies.
+    pub mirror: Option<&'a Mirror>,
     pub request_id: &'a HeaderValue,
     pub trace: Option<&'a TraceContext>,
     /// The client balancing and forwarding headers use.

@@ -74,6 +74,11 @@ impl Snapshot {
                     previous.and_then(|p| p.router.routes().iter().find(|r| r.name == fresh.name))
                 {
                     fresh.stats = Arc::clone(&old.stats);
+                    if let (Some(mirror), Some(kept)) = (&mut fresh.mirror, &old.mirror)
+                        && mirror.pool.name == kept.pool.name
+                    {
+                        mirror.stats = Arc::clone(&kept.stats);
+                    }
                     // Unchanged limits keep their buckets across a reload.
                     if let (Some(new), Some(kept)) = (&route.rate_limit, &old.rate_limit)
                         && kept.fits(new, redis.as_ref())

@@ -84,6 +84,17 @@ pub enum InstanceError {
     State(#[from] RegistryError),
 }
 
+/// Why a route's split weights were not changed.
+#[derive(Debug, thiserror::Error)]
+pub enum SplitChangeError {
+    #[error("no route named {0:?}")]
+    UnknownRoute(String),
+    #[error("route {0:?} does not split between pools")]
+    NotSplit(String),
+    #[error(transparent)]
+    Weights(#[from] crate::proxy::route::split::WeightError),
+}
+
 #[derive(Debug)]
 struct Inner {
     config: Config,
@@ -352,6 +363,34 @@ impl Supervisor {
             .ok_or_else(|| InstanceError::UnknownInstance(id.to_owned()))?;
         endpoint.set_draining(true, "drained through the admin API");
         Ok(endpoint)
+    }
+
+    /// Sets split weights of a route in the running snapshot (all or nothing); requests
+    /// already on their way keep their pool. The next reload applies the file's weights.
+    pub fn set_split_weights(
+        &self,
+        route: &str,
+        weights: &[(String, u32)],
+    ) -> Result<(), SplitChangeError> {
+        let snapshot = self.state.snapshot.load();
+        let found = snapshot
+            .router
+            .routes()
+            .iter()
+            .find(|r| &*r.name == route)
+            .ok_or_else(|| SplitChangeError::UnknownRoute(route.to_owned()))?;
+        match &found.action {
+            crate::proxy::route::Action::Forward(split) if split.sides().len() > 1 => {
+                split.set_weights(weights)?;
+                tracing::info!(
+                    route,
+                    ?weights,
+                    "split weights changed through the admin API"
+                );
+                Ok(())
+            }
+            _ => Err(SplitChangeError::NotSplit(route.to_owned())),
+        }
     }
 
     pub fn set_weight(&self, id: &str, weight: u32) -> Result<Arc<Endpoint>, InstanceError> {

@@ -7,6 +7,7 @@
 pub mod answer;
 pub mod conditions;
 pub mod cors;
+pub mod mirror;
 pub mod rewrite;
 pub mod split;
 
@@ -54,6 +55,8 @@ pub struct Route {
     pub request_headers: Option<HeaderRules>,
     pub response_headers: Option<HeaderRules>,
     pub cors: Option<Cors>,
+    /// Copies a share of the requests to another pool.
+    pub mirror: Option<mirror::Mirror>,
     pub stats: Arc<RouteStats>,
     pub rate_limit: Option<Arc<RouteLimiter>>,
     /// Caching policy, when the cache is on and the route uses it.
@@ -150,6 +153,13 @@ impl Route {
             request_headers: config.request_headers.as_ref().map(HeaderRules::new),
             response_headers: config.response_headers.as_ref().map(HeaderRules::new),
             cors: config.cors.as_ref().map(Cors::new),
+            mirror: match &config.mirror {
+                Some(mirror) => Some(mirror::Mirror::new(
+                    mirror,
+                    Arc::clone(pools.get(&mirror.pool)?),
+                )),
+                None => None,
+            },
             stats: Arc::default(),
             rate_limit,
             cache: None,

@@ -655,6 +655,8 @@ impl BackgroundRefresh {
             snapshot: &self.snapshot,
             route,
             pool: &self.pool,
+            // A refresh is weir's own request, not the client's: not copied.
+            mirror: None,
             request_id: &request_id,
             trace: None,
             // The refresh is made for the connection that found the entry due.
