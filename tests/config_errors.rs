@@ -537,3 +537,161 @@ fn route_allow_and_deny_entries_name_key_and_reason() {
     .unwrap();
     assert_eq!(config.routes[0].allow.len(), 2);
 }
+
+/// Each route rule, wrong in a typical way, is named by its key with the reason.
+#[test]
+fn route_rules_are_checked_key_by_key() {
+    let with_route = |route: &str| {
+        format!(
+            "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:8080\"\n\n[[routes]]\n{route}\n\n\
+             [pools.api]\nendpoints = [{{ address = \"127.0.0.1:9001\" }}]\n\
+             [pools.v2]\nendpoints = [{{ address = \"127.0.0.1:9002\" }}]\n"
+        )
+    };
+    let cases = [
+        (
+            "pool = \"api\"\npath_regex = \"/users/(\"",
+            "routes[0].path_regex: invalid regular expression \"/users/(\": unclosed group",
+        ),
+        (
+            "pool = \"api\"\nheaders = [{ name = \"x-user\", regex = \"[\" }]",
+            "routes[0].headers[0]: invalid regular expression \"[\"",
+        ),
+        (
+            "pool = \"api\"\nheaders = [{ name = \"x y\" }]",
+            "routes[0].headers[0]: \"x y\" is not a valid header name",
+        ),
+        (
+            "pool = \"api\"\nmethods = [\"G T\"]",
+            "routes[0].methods[0]: \"G T\" is not a method",
+        ),
+        (
+            "pools = [{ pool = \"api\", weight = 0 }, { pool = \"v3\", weight = 0 }]",
+            "routes[0].pools[1].pool: unknown pool \"v3\" (did you mean \"v2\"?)",
+        ),
+        (
+            "pools = [{ pool = \"api\", weight = 0 }, { pool = \"v2\", weight = 0 }]",
+            "routes[0].pools: the weights sum to 0: no side would get a request",
+        ),
+        (
+            "pool = \"api\"\nsticky = \"header:x-user\"",
+            "routes[0].sticky: only a split (pools) can be sticky",
+        ),
+        (
+            "pools = [{ pool = \"api\", weight = 1 }, { pool = \"v2\", weight = 1 }]\nsticky = \"ip\"",
+            "routes[0].sticky: \"ip\": expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\"",
+        ),
+        (
+            "path_prefix = \"/x\"\nredirect = { status = 301 }",
+            "routes[0].redirect: names no target (scheme, host, port, path or prefix): it would point at itself",
+        ),
+        (
+            "redirect = { scheme = \"ftp\" }",
+            "routes[0].redirect.scheme: expected \"http\" or \"https\", got \"ftp\"",
+        ),
+        (
+            "redirect = { scheme = \"https\", status = 200 }",
+            "routes[0].redirect.status: expected 301, 302, 303, 307 or 308, got 200",
+        ),
+        (
+            "pool = \"api\"\nrespond = { status = 200 }",
+            "routes[0]: has pool and respond: give exactly one",
+        ),
+        (
+            "name = \"empty\"",
+            "routes[0]: needs a destination: pool, pools, redirect or respond",
+        ),
+        (
+            "pool = \"api\"\nrewrite = { strip_prefix = true }",
+            "routes[0].rewrite: strips or replaces the route's path_prefix, which is \"/\"",
+        ),
+        (
+            "pool = \"api\"\nrewrite = { regex = \"^/a\" }",
+            "routes[0].rewrite: regex needs a replacement",
+        ),
+        (
+            "pool = \"api\"\nrequest_headers = { set = { \"x-who\" = \"${user}\" } }",
+            "routes[0].request_headers.set.x-who: \"${user}\": unknown variable ${user}",
+        ),
+        (
+            "pool = \"api\"\ncors = { origins = [\"*\"], credentials = true }",
+            "routes[0].cors.origins[0]: \"*\" with credentials = true: browsers refuse it",
+        ),
+        (
+            "pool = \"api\"\ncors = { origins = [\"https://app.example.com/path\"] }",
+            "routes[0].cors.origins[0]: \"https://app.example.com/path\" is not an origin",
+        ),
+        (
+            "pool = \"api\"\nmirror = { pool = \"v9\" }",
+            "routes[0].mirror.pool: unknown pool \"v9\"",
+        ),
+        (
+            "pool = \"api\"\nmirror = { pool = \"v2\", percent = 150.0 }",
+            "routes[0].mirror.percent: must be 0 to 100, got 150",
+        ),
+        (
+            "respond = { status = 200 }\nmirror = { pool = \"v2\" }",
+            "routes[0].mirror: only a route that forwards (pool or pools) can mirror",
+        ),
+    ];
+    for (route, expected) in cases {
+        let err = error_for(&with_route(route));
+        assert!(
+            err.contains(&format!("config/weir.toml: {expected}")),
+            "for\n{route}\nexpected {expected:?}\ngot {err:?}"
+        );
+    }
+}
+
+#[test]
+fn check_config_lists_each_routes_rules_in_match_order() {
+    let bin = env!("CARGO_BIN_EXE_weir");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:8080"
+
+[[routes]]
+name = "canary"
+host = "api.example.com"
+headers = [{ name = "x-canary", value = "1" }]
+pool = "v2"
+
+[[routes]]
+name = "split"
+host = "api.example.com"
+path_prefix = "/api"
+pools = [{ pool = "v1", weight = 95 }, { pool = "v2", weight = 5 }]
+sticky = "cookie:session"
+rewrite = { strip_prefix = true }
+
+[[routes]]
+name = "to-https"
+redirect = { scheme = "https" }
+
+[pools.v1]
+endpoints = [{ address = "127.0.0.1:9001" }]
+[pools.v2]
+endpoints = [{ address = "127.0.0.1:9002" }]
+"#,
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "  canary: host api.example.com, path /*, header x-canary = \"1\" → pool v2",
+        "  split: host api.example.com, path /api* → split v1 95.0% / v2 5.0%, sticky by cookie:session; strip /api",
+        "  to-https: path /* → redirect 301/308 (scheme https)",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in\n{stdout}");
+    }
+}

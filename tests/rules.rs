@@ -762,3 +762,68 @@ mirror = { pool = "dead" }
     .await;
     weir.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_switches_blue_to_green_without_losing_the_request_in_flight() {
+    let (release, released) = tokio::sync::watch::channel(false);
+    let blue = upstream(move |req: Request<hyper::body::Incoming>| {
+        let mut released = released.clone();
+        async move {
+            if req.uri().path() == "/slow" {
+                let _ = released.wait_for(|r| *r).await;
+            }
+            Response::builder()
+                .header("x-upstream", "blue")
+                .body(full("blue"))
+                .unwrap()
+        }
+    })
+    .await;
+    let (green, _) = echo_upstream("green").await;
+    let file = |blue_weight: u32, green_weight: u32| {
+        listener("")
+            + &format!(
+                "\n[[routes]]\nname = \"app\"\npools = [{{ pool = \"blue\", weight = {blue_weight} }}, {{ pool = \"green\", weight = {green_weight} }}]\n"
+            )
+            + &pool("blue", blue.addr, "")
+            + &pool("green", green.addr, "")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, file(1, 0)).unwrap();
+    let weir = weir::app::start_with(
+        weir::app::Prepared::from_file(&path).unwrap(),
+        Some(path.clone()),
+    )
+    .await
+    .unwrap();
+    let proxy = weir.listener_addr("http").unwrap();
+    let in_flight = tokio::spawn(async move {
+        send(
+            &http1_client(),
+            request(proxy, "GET", "/slow").body(empty()).unwrap(),
+        )
+        .await
+    });
+    let state = Arc::clone(weir.state());
+    eventually("the slow request to reach blue", async || {
+        let snapshot = state.snapshot.load();
+        snapshot.pools["blue"].stats.in_flight.load(Relaxed) == 1
+    })
+    .await;
+
+    std::fs::write(&path, file(0, 1)).unwrap();
+    let report = weir.supervisor().reload().await;
+    assert!(report.ok, "{report:?}");
+    let after = tally(proxy, 50, 2, |_| None).await;
+    assert_eq!(after.get("green"), Some(&50), "{after:?}");
+    release.send(true).unwrap();
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.text(),
+        "blue",
+        "the request in flight finished where it began"
+    );
+    weir.shutdown().await;
+}

@@ -318,6 +318,7 @@ fn regex_reason(pattern: &str, error: &regex::Error) -> String {
         .last()
         .unwrap_or_default()
         .trim()
+        .trim_start_matches("error: ")
         .to_owned();
     format!("invalid regular expression {pattern:?}: {detail}")
 }
