@@ -15,7 +15,14 @@
 //!   attempt.rs       one attempt upstream (its request, its wait, its span) and the hedge race
 //!   service/cached.rs  the same request on a caching route: look up, serve (ranges too),
 //!                    revalidate, coalesce misses, store as it streams, invalidate
-//!   route.rs         host + path-prefix matching
+//!   route/           the rule model, one concern per file:
+//!     mod.rs           routes and the router: host + path prefix first, first match wins
+//!     conditions.rs    exact/regex path, method, header, query, cookie, client conditions
+//!     split.rs         one pool or weighted pools, per request or sticky; live weights
+//!     answer.rs        redirects and fixed responses
+//!     rewrite.rs       path rewrites, request/response header rules with variables
+//!     cors.rs          CORS preflights and response headers
+//!     mirror.rs        shadow copies to another pool, bounded, never in the way
 //!   normalize.rs     dot-segment removal so routing and forwarding see the same path
 //!   headers.rs       hop-by-hop removal, X-Forwarded-*/Forwarded/Via, request id
 //!   client_address.rs  PROXY protocol v1/v2 headers, the client behind trusted proxies

@@ -688,9 +688,9 @@ endpoints = [{ address = "127.0.0.1:9002" }]
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for line in [
-        "  canary: host api.example.com, path /*, header x-canary = \"1\" → pool v2",
-        "  split: host api.example.com, path /api* → split v1 95.0% / v2 5.0%, sticky by cookie:session; strip /api",
-        "  to-https: path /* → redirect 301/308 (scheme https)",
+        "  canary: host api.example.com, header x-canary = \"1\" → pool v2",
+        "  split: host api.example.com, prefix /api → split v1 95.0% / v2 5.0%, sticky by cookie:session; strip /api",
+        "  to-https: any request → redirect 301/308 (scheme https)",
     ] {
         assert!(stdout.contains(line), "no {line:?} in\n{stdout}");
     }

@@ -330,10 +330,11 @@ pub fn describe(route: &RouteConfig) -> String {
     if let Some(host) = &route.host {
         conditions.push(format!("host {host}"));
     }
+    if route.path_prefix != "/" {
+        conditions.push(format!("prefix {}", route.path_prefix));
+    }
     if let Some(path) = &route.path {
         conditions.push(format!("path {path}"));
-    } else if route.path_prefix != "/" || route.path_regex.is_none() {
-        conditions.push(format!("path {}*", route.path_prefix));
     }
     if let Some(pattern) = &route.path_regex {
         conditions.push(format!("path ~ {pattern}"));

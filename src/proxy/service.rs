@@ -26,7 +26,6 @@ use super::grpc;
 use super::headers::{self, strip_hop_by_hop};
 use super::normalize::normalize_path;
 use super::retry;
-use super::route::answer::RedirectFrom;
 use super::route::cors::Cors;
 use super::route::mirror::{Mirror, MirrorRequest};
 use super::route::rewrite::{FORWARDED_PREFIX, HeaderVariables};
@@ -343,17 +342,15 @@ impl ProxyService {
                 .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
         }
         let host = request_host(&parts)?;
-        let route = snapshot
-            .router
-            .find(&RouteRequest {
-                host,
-                path: parts.uri.path(),
-                method: &parts.method,
-                headers: &parts.headers,
-                query: parts.uri.query(),
-                client: origin.client.ip,
-            })
-            .ok_or(ProxyError::NoRoute)?;
+        let matched = RouteRequest {
+            host,
+            path: parts.uri.path(),
+            method: &parts.method,
+            headers: &parts.headers,
+            query: parts.uri.query(),
+            client: origin.client.ip,
+        };
+        let route = snapshot.router.find(&matched).ok_or(ProxyError::NoRoute)?;
         if !route.access.permits(origin.client.ip) {
             return Err(Failure::at(route, ProxyError::Forbidden, None));
         }
@@ -374,16 +371,11 @@ impl ProxyService {
         let pool = match &route.action {
             Action::Forward(split) => split.pick(origin.client.ip, &parts.headers),
             Action::Redirect(redirect) => {
-                let from = RedirectFrom {
-                    method: &parts.method,
-                    scheme: self.request_scheme(&parts.headers),
-                    host,
-                    path: parts.uri.path(),
-                    query: parts.uri.query(),
-                };
-                let location = redirect.location(&from).ok_or_else(|| {
-                    Failure::at(route, ProxyError::BadRequest("invalid Host header"), None)
-                })?;
+                let location = redirect
+                    .location(&matched, self.request_scheme(&parts.headers))
+                    .ok_or_else(|| {
+                        Failure::at(route, ProxyError::BadRequest("invalid Host header"), None)
+                    })?;
                 let response = redirect.response(location, &parts.method);
                 return Ok(answered(route, response, Source::Answer));
             }

@@ -4,20 +4,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 
+use super::conditions::RouteRequest;
 use crate::config::{RedirectConfig, RespondConfig};
 use crate::proxy::body::ResponseBody;
-
-/// What a redirect's location is built from: the request's own parts.
-#[derive(Debug, Clone, Copy)]
-pub struct RedirectFrom<'a> {
-    pub method: &'a Method,
-    /// `http` or `https`, as the client used it.
-    pub scheme: &'a str,
-    /// The request's host, perhaps with a port.
-    pub host: &'a str,
-    pub path: &'a str,
-    pub query: Option<&'a str>,
-}
 
 #[derive(Debug)]
 pub struct Redirect {
@@ -47,15 +36,16 @@ impl Redirect {
         }
     }
 
-    /// The location for `from`; `None` when the parts make no valid URI (a request host
-    /// that is not one), which the caller answers as a bad request.
-    pub fn location(&self, from: &RedirectFrom<'_>) -> Option<HeaderValue> {
-        let scheme = self.scheme.as_deref().unwrap_or(from.scheme);
+    /// The location for a request the client sent with `request_scheme` (`http` or
+    /// `https`); `None` when the parts make no valid URI (a request host that is not one),
+    /// which the caller answers as a bad request.
+    pub fn location(&self, from: &RouteRequest<'_>, request_scheme: &str) -> Option<HeaderValue> {
+        let scheme = self.scheme.as_deref().unwrap_or(request_scheme);
         let (request_host, request_port) = split_port(from.host);
         let host = self.host.as_deref().unwrap_or(request_host);
         // A port the request named stays only while the scheme and host stay.
         let port = self.port.or_else(|| {
-            let same = scheme == from.scheme && self.host.is_none();
+            let same = scheme == request_scheme && self.host.is_none();
             request_port.filter(|_| same)
         });
         let default_port = if scheme == "https" { 443 } else { 80 };
@@ -167,19 +157,23 @@ impl FixedResponse {
 mod tests {
     use super::*;
 
-    fn from<'a>(
-        scheme: &'a str,
-        host: &'a str,
-        path: &'a str,
-        query: Option<&'a str>,
-    ) -> RedirectFrom<'a> {
-        RedirectFrom {
-            method: &Method::GET,
-            scheme,
+    static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> =
+        std::sync::LazyLock::new(http::HeaderMap::new);
+
+    /// Where `redirect` sends a GET with these parts.
+    fn location(
+        redirect: &Redirect,
+        (scheme, host, path, query): (&str, &str, &str, Option<&str>),
+    ) -> HeaderValue {
+        let request = RouteRequest {
             host,
             path,
+            method: &Method::GET,
+            headers: &NO_HEADERS,
             query,
-        }
+            client: std::net::Ipv4Addr::LOCALHOST.into(),
+        };
+        redirect.location(&request, scheme).unwrap()
     }
 
     fn redirect(text: &str) -> Redirect {
@@ -190,10 +184,11 @@ mod tests {
     #[test]
     fn https_keeps_host_path_and_query_and_drops_the_http_port() {
         let to_https = redirect(r#"scheme = "https""#);
-        let location = to_https
-            .location(&from("http", "example.com:8080", "/a/b", Some("x=1&y=2")))
-            .unwrap();
-        assert_eq!(location, "https://example.com/a/b?x=1&y=2");
+        let found = location(
+            &to_https,
+            ("http", "example.com:8080", "/a/b", Some("x=1&y=2")),
+        );
+        assert_eq!(found, "https://example.com/a/b?x=1&y=2");
         assert_eq!(to_https.status(&Method::GET), StatusCode::MOVED_PERMANENTLY);
         assert_eq!(
             to_https.status(&Method::POST),
@@ -201,9 +196,7 @@ mod tests {
         );
         let with_port = redirect("scheme = \"https\"\nport = 8443");
         assert_eq!(
-            with_port
-                .location(&from("http", "example.com", "/", None))
-                .unwrap(),
+            location(&with_port, ("http", "example.com", "/", None)),
             "https://example.com:8443/"
         );
     }
@@ -212,23 +205,20 @@ mod tests {
     fn prefix_path_and_host_replacements() {
         let moved = redirect("prefix = \"/new\"\nstatus = 302\ndrop_query = true");
         assert_eq!(
-            moved
-                .location(&from("https", "example.com", "/old/page", Some("q=1")))
-                .unwrap(),
+            location(&moved, ("https", "example.com", "/old/page", Some("q=1"))),
             "https://example.com/new/page"
         );
         assert_eq!(moved.status(&Method::POST), StatusCode::FOUND);
         let elsewhere = redirect("host = \"www.example.org\"\npath = \"/\"");
         assert_eq!(
-            elsewhere
-                .location(&from("http", "example.com:8080", "/x", None))
-                .unwrap(),
+            location(&elsewhere, ("http", "example.com:8080", "/x", None)),
             "http://www.example.org/"
         );
         assert_eq!(
-            redirect("scheme = \"https\"")
-                .location(&from("http", "[::1]:8080", "/", None))
-                .unwrap(),
+            location(
+                &redirect("scheme = \"https\""),
+                ("http", "[::1]:8080", "/", None)
+            ),
             "https://[::1]/"
         );
     }
