@@ -329,17 +329,8 @@ impl ProxyService {
         if let Cow::Owned(path) = normalize_path(parts.uri.path())
             .map_err(|_| ProxyError::BadRequest("invalid percent-encoding in the path"))?
         {
-            let target = match parts.uri.query() {
-                Some(query) => format!("{path}?{query}"),
-                None => path,
-            };
-            let mut uri = std::mem::take(&mut parts.uri).into_parts();
-            uri.path_and_query = Some(
-                PathAndQuery::try_from(target)
-                    .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
-            );
-            parts.uri = Uri::from_parts(uri)
-                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+            set_path(&mut parts.uri, &path)
+                .map_err(|()| ProxyError::BadRequest("invalid request target"))?;
         }
         let host = request_host(&parts)?;
         let matched = RouteRequest {
@@ -400,20 +391,10 @@ impl ProxyService {
         }
         if let Some(rewrite) = &route.rewrite {
             let (path, prefix) = rewrite.apply(parts.uri.path());
-            let target = match parts.uri.query() {
-                Some(query) => format!("{path}?{query}"),
-                None => path,
-            };
-            let mut uri = std::mem::take(&mut parts.uri).into_parts();
-            uri.path_and_query = Some(PathAndQuery::try_from(target).map_err(|_| {
-                Failure::at(
-                    route,
-                    ProxyError::BadRequest("the rewritten path is not valid"),
-                    None,
-                )
-            })?);
-            parts.uri = Uri::from_parts(uri)
-                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+            set_path(&mut parts.uri, &path).map_err(|()| {
+                let error = ProxyError::BadRequest("the rewritten path is not a valid target");
+                Failure::at(route, error, None)
+            })?;
             if let Some(prefix) = prefix.and_then(|p| HeaderValue::from_str(p).ok()) {
                 parts.headers.insert(FORWARDED_PREFIX.clone(), prefix);
             }
@@ -1185,6 +1166,20 @@ async fn tunnel(
 /// and weir does not forward `Transfer-Encoding`), or both `Content-Length` and
 /// `Transfer-Encoding` (hyper already drops the length and closes the connection after
 /// the response; this is defence in depth should that change).
+/// Replaces the target's path, keeping its query. A new path that brings a query of its own
+/// (a regex rewrite to `/page.php?id=$1`) gets the original one after it, joined by `&`.
+fn set_path(uri: &mut Uri, path: &str) -> Result<(), ()> {
+    let target = match (path.contains('?'), uri.query()) {
+        (_, None) => path.to_owned(),
+        (true, Some(query)) => format!("{path}&{query}"),
+        (false, Some(query)) => format!("{path}?{query}"),
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(target).map_err(|_| ())?);
+    *uri = Uri::from_parts(parts).map_err(|_| ())?;
+    Ok(())
+}
+
 fn check_framing(headers: &http::HeaderMap) -> Result<(), ProxyError> {
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
     if codings.peek().is_none() {
