@@ -197,7 +197,10 @@ impl ProxyService {
             Ok(served) => Some(served.route_index),
             Err(failure) => failure.route_index,
         };
-        if let Some(route) = route_index.and_then(|i| snapshot.router.routes().get(i)) {
+        if let Some(route) = route_index
+            .and_then(|i| snapshot.router.routes().get(i))
+            .filter(|r| r.has_response_rules())
+        {
             let pool = match &outcome {
                 Ok(Served {
                     pool: Some(pool), ..

@@ -64,7 +64,7 @@ impl Snapshot {
                     pools: &pools,
                     redis: redis.as_ref(),
                 };
-                let mut fresh = Route::new(route, build)?;
+                let (matcher, mut fresh) = Route::new(route, build)?;
                 fresh.max_body_bytes = route
                     .max_body_bytes
                     .unwrap_or(config.server.max_request_body_bytes);
@@ -86,7 +86,7 @@ impl Snapshot {
                         fresh.rate_limit = Some(Arc::clone(kept));
                     }
                 }
-                Some(fresh)
+                Some((matcher, fresh))
             })
             .collect();
         Self {

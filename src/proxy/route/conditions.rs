@@ -144,7 +144,14 @@ impl Conditions {
         Self(all)
     }
 
+    /// Inlined for the common case (no conditions); the checks themselves are not.
+    #[inline]
     pub fn hold(&self, request: &RouteRequest<'_>) -> bool {
+        self.0.is_empty() || self.all_hold(request)
+    }
+
+    #[inline(never)]
+    fn all_hold(&self, request: &RouteRequest<'_>) -> bool {
         self.0.iter().all(|c| c.holds(request))
     }
 }

@@ -35,6 +35,51 @@ enum HostMatch {
     Wildcard(String),
 }
 
+/// What selects a route: host and prefix first (the common case, and all most routes
+/// have), then the rest. Kept apart from the routes, in a compact list of its own, so that
+/// the search over many routes touches only these.
+#[derive(Debug)]
+pub struct Matcher {
+    host: HostMatch,
+    path_prefix: String,
+    /// Checked after host and prefix; usually none.
+    conditions: Conditions,
+}
+
+impl Matcher {
+    fn new(config: &RouteConfig) -> Self {
+        let host = match config.host.as_deref() {
+            None => HostMatch::Any,
+            Some(h) => match h.strip_prefix('*') {
+                Some(suffix) => HostMatch::Wildcard(suffix.to_ascii_lowercase()),
+                None => HostMatch::Exact(h.to_ascii_lowercase()),
+            },
+        };
+        Self {
+            host,
+            path_prefix: config.path_prefix.clone(),
+            conditions: Conditions::from_config(config),
+        }
+    }
+
+    /// `host` without its port; `path` is `request.path`, passed apart so that the search
+    /// keeps it in a register.
+    #[inline]
+    fn matches(&self, host: &str, path: &str, request: &RouteRequest<'_>) -> bool {
+        let host_ok = match &self.host {
+            HostMatch::Any => true,
+            HostMatch::Exact(expected) => host.eq_ignore_ascii_case(expected),
+            HostMatch::Wildcard(suffix) => {
+                host.len() > suffix.len()
+                    && host.is_char_boundary(host.len() - suffix.len())
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                    && !host[..host.len() - suffix.len()].contains('.')
+            }
+        };
+        host_ok && path_has_prefix(path, &self.path_prefix) && self.conditions.hold(request)
+    }
+}
+
 /// What a route does with a request that passed its checks.
 #[derive(Debug)]
 pub enum Action {
@@ -46,10 +91,6 @@ pub enum Action {
 #[derive(Debug)]
 pub struct Route {
     pub name: Arc<str>,
-    host: HostMatch,
-    path_prefix: String,
-    /// Checked after host and prefix; usually none.
-    conditions: Conditions,
     pub action: Action,
     pub rewrite: Option<PathRewrite>,
     pub request_headers: Option<HeaderRules>,
@@ -102,20 +143,14 @@ pub struct RouteBuild<'a> {
 }
 
 impl Route {
-    /// `None` when the config names a pool that does not exist (validation prevents it).
-    pub fn new(config: &RouteConfig, build: RouteBuild<'_>) -> Option<Self> {
+    /// The route and what selects it; `None` when the config names a pool that does not
+    /// exist (validation prevents it).
+    pub fn new(config: &RouteConfig, build: RouteBuild<'_>) -> Option<(Matcher, Self)> {
         let RouteBuild {
             index,
             pools,
             redis,
         } = build;
-        let host = match config.host.as_deref() {
-            None => HostMatch::Any,
-            Some(h) => match h.strip_prefix('*') {
-                Some(suffix) => HostMatch::Wildcard(suffix.to_ascii_lowercase()),
-                None => HostMatch::Exact(h.to_ascii_lowercase()),
-            },
-        };
         let name = config.display_name(index);
         let action = if let Some(redirect) = &config.redirect {
             Action::Redirect(Redirect::new(redirect, &config.path_prefix))
@@ -140,11 +175,8 @@ impl Route {
             .rate_limit
             .as_ref()
             .map(|limit| Arc::new(RouteLimiter::new(limit, &name, redis)));
-        Some(Self {
+        let route = Self {
             name: name.into(),
-            host,
-            path_prefix: config.path_prefix.clone(),
-            conditions: Conditions::from_config(config),
             action,
             rewrite: config
                 .rewrite
@@ -166,7 +198,13 @@ impl Route {
             index,
             max_body_bytes: config.max_body_bytes.unwrap_or(0),
             access: ClientAccess::new(&config.allow, &config.deny),
-        })
+        };
+        Some((Matcher::new(config), route))
+    }
+
+    /// Whether [`Route::finish_response`] has anything to do.
+    pub fn has_response_rules(&self) -> bool {
+        self.response_headers.is_some() || self.cors.is_some()
     }
 
     /// Applies the route's response rules to a response of its (the upstream's, the
@@ -195,20 +233,6 @@ impl Route {
             Action::Redirect(_) | Action::Respond(_) => None,
         }
     }
-
-    fn matches(&self, host: &str, request: &RouteRequest<'_>) -> bool {
-        let host_ok = match &self.host {
-            HostMatch::Any => true,
-            HostMatch::Exact(expected) => host.eq_ignore_ascii_case(expected),
-            HostMatch::Wildcard(suffix) => {
-                host.len() > suffix.len()
-                    && host.is_char_boundary(host.len() - suffix.len())
-                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                    && !host[..host.len() - suffix.len()].contains('.')
-            }
-        };
-        host_ok && path_has_prefix(request.path, &self.path_prefix) && self.conditions.hold(request)
-    }
 }
 
 /// `/api` matches `/api` and `/api/…` but not `/apix`; a prefix ending in `/` matches
@@ -226,15 +250,22 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
 /// Routes in file order; the first match wins.
 #[derive(Debug, Default)]
 pub struct Router {
+    /// `matchers[i]` selects `routes[i]`.
+    matchers: Vec<Matcher>,
     routes: Vec<Route>,
     /// Whether any route has a CORS policy (only then is a request's `Origin` kept).
     any_cors: bool,
 }
 
 impl Router {
-    pub fn new(routes: Vec<Route>) -> Self {
+    pub fn new(entries: Vec<(Matcher, Route)>) -> Self {
+        let (matchers, routes): (Vec<Matcher>, Vec<Route>) = entries.into_iter().unzip();
         let any_cors = routes.iter().any(|r| r.cors.is_some());
-        Self { routes, any_cors }
+        Self {
+            matchers,
+            routes,
+            any_cors,
+        }
     }
 
     pub fn any_cors(&self) -> bool {
@@ -245,7 +276,12 @@ impl Router {
     /// ignored).
     pub fn find(&self, request: &RouteRequest<'_>) -> Option<&Route> {
         let host = strip_port(request.host);
-        self.routes.iter().find(|r| r.matches(host, request))
+        let path = request.path;
+        let index = self
+            .matchers
+            .iter()
+            .position(|m| m.matches(host, path, request))?;
+        self.routes.get(index)
     }
 
     pub fn routes(&self) -> &[Route] {
