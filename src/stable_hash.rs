@@ -18,12 +18,13 @@ pub fn hash(bytes: &[u8]) -> u64 {
 /// Hash of several byte strings, each followed by a 0 byte, so that `("ab", "c")` and
 /// `("a", "bc")` differ.
 pub fn hash_parts(parts: &[&[u8]]) -> u64 {
-    let mut joined = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    // Streamed: the same value as hashing the joined bytes, without joining them.
+    let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(SEED);
     for part in parts {
-        joined.extend_from_slice(part);
-        joined.push(0);
+        hasher.update(part);
+        hasher.update(&[0]);
     }
-    hash(&joined)
+    hasher.digest()
 }
 
 /// Hash of an IP address: its 4 or 16 octets.

@@ -136,17 +136,112 @@ impl Split {
 fn sticky_hash(key: &HashKey, client: IpAddr, headers: &HeaderMap) -> Option<u64> {
     const SALT: &[u8] = b"split";
     match key {
-        HashKey::ClientIp => {
-            let octets = match client.to_canonical() {
-                IpAddr::V4(v4) => v4.octets().to_vec(),
-                IpAddr::V6(v6) => v6.octets().to_vec(),
-            };
-            Some(stable_hash::hash_parts(&[SALT, &octets]))
-        }
+        HashKey::ClientIp => Some(match client.to_canonical() {
+            IpAddr::V4(v4) => stable_hash::hash_parts(&[SALT, &v4.octets()]),
+            IpAddr::V6(v6) => stable_hash::hash_parts(&[SALT, &v6.octets()]),
+        }),
         HashKey::Header(name) => headers
             .get(name)
             .map(|v| stable_hash::hash_parts(&[SALT, v.as_bytes()])),
         HashKey::Cookie(name) => crate::balancer::cookie_value(headers, name)
             .map(|v| stable_hash::hash_parts(&[SALT, v.as_bytes()])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::Snapshot;
+
+    fn snapshot() -> Snapshot {
+        let text = r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[[routes]]
+pools = [{ pool = "stable", weight = 90 }, { pool = "canary", weight = 10 }]
+sticky = "header:x-user"
+
+[pools.stable]
+endpoints = [{ address = "127.0.0.1:9001" }]
+[pools.canary]
+endpoints = [{ address = "127.0.0.1:9002" }]
+"#;
+        let config = crate::config::load_str(text, std::path::Path::new("t.toml")).unwrap();
+        Snapshot::build(&config, &Default::default(), None)
+    }
+
+    fn split(snapshot: &Snapshot) -> &Split {
+        match &snapshot.router.routes()[0].action {
+            crate::proxy::route::Action::Forward(split) => split,
+            _ => unreachable!("the route forwards"),
+        }
+    }
+
+    fn user(n: usize) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user", format!("user-{n}").parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn sticky_points_are_pinned_so_that_every_instance_agrees() {
+        let key = HashKey::Header(http::HeaderName::from_static("x-user"));
+        let client = IpAddr::from([192, 0, 2, 1]);
+        // Changing these moves users between sides across a fleet: only on purpose.
+        assert_eq!(
+            sticky_hash(&key, client, &user(1)),
+            Some(stable_hash::hash_parts(&[b"split", b"user-1"]))
+        );
+        assert_eq!(
+            sticky_hash(
+                &HashKey::ClientIp,
+                "::ffff:192.0.2.1".parse().unwrap(),
+                &user(1)
+            ),
+            sticky_hash(&HashKey::ClientIp, client, &user(1)),
+            "an IPv4-mapped client is its IPv4 address"
+        );
+        assert_eq!(sticky_hash(&key, client, &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn growing_the_last_side_only_moves_clients_onto_it() {
+        let snapshot = snapshot();
+        let split = split(&snapshot);
+        let client = IpAddr::from([192, 0, 2, 1]);
+        let side = |n: usize| split.pick(client, &user(n)).name.clone();
+        let before: Vec<String> = (0..2000).map(side).collect();
+        let on_canary = before.iter().filter(|s| *s == "canary").count();
+        assert!(
+            (140..=260).contains(&on_canary),
+            "{on_canary} of 2000 at 10 %"
+        );
+        split
+            .set_weights(&[("stable".into(), 50), ("canary".into(), 50)])
+            .unwrap();
+        let after: Vec<String> = (0..2000).map(side).collect();
+        for (n, (was, is)) in before.iter().zip(&after).enumerate() {
+            assert!(
+                !(was == "canary" && is == "stable"),
+                "user-{n} left the canary"
+            );
+        }
+        let now = after.iter().filter(|s| *s == "canary").count();
+        assert!((900..=1100).contains(&now), "{now} of 2000 at 50 %");
+        assert_eq!(
+            split.set_weights(&[("stable".into(), 0), ("canary".into(), 0)]),
+            Err(WeightError::AllZero)
+        );
+        assert_eq!(
+            split.set_weights(&[("nope".into(), 1)]),
+            Err(WeightError::UnknownPool("nope".into()))
+        );
+        assert_eq!(
+            split.sides()[1].weight(),
+            50,
+            "a refused change changes nothing"
+        );
     }
 }
