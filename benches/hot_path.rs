@@ -143,7 +143,7 @@ fn route_rules(c: &mut Criterion) {
             b.iter(|| {
                 let route = snapshot.router.find(black_box(&req)).unwrap();
                 match &route.action {
-                    Action::Forward(split) => black_box(split.pick(client, &headers)).name.len(),
+                    Action::Forward(split) => black_box(split.pick(client, &headers)).1.name.len(),
                     _ => 0,
                 }
             })

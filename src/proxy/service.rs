@@ -201,12 +201,11 @@ impl ProxyService {
             .and_then(|i| snapshot.router.routes().get(i))
             .filter(|r| r.has_response_rules())
         {
-            let pool = match &outcome {
-                Ok(Served {
-                    pool: Some(pool), ..
-                }) => pool.name.as_str(),
-                _ => route.primary_pool().map_or("", |p| p.name.as_str()),
+            let side = match &outcome {
+                Ok(served) => served.side,
+                Err(_) => None,
             };
+            let pool = route.pool_name(side);
             let preflight =
                 matches!(&outcome, Ok(served) if matches!(served.source, Source::Preflight));
             let vars = HeaderVariables {
@@ -362,7 +361,7 @@ impl ProxyService {
         {
             return Err(Failure::at(route, ProxyError::RateLimited(wait), None));
         }
-        let pool = match &route.action {
+        let (side, pool) = match &route.action {
             Action::Forward(split) => split.pick(origin.client.ip, &parts.headers),
             Action::Redirect(redirect) => {
                 let location = redirect
@@ -418,6 +417,7 @@ impl ProxyService {
         let exchange = Exchange {
             snapshot,
             route,
+            side,
             pool,
             mirror,
             request_id: origin.request_id,
@@ -453,6 +453,7 @@ impl ProxyService {
         let Exchange {
             snapshot,
             route,
+            side,
             pool,
             mirror,
             request_id,
@@ -847,7 +848,7 @@ impl ProxyService {
                     route_stats: Arc::clone(&route.stats),
                     route: Arc::clone(&route.name),
                     route_index: route.index,
-                    pool: Some(Arc::clone(pool)),
+                    side: Some(side),
                     source: Source::Endpoint(Arc::clone(&endpoint)),
                     attempts: retries + 1,
                     upstream: elapsed,
@@ -858,7 +859,7 @@ impl ProxyService {
                 route_stats: Arc::clone(&route.stats),
                 route: Arc::clone(&route.name),
                 route_index: route.index,
-                pool: Some(Arc::clone(pool)),
+                side: Some(side),
                 source: Source::Endpoint(Arc::clone(&endpoint)),
                 attempts: retries + 1,
                 upstream: elapsed,
@@ -1010,7 +1011,8 @@ struct Origin<'a> {
 pub(super) struct Exchange<'a> {
     pub snapshot: &'a Arc<Snapshot>,
     pub route: &'a Route,
-    /// The pool the route's split chose for this request.
+    /// The side of the route's split chosen for this request, and its pool.
+    pub side: usize,
     pub pool: &'a Arc<Pool>,
     /// The route's mirror, when this request is one it copies.
     pub mirror: Option<&'a Mirror>,
@@ -1030,8 +1032,8 @@ pub(super) struct Served {
     route: Arc<str>,
     /// The route's position in the snapshot (to finish the response by its rules).
     route_index: usize,
-    /// The pool the request was for; `None` when the route answered itself.
-    pool: Option<Arc<Pool>>,
+    /// The split side the request went to; `None` when the route answered itself.
+    side: Option<usize>,
     source: Source,
     attempts: u32,
     /// Time to the response head of the attempt that answered.
@@ -1068,7 +1070,7 @@ fn answered(
         route_stats: Arc::clone(&route.stats),
         route: Arc::clone(&route.name),
         route_index: route.index,
-        pool: None,
+        side: None,
         source,
         attempts: 0,
         upstream: std::time::Duration::ZERO,

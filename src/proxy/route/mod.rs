@@ -225,6 +225,19 @@ impl Route {
         }
     }
 
+    /// The pool of split side `side`, or of the route (its first) when the side is not
+    /// known (a request refused before the split); empty for a route that answers itself.
+    pub fn pool_name(&self, side: Option<usize>) -> &str {
+        match &self.action {
+            Action::Forward(split) => side
+                .and_then(|i| split.sides().get(i))
+                .map_or(split.primary(), |s| &s.pool)
+                .name
+                .as_str(),
+            Action::Redirect(_) | Action::Respond(_) => "",
+        }
+    }
+
     /// The pool metrics name the route by: its first (for a split) or only pool; none for
     /// a route that answers itself.
     pub fn primary_pool(&self) -> Option<&Arc<Pool>> {

@@ -76,12 +76,13 @@ impl Split {
     /// The pool for one request. With a sticky key, a client's point in the weight range
     /// is a hash of its key, so it stays on its side while the weights stay; when the
     /// last side grows (5 % → 50 %), clients only move onto it, never off it.
-    pub fn pick(&self, client: IpAddr, headers: &HeaderMap) -> &Arc<Pool> {
+    /// Returns the side's position and its pool.
+    pub fn pick(&self, client: IpAddr, headers: &HeaderMap) -> (usize, &Arc<Pool>) {
         let [first, rest @ ..] = self.sides.as_slice() else {
             unreachable!("a split has at least one side");
         };
         if rest.is_empty() {
-            return &first.pool;
+            return (0, &first.pool);
         }
         let total: u64 = self.sides.iter().map(|s| u64::from(s.weight())).sum();
         let point = match self
@@ -94,16 +95,16 @@ impl Split {
             None => fastrand::u64(0..total.max(1)),
         };
         let mut below = 0u64;
-        for side in &self.sides {
+        for (index, side) in self.sides.iter().enumerate() {
             below += u64::from(side.weight());
             if point < below {
                 side.requests.fetch_add(1, Relaxed);
-                return &side.pool;
+                return (index, &side.pool);
             }
         }
         // Only when every weight is 0, which neither the file nor the admin API allows.
         first.requests.fetch_add(1, Relaxed);
-        &first.pool
+        (0, &first.pool)
     }
 
     /// Sets the weights of the named sides (others keep theirs); all or nothing.
@@ -211,7 +212,7 @@ endpoints = [{ address = "127.0.0.1:9002" }]
         let snapshot = snapshot();
         let split = split(&snapshot);
         let client = IpAddr::from([192, 0, 2, 1]);
-        let side = |n: usize| split.pick(client, &user(n)).name.clone();
+        let side = |n: usize| split.pick(client, &user(n)).1.name.clone();
         let before: Vec<String> = (0..2000).map(side).collect();
         let on_canary = before.iter().filter(|s| *s == "canary").count();
         assert!(

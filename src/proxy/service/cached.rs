@@ -134,7 +134,7 @@ impl CacheCtx<'_> {
             route_stats: Arc::clone(&self.exchange.route.stats),
             route: Arc::clone(&self.exchange.route.name),
             route_index: self.exchange.route.index,
-            pool: Some(Arc::clone(self.exchange.pool)),
+            side: Some(self.exchange.side),
             source: Source::Cache,
             attempts: 0,
             upstream: Duration::ZERO,
@@ -605,6 +605,7 @@ impl ProxyService {
             service: self.clone(),
             snapshot: Arc::clone(ctx.exchange.snapshot),
             route_index: ctx.exchange.route.index,
+            side: ctx.exchange.side,
             pool: Arc::clone(ctx.exchange.pool),
             cache: Arc::clone(ctx.cache),
             policy: Arc::clone(ctx.policy),
@@ -635,7 +636,8 @@ struct BackgroundRefresh {
     service: ProxyService,
     snapshot: Arc<crate::proxy::snapshot::Snapshot>,
     route_index: usize,
-    /// The pool the request that found the entry due was split to.
+    /// The split side (and its pool) the request that found the entry due went to.
+    side: usize,
     pool: Arc<crate::upstream::Pool>,
     cache: Arc<Cache>,
     policy: Arc<RouteCache>,
@@ -654,6 +656,7 @@ impl BackgroundRefresh {
         let exchange = Exchange {
             snapshot: &self.snapshot,
             route,
+            side: self.side,
             pool: &self.pool,
             // A refresh is weir's own request, not the client's: not copied.
             mirror: None,
