@@ -123,7 +123,30 @@ pub struct AutoscaleConfig {
     /// Decide and record, but do not run the action.
     #[serde(default = "d_true")]
     pub dry_run: bool,
+    /// In a dry run, the count decisions start from (see [`DryRunFollows`]).
+    #[serde(default)]
+    pub dry_run_follows: DryRunFollows,
+    /// How long an added instance takes to serve. In a dry run that follows its decisions,
+    /// instances asked for count only after this long, as they would in the pool.
+    #[serde(with = "humantime_serde", default)]
+    pub provisioning_delay: Duration,
     pub action: Option<ActionConfig>,
+}
+
+/// Which instance count a dry run decides from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DryRunFollows {
+    /// The count the autoscaler's own decisions would have left, had they been applied
+    /// (after `provisioning_delay` for additions): the dry run shows what acting would
+    /// do, decision after decision. The default: a dry run is how an autoscaler is judged
+    /// before it is let act, and judging it from a count it never chose shows steps it
+    /// would never take.
+    #[default]
+    Decisions,
+    /// The pool's real count: each decision is the next step from where the pool is. For
+    /// a pool scaled by something else (an HPA, a person) that weir only advises.
+    Pool,
 }
 
 /// A recurring window (UTC) during which the pool keeps at least `min_instances`.
@@ -256,7 +279,7 @@ fn d_up_step() -> u32 {
     4
 }
 fn d_down_fraction() -> f64 {
-    0.5
+    1.0
 }
 fn d_lookahead() -> Duration {
     Duration::from_secs(300)
@@ -295,6 +318,8 @@ impl AutoscaleConfig {
             predictive_lookahead: d_lookahead(),
             schedule: Vec::new(),
             dry_run: true,
+            dry_run_follows: DryRunFollows::default(),
+            provisioning_delay: Duration::ZERO,
             action: None,
         }
     }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 pub use super::cache::{CacheConfig, CacheTier, QueryKey, RedisConfig, RouteCacheConfig};
 pub use super::control::{
     ActionConfig, AutoscaleConfig, ControlConfig, DEFAULT_ANOMALY_Z, DEFAULT_CONTROL_INTERVAL,
-    ScheduleRule, Window, redact_url,
+    DryRunFollows, ScheduleRule, Window, redact_url,
 };
 use super::defaults::*;
 use super::route::RouteConfig;

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AutoscaleConfig, Window};
+use crate::config::{AutoscaleConfig, DryRunFollows, Window};
 
 /// Decisions kept per pool for the admin API and the report.
 pub const HISTORY_DECISIONS: usize = 500;
@@ -30,6 +30,10 @@ pub struct Signals {
     pub rps: f64,
     /// Slope of rps over the scale-down window (requests per second, per second).
     pub rps_trend: f64,
+    /// The newest sample's rps (absent in older records): traffic still rising ends the
+    /// window at or above its mean.
+    #[serde(default)]
+    pub rps_latest: Option<f64>,
     /// Requests in flight across the pool.
     pub in_flight: f64,
     pub p95_ms: f64,
@@ -108,11 +112,69 @@ pub struct Autoscaler {
     /// (time, recommendation) over the longer stabilization window.
     recent: VecDeque<(u64, u32)>,
     last_change_ms: Option<u64>,
-    /// When the first decision was made: until a whole scale-down window of
-    /// recommendations exists, the unseen part counts as "keep the current count".
-    first_ms: Option<u64>,
     seq: u64,
     history: VecDeque<Decision>,
+    /// In a dry run that follows its decisions: the count they would have left.
+    fleet: Option<DryRunFleet>,
+}
+
+/// The instances a dry run's decisions would have left: those serving, and additions on
+/// their way (count, ready at).
+#[derive(Debug, Clone, Default)]
+struct DryRunFleet {
+    serving: u32,
+    arriving: VecDeque<(u64, u32)>,
+}
+
+impl DryRunFleet {
+    fn starting_at(serving: u32) -> Self {
+        Self {
+            serving,
+            arriving: VecDeque::new(),
+        }
+    }
+
+    /// Those serving at `now` (additions that became ready join).
+    fn serving_at(&mut self, now: u64) -> u32 {
+        while let Some(&(ready, count)) = self.arriving.front()
+            && ready <= now
+        {
+            self.serving += count;
+            self.arriving.pop_front();
+        }
+        self.serving
+    }
+
+    /// Serving and on their way: what the decisions asked for.
+    fn asked(&self) -> u32 {
+        self.serving + self.arriving.iter().map(|(_, n)| n).sum::<u32>()
+    }
+
+    /// Applies a decision as an action would: additions arrive after `delay`, removals
+    /// take the newest (still arriving) first and are at once.
+    fn apply(&mut self, now: u64, desired: u32, delay_ms: u64) {
+        let asked = self.asked();
+        if desired > asked {
+            if delay_ms == 0 {
+                self.serving += desired - asked;
+            } else {
+                self.arriving.push_back((now + delay_ms, desired - asked));
+            }
+            return;
+        }
+        let mut remove = asked - desired;
+        while remove > 0
+            && let Some((_, count)) = self.arriving.back_mut()
+        {
+            let taken = remove.min(*count);
+            *count -= taken;
+            remove -= taken;
+            if *count == 0 {
+                self.arriving.pop_back();
+            }
+        }
+        self.serving = self.serving.saturating_sub(remove);
+    }
 }
 
 impl Autoscaler {
@@ -129,10 +191,15 @@ impl Autoscaler {
             windows,
             recent: VecDeque::new(),
             last_change_ms: None,
-            first_ms: None,
             seq: 0,
             history: VecDeque::new(),
+            fleet: None,
         }
+    }
+
+    /// Whether decisions start from the count earlier ones would have left.
+    fn follows_decisions(&self) -> bool {
+        self.config.dry_run && self.config.dry_run_follows == DryRunFollows::Decisions
     }
 
     pub fn config(&self) -> &AutoscaleConfig {
@@ -144,6 +211,10 @@ impl Autoscaler {
         let fresh = Self::new(config);
         self.config = fresh.config;
         self.windows = fresh.windows;
+        if !self.follows_decisions() {
+            // Acting (or advising from the pool's count) starts from the real count.
+            self.fleet = None;
+        }
     }
 
     pub fn history(&self) -> impl DoubleEndedIterator<Item = &Decision> {
@@ -168,11 +239,19 @@ impl Autoscaler {
         }
     }
 
+    /// Decides from `signals`; in a dry run that follows its decisions, from the count
+    /// they would have left (the pool's real count is still in `signals.current`).
     pub fn decide(&mut self, signals: &Signals) -> Decision {
-        let c = &self.config;
         let now = signals.now_ms;
-        let current = signals.current;
-        let recommendations = self.recommend(signals);
+        let current = if self.follows_decisions() {
+            self.fleet
+                .get_or_insert_with(|| DryRunFleet::starting_at(signals.current))
+                .serving_at(now)
+        } else {
+            signals.current
+        };
+        let c = &self.config;
+        let recommendations = self.recommend(signals, current);
         // The highest wins; on a tie the earlier rule (in flight first) names it.
         let (rule, mut recommended) = recommendations
             .iter()
@@ -182,13 +261,21 @@ impl Autoscaler {
                 (r.rule.clone(), r.instances)
             });
         let mut limited_by = None;
-        if recommended < current && signals.rps_trend > 0.0 && signals.rps > 0.0 {
+        // Rising: a positive trend over the scale-down window that the newest sample does
+        // not contradict (a spike that just ended leaves a positive trend behind it, and
+        // the capacity it needed is what the stabilization window keeps anyway).
+        let still_rising = signals
+            .rps_latest
+            .is_none_or(|latest| latest >= signals.rps);
+        if recommended < current && signals.rps_trend > 0.0 && signals.rps > 0.0 && still_rising {
             // Removing capacity into rising traffic only to add it back is the flap this
             // avoids: project the traffic one scale-down window ahead.
             let ahead = c.scale_down_window.as_secs_f64();
             let growth = (signals.rps + signals.rps_trend * ahead) / signals.rps;
             let projected = (signals.in_flight * growth / c.target_in_flight).ceil() as u32;
-            if projected > recommended {
+            // Growth inside the tolerance band is noise (a flat Poisson load has a small
+            // trend either way), and the rounding up would make it one instance.
+            if growth - 1.0 > c.tolerance && projected > recommended {
                 limited_by = Some(format!(
                     "traffic rising {:+.1} rps/min: {:.0} in flight expected within {}",
                     signals.rps_trend * 60.0,
@@ -226,10 +313,10 @@ impl Autoscaler {
             let span = window.as_millis() as u64;
             self.recent
                 .iter()
-                .filter(move |(at, _)| now.saturating_sub(*at) <= span)
+                // A window of 15 s holds the recommendations of the last 15 s, not 16.
+                .filter(move |(at, _)| now.saturating_sub(*at) < span)
                 .map(|(_, n)| *n)
         };
-        self.first_ms.get_or_insert(now);
         let mut desired = recommended;
         if recommended > current {
             let lowest = within(c.scale_up_window).min().unwrap_or(recommended);
@@ -241,12 +328,9 @@ impl Autoscaler {
                 ));
             }
         } else if recommended < current {
-            let first = *self.first_ms.get_or_insert(now);
-            let young = now.saturating_sub(first) < c.scale_down_window.as_millis() as u64;
-            let highest = within(c.scale_down_window)
-                .max()
-                .unwrap_or(recommended)
-                .max(if young { current } else { 0 });
+            // Over the recommendations seen so far, as the HPA does: a loop that has just
+            // started decides from its signal window, not from a count it never chose.
+            let highest = within(c.scale_down_window).max().unwrap_or(recommended);
             if highest > recommended {
                 desired = highest.min(current);
                 limited_by = Some(format!(
@@ -318,6 +402,9 @@ impl Autoscaler {
         if direction != Direction::Hold {
             self.last_change_ms = Some(now);
         }
+        if let Some(fleet) = &mut self.fleet {
+            fleet.apply(now, desired, c.provisioning_delay.as_millis() as u64);
+        }
         self.counts.decisions += 1;
         match direction {
             Direction::Up => self.counts.scale_ups += 1,
@@ -367,9 +454,8 @@ impl Autoscaler {
             .unwrap_or(0)
     }
 
-    fn recommend(&self, s: &Signals) -> Vec<Recommendation> {
+    fn recommend(&self, s: &Signals, current: u32) -> Vec<Recommendation> {
         let c = &self.config;
-        let current = s.current;
         let mut out = Vec::new();
         let mut push = |rule: &str, instances: u32, detail: String| {
             out.push(Recommendation {
@@ -507,12 +593,17 @@ mod tests {
         let d = scaler.decide(&signals(MONDAY_9AM_MS, 2, 1.0));
         assert_eq!((d.direction, d.desired), (Direction::Up, 6));
         assert_eq!(d.rule, "schedule");
-        // Saturday: no floor, the idle pool may shrink (after its window).
+        // Saturday: no floor, and a new loop with nothing in its window shrinks the idle
+        // pool at once (as the HPA does).
         let saturday = MONDAY_9AM_MS + 5 * 86_400_000;
         let mut scaler = Autoscaler::new(scaler.config().clone());
-        scaler.decide(&signals(saturday, 6, 1.0));
-        let d = scaler.decide(&signals(saturday + 301_000, 6, 1.0));
-        assert_eq!(d.direction, Direction::Down, "{}", d.explanation);
+        let d = scaler.decide(&signals(saturday, 6, 1.0));
+        assert_eq!(
+            (d.direction, d.desired),
+            (Direction::Down, 1),
+            "{}",
+            d.explanation
+        );
     }
 
     #[test]
@@ -544,7 +635,9 @@ mod tests {
 
     #[test]
     fn scale_in_waits_for_low_cpu_and_a_whole_window() {
-        let mut scaler = Autoscaler::new(AutoscaleConfig::for_pool("api"));
+        let mut config = AutoscaleConfig::for_pool("api");
+        config.scale_down_max_fraction = 0.5;
+        let mut scaler = Autoscaler::new(config);
         let mut busy = signals(0, 8, 8.0);
         busy.cpu = Some(0.55);
         let d = scaler.decide(&busy);
@@ -553,7 +646,11 @@ mod tests {
         let mut idle = signals(100_000, 8, 8.0);
         idle.cpu = Some(0.1);
         let d = scaler.decide(&idle);
-        assert_eq!(d.direction, Direction::Hold, "the window is not yet whole");
+        assert_eq!(
+            d.direction,
+            Direction::Hold,
+            "the busy recommendation is still in the window"
+        );
         idle.now_ms = 301_000;
         let d = scaler.decide(&idle);
         // Wants 1, may remove at most half at once.
@@ -563,5 +660,70 @@ mod tests {
             "{}",
             d.explanation
         );
+    }
+
+    #[test]
+    fn a_dry_run_decides_from_the_count_its_decisions_would_have_left() {
+        let mut config = AutoscaleConfig::for_pool("api");
+        config.scale_down_window = std::time::Duration::ZERO;
+        config.scale_up_cooldown = std::time::Duration::ZERO;
+        config.scale_down_cooldown = std::time::Duration::ZERO;
+        config.provisioning_delay = std::time::Duration::from_secs(30);
+        let mut scaler = Autoscaler::new(config.clone());
+        // The pool really has 8 and stays so (nothing acts); 16 in flight needs 2.
+        let d = scaler.decide(&signals(0, 8, 16.0));
+        assert_eq!((d.current, d.desired), (8, 2), "{}", d.explanation);
+        let d = scaler.decide(&signals(10_000, 8, 16.0));
+        assert_eq!(
+            (d.current, d.direction),
+            (2, Direction::Hold),
+            "{}",
+            d.explanation
+        );
+        assert_eq!(
+            d.signals.current, 8,
+            "the pool's real count is kept beside it"
+        );
+        // Load triples: 48 in flight needs 6; the 4 asked for count after 30 s.
+        let d = scaler.decide(&signals(20_000, 8, 48.0));
+        assert_eq!((d.current, d.desired), (2, 6));
+        let d = scaler.decide(&signals(30_000, 8, 48.0));
+        assert_eq!(d.current, 2, "still on their way");
+        let d = scaler.decide(&signals(50_000, 8, 48.0));
+        assert_eq!((d.current, d.direction), (6, Direction::Hold));
+
+        // Following the pool instead: every decision starts from the real 8.
+        config.dry_run_follows = DryRunFollows::Pool;
+        let mut scaler = Autoscaler::new(config);
+        scaler.decide(&signals(0, 8, 16.0));
+        let d = scaler.decide(&signals(10_000, 8, 16.0));
+        assert_eq!((d.current, d.desired), (8, 2));
+    }
+
+    #[test]
+    fn noise_inside_the_tolerance_never_holds_a_scale_in() {
+        // A new loop: its window holds only the decision at hand.
+        let mut scaler = Autoscaler::new(AutoscaleConfig::for_pool("api"));
+        // Flat traffic with a trend of +2 % over the window: noise, not a rise.
+        let mut flat = signals(0, 8, 16.0);
+        flat.rps = 500.0;
+        flat.rps_trend = 500.0 * 0.02 / 300.0;
+        flat.rps_latest = Some(505.0);
+        let d = scaler.decide(&flat);
+        assert_eq!(d.desired, 2, "{}", d.explanation);
+        // A real rise (+50 % within the window, still rising) holds the scale-in.
+        let mut scaler = Autoscaler::new(scaler.config().clone());
+        let mut rising = flat.clone();
+        rising.rps_trend = 500.0 * 0.5 / 300.0;
+        rising.rps_latest = Some(600.0);
+        let d = scaler.decide(&rising);
+        assert_eq!(d.desired, 3, "{}", d.explanation);
+        assert!(d.limited_by.unwrap().contains("traffic rising"));
+        // The same trend after a spike that has ended (the newest sample under the mean).
+        let mut scaler = Autoscaler::new(scaler.config().clone());
+        let mut ended = rising;
+        ended.rps_latest = Some(400.0);
+        let d = scaler.decide(&ended);
+        assert_eq!(d.desired, 2, "{}", d.explanation);
     }
 }

@@ -335,6 +335,7 @@ fn signals_for(scaler: &Autoscaler, history: &VecDeque<Sample>, now_ms: u64) -> 
         current: latest.instances,
         rps: mean(|p| p.rps),
         rps_trend: slope(&trend_points),
+        rps_latest: Some(latest.rps),
         in_flight: mean(|p| p.in_flight),
         p95_ms: mean(|p| p.p95_ms),
         mean_ms: mean(|p| p.mean_ms),

@@ -1,0 +1,431 @@
+//! The autoscaler in a dry run against upstreams of exactly known capacity, beside a
+//! Kubernetes-HPA-style recommender fed the same signal (a simulation with known answers,
+//! no clocks: #25's profiles).
+//!
+//! Each instance serves at most C = 4 requests at once for S ms (FCFS beyond that), so the
+//! right count is ⌈λ·S / (C·0.7)⌉. The real fleet stays fixed (a dry run); weir samples
+//! every second as its sampler does (requests started, and Little's law in flight: the time
+//! completed requests spent, per second), averages over a 3 s signal window and fits the
+//! traffic trend over the 15 s scale-down window. Both recommenders decide every second
+//! from those signals, each from the count its own earlier decisions would have left.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use weir::config::AutoscaleConfig;
+use weir::control::autoscaler::{Autoscaler, Signals};
+use weir::control::slope;
+
+const SLOTS: usize = 4;
+const TARGET_UTILISATION: f64 = 0.7;
+const TARGET_IN_FLIGHT: f64 = SLOTS as f64 * TARGET_UTILISATION;
+const SIGNAL_WINDOW_S: usize = 3;
+const DOWN_WINDOW_S: usize = 15;
+const TOLERANCE: f64 = 0.1;
+
+/// A load profile: requests per second and service time (ms) at second `t`.
+struct Profile {
+    name: &'static str,
+    seconds: u64,
+    instances: usize,
+    poisson: bool,
+    rate: fn(f64) -> f64,
+    service_ms: fn(f64) -> f64,
+}
+
+fn right_count(rate: f64, service_ms: f64) -> u32 {
+    (rate * service_ms / 1000.0 / TARGET_IN_FLIGHT)
+        .ceil()
+        .max(1.0) as u32
+}
+
+/// One real instance: when each of its slots is next free (ms).
+struct Instance {
+    slots: [f64; SLOTS],
+}
+
+impl Instance {
+    /// FCFS: the request takes the slot that frees first; returns when it completes.
+    fn arrive(&mut self, t_ms: f64, service_ms: f64) -> f64 {
+        let (index, free) = self
+            .slots
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((0, t_ms));
+        let done = free.max(t_ms) + service_ms;
+        self.slots[index] = done;
+        done
+    }
+}
+
+/// What weir's sampler sees each second.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    rps: f64,
+    in_flight: f64,
+    mean_ms: f64,
+}
+
+fn run_load(profile: &Profile, seed: u64) -> Vec<Sample> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut fleet: Vec<Instance> = (0..profile.instances)
+        .map(|_| Instance {
+            slots: [0.0; SLOTS],
+        })
+        .collect();
+    // (completion µs, time in system µs) of requests still in the system.
+    let mut completions: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
+    let mut samples = Vec::new();
+    let (mut started, mut next_instance) = (0u64, 0usize);
+    let gap_ms = |rng: &mut fastrand::Rng, at_ms: f64| {
+        let rate = (profile.rate)(at_ms / 1000.0).max(1e-6);
+        if profile.poisson {
+            -(1.0 - rng.f64()).ln() / rate * 1000.0
+        } else {
+            1000.0 / rate
+        }
+    };
+    let mut next_ms = gap_ms(&mut rng, 0.0);
+    for second in 1..=profile.seconds {
+        let end_ms = second as f64 * 1000.0;
+        while next_ms < end_ms {
+            let t_ms = next_ms;
+            started += 1;
+            // Round robin, weir's default balancer.
+            let instance = &mut fleet[next_instance % profile.instances];
+            next_instance += 1;
+            let service_ms = (profile.service_ms)(t_ms / 1000.0);
+            let done = instance.arrive(t_ms, service_ms);
+            completions.push(Reverse((
+                (done * 1000.0) as u64,
+                ((done - t_ms) * 1000.0) as u64,
+            )));
+            next_ms += gap_ms(&mut rng, t_ms);
+        }
+        let (mut spent_us, mut count) = (0u64, 0u64);
+        while let Some(Reverse((done_us, spent))) = completions.peek().copied()
+            && done_us <= (end_ms * 1000.0) as u64
+        {
+            completions.pop();
+            spent_us += spent;
+            count += 1;
+        }
+        samples.push(Sample {
+            rps: started as f64,
+            in_flight: spent_us as f64 / 1e6,
+            mean_ms: if count == 0 {
+                0.0
+            } else {
+                spent_us as f64 / count as f64 / 1000.0
+            },
+        });
+        started = 0;
+    }
+    samples
+}
+
+/// The signals weir's control loop builds from the samples up to second `t` (1-based).
+fn signals_at(samples: &[Sample], t: usize, real_instances: u32) -> Signals {
+    let window = &samples[t.saturating_sub(SIGNAL_WINDOW_S)..t];
+    let n = window.len() as f64;
+    let trend: Vec<(f64, f64)> = samples[t.saturating_sub(DOWN_WINDOW_S)..t]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i as f64, s.rps))
+        .collect();
+    Signals {
+        now_ms: t as u64 * 1000,
+        current: real_instances,
+        rps: window.iter().map(|s| s.rps).sum::<f64>() / n,
+        rps_trend: slope(&trend),
+        rps_latest: window.last().map(|s| s.rps),
+        in_flight: window.iter().map(|s| s.in_flight).sum::<f64>() / n,
+        mean_ms: window.iter().map(|s| s.mean_ms).sum::<f64>() / n,
+        p95_ms: window.iter().map(|s| s.mean_ms).fold(0.0, f64::max),
+        ..Signals::default()
+    }
+}
+
+/// The Kubernetes HPA's algorithm (v2 defaults: tolerance, scale-down stabilization as the
+/// highest recommendation over its window, scale-up at most +4 or +100 % per 15 s), with
+/// its count following its own decisions.
+struct HpaReference {
+    current: u32,
+    recent: VecDeque<(usize, u32)>,
+    /// (second, count) after each change, for the scale-up rate policy.
+    changes: VecDeque<(usize, u32)>,
+}
+
+impl HpaReference {
+    fn decide(&mut self, t: usize, in_flight: f64) -> u32 {
+        let per_instance = in_flight / f64::from(self.current.max(1));
+        let ratio = per_instance / TARGET_IN_FLIGHT;
+        let recommended = if (ratio - 1.0).abs() <= TOLERANCE {
+            self.current
+        } else {
+            (f64::from(self.current) * ratio).ceil().max(1.0) as u32
+        };
+        self.recent.push_back((t, recommended));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _)| t - at >= DOWN_WINDOW_S)
+        {
+            self.recent.pop_front();
+        }
+        let mut desired = recommended;
+        if recommended < self.current {
+            desired = self
+                .recent
+                .iter()
+                .map(|(_, n)| *n)
+                .max()
+                .unwrap_or(recommended);
+            desired = desired.min(self.current);
+        } else if recommended > self.current {
+            while self.changes.front().is_some_and(|(at, _)| t - at >= 15) {
+                self.changes.pop_front();
+            }
+            let base = self.changes.front().map_or(self.current, |(_, n)| *n);
+            desired = desired.min((base * 2).max(base + 4));
+        }
+        if desired != self.current {
+            self.current = desired;
+            self.changes.push_back((t, desired));
+        }
+        desired
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Score {
+    within_one: f64,
+    exact_settled: f64,
+    over_instance_seconds: u64,
+    changes: u32,
+    extra_reversals: i64,
+    first_right_s: Option<usize>,
+}
+
+fn reversals(counts: &[u32]) -> i64 {
+    let mut last = 0i64;
+    let mut turns = 0;
+    for pair in counts.windows(2) {
+        let step = (i64::from(pair[1]) - i64::from(pair[0])).signum();
+        if step != 0 {
+            if last != 0 && step != last {
+                turns += 1;
+            }
+            last = step;
+        }
+    }
+    turns
+}
+
+fn score(counts: &[u32], right: &[u32]) -> Score {
+    let n = counts.len() as f64;
+    let within = counts
+        .iter()
+        .zip(right)
+        .filter(|(c, r)| c.abs_diff(**r) <= 1)
+        .count();
+    // Settled: the right answer has not changed for a whole scale-down window.
+    let settled: Vec<usize> = (0..right.len())
+        .filter(|&i| {
+            i >= DOWN_WINDOW_S && right[i - DOWN_WINDOW_S..=i].iter().all(|r| *r == right[i])
+        })
+        .collect();
+    let exact = settled.iter().filter(|&&i| counts[i] == right[i]).count();
+    Score {
+        within_one: within as f64 / n,
+        exact_settled: exact as f64 / settled.len().max(1) as f64,
+        over_instance_seconds: counts
+            .iter()
+            .zip(right)
+            .map(|(c, r)| u64::from(c.saturating_sub(*r)))
+            .sum(),
+        changes: counts.windows(2).filter(|w| w[0] != w[1]).count() as u32,
+        // From the first right count on: the correction of the starting count is measured
+        // by `first_right_s`, not counted as a reversal.
+        extra_reversals: match counts.iter().zip(right).position(|(c, r)| c == r) {
+            Some(from) => reversals(&counts[from..]) - reversals(&right[from..]),
+            None => reversals(counts) - reversals(right),
+        },
+        first_right_s: counts
+            .iter()
+            .zip(right)
+            .position(|(c, r)| c == r)
+            .map(|i| i + 1),
+    }
+}
+
+fn config() -> AutoscaleConfig {
+    let mut config = AutoscaleConfig::for_pool("known");
+    config.min_instances = 1;
+    config.max_instances = 40;
+    config.target_in_flight = TARGET_IN_FLIGHT;
+    config.tolerance = TOLERANCE;
+    config.signal_window = Duration::from_secs(SIGNAL_WINDOW_S as u64);
+    config.scale_down_window = Duration::from_secs(DOWN_WINDOW_S as u64);
+    config.scale_up_cooldown = Duration::ZERO;
+    config.scale_down_cooldown = Duration::ZERO;
+    config.latency_high = Duration::from_secs(10);
+    config.dry_run = true;
+    config
+}
+
+/// Weir's and the reference's scores on one profile.
+fn compare(profile: &Profile, seed: u64) -> (Score, Score) {
+    let samples = run_load(profile, seed);
+    let real = profile.instances as u32;
+    let mut scaler = Autoscaler::new(config());
+    let mut hpa = HpaReference {
+        current: real,
+        recent: VecDeque::new(),
+        changes: VecDeque::new(),
+    };
+    let (mut weir_counts, mut hpa_counts, mut right) = (Vec::new(), Vec::new(), Vec::new());
+    for t in 1..=samples.len() {
+        let signals = signals_at(&samples, t, real);
+        let decision = scaler.decide(&signals);
+        if std::env::var_os("WEIR_AUTOSCALE_SERIES").is_some() {
+            println!(
+                "t={t} decision: {} rec={} {:?}",
+                decision.explanation,
+                decision.recommended,
+                decision
+                    .recommendations
+                    .iter()
+                    .map(|r| (&r.rule, r.instances))
+                    .collect::<Vec<_>>()
+            );
+        }
+        weir_counts.push(decision.desired);
+        hpa_counts.push(hpa.decide(t, signals.in_flight));
+        let at = t as f64 - 0.5;
+        right.push(right_count((profile.rate)(at), (profile.service_ms)(at)));
+    }
+    if std::env::var_os("WEIR_AUTOSCALE_SERIES").is_some() {
+        for (t, ((w, h), r)) in weir_counts.iter().zip(&hpa_counts).zip(&right).enumerate() {
+            println!("t={:>3} right={r:>2} weir={w:>2} hpa={h:>2}", t + 1);
+        }
+    }
+    (score(&weir_counts, &right), score(&hpa_counts, &right))
+}
+
+fn steps() -> Profile {
+    Profile {
+        name: "200 → 800 → 300 req/s, 70 s each, even arrivals, 8 instances",
+        seconds: 210,
+        instances: 8,
+        poisson: false,
+        rate: |t| match t {
+            t if t < 70.0 => 200.0,
+            t if t < 140.0 => 800.0,
+            _ => 300.0,
+        },
+        service_ms: |_| 20.0,
+    }
+}
+
+fn ramp_spike_capacity() -> Profile {
+    Profile {
+        name: "ramp 200 → 800, 10 s spike to 1200, 500 req/s, S 20 → 30 ms at 180 s; Poisson; 10 instances",
+        seconds: 260,
+        instances: 10,
+        poisson: true,
+        rate: |t| match t {
+            t if t < 60.0 => 200.0 + 600.0 * t / 60.0,
+            t if t < 100.0 => 800.0,
+            t if t < 110.0 => 1200.0,
+            _ => 500.0,
+        },
+        service_ms: |t| if t < 180.0 { 20.0 } else { 30.0 },
+    }
+}
+
+fn report(profile: &Profile, weir: &Score, hpa: &Score) {
+    println!("{}", profile.name);
+    println!("  {:<42} {:>10} {:>10}", "measure", "weir", "HPA-style");
+    let pct = |v: f64| format!("{:.0} %", v * 100.0);
+    let first = |s: &Score| s.first_right_s.map_or("never".into(), |t| format!("{t} s"));
+    for (measure, a, b) in [
+        (
+            "within ±1 of the right count",
+            pct(weir.within_one),
+            pct(hpa.within_one),
+        ),
+        (
+            "exact, once settled",
+            pct(weir.exact_settled),
+            pct(hpa.exact_settled),
+        ),
+        (
+            "over-provisioned instance-seconds",
+            weir.over_instance_seconds.to_string(),
+            hpa.over_instance_seconds.to_string(),
+        ),
+        ("changes", weir.changes.to_string(), hpa.changes.to_string()),
+        (
+            "reversals beyond the right answer's",
+            weir.extra_reversals.to_string(),
+            hpa.extra_reversals.to_string(),
+        ),
+        ("first right count", first(weir), first(hpa)),
+    ] {
+        println!("  {measure:<42} {a:>10} {b:>10}");
+    }
+}
+
+fn assert_goals(profile: &Profile, weir: &Score, hpa: &Score) {
+    report(profile, weir, hpa);
+    assert!(
+        weir.within_one >= hpa.within_one,
+        "{}: within ±1 {:.3} < reference {:.3}",
+        profile.name,
+        weir.within_one,
+        hpa.within_one
+    );
+    assert!(
+        weir.extra_reversals <= 0,
+        "{}: {} reversals beyond the right answer's",
+        profile.name,
+        weir.extra_reversals
+    );
+    assert!(
+        weir.over_instance_seconds <= hpa.over_instance_seconds,
+        "{}: over-provisioned {} > reference {}",
+        profile.name,
+        weir.over_instance_seconds,
+        hpa.over_instance_seconds
+    );
+    assert!(
+        weir.first_right_s.is_some_and(|t| t <= 12),
+        "{}: first right count at {:?}",
+        profile.name,
+        weir.first_right_s
+    );
+}
+
+#[test]
+fn steps_with_even_arrivals_match_or_beat_the_hpa_reference() {
+    let profile = steps();
+    let (weir, hpa) = compare(&profile, 1);
+    assert_goals(&profile, &weir, &hpa);
+}
+
+#[test]
+fn a_ramp_a_spike_and_a_capacity_change_with_poisson_arrivals_match_or_beat_it() {
+    let profile = ramp_spike_capacity();
+    let seeds: Vec<u64> = match std::env::var("WEIR_AUTOSCALE_SEED") {
+        Ok(seed) => vec![seed.parse().unwrap_or(1)],
+        Err(_) => (1..=5).collect(),
+    };
+    for seed in seeds {
+        let (weir, hpa) = compare(&profile, seed);
+        assert_goals(&profile, &weir, &hpa);
+    }
+}
