@@ -10,11 +10,12 @@
 //! from those signals, each from the count its own earlier decisions would have left.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use weir::config::AutoscaleConfig;
 use weir::control::autoscaler::{Autoscaler, Signals};
+use weir::control::evaluate::{self, HpaReference, Score, score};
 use weir::control::slope;
 
 const SLOTS: usize = 4;
@@ -149,119 +150,6 @@ fn signals_at(samples: &[Sample], t: usize, real_instances: u32) -> Signals {
     }
 }
 
-/// The Kubernetes HPA's algorithm (v2 defaults: tolerance, scale-down stabilization as the
-/// highest recommendation over its window, scale-up at most +4 or +100 % per 15 s), with
-/// its count following its own decisions.
-struct HpaReference {
-    current: u32,
-    recent: VecDeque<(usize, u32)>,
-    /// (second, count) after each change, for the scale-up rate policy.
-    changes: VecDeque<(usize, u32)>,
-}
-
-impl HpaReference {
-    fn decide(&mut self, t: usize, in_flight: f64) -> u32 {
-        let per_instance = in_flight / f64::from(self.current.max(1));
-        let ratio = per_instance / TARGET_IN_FLIGHT;
-        let recommended = if (ratio - 1.0).abs() <= TOLERANCE {
-            self.current
-        } else {
-            (f64::from(self.current) * ratio).ceil().max(1.0) as u32
-        };
-        self.recent.push_back((t, recommended));
-        while self
-            .recent
-            .front()
-            .is_some_and(|(at, _)| t - at >= DOWN_WINDOW_S)
-        {
-            self.recent.pop_front();
-        }
-        let mut desired = recommended;
-        if recommended < self.current {
-            desired = self
-                .recent
-                .iter()
-                .map(|(_, n)| *n)
-                .max()
-                .unwrap_or(recommended);
-            desired = desired.min(self.current);
-        } else if recommended > self.current {
-            while self.changes.front().is_some_and(|(at, _)| t - at >= 15) {
-                self.changes.pop_front();
-            }
-            let base = self.changes.front().map_or(self.current, |(_, n)| *n);
-            desired = desired.min((base * 2).max(base + 4));
-        }
-        if desired != self.current {
-            self.current = desired;
-            self.changes.push_back((t, desired));
-        }
-        desired
-    }
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Score {
-    within_one: f64,
-    exact_settled: f64,
-    over_instance_seconds: u64,
-    changes: u32,
-    extra_reversals: i64,
-    first_right_s: Option<usize>,
-}
-
-fn reversals(counts: &[u32]) -> i64 {
-    let mut last = 0i64;
-    let mut turns = 0;
-    for pair in counts.windows(2) {
-        let step = (i64::from(pair[1]) - i64::from(pair[0])).signum();
-        if step != 0 {
-            if last != 0 && step != last {
-                turns += 1;
-            }
-            last = step;
-        }
-    }
-    turns
-}
-
-fn score(counts: &[u32], right: &[u32]) -> Score {
-    let n = counts.len() as f64;
-    let within = counts
-        .iter()
-        .zip(right)
-        .filter(|(c, r)| c.abs_diff(**r) <= 1)
-        .count();
-    // Settled: the right answer has not changed for a whole scale-down window.
-    let settled: Vec<usize> = (0..right.len())
-        .filter(|&i| {
-            i >= DOWN_WINDOW_S && right[i - DOWN_WINDOW_S..=i].iter().all(|r| *r == right[i])
-        })
-        .collect();
-    let exact = settled.iter().filter(|&&i| counts[i] == right[i]).count();
-    Score {
-        within_one: within as f64 / n,
-        exact_settled: exact as f64 / settled.len().max(1) as f64,
-        over_instance_seconds: counts
-            .iter()
-            .zip(right)
-            .map(|(c, r)| u64::from(c.saturating_sub(*r)))
-            .sum(),
-        changes: counts.windows(2).filter(|w| w[0] != w[1]).count() as u32,
-        // From the first right count on: the correction of the starting count is measured
-        // by `first_right_s`, not counted as a reversal.
-        extra_reversals: match counts.iter().zip(right).position(|(c, r)| c == r) {
-            Some(from) => reversals(&counts[from..]) - reversals(&right[from..]),
-            None => reversals(counts) - reversals(right),
-        },
-        first_right_s: counts
-            .iter()
-            .zip(right)
-            .position(|(c, r)| c == r)
-            .map(|i| i + 1),
-    }
-}
-
 fn config() -> AutoscaleConfig {
     let mut config = AutoscaleConfig::for_pool("known");
     config.min_instances = 1;
@@ -282,11 +170,7 @@ fn compare(profile: &Profile, seed: u64) -> (Score, Score) {
     let samples = run_load(profile, seed);
     let real = profile.instances as u32;
     let mut scaler = Autoscaler::new(config());
-    let mut hpa = HpaReference {
-        current: real,
-        recent: VecDeque::new(),
-        changes: VecDeque::new(),
-    };
+    let mut hpa = HpaReference::new(real, TARGET_IN_FLIGHT, TOLERANCE, DOWN_WINDOW_S as u64);
     let (mut weir_counts, mut hpa_counts, mut right) = (Vec::new(), Vec::new(), Vec::new());
     for t in 1..=samples.len() {
         let signals = signals_at(&samples, t, real);
@@ -304,7 +188,7 @@ fn compare(profile: &Profile, seed: u64) -> (Score, Score) {
             );
         }
         weir_counts.push(decision.desired);
-        hpa_counts.push(hpa.decide(t, signals.in_flight));
+        hpa_counts.push(hpa.decide(t as u64, signals.in_flight));
         let at = t as f64 - 0.5;
         right.push(right_count((profile.rate)(at), (profile.service_ms)(at)));
     }
@@ -313,7 +197,10 @@ fn compare(profile: &Profile, seed: u64) -> (Score, Score) {
             println!("t={:>3} right={r:>2} weir={w:>2} hpa={h:>2}", t + 1);
         }
     }
-    (score(&weir_counts, &right), score(&hpa_counts, &right))
+    (
+        score(&weir_counts, &right, DOWN_WINDOW_S),
+        score(&hpa_counts, &right, DOWN_WINDOW_S),
+    )
 }
 
 fn steps() -> Profile {
@@ -347,41 +234,8 @@ fn ramp_spike_capacity() -> Profile {
     }
 }
 
-fn report(profile: &Profile, weir: &Score, hpa: &Score) {
-    println!("{}", profile.name);
-    println!("  {:<42} {:>10} {:>10}", "measure", "weir", "HPA-style");
-    let pct = |v: f64| format!("{:.0} %", v * 100.0);
-    let first = |s: &Score| s.first_right_s.map_or("never".into(), |t| format!("{t} s"));
-    for (measure, a, b) in [
-        (
-            "within ±1 of the right count",
-            pct(weir.within_one),
-            pct(hpa.within_one),
-        ),
-        (
-            "exact, once settled",
-            pct(weir.exact_settled),
-            pct(hpa.exact_settled),
-        ),
-        (
-            "over-provisioned instance-seconds",
-            weir.over_instance_seconds.to_string(),
-            hpa.over_instance_seconds.to_string(),
-        ),
-        ("changes", weir.changes.to_string(), hpa.changes.to_string()),
-        (
-            "reversals beyond the right answer's",
-            weir.extra_reversals.to_string(),
-            hpa.extra_reversals.to_string(),
-        ),
-        ("first right count", first(weir), first(hpa)),
-    ] {
-        println!("  {measure:<42} {a:>10} {b:>10}");
-    }
-}
-
 fn assert_goals(profile: &Profile, weir: &Score, hpa: &Score) {
-    report(profile, weir, hpa);
+    println!("{}\n{}", profile.name, evaluate::table(weir, hpa));
     assert!(
         weir.within_one >= hpa.within_one,
         "{}: within ±1 {:.3} < reference {:.3}",

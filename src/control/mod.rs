@@ -14,6 +14,7 @@
 pub mod action;
 pub mod anomaly;
 pub mod autoscaler;
+pub mod evaluate;
 pub mod forecast;
 pub mod html;
 pub mod report;
