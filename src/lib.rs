@@ -45,15 +45,17 @@
 //!                    way upstream (with the copy a gRPC retry replays)
 //! cache/             two-tier HTTP cache: RFC 9111 policy, byte ranges of stored bodies,
 //!                    moka L1, Redis/Cluster L2, coalescing, purge bus, warming
-//! control/           the control loop: samples, autoscalers, actions, forecasts, USL,
-//!                    capacity reports (JSON + HTML)
+//! control/           the control loop: samples, autoscalers (a dry run follows its own
+//!                    decisions), actions, forecasts, USL, capacity reports (JSON + HTML),
+//!                    evaluate.rs: scoring against the right count beside an HPA reference
 //! chart.rs           the SVG chart frame and HTML escaping the report and loadtest pages share
 //! tls.rs             rustls (ring): every certificate a config names, loaded once
 //!                    (`TlsMaterial`); server certificates by SNI, client configs for upstreams
 //! telemetry/         trace export: the span records and bounded queue the data plane
 //!                    fills, and the OTLP exporter task (HTTP/protobuf or gRPC)
 //! registry.rs        registered instances in an atomically written state file
-//! stable_hash.rs     XXH3 with a fixed seed: ring points and sticky ids every build agrees on
+//! stable_hash.rs     XXH3 with a fixed seed: ring points, sticky ids and sticky split points
+//!                    every build agrees on
 //! admin/             admin port: probes and the token-protected API (control.rs: scaling,
 //!                    reports, instance load; views.rs: the JSON of pools, instances, cache)
 //! metrics.rs         Prometheus exposition built at scrape time from `metrics::Sources`

@@ -488,7 +488,7 @@ fn control_metrics(f: &mut Families, scalers: &[ScalerStats]) {
         if let Some(decision) = last {
             f.gauge(
                 "weir_autoscale_current_instances",
-                "Instances the autoscaler saw serving at its last decision.",
+                "Instances the autoscaler's last decision started from (in a dry run that follows its decisions, the count they would have left).",
                 &labels,
                 f64::from(decision.current),
             );
