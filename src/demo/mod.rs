@@ -402,8 +402,8 @@ impl fmt::Display for DemoSummary {
             match &control.decision {
                 Some(d) => writeln!(
                     f,
-                    "  control autoscaler for api (dry run, {} samples): {} instances, recommends {}: {}",
-                    control.samples, d.current, d.desired, d.explanation
+                    "  control autoscaler for api (dry run, {} samples; the pool has {}): {}",
+                    control.samples, d.signals.current, d.explanation
                 )?,
                 None => writeln!(
                     f,
