@@ -241,6 +241,13 @@ async fn run(profile: &Profile, seed: u64) -> (Score, Score, u64) {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench binaries too: eight minutes of load is not a test.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "autoscale_e2e: a benchmark, not a test; run it with `cargo bench --bench autoscale_e2e`"
+        );
+        return;
+    }
     let only = std::env::var("WEIR_BENCH_PROFILE").ok();
     let seed: u64 = std::env::var("WEIR_BENCH_SEED")
         .ok()
