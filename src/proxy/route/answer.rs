@@ -5,6 +5,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use super::conditions::RouteRequest;
+use super::split_port;
 use crate::config::{RedirectConfig, RespondConfig};
 use crate::proxy::body::ResponseBody;
 
@@ -41,7 +42,13 @@ impl Redirect {
     /// which the caller answers as a bad request.
     pub fn location(&self, from: &RouteRequest<'_>, request_scheme: &str) -> Option<HeaderValue> {
         let scheme = self.scheme.as_deref().unwrap_or(request_scheme);
-        let (request_host, request_port) = split_port(from.host);
+        let (request_host, request_port) = match split_port(from.host) {
+            (name, Some(port)) => match port.parse::<u16>() {
+                Ok(port) => (name, Some(port)),
+                Err(_) => (from.host, None),
+            },
+            (name, None) => (name, None),
+        };
         let host = self.host.as_deref().unwrap_or(request_host);
         // A port the request named stays only while the scheme and host stay.
         let port = self.port.or_else(|| {
@@ -100,23 +107,6 @@ pub fn replace_prefix(path: &str, old: &str, new: &str) -> String {
         format!("/{joined}")
     } else {
         joined
-    }
-}
-
-fn split_port(host: &str) -> (&str, Option<u16>) {
-    if host.starts_with('[') {
-        // IPv6 literal: `[::1]:8080`.
-        return match host.rsplit_once("]:") {
-            Some((name, port)) => (&host[..name.len() + 1], port.parse().ok()),
-            None => (host, None),
-        };
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) => match port.parse() {
-            Ok(port) => (name, Some(port)),
-            Err(_) => (host, None),
-        },
-        None => (host, None),
     }
 }
 

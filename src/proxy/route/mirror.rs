@@ -129,10 +129,7 @@ impl Mirror {
 /// the candidate can tell copies from real requests by their host).
 fn shadow_host(host: &HeaderValue) -> Option<HeaderValue> {
     let host = host.to_str().ok()?;
-    let (name, port) = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (name, Some(port)),
-        _ => (host, None),
-    };
+    let (name, port) = super::split_port(host);
     let shadow = match port {
         Some(port) => format!("{name}-shadow:{port}"),
         None => format!("{name}-shadow"),

@@ -302,14 +302,27 @@ impl Router {
     }
 }
 
+/// The host without its port, and an IPv6 literal without its brackets (`::1`).
 fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        // IPv6 literal: keep the brackets' content.
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
+    let (name, _) = split_port(host);
+    name.strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name)
+}
+
+/// A `Host` value cut into its name (an IPv6 literal keeps its brackets) and the digits
+/// of its port, if it names one: `[::1]:8080` → (`[::1]`, `8080`). The one reading of a
+/// host's port that routing, redirects and mirrors share.
+fn split_port(host: &str) -> (&str, Option<&str>) {
+    let cut = if host.starts_with('[') {
+        host.rsplit_once("]:")
+            .map(|(name, port)| (&host[..name.len() + 1], port))
+    } else {
+        host.rsplit_once(':')
+    };
+    match cut {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (name, Some(port)),
+        _ => (host, None),
     }
 }
 
@@ -352,5 +365,9 @@ mod tests {
         assert_eq!(strip_port("example.com"), "example.com");
         assert_eq!(strip_port("[::1]:80"), "::1");
         assert_eq!(strip_port("127.0.0.1:80"), "127.0.0.1");
+        assert_eq!(strip_port("[::1]"), "::1");
+        assert_eq!(split_port("[::1]:8080"), ("[::1]", Some("8080")));
+        assert_eq!(split_port("[::1]"), ("[::1]", None));
+        assert_eq!(split_port("example.com:x"), ("example.com:x", None));
     }
 }
