@@ -113,7 +113,7 @@ fn v6_source(ip: &ppp::v1::IPv6) -> SocketAddr {
 /// connection's address, unless it is a trusted proxy; then the right-most
 /// `X-Forwarded-For` hop that is not one (all of them trusted: the left-most).
 pub fn resolve(connection: IpAddr, trusted: &[IpBlock], headers: &HeaderMap) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let is_trusted = |ip: IpAddr| is_trusted(ip, trusted);
     if trusted.is_empty() || !is_trusted(connection) {
         return connection;
     }
@@ -139,6 +139,31 @@ pub fn resolve(connection: IpAddr, trusted: &[IpBlock], headers: &HeaderMap) -> 
 }
 
 /// One `X-Forwarded-For` hop: an address, maybe with a port (`1.2.3.4:5`, `[::1]:5`).
+/// Whether `ip` is one of the proxies whose forwarding headers are believed.
+fn is_trusted(ip: IpAddr, trusted: &[IpBlock]) -> bool {
+    trusted.iter().any(|net| net.contains(ip))
+}
+
+/// The scheme the client used: `own` (the listener's: `https` on TLS), or what a trusted
+/// proxy in front says in `X-Forwarded-Proto` (it may have terminated TLS itself).
+pub fn scheme(
+    connection: IpAddr,
+    trusted: &[IpBlock],
+    headers: &HeaderMap,
+    own: &'static str,
+) -> &'static str {
+    let forwarded = headers
+        .get("x-forwarded-proto")
+        .filter(|_| is_trusted(connection, trusted))
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    match forwarded {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        Some(p) if p.eq_ignore_ascii_case("http") => "http",
+        _ => own,
+    }
+}
+
 fn parse_hop(hop: &str) -> Option<IpAddr> {
     let hop = hop.trim();
     hop.parse::<IpAddr>()
@@ -196,5 +221,18 @@ mod tests {
             resolve(mapped, &trusted, &xff(&["1.2.3.4"])).to_string(),
             "1.2.3.4"
         );
+    }
+
+    #[test]
+    fn the_scheme_comes_from_trusted_proxies_only() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-proto", " HTTPS ".parse().unwrap());
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(scheme(proxy, &trusted, &headers, "http"), "https");
+        assert_eq!(scheme(stranger, &trusted, &headers, "http"), "http");
+        headers.insert("x-forwarded-proto", "gopher".parse().unwrap());
+        assert_eq!(scheme(proxy, &trusted, &headers, "https"), "https");
     }
 }

@@ -100,23 +100,9 @@ impl ProxyService {
         (ip != self.client.ip).then(|| headers::ClientAddress::new(ip))
     }
 
-    /// The scheme the client used: `https` on a TLS listener, or what a trusted proxy in
-    /// front says in `X-Forwarded-Proto` (it may have terminated TLS itself).
+    /// The scheme the client used (see [`client_address::scheme`]).
     fn request_scheme(&self, headers: &http::HeaderMap) -> &'static str {
-        let from_trusted = self
-            .trusted_proxies
-            .iter()
-            .any(|b| b.contains(self.client.ip));
-        let forwarded = headers
-            .get("x-forwarded-proto")
-            .filter(|_| from_trusted)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim);
-        match forwarded {
-            Some(p) if p.eq_ignore_ascii_case("https") => "https",
-            Some(p) if p.eq_ignore_ascii_case("http") => "http",
-            _ => self.proto,
-        }
+        client_address::scheme(self.client.ip, &self.trusted_proxies, headers, self.proto)
     }
 
     /// Enables protocol upgrades (WebSocket): tunnels run on `tracker` and are cut when
