@@ -53,17 +53,19 @@ impl ConsistentHash {
     }
 
     fn request_key(&self, ctx: &PickContext<'_>) -> u64 {
-        let from_request = match &self.key {
-            HashKey::ClientIp => None,
-            HashKey::Header(name) => ctx
-                .headers
-                .get(name)
-                .map(|v| stable_hash::hash(v.as_bytes())),
-            HashKey::Cookie(name) => {
-                cookie(ctx.headers, name).map(|c| stable_hash::hash(c.as_bytes()))
-            }
-        };
-        from_request.unwrap_or_else(|| stable_hash::hash_ip(ctx.client_ip))
+        key_value(&self.key, ctx.headers)
+            .map(stable_hash::hash)
+            .unwrap_or_else(|| stable_hash::hash_ip(ctx.client_ip))
+    }
+}
+
+/// The request's value for a `header:NAME` or `cookie:NAME` key; `None` for `client_ip`
+/// (the caller hashes the address its own way) or a request without the key.
+pub fn key_value<'h>(key: &HashKey, headers: &'h http::HeaderMap) -> Option<&'h [u8]> {
+    match key {
+        HashKey::ClientIp => None,
+        HashKey::Header(name) => headers.get(name).map(|v| v.as_bytes()),
+        HashKey::Cookie(name) => cookie(headers, name).map(str::as_bytes),
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-pub use consistent_hash::{ConsistentHash, cookie as cookie_value};
+pub use consistent_hash::{ConsistentHash, cookie as cookie_value, key_value};
 pub use least_connections::LeastConnections;
 pub use round_robin::RoundRobin;
 pub use score::Score;

@@ -141,11 +141,8 @@ fn sticky_hash(key: &HashKey, client: IpAddr, headers: &HeaderMap) -> Option<u64
             IpAddr::V4(v4) => stable_hash::hash_parts(&[SALT, &v4.octets()]),
             IpAddr::V6(v6) => stable_hash::hash_parts(&[SALT, &v6.octets()]),
         }),
-        HashKey::Header(name) => headers
-            .get(name)
-            .map(|v| stable_hash::hash_parts(&[SALT, v.as_bytes()])),
-        HashKey::Cookie(name) => crate::balancer::cookie_value(headers, name)
-            .map(|v| stable_hash::hash_parts(&[SALT, v.as_bytes()])),
+        HashKey::Header(_) | HashKey::Cookie(_) => crate::balancer::key_value(key, headers)
+            .map(|value| stable_hash::hash_parts(&[SALT, value])),
     }
 }
 
