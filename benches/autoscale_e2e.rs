@@ -27,61 +27,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use weir::control::evaluate::{self, HpaReference, Score};
-
-const SLOTS: usize = 4;
-const TARGET_IN_FLIGHT: f64 = SLOTS as f64 * 0.7;
-const TOLERANCE: f64 = 0.1;
-const DOWN_WINDOW_S: u64 = 15;
-
-/// A load profile: requests per second and service time (ms) at second `t`.
-struct Profile {
-    key: &'static str,
-    name: &'static str,
-    seconds: u64,
-    instances: usize,
-    poisson: bool,
-    rate: fn(f64) -> f64,
-    service_ms: fn(f64) -> f64,
-}
-
-fn profiles() -> [Profile; 2] {
-    [
-        Profile {
-            key: "steps",
-            name: "200 → 800 → 300 req/s, 70 s each, even arrivals, 8 instances",
-            seconds: 210,
-            instances: 8,
-            poisson: false,
-            rate: |t| match t {
-                t if t < 70.0 => 200.0,
-                t if t < 140.0 => 800.0,
-                _ => 300.0,
-            },
-            service_ms: |_| 20.0,
-        },
-        Profile {
-            key: "spike",
-            name: "ramp 200 → 800, 10 s spike to 1 200, 500 req/s, S 20 → 30 ms at 180 s; Poisson; 10 instances",
-            seconds: 260,
-            instances: 10,
-            poisson: true,
-            rate: |t| match t {
-                t if t < 60.0 => 200.0 + 600.0 * t / 60.0,
-                t if t < 100.0 => 800.0,
-                t if t < 110.0 => 1200.0,
-                _ => 500.0,
-            },
-            service_ms: |t| if t < 180.0 { 20.0 } else { 30.0 },
-        },
-    ]
-}
-
-fn right_count(rate: f64, service_ms: f64) -> u32 {
-    (rate * service_ms / 1000.0 / TARGET_IN_FLIGHT)
-        .ceil()
-        .max(1.0) as u32
-}
+use weir::control::evaluate::{
+    self, DOWN_WINDOW_S, HpaReference, Profile, SIGNAL_WINDOW_S, SLOTS, Score, TARGET_IN_FLIGHT,
+    TOLERANCE, profiles,
+};
 
 /// An upstream with `SLOTS` slots (FIFO) that holds each request `service_ms`.
 async fn upstream(service_ms: Arc<AtomicU64>) -> SocketAddr {
@@ -137,7 +86,7 @@ min_instances = 1
 max_instances = 40
 target_in_flight = {TARGET_IN_FLIGHT}
 tolerance = {TOLERANCE}
-signal_window = "3s"
+signal_window = "{SIGNAL_WINDOW_S}s"
 scale_down_window = "{DOWN_WINDOW_S}s"
 scale_up_cooldown = "0s"
 scale_down_cooldown = "0s"
@@ -229,7 +178,7 @@ async fn run(profile: &Profile, seed: u64) -> (Score, Score, u64) {
         }
         weir_counts.push(weir_count);
         reference_counts.push(reference_count);
-        right.push(right_count((profile.rate)(t), (profile.service_ms)(t)));
+        right.push(profile.right_count(t));
     }
     let _ = load.await;
     weir.shutdown().await;

@@ -15,31 +15,15 @@ use std::time::Duration;
 
 use weir::config::AutoscaleConfig;
 use weir::control::autoscaler::{Autoscaler, Signals};
-use weir::control::evaluate::{self, HpaReference, Score, score};
+use weir::control::evaluate::{
+    self, DOWN_WINDOW_S, HpaReference, Profile, SIGNAL_WINDOW_S, SLOTS, Score, TARGET_IN_FLIGHT,
+    TOLERANCE, profiles, score,
+};
 use weir::control::slope;
 
-const SLOTS: usize = 4;
-const TARGET_UTILISATION: f64 = 0.7;
-const TARGET_IN_FLIGHT: f64 = SLOTS as f64 * TARGET_UTILISATION;
-const SIGNAL_WINDOW_S: usize = 3;
-const DOWN_WINDOW_S: usize = 15;
-const TOLERANCE: f64 = 0.1;
-
-/// A load profile: requests per second and service time (ms) at second `t`.
-struct Profile {
-    name: &'static str,
-    seconds: u64,
-    instances: usize,
-    poisson: bool,
-    rate: fn(f64) -> f64,
-    service_ms: fn(f64) -> f64,
-}
-
-fn right_count(rate: f64, service_ms: f64) -> u32 {
-    (rate * service_ms / 1000.0 / TARGET_IN_FLIGHT)
-        .ceil()
-        .max(1.0) as u32
-}
+/// Seconds of samples, as indices into them.
+const SIGNAL_WINDOW: usize = SIGNAL_WINDOW_S as usize;
+const DOWN_WINDOW: usize = DOWN_WINDOW_S as usize;
 
 /// One real instance: when each of its slots is next free (ms).
 struct Instance {
@@ -130,9 +114,9 @@ fn run_load(profile: &Profile, seed: u64) -> Vec<Sample> {
 
 /// The signals weir's control loop builds from the samples up to second `t` (1-based).
 fn signals_at(samples: &[Sample], t: usize, real_instances: u32) -> Signals {
-    let window = &samples[t.saturating_sub(SIGNAL_WINDOW_S)..t];
+    let window = &samples[t.saturating_sub(SIGNAL_WINDOW)..t];
     let n = window.len() as f64;
-    let trend: Vec<(f64, f64)> = samples[t.saturating_sub(DOWN_WINDOW_S)..t]
+    let trend: Vec<(f64, f64)> = samples[t.saturating_sub(DOWN_WINDOW)..t]
         .iter()
         .enumerate()
         .map(|(i, s)| (i as f64, s.rps))
@@ -156,8 +140,8 @@ fn config() -> AutoscaleConfig {
     config.max_instances = 40;
     config.target_in_flight = TARGET_IN_FLIGHT;
     config.tolerance = TOLERANCE;
-    config.signal_window = Duration::from_secs(SIGNAL_WINDOW_S as u64);
-    config.scale_down_window = Duration::from_secs(DOWN_WINDOW_S as u64);
+    config.signal_window = Duration::from_secs(SIGNAL_WINDOW_S);
+    config.scale_down_window = Duration::from_secs(DOWN_WINDOW_S);
     config.scale_up_cooldown = Duration::ZERO;
     config.scale_down_cooldown = Duration::ZERO;
     config.latency_high = Duration::from_secs(10);
@@ -170,7 +154,7 @@ fn compare(profile: &Profile, seed: u64) -> (Score, Score) {
     let samples = run_load(profile, seed);
     let real = profile.instances as u32;
     let mut scaler = Autoscaler::new(config());
-    let mut hpa = HpaReference::new(real, TARGET_IN_FLIGHT, TOLERANCE, DOWN_WINDOW_S as u64);
+    let mut hpa = HpaReference::new(real, TARGET_IN_FLIGHT, TOLERANCE, DOWN_WINDOW_S);
     let (mut weir_counts, mut hpa_counts, mut right) = (Vec::new(), Vec::new(), Vec::new());
     for t in 1..=samples.len() {
         let signals = signals_at(&samples, t, real);
@@ -190,7 +174,7 @@ fn compare(profile: &Profile, seed: u64) -> (Score, Score) {
         weir_counts.push(decision.desired);
         hpa_counts.push(hpa.decide(t as u64, signals.in_flight));
         let at = t as f64 - 0.5;
-        right.push(right_count((profile.rate)(at), (profile.service_ms)(at)));
+        right.push(profile.right_count(at));
     }
     if std::env::var_os("WEIR_AUTOSCALE_SERIES").is_some() {
         for (t, ((w, h), r)) in weir_counts.iter().zip(&hpa_counts).zip(&right).enumerate() {
@@ -198,40 +182,9 @@ fn compare(profile: &Profile, seed: u64) -> (Score, Score) {
         }
     }
     (
-        score(&weir_counts, &right, DOWN_WINDOW_S),
-        score(&hpa_counts, &right, DOWN_WINDOW_S),
+        score(&weir_counts, &right, DOWN_WINDOW),
+        score(&hpa_counts, &right, DOWN_WINDOW),
     )
-}
-
-fn steps() -> Profile {
-    Profile {
-        name: "200 → 800 → 300 req/s, 70 s each, even arrivals, 8 instances",
-        seconds: 210,
-        instances: 8,
-        poisson: false,
-        rate: |t| match t {
-            t if t < 70.0 => 200.0,
-            t if t < 140.0 => 800.0,
-            _ => 300.0,
-        },
-        service_ms: |_| 20.0,
-    }
-}
-
-fn ramp_spike_capacity() -> Profile {
-    Profile {
-        name: "ramp 200 → 800, 10 s spike to 1200, 500 req/s, S 20 → 30 ms at 180 s; Poisson; 10 instances",
-        seconds: 260,
-        instances: 10,
-        poisson: true,
-        rate: |t| match t {
-            t if t < 60.0 => 200.0 + 600.0 * t / 60.0,
-            t if t < 100.0 => 800.0,
-            t if t < 110.0 => 1200.0,
-            _ => 500.0,
-        },
-        service_ms: |t| if t < 180.0 { 20.0 } else { 30.0 },
-    }
 }
 
 fn assert_goals(profile: &Profile, weir: &Score, hpa: &Score) {
@@ -266,14 +219,14 @@ fn assert_goals(profile: &Profile, weir: &Score, hpa: &Score) {
 
 #[test]
 fn steps_with_even_arrivals_match_or_beat_the_hpa_reference() {
-    let profile = steps();
+    let [profile, _] = profiles();
     let (weir, hpa) = compare(&profile, 1);
     assert_goals(&profile, &weir, &hpa);
 }
 
 #[test]
 fn a_ramp_a_spike_and_a_capacity_change_with_poisson_arrivals_match_or_beat_it() {
-    let profile = ramp_spike_capacity();
+    let [_, profile] = profiles();
     let seeds: Vec<u64> = match std::env::var("WEIR_AUTOSCALE_SEED") {
         Ok(seed) => vec![seed.parse().unwrap_or(1)],
         Err(_) => (1..=5).collect(),

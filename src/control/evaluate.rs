@@ -6,6 +6,72 @@
 
 use std::collections::VecDeque;
 
+/// #25's known capacity: each instance serves at most this many requests at once …
+pub const SLOTS: usize = 4;
+/// … and should run at 70 % of them, so the target in flight per instance is 2.8.
+pub const TARGET_IN_FLIGHT: f64 = SLOTS as f64 * 0.7;
+/// The tolerance band both recommenders use.
+pub const TOLERANCE: f64 = 0.1;
+/// The signal window and the scale-down window, in seconds (samples are 1 s apart).
+pub const SIGNAL_WINDOW_S: u64 = 3;
+pub const DOWN_WINDOW_S: u64 = 15;
+
+/// A load profile: requests per second and service time (ms) at second `t`.
+pub struct Profile {
+    /// Short name (`steps`, `spike`) to pick a profile by.
+    pub key: &'static str,
+    pub name: &'static str,
+    pub seconds: u64,
+    /// The real fleet, which a dry run leaves as it is.
+    pub instances: usize,
+    /// Poisson arrivals; otherwise evenly spaced.
+    pub poisson: bool,
+    pub rate: fn(f64) -> f64,
+    pub service_ms: fn(f64) -> f64,
+}
+
+impl Profile {
+    /// The right count at second `t`: ⌈λ·S / (C·0.7)⌉.
+    pub fn right_count(&self, t: f64) -> u32 {
+        let in_flight = (self.rate)(t) * (self.service_ms)(t) / 1000.0;
+        (in_flight / TARGET_IN_FLIGHT).ceil().max(1.0) as u32
+    }
+}
+
+/// #25's two profiles: steps with even arrivals, and a ramp, a spike and a capacity
+/// change with Poisson arrivals.
+pub fn profiles() -> [Profile; 2] {
+    [
+        Profile {
+            key: "steps",
+            name: "200 → 800 → 300 req/s, 70 s each, even arrivals, 8 instances",
+            seconds: 210,
+            instances: 8,
+            poisson: false,
+            rate: |t| match t {
+                t if t < 70.0 => 200.0,
+                t if t < 140.0 => 800.0,
+                _ => 300.0,
+            },
+            service_ms: |_| 20.0,
+        },
+        Profile {
+            key: "spike",
+            name: "ramp 200 → 800, 10 s spike to 1 200, 500 req/s, S 20 → 30 ms at 180 s; Poisson; 10 instances",
+            seconds: 260,
+            instances: 10,
+            poisson: true,
+            rate: |t| match t {
+                t if t < 60.0 => 200.0 + 600.0 * t / 60.0,
+                t if t < 100.0 => 800.0,
+                t if t < 110.0 => 1200.0,
+                _ => 500.0,
+            },
+            service_ms: |t| if t < 180.0 { 20.0 } else { 30.0 },
+        },
+    ]
+}
+
 /// The Kubernetes HPA's algorithm with the v2 defaults: a tolerance band around the
 /// target, scale-down stabilization as the highest recommendation over its window, and
 /// scale-up by at most +4 instances or +100 % per 15 s. Its count follows its own
