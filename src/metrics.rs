@@ -190,7 +190,7 @@ fn gather(sources: Sources<'_>) -> Vec<MetricFamily> {
     let snapshot = state.snapshot.load();
     for route in snapshot.router.routes() {
         let name = route.name.as_ref();
-        let pool = route.primary_pool().map_or("", |p| p.name.as_str());
+        let pool = route.pool_name(None);
         for (class, counter) in CLASSES.iter().zip(&route.stats.responses) {
             f.counter(
                 "weir_route_responses_total",

@@ -2,8 +2,6 @@
 //! itself and puts the `Access-Control-*` headers on responses to allowed origins,
 //! replacing any the upstream sent, so that one place decides.
 
-use std::time::Duration;
-
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
@@ -72,7 +70,7 @@ impl Cors {
             },
             expose_headers: joined(&config.expose_headers),
             credentials: config.credentials,
-            max_age: HeaderValue::from(max_age_seconds(config.max_age)),
+            max_age: HeaderValue::from(config.max_age.as_secs()),
             origins,
         }
     }
@@ -183,10 +181,6 @@ impl Cors {
             response.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
         }
     }
-}
-
-fn max_age_seconds(age: Duration) -> u64 {
-    age.as_secs()
 }
 
 #[cfg(test)]

@@ -225,8 +225,9 @@ impl Route {
         }
     }
 
-    /// The pool of split side `side`, or of the route (its first) when the side is not
-    /// known (a request refused before the split); empty for a route that answers itself.
+    /// The pool of split side `side`, or of the route (its first, the one metrics name
+    /// it by) when the side is not known or not asked for; empty for a route that answers
+    /// itself.
     pub fn pool_name(&self, side: Option<usize>) -> &str {
         match &self.action {
             Action::Forward(split) => side
@@ -235,15 +236,6 @@ impl Route {
                 .name
                 .as_str(),
             Action::Redirect(_) | Action::Respond(_) => "",
-        }
-    }
-
-    /// The pool metrics name the route by: its first (for a split) or only pool; none for
-    /// a route that answers itself.
-    pub fn primary_pool(&self) -> Option<&Arc<Pool>> {
-        match &self.action {
-            Action::Forward(split) => Some(split.primary()),
-            Action::Redirect(_) | Action::Respond(_) => None,
         }
     }
 }
