@@ -9,8 +9,6 @@ use std::time::{Duration, Instant, SystemTime};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::ResponseFuture;
 
 use super::body::UpstreamRequestBody;
 use super::error::ProxyError;
@@ -19,10 +17,12 @@ use super::spans::{ChildSpan, Recording};
 use super::trace::{TRACEPARENT, TraceContext};
 use crate::telemetry::SpanKind;
 use crate::upstream::breaker::BreakerState;
-use crate::upstream::{Endpoint, InFlightGuard, Outcome, Pool};
+use crate::upstream::{
+    Endpoint, InFlightGuard, Outcome, Pool, ResponseFuture, SendError, UpstreamBody,
+};
 
 /// What waiting for an attempt's response head gave.
-pub(super) type Sent = Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, Cut>;
+pub(super) type Sent = Result<Result<Response<UpstreamBody>, SendError>, Cut>;
 
 /// Why weir stopped waiting for a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub(super) enum Verdict {
     /// the request goes on with.
     Judged {
         outcome: Outcome,
-        result: Result<Response<Incoming>, ProxyError>,
+        result: Result<Response<UpstreamBody>, ProxyError>,
     },
     /// The client's request body failed: the endpoint learns nothing from it.
     ClientFault(ProxyError),
@@ -109,8 +109,9 @@ pub(super) struct AttemptPlan<'a> {
     pub trace: Option<&'a TraceContext>,
     pub recording: Option<Recording<'a>>,
     pub send_traceparent: bool,
-    /// Sends one request, on the pool's shared client or a client of this connection's.
-    pub send: &'a (dyn Fn(Request<UpstreamRequestBody>) -> ResponseFuture + Sync),
+    /// Sends one request to an endpoint, on the pool's clients or a client of this
+    /// connection's.
+    pub send: &'a (dyn Fn(&Endpoint, Request<UpstreamRequestBody>) -> ResponseFuture + Sync),
 }
 
 /// One attempt to start: where, with what, and whether a per-try timeout may cut it.
@@ -172,16 +173,10 @@ pub(super) fn launch(
     } else if !pool.preserve_host {
         headers.insert(header::HOST, endpoint.host_header().clone());
     }
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(pool.scheme.clone());
-    uri.authority = Some(endpoint.authority.clone());
-    uri.path_and_query = Some(plan.path_and_query.clone());
-    let Ok(uri) = Uri::from_parts(uri) else {
-        return Err((ProxyError::BadRequest("invalid request target"), endpoint));
-    };
     let mut request = Request::new(body);
     *request.method_mut() = plan.method.clone();
-    *request.uri_mut() = uri;
+    // Origin-form; the pool adds the endpoint's authority where its client needs it.
+    *request.uri_mut() = Uri::from(plan.path_and_query.clone());
     *request.version_mut() = pool.version;
     *request.headers_mut() = headers;
 
@@ -224,7 +219,7 @@ pub(super) fn launch(
     let started = Instant::now();
     let stall_after = pool.stall_after();
     let pending = Pending {
-        response: (plan.send)(request),
+        response: (plan.send)(&endpoint, request),
         ends: tokio::time::Instant::now() + wait,
         rescue_after: (may_follow && !stall_after.is_zero() && stall_after < wait)
             .then_some(stall_after),

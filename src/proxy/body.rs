@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+
 use pin_project_lite::pin_project;
 
 use super::conn::ConnRequestGuard;
@@ -17,7 +17,7 @@ use super::error::BoxError;
 use super::grpc::{CallEnd, head_status, status_trailers};
 use crate::config::GrpcCode;
 pub use crate::upstream::request_body::{BodyPace, BodyTooLarge, BodyTooSlow, UpstreamRequestBody};
-use crate::upstream::{InFlightGuard, Outcome, PoolSlot};
+use crate::upstream::{InFlightGuard, Outcome, PoolSlot, UpstreamBody};
 
 /// What stays alive until the client has the whole response (or went away).
 #[derive(Debug)]
@@ -68,7 +68,7 @@ pin_project! {
     pub enum ResponseBody {
         Upstream {
             #[pin]
-            inner: Incoming,
+            inner: UpstreamBody,
             guards: Option<RequestGuards>,
             tee: Option<Box<Tee>>,
             // A gRPC call's end, told by the trailers' status.
@@ -87,7 +87,7 @@ pin_project! {
 }
 
 impl ResponseBody {
-    pub fn upstream(inner: Incoming, guards: RequestGuards) -> Self {
+    pub fn upstream(inner: UpstreamBody, guards: RequestGuards) -> Self {
         ResponseBody::Upstream {
             inner,
             guards: Some(guards),

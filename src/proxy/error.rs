@@ -96,7 +96,7 @@ impl ProxyError {
 
     /// Classifies a client error from the upstream connection pool. A failure of the
     /// request body being streamed is the client's (400), not the upstream's.
-    pub fn from_client(err: hyper_util::client::legacy::Error) -> Self {
+    pub fn from_client(err: crate::upstream::SendError) -> Self {
         if source_chain_has::<super::body::BodyTooSlow>(&err) {
             return ProxyError::ClientBodyTimeout;
         }

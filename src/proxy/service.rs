@@ -576,9 +576,9 @@ impl ProxyService {
             self.conn
                 .private_client(pool, || pool.private_client(peer, local))
         });
-        let send = |request: Request<UpstreamRequestBody>| match &private {
-            Some(private) => private.request(request),
-            None => pool.client.request(request),
+        let send = |endpoint: &Endpoint, request: Request<UpstreamRequestBody>| match &private {
+            Some(private) => pool.send_on(private, endpoint, request),
+            None => pool.send(endpoint, request),
         };
         let plan = AttemptPlan {
             pool,

@@ -96,6 +96,8 @@ const NEVER: u64 = u64::MAX;
 /// How often a held-back ejection is logged per endpoint.
 const HELD_EJECTION_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
 /// An upstream server, shared by the balancer, in-flight guards and (read-only) the admin
 /// and control sides.
 #[derive(Debug)]
@@ -109,6 +111,9 @@ pub struct Endpoint {
     pub authority: Authority,
     /// Opaque id for sticky-session cookies.
     pub id: String,
+    /// Unique in the process (never reused): names the endpoint's idle upstream
+    /// connections (see `super::exchange`).
+    pub serial: u64,
     /// `Host` sent when the pool does not preserve the client's.
     host_header: HeaderValue,
     clock: Clock,
@@ -217,6 +222,7 @@ impl Endpoint {
         let slow_start_ms = policy.slow_start.as_millis() as u64;
         Self {
             id: endpoint_id(pool, &address),
+            serial: NEXT_SERIAL.fetch_add(1, Relaxed),
             address,
             discovered_by,
             authority,

@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod connector;
 pub mod discovery;
 mod endpoint;
+pub mod exchange;
 pub mod health;
 pub mod hedge;
 mod pool;
@@ -18,6 +19,7 @@ pub use endpoint::{
     Arrival, Endpoint, EndpointPolicy, EndpointState, EndpointStats, InFlightGuard, NewEndpoint,
     Outcome, Transition,
 };
+pub use exchange::{ResponseFuture, SendError, UpstreamBody};
 pub use pool::{PickError, Pool, PoolSlot, PoolStats, UpstreamClient, run_stall_sweep};
 
 /// Methods that may be sent twice without changing the result (RFC 9110 §9.2.2): what

@@ -17,6 +17,7 @@ use super::breaker::{BreakerEvent, BreakerState, Trip};
 use super::connector::{UpstreamConnector, local_header, proxy_header};
 use super::discovery::Source;
 use super::endpoint::{Arrival, Endpoint, EndpointPolicy, InFlightGuard, NewEndpoint, Outcome};
+use super::exchange::{InTaskClient, ResponseFuture};
 use super::hedge::Hedging;
 use super::request_body::UpstreamRequestBody;
 use super::signals::{Clock, RollingCounts};
@@ -65,7 +66,11 @@ pub struct Pool {
     balancer: Arc<dyn Balancer>,
     /// The config this pool was built from, to tell what a reload may keep.
     config: PoolConfig,
+    /// hyper-util's pooled client: TLS, HTTP/2, PROXY headers, upgrades, health checks.
     pub client: UpstreamClient,
+    /// Plain HTTP/1.1 exchanges driven by the request's task (see [`super::exchange`]);
+    /// absent for pools with TLS, HTTP/2 or PROXY headers.
+    in_task: Option<Arc<InTaskClient>>,
     pub response_timeout: Duration,
     /// HTTP version requests to this pool are sent with.
     pub version: http::Version,
@@ -187,10 +192,13 @@ impl Pool {
             Some(p) if same_balancing(&p.config, config) => Arc::clone(&p.balancer),
             _ => Arc::from(balancer::for_pool(config)),
         };
-        let client = match previous {
-            Some(p) if same_connections(&p.config, config) => p.client.clone(),
+        let (client, in_task) = match previous {
+            Some(p) if same_connections(&p.config, config) => (p.client.clone(), p.in_task.clone()),
             // Connections without a client (health checks) say so in their header.
-            _ => build_client(config, tls, config.proxy_protocol.map(local_header)),
+            _ => (
+                build_client(config, tls, config.proxy_protocol.map(local_header)),
+                build_in_task_client(config),
+            ),
         };
         Self {
             name: name.to_owned(),
@@ -198,6 +206,7 @@ impl Pool {
             generation: AtomicU64::new(previous.map_or(0, |p| p.generation.load(Relaxed) + 1)),
             balancer,
             client,
+            in_task,
             response_timeout: config.response_timeout,
             scheme: if config.tls.is_some() {
                 http::uri::Scheme::HTTPS
@@ -254,6 +263,35 @@ impl Pool {
         let version = self.proxy_protocol?;
         let header = proxy_header(version, source, destination);
         Some(build_client(&self.config, self.tls.as_ref(), Some(header)))
+    }
+
+    /// Sends `request` to `endpoint`: in the calling task when the pool speaks plain
+    /// HTTP/1.1 and the request is no upgrade, else through hyper-util's client. The
+    /// request's target is origin-form (`/path?query`); this adds the endpoint's
+    /// authority where the pooled client needs it.
+    pub fn send(
+        &self,
+        endpoint: &Endpoint,
+        mut request: http::Request<UpstreamRequestBody>,
+    ) -> ResponseFuture {
+        let upgrade = request.headers().contains_key(http::header::UPGRADE);
+        if let Some(in_task) = self.in_task.as_ref().filter(|_| !upgrade) {
+            return in_task.send(endpoint.serial, &endpoint.authority, request);
+        }
+        absolute_target(&mut request, &self.scheme, endpoint);
+        ResponseFuture::Pooled(self.client.request(request))
+    }
+
+    /// Sends `request` through `client` (a connection's private client), as
+    /// [`Pool::send`] would through the pool's.
+    pub fn send_on(
+        &self,
+        client: &UpstreamClient,
+        endpoint: &Endpoint,
+        mut request: http::Request<UpstreamRequestBody>,
+    ) -> ResponseFuture {
+        absolute_target(&mut request, &self.scheme, endpoint);
+        ResponseFuture::Pooled(client.request(request))
     }
 
     /// The pool's `dns`/`srv` entries.
@@ -667,15 +705,53 @@ fn same_connections(old: &PoolConfig, new: &PoolConfig) -> bool {
         && old.proxy_protocol == new.proxy_protocol
 }
 
+/// `request`'s target with the endpoint's scheme and authority: hyper-util's client
+/// connects by it (and sends origin-form on HTTP/1.1).
+fn absolute_target(
+    request: &mut http::Request<UpstreamRequestBody>,
+    scheme: &http::uri::Scheme,
+    endpoint: &Endpoint,
+) {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme.clone());
+    parts.authority = Some(endpoint.authority.clone());
+    parts.path_and_query = request.uri().path_and_query().cloned();
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+}
+
+/// The in-task client of a plain HTTP/1.1 pool: no TLS, no HTTP/2, no PROXY header.
+fn build_in_task_client(config: &PoolConfig) -> Option<Arc<InTaskClient>> {
+    let plain_http1 = matches!(
+        config.protocol,
+        UpstreamProtocol::Http1 | UpstreamProtocol::Auto
+    );
+    if !plain_http1 || config.tls.is_some() || config.proxy_protocol.is_some() {
+        return None;
+    }
+    Some(Arc::new(InTaskClient::new(
+        tcp_connector(config),
+        config.idle_timeout,
+        config.max_idle_per_endpoint,
+    )))
+}
+
+/// TCP as every upstream connection opens it.
+fn tcp_connector(config: &PoolConfig) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    connector
+}
+
 fn build_client(
     config: &PoolConfig,
     tls: Option<&rustls::ClientConfig>,
     proxy_header: Option<bytes::Bytes>,
 ) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
+    let mut connector = tcp_connector(config);
     // https:// URIs go to the TLS layer below.
     connector.enforce_http(false);
     let tls_config = match tls {

@@ -20,7 +20,7 @@ use crate::config::MirrorConfig;
 use crate::proxy::attempt::{self, AttemptPlan, Launch, Verdict};
 use crate::proxy::body::UpstreamRequestBody;
 use crate::upstream::signals::LatencyHistogram;
-use crate::upstream::{Outcome, Pool};
+use crate::upstream::{Endpoint, Outcome, Pool, UpstreamBody};
 
 /// Most of a mirrored response's body read before the connection is given up on.
 const MAX_DRAINED_BYTES: usize = 1 << 20;
@@ -156,7 +156,7 @@ impl Copy {
             self.stats.failed.fetch_add(1, Relaxed);
             return;
         };
-        let send = |request| pool.client.request(request);
+        let send = |endpoint: &Endpoint, request| pool.send(endpoint, request);
         let plan = AttemptPlan {
             pool,
             method: &self.method,
@@ -213,7 +213,7 @@ impl Copy {
 
 /// Reads and drops a mirrored body (so the connection can be reused), up to a bound in
 /// size and time.
-async fn drain(mut body: hyper::body::Incoming, limit: Duration) {
+async fn drain(mut body: UpstreamBody, limit: Duration) {
     let read = async {
         let mut seen = 0usize;
         while let Some(Ok(frame)) = body.frame().await {

@@ -1,0 +1,300 @@
+//! Upstream HTTP/1.1 connections driven by the request's own task (`upstream::exchange`):
+//! reused across every kind of response framing, replaced when the upstream closes them or
+//! a response is abandoned, and never handing one response's bytes to another request.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+use common::wait::eventually;
+use common::*;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the raw upstream saw.
+#[derive(Default)]
+struct Seen {
+    /// Connections accepted.
+    accepted: AtomicUsize,
+    /// Connections that ended (weir closed them, or the upstream did).
+    ended: AtomicUsize,
+}
+
+/// How the raw upstream treats its connections.
+#[derive(Clone, Copy, PartialEq)]
+enum Keep {
+    /// Keep-alive until weir closes them.
+    Alive,
+    /// Close each connection after one response, without saying so in the response.
+    CloseSilently,
+}
+
+/// The answer to `method path`, framed as the path says.
+fn answer(method: &str, path: &str, n: usize) -> Vec<u8> {
+    let body = format!("answer {n} to {path}");
+    let head_only = method == "HEAD";
+    let text = match path {
+        "/length" => format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+            body.len(),
+            if head_only { "" } else { &body }
+        ),
+        "/chunked" => format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        ),
+        "/no-content" => "HTTP/1.1 204 No Content\r\n\r\n".to_owned(),
+        "/zero" => "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned(),
+        "/not-modified" => "HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n".to_owned(),
+        "/close" => format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        "/large" => {
+            // 4 MiB: far more than socket buffers hold, so most is still unsent when
+            // the client gives up.
+            let size = 4 << 20;
+            let mut text =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+            text.resize(text.len() + size, b'x');
+            return text;
+        }
+        _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
+    };
+    text.into_bytes()
+}
+
+/// Reads one request (head, and a `Content-Length` body): its method and path, or `None`
+/// at the end of the connection.
+async fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<(String, String)> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while pending.len() < end + 4 + length {
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                pending.extend_from_slice(&chunk[..n]);
+            }
+            pending.drain(..end + 4 + length);
+            let mut words = head.split(' ');
+            let method = words.next()?.to_owned();
+            let path = words.next()?.to_owned();
+            return Some((method, path));
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn raw_keepalive_upstream(keep: Keep) -> (SocketAddr, Arc<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let counts = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counts.accepted.fetch_add(1, SeqCst);
+            let counts = Arc::clone(&counts);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut n = 0;
+                while let Some((method, path)) = read_request(&mut stream, &mut pending).await {
+                    n += 1;
+                    if stream.write_all(&answer(&method, &path, n)).await.is_err() {
+                        break;
+                    }
+                    if path == "/close" || keep == Keep::CloseSilently {
+                        let _ = stream.shutdown().await;
+                        break;
+                    }
+                }
+                counts.ended.fetch_add(1, SeqCst);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn request(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Body,
+    >,
+    proxy: SocketAddr,
+    method: Method,
+    path: &str,
+) -> Reply {
+    let body = if method == Method::POST {
+        full("a posted body")
+    } else {
+        empty()
+    };
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{proxy}{path}"))
+        .body(body)
+        .unwrap();
+    send(client, request).await
+}
+
+#[tokio::test]
+async fn one_upstream_connection_serves_every_kind_of_response() {
+    let (up, seen) = raw_keepalive_upstream(Keep::Alive).await;
+    let weir = weir(&simple_config(&[up], "")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let client = http1_client();
+    let kinds: [(Method, &str, StatusCode, bool); 7] = [
+        (Method::GET, "/length", StatusCode::OK, true),
+        (Method::GET, "/chunked", StatusCode::OK, true),
+        (Method::GET, "/no-content", StatusCode::NO_CONTENT, false),
+        (Method::GET, "/zero", StatusCode::OK, false),
+        (Method::HEAD, "/length", StatusCode::OK, false),
+        (
+            Method::GET,
+            "/not-modified",
+            StatusCode::NOT_MODIFIED,
+            false,
+        ),
+        (Method::POST, "/length", StatusCode::OK, true),
+    ];
+    for round in 0..30 {
+        for (number, (method, path, status, has_body)) in kinds.iter().enumerate() {
+            let reply = request(&client, proxy, method.clone(), path).await;
+            assert_eq!(reply.status, *status, "{method} {path}, round {round}");
+            let expected_n = round * kinds.len() + number + 1;
+            if *has_body {
+                assert_eq!(
+                    reply.text(),
+                    format!("answer {expected_n} to {path}"),
+                    "{method} {path}, round {round}"
+                );
+            } else {
+                assert!(reply.body.is_empty(), "{method} {path}: {:?}", reply.body);
+            }
+        }
+    }
+    // 210 requests, one after another: one upstream connection carried them all.
+    assert_eq!(seen.accepted.load(SeqCst), 1);
+    assert_eq!(seen.ended.load(SeqCst), 0);
+    weir.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_the_upstream_closes_are_replaced_without_failing_a_request() {
+    let (up, seen) = raw_keepalive_upstream(Keep::CloseSilently).await;
+    // No retries: a request written to a connection the upstream had already closed
+    // would fail. The closed connection has to be noticed before it is used.
+    let weir = weir(&simple_config(&[up], "retry = { attempts = 0 }")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let client = http1_client();
+    for n in 1..=20 {
+        // The upstream closed the previous connection (after its answer, unannounced).
+        eventually("the upstream closed its connection", async || {
+            seen.ended.load(SeqCst) == n - 1
+        })
+        .await;
+        let reply = request(&client, proxy, Method::GET, "/length").await;
+        assert_eq!(reply.status, StatusCode::OK, "request {n}");
+        assert_eq!(reply.text(), "answer 1 to /length");
+    }
+    assert_eq!(seen.accepted.load(SeqCst), 20);
+    weir.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_response_announcing_close_is_not_reused() {
+    let (up, seen) = raw_keepalive_upstream(Keep::Alive).await;
+    let weir = weir(&simple_config(&[up], "retry = { attempts = 0 }")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let client = http1_client();
+    for n in 1..=5 {
+        let reply = request(&client, proxy, Method::GET, "/close").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.text(), "answer 1 to /close", "request {n}");
+    }
+    let reply = request(&client, proxy, Method::GET, "/length").await;
+    assert_eq!(reply.text(), "answer 1 to /length");
+    assert_eq!(seen.accepted.load(SeqCst), 6);
+    weir.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_abandoned_response_closes_its_connection() {
+    let (up, seen) = raw_keepalive_upstream(Keep::Alive).await;
+    let weir = weir(&simple_config(&[up], "retry = { attempts = 0 }")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    for round in 1..=3 {
+        // Read the head and the first bytes of a 4 MiB body, then hang up.
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        stream
+            .write_all(b"GET /large HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = [0u8; 4096];
+        let n = stream.read(&mut first).await.unwrap();
+        assert!(first[..n].starts_with(b"HTTP/1.1 200 OK"));
+        drop(stream);
+        // The rest of that body must not become the next request's answer.
+        eventually(
+            "weir closed the abandoned upstream connection",
+            async || seen.ended.load(SeqCst) == round,
+        )
+        .await;
+        let client = http1_client();
+        let reply = request(&client, proxy, Method::GET, "/length").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.text(), "answer 1 to /length", "round {round}");
+    }
+    weir.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_each_get_their_own_answer() {
+    let up = upstream(|req| async move {
+        let path = req.uri().path().to_owned();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        http::Response::new(full(format!("{path} {}", body.len())))
+    })
+    .await;
+    let weir = weir(&simple_config(&[up.addr], "")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let client = http1_client();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..16 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            for n in 0..50 {
+                let path = format!("/t{task}/n{n}");
+                let size = (task * 50 + n) * 7;
+                let request = Request::post(format!("http://{proxy}{path}"))
+                    .body(full(vec![b'b'; size]))
+                    .unwrap();
+                let reply = send(&client, request).await;
+                assert_eq!(reply.status, StatusCode::OK);
+                assert_eq!(reply.text(), format!("{path} {size}"));
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    weir.shutdown().await;
+}
