@@ -1,9 +1,10 @@
 //! W3C Trace Context (`traceparent`): weir continues the client's trace with a span of its
 //! own, or starts one, so the upstream and weir's access log share a trace id.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub const TRACEPARENT: &str = "traceparent";
+/// A constant name: inserting by `&str` would allocate the name on every request.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The trace this request belongs to and weir's span in it, as lowercase hex (kept in
 /// fixed arrays: nothing is allocated per request but the outgoing header).
