@@ -98,8 +98,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let threads = loaded.config.server.threads;
-            run_with(threads, serve(loaded, config))
+            run_with(1, serve(loaded, config))
         }
         Command::Loadtest(args) => match weir::loadtest::cli::run(*args) {
             Ok(true) => ExitCode::SUCCESS,
@@ -190,7 +189,10 @@ fn run(task: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     run_with(0, task)
 }
 
-/// `threads`: 0 = one worker per core, 1 = single-threaded runtime, N = N workers.
+/// `threads`: 0 = as many workers as cores, N = N workers, 1 = a single-threaded runtime.
+/// `serve` runs on a single-threaded runtime (1) whatever its `[server] threads`: its
+/// connections are served by runtimes of their own (see `supervisor::workers`), and this
+/// one keeps the admin port, signals and the control loop.
 fn run_with(threads: usize, task: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     let built = match threads {
         1 => tokio::runtime::Builder::new_current_thread()

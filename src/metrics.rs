@@ -142,6 +142,17 @@ fn gather(sources: Sources<'_>) -> Vec<MetricFamily> {
         &[],
         stats.connections_accepted.load(Relaxed),
     );
+    for (runtime, counter) in stats.connections_by_runtime.iter().enumerate() {
+        let accepted = counter.load(Relaxed);
+        if accepted > 0 {
+            f.counter(
+                "weir_runtime_connections_accepted_total",
+                "Client connections accepted by each serving runtime ([server] threads).",
+                &[("runtime", &runtime.to_string())],
+                accepted,
+            );
+        }
+    }
     f.counter(
         "weir_connections_refused_total",
         "Client connections refused at the connection limit.",

@@ -168,7 +168,8 @@ async fn piecemeal_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiv
 #[tokio::test]
 async fn upstream_responses_in_pieces_come_through_whole_on_one_connection() {
     let (up, mut connections) = piecemeal_upstream().await;
-    let weir = weir(&simple_config(&[up], "")).await;
+    // One serving runtime: each keeps idle connections of its own.
+    let weir = weir(&(simple_config(&[up], "") + ONE_RUNTIME)).await;
     let proxy = weir.listener_addr("http").unwrap();
     for n in 1..=3 {
         let reply = get(proxy, "/").await;

@@ -197,7 +197,8 @@ async fn upstream_connections_are_kept_alive_and_reused() {
             });
         }
     });
-    let weir = weir(&simple_config(&[addr], "")).await;
+    // One serving runtime: each keeps idle connections of its own.
+    let weir = weir(&(simple_config(&[addr], "") + ONE_RUNTIME)).await;
     let proxy = weir.listener_addr("http").unwrap();
     for _ in 0..50 {
         assert_eq!(get(proxy, "/").await.status, 200);

@@ -178,8 +178,10 @@ async fn resets_mid_body_are_reported_not_hidden() {
     let weir = weir(&config).await;
     let proxy = weir.listener_addr("http").unwrap();
     let report = load(proxy, 400).await.unwrap();
-    // The head was already sent when the body broke: the client sees a cut body (counted
-    // as an error), never a silently shortened 200.
+    // The head was already on its way when the body broke: the client sees a cut body,
+    // or, when the break came in the same read as the head (the exchange runs in the
+    // request's task, so weir can learn of both before it writes), a connection closed
+    // before any answer. Both are errors to the client; never a silently shortened 200.
     let failed = report.failed();
     assert_eq!(
         failed + report.statuses.get(&200).copied().unwrap_or(0),
@@ -190,7 +192,10 @@ async fn resets_mid_body_are_reported_not_hidden() {
         "about half went to the flaky one: {failed}"
     );
     assert!(
-        report.errors.keys().all(|k| k == "body read failed"),
+        report
+            .errors
+            .keys()
+            .all(|k| k == "body read failed" || k == "request failed"),
         "{:?}",
         report.errors
     );

@@ -379,11 +379,15 @@ async fn equal_endpoints_share_evenly_under_every_strategy() {
         };
         let weir = weir(&simple_config(
             &addrs,
-            &format!("strategy = \"{strategy}\"\n{hash}"),
+            &format!("strategy = \"{strategy}\"\n{hash}{ONE_RUNTIME}"),
         ))
         .await;
         let proxy = weir.listener_addr("http").unwrap();
         // 8 clients x 100 requests: concurrent, so in-flight counts and latencies vary.
+        // weir serves on the test's one thread (ONE_RUNTIME), as the four upstreams do:
+        // with two serving runtimes against upstreams that share one busy thread, latency
+        // noise alone moved `score` to splits as uneven as 591/36/45/128 (see the
+        // session 11 note in docs/performance.md).
         let mut clients = tokio::task::JoinSet::new();
         for client in 0..8 {
             clients.spawn(async move {

@@ -1,6 +1,7 @@
 //! Upstream HTTP/1.1 connections driven by the request's own task (`upstream::exchange`):
 //! reused across every kind of response framing, replaced when the upstream closes them or
 //! a response is abandoned, and never handing one response's bytes to another request.
+//! On one serving runtime, whose idle connections the counts here are about.
 
 mod common;
 
@@ -158,7 +159,7 @@ async fn request(
 #[tokio::test]
 async fn one_upstream_connection_serves_every_kind_of_response() {
     let (up, seen) = raw_keepalive_upstream(Keep::Alive).await;
-    let weir = weir(&simple_config(&[up], "")).await;
+    let weir = weir(&(simple_config(&[up], "") + ONE_RUNTIME)).await;
     let proxy = weir.listener_addr("http").unwrap();
     let client = http1_client();
     let kinds: [(Method, &str, StatusCode, bool); 7] = [
@@ -202,7 +203,7 @@ async fn connections_the_upstream_closes_are_replaced_without_failing_a_request(
     let (up, seen) = raw_keepalive_upstream(Keep::CloseSilently).await;
     // No retries: a request written to a connection the upstream had already closed
     // would fail. The closed connection has to be noticed before it is used.
-    let weir = weir(&simple_config(&[up], "retry = { attempts = 0 }")).await;
+    let weir = weir(&(simple_config(&[up], "retry = { attempts = 0 }") + ONE_RUNTIME)).await;
     let proxy = weir.listener_addr("http").unwrap();
     let client = http1_client();
     for n in 1..=20 {
@@ -222,7 +223,7 @@ async fn connections_the_upstream_closes_are_replaced_without_failing_a_request(
 #[tokio::test]
 async fn a_response_announcing_close_is_not_reused() {
     let (up, seen) = raw_keepalive_upstream(Keep::Alive).await;
-    let weir = weir(&simple_config(&[up], "retry = { attempts = 0 }")).await;
+    let weir = weir(&(simple_config(&[up], "retry = { attempts = 0 }") + ONE_RUNTIME)).await;
     let proxy = weir.listener_addr("http").unwrap();
     let client = http1_client();
     for n in 1..=5 {
@@ -239,7 +240,7 @@ async fn a_response_announcing_close_is_not_reused() {
 #[tokio::test]
 async fn an_abandoned_response_closes_its_connection() {
     let (up, seen) = raw_keepalive_upstream(Keep::Alive).await;
-    let weir = weir(&simple_config(&[up], "retry = { attempts = 0 }")).await;
+    let weir = weir(&(simple_config(&[up], "retry = { attempts = 0 }") + ONE_RUNTIME)).await;
     let proxy = weir.listener_addr("http").unwrap();
     for round in 1..=3 {
         // Read the head and the first bytes of a 4 MiB body, then hang up.
@@ -274,6 +275,7 @@ async fn concurrent_requests_each_get_their_own_answer() {
         http::Response::new(full(format!("{path} {}", body.len())))
     })
     .await;
+    // Every serving runtime (two or more here), each with its own idle connections.
     let weir = weir(&simple_config(&[up.addr], "")).await;
     let proxy = weir.listener_addr("http").unwrap();
     let client = http1_client();

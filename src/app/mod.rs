@@ -20,6 +20,7 @@ use crate::proxy::listener::Shutdown;
 use crate::proxy::{ProxyState, Snapshot};
 use crate::registry::{Registry, RegistryError};
 use crate::supervisor::listeners::{BindError, ListenerContext, ListenerSet};
+use crate::supervisor::workers::Workers;
 use crate::supervisor::{SupervisorParts, apply_registrations};
 
 /// How long shutdown waits for queued spans to reach the collector.
@@ -35,6 +36,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("server.threads: cannot start the serving runtimes: {0}")]
+    Workers(#[source] std::io::Error),
     #[error("admin.state_file: {0}")]
     State(#[from] RegistryError),
     #[error(transparent)]
@@ -51,6 +54,8 @@ pub struct Running {
     drain_timeout: Duration,
     background_stop: CancellationToken,
     admin_task: Option<tokio::task::JoinHandle<()>>,
+    /// The serving runtimes, ended once the drain is over.
+    workers: Arc<Workers>,
 }
 
 /// How shutdown went.
@@ -85,13 +90,15 @@ pub async fn start_with(
         abort: CancellationToken::new(),
     };
     let tracker = TaskTracker::new();
+    let workers = Arc::new(Workers::start(config.server.threads).map_err(StartError::Workers)?);
     let ctx = ListenerContext {
         state: Arc::clone(&state),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
+        workers: Arc::clone(&workers),
     };
     let mut listeners = ListenerSet::default();
-    let plan = listeners.plan(&config.listeners, &tls).await?;
+    let plan = listeners.plan(&config.listeners, &tls, workers.count())?;
     let admin_listener = match &config.admin {
         Some(admin) => Some(TcpListener::bind(admin.address).await.map_err(|source| {
             StartError::AdminBind {
@@ -158,6 +165,7 @@ pub async fn start_with(
         drain_timeout,
         background_stop,
         admin_task,
+        workers,
     })
 }
 
@@ -223,6 +231,10 @@ impl Running {
         if let Some(task) = self.admin_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
+        // Nothing is served any more: the worker threads end (joined off this runtime,
+        // which may be one thread for everything).
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
         DrainReport {
             completed,
             aborted_connections,

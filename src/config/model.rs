@@ -119,8 +119,10 @@ impl Default for DnsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Runtime threads: 0 = one per core; 1 = a single-threaded runtime, the least CPU
-    /// per request (no work stealing; about 15 % less in `benches/compare`); N = N threads.
+    /// Serving runtimes: 0 = one per core; N = N; each a single-threaded runtime on its
+    /// own thread accepting on its own `SO_REUSEPORT` socket (nginx's workers), so no
+    /// work stealing and no task crossing threads. 1 = everything (admin and control
+    /// loop too) on one thread.
     #[serde(default)]
     pub threads: usize,
     #[serde(with = "humantime_serde", default = "d_drain")]

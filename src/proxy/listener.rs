@@ -34,7 +34,10 @@ use crate::config::IpBlock;
 #[derive(Debug, Clone)]
 pub struct ListenerSettings {
     pub name: String,
-    pub max_connections: usize,
+    /// `max_connections` permits, shared by the listener's sockets on every runtime.
+    pub connection_limit: Arc<Semaphore>,
+    /// The serving runtime this socket accepts on (its index, for the counters).
+    pub runtime: usize,
     pub request_header_timeout: Duration,
     pub client_idle_timeout: Duration,
     pub max_request_header_bytes: usize,
@@ -67,7 +70,7 @@ pub async fn serve(
     shutdown: Shutdown,
     tracker: TaskTracker,
 ) {
-    let limit = Arc::new(Semaphore::new(settings.max_connections));
+    let limit = Arc::clone(&settings.connection_limit);
     let builders = Arc::new(Builders::new(&settings));
     loop {
         let accepted = tokio::select! {
@@ -84,6 +87,8 @@ pub async fn serve(
             }
         };
         state.stats.connections_accepted.fetch_add(1, Relaxed);
+        let slot = settings.runtime.min(super::stats::COUNTED_RUNTIMES - 1);
+        state.stats.connections_by_runtime[slot].fetch_add(1, Relaxed);
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
             state.stats.connections_refused.fetch_add(1, Relaxed);
             tracker.spawn(refuse(stream));

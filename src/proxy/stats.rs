@@ -6,9 +6,16 @@ use http::StatusCode;
 
 use crate::upstream::signals::LatencyHistogram;
 
-#[derive(Debug, Default)]
+/// Serving runtimes counted apart in [`ProxyStats::connections_by_runtime`]; more share
+/// the last slot.
+pub const COUNTED_RUNTIMES: usize = 64;
+
+#[derive(Debug)]
 pub struct ProxyStats {
     pub connections_accepted: AtomicU64,
+    /// Connections accepted by each serving runtime (see `supervisor::workers`): whether
+    /// the kernel spreads them evenly across the `SO_REUSEPORT` sockets.
+    pub connections_by_runtime: [AtomicU64; COUNTED_RUNTIMES],
     /// Refused because the listener was at `max_connections`.
     pub connections_refused: AtomicU64,
     pub connections_active: AtomicU64,
@@ -17,6 +24,20 @@ pub struct ProxyStats {
     pub requests: AtomicU64,
     /// Responses sent to clients by class, index 0 = 1xx … 4 = 5xx, including weir's own.
     pub responses: [AtomicU64; 5],
+}
+
+impl Default for ProxyStats {
+    fn default() -> Self {
+        Self {
+            connections_accepted: AtomicU64::new(0),
+            connections_by_runtime: std::array::from_fn(|_| AtomicU64::new(0)),
+            connections_refused: AtomicU64::new(0),
+            connections_active: AtomicU64::new(0),
+            proxy_header_refused: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            responses: Default::default(),
+        }
+    }
 }
 
 impl ProxyStats {

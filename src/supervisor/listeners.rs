@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -14,6 +15,8 @@ use crate::proxy::ProxyState;
 use crate::proxy::body::BodyPace;
 use crate::proxy::listener::{self, ListenerSettings, Shutdown};
 use crate::tls::TlsMaterial;
+
+use super::workers::{self, Workers};
 
 /// A proxy listener whose socket cannot be bound.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,8 @@ pub(crate) struct ListenerContext {
     pub state: Arc<ProxyState>,
     pub tracker: TaskTracker,
     pub shutdown: Shutdown,
+    /// Where listeners accept: one socket per serving runtime.
+    pub workers: Arc<Workers>,
 }
 
 type TlsHolder = Arc<ArcSwap<rustls::ServerConfig>>;
@@ -52,9 +57,10 @@ pub(crate) struct ListenerSet {
 
 /// Sockets bound for a change, not yet serving.
 pub(crate) struct Plan {
+    /// Each new listener with its sockets (one per serving runtime).
     start: Vec<(
         ListenerConfig,
-        TcpListener,
+        Vec<std::net::TcpListener>,
         Option<Arc<rustls::ServerConfig>>,
     )>,
     /// New certificates for listeners that keep running.
@@ -73,10 +79,11 @@ impl ListenerSet {
 
     /// Binds what `wanted` adds or moves; fails (binding nothing) if any socket cannot be
     /// bound.
-    pub async fn plan(
+    pub fn plan(
         &self,
         wanted: &[ListenerConfig],
         tls: &TlsMaterial,
+        sockets_each: usize,
     ) -> Result<Plan, BindError> {
         let mut plan = Plan {
             start: Vec::new(),
@@ -120,15 +127,14 @@ impl ListenerSet {
                     }
                 }
                 found => {
-                    let socket =
-                        TcpListener::bind(config.address)
-                            .await
-                            .map_err(|source| BindError {
-                                index,
-                                name: config.name.clone(),
-                                address: config.address,
-                                source,
-                            })?;
+                    let socket = workers::bind(config.address, sockets_each).map_err(|source| {
+                        BindError {
+                            index,
+                            name: config.name.clone(),
+                            address: config.address,
+                            source,
+                        }
+                    })?;
                     if found.is_some() {
                         plan.stop.push(config.name.clone());
                         plan.notes.push(format!(
@@ -191,16 +197,20 @@ impl ListenerSet {
     pub fn start(
         &mut self,
         config: ListenerConfig,
-        socket: TcpListener,
+        sockets: Vec<std::net::TcpListener>,
         tls: Option<Arc<rustls::ServerConfig>>,
         server: &ServerConfig,
         ctx: &ListenerContext,
     ) {
         let tls: Option<TlsHolder> = tls.map(|c| Arc::new(ArcSwap::new(c)));
-        let address = socket.local_addr().unwrap_or(config.address);
+        let address = sockets
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(config.address);
         let settings = ListenerSettings {
             name: config.name.clone(),
-            max_connections: config.max_connections,
+            connection_limit: Arc::new(Semaphore::new(config.max_connections)),
+            runtime: 0,
             request_header_timeout: server.request_header_timeout,
             client_idle_timeout: server.client_idle_timeout,
             max_request_header_bytes: server.max_request_header_bytes,
@@ -223,14 +233,32 @@ impl ListenerSet {
             drain: stop.clone(),
             abort: ctx.shutdown.abort.clone(),
         };
-        tracing::info!(listener = %settings.name, %address, "listening");
-        ctx.tracker.spawn(listener::serve(
-            socket,
-            settings,
-            Arc::clone(&ctx.state),
-            shutdown,
-            ctx.tracker.clone(),
-        ));
+        tracing::info!(
+            listener = %settings.name,
+            %address,
+            runtimes = sockets.len(),
+            "listening"
+        );
+        for (index, (socket, runtime)) in sockets.into_iter().zip(ctx.workers.handles()).enumerate()
+        {
+            let settings = ListenerSettings {
+                runtime: index,
+                ..settings.clone()
+            };
+            let state = Arc::clone(&ctx.state);
+            let shutdown = shutdown.clone();
+            let tracker = ctx.tracker.clone();
+            // Registered with the reactor of the runtime it accepts on.
+            let serving = async move {
+                match TcpListener::from_std(socket) {
+                    Ok(socket) => listener::serve(socket, settings, state, shutdown, tracker).await,
+                    Err(error) => {
+                        tracing::error!(listener = %settings.name, %error, "cannot accept");
+                    }
+                }
+            };
+            ctx.tracker.spawn_on(serving, runtime);
+        }
         self.running.push(RunningListener {
             config,
             address,

@@ -6,6 +6,7 @@
 //! reload); never `app`, `admin` or `metrics`, which sit above it.
 
 pub(crate) mod listeners;
+pub(crate) mod workers;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -232,7 +233,8 @@ impl Supervisor {
             Err(error) => return self.finish(Err(error.to_string())),
         };
         let mut inner = self.inner.lock().await;
-        let plan = match inner.listeners.plan(&config.listeners, &tls).await {
+        let sockets_each = self.ctx.workers.count();
+        let plan = match inner.listeners.plan(&config.listeners, &tls, sockets_each) {
             Ok(plan) => plan,
             Err(error) => return self.finish(Err(error.to_string())),
         };

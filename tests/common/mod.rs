@@ -203,6 +203,11 @@ pub async fn weir(config: &str) -> weir::app::Running {
     weir::app::start(&config).await.expect("weir starts")
 }
 
+/// Appended to a config: serve on the test's own runtime (`[server] threads = 1`), for
+/// tests about what one runtime's upstream connections do (each serving runtime keeps its
+/// own idle connections, so several would open more).
+pub const ONE_RUNTIME: &str = "\n[server]\nthreads = 1\n";
+
 /// Minimal config: one listener on a free port, every path to one pool.
 pub fn simple_config(endpoints: &[SocketAddr], pool_extra: &str) -> String {
     let weighted: Vec<(SocketAddr, u32)> = endpoints.iter().map(|a| (*a, 1)).collect();

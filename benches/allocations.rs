@@ -1,0 +1,185 @@
+//! Heap allocations per proxied request and per cache hit, counted by dhat's allocator
+//! around weir started in-process on one thread (as `threads = 1` runs it).
+//!
+//! The client and the upstream are raw TCP loops on fixed buffers: they allocate nothing
+//! per request, so every block counted is weir's (its code, hyper's, tokio's). Each
+//! figure is the mean over `WEIR_ALLOC_REQUESTS` (10 000) keep-alive requests after 2 000
+//! to warm up; the answer is 1 KiB, as in `benches/compare`.
+//!
+//! Run: `cargo bench --bench allocations`. `WEIR_ALLOC_PROFILE=dir` also writes dhat's
+//! per-call-site profiles (`dir/proxied.json`, `dir/cache-hit.json`, for dhat's viewer or
+//! a script) to see where the blocks come from.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+const BODY_BYTES: usize = 1024;
+
+fn main() {
+    // `cargo test --all-targets` runs bench binaries without `--bench`: nothing to do.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let requests: u64 = std::env::var("WEIR_ALLOC_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let profile_dir = std::env::var("WEIR_ALLOC_PROFILE").ok();
+    for (name, path) in [("proxied", "/"), ("cache-hit", "/cached")] {
+        let profiler = match &profile_dir {
+            Some(dir) => dhat::Profiler::builder()
+                .file_name(Path::new(dir).join(format!("{name}.json")))
+                .trim_backtraces(Some(12))
+                .build(),
+            None => dhat::Profiler::builder().testing().build(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (blocks, bytes) = runtime.block_on(measure(path, requests));
+        println!(
+            "{name:<10} {:>6.2} allocations per request, {:>7.0} bytes allocated per request",
+            blocks as f64 / requests as f64,
+            bytes as f64 / requests as f64
+        );
+        drop(runtime);
+        drop(profiler);
+    }
+}
+
+/// Blocks and bytes allocated while `requests` requests for `path` go through weir.
+async fn measure(path: &str, requests: u64) -> (u64, u64) {
+    let upstream = raw_upstream().await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[cache]
+enabled = true
+
+[[routes]]
+path_prefix = "/cached"
+pool = "up"
+
+[[routes]]
+pool = "up"
+cache = {{ enabled = false }}
+
+[pools.up]
+endpoints = [{{ address = "{upstream}" }}]
+"#
+    );
+    let config = weir::config::load_str(&config, Path::new("allocations.toml")).unwrap();
+    let weir = weir::app::start(&config).await.unwrap();
+    let proxy = weir.listener_addr("http").unwrap();
+    let mut client = Client::connect(proxy, path).await;
+    for _ in 0..2_000 {
+        client.exchange().await;
+    }
+    let before = dhat::HeapStats::get();
+    for _ in 0..requests {
+        client.exchange().await;
+    }
+    let after = dhat::HeapStats::get();
+    weir.shutdown().await;
+    (
+        after.total_blocks - before.total_blocks,
+        after.total_bytes - before.total_bytes,
+    )
+}
+
+/// Answers every request on a connection with the same 1 KiB response (cacheable for an
+/// hour), reading into a fixed buffer.
+async fn raw_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCache-Control: max-age=3600\r\nContent-Length: {BODY_BYTES}\r\n\r\n"
+    )
+    .into_bytes();
+    response.resize(response.len() + BODY_BYTES, b'x');
+    let response: &'static [u8] = response.leak();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 8192];
+                let mut filled = 0;
+                loop {
+                    match stream.read(&mut buffer[filled..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => filled += n,
+                    }
+                    // Requests here have no body: each ends at its blank line.
+                    while let Some(end) = find(&buffer[..filled], b"\r\n\r\n") {
+                        if stream.write_all(response).await.is_err() {
+                            return;
+                        }
+                        buffer.copy_within(end + 4..filled, 0);
+                        filled -= end + 4;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A keep-alive client sending one fixed request and reading each response whole.
+struct Client {
+    stream: TcpStream,
+    request: Vec<u8>,
+    buffer: Box<[u8; 16384]>,
+}
+
+impl Client {
+    async fn connect(proxy: SocketAddr, path: &str) -> Self {
+        let stream = TcpStream::connect(proxy).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            request: format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes(),
+            buffer: Box::new([0u8; 16384]),
+        }
+    }
+
+    async fn exchange(&mut self) {
+        self.stream.write_all(&self.request).await.unwrap();
+        let mut filled = 0;
+        loop {
+            let n = self.stream.read(&mut self.buffer[filled..]).await.unwrap();
+            assert!(n > 0, "weir closed the connection");
+            filled += n;
+            if let Some(end) = find(&self.buffer[..filled], b"\r\n\r\n") {
+                let head = &self.buffer[..end];
+                assert!(head.starts_with(b"HTTP/1.1 200"), "not a 200");
+                if filled >= end + 4 + content_length(head) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn content_length(head: &[u8]) -> usize {
+    head.split(|b| *b == b'\n')
+        .find_map(|line| {
+            let line = std::str::from_utf8(line).ok()?;
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
