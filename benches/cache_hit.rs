@@ -67,7 +67,7 @@ fn hit_paths(c: &mut Criterion) {
             };
             let now = SystemTime::now();
             assert!(matches!(policy::reuse(&stored, &view, now), Reuse::Fresh));
-            policy::served_headers(&stored, now, "weir-l1; hit")
+            policy::served_headers(&stored, now, http::HeaderValue::from_static("weir-l1; hit"))
         })
     });
 

@@ -426,6 +426,21 @@ fn vary_view(request: &HeaderMap, response_headers: &HeaderMap) -> Option<Header
 }
 
 /// `req` should carry GET for a HEAD request: a stored GET response answers both.
+/// Whether `stored` answers a request as it is, decided without the policy's view of the
+/// request: fresh by weir's clock (which soft purges shorten) and the policy's, no `Vary`
+/// (variants go through [`reuse`]), and a request without `Cache-Control` or `Pragma`, so
+/// with no directive of its own to weigh. Where it holds, [`reuse`] says `Fresh` too (its
+/// URI, method and host checks hold for an entry found under the request's key), but only
+/// after building a whole response head per hit; this is the common hit without that.
+/// Hosts are compared as the key compares them, without case (RFC 9110 §4.2.3).
+pub fn plainly_fresh(stored: &StoredResponse, request: &HeaderMap, now: SystemTime) -> bool {
+    !request.contains_key(header::CACHE_CONTROL)
+        && !request.contains_key(header::PRAGMA)
+        && !stored.headers.contains_key(header::VARY)
+        && stored.is_fresh_at(now)
+        && !stored.policy.is_stale(now)
+}
+
 pub fn reuse(stored: &StoredResponse, req: &PolicyRequest<'_>, now: SystemTime) -> Reuse {
     let normalized = vary_view(req.headers, &stored.headers);
     let vary_req = normalized.as_ref().map(|headers| PolicyRequest {
@@ -571,13 +586,11 @@ pub fn refresh(
 }
 
 /// The head served from the cache: stored fields, the current `Age`, and `Cache-Status`.
-pub fn served_headers(stored: &StoredResponse, now: SystemTime, status: &str) -> HeaderMap {
+pub fn served_headers(stored: &StoredResponse, now: SystemTime, status: HeaderValue) -> HeaderMap {
     let mut headers = stored.headers.clone();
     let age = stored.policy.age(now).as_secs();
     headers.insert(header::AGE, HeaderValue::from(age));
-    if let Ok(value) = HeaderValue::from_str(status) {
-        headers.insert(CACHE_STATUS.clone(), value);
-    }
+    headers.insert(CACHE_STATUS.clone(), status);
     headers
 }
 

@@ -38,6 +38,7 @@ use crate::config::IpBlock;
 use crate::upstream::request_body::{CopyInProgress, ReplayCopy};
 use crate::upstream::{Endpoint, Outcome, PickError, Pool};
 
+mod cache_status;
 mod cached;
 
 /// One per client connection; cloned into each request.

@@ -223,7 +223,7 @@ fn conditional_answers_and_304_refresh() {
         &s.headers
     ));
     // Both values of a repeated field are served.
-    let served = served_headers(&s, now, "weir-l1; hit");
+    let served = served_headers(&s, now, HeaderValue::from_static("weir-l1; hit"));
     assert_eq!(served.get_all("x-extra").iter().count(), 2);
     assert_eq!(served["cache-status"], "weir-l1; hit");
     // A matching 304 refreshes freshness and replaces the fields it carries.

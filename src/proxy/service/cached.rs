@@ -12,10 +12,11 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::cache_status::{CacheStatus, Outcome};
 use super::{Exchange, Failure, ProxyService, Served, Source};
 use crate::cache::coalesce;
 use crate::cache::object::StoredResponse;
-use crate::cache::policy::{self, CACHE_STATUS, PolicyRequest, Reuse};
+use crate::cache::policy::{self, PolicyRequest, Reuse};
 use crate::cache::range::{self, RangeAnswer};
 use crate::cache::redis::Lock;
 use crate::cache::{Cache, Flight, FlightGuard, PurgeTarget, RouteCache, Tier};
@@ -74,14 +75,25 @@ struct CacheCtx<'a> {
     head_only: bool,
 }
 
+/// What a cache lookup needs.
+#[derive(Clone, Copy)]
+struct Lookup<'a> {
+    cache: &'a Cache,
+    policy: &'a RouteCache,
+    primary: &'a str,
+    /// Select the variant.
+    client_headers: &'a HeaderMap,
+    recording: Option<crate::proxy::spans::Recording<'a>>,
+}
+
 /// A cache lookup, with a span of its own when the request is recorded.
-async fn traced_lookup(ctx: &CacheCtx<'_>) -> Option<(Arc<StoredResponse>, Tier, String)> {
-    let start = ctx.exchange.recording.map(|_| SystemTime::now());
-    let found = ctx
+async fn traced_lookup(lookup: Lookup<'_>) -> Option<(Arc<StoredResponse>, Tier, String)> {
+    let start = lookup.recording.map(|_| SystemTime::now());
+    let found = lookup
         .cache
-        .lookup(ctx.policy, &ctx.primary, ctx.client_headers)
+        .lookup(lookup.policy, lookup.primary, lookup.client_headers)
         .await;
-    if let (Some(recording), Some(start)) = (ctx.exchange.recording, start) {
+    if let (Some(recording), Some(start)) = (lookup.recording, start) {
         let result = found
             .as_ref()
             .map_or("miss", |(_, tier, _)| tier.status_name());
@@ -91,7 +103,7 @@ async fn traced_lookup(ctx: &CacheCtx<'_>) -> Option<(Arc<StoredResponse>, Tier,
                 name: "cache lookup".into(),
                 start,
                 attributes: vec![
-                    ("weir.cache.key", ctx.primary.clone().into()),
+                    ("weir.cache.key", lookup.primary.to_owned().into()),
                     ("weir.cache.result", result.into()),
                 ],
                 error: None,
@@ -100,6 +112,51 @@ async fn traced_lookup(ctx: &CacheCtx<'_>) -> Option<(Arc<StoredResponse>, Tier,
         );
     }
     found
+}
+
+/// What answering from a stored response needs: less than [`CacheCtx`], so that the
+/// common hit is served before the rest of it is built.
+struct HitView<'a> {
+    exchange: Exchange<'a>,
+    cache: &'a Cache,
+    client_headers: &'a HeaderMap,
+    head_only: bool,
+}
+
+impl HitView<'_> {
+    /// Route bookkeeping for an answer that came from the cache.
+    fn served_from_cache(&self) -> Served {
+        Served {
+            route_stats: Arc::clone(&self.exchange.route.stats),
+            route: Arc::clone(&self.exchange.route.name),
+            route_index: self.exchange.route.index,
+            side: Some(self.exchange.side),
+            source: Source::Cache,
+            attempts: 0,
+            upstream: Duration::ZERO,
+        }
+    }
+}
+
+impl<'a> CacheCtx<'a> {
+    fn lookup(&'a self) -> Lookup<'a> {
+        Lookup {
+            cache: self.cache,
+            policy: self.policy,
+            primary: &self.primary,
+            client_headers: self.client_headers,
+            recording: self.exchange.recording,
+        }
+    }
+
+    fn hit_view(&'a self) -> HitView<'a> {
+        HitView {
+            exchange: self.exchange,
+            cache: self.cache,
+            client_headers: self.client_headers,
+            head_only: self.head_only,
+        }
+    }
 }
 
 impl CacheCtx<'_> {
@@ -127,19 +184,6 @@ impl CacheCtx<'_> {
         };
         request_head(method, &self.original, self.version, headers)
     }
-
-    /// Route bookkeeping for an answer that came from the cache.
-    fn served_from_cache(&self) -> Served {
-        Served {
-            route_stats: Arc::clone(&self.exchange.route.stats),
-            route: Arc::clone(&self.exchange.route.name),
-            route_index: self.exchange.route.index,
-            side: Some(self.exchange.side),
-            source: Source::Cache,
-            attempts: 0,
-            upstream: Duration::ZERO,
-        }
-    }
 }
 
 /// A stored response about to answer a request.
@@ -147,7 +191,7 @@ struct Hit<'a> {
     stored: &'a StoredResponse,
     tier: Tier,
     now: SystemTime,
-    cache_status: String,
+    status: CacheStatus,
 }
 
 impl ProxyService {
@@ -183,6 +227,50 @@ impl ProxyService {
         let range = (!head_only)
             .then(|| parts.headers.get(header::RANGE).cloned())
             .flatten();
+        // With compression on, each coding is a variant of its own (see `compress`). A
+        // range request that the cache cannot answer goes upstream as the client sent it,
+        // so its reduced head is a copy.
+        let compression = exchange.snapshot.compression;
+        let (range_headers, coding) = if range.is_none() {
+            let coding =
+                compression.then(|| compress::normalize_accept_encoding(&mut parts.headers));
+            (None, coding)
+        } else {
+            let mut headers = parts.headers.clone();
+            let coding = compression.then(|| compress::normalize_accept_encoding(&mut headers));
+            (Some(headers), coding)
+        };
+        let now = SystemTime::now();
+        let found = traced_lookup(Lookup {
+            cache,
+            policy,
+            primary: &primary,
+            client_headers: range_headers.as_ref().unwrap_or(&parts.headers),
+            recording: exchange.recording,
+        })
+        .await;
+        // The common hit: answered from the client's own head, before anything else of
+        // the cache path (its policy view, targets, a copy of the head) is built.
+        if range.is_none()
+            && let Some((stored, tier, _)) = &found
+            && policy::plainly_fresh(stored, &parts.headers, now)
+            && !(cache.rewarm_hot && near_expiry(stored, now))
+        {
+            let view = HitView {
+                exchange: *exchange,
+                cache,
+                client_headers: &parts.headers,
+                head_only,
+            };
+            let ttl = ttl_secs(stored, now);
+            let hit = Hit {
+                stored,
+                tier: *tier,
+                now,
+                status: CacheStatus::of_tier(*tier, Outcome::Fresh { ttl }),
+            };
+            return Ok(serve(&view, hit));
+        }
         let target: Uri = policy
             .key
             .target(parts.uri.path(), parts.uri.query())
@@ -194,18 +282,7 @@ impl ProxyService {
             .map_or("/", |pq| pq.as_str())
             .parse()
             .unwrap_or_else(|_| Uri::from_static("/"));
-        // With compression on, each coding is a variant of its own (see `compress`). A
-        // range request that the cache cannot answer goes upstream as the client sent it.
-        let compression = exchange.snapshot.compression;
-        let (client_headers, coding) = if range.is_none() {
-            let coding =
-                compression.then(|| compress::normalize_accept_encoding(&mut parts.headers));
-            (parts.headers.clone(), coding)
-        } else {
-            let mut headers = parts.headers.clone();
-            let coding = compression.then(|| compress::normalize_accept_encoding(&mut headers));
-            (headers, coding)
-        };
+        let client_headers = range_headers.unwrap_or_else(|| parts.headers.clone());
         let ctx = CacheCtx {
             exchange: *exchange,
             cache,
@@ -222,9 +299,6 @@ impl ProxyService {
             coding,
             head_only,
         };
-        let now = SystemTime::now();
-        let found = traced_lookup(&ctx).await;
-
         if range.is_some() {
             // Ranges are cut from a fresh, complete stored response; anything else goes to
             // the origin as the client sent it, and is not stored.
@@ -232,15 +306,14 @@ impl ProxyService {
                 && stored.status == StatusCode::OK
                 && matches!(policy::reuse(stored, &ctx.view, now), Reuse::Fresh)
             {
-                let cache_status =
-                    format!("{}; hit; ttl={}", tier.status_name(), ttl_secs(stored, now));
+                let ttl = ttl_secs(stored, now);
                 return Ok(serve(
-                    &ctx,
+                    &ctx.hit_view(),
                     Hit {
                         stored,
                         tier: *tier,
                         now,
-                        cache_status,
+                        status: CacheStatus::of_tier(*tier, Outcome::Fresh { ttl }),
                     },
                 ));
             }
@@ -259,18 +332,17 @@ impl ProxyService {
                             policy::revalidation_headers(&stored, ctx.client_headers);
                         self.refresh_in_background(&ctx, Arc::clone(&stored), revalidation);
                     }
-                    Some(format!(
-                        "{}; hit; ttl={}",
-                        tier.status_name(),
-                        ttl_secs(&stored, now)
-                    ))
+                    let ttl = ttl_secs(&stored, now);
+                    Some(CacheStatus::of_tier(tier, Outcome::Fresh { ttl }))
                 }
                 Reuse::StaleWhileRevalidate { revalidation } => {
                     self.refresh_in_background(&ctx, Arc::clone(&stored), revalidation);
                     cache.stats.stale.fetch_add(1, Relaxed);
-                    Some(format!(
-                        "{}; hit; detail=stale-while-revalidate",
-                        tier.status_name()
+                    Some(CacheStatus::of_tier(
+                        tier,
+                        Outcome::Hit {
+                            detail: "stale-while-revalidate",
+                        },
                     ))
                 }
                 Reuse::Revalidate { revalidation } => {
@@ -279,14 +351,14 @@ impl ProxyService {
                 }
                 Reuse::NoMatch => None,
             };
-            if let Some(cache_status) = cache_status {
+            if let Some(status) = cache_status {
                 let hit = Hit {
                     stored: &stored,
                     tier,
                     now,
-                    cache_status,
+                    status,
                 };
-                return Ok(serve(&ctx, hit));
+                return Ok(serve(&ctx.hit_view(), hit));
             }
         }
 
@@ -301,8 +373,8 @@ impl ProxyService {
             let (response, served) = self
                 .forward_upstream(exchange, parts, Some(body), Some(conn_guard))
                 .await?;
-            let cache_status = format!("{}; fwd=miss", ctx.tier_name());
-            return Ok((with_status(response, &cache_status), served));
+            let status = CacheStatus::new(ctx.tier_name(), Outcome::Miss);
+            return Ok((with_status(response, status), served));
         }
 
         // A miss: the first request fetches, concurrent ones wait for it (bounded).
@@ -339,13 +411,13 @@ impl ProxyService {
         }
         cache.stats.misses.fetch_add(1, Relaxed);
         let release = leader.map(|guard| Release { guard, lock });
-        let cache_status = format!("{}; fwd=miss", ctx.tier_name());
+        let status = CacheStatus::new(ctx.tier_name(), Outcome::Miss);
         let fetch = Fetch {
             body: Some(body),
             conn_guard: Some(conn_guard),
             release,
         };
-        self.fetch_whole(&ctx, parts, fetch, &cache_status).await
+        self.fetch_whole(&ctx, parts, fetch, status).await
     }
 
     /// Asks the origin about a stale entry with its validators, and answers from what
@@ -368,16 +440,18 @@ impl ProxyService {
             .forward_upstream(&ctx.exchange, parts, Some(body), Some(conn_guard))
             .await;
         let now = SystemTime::now();
-        let name = tier.status_name();
-        let stale_hit = |cache_status: String| {
+        let stale = |status: Option<u16>, detail: Option<&'static str>| {
+            CacheStatus::of_tier(tier, Outcome::Stale { status, detail })
+        };
+        let stale_hit = |status: CacheStatus| {
             cache.stats.stale.fetch_add(1, Relaxed);
             serve(
-                ctx,
+                &ctx.hit_view(),
                 Hit {
                     stored,
                     tier,
                     now,
-                    cache_status,
+                    status,
                 },
             )
         };
@@ -404,18 +478,18 @@ impl ProxyService {
                         conn_guard: Some(refetch_guard),
                         release: None,
                     };
-                    let cache_status = format!("{name}; fwd=stale; detail=304-mismatch");
-                    return self.fetch_whole(ctx, parts, fetch, &cache_status).await;
+                    let status = stale(None, Some("304-mismatch"));
+                    return self.fetch_whole(ctx, parts, fetch, status).await;
                 };
                 drop(response);
                 cache.stats.revalidated.fetch_add(1, Relaxed);
                 let (response, _) = serve(
-                    ctx,
+                    &ctx.hit_view(),
                     Hit {
                         stored: &fresh,
                         tier,
                         now,
-                        cache_status: format!("{name}; fwd=stale; fwd-status=304"),
+                        status: stale(Some(304), None),
                     },
                 );
                 let (store_cache, policy, primary, request) = (
@@ -433,12 +507,9 @@ impl ProxyService {
                 if response.status().is_server_error()
                     && policy::may_serve_on_error(stored, now) =>
             {
-                let cache_status = format!(
-                    "{name}; fwd=stale; fwd-status={}; detail=stale-if-error",
-                    response.status().as_u16()
-                );
+                let status = stale(Some(response.status().as_u16()), Some("stale-if-error"));
                 drop(response);
-                Ok((stale_hit(cache_status).0, served))
+                Ok((stale_hit(status).0, served))
             }
             Err(failure)
                 if failure.error.status().is_server_error()
@@ -451,17 +522,11 @@ impl ProxyService {
                 } else {
                     "origin-unreachable"
                 };
-                Ok(stale_hit(format!("{name}; fwd=stale; detail={detail}")))
+                Ok(stale_hit(stale(None, Some(detail))))
             }
             Ok((response, served)) => {
-                let cache_status = format!(
-                    "{name}; fwd=stale; fwd-status={}",
-                    response.status().as_u16()
-                );
-                Ok((
-                    self.take_fetched(ctx, response, None, &cache_status).await,
-                    served,
-                ))
+                let status = stale(Some(response.status().as_u16()), None);
+                Ok((self.take_fetched(ctx, response, None, status).await, served))
             }
             Err(failure) => Err(failure),
         }
@@ -474,7 +539,7 @@ impl ProxyService {
         ctx: &CacheCtx<'_>,
         mut parts: http::request::Parts,
         fetch: Fetch,
-        cache_status: &str,
+        status: CacheStatus,
     ) -> Result<(Response<ResponseBody>, Served), Failure> {
         parts.headers.remove(header::IF_NONE_MATCH);
         parts.headers.remove(header::IF_MODIFIED_SINCE);
@@ -482,7 +547,7 @@ impl ProxyService {
             .forward_upstream(&ctx.exchange, parts, fetch.body, fetch.conn_guard)
             .await?;
         Ok((
-            self.take_fetched(ctx, response, fetch.release, cache_status)
+            self.take_fetched(ctx, response, fetch.release, status)
                 .await,
             served,
         ))
@@ -496,10 +561,10 @@ impl ProxyService {
         ctx: &CacheCtx<'_>,
         response: Response<ResponseBody>,
         release: Option<Release>,
-        cache_status: &str,
+        status: CacheStatus,
     ) -> Response<ResponseBody> {
         let response = encoded(response, ctx.coding).await;
-        let response = store_as_it_streams(ctx, response, release, cache_status);
+        let response = store_as_it_streams(ctx, response, release, status);
         if !(ctx.client_conditional()
             && response.status() == StatusCode::OK
             && policy::client_not_modified(ctx.client_headers, response.headers()))
@@ -519,22 +584,21 @@ impl ProxyService {
     async fn answer_if_fresh(
         &self,
         ctx: &CacheCtx<'_>,
-        detail: &str,
+        detail: &'static str,
     ) -> Option<(Response<ResponseBody>, Served)> {
         let now = SystemTime::now();
-        let (stored, tier, _) = traced_lookup(ctx).await?;
+        let (stored, tier, _) = traced_lookup(ctx.lookup()).await?;
         if !matches!(policy::reuse(&stored, &ctx.view, now), Reuse::Fresh) {
             return None;
         }
         ctx.cache.stats.coalesced.fetch_add(1, Relaxed);
-        let cache_status = format!("{}; hit; detail={detail}", tier.status_name());
         Some(serve(
-            ctx,
+            &ctx.hit_view(),
             Hit {
                 stored: &stored,
                 tier,
                 now,
-                cache_status,
+                status: CacheStatus::of_tier(tier, Outcome::Hit { detail }),
             },
         ))
     }
@@ -741,7 +805,7 @@ fn store_as_it_streams(
     ctx: &CacheCtx<'_>,
     response: Response<ResponseBody>,
     release: Option<Release>,
-    cache_status: &str,
+    status: CacheStatus,
 ) -> Response<ResponseBody> {
     let (mut head, body) = response.into_parts();
     let declared = head
@@ -765,10 +829,14 @@ fn store_as_it_streams(
         ctx.cache.stats.too_large.fetch_add(1, Relaxed);
     }
     let Some(stored) = stored else {
-        set_status(&mut head.headers, cache_status);
+        status.set_on(&mut head.headers);
         return Response::from_parts(head, body);
     };
-    set_status(&mut head.headers, &format!("{cache_status}; stored"));
+    CacheStatus {
+        stored: true,
+        ..status
+    }
+    .set_on(&mut head.headers);
     let cache = Arc::clone(ctx.cache);
     let policy = Arc::clone(ctx.policy);
     let primary = ctx.primary.clone();
@@ -834,14 +902,14 @@ fn without_conditionals(client: &HeaderMap) -> HeaderMap {
 
 /// Answers from a stored response: the whole response, a 304 to a matching conditional,
 /// or a byte range of it (206, or 416 when the range lies past its end).
-fn serve(ctx: &CacheCtx<'_>, hit: Hit<'_>) -> (Response<ResponseBody>, Served) {
+fn serve(ctx: &HitView<'_>, hit: Hit<'_>) -> (Response<ResponseBody>, Served) {
     let Hit {
         stored,
         tier,
         now,
-        cache_status,
+        status,
     } = hit;
-    let headers = policy::served_headers(stored, now, &cache_status);
+    let headers = policy::served_headers(stored, now, status.render());
     let client = ctx.client_headers;
     let stored_ok = stored.status == StatusCode::OK;
     let range = client
@@ -880,7 +948,7 @@ fn serve(ctx: &CacheCtx<'_>, hit: Hit<'_>) -> (Response<ResponseBody>, Served) {
                 r.headers_mut().insert(name, value.clone());
             }
         }
-        set_status(r.headers_mut(), &cache_status);
+        status.set_on(r.headers_mut());
         r
     } else {
         let body = if ctx.head_only {
@@ -930,15 +998,12 @@ async fn encoded(
     }
 }
 
-fn with_status(mut response: Response<ResponseBody>, cache_status: &str) -> Response<ResponseBody> {
-    set_status(response.headers_mut(), cache_status);
+fn with_status(
+    mut response: Response<ResponseBody>,
+    status: CacheStatus,
+) -> Response<ResponseBody> {
+    status.set_on(response.headers_mut());
     response
-}
-
-fn set_status(headers: &mut HeaderMap, cache_status: &str) {
-    if let Ok(value) = HeaderValue::from_str(cache_status) {
-        headers.insert(CACHE_STATUS.clone(), value);
-    }
 }
 
 fn ttl_secs(stored: &StoredResponse, now: SystemTime) -> u64 {
