@@ -59,7 +59,7 @@ fn hit_paths(c: &mut Criterion) {
             let key = route
                 .key
                 .primary("api.example", "/api/items/1", None, &request);
-            let (stored, _, _) = memory.lookup(&route, &key, &request).await.unwrap();
+            let (stored, _) = memory.lookup(&route, &key, &request).await.unwrap();
             let view = PolicyRequest {
                 method: &Method::GET,
                 target: "/api/items/1".parse().unwrap(),

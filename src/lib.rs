@@ -8,6 +8,8 @@
 //! supervisor/        reloads (load certificates, build whole, then swap) and instance
 //!                    register/drain/weights; `Prepared` = a valid config with its TLS loaded
 //!   listeners.rs     the running listener set, changed on reload without touching the rest
+//!   workers.rs       the serving runtimes: one single-threaded runtime per core, each with
+//!                    its own SO_REUSEPORT socket per listener (or the caller's, threads = 1)
 //! config/            the TOML file model, named defaults, loading with precise errors, validation
 //! proxy/             the data plane
 //!   listener.rs      accept loop, connection limit, TLS handshake, HTTP/1.1 + h2, timeouts, drain
@@ -15,6 +17,7 @@
 //!   attempt.rs       one attempt upstream (its request, its wait, its span) and the hedge race
 //!   service/cached.rs  the same request on a caching route: look up, serve (ranges too),
 //!                    revalidate, coalesce misses, store as it streams, invalidate
+//!   service/cache_status.rs  what the cache did, one value rendered into Cache-Status
 //!   route/           the rule model, one concern per file:
 //!     mod.rs           routes and the router: host + path prefix first, first match wins
 //!     conditions.rs    exact/regex path, method, header, query, cookie, client conditions
@@ -39,6 +42,9 @@
 //!   stats.rs         proxy and per-route counters for metrics and control
 //! balancer/          endpoint selection, one file per strategy behind `Balancer`
 //! upstream/          endpoints (state machine, breaker, signals and latency histograms),
+//!                    plain HTTP/1.1 exchanges driven by the request's own task with
+//!                    thread-local idle connections (exchange.rs; TLS, h2, PROXY headers and
+//!                    upgrades use hyper-util's pooled client),
 //!                    pools (and their stall sweep), active health checks (HTTP or
 //!                    grpc.health.v1), DNS service discovery (A/AAAA and SRV, hickory),
 //!                    when to hedge (fixed or percentile delay), request bodies on their

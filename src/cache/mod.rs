@@ -237,16 +237,16 @@ impl Cache {
         route: &RouteCache,
         primary: &str,
         request: &HeaderMap,
-    ) -> Option<(Arc<StoredResponse>, Tier, String)> {
+    ) -> Option<(Arc<StoredResponse>, Tier)> {
         let l2 = self.redis.as_ref().filter(|_| route.redis);
         let mut vary = None;
         if route.memory {
             match self.memory.get(primary) {
-                Some(Entry::Response(r)) => return Some((r, Tier::Memory, primary.to_owned())),
+                Some(Entry::Response(r)) => return Some((r, Tier::Memory)),
                 Some(Entry::Vary(v)) => {
                     let variant = key::variant(primary, v.generation, &v.names, request);
                     if let Some(Entry::Response(r)) = self.memory.get(&variant) {
-                        return Some((r, Tier::Memory, variant));
+                        return Some((r, Tier::Memory));
                     }
                     vary = Some(v);
                 }
@@ -261,7 +261,7 @@ impl Cache {
                     if route.memory {
                         self.memory.insert(primary, Entry::Response(Arc::clone(&r)));
                     }
-                    return Some((r, Tier::Redis, primary.to_owned()));
+                    return Some((r, Tier::Redis));
                 }
                 Entry::Vary(v) => {
                     if route.memory {
@@ -278,7 +278,7 @@ impl Cache {
                     self.memory
                         .insert(&variant, Entry::Response(Arc::clone(&r)));
                 }
-                Some((r, Tier::Redis, variant))
+                Some((r, Tier::Redis))
             }
             Entry::Vary(_) => None,
         }

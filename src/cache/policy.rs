@@ -589,9 +589,26 @@ pub fn refresh(
 pub fn served_headers(stored: &StoredResponse, now: SystemTime, status: HeaderValue) -> HeaderMap {
     let mut headers = stored.headers.clone();
     let age = stored.policy.age(now).as_secs();
-    headers.insert(header::AGE, HeaderValue::from(age));
+    headers.insert(header::AGE, seconds_value(age));
     headers.insert(CACHE_STATUS.clone(), status);
     headers
+}
+
+/// A number of seconds as a header value, written once (`HeaderValue::from(u64)` goes
+/// through a growable buffer and allocates twice).
+fn seconds_value(seconds: u64) -> HeaderValue {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = seconds;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&digits[at..]).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Whether the client's own conditional (`If-None-Match`, else `If-Modified-Since`) is

@@ -261,3 +261,10 @@ fn directives_split_outside_quotes() {
         super::split_directives(" max-age=60, no-cache=\"a, b\" ,,private ").collect();
     assert_eq!(split, ["max-age=60", "no-cache=\"a, b\"", "private"]);
 }
+
+#[test]
+fn seconds_are_written_as_digits() {
+    for n in [0u64, 7, 10, 3599, 86_400, u64::MAX] {
+        assert_eq!(super::seconds_value(n), n.to_string().as_str());
+    }
+}

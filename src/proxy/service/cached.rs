@@ -87,7 +87,7 @@ struct Lookup<'a> {
 }
 
 /// A cache lookup, with a span of its own when the request is recorded.
-async fn traced_lookup(lookup: Lookup<'_>) -> Option<(Arc<StoredResponse>, Tier, String)> {
+async fn traced_lookup(lookup: Lookup<'_>) -> Option<(Arc<StoredResponse>, Tier)> {
     let start = lookup.recording.map(|_| SystemTime::now());
     let found = lookup
         .cache
@@ -96,7 +96,7 @@ async fn traced_lookup(lookup: Lookup<'_>) -> Option<(Arc<StoredResponse>, Tier,
     if let (Some(recording), Some(start)) = (lookup.recording, start) {
         let result = found
             .as_ref()
-            .map_or("miss", |(_, tier, _)| tier.status_name());
+            .map_or("miss", |(_, tier)| tier.status_name());
         recording.child(
             ChildSpan {
                 kind: SpanKind::Internal,
@@ -252,7 +252,7 @@ impl ProxyService {
         // The common hit: answered from the client's own head, before anything else of
         // the cache path (its policy view, targets, a copy of the head) is built.
         if range.is_none()
-            && let Some((stored, tier, _)) = &found
+            && let Some((stored, tier)) = &found
             && policy::plainly_fresh(stored, &parts.headers, now)
             && !(cache.rewarm_hot && near_expiry(stored, now))
         {
@@ -302,7 +302,7 @@ impl ProxyService {
         if range.is_some() {
             // Ranges are cut from a fresh, complete stored response; anything else goes to
             // the origin as the client sent it, and is not stored.
-            if let Some((stored, tier, _)) = &found
+            if let Some((stored, tier)) = &found
                 && stored.status == StatusCode::OK
                 && matches!(policy::reuse(stored, &ctx.view, now), Reuse::Fresh)
             {
@@ -324,7 +324,7 @@ impl ProxyService {
         }
 
         let mut revalidating = None;
-        if let Some((stored, tier, _)) = found {
+        if let Some((stored, tier)) = found {
             let cache_status = match policy::reuse(&stored, &ctx.view, now) {
                 Reuse::Fresh => {
                     if cache.rewarm_hot && near_expiry(&stored, now) {
@@ -587,7 +587,7 @@ impl ProxyService {
         detail: &'static str,
     ) -> Option<(Response<ResponseBody>, Served)> {
         let now = SystemTime::now();
-        let (stored, tier, _) = traced_lookup(ctx.lookup()).await?;
+        let (stored, tier) = traced_lookup(ctx.lookup()).await?;
         if !matches!(policy::reuse(&stored, &ctx.view, now), Reuse::Fresh) {
             return None;
         }
