@@ -18,6 +18,8 @@
 //!   service/cached.rs  the same request on a caching route: look up, serve (ranges too),
 //!                    revalidate, coalesce misses, store as it streams, invalidate
 //!   service/cache_status.rs  what the cache did, one value rendered into Cache-Status
+//!   service/forward.rs the request to its pool: outgoing head, body, attempts (pick,
+//!                    send, hedge race, classify: retry or answer), the answer's head
 //!   route/           the rule model, one concern per file:
 //!     mod.rs           routes and the router: host + path prefix first, first match wins
 //!     conditions.rs    exact/regex path, method, header, query, cookie, client conditions
