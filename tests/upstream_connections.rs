@@ -300,3 +300,71 @@ async fn concurrent_requests_each_get_their_own_answer() {
     }
     weir.shutdown().await;
 }
+
+/// An upstream that holds the answers on its first `hold` connections until all of them
+/// have a request waiting, so that each of those requests needs a connection of its own.
+async fn gathering_upstream(hold: usize) -> (SocketAddr, Arc<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let counts = Arc::clone(&seen);
+    let waiting = Arc::new(tokio::sync::Barrier::new(hold));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let index = counts.accepted.fetch_add(1, SeqCst);
+            let counts = Arc::clone(&counts);
+            let waiting = Arc::clone(&waiting);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut first = index < hold;
+                while let Some((method, path)) = read_request(&mut stream, &mut pending).await {
+                    if first {
+                        waiting.wait().await;
+                        first = false;
+                    }
+                    if stream.write_all(&answer(&method, &path, 1)).await.is_err() {
+                        break;
+                    }
+                }
+                counts.ended.fetch_add(1, SeqCst);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn idle_connections_are_bounded_per_endpoint_and_closed_after_idle_timeout() {
+    let (up, seen) = gathering_upstream(4).await;
+    let pool = "max_idle_per_endpoint = 2\nidle_timeout = \"200ms\"";
+    let weir = weir(&(simple_config(&[up], pool) + ONE_RUNTIME)).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    // Four requests at once: four upstream connections, then all four idle.
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        clients.spawn(async move {
+            let reply = request(&http1_client(), proxy, Method::GET, "/length").await;
+            assert_eq!(reply.status, StatusCode::OK);
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(seen.accepted.load(SeqCst), 4);
+    // Only two are kept idle; the other two are closed as they come back.
+    eventually("two idle connections closed", async || {
+        seen.ended.load(SeqCst) == 2
+    })
+    .await;
+    // Past the idle timeout, the next request finds the kept ones expired: it closes
+    // them and opens a new one. (Waiting out the timeout is what is tested here.)
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let reply = request(&http1_client(), proxy, Method::GET, "/length").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(seen.accepted.load(SeqCst), 5);
+    eventually("the expired connections closed", async || {
+        seen.ended.load(SeqCst) == 4
+    })
+    .await;
+    weir.shutdown().await;
+}
