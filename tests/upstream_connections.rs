@@ -32,6 +32,9 @@ enum Keep {
     Alive,
     /// Close each connection after one response, without saying so in the response.
     CloseSilently,
+    /// Keep-alive, and hold the first answer on each of the first N connections until all
+    /// N have a request waiting, so that each of those requests needs a connection.
+    GatherFirst(usize),
 }
 
 /// The answer to `method path`, framed as the path says.
@@ -110,15 +113,26 @@ async fn raw_keepalive_upstream(keep: Keep) -> (SocketAddr, Arc<Seen>) {
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
     let counts = Arc::clone(&seen);
+    let gathering = match keep {
+        Keep::GatherFirst(n) => Some((n, Arc::new(tokio::sync::Barrier::new(n)))),
+        Keep::Alive | Keep::CloseSilently => None,
+    };
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            counts.accepted.fetch_add(1, SeqCst);
+            let index = counts.accepted.fetch_add(1, SeqCst);
             let counts = Arc::clone(&counts);
+            let mut hold = gathering
+                .as_ref()
+                .filter(|(n, _)| index < *n)
+                .map(|(_, barrier)| Arc::clone(barrier));
             tokio::spawn(async move {
                 let mut pending = Vec::new();
                 let mut n = 0;
                 while let Some((method, path)) = read_request(&mut stream, &mut pending).await {
                     n += 1;
+                    if let Some(barrier) = hold.take() {
+                        barrier.wait().await;
+                    }
                     if stream.write_all(&answer(&method, &path, n)).await.is_err() {
                         break;
                     }
@@ -301,41 +315,9 @@ async fn concurrent_requests_each_get_their_own_answer() {
     weir.shutdown().await;
 }
 
-/// An upstream that holds the answers on its first `hold` connections until all of them
-/// have a request waiting, so that each of those requests needs a connection of its own.
-async fn gathering_upstream(hold: usize) -> (SocketAddr, Arc<Seen>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Seen::default());
-    let counts = Arc::clone(&seen);
-    let waiting = Arc::new(tokio::sync::Barrier::new(hold));
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let index = counts.accepted.fetch_add(1, SeqCst);
-            let counts = Arc::clone(&counts);
-            let waiting = Arc::clone(&waiting);
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                let mut first = index < hold;
-                while let Some((method, path)) = read_request(&mut stream, &mut pending).await {
-                    if first {
-                        waiting.wait().await;
-                        first = false;
-                    }
-                    if stream.write_all(&answer(&method, &path, 1)).await.is_err() {
-                        break;
-                    }
-                }
-                counts.ended.fetch_add(1, SeqCst);
-            });
-        }
-    });
-    (addr, seen)
-}
-
 #[tokio::test]
 async fn idle_connections_are_bounded_per_endpoint_and_closed_after_idle_timeout() {
-    let (up, seen) = gathering_upstream(4).await;
+    let (up, seen) = raw_keepalive_upstream(Keep::GatherFirst(4)).await;
     let pool = "max_idle_per_endpoint = 2\nidle_timeout = \"200ms\"";
     let weir = weir(&(simple_config(&[up], pool) + ONE_RUNTIME)).await;
     let proxy = weir.listener_addr("http").unwrap();

@@ -41,9 +41,8 @@ fn runtime_counts(weir: &weir::app::Running) -> Vec<u64> {
         .collect()
 }
 
-fn config(threads: usize, max_connections: usize) -> String {
-    let up = "127.0.0.1:1";
-    simple_config(&[up.parse().unwrap()], "").replace(
+fn config(up: std::net::SocketAddr, threads: usize, max_connections: usize) -> String {
+    simple_config(&[up], "").replace(
         "[[listeners]]",
         &format!(
             "[server]\nthreads = {threads}\n\n[[listeners]]\nmax_connections = {max_connections}"
@@ -58,7 +57,7 @@ async fn runtimes_share_the_listeners_the_limits_and_stop_with_weir() {
     let up = named_upstream("u").await;
 
     // Two serving runtimes: connections reach both, every request is answered.
-    let config_two = config(2, 10_000).replace("127.0.0.1:1", &up.addr.to_string());
+    let config_two = config(up.addr, 2, 10_000);
     let running = weir(&config_two).await;
     worker_threads_become(2).await;
     let proxy = running.listener_addr("http").unwrap();
@@ -91,7 +90,7 @@ async fn runtimes_share_the_listeners_the_limits_and_stop_with_weir() {
     worker_threads_become(0).await;
 
     // `max_connections` holds for the listener as a whole, not per runtime.
-    let config_limited = config(2, 3).replace("127.0.0.1:1", &up.addr.to_string());
+    let config_limited = config(up.addr, 2, 3);
     let limited = weir(&config_limited).await;
     let proxy = limited.listener_addr("http").unwrap();
     let mut held = Vec::new();
@@ -117,7 +116,7 @@ async fn runtimes_share_the_listeners_the_limits_and_stop_with_weir() {
     worker_threads_become(0).await;
 
     // One runtime: no worker threads, everything on the caller's.
-    let config_one = config(1, 10_000).replace("127.0.0.1:1", &up.addr.to_string());
+    let config_one = config(up.addr, 1, 10_000);
     let single = weir(&config_one).await;
     assert_eq!(worker_threads(), 0);
     let proxy = single.listener_addr("http").unwrap();

@@ -304,7 +304,7 @@ impl InTaskBody {
 
 impl UpstreamBody {
     /// A body from hyper-util's client.
-    pub fn pooled(body: Incoming) -> Self {
+    fn pooled(body: Incoming) -> Self {
         Self {
             kind: Kind::Pooled(body),
         }
@@ -453,15 +453,4 @@ impl IdleLists {
             !list.is_empty()
         });
     }
-}
-
-/// Idle connections on the calling thread for `client`'s endpoint `endpoint`: for tests.
-pub fn idle_on_this_thread(client: &InTaskClient, endpoint: u64) -> usize {
-    IDLE.try_with(|idle| {
-        idle.borrow()
-            .lists
-            .get(&client.list_key(endpoint))
-            .map_or(0, Vec::len)
-    })
-    .unwrap_or(0)
 }

@@ -272,14 +272,13 @@ impl Pool {
     pub fn send(
         &self,
         endpoint: &Endpoint,
-        mut request: http::Request<UpstreamRequestBody>,
+        request: http::Request<UpstreamRequestBody>,
     ) -> ResponseFuture {
         let upgrade = request.headers().contains_key(http::header::UPGRADE);
-        if let Some(in_task) = self.in_task.as_ref().filter(|_| !upgrade) {
-            return in_task.send(endpoint.serial, &endpoint.authority, request);
+        match self.in_task.as_ref().filter(|_| !upgrade) {
+            Some(in_task) => in_task.send(endpoint.serial, &endpoint.authority, request),
+            None => self.send_on(&self.client, endpoint, request),
         }
-        absolute_target(&mut request, &self.scheme, endpoint);
-        ResponseFuture::Pooled(self.client.request(request))
     }
 
     /// Sends `request` through `client` (a connection's private client), as

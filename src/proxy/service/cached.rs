@@ -262,12 +262,11 @@ impl ProxyService {
                 client_headers: &parts.headers,
                 head_only,
             };
-            let ttl = ttl_secs(stored, now);
             let hit = Hit {
                 stored,
                 tier: *tier,
                 now,
-                status: CacheStatus::of_tier(*tier, Outcome::Fresh { ttl }),
+                status: fresh(*tier, stored, now),
             };
             return Ok(serve(&view, hit));
         }
@@ -306,14 +305,13 @@ impl ProxyService {
                 && stored.status == StatusCode::OK
                 && matches!(policy::reuse(stored, &ctx.view, now), Reuse::Fresh)
             {
-                let ttl = ttl_secs(stored, now);
                 return Ok(serve(
                     &ctx.hit_view(),
                     Hit {
                         stored,
                         tier: *tier,
                         now,
-                        status: CacheStatus::of_tier(*tier, Outcome::Fresh { ttl }),
+                        status: fresh(*tier, stored, now),
                     },
                 ));
             }
@@ -332,8 +330,7 @@ impl ProxyService {
                             policy::revalidation_headers(&stored, ctx.client_headers);
                         self.refresh_in_background(&ctx, Arc::clone(&stored), revalidation);
                     }
-                    let ttl = ttl_secs(&stored, now);
-                    Some(CacheStatus::of_tier(tier, Outcome::Fresh { ttl }))
+                    Some(fresh(tier, &stored, now))
                 }
                 Reuse::StaleWhileRevalidate { revalidation } => {
                     self.refresh_in_background(&ctx, Arc::clone(&stored), revalidation);
@@ -1006,11 +1003,13 @@ fn with_status(
     response
 }
 
-fn ttl_secs(stored: &StoredResponse, now: SystemTime) -> u64 {
-    stored
+/// A fresh hit from `tier`, with the whole seconds of freshness left.
+fn fresh(tier: Tier, stored: &StoredResponse, now: SystemTime) -> CacheStatus {
+    let ttl = stored
         .fresh_until_ms
         .saturating_sub(crate::cache::object::unix_ms(now))
-        / 1000
+        / 1000;
+    CacheStatus::of_tier(tier, Outcome::Fresh { ttl })
 }
 
 /// In the last tenth of its freshness (at least the last second).
