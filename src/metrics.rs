@@ -14,7 +14,7 @@ use prometheus::{Encoder, TextEncoder};
 
 use crate::cache::Cache;
 use crate::cache::redis::RedisTier;
-use crate::control::ScalerStats;
+use crate::control::{AlertingStats, ScalerStats};
 use crate::proxy::ProxyState;
 use crate::upstream::EndpointState;
 use crate::upstream::signals::LatencyHistogram;
@@ -121,6 +121,8 @@ pub struct Sources<'a> {
     pub reloads_failed: u64,
     /// The autoscalers' counters and last decisions, one entry per pool.
     pub scalers: &'a [ScalerStats],
+    /// SLO standings, alert rules and notifier counts.
+    pub alerting: &'a AlertingStats,
 }
 
 /// Everything weir exports, in the Prometheus text format.
@@ -408,6 +410,7 @@ fn gather(sources: Sources<'_>) -> Vec<MetricFamily> {
         redis_metrics(&mut f, redis);
     }
     control_metrics(&mut f, sources.scalers);
+    alerting_metrics(&mut f, sources.alerting);
     process_metrics(&mut f);
     f.0
 }
@@ -530,6 +533,63 @@ fn control_metrics(f: &mut Families, scalers: &[ScalerStats]) {
             &labels,
             counts.action_failures,
         );
+    }
+}
+
+fn alerting_metrics(f: &mut Families, alerting: &AlertingStats) {
+    for slo in &alerting.slos {
+        let labels = [("slo", slo.name.as_str())];
+        f.gauge(
+            "weir_slo_objective",
+            "The SLO's objective (share of good answers).",
+            &labels,
+            slo.objective,
+        );
+        f.gauge(
+            "weir_slo_error_budget_remaining",
+            "Share of the error budget left over the compliance window (below 0: overspent).",
+            &labels,
+            slo.error_budget_remaining,
+        );
+        if let Some(sli) = slo.sli {
+            f.gauge(
+                "weir_slo_sli",
+                "Share of good answers over the compliance window.",
+                &labels,
+                sli,
+            );
+        }
+        for burn in &slo.burn_rates {
+            let window = format!("{}s", burn.window_s);
+            f.gauge(
+                "weir_slo_burn_rate",
+                "Error rate over the window divided by the one the objective allows.",
+                &[("slo", slo.name.as_str()), ("window", window.as_str())],
+                burn.rate,
+            );
+        }
+    }
+    for (rule, severity, firing) in &alerting.rules {
+        f.gauge(
+            "weir_alerts_firing",
+            "Alerts of the rule firing now (one per pool it covers; silenced ones count).",
+            &[("rule", rule.as_str()), ("severity", severity.as_str())],
+            *firing as f64,
+        );
+    }
+    for (notifier, counts) in &alerting.notifiers {
+        for (outcome, value) in [
+            ("delivered", &counts.delivered),
+            ("failed", &counts.failed),
+            ("dropped", &counts.dropped),
+        ] {
+            f.counter(
+                "weir_alert_notifications_total",
+                "Alert notices by notifier and outcome (failed: after every retry).",
+                &[("notifier", notifier.as_str()), ("outcome", outcome)],
+                value.load(Relaxed),
+            );
+        }
     }
 }
 
@@ -706,6 +766,7 @@ endpoints = [{ address = "127.0.0.1:1" }]
             reloads_ok: 3,
             reloads_failed: 1,
             scalers: &scalers,
+            alerting: &AlertingStats::default(),
         });
         for line in [
             "weir_requests_total 7",

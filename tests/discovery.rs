@@ -270,6 +270,7 @@ async fn a_failing_resolver_keeps_the_last_good_endpoints() {
         reloads_ok: 0,
         reloads_failed: 0,
         scalers: &[],
+        alerting: &weir::control::AlertingStats::default(),
     });
     assert!(
         metrics.lines().any(|l| l.starts_with(&format!(

@@ -109,8 +109,21 @@ async fn bodies_over_the_route_limit_get_413() {
             .build_http();
     let small = chunked_client.request(chunked(900)).await.unwrap();
     assert_eq!(small.status(), 200);
-    let reply = chunked_client.request(chunked(5000)).await.unwrap();
-    assert_eq!(reply.status(), 413);
+    // weir answers 413 and closes as soon as the stream passes 1 000 bytes. A client still
+    // writing may see that close (EPIPE) before it reads the answer: weir has no lingering
+    // close yet. Either way the body is refused.
+    match chunked_client.request(chunked(5000)).await {
+        Ok(reply) => assert_eq!(reply.status(), 413),
+        Err(err) => {
+            let text = format!("{err:?}");
+            assert!(
+                text.contains("BodyWrite")
+                    || text.contains("reset")
+                    || text.contains("Broken pipe"),
+                "{text}"
+            );
+        }
+    }
     weir.shutdown().await;
 }
 

@@ -308,6 +308,7 @@ async fn requests_attempts_and_cache_lookups_reach_an_http_collector() {
         reloads_ok: 0,
         reloads_failed: 0,
         scalers: &[],
+        alerting: &weir::control::AlertingStats::default(),
     });
     assert!(
         metrics.contains("weir_trace_spans_exported_total"),

@@ -21,20 +21,9 @@ pub(super) async fn scaling(
     if !ctx.state.snapshot.load().pools.contains_key(&pool) {
         return error(StatusCode::NOT_FOUND, format!("unknown pool {pool:?}"));
     }
-    let limit = match query
-        .as_deref()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
-    {
-        Some(text) => match text.parse::<usize>() {
-            Ok(limit) => limit,
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("limit={text:?} is not a count"),
-                );
-            }
-        },
-        None => DEFAULT_HISTORY_LIMIT,
+    let limit = match limit_from(query.as_deref(), DEFAULT_HISTORY_LIMIT) {
+        Ok(limit) => limit,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     match ctx.supervisor.control().scaling(&pool, limit) {
         Some(body) => Json(body).into_response(),
@@ -42,6 +31,16 @@ pub(super) async fn scaling(
             StatusCode::NOT_FOUND,
             format!("pool {pool:?} has no autoscaler (add a [[control.autoscale]] table for it)"),
         ),
+    }
+}
+
+/// The `limit=N` of a query string, or `default`; why not when it is not a count.
+pub(super) fn limit_from(query: Option<&str>, default: usize) -> Result<usize, String> {
+    match query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit="))) {
+        Some(text) => text
+            .parse::<usize>()
+            .map_err(|_| format!("limit={text:?} is not a count")),
+        None => Ok(default),
     }
 }
 

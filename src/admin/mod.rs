@@ -5,6 +5,7 @@
 //! May import: the data plane, `control`, `metrics`, `registry`, `config` and `supervisor`;
 //! never `app` (which starts it).
 
+mod alerts;
 mod control;
 mod views;
 
@@ -83,6 +84,13 @@ pub fn router(context: AdminContext) -> Router {
         .route("/api/v1/instances/{id}/load", post(control::instance_load))
         .route("/api/v1/pools/{pool}/scaling", get(control::scaling))
         .route("/api/v1/report", get(control::report_json))
+        .route("/api/v1/alerts", get(alerts::alerts))
+        .route("/api/v1/alerts/silences", post(alerts::silence))
+        .route(
+            "/api/v1/alerts/silences/{id}",
+            axum::routing::delete(alerts::unsilence),
+        )
+        .route("/api/v1/slos", get(alerts::slos))
         .route("/api/v1/report.html", get(control::report_html))
         .route("/api/v1/routes", get(routes))
         .route(
@@ -412,11 +420,13 @@ async fn metrics(State(ctx): State<AdminContext>) -> Response {
         )],
         {
             let scalers = ctx.supervisor.control().scaler_stats();
+            let alerting = ctx.supervisor.control().alerting_stats();
             crate::metrics::render(crate::metrics::Sources {
                 proxy: &ctx.state,
                 reloads_ok: ctx.supervisor.reloads_ok.load(Relaxed),
                 reloads_failed: ctx.supervisor.reloads_failed.load(Relaxed),
                 scalers: &scalers,
+                alerting: &alerting,
             })
         },
     )

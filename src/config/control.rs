@@ -41,6 +41,15 @@ pub struct ControlConfig {
     pub anomaly_z: f64,
     #[serde(default)]
     pub autoscale: Vec<AutoscaleConfig>,
+    /// Service-level objectives, each with its burn-rate alerts.
+    #[serde(default)]
+    pub slo: Vec<super::alerting::SloConfig>,
+    /// Threshold and anomaly alert rules.
+    #[serde(default)]
+    pub alert: Vec<super::alerting::AlertRuleConfig>,
+    /// Where alerts are sent.
+    #[serde(default)]
+    pub notify: Vec<super::alerting::NotifyConfig>,
 }
 
 impl Default for ControlConfig {
@@ -55,6 +64,9 @@ impl Default for ControlConfig {
             forecast_horizon: DEFAULT_FORECAST_HORIZON,
             anomaly_z: DEFAULT_ANOMALY_Z,
             autoscale: Vec::new(),
+            slo: Vec::new(),
+            alert: Vec::new(),
+            notify: Vec::new(),
         }
     }
 }
@@ -192,7 +204,7 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn serialize_webhook<S: serde::Serializer>(
+pub(super) fn serialize_webhook<S: serde::Serializer>(
     url: &Option<String>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
@@ -200,7 +212,7 @@ fn serialize_webhook<S: serde::Serializer>(
 }
 
 /// The program, and how many arguments follow it (they may carry tokens).
-fn serialize_command<S: serde::Serializer>(
+pub(super) fn serialize_command<S: serde::Serializer>(
     command: &[String],
     serializer: S,
 ) -> Result<S::Ok, S::Error> {

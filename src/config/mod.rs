@@ -6,6 +6,7 @@
 //!
 //! May import: nothing else of weir.
 
+mod alerting;
 mod cache;
 mod control;
 pub mod defaults;
@@ -16,6 +17,7 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use alerting::*;
 pub use error::{ConfigError, Problem};
 pub use model::*;
 pub use route::*;

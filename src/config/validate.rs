@@ -21,6 +21,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     check_headers(config, &mut problems);
     check_services(config, &mut problems);
     check_control(config, &mut problems);
+    super::alerting::check(config, &mut problems);
     problems
 }
 

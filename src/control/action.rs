@@ -1,6 +1,7 @@
-//! Acting on a decision: run the configured command (decision as JSON on stdin, the
-//! essentials as `WEIR_*` variables) or POST it to a webhook, within a timeout. The
-//! outcome goes back into the decision history.
+//! Running an action: the configured command (a JSON document on stdin, the essentials as
+//! `WEIR_*` variables) or a POST of the document to a webhook, within a timeout. The
+//! autoscaler acts on decisions through [`run`] (the outcome goes back into the decision
+//! history); alert notifiers send through [`invoke`].
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -17,24 +18,57 @@ use crate::config::ActionConfig;
 /// Bytes of a command's stderr or a webhook's reply kept in the outcome.
 const DETAIL_BYTES: usize = 300;
 
+/// One invocation of a command or webhook: the JSON it gets and the variables a command
+/// is given besides.
+#[derive(Debug)]
+pub struct Call {
+    pub json: Vec<u8>,
+    pub env: Vec<(&'static str, String)>,
+    /// Sent as the webhook's `User-Agent`.
+    pub agent: &'static str,
+}
+
+/// Runs the command or posts to the webhook within the action's timeout: `Ok(detail)` on
+/// exit 0 or a 2xx answer, `Err(detail)` otherwise.
+pub async fn invoke(action: &ActionConfig, call: Call) -> Result<String, String> {
+    let attempt = async {
+        match &action.webhook {
+            Some(url) => post(url, call.json, call.agent).await,
+            None => command(&action.command, &call.env, call.json).await,
+        }
+    };
+    match tokio::time::timeout(action.timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "timed out after {}",
+            humantime::format_duration(action.timeout)
+        )),
+    }
+}
+
 pub async fn run(action: &ActionConfig, decision: &Decision) -> ActionOutcome {
     let started = Instant::now();
-    let json = serde_json::to_vec(decision).unwrap_or_default();
-    let result = if let Some(url) = &action.webhook {
-        tokio::time::timeout(action.timeout, post(url, json)).await
-    } else {
-        tokio::time::timeout(action.timeout, command(&action.command, decision, json)).await
-    };
-    let (ok, detail) = match result {
-        Ok(Ok(detail)) => (true, detail),
-        Ok(Err(detail)) => (false, detail),
-        Err(_) => (
-            false,
-            format!(
-                "timed out after {}",
-                humantime::format_duration(action.timeout)
+    let call = Call {
+        json: serde_json::to_vec(decision).unwrap_or_default(),
+        env: vec![
+            ("WEIR_POOL", decision.pool.clone()),
+            ("WEIR_CURRENT", decision.current.to_string()),
+            ("WEIR_DESIRED", decision.desired.to_string()),
+            (
+                "WEIR_DIRECTION",
+                serde_json::to_value(decision.direction)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
             ),
-        ),
+            ("WEIR_RULE", decision.rule.clone()),
+            ("WEIR_DRY_RUN", decision.dry_run.to_string()),
+        ],
+        agent: "weir-autoscaler",
+    };
+    let (ok, detail) = match invoke(action, call).await {
+        Ok(detail) => (true, detail),
+        Err(detail) => (false, detail),
     };
     if ok {
         tracing::info!(pool = %decision.pool, desired = decision.desired, %detail, "scaling action done");
@@ -49,22 +83,15 @@ pub async fn run(action: &ActionConfig, decision: &Decision) -> ActionOutcome {
     }
 }
 
-async fn command(argv: &[String], decision: &Decision, json: Vec<u8>) -> Result<String, String> {
+async fn command(
+    argv: &[String],
+    env: &[(&'static str, String)],
+    json: Vec<u8>,
+) -> Result<String, String> {
     let (program, args) = argv.split_first().ok_or("no command configured")?;
     let mut child = tokio::process::Command::new(program)
         .args(args)
-        .env("WEIR_POOL", &decision.pool)
-        .env("WEIR_CURRENT", decision.current.to_string())
-        .env("WEIR_DESIRED", decision.desired.to_string())
-        .env(
-            "WEIR_DIRECTION",
-            serde_json::to_value(decision.direction)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-        )
-        .env("WEIR_RULE", &decision.rule)
-        .env("WEIR_DRY_RUN", decision.dry_run.to_string())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -89,7 +116,7 @@ async fn command(argv: &[String], decision: &Decision, json: Vec<u8>) -> Result<
     }
 }
 
-async fn post(url: &str, json: Vec<u8>) -> Result<String, String> {
+async fn post(url: &str, json: Vec<u8>, agent: &'static str) -> Result<String, String> {
     // Details go to logs, the decision history and the admin API: never the credentials a
     // webhook URL may carry (user:password@, ?token=).
     let shown = crate::config::redact_url(url);
@@ -98,7 +125,7 @@ async fn post(url: &str, json: Vec<u8>) -> Result<String, String> {
         .build_http();
     let request = http::Request::post(url)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::USER_AGENT, "weir-autoscaler")
+        .header(http::header::USER_AGENT, agent)
         .body(Full::new(Bytes::from(json)))
         .map_err(|e| format!("{shown}: {e}"))?;
     let response = client

@@ -7,18 +7,26 @@
 //! - `action.rs`: a decision → a command or a webhook, with its outcome recorded
 //! - `forecast.rs`, `usl.rs`, `anomaly.rs`: the models behind the report
 //! - `report.rs`, `html.rs`: the capacity report as JSON and as a page with SVG charts
+//! - `slo.rs`: good and total answers per SLO over any window (burn rates, budget)
+//! - `rules.rs`: alert rules observed at a tick (burn rates, thresholds, anomalies)
+//! - `alert.rs`: alert states (pending, firing, resolved), silences, history, notices
+//! - `notify.rs`: notices to webhooks and commands, with retries, off the sampling path
 //!
 //! May import: `config`, `chart`, and what the data plane publishes (`proxy::ProxyState`,
 //! `upstream`); the data plane never imports it.
 
 pub mod action;
+pub mod alert;
 pub mod anomaly;
 pub mod autoscaler;
 pub mod evaluate;
 pub mod forecast;
 pub mod html;
+pub mod notify;
 pub mod report;
+pub mod rules;
 pub mod sample;
+pub mod slo;
 pub mod usl;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -36,6 +44,10 @@ use sample::{InstanceLoad, Sample, Sampler};
 
 /// An instance's own load report counts for this many intervals.
 const LOAD_REPORT_INTERVALS: u32 = 3;
+/// Reloads remembered as alert context.
+const RELOADS_KEPT: usize = 10;
+/// How far back a reload counts as context for an alert.
+const RELOAD_CONTEXT: Duration = Duration::from_secs(30 * 60);
 
 /// One autoscaled pool's counters and last decision, as metrics export them.
 #[derive(Debug, Clone)]
@@ -43,6 +55,15 @@ pub struct ScalerStats {
     pub pool: String,
     pub counts: autoscaler::ScaleCounts,
     pub last: Option<Decision>,
+}
+
+/// SLOs, alert rules and notifiers, as metrics export them.
+#[derive(Debug, Default)]
+pub struct AlertingStats {
+    pub slos: Vec<slo::SloStatus>,
+    /// Per rule: its name, severity and alerts firing now.
+    pub rules: Vec<(String, String, usize)>,
+    pub notifiers: Vec<(String, Arc<notify::NotifierCounts>)>,
 }
 
 /// The control loop's state: samples, per-pool autoscalers and forecasts, reconfigured on
@@ -56,6 +77,11 @@ pub struct Controller {
     loads: Mutex<HashMap<String, (Instant, InstanceLoad)>>,
     /// Pools whose action is running now.
     acting: Mutex<std::collections::BTreeSet<String>>,
+    slos: Mutex<BTreeMap<String, slo::SloTracker>>,
+    alerts: Mutex<alert::AlertEngine>,
+    notifier: notify::Notifier,
+    /// Recent reloads (wall-clock ms, what happened), as context for alerts.
+    reloads: Mutex<VecDeque<(u64, String)>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -85,6 +111,10 @@ impl Controller {
             scalers: Mutex::new(BTreeMap::new()),
             loads: Mutex::new(HashMap::new()),
             acting: Mutex::new(std::collections::BTreeSet::new()),
+            slos: Mutex::new(BTreeMap::new()),
+            alerts: Mutex::new(alert::AlertEngine::default()),
+            notifier: notify::Notifier::default(),
+            reloads: Mutex::new(VecDeque::new()),
         });
         controller.reconfigure(config);
         if let Some(path) = &config.history_file {
@@ -116,7 +146,31 @@ impl Controller {
             next.insert(scaler_config.pool.clone(), scaler);
         }
         *scalers = next;
+        drop(scalers);
+        let mut slos = lock(&self.slos);
+        let mut kept = BTreeMap::new();
+        for slo_config in &config.slo {
+            let tracker = match slos.remove(&slo_config.name) {
+                Some(mut existing) => {
+                    existing.reconfigure(slo_config.clone(), config.interval);
+                    existing
+                }
+                None => slo::SloTracker::new(slo_config.clone(), config.interval),
+            };
+            kept.insert(slo_config.name.clone(), tracker);
+        }
+        *slos = kept;
+        drop(slos);
         self.config.store(Arc::new(config.clone()));
+    }
+
+    /// Remembers a reload, as context for alerts that fire soon after.
+    pub fn note_reload(&self, summary: String) {
+        let mut reloads = lock(&self.reloads);
+        reloads.push_back((unix_ms(SystemTime::now()), summary));
+        while reloads.len() > RELOADS_KEPT {
+            reloads.pop_front();
+        }
     }
 
     pub fn config(&self) -> Arc<ControlConfig> {
@@ -126,8 +180,11 @@ impl Controller {
     /// Samples and decides every interval until `stop`.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut last = Instant::now();
-        // Prime the sampler so the first tick reports a whole interval.
-        self.tick_at(SystemTime::now(), 0.0);
+        // Prime the sampler so the first tick reports a whole interval. A loop that starts
+        // disabled leaves that to its first tick (tests drive `tick_at` themselves).
+        if self.config.load().enabled {
+            self.tick_at(SystemTime::now(), 0.0);
+        }
         loop {
             let interval = self.config.load().interval;
             tokio::select! {
@@ -162,7 +219,11 @@ impl Controller {
         let loads = self.fresh_loads(config.interval);
         let snapshot = self.state.snapshot.load();
         let at_ms = unix_ms(now);
+        for tracker in lock(&self.slos).values_mut() {
+            tracker.record(&snapshot, at_ms);
+        }
         let Some(sample) = lock(&self.sampler).sample(&snapshot, &loads, at_ms, interval_s) else {
+            self.evaluate_alerts(&config, &snapshot, at_ms);
             return Vec::new();
         };
         if let Some(path) = &config.history_file
@@ -178,6 +239,7 @@ impl Controller {
                 history.pop_front();
             }
         }
+        self.evaluate_alerts(&config, &snapshot, at_ms);
         let history = lock(&self.history);
         let mut scalers = lock(&self.scalers);
         scalers
@@ -191,6 +253,217 @@ impl Controller {
                 Some(decision)
             })
             .collect()
+    }
+
+    /// Observes every SLO and alert rule, moves the alerts on, and hands their notices to
+    /// the notifiers (which send in their own tasks).
+    fn evaluate_alerts(
+        &self,
+        config: &ControlConfig,
+        snapshot: &crate::proxy::Snapshot,
+        at_ms: u64,
+    ) {
+        let mut observations = rules::observe_slos(&lock(&self.slos));
+        observations.extend(rules::observe_rules(config, &lock(&self.history)));
+        let recipients: Vec<alert::Recipient> = config
+            .notify
+            .iter()
+            .map(|n| alert::Recipient {
+                name: n.name.clone(),
+                severities: n.severities.clone(),
+                repeat_ms: n.repeat_interval.as_millis() as u64,
+            })
+            .collect();
+        let mut engine = lock(&self.alerts);
+        let mut notices = engine.evaluate(at_ms, observations, &recipients);
+        // Context is gathered once per alert that fired at this tick.
+        let mut explained: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for alert in engine.alerts() {
+            if alert.firing_since_ms == Some(at_ms) {
+                explained.insert(
+                    (alert.rule.clone(), alert.scope.clone()),
+                    self.context(snapshot, &alert.scope, at_ms),
+                );
+            }
+        }
+        for ((rule, scope), context) in &explained {
+            engine.set_context(rule, scope, context.clone());
+        }
+        drop(engine);
+        for notice in &mut notices {
+            let key = (notice.alert.rule.clone(), notice.alert.scope.clone());
+            if let Some(context) = explained.get(&key) {
+                notice.alert.context = context.clone();
+            }
+        }
+        for notice in notices {
+            if let Some(target) = config.notify.iter().find(|n| n.name == notice.recipient) {
+                self.notifier.send(notice, target);
+            }
+        }
+    }
+
+    /// What weir knows around an alert on `pool` (all pools when empty): endpoints out of
+    /// service, the autoscaler's last decision, the report's bottlenecks, recent reloads.
+    fn context(&self, snapshot: &crate::proxy::Snapshot, pool: &str, at_ms: u64) -> Vec<String> {
+        let mut context = Vec::new();
+        for (name, live) in &snapshot.pools {
+            if !pool.is_empty() && name != pool {
+                continue;
+            }
+            let now_ms = live.now_ms();
+            let out: Vec<String> = live
+                .endpoints()
+                .iter()
+                .filter_map(|e| {
+                    let state = e.state(now_ms);
+                    (!matches!(
+                        state,
+                        crate::upstream::EndpointState::Healthy
+                            | crate::upstream::EndpointState::SlowStart
+                    ))
+                    .then(|| format!("{} {}", e.address, state.as_str()))
+                })
+                .collect();
+            if !out.is_empty() {
+                context.push(format!(
+                    "{name}: endpoints out of service: {}",
+                    out.join(", ")
+                ));
+            }
+        }
+        if !pool.is_empty() {
+            if let Some(decision) = lock(&self.scalers)
+                .get(pool)
+                .and_then(|s| s.last().cloned())
+            {
+                context.push(format!("autoscaler for {pool}: {}", decision.explanation));
+            }
+            let history = lock(&self.history);
+            let hour_ago = at_ms.saturating_sub(3_600_000);
+            let points: Vec<(u64, &sample::PoolSample)> = history
+                .iter()
+                .filter(|s| s.at_ms >= hour_ago)
+                .filter_map(|s| {
+                    s.pools
+                        .iter()
+                        .find(|p| p.pool == pool)
+                        .map(|p| (s.at_ms, p))
+                })
+                .collect();
+            context.extend(
+                report::bottlenecks(pool, &points, None)
+                    .into_iter()
+                    .map(|b| format!("bottleneck: {b}")),
+            );
+        }
+        let since = at_ms.saturating_sub(RELOAD_CONTEXT.as_millis() as u64);
+        context.extend(
+            lock(&self.reloads)
+                .iter()
+                .filter(|(at, _)| *at >= since)
+                .map(|(_, summary)| summary.clone()),
+        );
+        context
+    }
+
+    /// Every SLO's standing now.
+    pub fn slo_statuses(&self) -> Vec<slo::SloStatus> {
+        lock(&self.slos).values().map(|t| t.status()).collect()
+    }
+
+    /// Each SLO's budget remaining over time (for the report's burn-down chart).
+    pub fn slo_burn_down(&self) -> BTreeMap<String, Vec<(u64, f64)>> {
+        lock(&self.slos)
+            .iter()
+            .map(|(name, t)| (name.clone(), t.burn_down()))
+            .collect()
+    }
+
+    /// Alerts now (firing and pending), recent events (newest first), silences and the
+    /// last deliveries.
+    pub fn alerts_view(&self, limit: usize) -> serde_json::Value {
+        let rules: Vec<serde_json::Value> = self
+            .alerts_firing()
+            .into_iter()
+            .map(|(rule, severity, firing)| {
+                serde_json::json!({ "rule": rule, "severity": severity, "firing": firing })
+            })
+            .collect();
+        let engine = lock(&self.alerts);
+        let alerts: Vec<&alert::Alert> = engine.alerts().collect();
+        let (firing, pending): (Vec<_>, Vec<_>) = alerts
+            .into_iter()
+            .partition(|a| a.state == alert::AlertState::Firing);
+        let events: Vec<&alert::AlertEvent> = engine.events().rev().take(limit).collect();
+        let mut deliveries = self.notifier.log();
+        deliveries.reverse();
+        deliveries.truncate(limit);
+        serde_json::json!({
+            "rules": rules,
+            "firing": firing,
+            "pending": pending,
+            "events": events,
+            "silences": engine.silences(),
+            "deliveries": deliveries,
+            "deliveries_in_progress": self.notifier.pending(),
+        })
+    }
+
+    /// The alert history, oldest first (for the report's timeline).
+    pub fn alert_events(&self) -> Vec<alert::AlertEvent> {
+        lock(&self.alerts).events().cloned().collect()
+    }
+
+    /// Per configured rule (burn alerts included): its severity and how many of its
+    /// alerts fire now (for `weir_alerts_firing`).
+    pub fn alerts_firing(&self) -> Vec<(String, String, usize)> {
+        let config = self.config.load_full();
+        let engine = lock(&self.alerts);
+        let firing = |rule: &str| {
+            engine
+                .alerts()
+                .filter(|a| a.rule == rule && a.state == alert::AlertState::Firing)
+                .count()
+        };
+        let mut out = Vec::new();
+        for slo in &config.slo {
+            for burn in &slo.burn_alerts {
+                let rule = rules::burn_rule_name(&slo.name, burn.factor, burn.long);
+                let count = firing(&rule);
+                out.push((rule, burn.severity.clone(), count));
+            }
+        }
+        for rule in &config.alert {
+            out.push((rule.name.clone(), rule.severity.clone(), firing(&rule.name)));
+        }
+        out
+    }
+
+    pub fn alerting_stats(&self) -> AlertingStats {
+        AlertingStats {
+            slos: self.slo_statuses(),
+            rules: self.alerts_firing(),
+            notifiers: self.notifier.all_counts(),
+        }
+    }
+
+    /// Silences a rule (one pool of it, or all) for `duration` from now.
+    pub fn silence(
+        &self,
+        rule: String,
+        pool: Option<String>,
+        duration: Duration,
+        comment: String,
+    ) -> alert::Silence {
+        let now = unix_ms(SystemTime::now());
+        let until = now.saturating_add(duration.as_millis() as u64);
+        lock(&self.alerts).silence(rule, pool, now, until, comment)
+    }
+
+    /// Ends silence `id` now; false when there is none.
+    pub fn unsilence(&self, id: u64) -> bool {
+        lock(&self.alerts).unsilence(id, unix_ms(SystemTime::now()))
     }
 
     /// Runs each decision's action in its own task, so a slow hook never delays the next
@@ -431,12 +704,12 @@ mod tests {
             .map(|(i, rps)| Sample {
                 at_ms: i as u64 * 10_000,
                 interval_s: 10.0,
-                cache_hit_ratio: None,
                 pools: vec![PoolSample {
                     pool: "api".into(),
                     rps,
                     ..PoolSample::default()
                 }],
+                ..Sample::default()
             })
             .collect()
     }

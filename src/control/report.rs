@@ -343,7 +343,11 @@ fn find_anomalies(points: &[(u64, &PoolSample)], threshold: f64) -> Vec<AnomalyR
     found
 }
 
-fn bottlenecks(pool: &str, points: &[(u64, &PoolSample)], usl: Option<&UslReport>) -> Vec<String> {
+pub(crate) fn bottlenecks(
+    pool: &str,
+    points: &[(u64, &PoolSample)],
+    usl: Option<&UslReport>,
+) -> Vec<String> {
     let mut out = Vec::new();
     // Per endpoint, request-weighted over the history.
     let mut per_endpoint: BTreeMap<&str, (f64, f64, f64)> = BTreeMap::new(); // requests, latency·req, errors·req

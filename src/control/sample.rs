@@ -21,7 +21,7 @@ pub struct InstanceLoad {
     pub queue: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Sample {
     /// Unix milliseconds at the end of the interval.
     pub at_ms: u64,
@@ -29,6 +29,18 @@ pub struct Sample {
     pub pools: Vec<PoolSample>,
     /// Cache hits / lookups over the interval, when the cache saw traffic.
     pub cache_hit_ratio: Option<f64>,
+    /// Per tier over the interval: memory hits / lookups, and Redis hits / lookups that
+    /// missed memory.
+    #[serde(default)]
+    pub cache_memory_hit_ratio: Option<f64>,
+    #[serde(default)]
+    pub cache_redis_hit_ratio: Option<f64>,
+    /// Entries the memory tier evicted for space, per second of the interval.
+    #[serde(default)]
+    pub cache_evictions_per_s: Option<f64>,
+    /// Whether the Redis tier's breaker was open at the sample (when Redis is configured).
+    #[serde(default)]
+    pub redis_unavailable: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -77,7 +89,7 @@ struct Counters {
 #[derive(Debug, Default)]
 pub struct Sampler {
     previous: HashMap<(String, String), Counters>,
-    previous_cache: Option<(u64, u64)>,
+    previous_cache: Option<CacheCounters>,
     primed: bool,
 }
 
@@ -168,27 +180,63 @@ impl Sampler {
         self.previous = seen;
         let cache = snapshot.cache.as_ref().map(|cache| {
             let s = &cache.stats;
-            let hits = s.hits_memory.load(Relaxed) + s.hits_redis.load(Relaxed);
-            (hits, hits + s.misses.load(Relaxed) + s.stale.load(Relaxed))
-        });
-        let cache_hit_ratio = match (cache, self.previous_cache) {
-            (Some((hits, lookups)), Some((hits_before, lookups_before)))
-                if lookups > lookups_before =>
-            {
-                Some(hits.saturating_sub(hits_before) as f64 / (lookups - lookups_before) as f64)
+            CacheCounters {
+                memory_hits: s.hits_memory.load(Relaxed),
+                redis_hits: s.hits_redis.load(Relaxed),
+                lookups: s.hits_memory.load(Relaxed)
+                    + s.hits_redis.load(Relaxed)
+                    + s.misses.load(Relaxed)
+                    + s.stale.load(Relaxed),
+                evictions: cache.memory().evictions.load(Relaxed),
             }
+        });
+        let cache_change = match (cache, self.previous_cache) {
+            (Some(now), Some(before)) => Some(now.since(&before)),
             _ => None,
         };
         self.previous_cache = cache;
+        let redis_unavailable = snapshot.redis.as_ref().map(|redis| redis.is_open());
         if !std::mem::replace(&mut self.primed, true) {
             return None;
         }
+        let lookups = cache_change.map_or(0, |c| c.lookups);
+        let ratio = |part: u64, whole: u64| (whole > 0).then(|| part as f64 / whole as f64);
         Some(Sample {
             at_ms,
             interval_s,
             pools,
-            cache_hit_ratio,
+            cache_hit_ratio: cache_change
+                .and_then(|c| ratio(c.memory_hits + c.redis_hits, lookups)),
+            cache_memory_hit_ratio: cache_change.and_then(|c| ratio(c.memory_hits, lookups)),
+            cache_redis_hit_ratio: cache_change.and_then(|c| {
+                snapshot.redis.as_ref()?;
+                ratio(c.redis_hits, lookups.saturating_sub(c.memory_hits))
+            }),
+            cache_evictions_per_s: cache_change
+                .filter(|_| interval_s > 0.0)
+                .map(|c| c.evictions as f64 / interval_s),
+            redis_unavailable,
         })
+    }
+}
+
+/// The cache's cumulative counters, or (from [`CacheCounters::since`]) their change.
+#[derive(Debug, Clone, Copy, Default)]
+struct CacheCounters {
+    memory_hits: u64,
+    redis_hits: u64,
+    lookups: u64,
+    evictions: u64,
+}
+
+impl CacheCounters {
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            memory_hits: self.memory_hits.saturating_sub(before.memory_hits),
+            redis_hits: self.redis_hits.saturating_sub(before.redis_hits),
+            lookups: self.lookups.saturating_sub(before.lookups),
+            evictions: self.evictions.saturating_sub(before.evictions),
+        }
     }
 }
 

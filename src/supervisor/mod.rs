@@ -293,6 +293,11 @@ impl Supervisor {
                 }
             }
         };
+        let summary = match &report.error {
+            None => format!("reload at {}: {}", report.at, report.notes.join("; ")),
+            Some(error) => format!("failed reload at {}: {error}", report.at),
+        };
+        self.control.note_reload(summary);
         *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
         report
     }
