@@ -695,3 +695,60 @@ endpoints = [{ address = "127.0.0.1:9002" }]
         assert!(stdout.contains(line), "no {line:?} in\n{stdout}");
     }
 }
+
+#[test]
+fn bad_slos_alert_rules_and_notifiers_name_their_keys() {
+    let text = GOOD.to_owned()
+        + r#"
+[[control.slo]]
+name = "avail"
+routes = ["nameless"]
+objective = 99.9
+burn_alerts = [{ factor = 14.4, long = "5m", short = "1h" }]
+
+[[control.slo]]
+name = "both"
+routes = ["x"]
+pool = "api"
+objective = 0.99
+
+[[control.alert]]
+name = "p99"
+signal = "p99_ms"
+pool = "apii"
+above = 500.0
+below = 100.0
+
+[[control.alert]]
+name = "hits"
+signal = "cache_hit_ratio"
+pool = "api"
+below = 0.5
+
+[[control.notify]]
+name = "pager"
+webhook = "https://pager.example/hook"
+retries = 50
+"#;
+    let err = error_for(&text);
+    for expected in [
+        "control.slo[0].routes: no route named \"nameless\" (give the route a name)",
+        "control.slo[0].objective: must be a fraction strictly between 0 and 1, got 99.9",
+        "control.slo[0].burn_alerts[0].short: must be at least control.interval and shorter than long",
+        "control.slo[1].routes: set either routes (names) or pool, not both",
+        "control.alert[0].above: set exactly one of above, below and anomaly_z",
+        "control.alert[0].pool: no pool named \"apii\"",
+        "control.alert[1].pool: cache_hit_ratio belongs to the whole instance, not a pool",
+        "control.notify[0].webhook: must be an http:// URL",
+        "control.notify[0].retries: must be at most 10",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    let unknown = error_for(
+        &(GOOD.to_owned() + "\n[[control.alert]]\nname = \"x\"\nsignal = \"p42\"\nabove = 1.0\n"),
+    );
+    assert!(
+        unknown.contains("control.alert[0].signal") && unknown.contains("unknown variant `p42`"),
+        "{unknown}"
+    );
+}

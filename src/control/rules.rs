@@ -30,7 +30,9 @@ pub fn observe_slos(slos: &BTreeMap<String, SloTracker>) -> Vec<Observation> {
                 scope: String::new(),
                 kind: "slo_burn",
                 severity: burn.severity.clone(),
-                active: value > burn.factor,
+                // Strictly above, past float rounding: 1 − 0.9 is 0.09999999999999998,
+                // so a burn of exactly 2 computes as 2.0000000000000004.
+                active: value > burn.factor * (1.0 + 1e-9),
                 value,
                 threshold: burn.factor,
                 windows: vec![
