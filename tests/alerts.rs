@@ -208,6 +208,28 @@ retries = 0
         )
     );
 
+    // The capacity report carries the SLO, its burn-down and the alert timeline.
+    let report = admin_json(admin_addr, "/api/v1/report").await;
+    assert_eq!(report["slos"][0]["name"], "api-availability");
+    assert_eq!(report["slos"][0]["burn_down"].as_array().unwrap().len(), 41);
+    let statuses: Vec<&str> = report["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["firing", "resolved"]);
+    let page = admin(admin_addr, "GET", "/api/v1/report.html", "")
+        .await
+        .text();
+    assert!(page.contains("<h2>Service-level objectives</h2>"), "{page}");
+    assert!(
+        page.contains("<td>300 / 400</td><td>75.000 %</td><td>-150.0 %</td>"),
+        "{page}"
+    );
+    assert!(page.contains("<h3>Error budget of api-availability</h3><svg"));
+    assert!(page.contains("<h2>Alerts</h2>") && page.contains("burning 3.0×"));
+
     // The receiver got the firing and the resolution, in Alertmanager's format.
     eventually("both notices", async || received.lock().unwrap().len() >= 2).await;
     let notices = received.lock().unwrap().clone();

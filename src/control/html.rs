@@ -27,6 +27,7 @@ pub fn render(report: &CapacityReport) -> String {
     if report.pools.is_empty() {
         page.push_str("<p>No pool has samples yet.</p>");
     }
+    slo_section(&mut page, report);
     for pool in &report.pools {
         pool_section(&mut page, pool);
     }
@@ -147,6 +148,76 @@ fn pool_section(page: &mut String, pool: &PoolReport) {
                 a.value,
                 a.median,
                 a.z
+            ));
+        }
+        page.push_str("</table>");
+    }
+}
+
+/// SLOs (standing, burn rates, burn-down chart) and the alert timeline, when configured.
+fn slo_section(page: &mut String, report: &CapacityReport) {
+    if !report.slos.is_empty() {
+        page.push_str("<h2>Service-level objectives</h2><table><tr><th>SLO</th><th>objective</th><th>window</th><th>good / total</th><th>SLI</th><th>budget left</th><th>burn rates</th></tr>");
+        for slo in &report.slos {
+            let objective = match slo.latency_bound_ms {
+                Some(bound) => format!("{} % within {bound:.0} ms", slo.objective * 100.0),
+                None => format!("{} % not 5xx", slo.objective * 100.0),
+            };
+            let burns: Vec<String> = slo
+                .burn_rates
+                .iter()
+                .map(|(window, rate)| {
+                    format!(
+                        "{rate:.2}× over {}",
+                        humantime::format_duration(std::time::Duration::from_secs(*window))
+                    )
+                })
+                .collect();
+            page.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{:.1} %</td><td>{}</td></tr>",
+                escape(&slo.name),
+                escape(&objective),
+                humantime::format_duration(std::time::Duration::from_secs(slo.window_s)),
+                slo.good,
+                slo.total,
+                slo.sli.map_or("–".to_owned(), |s| format!("{:.3} %", s * 100.0)),
+                slo.error_budget_remaining * 100.0,
+                escape(&burns.join(", ")),
+            ));
+        }
+        page.push_str("</table>");
+        for slo in &report.slos {
+            if slo.burn_down.len() < 2 {
+                continue;
+            }
+            let start = slo.burn_down[0].0;
+            let x: Vec<f64> = slo
+                .burn_down
+                .iter()
+                .map(|(at, _)| (at - start) as f64 / 60_000.0)
+                .collect();
+            let remaining: Vec<f64> = slo.burn_down.iter().map(|(_, r)| r * 100.0).collect();
+            page.push_str(&format!("<h3>Error budget of {}</h3>", escape(&slo.name)));
+            page.push_str(&line_chart(
+                "budget left (%)",
+                "minutes",
+                &x,
+                &[("budget left", &remaining, BLUE)],
+            ));
+        }
+    }
+    if !report.alerts.is_empty() {
+        page.push_str("<h2>Alerts</h2><table><tr><th>time</th><th>rule</th><th>pool</th><th>severity</th><th>status</th><th>detail</th></tr>");
+        for alert in &report.alerts {
+            page.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td style=\"text-align:left\">{}</td></tr>",
+                time_of(alert.at_ms),
+                escape(&alert.rule),
+                escape(&alert.scope),
+                escape(&alert.severity),
+                escape(&alert.status),
+                if alert.silenced { " (silenced)" } else { "" },
+                escape(&alert.detail),
             ));
         }
         page.push_str("</table>");

@@ -567,7 +567,43 @@ impl Controller {
             .iter()
             .map(|(pool, s)| (pool.clone(), s.history().cloned().collect()))
             .collect();
-        report::build(&samples, &decisions, &config, unix_ms(SystemTime::now()))
+        let mut report = report::build(&samples, &decisions, &config, unix_ms(SystemTime::now()));
+        let burn_down = self.slo_burn_down();
+        report.slos = self
+            .slo_statuses()
+            .into_iter()
+            .map(|status| report::SloReport {
+                burn_down: burn_down.get(&status.name).cloned().unwrap_or_default(),
+                name: status.name,
+                kind: status.kind.to_owned(),
+                objective: status.objective,
+                latency_bound_ms: status.latency_bound_ms,
+                window_s: status.window_s,
+                good: status.good,
+                total: status.total,
+                sli: status.sli,
+                error_budget_remaining: status.error_budget_remaining,
+                burn_rates: status
+                    .burn_rates
+                    .iter()
+                    .map(|b| (b.window_s, b.rate))
+                    .collect(),
+            })
+            .collect();
+        report.alerts = self
+            .alert_events()
+            .into_iter()
+            .map(|e| report::AlertReport {
+                at_ms: e.at_ms,
+                rule: e.rule,
+                scope: e.scope,
+                severity: e.severity,
+                status: e.status.to_owned(),
+                detail: e.detail,
+                silenced: e.silenced,
+            })
+            .collect();
+        report
     }
 }
 

@@ -30,6 +30,41 @@ pub struct CapacityReport {
     pub latency_target_ms: f64,
     pub cache_hit_ratio: Option<f64>,
     pub pools: Vec<PoolReport>,
+    /// Each SLO's standing and budget over time (filled by a running controller).
+    #[serde(default)]
+    pub slos: Vec<SloReport>,
+    /// Alerts that fired and resolved, oldest first.
+    #[serde(default)]
+    pub alerts: Vec<AlertReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SloReport {
+    pub name: String,
+    /// `availability` or `latency`.
+    pub kind: String,
+    pub objective: f64,
+    pub latency_bound_ms: Option<f64>,
+    pub window_s: u64,
+    pub good: u64,
+    pub total: u64,
+    pub sli: Option<f64>,
+    pub error_budget_remaining: f64,
+    /// (window in seconds, burn rate).
+    pub burn_rates: Vec<(u64, f64)>,
+    /// (unix ms, budget remaining over the window ending there): the burn-down chart.
+    pub burn_down: Vec<(u64, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlertReport {
+    pub at_ms: u64,
+    pub rule: String,
+    pub scope: String,
+    pub severity: String,
+    pub status: String,
+    pub detail: String,
+    pub silenced: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,6 +195,8 @@ pub fn build(
                 pool_report(name, &points, decisions.get(name), config, interval_s)
             })
             .collect(),
+        slos: Vec::new(),
+        alerts: Vec::new(),
     }
 }
 
