@@ -23,6 +23,7 @@ fn plain_context(headers: &HeaderMap) -> PickContext<'_> {
         generation: 0,
         ignore_health: false,
         avoid_stalled: false,
+        preview: false,
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod alerts;
 mod control;
+mod simulate;
 mod views;
 
 use std::sync::Arc;
@@ -91,6 +92,7 @@ pub fn router(context: AdminContext) -> Router {
             axum::routing::delete(alerts::unsilence),
         )
         .route("/api/v1/slos", get(alerts::slos))
+        .route("/api/v1/simulate", post(simulate::simulate))
         .route("/api/v1/report.html", get(control::report_html))
         .route("/api/v1/routes", get(routes))
         .route(

@@ -41,6 +41,9 @@ pub struct PickContext<'a> {
     /// Skip stalled endpoints ([`Endpoint::avoid_as_stalled`]): the pool's first choice, given
     /// up when only stalled ones are left.
     pub avoid_stalled: bool,
+    /// The routing simulation asks which endpoint a request would get: the pick takes no
+    /// turn (a rotation does not move).
+    pub preview: bool,
 }
 
 impl PickContext<'_> {
@@ -85,11 +88,12 @@ pub trait Balancer: Send + Sync + Debug {
     }
 }
 
-/// The rotation position for this pick. A retry looks from the current position without
-/// taking a turn, so it does not shift the rotation for every later request.
+/// The rotation position for this pick. A retry (or a preview) looks from the current
+/// position without taking a turn, so it does not shift the rotation for every later
+/// request.
 pub(crate) fn take_turn(next: &std::sync::atomic::AtomicUsize, ctx: &PickContext<'_>) -> usize {
     use std::sync::atomic::Ordering::Relaxed;
-    if ctx.exclude.is_empty() {
+    if ctx.exclude.is_empty() && !ctx.preview {
         next.fetch_add(1, Relaxed)
     } else {
         next.load(Relaxed)
@@ -235,6 +239,7 @@ pub(crate) mod test_support {
             generation: 0,
             ignore_health: false,
             avoid_stalled: false,
+            preview: false,
         }
     }
 

@@ -32,6 +32,7 @@ impl Balancer for RoundRobin {
         )?;
         if let Some(offset) = pick.clean_offset
             && offset > 0
+            && !ctx.preview
         {
             // Move past the unusable ones so the next pick does not land on them again.
             // (A ramping endpoint that declined keeps its place in turn.)

@@ -232,6 +232,31 @@ impl Cache {
     }
 
     /// Finds the stored response for a request: L1, then L2 (promoting what it finds).
+    /// What the memory tier holds for a request, reading nothing else and storing nothing
+    /// (the routing simulation). moka counts the read toward the entry's popularity.
+    pub fn peek_memory(
+        &self,
+        route: &RouteCache,
+        primary: &str,
+        request: &HeaderMap,
+    ) -> Option<Arc<StoredResponse>> {
+        if !route.memory {
+            return None;
+        }
+        match self.memory.get(primary)? {
+            Entry::Response(r) => Some(r),
+            Entry::Vary(v) => {
+                match self
+                    .memory
+                    .get(&key::variant(primary, v.generation, &v.names, request))?
+                {
+                    Entry::Response(r) => Some(r),
+                    Entry::Vary(_) => None,
+                }
+            }
+        }
+    }
+
     pub async fn lookup(
         &self,
         route: &RouteCache,

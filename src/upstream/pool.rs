@@ -31,11 +31,13 @@ use crate::config::{
 pub type UpstreamClient = Client<HttpsConnector<UpstreamConnector>, UpstreamRequestBody>;
 
 /// Why no endpoint could be picked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PickError {
     /// None is available (and panic mode is off or found none either).
+    #[error("no endpoint is available (weir answers 503)")]
     NoEndpoint,
     /// Endpoints are available but all at their in-flight limit, or the pool is at its own.
+    #[error("every available endpoint is at its in-flight limit (weir answers 503)")]
     AtCapacity,
 }
 
@@ -455,6 +457,27 @@ impl Pool {
         headers: &HeaderMap,
         exclude: &[Arc<Endpoint>],
     ) -> Result<Arc<Endpoint>, PickError> {
+        self.select(client_ip, headers, exclude, false)
+    }
+
+    /// The endpoint a request would get now, changing nothing: no rotation turn, no
+    /// counters (the routing simulation). Strategies that sample at random (two random
+    /// choices in pools over 8, slow start's ramp) answer with one sample.
+    pub fn preview_pick(
+        &self,
+        client_ip: IpAddr,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Endpoint>, PickError> {
+        self.select(client_ip, headers, &[], true)
+    }
+
+    fn select(
+        &self,
+        client_ip: IpAddr,
+        headers: &HeaderMap,
+        exclude: &[Arc<Endpoint>],
+        preview: bool,
+    ) -> Result<Arc<Endpoint>, PickError> {
         let endpoints = self.endpoints.load();
         let mut ctx = PickContext {
             client_ip,
@@ -465,6 +488,7 @@ impl Pool {
             generation: self.generation.load(Relaxed),
             ignore_health: false,
             avoid_stalled: true,
+            preview,
         };
         if exclude.is_empty()
             && let Some(sticky) = self.sticky_endpoint(&endpoints, &ctx)
@@ -488,13 +512,17 @@ impl Pool {
         let capacity_bound =
             ctx.max_in_flight > 0 && endpoints.iter().any(|e| e.is_available(ctx.now_ms));
         if capacity_bound {
-            self.stats.capacity_rejections.fetch_add(1, Relaxed);
+            if !preview {
+                self.stats.capacity_rejections.fetch_add(1, Relaxed);
+            }
             return Err(PickError::AtCapacity);
         }
         if self.fail_open {
             ctx.ignore_health = true;
             if let Some(endpoint) = self.balancer.pick(&endpoints, &ctx) {
-                self.stats.panic_picks.fetch_add(1, Relaxed);
+                if !preview {
+                    self.stats.panic_picks.fetch_add(1, Relaxed);
+                }
                 tracing::debug!(pool = %self.name, "panic mode: no healthy endpoint, using all");
                 return Ok(Arc::clone(endpoint));
             }

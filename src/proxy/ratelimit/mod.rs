@@ -33,6 +33,22 @@ enum Buckets {
     Header(HeaderName, DefaultKeyedRateLimiter<Bytes>),
 }
 
+/// A route's limit and the bucket one request falls in.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BucketView {
+    pub requests_per_second: u32,
+    pub burst: u32,
+    pub bucket: String,
+    /// Keys with a bucket in this instance (keyed limits).
+    pub keys_tracked: Option<usize>,
+    /// Drawn from Redis, shared by every instance.
+    pub shared: bool,
+    /// Requests the route refused with 429 so far.
+    pub rejected: u64,
+    /// Shared checks Redis did not answer (decided locally).
+    pub fallbacks: u64,
+}
+
 #[derive(Debug)]
 pub struct RouteLimiter {
     pub config: RateLimitConfig,
@@ -101,6 +117,33 @@ impl RouteLimiter {
             }
         }
         self.check_local(client_ip, headers)
+    }
+
+    /// Which bucket a request draws on, read only (the routing simulation). governor
+    /// offers no read of a bucket's tokens without taking one, so the view stops at the
+    /// bucket and the route's counters.
+    pub fn bucket_of(&self, client_ip: IpAddr, headers: &HeaderMap) -> BucketView {
+        let (bucket, keys_tracked) = match &self.buckets {
+            Buckets::Route(_) => ("the route's one bucket".to_owned(), None),
+            Buckets::ClientIp(limiter) => (format!("client {client_ip}"), Some(limiter.len())),
+            Buckets::Header(name, limiter) => (
+                match headers.get(name) {
+                    // The value may be a credential: its size says enough to tell keys apart.
+                    Some(value) => format!("header {name} (a {}-byte value)", value.len()),
+                    None => format!("requests without {name} (one shared bucket)"),
+                },
+                Some(limiter.len()),
+            ),
+        };
+        BucketView {
+            requests_per_second: self.config.requests_per_second,
+            burst: self.config.burst.unwrap_or(self.config.requests_per_second),
+            bucket,
+            keys_tracked,
+            shared: self.shared.is_some(),
+            rejected: self.rejected.load(Relaxed),
+            fallbacks: self.fallbacks.load(Relaxed),
+        }
     }
 
     /// The instance's own bucket.

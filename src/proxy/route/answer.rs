@@ -128,6 +128,10 @@ impl FixedResponse {
         }
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     pub fn response(&self, method: &Method) -> Response<ResponseBody> {
         let body = if *method == Method::HEAD {
             ResponseBody::empty()

@@ -34,6 +34,15 @@ enum ValueTest {
 }
 
 impl ValueTest {
+    fn describe(&self) -> String {
+        match self {
+            ValueTest::Present => "is present".into(),
+            ValueTest::Absent => "is absent".into(),
+            ValueTest::Exact(value) => format!("is {value:?}"),
+            ValueTest::Regex(re) => format!("matches /{}/", re.as_str()),
+        }
+    }
+
     fn from_config(field: &FieldMatch) -> Self {
         match (&field.value, &field.regex) {
             _ if field.absent => ValueTest::Absent,
@@ -70,6 +79,25 @@ enum Condition {
 }
 
 impl Condition {
+    /// The condition in words, for the routing simulation.
+    fn describe(&self) -> String {
+        match self {
+            Condition::ExactPath(path) => format!("path is {path:?}"),
+            Condition::PathRegex(re) => format!("path matches /{}/", re.as_str()),
+            Condition::Methods(methods) => {
+                let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+                format!("method is one of {}", names.join(", "))
+            }
+            Condition::Header(name, test) => format!("header {name} {}", test.describe()),
+            Condition::Query(name, test) => format!("query parameter {name} {}", test.describe()),
+            Condition::Cookie(name, test) => format!("cookie {name} {}", test.describe()),
+            Condition::Clients(blocks) => {
+                let shown: Vec<String> = blocks.iter().map(|b| format!("{b:?}")).collect();
+                format!("client is in {}", shown.join(", "))
+            }
+        }
+    }
+
     fn holds(&self, request: &RouteRequest<'_>) -> bool {
         match self {
             Condition::ExactPath(path) => request.path == path,
@@ -148,6 +176,14 @@ impl Conditions {
     #[inline]
     pub fn hold(&self, request: &RouteRequest<'_>) -> bool {
         self.0.is_empty() || self.all_hold(request)
+    }
+
+    /// Each condition in words and whether it holds (the routing simulation).
+    pub fn explain(&self, request: &RouteRequest<'_>) -> Vec<(String, bool)> {
+        self.0
+            .iter()
+            .map(|c| (c.describe(), c.holds(request)))
+            .collect()
     }
 
     #[inline(never)]

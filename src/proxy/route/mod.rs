@@ -66,7 +66,14 @@ impl Matcher {
     /// keeps it in a register.
     #[inline]
     fn matches(&self, host: &str, path: &str, request: &RouteRequest<'_>) -> bool {
-        let host_ok = match &self.host {
+        self.host_matches(host)
+            && path_has_prefix(path, &self.path_prefix)
+            && self.conditions.hold(request)
+    }
+
+    #[inline]
+    fn host_matches(&self, host: &str) -> bool {
+        match &self.host {
             HostMatch::Any => true,
             HostMatch::Exact(expected) => host.eq_ignore_ascii_case(expected),
             HostMatch::Wildcard(suffix) => {
@@ -75,8 +82,7 @@ impl Matcher {
                     && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
                     && !host[..host.len() - suffix.len()].contains('.')
             }
-        };
-        host_ok && path_has_prefix(path, &self.path_prefix) && self.conditions.hold(request)
+        }
     }
 }
 
@@ -292,6 +298,62 @@ impl Router {
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
+
+    /// Why each route up to the first match did or did not take `request`, in file order
+    /// (the routing simulation; the hot path uses [`Router::find`]).
+    pub fn explain(&self, request: &RouteRequest<'_>) -> Vec<RouteVerdict> {
+        let host = strip_port(request.host);
+        let mut verdicts = Vec::new();
+        for (matcher, route) in self.matchers.iter().zip(&self.routes) {
+            let mut reasons = Vec::new();
+            let host_ok = matcher.host_matches(host);
+            reasons.push(match &matcher.host {
+                HostMatch::Any => "any host".to_owned(),
+                HostMatch::Exact(expected) => format!(
+                    "host {host:?} {} {expected:?}",
+                    if host_ok { "is" } else { "is not" }
+                ),
+                HostMatch::Wildcard(suffix) => format!(
+                    "host {host:?} {} *{suffix}",
+                    if host_ok { "matches" } else { "does not match" }
+                ),
+            });
+            let prefix_ok = path_has_prefix(request.path, &matcher.path_prefix);
+            reasons.push(format!(
+                "path {:?} {} under {:?}",
+                request.path,
+                if prefix_ok { "is" } else { "is not" },
+                matcher.path_prefix
+            ));
+            let conditions = matcher.conditions.explain(request);
+            let conditions_ok = conditions.iter().all(|(_, ok)| *ok);
+            reasons.extend(
+                conditions
+                    .into_iter()
+                    .map(|(what, ok)| format!("{what}: {}", if ok { "yes" } else { "no" })),
+            );
+            let matched = host_ok && prefix_ok && conditions_ok;
+            verdicts.push(RouteVerdict {
+                index: route.index,
+                name: route.name.to_string(),
+                matched,
+                reasons,
+            });
+            if matched {
+                break;
+            }
+        }
+        verdicts
+    }
+}
+
+/// Whether a route took a simulated request, and each check behind that.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteVerdict {
+    pub index: usize,
+    pub name: String,
+    pub matched: bool,
+    pub reasons: Vec<String>,
 }
 
 /// The host without its port, and an IPv6 literal without its brackets (`::1`).
