@@ -177,6 +177,44 @@ pub struct AlertRuleConfig {
     /// Free text carried in every notification (a runbook link, what to check first).
     #[serde(default)]
     pub summary: String,
+    /// A schedule: the rule holds only within these windows (UTC), e.g. a traffic floor
+    /// that only means something in business hours. Empty: always.
+    #[serde(default)]
+    pub during: Vec<TimeWindowConfig>,
+}
+
+/// A recurring window of days and hours (UTC), as `[[control.autoscale]]` schedules use.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeWindowConfig {
+    /// `"mon-fri"`, `"sat,sun"`, `"*"`.
+    #[serde(default = "d_all_days")]
+    pub days: String,
+    /// `"08:00"`; the window may cross midnight.
+    pub from: String,
+    pub to: String,
+}
+
+impl TimeWindowConfig {
+    pub fn window(&self) -> Result<super::control::Window, String> {
+        Ok(super::control::Window::new(
+            super::control::parse_days(&self.days)?,
+            super::control::parse_minute(&self.from)?,
+            super::control::parse_minute(&self.to)?,
+        ))
+    }
+}
+
+impl AlertRuleConfig {
+    /// Whether the rule's schedule covers `unix_seconds` (always, without one).
+    pub fn scheduled_at(&self, unix_seconds: u64) -> bool {
+        self.during.is_empty()
+            || self
+                .during
+                .iter()
+                .filter_map(|w| w.window().ok())
+                .any(|w| w.contains(unix_seconds))
+    }
 }
 
 /// Where alerts go (besides the log and the `weir_alerts_firing` metric, which always get
@@ -222,6 +260,9 @@ impl NotifyConfig {
     }
 }
 
+fn d_all_days() -> String {
+    "*".into()
+}
 fn d_slo_window() -> Duration {
     DEFAULT_SLO_WINDOW
 }
@@ -376,6 +417,11 @@ pub(super) fn check(config: &Config, problems: &mut Vec<Problem>) {
         }
         if rule.severity.is_empty() {
             problems.push(Problem::new(key("severity"), "must not be empty"));
+        }
+        for (j, window) in rule.during.iter().enumerate() {
+            if let Err(reason) = window.window() {
+                problems.push(Problem::new(key(&format!("during[{j}]")), reason));
+            }
         }
     }
     let mut notifier_names = std::collections::BTreeSet::new();

@@ -358,6 +358,14 @@ impl ScheduleRule {
 }
 
 impl Window {
+    pub(super) fn new(days: u8, from_minute: u32, to_minute: u32) -> Self {
+        Self {
+            days,
+            from_minute,
+            to_minute,
+        }
+    }
+
     /// Whether the window covers `unix_seconds` (UTC).
     pub fn contains(&self, unix_seconds: u64) -> bool {
         // 1970-01-01 was a Thursday (index 3 from Monday).
@@ -374,7 +382,7 @@ impl Window {
     }
 }
 
-fn parse_days(text: &str) -> Result<u8, String> {
+pub(super) fn parse_days(text: &str) -> Result<u8, String> {
     let text = text.trim().to_ascii_lowercase();
     if text == "*" {
         return Ok(0x7f);
@@ -405,7 +413,7 @@ fn parse_days(text: &str) -> Result<u8, String> {
     Ok(days)
 }
 
-fn parse_minute(text: &str) -> Result<u32, String> {
+pub(super) fn parse_minute(text: &str) -> Result<u32, String> {
     let bad = || format!("{text:?} is not a time of day (HH:MM, 00:00 to 24:00)");
     let (hours, minutes) = text.trim().split_once(':').ok_or_else(bad)?;
     let (hours, minutes): (u32, u32) = (

@@ -69,8 +69,10 @@ pub fn observe_rules(config: &ControlConfig, history: &VecDeque<Sample>) -> Vec<
     let Some(latest) = history.back() else {
         return Vec::new();
     };
-    let mut out = Vec::new();
+    let mut out: Vec<Observation> = Vec::new();
     for rule in &config.alert {
+        let scheduled = rule.scheduled_at(latest.at_ms / 1000);
+        let first = out.len();
         if rule.signal.per_pool() {
             for pool in &latest.pools {
                 if rule.pool.as_ref().is_some_and(|p| *p != pool.pool) {
@@ -91,6 +93,15 @@ pub fn observe_rules(config: &ControlConfig, history: &VecDeque<Sample>) -> Vec<
             out.push(observe(rule, "", value, || {
                 series(history, rule, |s| instance_value(s, rule.signal))
             }));
+        }
+        if !scheduled {
+            // Outside its schedule a rule does not hold: pending alerts drop, firing ones
+            // resolve after `resolve_after`.
+            for observation in &mut out[first..] {
+                observation.active = false;
+                observation.detail =
+                    format!("{} (outside the rule's schedule)", observation.detail);
+            }
         }
     }
     out
@@ -246,6 +257,7 @@ mod tests {
             resolve_after: None,
             severity: "warning".into(),
             summary: String::new(),
+            during: Vec::new(),
         }
     }
 
@@ -304,6 +316,25 @@ mod tests {
         assert_eq!(
             seen[0].resolve_after_ms, 60_000,
             "resolves after `for` by default"
+        );
+        // A schedule: 1970-01-01 was a Thursday, and the samples are its first minutes.
+        let mut office = rule(AlertSignal::P99Ms);
+        office.above = Some(150.0);
+        office.during = vec![crate::config::TimeWindowConfig {
+            days: "thu".into(),
+            from: "00:00".into(),
+            to: "00:10".into(),
+        }];
+        let mut weekend = office.clone();
+        weekend.name = "weekend".into();
+        weekend.during[0].days = "sat,sun".into();
+        let seen = observe_rules(&config(vec![office, weekend]), &history);
+        assert!(seen[0].active, "{seen:?}");
+        assert!(!seen[1].active);
+        assert!(
+            seen[1].detail.ends_with("(outside the rule's schedule)"),
+            "{}",
+            seen[1].detail
         );
         history.push_back(sample(300_000, 400.0, 200.0));
         let seen = observe_rules(&config(vec![spike]), &history);
