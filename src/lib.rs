@@ -55,7 +55,10 @@
 //!                    moka L1, Redis/Cluster L2, coalescing, purge bus, warming
 //! control/           the control loop: samples, autoscalers (a dry run follows its own
 //!                    decisions), actions, forecasts, USL, capacity reports (JSON + HTML),
-//!                    evaluate.rs: scoring against the right count beside an HPA reference
+//!                    evaluate.rs: scoring against the right count beside an HPA reference;
+//!                    slo.rs (budgets, burn rates), rules.rs (observing alert rules),
+//!                    alert.rs (pending/firing/resolved, silences), notify.rs (webhooks,
+//!                    commands, retries)
 //! chart.rs           the SVG chart frame and HTML escaping the report and loadtest pages share
 //! tls.rs             rustls (ring): every certificate a config names, loaded once
 //!                    (`TlsMaterial`); server certificates by SNI, client configs for upstreams
@@ -65,7 +68,9 @@
 //! stable_hash.rs     XXH3 with a fixed seed: ring points, sticky ids and sticky split points
 //!                    every build agrees on
 //! admin/             admin port: probes and the token-protected API (control.rs: scaling,
-//!                    reports, instance load; views.rs: the JSON of pools, instances, cache)
+//!                    reports, instance load; alerts.rs: alerts, silences, SLOs;
+//!                    simulate.rs: what weir would do with a request; views.rs: the JSON
+//!                    of pools, instances, cache)
 //! metrics.rs         Prometheus exposition built at scrape time from `metrics::Sources`
 //! loadtest/          `weir loadtest`: plans and scenarios, closed/open engine, output
 //! demo/              sample upstreams and the `weir demo` run

@@ -83,4 +83,19 @@ async fn demo_serves_every_request_through_every_endpoint() {
     assert_eq!(json["pools"][0]["pool"], "api");
     assert!(printed.contains("control autoscaler for api"), "{printed}");
     assert!(printed.contains("capacity-report.html"), "{printed}");
+    // The API's SLO: every answer of the run was good (the ramp's included).
+    let slo = control.slo.as_ref().expect("the demo's SLO");
+    assert_eq!(slo.name, "api-availability");
+    assert!(slo.total >= 300 && slo.good == slo.total, "{slo:?}");
+    assert_eq!(slo.error_budget_remaining, 1.0);
+    assert!(
+        printed.contains("slo     api-availability (99.9 % over 28days)"),
+        "{printed}"
+    );
+    assert!(control.alerts.is_empty(), "{:?}", control.alerts);
+    assert!(
+        printed.contains("alerts  none raised (4 rules watched)"),
+        "{printed}"
+    );
+    assert!(page.contains("<h2>Service-level objectives</h2>"));
 }

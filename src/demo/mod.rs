@@ -73,6 +73,11 @@ pub struct ControlLine {
     pub report_html: Option<std::path::PathBuf>,
     pub report_json: Option<std::path::PathBuf>,
     pub report_error: Option<String>,
+    /// The API route's availability SLO.
+    pub slo: Option<crate::control::slo::SloStatus>,
+    /// Alerts raised (and resolved) during the run, and how many rules were watched.
+    pub alerts: Vec<crate::control::alert::AlertEvent>,
+    pub rules: usize,
 }
 
 /// The cache's part of the run (the static route caches; the API route does not).
@@ -205,6 +210,9 @@ fn control_line(running: &app::Running) -> ControlLine {
         report_html,
         report_json,
         report_error,
+        slo: control.slo_statuses().into_iter().next(),
+        alerts: control.alert_events(),
+        rules: control.alerts_firing().len(),
     }
 }
 
@@ -271,6 +279,21 @@ scale_down_window = "2s"
 scale_up_cooldown = "500ms"
 scale_down_cooldown = "2s"
 dry_run = true
+
+# The API's availability objective, with the SRE workbook's burn-rate alerts.
+[[control.slo]]
+name = "api-availability"
+routes = ["api"]
+objective = 0.999
+window = "28d"
+
+# Capacity: warn when an API instance is out of service.
+[[control.alert]]
+name = "api-capacity"
+signal = "healthy_endpoints"
+pool = "api"
+below = 3
+severity = "warning"
 "#,
         interval = DEMO_CONTROL_INTERVAL.as_millis(),
         token = demo_token(),
@@ -410,6 +433,39 @@ impl fmt::Display for DemoSummary {
                     "  control no autoscaler decision yet ({} samples)",
                     control.samples
                 )?,
+            }
+            if let Some(slo) = &control.slo {
+                let burn = slo
+                    .burn_rates
+                    .first()
+                    .map(|b| {
+                        format!(
+                            ", burning {:.2}× over {}",
+                            b.rate,
+                            humantime::format_duration(std::time::Duration::from_secs(b.window_s))
+                        )
+                    })
+                    .unwrap_or_default();
+                writeln!(
+                    f,
+                    "  slo     {} ({} % over {}): {} of {} good, {:.1} % of the error budget left{burn}",
+                    slo.name,
+                    slo.objective * 100.0,
+                    humantime::format_duration(std::time::Duration::from_secs(slo.window_s)),
+                    slo.good,
+                    slo.total,
+                    slo.error_budget_remaining * 100.0,
+                )?;
+            }
+            if control.alerts.is_empty() {
+                writeln!(f, "  alerts  none raised ({} rules watched)", control.rules)?;
+            }
+            for alert in &control.alerts {
+                writeln!(
+                    f,
+                    "  alert   {} {} [{}]: {}",
+                    alert.rule, alert.status, alert.severity, alert.detail
+                )?;
             }
             match (
                 &control.report_html,
