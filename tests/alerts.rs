@@ -493,3 +493,109 @@ retries = 1
     held.abort();
     weir.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_routes_cache_hit_ratio_alerts_on_its_own_lookups() {
+    let origin = upstream(|_req| async {
+        Response::builder()
+            .header("cache-control", "max-age=60")
+            .body(full("cacheable"))
+            .unwrap()
+    })
+    .await;
+    let (hook, received) = receiver().await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[[routes]]
+name = "static"
+path_prefix = "/static/"
+pool = "main"
+
+[[routes]]
+name = "api"
+pool = "main"
+cache = {{ enabled = false }}
+
+[pools.main]
+endpoints = [{{ address = "{}" }}]
+
+[cache]
+enabled = true
+
+[admin]
+address = "127.0.0.1:0"
+token = "{TOKEN}"
+
+[control]
+enabled = false
+interval = "1s"
+
+[[control.alert]]
+name = "static-hits"
+signal = "cache_hit_ratio"
+route = "static"
+below = 0.5
+
+[[control.notify]]
+name = "hook"
+webhook = "http://{}/alerts"
+"#,
+        origin.addr, hook.addr
+    );
+    let weir = weir(&config).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let admin_addr = weir.admin_addr().unwrap();
+    let control = Arc::clone(weir.supervisor().control());
+    let start = SystemTime::now();
+    let tick = |second: u64| control.tick_at(start + Duration::from_secs(second), 1.0);
+
+    // Second 1: ten new paths, all misses (ratio 0): fires. Second 2: the same ten again,
+    // all hits (ratio 1): resolves. The uncached API route's traffic counts for neither.
+    tick(0);
+    for second in 1..=2u64 {
+        for i in 0..10 {
+            assert_eq!(
+                get(proxy, &format!("/static/{i}")).await.status,
+                StatusCode::OK
+            );
+            assert_eq!(get(proxy, "/api/x").await.status, StatusCode::OK);
+        }
+        common::wait::settled(&weir).await;
+        tick(second);
+    }
+    assert_eq!(
+        events(admin_addr, start).await,
+        vec![
+            ("static-hits".to_owned(), "firing".to_owned(), 1),
+            ("static-hits".to_owned(), "resolved".to_owned(), 2)
+        ]
+    );
+    let samples = control.samples();
+    let ratios: Vec<(String, u64, f64)> = samples
+        .iter()
+        .flat_map(|s| {
+            s.routes
+                .iter()
+                .map(|r| (r.route.clone(), r.lookups, r.hit_ratio))
+        })
+        .collect();
+    assert_eq!(
+        ratios,
+        vec![
+            ("static".to_owned(), 10, 0.0),
+            ("static".to_owned(), 10, 1.0)
+        ]
+    );
+    eventually("both notices", async || received.lock().unwrap().len() >= 2).await;
+    let firing = received.lock().unwrap()[0].clone();
+    assert_eq!(firing["alerts"][0]["labels"]["route"], "static", "{firing}");
+    assert_eq!(
+        firing["alerts"][0]["annotations"]["description"],
+        "cache_hit_ratio of static is 0 (alert below 0.500)"
+    );
+    weir.shutdown().await;
+}

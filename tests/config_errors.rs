@@ -744,6 +744,16 @@ retries = 50
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
+    let routed = error_for(
+        &(GOOD.to_owned()
+            + "\n[[control.alert]]\nname = \"x\"\nsignal = \"p99_ms\"\nroute = \"nope\"\nabove = 1.0\n"),
+    );
+    assert!(
+        routed.contains(
+            "control.alert[0].route: p99_ms is not counted per route (the cache hit ratios are)"
+        ),
+        "{routed}"
+    );
     let unknown = error_for(
         &(GOOD.to_owned() + "\n[[control.alert]]\nname = \"x\"\nsignal = \"p42\"\nabove = 1.0\n"),
     );

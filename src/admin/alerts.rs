@@ -34,7 +34,8 @@ pub(super) async fn slos(State(ctx): State<AdminContext>) -> Response {
 #[serde(deny_unknown_fields)]
 struct SilenceRequest {
     rule: String,
-    #[serde(default)]
+    /// The pool (or, for a route's cache rule, the route) to silence; absent: all.
+    #[serde(default, alias = "route")]
     pool: Option<String>,
     #[serde(with = "humantime_serde")]
     duration: Duration,

@@ -126,6 +126,14 @@ impl AlertSignal {
         )
     }
 
+    /// Whether the signal can be narrowed to one caching route (`route = "…"`).
+    pub fn per_route(self) -> bool {
+        matches!(
+            self,
+            Self::CacheHitRatio | Self::CacheMemoryHitRatio | Self::CacheRedisHitRatio
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::P50Ms => "p50_ms",
@@ -157,6 +165,8 @@ pub struct AlertRuleConfig {
     pub signal: AlertSignal,
     /// For per-pool signals: this pool only (absent: every pool, one alert each).
     pub pool: Option<String>,
+    /// For the cache hit ratios: this route's lookups only (absent: the whole cache).
+    pub route: Option<String>,
     /// Condition: the signal is above this …
     pub above: Option<f64>,
     /// … or below this …
@@ -413,6 +423,20 @@ pub(super) fn check(config: &Config, problems: &mut Vec<Problem>) {
             Some(pool) if !config.pools.contains_key(pool) => {
                 problems.push(Problem::new(key("pool"), format!("no pool named {pool:?}")))
             }
+            _ => {}
+        }
+        match &rule.route {
+            Some(_) if !rule.signal.per_route() => problems.push(Problem::new(
+                key("route"),
+                format!(
+                    "{} is not counted per route (the cache hit ratios are)",
+                    rule.signal.as_str()
+                ),
+            )),
+            Some(route) if !route_names.contains(route.as_str()) => problems.push(Problem::new(
+                key("route"),
+                format!("no route named {route:?}"),
+            )),
             _ => {}
         }
         if rule.severity.is_empty() {

@@ -18,8 +18,10 @@ const ENDED_SILENCES_KEPT: usize = 50;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Observation {
     pub rule: String,
-    /// The pool the alert is about; empty for instance-wide signals and SLOs.
+    /// The pool or route the alert is about; empty for instance-wide signals and SLOs.
     pub scope: String,
+    /// What `scope` names: `pool`, `route`, or empty.
+    pub scope_label: &'static str,
     /// `slo_burn`, `threshold` or `anomaly`.
     pub kind: &'static str,
     pub severity: String,
@@ -411,6 +413,7 @@ mod tests {
         Observation {
             rule: "p99".into(),
             scope: "api".into(),
+            scope_label: "pool",
             kind: "threshold",
             severity: "page".into(),
             active: value > threshold,

@@ -280,9 +280,13 @@ impl Controller {
         let mut explained: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
         for alert in engine.alerts() {
             if alert.firing_since_ms == Some(at_ms) {
+                let pool = match alert.observation.scope_label {
+                    "pool" => alert.scope.as_str(),
+                    _ => "",
+                };
                 explained.insert(
                     (alert.rule.clone(), alert.scope.clone()),
-                    self.context(snapshot, &alert.scope, at_ms),
+                    self.context(snapshot, pool, at_ms),
                 );
             }
         }

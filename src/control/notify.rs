@@ -157,11 +157,19 @@ async fn deliver(notice: &Notice, config: &NotifyConfig) -> Delivery {
 
 fn environment(notice: &Notice) -> Vec<(&'static str, String)> {
     let alert = &notice.alert;
+    let scoped = |label: &str| {
+        if alert.observation.scope_label == label {
+            alert.scope.clone()
+        } else {
+            String::new()
+        }
+    };
     vec![
         ("WEIR_ALERT_RULE", alert.rule.clone()),
         ("WEIR_ALERT_STATUS", notice.status.to_owned()),
         ("WEIR_ALERT_SEVERITY", alert.observation.severity.clone()),
-        ("WEIR_ALERT_POOL", alert.scope.clone()),
+        ("WEIR_ALERT_POOL", scoped("pool")),
+        ("WEIR_ALERT_ROUTE", scoped("route")),
         ("WEIR_ALERT_DETAIL", alert.observation.detail.clone()),
     ]
 }
@@ -179,7 +187,7 @@ pub fn payload(notice: &Notice) -> Value {
     labels.insert("severity".into(), json!(observation.severity));
     labels.insert("kind".into(), json!(observation.kind));
     if !alert.scope.is_empty() {
-        labels.insert("pool".into(), json!(alert.scope));
+        labels.insert(observation.scope_label.into(), json!(alert.scope));
     }
     let mut annotations = serde_json::Map::new();
     annotations.insert("description".into(), json!(observation.detail));

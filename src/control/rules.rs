@@ -28,6 +28,7 @@ pub fn observe_slos(slos: &BTreeMap<String, SloTracker>) -> Vec<Observation> {
             out.push(Observation {
                 rule: burn_rule_name(&slo.name, burn.factor, burn.long),
                 scope: String::new(),
+                scope_label: "",
                 kind: "slo_burn",
                 severity: burn.severity.clone(),
                 // Strictly above, past float rounding: 1 − 0.9 is 0.09999999999999998,
@@ -88,6 +89,13 @@ pub fn observe_rules(config: &ControlConfig, history: &VecDeque<Sample>) -> Vec<
                     })
                 }));
             }
+        } else if let Some(route) = &rule.route {
+            let value = route_value(latest, route, rule.signal);
+            let mut observation = observe(rule, route, value, || {
+                series(history, rule, |s| route_value(s, route, rule.signal))
+            });
+            observation.scope_label = "route";
+            out.push(observation);
         } else {
             let value = instance_value(latest, rule.signal);
             out.push(observe(rule, "", value, || {
@@ -161,6 +169,7 @@ fn observe(
     Observation {
         rule: rule.name.clone(),
         scope: scope.to_owned(),
+        scope_label: if scope.is_empty() { "" } else { "pool" },
         kind: if rule.anomaly_z.is_some() {
             "anomaly"
         } else {
@@ -215,6 +224,17 @@ fn pool_value(pool: &PoolSample, signal: AlertSignal) -> Option<f64> {
     })
 }
 
+/// A cache hit ratio of one route (no data when it saw no lookups in the interval).
+fn route_value(sample: &Sample, route: &str, signal: AlertSignal) -> Option<f64> {
+    let found = sample.routes.iter().find(|r| r.route == route)?;
+    match signal {
+        AlertSignal::CacheHitRatio => Some(found.hit_ratio),
+        AlertSignal::CacheMemoryHitRatio => Some(found.memory_hit_ratio),
+        AlertSignal::CacheRedisHitRatio => found.redis_hit_ratio,
+        _ => None,
+    }
+}
+
 fn instance_value(sample: &Sample, signal: AlertSignal) -> Option<f64> {
     match signal {
         AlertSignal::CacheHitRatio => sample.cache_hit_ratio,
@@ -249,6 +269,7 @@ mod tests {
             name: "r".into(),
             signal,
             pool: None,
+            route: None,
             above: None,
             below: None,
             anomaly_z: None,

@@ -41,6 +41,21 @@ pub struct Sample {
     /// Whether the Redis tier's breaker was open at the sample (when Redis is configured).
     #[serde(default)]
     pub redis_unavailable: Option<bool>,
+    /// Per caching route that saw lookups in the interval: its hit ratios.
+    #[serde(default)]
+    pub routes: Vec<RouteCacheSample>,
+}
+
+/// One route's cache over an interval.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RouteCacheSample {
+    pub route: String,
+    pub lookups: u64,
+    /// Hits (either tier) over lookups.
+    pub hit_ratio: f64,
+    pub memory_hit_ratio: f64,
+    /// Redis hits over the lookups that missed memory (absent when none did).
+    pub redis_hit_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -90,6 +105,8 @@ struct Counters {
 pub struct Sampler {
     previous: HashMap<(String, String), Counters>,
     previous_cache: Option<CacheCounters>,
+    /// Each caching route's lookups by outcome at the last tick.
+    previous_routes: HashMap<String, [u64; 3]>,
     primed: bool,
 }
 
@@ -196,6 +213,7 @@ impl Sampler {
         };
         self.previous_cache = cache;
         let redis_unavailable = snapshot.redis.as_ref().map(|redis| redis.is_open());
+        let routes = self.route_caches(snapshot);
         if !std::mem::replace(&mut self.primed, true) {
             return None;
         }
@@ -216,7 +234,43 @@ impl Sampler {
                 .filter(|_| interval_s > 0.0)
                 .map(|c| c.evictions as f64 / interval_s),
             redis_unavailable,
+            routes,
         })
+    }
+
+    /// Each caching route's hit ratios since the last tick.
+    fn route_caches(&mut self, snapshot: &Snapshot) -> Vec<RouteCacheSample> {
+        let mut out = Vec::new();
+        let mut seen = HashMap::new();
+        for route in snapshot.router.routes() {
+            if route.cache.is_none() {
+                continue;
+            }
+            let now: [u64; 3] = std::array::from_fn(|i| route.stats.cache[i].load(Relaxed));
+            let before = self
+                .previous_routes
+                .get(&*route.name)
+                .copied()
+                .filter(|b| b.iter().zip(&now).all(|(b, n)| b <= n))
+                .unwrap_or_default();
+            let [memory, redis, other]: [u64; 3] = std::array::from_fn(|i| now[i] - before[i]);
+            seen.insert(route.name.to_string(), now);
+            let lookups = memory + redis + other;
+            if lookups == 0 {
+                continue;
+            }
+            let missed_memory = lookups - memory;
+            out.push(RouteCacheSample {
+                route: route.name.to_string(),
+                lookups,
+                hit_ratio: (memory + redis) as f64 / lookups as f64,
+                memory_hit_ratio: memory as f64 / lookups as f64,
+                redis_hit_ratio: (snapshot.redis.is_some() && missed_memory > 0)
+                    .then(|| redis as f64 / missed_memory as f64),
+            });
+        }
+        self.previous_routes = seen;
+        out
     }
 }
 

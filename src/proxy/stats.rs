@@ -63,6 +63,18 @@ pub struct RouteStats {
     pub latency: LatencyHistogram,
     /// gRPC calls by the status they ended with (index = code), weir's own included.
     pub grpc: [AtomicU64; 17],
+    /// Cache lookups on the route by [`CacheLookup`]: hits from memory, from Redis, and
+    /// the rest (misses and stale answers). Its hit ratios per tier come from these.
+    pub cache: [AtomicU64; 3],
+}
+
+/// How a cache lookup on a route went, as the route counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheLookup {
+    MemoryHit = 0,
+    RedisHit = 1,
+    /// A miss, or an answer that was not fresh (stale, revalidated).
+    Other = 2,
 }
 
 impl RouteStats {
@@ -70,6 +82,10 @@ impl RouteStats {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.responses[class].fetch_add(1, Relaxed);
         self.latency.record(elapsed);
+    }
+
+    pub fn record_cache(&self, lookup: CacheLookup) {
+        self.cache[lookup as usize].fetch_add(1, Relaxed);
     }
 
     pub fn record_grpc(&self, code: u8) {

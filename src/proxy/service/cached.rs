@@ -24,6 +24,7 @@ use crate::proxy::body::{ResponseBody, Tee};
 use crate::proxy::compress;
 use crate::proxy::conn::ConnRequestGuard;
 use crate::proxy::spans::ChildSpan;
+use crate::proxy::stats::CacheLookup;
 use crate::telemetry::SpanKind;
 
 /// Request headers that applications commonly use to build URLs (redirects, links,
@@ -335,6 +336,7 @@ impl ProxyService {
                 Reuse::StaleWhileRevalidate { revalidation } => {
                     self.refresh_in_background(&ctx, Arc::clone(&stored), revalidation);
                     cache.stats.stale.fetch_add(1, Relaxed);
+                    exchange.route.stats.record_cache(CacheLookup::Other);
                     Some(CacheStatus::of_tier(
                         tier,
                         Outcome::Hit {
@@ -367,6 +369,7 @@ impl ProxyService {
 
         if head_only {
             cache.stats.misses.fetch_add(1, Relaxed);
+            exchange.route.stats.record_cache(CacheLookup::Other);
             let (response, served) = self
                 .forward_upstream(exchange, parts, Some(body), Some(conn_guard))
                 .await?;
@@ -407,6 +410,7 @@ impl ProxyService {
             }
         }
         cache.stats.misses.fetch_add(1, Relaxed);
+        exchange.route.stats.record_cache(CacheLookup::Other);
         let release = leader.map(|guard| Release { guard, lock });
         let status = CacheStatus::new(ctx.tier_name(), Outcome::Miss);
         let fetch = Fetch {
@@ -442,6 +446,7 @@ impl ProxyService {
         };
         let stale_hit = |status: CacheStatus| {
             cache.stats.stale.fetch_add(1, Relaxed);
+            ctx.exchange.route.stats.record_cache(CacheLookup::Other);
             serve(
                 &ctx.hit_view(),
                 Hit {
@@ -965,6 +970,10 @@ fn serve(ctx: &HitView<'_>, hit: Hit<'_>) -> (Response<ResponseBody>, Served) {
     ctx.cache
         .stats
         .record_hit(tier, usize::try_from(sent).unwrap_or(usize::MAX));
+    ctx.exchange.route.stats.record_cache(match tier {
+        Tier::Memory => CacheLookup::MemoryHit,
+        Tier::Redis => CacheLookup::RedisHit,
+    });
     (response, ctx.served_from_cache())
 }
 
