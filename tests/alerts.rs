@@ -129,6 +129,34 @@ async fn events(admin_addr: SocketAddr, start: SystemTime) -> Vec<(String, Strin
     out
 }
 
+/// A running weir whose control loop the test ticks itself, at whole virtual seconds
+/// after `start`.
+struct Ticked {
+    weir: weir::app::Running,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    control: Arc<weir::control::Controller>,
+    start: SystemTime,
+}
+
+impl Ticked {
+    async fn new(config: &str) -> Self {
+        let weir = weir(config).await;
+        Self {
+            proxy: weir.listener_addr("http").unwrap(),
+            admin: weir.admin_addr().unwrap(),
+            control: Arc::clone(weir.supervisor().control()),
+            start: SystemTime::now(),
+            weir,
+        }
+    }
+
+    fn tick(&self, second: u64) {
+        self.control
+            .tick_at(self.start + Duration::from_secs(second), 1.0);
+    }
+}
+
 #[tokio::test]
 async fn burn_rate_alerts_fire_and_resolve_at_the_computed_ticks() {
     let failing = Arc::new(AtomicBool::new(false));
@@ -152,12 +180,9 @@ retries = 0
 "#,
         hook.addr
     );
-    let weir = weir(&config(origin.addr, &control)).await;
-    let proxy = weir.listener_addr("http").unwrap();
-    let admin_addr = weir.admin_addr().unwrap();
-    let control = Arc::clone(weir.supervisor().control());
-    let start = SystemTime::now();
-    let tick = |second: u64| control.tick_at(start + Duration::from_secs(second), 1.0);
+    let ticked = Ticked::new(&config(origin.addr, &control)).await;
+    let (proxy, admin_addr, start) = (ticked.proxy, ticked.admin, ticked.start);
+    let tick = |second: u64| ticked.tick(second);
 
     // Ten answers a second: good for 20 s, all 500 for seconds 21–30, good again after.
     // With an allowed error rate of 10 %, at second k ≥ 21 the 10 s window holds k − 20
@@ -260,7 +285,7 @@ retries = 0
     assert!((long_burn - 3.0).abs() < 1e-9, "{long_burn}");
     assert_eq!(notices[1]["status"], "resolved");
     assert_ne!(notices[1]["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
-    weir.shutdown().await;
+    ticked.weir.shutdown().await;
 }
 
 #[tokio::test]
@@ -284,18 +309,22 @@ for = "3s"
 severity = "warning"
 summary = "check the origin's logs"
 
+# Exactly at its threshold (half the answers fail in seconds 5–12): never above it.
+[[control.alert]]
+name = "errors-at-threshold"
+signal = "error_rate"
+pool = "main"
+above = 0.5
+
 [[control.notify]]
 name = "script"
 command = ["sh", "-c", "cat >> {out}; echo \" $WEIR_ALERT_RULE $WEIR_ALERT_STATUS $WEIR_ALERT_POOL\" >> {out}"]
 "#,
         out = out.display()
     );
-    let weir = weir(&config(origin.addr, &control)).await;
-    let proxy = weir.listener_addr("http").unwrap();
-    let admin_addr = weir.admin_addr().unwrap();
-    let control = Arc::clone(weir.supervisor().control());
-    let start = SystemTime::now();
-    let tick = |second: u64| control.tick_at(start + Duration::from_secs(second), 1.0);
+    let ticked = Ticked::new(&config(origin.addr, &control)).await;
+    let (proxy, admin_addr, start) = (ticked.proxy, ticked.admin, ticked.start);
+    let tick = |second: u64| ticked.tick(second);
 
     // Half the answers fail in seconds 5–12 (error rate 0.5 over 0.2): pending at 5,
     // firing at 8 after its 3 s hold; clear from 13, resolved 3 s later at 16 (resolve
@@ -341,7 +370,7 @@ command = ["sh", "-c", "cat >> {out}; echo \" $WEIR_ALERT_RULE $WEIR_ALERT_STATU
     assert_eq!(view["deliveries"].as_array().unwrap().len(), 2, "{view}");
     assert!(view["deliveries"][0]["ok"].as_bool().unwrap());
     let _ = std::fs::remove_dir_all(&directory);
-    weir.shutdown().await;
+    ticked.weir.shutdown().await;
 }
 
 #[tokio::test]
@@ -546,12 +575,9 @@ webhook = "http://{}/alerts"
 "#,
         origin.addr, hook.addr
     );
-    let weir = weir(&config).await;
-    let proxy = weir.listener_addr("http").unwrap();
-    let admin_addr = weir.admin_addr().unwrap();
-    let control = Arc::clone(weir.supervisor().control());
-    let start = SystemTime::now();
-    let tick = |second: u64| control.tick_at(start + Duration::from_secs(second), 1.0);
+    let ticked = Ticked::new(&config).await;
+    let (proxy, admin_addr, start) = (ticked.proxy, ticked.admin, ticked.start);
+    let tick = |second: u64| ticked.tick(second);
 
     // Second 1: ten new paths, all misses (ratio 0): fires. Second 2: the same ten again,
     // all hits (ratio 1): resolves. The uncached API route's traffic counts for neither.
@@ -564,7 +590,7 @@ webhook = "http://{}/alerts"
             );
             assert_eq!(get(proxy, "/api/x").await.status, StatusCode::OK);
         }
-        common::wait::settled(&weir).await;
+        common::wait::settled(&ticked.weir).await;
         tick(second);
     }
     assert_eq!(
@@ -574,7 +600,7 @@ webhook = "http://{}/alerts"
             ("static-hits".to_owned(), "resolved".to_owned(), 2)
         ]
     );
-    let samples = control.samples();
+    let samples = ticked.control.samples();
     let ratios: Vec<(String, u64, f64)> = samples
         .iter()
         .flat_map(|s| {
@@ -597,5 +623,5 @@ webhook = "http://{}/alerts"
         firing["alerts"][0]["annotations"]["description"],
         "cache_hit_ratio of static is 0 (alert below 0.500)"
     );
-    weir.shutdown().await;
+    ticked.weir.shutdown().await;
 }
