@@ -289,6 +289,65 @@ retries = 0
 }
 
 #[tokio::test]
+async fn latency_slo_burn_alerts_follow_a_slow_stream_through_the_proxy() {
+    // Slow answers (120 ms, over the SLO's 100 ms bound) while `slow` is set.
+    let slow = Arc::new(AtomicBool::new(false));
+    let switch = Arc::clone(&slow);
+    let origin = upstream(move |_req| {
+        let slow = switch.load(SeqCst);
+        async move {
+            if slow {
+                tokio::time::sleep(Duration::from_millis(120)).await;
+            }
+            Response::new(full("answer"))
+        }
+    })
+    .await;
+    let control = r#"enabled = false
+interval = "1s"
+
+[[control.slo]]
+name = "api-latency"
+routes = ["api"]
+objective = 0.9
+latency = "100ms"
+window = "60s"
+burn_alerts = [{ factor = 2.0, long = "10s", short = "2s", severity = "page" }]
+"#;
+    let ticked = Ticked::new(&config(origin.addr, control)).await;
+    let proxy = ticked.proxy;
+
+    // The same schedule as the availability test, with slow answers for bad ones: ten a
+    // second, slow in seconds 21–30. Firing at 23 and resolved at 32, as computed there.
+    ticked.tick(0);
+    for second in 1..=34u64 {
+        slow.store((21..=30).contains(&second), SeqCst);
+        let batch: Vec<_> = (0..10).map(|_| tokio::spawn(requests(proxy, 1))).collect();
+        for request in batch {
+            request.await.unwrap();
+        }
+        ticked.tick(second);
+    }
+    let rule = "api-latency burn 2x/10s".to_owned();
+    assert_eq!(
+        events(ticked.admin, ticked.start).await,
+        vec![
+            (rule.clone(), "firing".to_owned(), 23),
+            (rule, "resolved".to_owned(), 32)
+        ]
+    );
+    let slos = admin_json(ticked.admin, "/api/v1/slos").await;
+    let slo = &slos["slos"][0];
+    assert_eq!(slo["kind"], "latency");
+    assert_eq!(slo["latency_bound_ms"], 100.0);
+    assert_eq!(
+        (slo["good"].as_u64(), slo["total"].as_u64()),
+        (Some(240), Some(340))
+    );
+    ticked.weir.shutdown().await;
+}
+
+#[tokio::test]
 async fn threshold_rules_wait_for_their_hold_and_commands_get_the_alert() {
     let failing = Arc::new(AtomicBool::new(false));
     let origin = switchable_origin(Arc::clone(&failing)).await;
