@@ -57,7 +57,8 @@
 //!                    decisions), actions, forecasts, USL, capacity reports (JSON + HTML),
 //!                    evaluate.rs: scoring against the right count beside an HPA reference;
 //!                    slo.rs (budgets, burn rates), rules.rs (observing alert rules),
-//!                    alert.rs (pending/firing/resolved, silences), notify.rs (webhooks,
+//!                    alert.rs (pending/firing/resolved, silences), alerting.rs (the
+//!                    controller's alerting half), notify.rs (webhooks,
 //!                    commands, retries)
 //! chart.rs           the SVG chart frame and HTML escaping the report and loadtest pages share
 //! tls.rs             rustls (ring): every certificate a config names, loaded once
