@@ -31,31 +31,75 @@ pub fn svg(
     if drawn { out } else { String::new() }
 }
 
+/// The Okabe–Ito palette: told apart by readers with any common colour-vision deficiency,
+/// and in grey when printed. In the order series take them.
+pub const PALETTE: [RGBColor; 7] = [
+    RGBColor(0, 114, 178),   // blue
+    RGBColor(230, 159, 0),   // orange
+    RGBColor(0, 158, 115),   // bluish green
+    RGBColor(213, 94, 0),    // vermillion
+    RGBColor(86, 180, 233),  // sky blue
+    RGBColor(204, 121, 167), // reddish purple
+    RGBColor(0, 0, 0),       // black
+];
+
+/// The `i`th series' colour.
+pub fn colour(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
+}
+
 /// Axes over `x` × `y` with their descriptions on `area`, then `draw` on the chart.
 /// `false` when the ranges cannot be laid out.
 pub fn plot<'a, 'b: 'a>(
     area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    ranges: (Range<f64>, Range<f64>),
+    descriptions: (&str, &str),
+    draw: impl FnOnce(&mut Chart<'a, 'b>),
+) -> bool {
+    plot_labelled(area, ranges, descriptions, None, draw)
+}
+
+/// As [`plot`], with the x axis' tick labels written by `x_labels` (e.g. percentiles on a
+/// log axis).
+pub fn plot_labelled<'a, 'b: 'a>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
     (x, y): (Range<f64>, Range<f64>),
     (x_desc, y_desc): (&str, &str),
+    x_labels: Option<&dyn Fn(&f64) -> String>,
     draw: impl FnOnce(&mut Chart<'a, 'b>),
 ) -> bool {
     let Ok(mut chart) = ChartBuilder::on(area)
         .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
+        .margin_right(20)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
         .build_cartesian_2d(x, y)
     else {
         return false;
     };
-    let _ = chart
-        .configure_mesh()
-        .label_style(("sans-serif", 13))
+    let mut mesh = chart.configure_mesh();
+    mesh.label_style(("sans-serif", 13))
         .axis_desc_style(("sans-serif", 14))
+        .light_line_style(RGBColor(235, 235, 235))
         .x_desc(x_desc)
-        .y_desc(y_desc)
-        .draw();
+        .y_desc(y_desc);
+    if let Some(format) = x_labels {
+        mesh.x_label_formatter(format);
+    }
+    let _ = mesh.draw();
     draw(&mut chart);
     true
+}
+
+/// The legend of what `draw` labelled, in the upper left corner over a white box.
+pub fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) {
+    let _ = chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(160, 160, 160))
+        .draw();
 }
 
 pub fn escape(text: &str) -> String {

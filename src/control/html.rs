@@ -8,17 +8,19 @@ use crate::chart::{self, escape};
 
 const WIDTH: u32 = 860;
 const HEIGHT: u32 = 300;
+/// The instances chart under the traffic one.
+const SMALL_HEIGHT: u32 = 170;
 
 pub fn render(report: &CapacityReport) -> String {
     let mut page = String::new();
     page.push_str(&format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>weir capacity report</title><style>{STYLE}</style></head><body>\
-         <h1>Capacity report</h1><p class=\"meta\">Generated {} from {} samples ({} to {}, every {:.0} s). Latency target {:.0} ms.{}</p>",
+         <h1>Capacity report</h1><p class=\"meta\">Generated {} from {} samples ({} to {}, every {}). Latency target {:.0} ms.{}</p>",
         escape(&report.generated_at),
         report.samples,
         time_of(report.from_ms),
         time_of(report.to_ms),
-        report.interval_s,
+        interval_text(report.interval_s),
         report.latency_target_ms,
         report
             .cache_hit_ratio
@@ -60,30 +62,36 @@ fn pool_section(page: &mut String, pool: &PoolReport) {
         s.in_flight_peak,
         s.instances_now
     ));
-    let minutes = |at: &[u64]| -> Vec<f64> {
-        let start = at.first().copied().unwrap_or(0);
-        at.iter().map(|t| (t - start) as f64 / 60_000.0).collect()
-    };
-    let x = minutes(&pool.series.at_ms);
+    let axis = TimeAxis::for_span(span_ms(&pool.series.at_ms));
+    let x = axis.offsets(&pool.series.at_ms);
     page.push_str("<h3>Traffic</h3>");
     page.push_str(&line_chart(
         "requests per second",
-        "minutes",
+        axis.unit,
         &x,
-        &[
-            ("rps", &pool.series.rps, BLUE),
-            ("instances", &pool.series.instances, GREEN),
-        ],
+        &[("rps", &pool.series.rps, chart::colour(0))],
+    ));
+    // Instances on their own small chart: on the rps axis a count of 3 is a flat line.
+    page.push_str(&sized_line_chart(
+        (WIDTH, SMALL_HEIGHT),
+        "instances",
+        axis.unit,
+        &x,
+        &[(
+            "instances serving",
+            &pool.series.instances,
+            chart::colour(2),
+        )],
     ));
     page.push_str("<h3>Latency</h3>");
     page.push_str(&line_chart(
         "milliseconds",
-        "minutes",
+        axis.unit,
         &x,
         &[
-            ("p50", &pool.series.p50_ms, GREEN),
-            ("p95", &pool.series.p95_ms, BLUE),
-            ("p99", &pool.series.p99_ms, RED),
+            ("p50", &pool.series.p50_ms, chart::colour(2)),
+            ("p95", &pool.series.p95_ms, chart::colour(0)),
+            ("p99", &pool.series.p99_ms, chart::colour(3)),
         ],
     ));
     page.push_str("<h3>Forecast</h3>");
@@ -95,7 +103,7 @@ fn pool_section(page: &mut String, pool: &PoolReport) {
                 f.level * 100.0,
                 f.step_s
             ));
-            page.push_str(&forecast_chart(&x, &pool.series.rps, f));
+            page.push_str(&forecast_chart(&x, &pool.series.rps, f, axis));
         }
         None => page.push_str(&format!(
             "<p>{}</p>",
@@ -190,19 +198,16 @@ fn slo_section(page: &mut String, report: &CapacityReport) {
             if slo.burn_down.len() < 2 {
                 continue;
             }
-            let start = slo.burn_down[0].0;
-            let x: Vec<f64> = slo
-                .burn_down
-                .iter()
-                .map(|(at, _)| (at - start) as f64 / 60_000.0)
-                .collect();
+            let at: Vec<u64> = slo.burn_down.iter().map(|(at, _)| *at).collect();
+            let axis = TimeAxis::for_span(span_ms(&at));
+            let x = axis.offsets(&at);
             let remaining: Vec<f64> = slo.burn_down.iter().map(|(_, r)| r * 100.0).collect();
             page.push_str(&format!("<h3>Error budget of {}</h3>", escape(&slo.name)));
             page.push_str(&line_chart(
                 "budget left (%)",
-                "minutes",
+                axis.unit,
                 &x,
-                &[("budget left", &remaining, BLUE)],
+                &[("budget left", &remaining, chart::colour(0))],
             ));
         }
     }
@@ -243,9 +248,19 @@ fn line_chart(
     x: &[f64],
     lines: &[(&str, &Vec<f64>, RGBColor)],
 ) -> String {
+    sized_line_chart((WIDTH, HEIGHT), y_label, x_label, x, lines)
+}
+
+fn sized_line_chart(
+    size: (u32, u32),
+    y_label: &str,
+    x_label: &str,
+    x: &[f64],
+    lines: &[(&str, &Vec<f64>, RGBColor)],
+) -> String {
     let (x0, x1) = bounds(x.iter().copied());
     let (y0, y1) = bounds(lines.iter().flat_map(|l| l.1.iter().copied()));
-    chart::svg((WIDTH, HEIGHT), |root| {
+    chart::svg(size, |root| {
         chart::plot(
             root,
             (x0.max(0.0)..x1 / 1.1, y0..y1),
@@ -262,18 +277,18 @@ fn line_chart(
                         });
                     }
                 }
-                let _ = chart
-                    .configure_series_labels()
-                    .label_font(("sans-serif", 13))
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .draw();
+                chart::legend(chart);
             },
         )
     })
 }
 
-fn forecast_chart(x: &[f64], history: &[f64], f: &super::report::ForecastReport) -> String {
+fn forecast_chart(
+    x: &[f64],
+    history: &[f64],
+    f: &super::report::ForecastReport,
+    axis: TimeAxis,
+) -> String {
     let start_ms = f
         .at_ms
         .first()
@@ -282,28 +297,50 @@ fn forecast_chart(x: &[f64], history: &[f64], f: &super::report::ForecastReport)
     let fx: Vec<f64> = f
         .at_ms
         .iter()
-        .map(|t| last_x + (t - start_ms) as f64 / 60_000.0)
+        .map(|t| last_x + (t - start_ms) as f64 / axis.ms_per_unit)
         .collect();
     let (x0, x1) = bounds(x.iter().chain(fx.iter()).copied());
     let (y0, y1) = bounds(history.iter().chain(f.upper.iter()).copied());
     let ranges = (x0.max(0.0)..x1 / 1.1, y0..y1);
     chart::svg((WIDTH, HEIGHT), |root| {
-        chart::plot(root, ranges, ("minutes", "requests per second"), |chart| {
+        chart::plot(root, ranges, (axis.unit, "requests per second"), |chart| {
             let band: Vec<(f64, f64)> = fx
                 .iter()
                 .copied()
                 .zip(f.upper.iter().copied())
                 .chain(fx.iter().copied().zip(f.lower.iter().copied()).rev())
                 .collect();
-            let _ = chart.draw_series(std::iter::once(Polygon::new(band, BLUE.mix(0.2))));
-            let _ = chart.draw_series(LineSeries::new(
+            let (history_colour, forecast_colour) = (chart::colour(6), chart::colour(0));
+            if let Ok(series) = chart.draw_series(std::iter::once(Polygon::new(
+                band,
+                forecast_colour.mix(0.2),
+            ))) {
+                series
+                    .label(format!("{:.0} % interval", f.level * 100.0))
+                    .legend(move |(x, y)| {
+                        Rectangle::new(
+                            [(x, y - 5), (x + 18, y + 5)],
+                            forecast_colour.mix(0.2).filled(),
+                        )
+                    });
+            }
+            if let Ok(series) = chart.draw_series(LineSeries::new(
                 x.iter().copied().zip(history.iter().copied()),
-                BLACK.stroke_width(1),
-            ));
-            let _ = chart.draw_series(LineSeries::new(
+                history_colour.stroke_width(1),
+            )) {
+                series.label("observed").legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], history_colour)
+                });
+            }
+            if let Ok(series) = chart.draw_series(LineSeries::new(
                 fx.iter().copied().zip(f.point.iter().copied()),
-                BLUE.stroke_width(2),
-            ));
+                forecast_colour.stroke_width(2),
+            )) {
+                series.label("forecast").legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], forecast_colour.stroke_width(2))
+                });
+            }
+            chart::legend(chart);
         })
     })
 }
@@ -336,23 +373,105 @@ fn usl_chart(u: &super::report::UslReport) -> String {
     let axes = ("in flight per instance", "rps per instance");
     chart::svg((WIDTH, HEIGHT), |root| {
         chart::plot(root, (0.0..n_max, 0.0..y1), axes, |chart| {
-            let _ = chart.draw_series(
+            let (observed, fit, knee) = (chart::colour(0), chart::colour(3), chart::colour(6));
+            if let Ok(series) = chart.draw_series(
                 u.points
                     .iter()
-                    .map(|p| Circle::new(*p, 3, BLUE.mix(0.5).filled())),
-            );
-            let _ = chart.draw_series(LineSeries::new(curve, RED.stroke_width(2)));
-            if let Some(n) = u.saturation_in_flight {
-                let _ = chart.draw_series(LineSeries::new(
-                    vec![(n, 0.0), (n, y1)],
-                    BLACK.stroke_width(1),
-                ));
+                    .map(|p| Circle::new(*p, 3, observed.mix(0.5).filled())),
+            ) {
+                series
+                    .label("observed")
+                    .legend(move |(x, y)| Circle::new((x + 9, y), 3, observed.filled()));
             }
+            if let Ok(series) = chart.draw_series(LineSeries::new(curve, fit.stroke_width(2))) {
+                series.label("USL fit").legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], fit.stroke_width(2))
+                });
+            }
+            if let Some(n) = u.saturation_in_flight
+                && let Ok(series) = chart.draw_series(LineSeries::new(
+                    vec![(n, 0.0), (n, y1)],
+                    knee.stroke_width(1),
+                ))
+            {
+                series.label("saturation").legend(move |(x, y)| {
+                    PathElement::new(vec![(x + 9, y - 6), (x + 9, y + 6)], knee)
+                });
+            }
+            chart::legend(chart);
         })
     })
+}
+
+/// How a history's length is best read on a time axis.
+#[derive(Debug, Clone, Copy)]
+struct TimeAxis {
+    unit: &'static str,
+    ms_per_unit: f64,
+}
+
+impl TimeAxis {
+    /// Seconds up to two minutes, minutes up to two hours, then hours.
+    fn for_span(span_ms: u64) -> Self {
+        match span_ms {
+            0..=120_000 => Self {
+                unit: "seconds",
+                ms_per_unit: 1000.0,
+            },
+            120_001..=7_200_000 => Self {
+                unit: "minutes",
+                ms_per_unit: 60_000.0,
+            },
+            _ => Self {
+                unit: "hours",
+                ms_per_unit: 3_600_000.0,
+            },
+        }
+    }
+
+    /// Each time since the first, in this axis' unit.
+    fn offsets(&self, at_ms: &[u64]) -> Vec<f64> {
+        let start = at_ms.first().copied().unwrap_or(0);
+        at_ms
+            .iter()
+            .map(|t| t.saturating_sub(start) as f64 / self.ms_per_unit)
+            .collect()
+    }
+}
+
+fn span_ms(at_ms: &[u64]) -> u64 {
+    match (at_ms.first(), at_ms.last()) {
+        (Some(first), Some(last)) => last.saturating_sub(*first),
+        _ => 0,
+    }
+}
+
+/// The sampling interval as people write it: `100 ms`, `10 s`.
+fn interval_text(seconds: f64) -> String {
+    if seconds < 1.0 {
+        format!("{:.0} ms", seconds * 1000.0)
+    } else {
+        format!("{seconds:.0} s")
+    }
 }
 
 fn time_of(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_axes_and_intervals_read_naturally() {
+        assert_eq!(interval_text(0.1), "100 ms");
+        assert_eq!(interval_text(10.0), "10 s");
+        assert_eq!(TimeAxis::for_span(90_000).unit, "seconds");
+        assert_eq!(TimeAxis::for_span(3_600_000).unit, "minutes");
+        assert_eq!(TimeAxis::for_span(86_400_000).unit, "hours");
+        let axis = TimeAxis::for_span(30_000);
+        assert_eq!(axis.offsets(&[5_000, 6_000, 35_000]), vec![0.0, 1.0, 30.0]);
+    }
 }

@@ -7,8 +7,10 @@ use std::time::Duration;
 use http::Uri;
 
 use super::engine::Progress;
+use super::html;
 use super::output::{self, Verdict};
 use super::plan::{self, Model, Plan, RequestSpec, Slo, Stage, TlsSpec};
+use super::saved::{self, SavedRun};
 use super::{LoadError, LoadReport};
 
 #[derive(Debug, clap::Args)]
@@ -66,9 +68,21 @@ pub struct LoadtestArgs {
     /// Print JSON instead of the text summary.
     #[arg(long)]
     pub json: bool,
-    /// Also write an HTML page with throughput and latency over time.
+    /// Also write an HTML page: settings, SLOs, throughput, latency and failures over
+    /// time, the latency distribution (with --compare or --baseline: both runs and deltas).
     #[arg(long)]
     pub html: Option<PathBuf>,
+    /// Compare two saved runs (`--json` output), baseline first; runs nothing. Exits 3
+    /// when a measure regressed past --max-regression.
+    #[arg(long, num_args = 2, value_names = ["BASELINE", "CURRENT"], conflicts_with_all = ["scenarios", "baseline"])]
+    pub compare: Vec<PathBuf>,
+    /// Compare this run against a saved one (`--json` output of an earlier run).
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// With --compare or --baseline: the worsening (percent of the baseline's value) that
+    /// counts as a regression, for throughput, p50/p90/p99/p99.9 and the error rate.
+    #[arg(long, default_value_t = 10.0)]
+    pub max_regression: f64,
     /// Runtime threads for the generator (1 leaves the other cores to the server).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -89,9 +103,13 @@ pub struct LoadtestArgs {
     pub min_rps: Option<f64>,
 }
 
-/// Runs what the flags ask; `Ok(true)` when every SLO held.
+/// Runs what the flags ask; `Ok(true)` when every SLO held and nothing regressed.
 pub fn run(args: LoadtestArgs) -> Result<bool, LoadError> {
+    if !args.compare.is_empty() {
+        return compare_saved(&args);
+    }
     let plans = plans(&args)?;
+    let baseline = args.baseline.as_deref().map(read_first).transpose()?;
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -112,29 +130,105 @@ pub fn run(args: LoadtestArgs) -> Result<bool, LoadError> {
         }
         runs.push((plan, report, verdicts));
     }
+    let all: Vec<serde_json::Value> = runs.iter().map(|(p, r, v)| output::json(p, r, v)).collect();
     if args.json {
-        let all: Vec<serde_json::Value> =
-            runs.iter().map(|(p, r, v)| output::json(p, r, v)).collect();
         let value = if all.len() == 1 {
-            all.into_iter().next().unwrap_or_default()
+            all[0].clone()
         } else {
-            serde_json::Value::Array(all)
+            serde_json::Value::Array(all.clone())
         };
         println!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
     }
-    if let Some(path) = &args.html {
-        std::fs::write(path, output::html(&runs)).map_err(|e| {
-            LoadError::Plan(plan::PlanError::File {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })
-        })?;
-        eprintln!("chart written to {}", path.display());
+    let saved = all
+        .into_iter()
+        .map(SavedRun::from_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LoadError::Plan(plan::PlanError::Invalid(format!("run JSON: {e}"))))?;
+    let slos_held = runs.iter().all(|(_, _, v)| v.iter().all(|v| v.ok));
+    let Some(baseline) = baseline else {
+        if let Some(path) = &args.html {
+            write_page(path, &html::page(&saved))?;
+        }
+        return Ok(slos_held);
+    };
+    let Some(current) = saved.first() else {
+        return Ok(slos_held);
+    };
+    let regressed = report_comparison(&args, &baseline, current)?;
+    Ok(slos_held && !regressed)
+}
+
+/// `--compare BASELINE CURRENT`: nothing runs.
+fn compare_saved(args: &LoadtestArgs) -> Result<bool, LoadError> {
+    let [baseline, current] = args.compare.as_slice() else {
+        return Err(LoadError::Plan(plan::PlanError::Invalid(
+            "--compare takes two files: BASELINE CURRENT".into(),
+        )));
+    };
+    let baseline = read_first(baseline)?;
+    let current = read_first(current)?;
+    let regressed = report_comparison(args, &baseline, &current)?;
+    Ok(!regressed)
+}
+
+/// Prints the deltas (and writes the page); `true` when something regressed.
+fn report_comparison(
+    args: &LoadtestArgs,
+    baseline: &SavedRun,
+    current: &SavedRun,
+) -> Result<bool, LoadError> {
+    let deltas = saved::compare(baseline, current, args.max_regression);
+    println!(
+        "{:<20} {:>12} {:>12} {:>9}",
+        "measure", "baseline", "current", "change"
+    );
+    for delta in &deltas {
+        println!(
+            "{:<20} {:>12.2} {:>12.2} {:>9} {}",
+            delta.measure,
+            delta.baseline,
+            delta.current,
+            delta
+                .change_percent
+                .map_or("–".to_owned(), |c| format!("{c:+.1} %")),
+            if delta.regressed { "REGRESSED" } else { "" }
+        );
     }
-    Ok(runs.iter().all(|(_, _, v)| v.iter().all(|v| v.ok)))
+    if let Some(path) = &args.html {
+        write_page(
+            path,
+            &html::compare_page(baseline, current, &deltas, args.max_regression),
+        )?;
+    }
+    Ok(deltas.iter().any(|d| d.regressed))
+}
+
+fn read_first(path: &std::path::Path) -> Result<SavedRun, LoadError> {
+    let invalid = |reason: String| {
+        LoadError::Plan(plan::PlanError::File {
+            path: path.display().to_string(),
+            reason,
+        })
+    };
+    SavedRun::read(path)
+        .map_err(|e| invalid(e.to_string()))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| invalid("holds no run".into()))
+}
+
+fn write_page(path: &std::path::Path, page: &str) -> Result<(), LoadError> {
+    std::fs::write(path, page).map_err(|e| {
+        LoadError::Plan(plan::PlanError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    })?;
+    eprintln!("page written to {}", path.display());
+    Ok(())
 }
 
 fn plans(args: &LoadtestArgs) -> Result<Vec<Plan>, LoadError> {

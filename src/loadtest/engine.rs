@@ -48,6 +48,8 @@ struct SlotStats {
     latency: Histogram<u64>,
     completed: u64,
     errors: u64,
+    statuses: BTreeMap<u16, u64>,
+    error_kinds: BTreeMap<String, u64>,
 }
 
 /// Everything recorded; behind one mutex, which is uncontended on the single-threaded
@@ -84,6 +86,8 @@ impl Recorder {
                 latency: new_histogram(1),
                 completed: 0,
                 errors: 0,
+                statuses: BTreeMap::new(),
+                error_kinds: BTreeMap::new(),
             });
         }
         &mut self.slots[index]
@@ -107,12 +111,15 @@ impl Recorder {
         if status >= 500 {
             slot.errors += 1;
         }
+        *slot.statuses.entry(status).or_default() += 1;
         let _ = slot.latency.record(latency_us);
     }
 
     fn failed(&mut self, at: Duration, kind: &str) {
         *self.errors.entry(kind.to_owned()).or_default() += 1;
-        self.slot(at).errors += 1;
+        let slot = self.slot(at);
+        slot.errors += 1;
+        *slot.error_kinds.entry(kind.to_owned()).or_default() += 1;
     }
 }
 
@@ -387,8 +394,11 @@ pub async fn execute(plan: &Plan, progress: Progress) -> Result<LoadReport, Load
         .enumerate()
         .map(|(i, s)| Slot {
             at_s: i as f64 * slot_s,
+            width_s: slot_s,
             completed: s.completed,
             errors: s.errors,
+            statuses: s.statuses.clone(),
+            error_kinds: s.error_kinds.clone(),
             p50_ms: s.latency.value_at_quantile(0.5) as f64 / 1000.0,
             p99_ms: s.latency.value_at_quantile(0.99) as f64 / 1000.0,
             max_ms: s.latency.max() as f64 / 1000.0,

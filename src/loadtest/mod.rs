@@ -6,22 +6,26 @@
 //! - `plan.rs`: what to run (flags or a scenarios TOML file)
 //! - `request.rs`: each request's method, headers and body; TLS for `https://` targets
 //! - `engine.rs`: connections, the closed and open loops, recording
-//! - `output.rs`: the text summary, SLO verdicts, JSON, the HTML latency chart
+//! - `output.rs`: the text summary, SLO verdicts, JSON (with the latency distribution)
+//! - `saved.rs`: a run read back from its JSON, and two runs compared
+//! - `html.rs`: the HTML page of runs, or of a comparison
 //!
 //! May import: `chart` only: it is a client, and knows nothing of the proxy.
 
 pub mod cli;
 pub mod engine;
+pub mod html;
 pub mod output;
 pub mod plan;
 pub mod request;
+pub mod saved;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use http::Uri;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use engine::execute;
 pub use plan::{Model, Plan, Slo, Stage};
@@ -46,17 +50,29 @@ pub enum LoadError {
     Plan(#[from] plan::PlanError),
 }
 
-/// One second (or more, on long runs) of the timeline.
-#[derive(Debug, Clone, Default, Serialize)]
+/// One second (or more, on long runs) of the timeline: from `at_s` for `width_s`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Slot {
     pub at_s: f64,
+    #[serde(default = "one_second")]
+    pub width_s: f64,
+    /// Answers (any status) and failures (5xx and transport errors) in the slot.
     pub completed: u64,
     pub errors: u64,
+    /// Answers by status code and failures by kind, in the slot.
+    #[serde(default)]
+    pub statuses: BTreeMap<u16, u64>,
+    #[serde(default)]
+    pub error_kinds: BTreeMap<String, u64>,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
     /// The plan's target at this time (connections or requests per second).
     pub target: f64,
+}
+
+fn one_second() -> f64 {
+    1.0
 }
 
 #[derive(Debug)]

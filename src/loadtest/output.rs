@@ -1,14 +1,11 @@
 //! What a run prints: progress while it goes, then the summary, the SLO verdicts, and
-//! on request JSON and an HTML page with the latency-over-time chart.
+//! on request JSON (what `--compare` and the HTML page read back; see `saved.rs`).
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plotters::prelude::*;
-
-use crate::chart::{self, escape};
 use serde::Serialize;
 
 use super::engine::View;
@@ -61,7 +58,7 @@ pub async fn progress(view: Arc<View>) {
 }
 
 /// One SLO check and its result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Verdict {
     pub check: String,
     pub limit: f64,
@@ -219,17 +216,81 @@ struct Json<'a> {
     late: u64,
     slo: &'a [Verdict],
     timeline: &'a [Slot],
+    /// The latency distribution, HdrHistogram style: (quantile, ms) points.
+    distribution: Distribution,
 }
 
-#[derive(Serialize)]
-struct Percentiles {
-    p50: f64,
-    p90: f64,
-    p95: f64,
-    p99: f64,
-    p999: f64,
-    max: f64,
-    mean: f64,
+/// Percentile distributions as (quantile, ms) points, for the HDR plot.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct Distribution {
+    /// What `recorded` is, in words.
+    pub recorded_label: String,
+    /// What the summary reports: in the open model from the scheduled start (corrected for
+    /// coordinated omission by construction); in the closed model as measured.
+    pub recorded: Vec<(f64, f64)>,
+    /// The other view: in the open model from the actual send (uncorrected); in the closed
+    /// model corrected by HdrHistogram for an expected interval of the median latency
+    /// (each connection meant to send that often).
+    pub other: Vec<(f64, f64)>,
+    /// What `other` is, in words.
+    pub other_label: String,
+}
+
+/// Points per distribution at most.
+const DISTRIBUTION_POINTS: usize = 400;
+
+fn quantile_points(h: &hdrhistogram::Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut points: Vec<(f64, f64)> = h
+        .iter_quantiles(4)
+        .map(|v| {
+            (
+                v.quantile_iterated_to(),
+                v.value_iterated_to() as f64 / 1000.0,
+            )
+        })
+        .filter(|(q, _)| *q < 0.999_999)
+        .collect();
+    points.dedup_by(|a, b| a.0 == b.0);
+    let step = points.len().div_ceil(DISTRIBUTION_POINTS).max(1);
+    points.into_iter().step_by(step).collect()
+}
+
+fn distribution(report: &LoadReport) -> Distribution {
+    match &report.service_latency {
+        Some(service) => Distribution {
+            recorded_label: "corrected: from the scheduled start".into(),
+            recorded: quantile_points(&report.latency),
+            other: quantile_points(service),
+            other_label: "uncorrected: from the actual send".into(),
+        },
+        None => {
+            let median = report.latency.value_at_quantile(0.5).max(1);
+            Distribution {
+                recorded_label: "measured".into(),
+                recorded: quantile_points(&report.latency),
+                other: quantile_points(&report.latency.clone_correct(median)),
+                other_label: format!(
+                    "corrected for coordinated omission (expected interval {:.2} ms, the median)",
+                    median as f64 / 1000.0
+                ),
+            }
+        }
+    }
+}
+
+/// Latency percentiles of a run, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
 }
 
 /// Recorded values of at least `micros`.
@@ -271,70 +332,7 @@ pub fn json(plan: &Plan, report: &LoadReport, verdicts: &[Verdict]) -> serde_jso
         late: report.late,
         slo: verdicts,
         timeline: &report.timeline,
+        distribution: distribution(report),
     })
     .unwrap_or_default()
-}
-
-/// A self-contained page: the summary and throughput / latency over time as SVG.
-pub fn html(runs: &[(Plan, LoadReport, Vec<Verdict>)]) -> String {
-    let mut page = String::from(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>weir loadtest</title>\
-         <style>body{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto}pre{background:#f6f6f6;padding:1em}</style></head><body><h1>weir loadtest</h1>",
-    );
-    for (plan, report, verdicts) in runs {
-        let _ = write!(
-            page,
-            "<h2>{}</h2><pre>{}</pre>",
-            escape(&plan.name),
-            escape(&summary(plan, report, verdicts))
-        );
-        page.push_str(&chart(&report.timeline));
-    }
-    page.push_str("</body></html>\n");
-    page
-}
-
-fn chart(timeline: &[Slot]) -> String {
-    let x_max = timeline.last().map_or(1.0, |s| s.at_s + 1.0);
-    let width = timeline
-        .get(1)
-        .map_or(1.0, |s| s.at_s - timeline[0].at_s)
-        .max(1.0);
-    let rps: Vec<(f64, f64)> = timeline
-        .iter()
-        .map(|s| (s.at_s, s.completed as f64 / width))
-        .collect();
-    let y_rps = rps.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
-    let y_ms = timeline.iter().map(|s| s.max_ms).fold(1.0, f64::max) * 1.1;
-    chart::svg((860, 560), |root| {
-        let (upper, lower) = root.split_vertically(280);
-        let throughput = (0.0..x_max, 0.0..y_rps);
-        chart::plot(
-            &upper,
-            throughput,
-            ("seconds", "answered per second"),
-            |chart| {
-                let _ = chart.draw_series(LineSeries::new(rps, BLUE.stroke_width(2)));
-            },
-        );
-        let latency = (0.0..x_max, 0.0..y_ms);
-        chart::plot(
-            &lower,
-            latency,
-            ("seconds", "latency ms (p50, p99, max)"),
-            |chart| {
-                for (pick, color) in [
-                    ((|s: &Slot| s.p50_ms) as fn(&Slot) -> f64, GREEN),
-                    (|s: &Slot| s.p99_ms, BLUE),
-                    (|s: &Slot| s.max_ms, RED),
-                ] {
-                    let _ = chart.draw_series(LineSeries::new(
-                        timeline.iter().map(|s| (s.at_s, pick(s))),
-                        color.stroke_width(2),
-                    ));
-                }
-            },
-        );
-        true
-    })
 }
