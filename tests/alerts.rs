@@ -254,6 +254,10 @@ retries = 0
     );
     assert!(page.contains("<h3>Error budget of api-availability</h3><svg"));
     assert!(page.contains("<h2>Alerts</h2>") && page.contains("burning 3.0×"));
+    // 40 s of history at 1 s: read in seconds, with the instances on their own chart.
+    assert!(page.contains(", every 1 s)"), "{page}");
+    assert!(page.contains("instances serving") && page.contains("seconds"));
+    assert!(!page.contains("minutes"));
 
     // The receiver got the firing and the resolution, in Alertmanager's format.
     eventually("both notices", async || received.lock().unwrap().len() >= 2).await;

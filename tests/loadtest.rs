@@ -277,7 +277,193 @@ stages = [{{ duration = "500ms", rate = 50 }}, {{ duration = "500ms", rate = 400
         "{text}"
     );
     let page = std::fs::read_to_string(&html).unwrap();
-    assert_eq!(page.matches("<svg").count(), 2);
+    // Per scenario: throughput, latency, outcomes by kind, and the distribution.
+    assert_eq!(page.matches("<svg").count(), 8);
+    assert!(
+        page.contains("<h2>Scenario baseline</h2>") && page.contains("<h2>Scenario spike</h2>")
+    );
+    assert!(page.contains("min_rps") && page.contains("class=\"pass\""));
+}
+
+/// The text of every `<text>` element of an SVG chunk.
+fn texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            t.split_once('>')
+                .and_then(|(_, rest)| rest.split_once("</text>"))
+        })
+        .map(|(text, _)| text.trim().to_owned())
+        .collect()
+}
+
+/// The points of each polyline drawn in `stroke` with width 2 (data, not axes).
+fn lines_of(svg: &str, stroke: &str) -> Vec<Vec<(f64, f64)>> {
+    svg.split("<polyline")
+        .skip(1)
+        .filter(|p| p.contains(&format!("stroke=\"{stroke}\" stroke-width=\"2\"")))
+        .filter_map(|p| p.split_once("points=\"").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once('"').map(|(points, _)| points))
+        .map(|points| {
+            points
+                .split_whitespace()
+                .filter_map(|xy| xy.split_once(','))
+                .map(|(x, y)| (x.parse().unwrap(), y.parse().unwrap()))
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_html_page_draws_every_second_and_names_every_series() {
+    let origin = origin(Duration::from_millis(1)).await;
+    let stages = vec![
+        Stage {
+            duration: Duration::from_millis(1500),
+            target: 20.0,
+            ramp: false,
+        },
+        Stage {
+            duration: Duration::from_millis(1500),
+            target: 60.0,
+            ramp: false,
+        },
+    ];
+    let mut plan = plan(&origin, Model::Open, stages);
+    plan.slo.p99_ms = Some(500.0);
+    let report = execute(&plan, Progress::Silent).await.unwrap();
+    let verdicts = weir::loadtest::output::verdicts(&plan, &report);
+    let json = weir::loadtest::output::json(&plan, &report, &verdicts);
+    let saved = weir::loadtest::saved::SavedRun::from_value(json).unwrap();
+    let page = weir::loadtest::html::page(std::slice::from_ref(&saved));
+
+    let charts: Vec<&str> = page.split("<svg").skip(1).collect();
+    assert_eq!(charts.len(), 4);
+    let expected: [&[&str]; 4] = [
+        &[
+            "answered/s",
+            "failed/s (5xx and errors)",
+            "target rate",
+            "stage start",
+            "seconds since the start",
+            "requests per second",
+        ],
+        &[
+            "p50",
+            "p99",
+            "max",
+            "seconds since the start",
+            "milliseconds",
+        ],
+        &["status 200", "seconds since the start", "per second"],
+        &[
+            "corrected: from the scheduled start",
+            "uncorrected: from the actual send",
+            "percentile",
+            "milliseconds",
+            "90 %",
+            "99 %",
+        ],
+    ];
+    for (chart, names) in charts.iter().zip(expected) {
+        let found = texts(chart);
+        for name in names {
+            assert!(found.iter().any(|t| t == name), "{name:?} not in {found:?}");
+        }
+    }
+    // Every slot of the timeline is drawn over its whole width: two points each, the
+    // last reaching the right end of the time axis (3 s, or the slot past it).
+    let slots = saved.timeline.len();
+    assert!(slots >= 3, "{slots} slots for a 3 s run");
+    let answered = &lines_of(charts[0], "#0072B2")[0];
+    assert_eq!(answered.len(), 2 * slots);
+    let axis_end = charts[0]
+        .split("<polyline")
+        .filter(|p| p.contains("stroke=\"#000000\""))
+        .filter_map(|p| {
+            p.split_once("points=\"")
+                .and_then(|(_, r)| r.split_once('"'))
+        })
+        .filter_map(|(points, _)| {
+            let xy: Vec<(f64, f64)> = points
+                .split_whitespace()
+                .filter_map(|p| p.split_once(','))
+                .map(|(x, y)| (x.parse().unwrap(), y.parse().unwrap()))
+                .collect();
+            (xy.len() == 2 && xy[0].1 == xy[1].1).then(|| xy[1].0)
+        })
+        .fold(0.0, f64::max);
+    assert!(
+        (answered[answered.len() - 1].0 - axis_end).abs() <= 1.0,
+        "{answered:?} vs {axis_end}"
+    );
+    // Settings and the SLO, with its verdict.
+    assert!(page.contains("open (requests start on schedule"), "{page}");
+    assert!(page.contains("1.5 s at 20 req/s; 1.5 s at 60 req/s"));
+    assert!(page.contains("<td class=\"text\">p99_ms</td><td>≤ 500</td>"));
+    assert!(page.contains("class=\"pass\">pass</td>"));
+}
+
+#[tokio::test]
+async fn comparing_two_saved_runs_shows_deltas_and_exits_3_past_the_threshold() {
+    let fast = origin(Duration::from_millis(1)).await;
+    let slow = origin(Duration::from_millis(25)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let save = |url: String, file: std::path::PathBuf| {
+        let out = weir_bin()
+            .args(["loadtest", "-r", "40", "-d", "1s", "--json", &url])
+            .output()
+            .unwrap();
+        std::fs::write(&file, &out.stdout).unwrap();
+        file
+    };
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    let (fast_url, slow_url) = (
+        format!("http://{}/", fast.addr),
+        format!("http://{}/", slow.addr),
+    );
+    let (a, b) = tokio::task::spawn_blocking(move || (save(fast_url, a), save(slow_url, b)))
+        .await
+        .unwrap();
+    let html = dir.path().join("compare.html");
+    let compare =
+        |baseline: &std::path::Path, current: &std::path::Path, html: &std::path::Path| {
+            weir_bin()
+                .args(["loadtest", "--max-regression", "50", "--compare"])
+                .arg(baseline)
+                .arg(current)
+                .arg("--html")
+                .arg(html)
+                .output()
+                .unwrap()
+        };
+    let (a2, b2, html2) = (a.clone(), b.clone(), html.clone());
+    let worse = tokio::task::spawn_blocking(move || compare(&a2, &b2, &html2))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&worse.stdout);
+    assert_eq!(worse.status.code(), Some(3), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("p50 (ms)") && l.ends_with("REGRESSED")),
+        "{text}"
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("<span class=\"fail\">regressed</span>"),
+        "{page}"
+    );
+    assert!(page.contains("baseline: answered/s") && page.contains("current: answered/s"));
+    // Against itself nothing regressed.
+    let same = tokio::task::spawn_blocking(move || compare(&a, &a, &html))
+        .await
+        .unwrap();
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
 }
 
 /// What the origin saw: method, host, one test header and the body, per request.

@@ -98,10 +98,10 @@ fn pool_section(page: &mut String, pool: &PoolReport) {
     match &pool.forecast {
         Some(f) => {
             page.push_str(&format!(
-                "<p>{} — {:.0} % prediction interval, step {:.0} s.</p>",
+                "<p>{} — {:.0} % prediction interval, step {}.</p>",
                 escape(&f.model),
                 f.level * 100.0,
-                f.step_s
+                interval_text(f.step_s)
             ));
             page.push_str(&forecast_chart(&x, &pool.series.rps, f, axis));
         }

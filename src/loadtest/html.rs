@@ -54,11 +54,22 @@ pub fn compare_page(
 ) -> String {
     let mut page = header("weir loadtest comparison");
     let regressed = deltas.iter().filter(|d| d.regressed).count();
+    let title = if current.name() == baseline.name() {
+        format!(
+            "weir loadtest: {}, current run against its baseline",
+            current.name()
+        )
+    } else {
+        format!(
+            "weir loadtest: {} against {}",
+            current.name(),
+            baseline.name()
+        )
+    };
     let _ = write!(
         page,
-        "<h1>weir loadtest: {} against {}</h1><p class=\"{}\">{}</p>",
-        escape(&current.name()),
-        escape(&baseline.name()),
+        "<h1>{}</h1><p class=\"{}\">{}</p>",
+        escape(&title),
         if regressed > 0 { "fail" } else { "pass" },
         if regressed > 0 {
             format!("{regressed} measure(s) worse by more than {max_regression_percent} %.")
@@ -124,8 +135,14 @@ pub fn compare_page(
         })
         .collect();
     page.push_str(&percentile_chart(&distributions));
-    for (_, run) in runs {
-        run_section(&mut page, run);
+    for (label, run) in runs {
+        let title = format!(
+            "{}{}: scenario {}",
+            &label[..1].to_uppercase(),
+            &label[1..],
+            run.name()
+        );
+        run_section_titled(&mut page, run, &title);
     }
     page.push_str("</body></html>\n");
     page
@@ -139,7 +156,11 @@ fn header(title: &str) -> String {
 }
 
 fn run_section(page: &mut String, run: &SavedRun) {
-    let _ = write!(page, "<section><h2>Scenario {}</h2>", escape(&run.name()));
+    run_section_titled(page, run, &format!("Scenario {}", run.name()));
+}
+
+fn run_section_titled(page: &mut String, run: &SavedRun, title: &str) {
+    let _ = write!(page, "<section><h2>{}</h2>", escape(title));
     settings_table(page, run);
     results_table(page, run);
     slo_table(page, run);
@@ -158,10 +179,14 @@ fn run_section(page: &mut String, run: &SavedRun) {
         },
     ];
     if open {
-        throughput.push(Line {
-            name: "target rate".into(),
-            points: steps(&run.timeline, |s| s.target),
-        });
+        // Drawn first, so that answers meeting it exactly stay visible on top.
+        throughput.insert(
+            0,
+            Line {
+                name: "target rate".into(),
+                points: steps(&run.timeline, |s| s.target),
+            },
+        );
     }
     page.push_str(&time_chart(
         "requests per second",
