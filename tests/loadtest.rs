@@ -400,6 +400,14 @@ async fn the_html_page_draws_every_second_and_names_every_series() {
     // Settings and the SLO, with its verdict.
     assert!(page.contains("open (requests start on schedule"), "{page}");
     assert!(page.contains("1.5 s at 20 req/s; 1.5 s at 60 req/s"));
+    // Per stage: its seconds and what they saw (slots start at 0, 1 and 2 s: the second
+    // stage, from 1.5 s, takes the slot at 2 s and any after).
+    assert!(page.contains("<th>worst second's p99</th>"));
+    assert!(
+        page.contains("<tr><td>1</td><td>0.0–1.5</td><td class=\"text\">20 req/s</td>"),
+        "{page}"
+    );
+    assert!(page.contains("<tr><td>2</td><td>1.5–3.0</td><td class=\"text\">60 req/s</td>"));
     assert!(page.contains("<td class=\"text\">p99_ms</td><td>≤ 500</td>"));
     assert!(page.contains("class=\"pass\">pass</td>"));
 }

@@ -464,6 +464,72 @@ fn time_of(ms: u64) -> String {
 mod tests {
     use super::*;
 
+    fn texts(svg: &str) -> Vec<String> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| {
+                t.split_once('>')
+                    .and_then(|(_, rest)| rest.split_once("</text>"))
+            })
+            .map(|(text, _)| text.trim().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_chart_has_its_legend_and_axis_labels() {
+        use super::super::sample::{PoolSample, Sample};
+        // Ten minutes at 10 s, load rising and falling, three then four instances.
+        let samples: Vec<Sample> = (0..60u64)
+            .map(|i| {
+                let rps = 100.0 + 50.0 * ((i as f64) / 6.0).sin().abs() * (i % 7) as f64;
+                Sample {
+                    at_ms: 1_795_392_000_000 + i * 10_000,
+                    interval_s: 10.0,
+                    pools: vec![PoolSample {
+                        pool: "api".into(),
+                        instances: if i < 30 { 3 } else { 4 },
+                        healthy: 3,
+                        requests: (rps * 10.0) as u64,
+                        rps,
+                        in_flight: rps * 0.02,
+                        mean_ms: 20.0,
+                        p50_ms: 15.0,
+                        p95_ms: 40.0,
+                        p99_ms: 60.0,
+                        ..PoolSample::default()
+                    }],
+                    ..Sample::default()
+                }
+            })
+            .collect();
+        let report = super::super::report::build(
+            &samples,
+            &Default::default(),
+            &crate::config::ControlConfig::default(),
+            1_795_392_600_000,
+        );
+        let page = render(&report);
+        assert!(page.contains(", every 10 s)"));
+        let charts: Vec<&str> = page.split("<svg").skip(1).collect();
+        assert!(charts.len() >= 3, "{} charts", charts.len());
+        let expected: [&[&str]; 3] = [
+            &["rps", "minutes", "requests per second"],
+            &["instances serving", "minutes", "instances"],
+            &["p50", "p95", "p99", "minutes", "milliseconds"],
+        ];
+        for (chart, names) in charts.iter().zip(expected) {
+            let found = texts(chart);
+            for name in names {
+                assert!(found.iter().any(|t| t == name), "{name:?} not in {found:?}");
+            }
+        }
+        // The forecast and the USL fit, when drawn, say what each mark is.
+        for chart in &charts[3..] {
+            let found = texts(chart);
+            assert!(found.iter().any(|t| t == "observed"), "{found:?}");
+        }
+    }
+
     #[test]
     fn time_axes_and_intervals_read_naturally() {
         assert_eq!(interval_text(0.1), "100 ms");

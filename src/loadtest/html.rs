@@ -163,6 +163,7 @@ fn run_section_titled(page: &mut String, run: &SavedRun, title: &str) {
     let _ = write!(page, "<section><h2>{}</h2>", escape(title));
     settings_table(page, run);
     results_table(page, run);
+    stage_table(page, run);
     slo_table(page, run);
     let x_max = time_span(run);
     let stages = run.stage_starts();
@@ -354,6 +355,53 @@ fn results_table(page: &mut String, run: &SavedRun) {
             String::new()
         }
     );
+}
+
+/// Per stage (when there are several): what the seconds inside it saw.
+fn stage_table(page: &mut String, run: &SavedRun) {
+    let stages: Vec<&serde_json::Value> = run.plan["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    if stages.len() < 2 {
+        return;
+    }
+    let open = run.plan["model"] == "open";
+    page.push_str(
+        "<table><tr><th>stage</th><th>seconds</th><th>target</th><th>answered</th><th>failed</th><th>req/s</th><th>worst second's p99</th></tr>",
+    );
+    let mut from = 0.0;
+    for (i, stage) in stages.iter().enumerate() {
+        let length = stage["duration"]["secs"].as_f64().unwrap_or(0.0)
+            + stage["duration"]["nanos"].as_f64().unwrap_or(0.0) / 1e9;
+        let to = from + length;
+        // A slot belongs to the stage its start falls in (the last stage takes the rest).
+        let inside: Vec<&Slot> = run
+            .timeline
+            .iter()
+            .filter(|s| s.at_s >= from - 1e-9 && (s.at_s < to - 1e-9 || i + 1 == stages.len()))
+            .collect();
+        let answered: u64 = inside.iter().map(|s| s.completed).sum();
+        let failed: u64 = inside.iter().map(|s| s.errors).sum();
+        let seconds: f64 = inside.iter().map(|s| s.width_s).sum();
+        let worst = inside.iter().map(|s| s.p99_ms).fold(0.0, f64::max);
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{from:.1}–{to:.1}</td><td class=\"text\">{}{} {}</td><td>{answered}</td><td>{failed}</td><td>{:.1}</td><td>{worst:.2} ms</td></tr>",
+            i + 1,
+            if stage["ramp"] == true {
+                "ramp to "
+            } else {
+                ""
+            },
+            stage["target"].as_f64().unwrap_or(0.0),
+            if open { "req/s" } else { "connections" },
+            answered as f64 / seconds.max(1e-9),
+        );
+        from = to;
+    }
+    page.push_str("</table>");
 }
 
 fn slo_table(page: &mut String, run: &SavedRun) {
