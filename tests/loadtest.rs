@@ -400,6 +400,7 @@ async fn the_html_page_draws_every_second_and_names_every_series() {
     // Settings and the SLO, with its verdict.
     assert!(page.contains("open (requests start on schedule"), "{page}");
     assert!(page.contains("1.5 s at 20 req/s; 1.5 s at 60 req/s"));
+    assert!(page.contains("<tr><th>connections at most</th><td class=\"text\">64</td></tr>"));
     // Per stage: its seconds and what they saw (slots start at 0, 1 and 2 s: the second
     // stage, from 1.5 s, takes the slot at 2 s and any after).
     assert!(page.contains("<th>worst second's p99</th>"));

@@ -294,7 +294,14 @@ fn settings_table(page: &mut String, run: &SavedRun) {
             },
         ),
         ("stages", stages.join("; ")),
-        ("connections at most", plan["max_connections"].to_string()),
+        if open {
+            ("connections at most", plan["max_connections"].to_string())
+        } else {
+            (
+                "connections",
+                "as many as the stage's target, each sending when answered".to_owned(),
+            )
+        },
         (
             "protocol",
             if plan["http2"] == true {
