@@ -102,6 +102,19 @@ pub fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) {
         .draw();
 }
 
+/// The text of each `<text>` element of an SVG, in order: a page's charts read back (the
+/// tests check each chart's legend entries and axis labels with it).
+pub fn texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            t.split_once('>')
+                .and_then(|(_, rest)| rest.split_once("</text>"))
+        })
+        .map(|(text, _)| text.trim().to_owned())
+        .collect()
+}
+
 pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")

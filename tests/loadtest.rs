@@ -285,18 +285,6 @@ stages = [{{ duration = "500ms", rate = 50 }}, {{ duration = "500ms", rate = 400
     assert!(page.contains("min_rps") && page.contains("class=\"pass\""));
 }
 
-/// The text of every `<text>` element of an SVG chunk.
-fn texts(svg: &str) -> Vec<String> {
-    svg.split("<text")
-        .skip(1)
-        .filter_map(|t| {
-            t.split_once('>')
-                .and_then(|(_, rest)| rest.split_once("</text>"))
-        })
-        .map(|(text, _)| text.trim().to_owned())
-        .collect()
-}
-
 /// The points of each polyline drawn in `stroke` with width 2 (data, not axes).
 fn lines_of(svg: &str, stroke: &str) -> Vec<Vec<(f64, f64)>> {
     svg.split("<polyline")
@@ -366,7 +354,7 @@ async fn the_html_page_draws_every_second_and_names_every_series() {
         ],
     ];
     for (chart, names) in charts.iter().zip(expected) {
-        let found = texts(chart);
+        let found = weir::chart::texts(chart);
         for name in names {
             assert!(found.iter().any(|t| t == name), "{name:?} not in {found:?}");
         }

@@ -187,23 +187,22 @@ impl AlertEngine {
                     self.alerts.remove(&key);
                 }
                 (AlertState::Pending, true) => {
-                    if now_ms - alert.pending_since_ms >= alert.observation.hold_ms {
-                        let mut alert = alert.clone();
+                    if now_ms - alert.pending_since_ms >= alert.observation.hold_ms
+                        && let Some(mut alert) = self.alerts.remove(&key)
+                    {
                         self.fire(&mut alert, now_ms, recipients, &mut notices);
                         self.alerts.insert(key, alert);
                     }
                 }
                 (AlertState::Firing, true) => {
                     alert.clear_since_ms = None;
-                    let alert = alert.clone();
-                    let repeated = self.repeat(alert, now_ms, recipients, &mut notices);
-                    self.alerts.insert(key, repeated);
+                    send_due(alert, now_ms, recipients, &mut notices);
                 }
                 (AlertState::Firing, false) => {
                     let clear_since = *alert.clear_since_ms.get_or_insert(now_ms);
-                    if now_ms - clear_since >= alert.observation.resolve_after_ms {
-                        let alert = alert.clone();
-                        self.alerts.remove(&key);
+                    if now_ms - clear_since >= alert.observation.resolve_after_ms
+                        && let Some(alert) = self.alerts.remove(&key)
+                    {
                         self.resolve(alert, now_ms, &mut notices);
                     }
                 }
@@ -237,55 +236,7 @@ impl AlertEngine {
         alert.firing_since_ms = Some(now_ms);
         alert.clear_since_ms = None;
         self.record(alert, now_ms, "firing");
-        self.send_due(alert, now_ms, recipients, notices, false);
-    }
-
-    fn repeat(
-        &mut self,
-        mut alert: Alert,
-        now_ms: u64,
-        recipients: &[Recipient],
-        notices: &mut Vec<Notice>,
-    ) -> Alert {
-        self.send_due(&mut alert, now_ms, recipients, notices, true);
-        alert
-    }
-
-    /// Firing notices to each recipient that wants the severity and has not had one
-    /// within its repeat interval; nothing while silenced (the repeat is then due as soon
-    /// as the silence ends).
-    fn send_due(
-        &self,
-        alert: &mut Alert,
-        now_ms: u64,
-        recipients: &[Recipient],
-        notices: &mut Vec<Notice>,
-        repeat: bool,
-    ) {
-        if alert.silenced {
-            return;
-        }
-        for recipient in recipients {
-            if !recipient.wants(&alert.observation.severity) {
-                continue;
-            }
-            let due = alert
-                .sent
-                .get(&recipient.name)
-                .is_none_or(|at| now_ms - at >= recipient.repeat_ms);
-            if !due {
-                continue;
-            }
-            let repeated = repeat && alert.sent.contains_key(&recipient.name);
-            alert.sent.insert(recipient.name.clone(), now_ms);
-            notices.push(Notice {
-                recipient: recipient.name.clone(),
-                status: "firing",
-                repeat: repeated,
-                alert: alert.clone(),
-                resolved_ms: None,
-            });
-        }
+        send_due(alert, now_ms, recipients, notices);
     }
 
     /// A resolved notice goes to each recipient that was told of the firing.
@@ -402,6 +353,32 @@ impl AlertEngine {
 
     pub fn silences(&self) -> &[Silence] {
         &self.silences
+    }
+}
+
+/// Firing notices to each recipient that wants the severity and has not had one within
+/// its repeat interval (a notice to one told before is a repeat); nothing while silenced
+/// (the repeat is then due as soon as the silence ends).
+fn send_due(alert: &mut Alert, now_ms: u64, recipients: &[Recipient], notices: &mut Vec<Notice>) {
+    if alert.silenced {
+        return;
+    }
+    for recipient in recipients {
+        if !recipient.wants(&alert.observation.severity) {
+            continue;
+        }
+        let told = alert.sent.get(&recipient.name).copied();
+        if told.is_some_and(|at| now_ms - at < recipient.repeat_ms) {
+            continue;
+        }
+        alert.sent.insert(recipient.name.clone(), now_ms);
+        notices.push(Notice {
+            recipient: recipient.name.clone(),
+            status: "firing",
+            repeat: told.is_some(),
+            alert: alert.clone(),
+            resolved_ms: None,
+        });
     }
 }
 

@@ -167,29 +167,31 @@ fn slo_section(page: &mut String, report: &CapacityReport) {
     if !report.slos.is_empty() {
         page.push_str("<h2>Service-level objectives</h2><table><tr><th>SLO</th><th>objective</th><th>window</th><th>good / total</th><th>SLI</th><th>budget left</th><th>burn rates</th></tr>");
         for slo in &report.slos {
-            let objective = match slo.latency_bound_ms {
-                Some(bound) => format!("{} % within {bound:.0} ms", slo.objective * 100.0),
-                None => format!("{} % not 5xx", slo.objective * 100.0),
+            let status = &slo.status;
+            let objective = match status.latency_bound_ms {
+                Some(bound) => format!("{} % within {bound:.0} ms", status.objective * 100.0),
+                None => format!("{} % not 5xx", status.objective * 100.0),
             };
-            let burns: Vec<String> = slo
+            let burns: Vec<String> = status
                 .burn_rates
                 .iter()
-                .map(|(window, rate)| {
+                .map(|burn| {
                     format!(
-                        "{rate:.2}× over {}",
-                        humantime::format_duration(std::time::Duration::from_secs(*window))
+                        "{:.2}× over {}",
+                        burn.rate,
+                        humantime::format_duration(std::time::Duration::from_secs(burn.window_s))
                     )
                 })
                 .collect();
             page.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{:.1} %</td><td>{}</td></tr>",
-                escape(&slo.name),
+                escape(&status.name),
                 escape(&objective),
-                humantime::format_duration(std::time::Duration::from_secs(slo.window_s)),
-                slo.good,
-                slo.total,
-                slo.sli.map_or("–".to_owned(), |s| format!("{:.3} %", s * 100.0)),
-                slo.error_budget_remaining * 100.0,
+                humantime::format_duration(std::time::Duration::from_secs(status.window_s)),
+                status.good,
+                status.total,
+                status.sli.map_or("–".to_owned(), |s| format!("{:.3} %", s * 100.0)),
+                status.error_budget_remaining * 100.0,
                 escape(&burns.join(", ")),
             ));
         }
@@ -202,7 +204,10 @@ fn slo_section(page: &mut String, report: &CapacityReport) {
             let axis = TimeAxis::for_span(span_ms(&at));
             let x = axis.offsets(&at);
             let remaining: Vec<f64> = slo.burn_down.iter().map(|(_, r)| r * 100.0).collect();
-            page.push_str(&format!("<h3>Error budget of {}</h3>", escape(&slo.name)));
+            page.push_str(&format!(
+                "<h3>Error budget of {}</h3>",
+                escape(&slo.status.name)
+            ));
             page.push_str(&line_chart(
                 "budget left (%)",
                 axis.unit,
@@ -464,17 +469,6 @@ fn time_of(ms: u64) -> String {
 mod tests {
     use super::*;
 
-    fn texts(svg: &str) -> Vec<String> {
-        svg.split("<text")
-            .skip(1)
-            .filter_map(|t| {
-                t.split_once('>')
-                    .and_then(|(_, rest)| rest.split_once("</text>"))
-            })
-            .map(|(text, _)| text.trim().to_owned())
-            .collect()
-    }
-
     #[test]
     fn every_chart_has_its_legend_and_axis_labels() {
         use super::super::sample::{PoolSample, Sample};
@@ -518,14 +512,14 @@ mod tests {
             &["p50", "p95", "p99", "minutes", "milliseconds"],
         ];
         for (chart, names) in charts.iter().zip(expected) {
-            let found = texts(chart);
+            let found = chart::texts(chart);
             for name in names {
                 assert!(found.iter().any(|t| t == name), "{name:?} not in {found:?}");
             }
         }
         // The forecast and the USL fit, when drawn, say what each mark is.
         for chart in &charts[3..] {
-            let found = texts(chart);
+            let found = chart::texts(chart);
             assert!(found.iter().any(|t| t == "observed"), "{found:?}");
         }
     }

@@ -356,20 +356,7 @@ impl Controller {
             .into_iter()
             .map(|status| report::SloReport {
                 burn_down: burn_down.get(&status.name).cloned().unwrap_or_default(),
-                name: status.name,
-                kind: status.kind.to_owned(),
-                objective: status.objective,
-                latency_bound_ms: status.latency_bound_ms,
-                window_s: status.window_s,
-                good: status.good,
-                total: status.total,
-                sli: status.sli,
-                error_budget_remaining: status.error_budget_remaining,
-                burn_rates: status
-                    .burn_rates
-                    .iter()
-                    .map(|b| (b.window_s, b.rate))
-                    .collect(),
+                status,
             })
             .collect();
         report.alerts = self

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::action::{self, Call};
 use super::alert::Notice;
+use super::lock;
 use crate::config::NotifyConfig;
 
 /// Deliveries in progress at most; more are dropped (and counted), never queued without end.
@@ -53,10 +54,6 @@ pub struct Notifier {
     pending: Arc<AtomicUsize>,
     counts: Mutex<BTreeMap<String, Arc<NotifierCounts>>>,
     log: Arc<Mutex<VecDeque<Delivery>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Notifier {

@@ -38,20 +38,11 @@ pub struct CapacityReport {
     pub alerts: Vec<AlertReport>,
 }
 
+/// An SLO's standing (as `GET /api/v1/slos` gives it) and its budget over time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SloReport {
-    pub name: String,
-    /// `availability` or `latency`.
-    pub kind: String,
-    pub objective: f64,
-    pub latency_bound_ms: Option<f64>,
-    pub window_s: u64,
-    pub good: u64,
-    pub total: u64,
-    pub sli: Option<f64>,
-    pub error_budget_remaining: f64,
-    /// (window in seconds, burn rate).
-    pub burn_rates: Vec<(u64, f64)>,
+    #[serde(flatten)]
+    pub status: super::slo::SloStatus,
     /// (unix ms, budget remaining over the window ending there): the burn-down chart.
     pub burn_down: Vec<(u64, f64)>,
 }

@@ -20,6 +20,7 @@ pub fn observe_slos(slos: &BTreeMap<String, SloTracker>) -> Vec<Observation> {
     let mut out = Vec::new();
     for tracker in slos.values() {
         let slo = tracker.config();
+        let remaining = tracker.status().error_budget_remaining;
         for burn in &slo.burn_alerts {
             let long = tracker.burn_rate(burn.long);
             let short = tracker.burn_rate(burn.short);
@@ -54,7 +55,7 @@ pub fn observe_slos(slos: &BTreeMap<String, SloTracker>) -> Vec<Observation> {
                     window(burn.long),
                     window(burn.short),
                     burn.factor,
-                    tracker.status().error_budget_remaining * 100.0,
+                    remaining * 100.0,
                 ),
                 summary: String::new(),
                 hold_ms: 0,

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::SloConfig;
 use crate::proxy::Snapshot;
@@ -68,11 +68,11 @@ pub struct SloTracker {
 }
 
 /// What an SLO stands at, for the API, metrics, alerts and the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SloStatus {
     pub name: String,
     /// `availability` or `latency`.
-    pub kind: &'static str,
+    pub kind: String,
     pub objective: f64,
     /// For a latency SLO: the histogram bound requests are judged against.
     pub latency_bound_ms: Option<f64>,
@@ -90,7 +90,7 @@ pub struct SloStatus {
     pub seen_s: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BurnRate {
     pub window_s: u64,
     pub rate: f64,
@@ -305,7 +305,8 @@ impl SloTracker {
                 "latency"
             } else {
                 "availability"
-            },
+            }
+            .to_owned(),
             objective: self.config.objective,
             latency_bound_ms: self.latency_bound_ms(),
             window_s: self.config.window.as_secs(),

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use plotters::prelude::*;
 
 use super::Slot;
-use super::saved::{Delta, SavedRun};
+use super::saved::{Delta, SavedRun, duration_s};
 use crate::chart::{self, colour, escape};
 
 const WIDTH: u32 = 900;
@@ -276,8 +276,7 @@ fn settings_table(page: &mut String, run: &SavedRun) {
             format!(
                 "{}{:.1} s at {} {}",
                 if s["ramp"] == true { "ramp over " } else { "" },
-                s["duration"]["secs"].as_f64().unwrap_or(0.0)
-                    + s["duration"]["nanos"].as_f64().unwrap_or(0.0) / 1e9,
+                duration_s(&s["duration"]),
                 s["target"].as_f64().unwrap_or(0.0),
                 if open { "req/s" } else { "connections" }
             )
@@ -380,8 +379,7 @@ fn stage_table(page: &mut String, run: &SavedRun) {
     );
     let mut from = 0.0;
     for (i, stage) in stages.iter().enumerate() {
-        let length = stage["duration"]["secs"].as_f64().unwrap_or(0.0)
-            + stage["duration"]["nanos"].as_f64().unwrap_or(0.0) / 1e9;
+        let length = duration_s(&stage["duration"]);
         let to = from + length;
         // A slot belongs to the stage its start falls in (the last stage takes the rest).
         let inside: Vec<&Slot> = run

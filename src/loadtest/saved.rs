@@ -118,8 +118,8 @@ impl SavedRun {
     }
 }
 
-/// A serialized `Duration` (`{secs, nanos}`).
-fn duration_s(value: &serde_json::Value) -> f64 {
+/// A serialized `Duration` (`{secs, nanos}`), in seconds.
+pub(super) fn duration_s(value: &serde_json::Value) -> f64 {
     value["secs"].as_f64().unwrap_or(0.0) + value["nanos"].as_f64().unwrap_or(0.0) / 1e9
 }
 
