@@ -35,7 +35,7 @@ fn main() {
         let profiler = match &profile_dir {
             Some(dir) => dhat::Profiler::builder()
                 .file_name(Path::new(dir).join(format!("{name}.json")))
-                .trim_backtraces(Some(12))
+                .trim_backtraces(Some(40))
                 .build(),
             None => dhat::Profiler::builder().testing().build(),
         };

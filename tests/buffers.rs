@@ -187,3 +187,122 @@ async fn upstream_responses_in_pieces_come_through_whole_on_one_connection() {
     );
     weir.shutdown().await;
 }
+
+/// An upstream that answers `GET /down/N` with N bytes (`i % 251`), and anything else as
+/// [`echo`] does, with an `X-Path` field naming the request it answers.
+async fn echo_and_download() -> Upstream {
+    upstream(|req| async move {
+        let path = req.uri().path().to_owned();
+        if let Some(size) = path.strip_prefix("/down/") {
+            let size: usize = size.parse().unwrap();
+            let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            return Response::builder()
+                .header("x-path", path.as_str())
+                .body(full(body))
+                .unwrap();
+        }
+        let body = http_body_util::BodyExt::collect(req.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let sum: u64 = body.iter().map(|&b| u64::from(b)).sum();
+        Response::builder()
+            .header("x-path", path.as_str())
+            .body(full(format!("{path} {} {sum}", body.len())))
+            .unwrap()
+    })
+    .await
+}
+
+/// Reads one response and returns its head and body bytes.
+async fn read_raw_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (String, Vec<u8>) {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            while pending.len() < end + 4 + length {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed mid-body");
+                pending.extend_from_slice(&chunk[..n]);
+            }
+            let body = pending[end + 4..end + 4 + length].to_vec();
+            pending.drain(..end + 4 + length);
+            return (head, body);
+        }
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before a response: {pending:?}");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Large bodies grow hyper's read size; the small messages after them read through the
+/// stack again (the patch's second path), and head buffers pass between connections of
+/// one thread. Two keep-alive clients alternate uploads, downloads and small requests on
+/// one serving runtime: every head names its own request and every byte arrives.
+#[tokio::test]
+async fn large_then_small_messages_alternating_between_connections_come_through_whole() {
+    let up = echo_and_download().await;
+    let weir = weir(&(simple_config(&[up.addr], "") + ONE_RUNTIME)).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        clients.push((TcpStream::connect(proxy).await.unwrap(), Vec::new()));
+    }
+    let upload: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+    let upload_sum: u64 = upload.iter().map(|&b| u64::from(b)).sum();
+    for round in 0..3 {
+        for (who, (stream, pending)) in clients.iter_mut().enumerate() {
+            let tag = format!("{round}-{who}");
+            // Upload, then a small request.
+            let head = format!(
+                "POST /up-{tag} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                upload.len()
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(&upload).await.unwrap();
+            let (head, body) = read_raw_response(stream, pending).await;
+            assert!(head.contains(&format!("x-path: /up-{tag}")), "{head}");
+            assert_eq!(
+                String::from_utf8(body).unwrap(),
+                format!("/up-{tag} {} {upload_sum}", upload.len())
+            );
+            let small = format!("GET /small-{tag} HTTP/1.1\r\nHost: x\r\n\r\n");
+            stream.write_all(small.as_bytes()).await.unwrap();
+            let (head, body) = read_raw_response(stream, pending).await;
+            assert!(head.contains(&format!("x-path: /small-{tag}")), "{head}");
+            assert_eq!(body, format!("/small-{tag} 0 0").into_bytes());
+            // Download, then two small requests pipelined.
+            let size = 2 * 1024 * 1024 + round * 1000 + who;
+            let down = format!("GET /down/{size} HTTP/1.1\r\nHost: x\r\n\r\n");
+            stream.write_all(down.as_bytes()).await.unwrap();
+            let (head, body) = read_raw_response(stream, pending).await;
+            assert!(head.contains(&format!("x-path: /down/{size}")), "{head}");
+            assert_eq!(body.len(), size);
+            assert!(
+                body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+                "download {tag} corrupted"
+            );
+            let pipelined = format!(
+                "GET /p1-{tag} HTTP/1.1\r\nHost: x\r\n\r\nGET /p2-{tag} HTTP/1.1\r\nHost: x\r\n\r\n"
+            );
+            stream.write_all(pipelined.as_bytes()).await.unwrap();
+            for p in ["p1", "p2"] {
+                let (head, body) = read_raw_response(stream, pending).await;
+                assert!(head.contains(&format!("x-path: /{p}-{tag}")), "{head}");
+                assert_eq!(body, format!("/{p}-{tag} 0 0").into_bytes());
+            }
+        }
+    }
+    for (_, pending) in &clients {
+        assert!(pending.is_empty());
+    }
+    weir.shutdown().await;
+}

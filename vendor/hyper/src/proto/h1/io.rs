@@ -245,6 +245,18 @@ where
                 .max()
                 .saturating_sub(self.read_buf.len()),
         );
+        // weir patch: an empty buffer that would have to grow (its room was handed out
+        // with the last message) is not replaced before the read: most such reads (the
+        // keep-alive check after a response, the EOF watch while a request is served)
+        // would block, and the new 8 KiB would be freed unused. Small reads go to the
+        // stack; a strategy that has grown for large bodies still reads in place.
+        if self.read_buf.is_empty()
+            && self.read_buf_remaining_mut() < next
+            && self.read_buf_strategy.next() <= INIT_BUFFER_SIZE
+        {
+            self.read_buf = BytesMut::new();
+            return self.poll_read_into_empty(cx);
+        }
         if self.read_buf_remaining_mut() < next {
             self.read_buf.reserve(next);
         }
@@ -577,6 +589,47 @@ impl<T: AsRef<[u8]>> Buf for Cursor<T> {
     }
 }
 
+/// weir patch: head buffers that idle connections gave back, kept per thread for the next
+/// head encoded on that thread. Connections hold no head buffer while idle (the idle-memory
+/// patch) and a busy connection does not allocate one per message: a keep-alive exchange
+/// used to allocate two per head (the reservation, then its growth).
+mod spare_head_buffers {
+    use std::cell::RefCell;
+
+    /// A new buffer's size: room for a typical head, so encoding does not grow it.
+    const NEW_CAPACITY: usize = 512;
+    /// Larger buffers (a rare large head) are freed rather than kept.
+    const MAX_KEPT_CAPACITY: usize = 4096;
+    /// At most this many spares per thread (≤ 256 KiB).
+    const MAX_KEPT: usize = 64;
+
+    thread_local! {
+        static SPARES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn take() -> Vec<u8> {
+        SPARES
+            .try_with(|spares| spares.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Vec::with_capacity(NEW_CAPACITY))
+    }
+
+    pub(super) fn give(mut buffer: Vec<u8>) {
+        if buffer.capacity() > MAX_KEPT_CAPACITY {
+            return;
+        }
+        buffer.clear();
+        // A thread being torn down frees the buffer instead.
+        let _ = SPARES.try_with(|spares| {
+            let mut spares = spares.borrow_mut();
+            if spares.len() < MAX_KEPT {
+                spares.push(buffer);
+            }
+        });
+    }
+}
+
 // an internal buffer to collect writes before flushes
 pub(super) struct WriteBuf<B> {
     /// Re-usable buffer that holds message headers.
@@ -598,10 +651,13 @@ impl<B: Buf> WriteBuf<B> {
         }
     }
 
-    /// weir patch: frees the head buffer once everything in it is written.
+    /// weir patch: gives the head buffer back once everything in it is written (to this
+    /// thread's spares, see [`spare_head_buffers`]).
     fn release_head_buffer(&mut self) {
         if self.headers.remaining() == 0 && self.headers.bytes.capacity() != 0 {
-            self.headers = Cursor::new(Vec::new());
+            let buffer = std::mem::take(&mut self.headers.bytes);
+            self.headers.pos = 0;
+            spare_head_buffers::give(buffer);
         }
     }
 
@@ -657,7 +713,21 @@ impl<B: Buf> WriteBuf<B> {
 
     fn headers_mut(&mut self) -> &mut Cursor<Vec<u8>> {
         debug_assert!(!self.queue.has_remaining());
+        // weir patch: a released head buffer is replaced by a spare of this thread's.
+        if self.headers.bytes.capacity() == 0 {
+            self.headers.bytes = spare_head_buffers::take();
+            self.headers.pos = 0;
+        }
         &mut self.headers
+    }
+}
+
+/// weir patch: a closing connection's head buffer goes to this thread's spares too.
+impl<B> Drop for WriteBuf<B> {
+    fn drop(&mut self) {
+        if self.headers.bytes.capacity() != 0 {
+            spare_head_buffers::give(std::mem::take(&mut self.headers.bytes));
+        }
     }
 }
 
