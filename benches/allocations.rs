@@ -52,6 +52,128 @@ fn main() {
         drop(runtime);
         drop(profiler);
     }
+    // Idle keep-alive connections: heap held per connection after one request each. In
+    // profile mode `idle.json`'s end-of-run figures (taken while the connections are
+    // still open) say which sites hold it.
+    let connections: usize = std::env::var("WEIR_ALLOC_IDLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let profiler = match &profile_dir {
+        Some(dir) => dhat::Profiler::builder()
+            .file_name(Path::new(dir).join("idle.json"))
+            .trim_backtraces(Some(40))
+            .build(),
+        None => dhat::Profiler::builder().testing().build(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (blocks, bytes, held) = measure_idle(connections).await;
+        println!(
+            "idle       {:>6.2} blocks per connection,   {:>7.0} bytes held per connection",
+            blocks as f64 / connections as f64,
+            bytes as f64 / connections as f64
+        );
+        // Written while the connections are open, so that its end figures are theirs.
+        drop(profiler);
+        drop(held);
+    });
+}
+
+/// Heap blocks and bytes that `connections` idle keep-alive connections hold in weir,
+/// each after one proxied request; returns them with what keeps them open.
+///
+/// The client's own socket registers with tokio in this process too: a pair of raw
+/// sockets (client and accepted end, nothing else) is measured first, and half of it is
+/// taken off per connection.
+async fn measure_idle(connections: usize) -> (i64, i64, (weir::app::Running, Vec<TcpStream>)) {
+    let upstream = raw_upstream().await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[[routes]]
+pool = "up"
+
+[pools.up]
+endpoints = [{{ address = "{upstream}" }}]
+"#
+    );
+    let (socket_blocks, socket_bytes) = raw_socket_pair_cost(connections).await;
+    let config = weir::config::load_str(&config, Path::new("allocations.toml")).unwrap();
+    let weir = weir::app::start(&config).await.unwrap();
+    let proxy = weir.listener_addr("http").unwrap();
+    // One connection warms the pool, the upstream connection and lazily built state.
+    let mut clients = vec![idle_client(proxy).await];
+    settle().await;
+    let before = dhat::HeapStats::get();
+    for _ in 0..connections {
+        clients.push(idle_client(proxy).await);
+    }
+    settle().await;
+    let after = dhat::HeapStats::get();
+    let n = connections as i64;
+    (
+        after.curr_blocks as i64 - before.curr_blocks as i64 - socket_blocks * n / 2,
+        after.curr_bytes as i64 - before.curr_bytes as i64 - socket_bytes * n / 2,
+        (weir, clients),
+    )
+}
+
+/// A client connection that has made one request and read its whole answer.
+async fn idle_client(proxy: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 4096];
+    let mut filled = 0;
+    loop {
+        let n = stream.read(&mut buffer[filled..]).await.unwrap();
+        assert!(n > 0, "weir closed the connection");
+        filled += n;
+        if let Some(end) = find(&buffer[..filled], b"\r\n\r\n")
+            && filled >= end + 4 + content_length(&buffer[..end])
+        {
+            return stream;
+        }
+    }
+}
+
+/// Heap blocks and bytes per connected pair of plain sockets in this process.
+async fn raw_socket_pair_cost(pairs: usize) -> (i64, i64) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::with_capacity(2 * pairs);
+    // The first pair warms tokio's registration slab.
+    held.push(TcpStream::connect(addr).await.unwrap());
+    held.push(listener.accept().await.unwrap().0);
+    let before = dhat::HeapStats::get();
+    let mut more = Vec::with_capacity(2 * pairs);
+    for _ in 0..pairs {
+        more.push(TcpStream::connect(addr).await.unwrap());
+        more.push(listener.accept().await.unwrap().0);
+    }
+    let after = dhat::HeapStats::get();
+    // `more`'s own vector was allocated before `before`.
+    let n = pairs as i64;
+    (
+        (after.curr_blocks as i64 - before.curr_blocks as i64) / n,
+        (after.curr_bytes as i64 - before.curr_bytes as i64) / n,
+    )
+}
+
+/// Lets every task that is ready run (connections finishing their last response).
+async fn settle() {
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Blocks and bytes allocated while `requests` requests for `path` go through weir.

@@ -33,6 +33,17 @@ use policy::Lifetimes;
 use redis::RedisTier;
 pub use stats::CacheStats;
 
+/// What the memory tier holds for a request ([`Cache::probe_memory`]).
+#[derive(Debug)]
+pub enum MemoryProbe {
+    /// The response (the request's variant, under `Vary`).
+    Found(Arc<StoredResponse>),
+    /// The primary key holds a `Vary` record, and the request's variant is not in memory.
+    Vary(Arc<VaryRecord>),
+    /// Nothing (or the route does not use the memory tier).
+    Miss,
+}
+
 /// Which tier answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -263,21 +274,50 @@ impl Cache {
         primary: &str,
         request: &HeaderMap,
     ) -> Option<(Arc<StoredResponse>, Tier)> {
-        let l2 = self.redis.as_ref().filter(|_| route.redis);
-        let mut vary = None;
-        if route.memory {
-            match self.memory.get(primary) {
-                Some(Entry::Response(r)) => return Some((r, Tier::Memory)),
-                Some(Entry::Vary(v)) => {
-                    let variant = key::variant(primary, v.generation, &v.names, request);
-                    if let Some(Entry::Response(r)) = self.memory.get(&variant) {
-                        return Some((r, Tier::Memory));
-                    }
-                    vary = Some(v);
-                }
-                None => {}
-            }
+        self.lookup_after(route, primary, request, None).await
+    }
+
+    /// The lookup's first, synchronous step: what the memory tier holds for `primary`
+    /// (its variant for `request`, under `Vary`). Each entry is read once, as a lookup
+    /// reads it, so it counts once toward its popularity.
+    pub fn probe_memory(
+        &self,
+        route: &RouteCache,
+        primary: &str,
+        request: &HeaderMap,
+    ) -> MemoryProbe {
+        if !route.memory {
+            return MemoryProbe::Miss;
         }
+        match self.memory.get(primary) {
+            Some(Entry::Response(r)) => MemoryProbe::Found(r),
+            Some(Entry::Vary(v)) => {
+                let variant = key::variant(primary, v.generation, &v.names, request);
+                match self.memory.get(&variant) {
+                    Some(Entry::Response(r)) => MemoryProbe::Found(r),
+                    _ => MemoryProbe::Vary(v),
+                }
+            }
+            None => MemoryProbe::Miss,
+        }
+    }
+
+    /// A lookup that continues from `probe` (see [`Self::probe_memory`]), or probes the
+    /// memory tier itself when given none.
+    pub async fn lookup_after(
+        &self,
+        route: &RouteCache,
+        primary: &str,
+        request: &HeaderMap,
+        probe: Option<MemoryProbe>,
+    ) -> Option<(Arc<StoredResponse>, Tier)> {
+        let l2 = self.redis.as_ref().filter(|_| route.redis);
+        let probe = probe.unwrap_or_else(|| self.probe_memory(route, primary, request));
+        let vary = match probe {
+            MemoryProbe::Found(r) => return Some((r, Tier::Memory)),
+            MemoryProbe::Vary(v) => Some(v),
+            MemoryProbe::Miss => None,
+        };
         let l2 = l2?;
         let vary = match vary {
             Some(v) => v,

@@ -415,12 +415,19 @@ impl ProxyService {
         if let (Some(cache), Some(policy)) = (&snapshot.cache, &route.cache)
             && upgrade_protocol(&parts).is_none()
         {
+            let probed = match self.fresh_memory_hit(&exchange, cache, policy, &mut parts) {
+                Ok(answer) => return Ok(answer),
+                Err(probed) => probed,
+            };
+            let request = cached::CachedRequest {
+                parts,
+                body,
+                conn_guard,
+                probed,
+            };
             // Boxed: the cache path's state machine is several KiB, and hyper moves the
             // request future by value; the plain path should not carry (and copy) it.
-            return Box::pin(
-                self.forward_cached(&exchange, cache, policy, parts, body, conn_guard),
-            )
-            .await;
+            return Box::pin(self.forward_cached(&exchange, cache, policy, request)).await;
         }
         self.forward_upstream(&exchange, parts, Some(body), Some(conn_guard))
             .await

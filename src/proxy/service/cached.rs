@@ -19,7 +19,7 @@ use crate::cache::object::StoredResponse;
 use crate::cache::policy::{self, PolicyRequest, Reuse};
 use crate::cache::range::{self, RangeAnswer};
 use crate::cache::redis::Lock;
-use crate::cache::{Cache, Flight, FlightGuard, PurgeTarget, RouteCache, Tier};
+use crate::cache::{Cache, Flight, FlightGuard, MemoryProbe, PurgeTarget, RouteCache, Tier};
 use crate::proxy::body::{ResponseBody, Tee};
 use crate::proxy::compress;
 use crate::proxy::conn::ConnRequestGuard;
@@ -76,6 +76,43 @@ struct CacheCtx<'a> {
     head_only: bool,
 }
 
+/// What [`ProxyService::forward_cached`] takes of the request.
+pub(super) struct CachedRequest {
+    pub parts: http::request::Parts,
+    pub body: Incoming,
+    pub conn_guard: ConnRequestGuard,
+    /// The memory tier's answer, when [`ProxyService::fresh_memory_hit`] asked it.
+    pub probed: Option<Probed>,
+}
+
+/// A request whose primary key the memory tier was asked about.
+pub(super) struct Probed {
+    primary: String,
+    memory: MemoryProbe,
+}
+
+/// Removes the URL-building headers the route does not key on (see
+/// [`UNKEYED_URL_HEADERS`]).
+fn remove_unkeyed(policy: &RouteCache, headers: &mut HeaderMap) {
+    for name in &UNKEYED_URL_HEADERS {
+        if !policy.key.keys_on(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The request's primary cache key.
+fn primary_key(policy: &RouteCache, parts: &http::request::Parts) -> String {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    policy
+        .key
+        .primary(host, parts.uri.path(), parts.uri.query(), &parts.headers)
+}
+
 /// What a cache lookup needs.
 #[derive(Clone, Copy)]
 struct Lookup<'a> {
@@ -88,11 +125,16 @@ struct Lookup<'a> {
 }
 
 /// A cache lookup, with a span of its own when the request is recorded.
-async fn traced_lookup(lookup: Lookup<'_>) -> Option<(Arc<StoredResponse>, Tier)> {
+/// `probe` is the memory tier's answer when it was asked already
+/// ([`ProxyService::fresh_memory_hit`]).
+async fn traced_lookup(
+    lookup: Lookup<'_>,
+    probe: Option<MemoryProbe>,
+) -> Option<(Arc<StoredResponse>, Tier)> {
     let start = lookup.recording.map(|_| SystemTime::now());
     let found = lookup
         .cache
-        .lookup(lookup.policy, lookup.primary, lookup.client_headers)
+        .lookup_after(lookup.policy, lookup.primary, lookup.client_headers, probe)
         .await;
     if let (Some(recording), Some(start)) = (lookup.recording, start) {
         let result = found
@@ -196,33 +238,74 @@ struct Hit<'a> {
 }
 
 impl ProxyService {
+    /// The commonest cache hit, answered before the cache path's future (several KiB,
+    /// boxed) is built: a GET or HEAD without `Range`, plainly fresh in the memory tier.
+    /// Otherwise the memory tier's answer is handed on, so that the cache path does not
+    /// ask it again. Not tried with compression on (variants by coding) or when the
+    /// request is recorded (the lookup has a span of its own).
+    pub(super) fn fresh_memory_hit(
+        &self,
+        exchange: &Exchange<'_>,
+        cache: &Arc<Cache>,
+        policy: &Arc<RouteCache>,
+        parts: &mut http::request::Parts,
+    ) -> Result<(Response<ResponseBody>, Served), Option<Probed>> {
+        if !policy.memory
+            || exchange.snapshot.compression
+            || exchange.recording.is_some()
+            || !(parts.method == Method::GET || parts.method == Method::HEAD)
+            || parts.headers.contains_key(header::RANGE)
+        {
+            return Err(None);
+        }
+        remove_unkeyed(policy, &mut parts.headers);
+        let primary = primary_key(policy, parts);
+        let memory = cache.probe_memory(policy, &primary, &parts.headers);
+        let now = SystemTime::now();
+        if let MemoryProbe::Found(stored) = &memory
+            && policy::plainly_fresh(stored, &parts.headers, now)
+            && !(cache.rewarm_hot && near_expiry(stored, now))
+        {
+            let view = HitView {
+                exchange: *exchange,
+                cache,
+                client_headers: &parts.headers,
+                head_only: parts.method == Method::HEAD,
+            };
+            let hit = Hit {
+                stored,
+                tier: Tier::Memory,
+                now,
+                status: fresh(Tier::Memory, stored, now),
+            };
+            return Ok(serve(&view, hit));
+        }
+        Err(Some(Probed { primary, memory }))
+    }
+
     pub(super) async fn forward_cached(
         &self,
         exchange: &Exchange<'_>,
         cache: &Arc<Cache>,
         policy: &Arc<RouteCache>,
-        mut parts: http::request::Parts,
-        body: Incoming,
-        conn_guard: ConnRequestGuard,
+        request: CachedRequest,
     ) -> Result<(Response<ResponseBody>, Served), Failure> {
-        for name in &UNKEYED_URL_HEADERS {
-            if !policy.key.keys_on(name) {
-                parts.headers.remove(name);
-            }
-        }
+        let CachedRequest {
+            mut parts,
+            body,
+            conn_guard,
+            probed,
+        } = request;
+        remove_unkeyed(policy, &mut parts.headers);
         if parts.method != Method::GET && parts.method != Method::HEAD {
             // Boxed so that the hit path's future stays small.
             return Box::pin(self.forward_unsafe(exchange, cache, policy, parts, body, conn_guard))
                 .await;
         }
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        let primary = policy
-            .key
-            .primary(host, parts.uri.path(), parts.uri.query(), &parts.headers);
+        let (primary, probe) = match probed {
+            Some(Probed { primary, memory }) => (primary, Some(memory)),
+            None => (primary_key(policy, &parts), None),
+        };
         let head_only = parts.method == Method::HEAD;
         // Range applies to GET only (RFC 9110 §14.2).
         let range = (!head_only)
@@ -242,13 +325,16 @@ impl ProxyService {
             (Some(headers), coding)
         };
         let now = SystemTime::now();
-        let found = traced_lookup(Lookup {
-            cache,
-            policy,
-            primary: &primary,
-            client_headers: range_headers.as_ref().unwrap_or(&parts.headers),
-            recording: exchange.recording,
-        })
+        let found = traced_lookup(
+            Lookup {
+                cache,
+                policy,
+                primary: &primary,
+                client_headers: range_headers.as_ref().unwrap_or(&parts.headers),
+                recording: exchange.recording,
+            },
+            probe,
+        )
         .await;
         // The common hit: answered from the client's own head, before anything else of
         // the cache path (its policy view, targets, a copy of the head) is built.
@@ -589,7 +675,7 @@ impl ProxyService {
         detail: &'static str,
     ) -> Option<(Response<ResponseBody>, Served)> {
         let now = SystemTime::now();
-        let (stored, tier) = traced_lookup(ctx.lookup()).await?;
+        let (stored, tier) = traced_lookup(ctx.lookup(), None).await?;
         if !matches!(policy::reuse(&stored, &ctx.view, now), Reuse::Fresh) {
             return None;
         }
