@@ -283,7 +283,10 @@ pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 32];
     write_hex(&mut buf[..16], prefix);
     write_hex(&mut buf[16..], n);
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+    // Shared from the start: the id goes upstream and back to the client, and a clone of
+    // a value copied into a `Vec` allocates again to share it.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or(HeaderValue::from_static("0"))
 }
 
 fn write_hex(out: &mut [u8], mut v: u64) {

@@ -97,7 +97,8 @@ impl TraceContext {
         out[36..52].copy_from_slice(&self.span_id);
         out[52] = b'-';
         out[53..].copy_from_slice(&self.flags);
-        HeaderValue::from_bytes(&out).ok()
+        // Shared from the start: a retry's copy of the head clones it without allocating.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out)).ok()
     }
 }
 
