@@ -259,3 +259,39 @@ async fn idle_keep_alive_connections_are_closed() {
     assert!(waited >= Duration::from_millis(250), "{waited:?}");
     weir.shutdown().await;
 }
+
+/// The header timeout bounds a head from its first byte; the wait before it on a
+/// keep-alive connection is the idle timeout's to bound. (Unpatched hyper started the
+/// header timer right after each response, closing connections idle for the header
+/// timeout whatever the idle timeout.) A later head that stalls is still cut.
+#[tokio::test]
+async fn a_keep_alive_connection_idles_past_the_header_timeout() {
+    let up = named_upstream("a").await;
+    let config = simple_config(&[up.addr], "")
+        + "\n[server]\nrequest_header_timeout = \"200ms\"\nclient_idle_timeout = \"30s\"\n";
+    let weir = weir(&config).await;
+    let mut stream = TcpStream::connect(weir.listener_addr("http").unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    for round in 0..2 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "round {round}");
+        // Three header timeouts with nothing sent: the connection must stay open (the
+        // read times out rather than seeing the close).
+        let idle = tokio::time::timeout(Duration::from_millis(600), stream.read(&mut buf)).await;
+        assert!(idle.is_err(), "round {round}: closed while idle: {idle:?}");
+    }
+    // A third head, begun and never finished: cut at the header timeout.
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let waited = time_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(waited >= Duration::from_millis(150), "{waited:?}");
+    weir.shutdown().await;
+}

@@ -127,8 +127,13 @@ pub struct ServerConfig {
     pub threads: usize,
     #[serde(with = "humantime_serde", default = "d_drain")]
     pub drain_timeout: Duration,
+    /// Time a client has to send a complete request head (slowloris): from the
+    /// connection's start for its first head, from a later head's first byte for the
+    /// others, so that it does not also bound keep-alive idleness.
     #[serde(with = "humantime_serde", default = "d_header")]
     pub request_header_timeout: Duration,
+    /// A client connection with no request in flight (between keep-alive requests) is
+    /// closed after this.
     #[serde(with = "humantime_serde", default = "d_client_idle")]
     pub client_idle_timeout: Duration,
     /// A request body must arrive within this time plus one second per

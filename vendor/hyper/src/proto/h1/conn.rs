@@ -66,6 +66,8 @@ where
                 #[cfg(feature = "server")]
                 h1_header_read_timeout_running: false,
                 #[cfg(feature = "server")]
+                h1_read_a_head: false,
+                #[cfg(feature = "server")]
                 date_header: true,
                 #[cfg(feature = "server")]
                 timer: Time::Empty,
@@ -220,25 +222,6 @@ where
         debug_assert!(self.can_read_head());
         trace!("Conn::read_head");
 
-        #[cfg(feature = "server")]
-        if !self.state.h1_header_read_timeout_running {
-            if let Some(h1_header_read_timeout) = self.state.h1_header_read_timeout {
-                let deadline = self.state.timer.now() + h1_header_read_timeout;
-                self.state.h1_header_read_timeout_running = true;
-                match &mut self.state.h1_header_read_timeout_fut {
-                    Some(h1_header_read_timeout_fut) => {
-                        trace!("resetting h1 header read timeout timer");
-                        self.state.timer.reset(h1_header_read_timeout_fut, deadline);
-                    }
-                    None => {
-                        trace!("setting h1 header read timeout timer");
-                        self.state.h1_header_read_timeout_fut =
-                            Some(self.state.timer.sleep_until(deadline));
-                    }
-                }
-            }
-        }
-
         let msg = match self.io.parse::<T>(
             cx,
             ParseContext {
@@ -258,6 +241,33 @@ where
             Poll::Ready(Ok(msg)) => msg,
             Poll::Ready(Err(e)) => return self.on_read_head_error(e),
             Poll::Pending => {
+                // weir patch: the header timer starts when the connection's first head is
+                // awaited, and for later heads when their first bytes arrive. hyper
+                // started it as soon as it began reading the next head, right after a
+                // response, so a keep-alive connection idle for the header timeout was
+                // closed however long the server's idle timeout was (and a client
+                // reusing it could race the close).
+                #[cfg(feature = "server")]
+                if !self.state.h1_header_read_timeout_running
+                    && (!self.state.h1_read_a_head || !self.io.read_buf().is_empty())
+                {
+                    if let Some(h1_header_read_timeout) = self.state.h1_header_read_timeout {
+                        let deadline = self.state.timer.now() + h1_header_read_timeout;
+                        self.state.h1_header_read_timeout_running = true;
+                        match &mut self.state.h1_header_read_timeout_fut {
+                            Some(h1_header_read_timeout_fut) => {
+                                trace!("resetting h1 header read timeout timer");
+                                self.state.timer.reset(h1_header_read_timeout_fut, deadline);
+                            }
+                            None => {
+                                trace!("setting h1 header read timeout timer");
+                                self.state.h1_header_read_timeout_fut =
+                                    Some(self.state.timer.sleep_until(deadline));
+                            }
+                        }
+                    }
+                }
+
                 #[cfg(feature = "server")]
                 if self.state.h1_header_read_timeout_running {
                     if let Some(h1_header_read_timeout_fut) =
@@ -280,6 +290,7 @@ where
         {
             self.state.h1_header_read_timeout_running = false;
             self.state.h1_header_read_timeout_fut = None;
+            self.state.h1_read_a_head = true;
         }
 
         // Note: don't deconstruct `msg` into local variables, it appears
@@ -959,6 +970,10 @@ struct State {
     h1_header_read_timeout_fut: Option<Pin<Box<dyn Sleep>>>,
     #[cfg(feature = "server")]
     h1_header_read_timeout_running: bool,
+    /// weir patch: a head has been read on this connection, so waiting for the next one
+    /// is keep-alive idleness (bounded by the server's idle timeout), not a slow head.
+    #[cfg(feature = "server")]
+    h1_read_a_head: bool,
     #[cfg(feature = "server")]
     date_header: bool,
     #[cfg(feature = "server")]
