@@ -26,24 +26,12 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let requests: u64 = std::env::var("WEIR_ALLOC_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let requests = env_number("WEIR_ALLOC_REQUESTS", 10_000);
     let profile_dir = std::env::var("WEIR_ALLOC_PROFILE").ok();
     for (name, path) in [("proxied", "/"), ("cache-hit", "/cached")] {
-        let profiler = match &profile_dir {
-            Some(dir) => dhat::Profiler::builder()
-                .file_name(Path::new(dir).join(format!("{name}.json")))
-                .trim_backtraces(Some(40))
-                .build(),
-            None => dhat::Profiler::builder().testing().build(),
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (blocks, bytes) = runtime.block_on(measure(path, requests));
+        let profiler = profiler(profile_dir.as_deref(), name);
+        let runtime = runtime();
+        let (blocks, bytes) = runtime.block_on(measure(path, requests as u64));
         println!(
             "{name:<10} {:>6.2} allocations per request, {:>7.0} bytes allocated per request",
             blocks as f64 / requests as f64,
@@ -55,22 +43,9 @@ fn main() {
     // Idle keep-alive connections: heap held per connection after one request each. In
     // profile mode `idle.json`'s end-of-run figures (taken while the connections are
     // still open) say which sites hold it.
-    let connections: usize = std::env::var("WEIR_ALLOC_IDLE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
-    let profiler = match &profile_dir {
-        Some(dir) => dhat::Profiler::builder()
-            .file_name(Path::new(dir).join("idle.json"))
-            .trim_backtraces(Some(40))
-            .build(),
-        None => dhat::Profiler::builder().testing().build(),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    let connections = env_number("WEIR_ALLOC_IDLE", 2_000);
+    let profiler = profiler(profile_dir.as_deref(), "idle");
+    runtime().block_on(async {
         let (blocks, bytes, held) = measure_idle(connections).await;
         println!(
             "idle       {:>6.2} blocks per connection,   {:>7.0} bytes held per connection",
@@ -83,6 +58,32 @@ fn main() {
     });
 }
 
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// dhat's profiler: per-site profiles in `dir/{name}.json`, or counts only.
+fn profiler(dir: Option<&str>, name: &str) -> dhat::Profiler {
+    match dir {
+        Some(dir) => dhat::Profiler::builder()
+            .file_name(Path::new(dir).join(format!("{name}.json")))
+            .trim_backtraces(Some(40))
+            .build(),
+        None => dhat::Profiler::builder().testing().build(),
+    }
+}
+
+/// weir runs in-process on this one thread, as `threads = 1` runs it.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Heap blocks and bytes that `connections` idle keep-alive connections hold in weir,
 /// each after one proxied request; returns them with what keeps them open.
 ///
@@ -90,23 +91,8 @@ fn main() {
 /// sockets (client and accepted end, nothing else) is measured first, and half of it is
 /// taken off per connection.
 async fn measure_idle(connections: usize) -> (i64, i64, (weir::app::Running, Vec<TcpStream>)) {
-    let upstream = raw_upstream().await;
-    let config = format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-
-[[routes]]
-pool = "up"
-
-[pools.up]
-endpoints = [{{ address = "{upstream}" }}]
-"#
-    );
     let (socket_blocks, socket_bytes) = raw_socket_pair_cost(connections).await;
-    let config = weir::config::load_str(&config, Path::new("allocations.toml")).unwrap();
-    let weir = weir::app::start(&config).await.unwrap();
+    let weir = start_weir().await;
     let proxy = weir.listener_addr("http").unwrap();
     // One connection warms the pool, the upstream connection and lazily built state.
     let mut clients = vec![idle_client(proxy).await];
@@ -178,6 +164,27 @@ async fn settle() {
 
 /// Blocks and bytes allocated while `requests` requests for `path` go through weir.
 async fn measure(path: &str, requests: u64) -> (u64, u64) {
+    let weir = start_weir().await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let mut client = Client::connect(proxy, path).await;
+    for _ in 0..2_000 {
+        client.exchange().await;
+    }
+    let before = dhat::HeapStats::get();
+    for _ in 0..requests {
+        client.exchange().await;
+    }
+    let after = dhat::HeapStats::get();
+    weir.shutdown().await;
+    (
+        after.total_blocks - before.total_blocks,
+        after.total_bytes - before.total_bytes,
+    )
+}
+
+/// weir in front of a [`raw_upstream`]: `/cached` on a caching route, everything else on
+/// a route that does not cache.
+async fn start_weir() -> weir::app::Running {
     let upstream = raw_upstream().await;
     let config = format!(
         r#"
@@ -201,22 +208,7 @@ endpoints = [{{ address = "{upstream}" }}]
 "#
     );
     let config = weir::config::load_str(&config, Path::new("allocations.toml")).unwrap();
-    let weir = weir::app::start(&config).await.unwrap();
-    let proxy = weir.listener_addr("http").unwrap();
-    let mut client = Client::connect(proxy, path).await;
-    for _ in 0..2_000 {
-        client.exchange().await;
-    }
-    let before = dhat::HeapStats::get();
-    for _ in 0..requests {
-        client.exchange().await;
-    }
-    let after = dhat::HeapStats::get();
-    weir.shutdown().await;
-    (
-        after.total_blocks - before.total_blocks,
-        after.total_bytes - before.total_bytes,
-    )
+    weir::app::start(&config).await.unwrap()
 }
 
 /// Answers every request on a connection with the same 1 KiB response (cacheable for an

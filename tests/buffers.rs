@@ -40,32 +40,9 @@ async fn echo() -> Upstream {
 
 /// Reads one response with a Content-Length body from `stream`; returns (status, body).
 async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (u16, String) {
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
-            let status = head[9..12].parse().unwrap();
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .expect("a content-length");
-            while pending.len() < end + 4 + length {
-                let n = stream.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "closed mid-body");
-                pending.extend_from_slice(&chunk[..n]);
-            }
-            let body = String::from_utf8_lossy(&pending[end + 4..end + 4 + length]).into_owned();
-            pending.drain(..end + 4 + length);
-            return (status, body);
-        }
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed before a response: {pending:?}");
-        pending.extend_from_slice(&chunk[..n]);
-    }
+    let (head, body) = read_raw_response(stream, pending).await;
+    let status = head[9..12].parse().unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 async fn send_in_pieces(stream: &mut TcpStream, pieces: &[&[u8]]) {

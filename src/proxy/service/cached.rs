@@ -261,24 +261,18 @@ impl ProxyService {
         remove_unkeyed(policy, &mut parts.headers);
         let primary = primary_key(policy, parts);
         let memory = cache.probe_memory(policy, &primary, &parts.headers);
-        let now = SystemTime::now();
-        if let MemoryProbe::Found(stored) = &memory
-            && policy::plainly_fresh(stored, &parts.headers, now)
-            && !(cache.rewarm_hot && near_expiry(stored, now))
-        {
+        if let MemoryProbe::Found(stored) = &memory {
             let view = HitView {
                 exchange: *exchange,
                 cache,
                 client_headers: &parts.headers,
                 head_only: parts.method == Method::HEAD,
             };
-            let hit = Hit {
-                stored,
-                tier: Tier::Memory,
-                now,
-                status: fresh(Tier::Memory, stored, now),
-            };
-            return Ok(serve(&view, hit));
+            if let Some(answer) =
+                serve_if_plainly_fresh(&view, stored, Tier::Memory, SystemTime::now())
+            {
+                return Ok(answer);
+            }
         }
         Err(Some(Probed { primary, memory }))
     }
@@ -340,8 +334,6 @@ impl ProxyService {
         // the cache path (its policy view, targets, a copy of the head) is built.
         if range.is_none()
             && let Some((stored, tier)) = &found
-            && policy::plainly_fresh(stored, &parts.headers, now)
-            && !(cache.rewarm_hot && near_expiry(stored, now))
         {
             let view = HitView {
                 exchange: *exchange,
@@ -349,13 +341,9 @@ impl ProxyService {
                 client_headers: &parts.headers,
                 head_only,
             };
-            let hit = Hit {
-                stored,
-                tier: *tier,
-                now,
-                status: fresh(*tier, stored, now),
-            };
-            return Ok(serve(&view, hit));
+            if let Some(answer) = serve_if_plainly_fresh(&view, stored, *tier, now) {
+                return Ok(answer);
+            }
         }
         let target: Uri = policy
             .key
@@ -990,6 +978,28 @@ fn without_conditionals(client: &HeaderMap) -> HeaderMap {
 
 /// Answers from a stored response: the whole response, a 304 to a matching conditional,
 /// or a byte range of it (206, or 416 when the range lies past its end).
+/// The common hit: `stored` answers the client's own head as it is (plainly fresh, and
+/// not one that a hot-entry rewarm should refresh first).
+fn serve_if_plainly_fresh(
+    view: &HitView<'_>,
+    stored: &StoredResponse,
+    tier: Tier,
+    now: SystemTime,
+) -> Option<(Response<ResponseBody>, Served)> {
+    if !policy::plainly_fresh(stored, view.client_headers, now)
+        || (view.cache.rewarm_hot && near_expiry(stored, now))
+    {
+        return None;
+    }
+    let hit = Hit {
+        stored,
+        tier,
+        now,
+        status: fresh(tier, stored, now),
+    };
+    Some(serve(view, hit))
+}
+
 fn serve(ctx: &HitView<'_>, hit: Hit<'_>) -> (Response<ResponseBody>, Served) {
     let Hit {
         stored,
