@@ -315,7 +315,12 @@ async fn requests_attempts_and_cache_lookups_reach_an_http_collector() {
         "{metrics}"
     );
     let tracer = weir.state().snapshot.load().tracer.clone().unwrap();
-    assert!(tracer.stats.exported.load(Relaxed) >= 6);
+    // Counted when the collector's answer is back, which can be after the store above
+    // has the spans.
+    eventually("six spans counted as exported", async || {
+        tracer.stats.exported.load(Relaxed) >= 6
+    })
+    .await;
     assert_eq!(tracer.stats.dropped_queue_full.load(Relaxed), 0);
 }
 
