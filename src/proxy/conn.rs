@@ -1,24 +1,50 @@
-//! Per-client-connection bookkeeping: requests in flight, for the idle timeout, and the
-//! upstream clients that belong to this connection alone (pools sending a PROXY header).
+//! Per-client-connection bookkeeping: requests in flight (for the idle timeout, which
+//! [`super::sweeper`] watches), the request to close, and the upstream clients that belong
+//! to this connection alone (pools sending a PROXY header).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::task::Context;
+
+use atomic_waker::AtomicWaker;
 
 use crate::upstream::{Pool, UpstreamClient};
+
+/// What the connection's task is asked to do, in increasing order: a later request never
+/// undoes an earlier, stronger one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Closing {
+    /// Keep serving.
+    No = 0,
+    /// Finish the request in flight, then close (idle timeout, drain).
+    Gracefully = 1,
+    /// Close now (the drain deadline passed).
+    Now = 2,
+}
 
 /// Shared by a connection's task and the requests it carries.
 #[derive(Debug)]
 pub struct ConnActivity {
     in_flight: AtomicU32,
     started: AtomicU64,
+    /// A [`Closing`], set by the connection's sweeper.
+    closing: AtomicU8,
+    /// The connection's task, woken when `closing` is set.
+    task: AtomicWaker,
+    /// What only pools that send a PROXY header read (under a lock no other request
+    /// takes).
+    private: Mutex<Private>,
+}
+
+#[derive(Debug)]
+struct Private {
     /// The client's address and port (the TCP peer or its PROXY header's source) and the
     /// address it reached weir at: what a PROXY header sent upstream says.
     ends: (SocketAddr, SocketAddr),
     /// Clients of pools with `proxy_protocol`: their connections name this connection's
     /// client, so they are this connection's own, and close with it.
-    private_clients: Mutex<Vec<(Weak<Pool>, UpstreamClient)>>,
+    clients: Vec<(Weak<Pool>, UpstreamClient)>,
 }
 
 impl Default for ConnActivity {
@@ -33,14 +59,31 @@ impl ConnActivity {
         Self {
             in_flight: AtomicU32::new(0),
             started: AtomicU64::new(0),
-            ends: (peer, local),
-            private_clients: Mutex::new(Vec::new()),
+            closing: AtomicU8::new(Closing::No as u8),
+            task: AtomicWaker::new(),
+            private: Mutex::new(Private {
+                ends: (peer, local),
+                clients: Vec::new(),
+            }),
         }
+    }
+
+    fn private(&self) -> std::sync::MutexGuard<'_, Private> {
+        // Nothing panics while holding it; were it poisoned, its data would still be whole.
+        self.private
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The client's and weir's ends of the connection.
     pub fn ends(&self) -> (SocketAddr, SocketAddr) {
-        self.ends
+        self.private().ends
+    }
+
+    /// The client is `source`, as the connection's PROXY header says (read after the
+    /// connection was accepted and this record made).
+    pub fn set_client(&self, source: SocketAddr) {
+        self.private().ends.0 = source;
     }
 
     /// This connection's client for `pool` (built on first use by `build`). Only pools
@@ -50,7 +93,8 @@ impl ConnActivity {
         pool: &Arc<Pool>,
         build: impl FnOnce() -> Option<UpstreamClient>,
     ) -> Option<UpstreamClient> {
-        let mut clients = self.private_clients.lock().ok()?;
+        let mut private = self.private();
+        let clients = &mut private.clients;
         // Pools replaced by a reload are gone: so are their clients.
         clients.retain(|(owner, _)| owner.strong_count() > 0);
         if let Some((_, client)) = clients
@@ -72,24 +116,38 @@ impl ConnActivity {
         }
     }
 
-    /// Completes once the connection has had no request in flight and none started for
-    /// `timeout` (checked in quarters, so it fires between 1× and 1.25× `timeout`).
-    pub async fn idle(&self, timeout: Duration) {
-        let tick = (timeout / 4).max(Duration::from_millis(1));
-        let mut quiet_ticks = 0;
-        let mut last_started = self.started.load(Relaxed);
-        loop {
-            tokio::time::sleep(tick).await;
-            let started = self.started.load(Relaxed);
-            if started == last_started && self.in_flight.load(Relaxed) == 0 {
-                quiet_ticks += 1;
-                if quiet_ticks >= 4 {
-                    return;
-                }
-            } else {
-                quiet_ticks = 0;
-                last_started = started;
-            }
+    /// Requests started on the connection so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(Relaxed)
+    }
+
+    /// Requests in flight on the connection.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// What the connection's task is asked to do; the task (`cx`) is woken when that
+    /// changes.
+    pub fn closing(&self, cx: &mut Context<'_>) -> Closing {
+        self.task.register(cx.waker());
+        Closing::from_u8(self.closing.load(Relaxed))
+    }
+
+    /// Asks the connection's task to close, and wakes it.
+    pub fn close(&self, how: Closing) {
+        let before = self.closing.fetch_max(how as u8, Relaxed);
+        if before < how as u8 {
+            self.task.wake();
+        }
+    }
+}
+
+impl Closing {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Closing::No,
+            1 => Closing::Gracefully,
+            _ => Closing::Now,
         }
     }
 }
@@ -113,37 +171,5 @@ impl ConnRequestGuard {
 impl Drop for ConnRequestGuard {
     fn drop(&mut self) {
         self.activity.in_flight.fetch_sub(1, Relaxed);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_waits_for_quiet_period() {
-        let activity = Arc::new(ConnActivity::default());
-        let start = tokio::time::Instant::now();
-        activity.idle(Duration::from_secs(60)).await;
-        let waited = start.elapsed();
-        assert!(waited >= Duration::from_secs(60) && waited <= Duration::from_secs(75));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn in_flight_request_is_never_idle() {
-        let activity = Arc::new(ConnActivity::default());
-        let guard = activity.begin_request();
-        let idle = tokio::time::timeout(
-            Duration::from_secs(600),
-            activity.idle(Duration::from_secs(10)),
-        );
-        assert!(
-            idle.await.is_err(),
-            "a connection with a request in flight went idle"
-        );
-        drop(guard);
-        let start = tokio::time::Instant::now();
-        activity.idle(Duration::from_secs(10)).await;
-        assert!(start.elapsed() >= Duration::from_secs(10));
     }
 }

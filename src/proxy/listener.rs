@@ -25,9 +25,10 @@ use tokio_rustls::TlsAcceptor;
 use super::ProxyState;
 use super::body::{BodyPace, ResponseBody};
 use super::client_address::read_proxy_header;
-use super::conn::ConnActivity;
+use super::conn::{Closing, ConnActivity};
 use super::protocol::{Builders, Protocol, ServerConnection};
 use super::service::ProxyService;
+use super::sweeper::Sweeper;
 use crate::config::IpBlock;
 
 /// Settings of one listener, fixed while it runs.
@@ -63,6 +64,8 @@ pub struct Shutdown {
 }
 
 /// Accepts until `shutdown.drain` fires; each connection runs as a task on `tracker`.
+/// The loop also watches the connections it accepted (idle timeout, drain, abort) and
+/// returns once they have all ended or the drain deadline has passed.
 pub async fn serve(
     listener: TcpListener,
     settings: ListenerSettings,
@@ -72,9 +75,19 @@ pub async fn serve(
 ) {
     let limit = Arc::clone(&settings.connection_limit);
     let builders = Arc::new(Builders::new(&settings));
+    let mut sweeper = Sweeper::new(settings.client_idle_timeout);
+    // This loop's own connections (also on `tracker`), so that it knows when they are
+    // all gone after a drain.
+    let connections = TaskTracker::new();
+    let mut sweeps = tokio::time::interval(sweeper.period());
+    sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.drain.cancelled() => break,
+            _ = sweeps.tick() => {
+                sweeper.tick();
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -97,13 +110,14 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         // Where the client reached weir: the destination a PROXY header sent upstream names.
         let local = stream.local_addr().unwrap_or(peer);
+        let activity = Arc::new(ConnActivity::new(peer, local));
+        sweeper.watch(Arc::clone(&activity));
         let mut connection = Connection {
-            local,
+            activity,
             tunnels: tracker.clone(),
             state: Arc::clone(&state),
             builders: Arc::clone(&builders),
             shutdown: shutdown.clone(),
-            idle_timeout: settings.client_idle_timeout,
             body_pace: settings.body_pace,
             peer,
             trusted_proxies: Arc::clone(&settings.trusted_proxies),
@@ -113,7 +127,7 @@ pub async fn serve(
         let handshake_timeout = settings.request_header_timeout;
         let proxy_protocol = settings.proxy_protocol.then(|| settings.name.clone());
         let mut stream = stream;
-        tracker.spawn(async move {
+        tracker.spawn(connections.track_future(async move {
             connection
                 .state
                 .stats
@@ -145,23 +159,31 @@ pub async fn serve(
                 .connections_active
                 .fetch_sub(1, Relaxed);
             drop(permit);
-        });
+        }));
+    }
+    // No more accepting. The connections finish their requests, or are cut when the
+    // drain deadline passes.
+    drop(listener);
+    connections.close();
+    sweeper.close_all(Closing::Gracefully);
+    tokio::select! {
+        _ = connections.wait() => {}
+        _ = shutdown.abort.cancelled() => sweeper.close_all(Closing::Now),
     }
 }
 
 /// What one accepted connection needs to be served.
 struct Connection {
+    /// Its requests, and the accept loop's requests to close it.
+    activity: Arc<ConnActivity>,
     /// Where upgraded connections (WebSocket) run, so shutdown waits for them too.
     tunnels: TaskTracker,
     state: Arc<ProxyState>,
     builders: Arc<Builders>,
     shutdown: Shutdown,
-    idle_timeout: Duration,
     body_pace: BodyPace,
     /// The client: the TCP peer, or the source its PROXY header names.
     peer: std::net::SocketAddr,
-    /// The address the connection was accepted on.
-    local: std::net::SocketAddr,
     trusted_proxies: Arc<[IpBlock]>,
     client_cert_header: Option<http::HeaderName>,
 }
@@ -182,6 +204,7 @@ impl Connection {
         match read {
             Ok(Ok(Some(source))) => {
                 self.peer = source;
+                self.activity.set_client(source);
                 true
             }
             // LOCAL or UNKNOWN: the balancer's own connection (a health check).
@@ -262,7 +285,7 @@ impl Connection {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let peer = self.peer;
-        let activity = Arc::new(ConnActivity::new(peer, self.local));
+        let activity = Arc::clone(&self.activity);
         let service = ProxyService::new(
             Arc::clone(&self.state),
             peer,
@@ -320,28 +343,25 @@ impl Connection {
             }
         };
         tokio::pin!(conn);
-        let idle = activity.idle(self.idle_timeout);
-        tokio::pin!(idle);
+        // The accept loop's sweeper asks for the close (idle timeout, drain, abort) through
+        // `activity`, and wakes this task to read it.
         let mut closing = false;
-        loop {
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(err) = result {
-                        tracing::debug!(%peer, error = %err, "client connection ended with an error");
-                    }
-                    break;
-                }
-                _ = self.shutdown.drain.cancelled(), if !closing => {
+        std::future::poll_fn(|cx| {
+            match activity.closing(cx) {
+                Closing::Now => return std::task::Poll::Ready(()),
+                Closing::Gracefully if !closing => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                _ = &mut idle, if !closing => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                _ = self.shutdown.abort.cancelled() => break,
+                Closing::Gracefully | Closing::No => {}
             }
-        }
+            conn.as_mut().poll(cx).map(|result| {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, error = %err, "client connection ended with an error");
+                }
+            })
+        })
+        .await;
     }
 }
 
@@ -355,8 +375,30 @@ type HandlerFuture =
 /// request does.
 fn handler(service: ProxyService) -> impl Fn(Request<Incoming>) -> HandlerFuture + Clone {
     move |req| {
-        let service = service.clone();
-        Box::pin(async move { Ok(service.handle(req).await) })
+        Box::pin(Answer {
+            handling: service.clone().handle(req),
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's handling as hyper's service contract has it (`Result<_, Infallible>`).
+    /// A wrapper rather than an `async` block, which would hold the handling's future in
+    /// a slot of its own and copy its several kilobytes once more per request.
+    struct Answer<F> {
+        #[pin]
+        handling: F,
+    }
+}
+
+impl<F: Future<Output = Response<ResponseBody>>> Future for Answer<F> {
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.project().handling.poll(cx).map(Ok)
     }
 }
 

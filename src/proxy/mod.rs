@@ -22,6 +22,7 @@ pub mod service;
 pub mod snapshot;
 pub mod spans;
 pub mod stats;
+mod sweeper;
 pub mod trace;
 
 use arc_swap::ArcSwap;

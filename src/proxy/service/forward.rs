@@ -193,8 +193,9 @@ impl ProxyService {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         // A gRPC call's deadline bounds every attempt (and the waits between them).
-        let call_deadline = grpc::timeout(&parts.headers)
-            .filter(|_| is_grpc)
+        let call_deadline = is_grpc
+            .then(|| grpc::timeout(&parts.headers))
+            .flatten()
             .map(|timeout| (timeout, tokio::time::Instant::now() + timeout));
         Outgoing {
             upgrade,
