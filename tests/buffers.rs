@@ -283,3 +283,114 @@ async fn large_then_small_messages_alternating_between_connections_come_through_
     }
     weir.shutdown().await;
 }
+
+/// weir's hyper patch lets a quiet connection give back the header map and write queue it
+/// keeps for its next request (weir asks after a tick of its accept loop). Asked at every
+/// poll here, the harshest schedule: each of several keep-alive requests, answered with
+/// a fixed length, chunked or empty, comes after the connection gave them back, and the
+/// connection serves every one whole.
+#[tokio::test]
+async fn a_connection_that_gave_back_its_spare_memory_serves_its_next_requests() {
+    use std::pin::pin;
+
+    use bytes::Bytes;
+    use http_body_util::{Empty, Full, StreamBody, combinators::BoxBody};
+    use hyper::body::Frame;
+
+    type Answer = BoxBody<Bytes, std::convert::Infallible>;
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let service =
+        hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+            let body: Answer = match req.uri().path() {
+                "/chunked" => {
+                    let frames = ["ab", "cd", "ef"]
+                        .map(|piece| Ok(Frame::data(Bytes::from_static(piece.as_bytes()))));
+                    BoxBody::new(StreamBody::new(tokio_stream::iter(frames)))
+                }
+                "/empty" => BoxBody::new(Empty::new()),
+                path => BoxBody::new(Full::new(Bytes::from(format!("at {path}")))),
+            };
+            let mut response = Response::new(body);
+            response
+                .headers_mut()
+                .insert("x-path", req.uri().path().parse().unwrap());
+            Ok::<_, std::convert::Infallible>(response)
+        });
+    let serving = tokio::spawn(async move {
+        let mut connection = pin!(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(server), service)
+                .with_upgrades()
+        );
+        std::future::poll_fn(|cx| {
+            connection.as_mut().release_idle_memory();
+            std::future::Future::poll(connection.as_mut(), cx)
+        })
+        .await
+    });
+    let (mut read_half, mut write_half) = tokio::io::split(client);
+    let mut received = Vec::new();
+    for (path, expected) in [
+        ("/one", "at /one"),
+        ("/chunked", "abcdef"),
+        ("/empty", ""),
+        ("/two", "at /two"),
+        ("/chunked", "abcdef"),
+    ] {
+        write_half
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        // Until this answer is whole: its head, then its body by length or chunks.
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let text = String::from_utf8_lossy(&received).into_owned();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let head = &text[..end];
+                    let rest = &text[end + 4..];
+                    let whole = if head.contains("transfer-encoding: chunked") {
+                        rest.find("0\r\n\r\n").map(|at| at + 5)
+                    } else {
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |n| n.trim().parse().unwrap());
+                        (rest.len() >= length).then_some(length)
+                    };
+                    if let Some(body_len) = whole {
+                        let answer = (head.to_owned(), rest[..body_len].to_owned());
+                        received.drain(..end + 4 + body_len);
+                        return answer;
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                let n = read_half.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the connection closed before answering {path}");
+                received.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .expect("an answer within 10 s");
+        assert!(answer.0.starts_with("HTTP/1.1 200"), "{path}: {}", answer.0);
+        assert!(
+            answer.0.contains(&format!("x-path: {path}")),
+            "{path}: {}",
+            answer.0
+        );
+        let body = if answer.0.contains("transfer-encoding: chunked") {
+            answer
+                .1
+                .split("\r\n")
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 1)
+                .map(|(_, piece)| piece)
+                .collect::<String>()
+        } else {
+            answer.1
+        };
+        assert_eq!(body, expected, "{path}");
+    }
+    drop(write_half);
+    drop(read_half);
+    let _ = tokio::time::timeout(Duration::from_secs(10), serving).await;
+}

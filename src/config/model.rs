@@ -133,7 +133,8 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde", default = "d_header")]
     pub request_header_timeout: Duration,
     /// A client connection with no request in flight (between keep-alive requests) is
-    /// closed after this.
+    /// closed after this (its accept loop looks once a second, or four times per timeout
+    /// if that is shorter: it closes within one such period after the timeout).
     #[serde(with = "humantime_serde", default = "d_client_idle")]
     pub client_idle_timeout: Duration,
     /// A request body must arrive within this time plus one second per

@@ -3,7 +3,7 @@
 //! to this connection alone (pools sending a PROXY header).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Context;
 
@@ -30,6 +30,9 @@ pub struct ConnActivity {
     started: AtomicU64,
     /// A [`Closing`], set by the connection's sweeper.
     closing: AtomicU8,
+    /// Set by the sweeper once the connection has been quiet for a while: it may give
+    /// back what it keeps for its next request.
+    trim: AtomicBool,
     /// The connection's task, woken when `closing` is set.
     task: AtomicWaker,
     /// What only pools that send a PROXY header read (under a lock no other request
@@ -60,6 +63,7 @@ impl ConnActivity {
             in_flight: AtomicU32::new(0),
             started: AtomicU64::new(0),
             closing: AtomicU8::new(Closing::No as u8),
+            trim: AtomicBool::new(false),
             task: AtomicWaker::new(),
             private: Mutex::new(Private {
                 ends: (peer, local),
@@ -131,6 +135,21 @@ impl ConnActivity {
     pub fn closing(&self, cx: &mut Context<'_>) -> Closing {
         self.task.register(cx.waker());
         Closing::from_u8(self.closing.load(Relaxed))
+    }
+
+    /// Whether the connection was asked to give back what it keeps for its next request
+    /// (the request is then taken). Read after [`ConnActivity::closing`], which
+    /// registers the task to wake.
+    pub fn take_trim(&self) -> bool {
+        self.trim.load(Relaxed) && self.trim.swap(false, Relaxed)
+    }
+
+    /// Asks the connection's task to give back what it keeps for its next request, and
+    /// wakes it.
+    pub fn trim(&self) {
+        if !self.trim.swap(true, Relaxed) {
+            self.task.wake();
+        }
     }
 
     /// Asks the connection's task to close, and wakes it.

@@ -355,6 +355,9 @@ impl Connection {
                 }
                 Closing::Gracefully | Closing::No => {}
             }
+            if activity.take_trim() {
+                conn.as_mut().release_idle_memory();
+            }
             conn.as_mut().poll(cx).map(|result| {
                 if let Err(err) = result {
                     tracing::debug!(%peer, error = %err, "client connection ended with an error");

@@ -115,6 +115,10 @@ pub enum ServerConnection<C1, C2> {
 /// What `ServerConnection` needs of hyper's two connection types.
 pub trait Graceful: Future<Output = hyper::Result<()>> {
     fn graceful_shutdown(self: Pin<&mut Self>);
+
+    /// Gives back what an idle connection keeps for its next request (HTTP/1.1: the
+    /// header map reused for the next head, the write queue's storage).
+    fn release_idle_memory(self: Pin<&mut Self>) {}
 }
 
 impl<I, S, B> Graceful for http1::UpgradeableConnection<I, S>
@@ -127,6 +131,10 @@ where
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+
+    fn release_idle_memory(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::release_idle_memory(self);
     }
 }
 
@@ -149,6 +157,13 @@ impl<C1: Graceful + Unpin, C2: Graceful> ServerConnection<C1, C2> {
         match self.get_mut() {
             Self::Http1(conn) => Pin::new(conn).graceful_shutdown(),
             Self::Http2(conn) => conn.as_mut().graceful_shutdown(),
+        }
+    }
+
+    pub fn release_idle_memory(self: Pin<&mut Self>) {
+        match self.get_mut() {
+            Self::Http1(conn) => Pin::new(conn).release_idle_memory(),
+            Self::Http2(conn) => conn.as_mut().release_idle_memory(),
         }
     }
 }

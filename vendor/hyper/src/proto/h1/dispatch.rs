@@ -87,6 +87,12 @@ where
         }
     }
 
+    /// weir patch: see `Conn::release_idle_memory`.
+    #[cfg(feature = "server")]
+    pub(crate) fn release_idle_memory(&mut self) {
+        self.conn.release_idle_memory();
+    }
+
     #[cfg(feature = "server")]
     pub(crate) fn disable_keep_alive(&mut self) {
         self.conn.disable_keep_alive();

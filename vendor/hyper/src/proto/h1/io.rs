@@ -334,6 +334,13 @@ where
         self.write_buf.release_head_buffer();
     }
 
+    /// weir patch: gives back the write queue's storage when nothing is queued (for an
+    /// idle connection, see `Conn::release_idle_memory`); the next body queued allocates
+    /// it again.
+    pub(crate) fn release_write_queue(&mut self) {
+        self.write_buf.release_queue();
+    }
+
     pub(crate) fn into_inner(self) -> (T, Bytes) {
         (self.io, self.read_buf.freeze())
     }
@@ -658,6 +665,13 @@ impl<B: Buf> WriteBuf<B> {
             let buffer = std::mem::take(&mut self.headers.bytes);
             self.headers.pos = 0;
             spare_head_buffers::give(buffer);
+        }
+    }
+
+    /// weir patch: see `Buffered::release_write_queue`.
+    fn release_queue(&mut self) {
+        if self.queue.bufs_cnt() == 0 {
+            self.queue = BufList::new();
         }
     }
 

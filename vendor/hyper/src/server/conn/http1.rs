@@ -140,6 +140,13 @@ where
         self.conn.disable_keep_alive();
     }
 
+    /// weir patch: if the connection is idle between requests, gives back the memory it
+    /// keeps for the next one (the header map reused for the next head, the write
+    /// queue's storage); the next request allocates them again.
+    pub fn release_idle_memory(mut self: Pin<&mut Self>) {
+        self.conn.release_idle_memory();
+    }
+
     /// Return the inner IO object, and additional information.
     ///
     /// If the IO object has been "rewound" the io will not contain those bytes rewound.
@@ -549,6 +556,13 @@ where
         // In that case, we don't need to call `graceful_shutdown`.
         if let Some(conn) = self.inner.as_mut() {
             Pin::new(conn).graceful_shutdown();
+        }
+    }
+
+    /// weir patch: see `Connection::release_idle_memory`.
+    pub fn release_idle_memory(mut self: Pin<&mut Self>) {
+        if let Some(conn) = self.inner.as_mut() {
+            Pin::new(conn).release_idle_memory();
         }
     }
 
