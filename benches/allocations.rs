@@ -40,17 +40,24 @@ fn main() {
         drop(runtime);
         drop(profiler);
     }
-    // Idle keep-alive connections: heap held per connection after one request each. In
+    // Idle keep-alive connections: heap held per connection after one request each, right
+    // after it and once the connections have been quiet for a tick of the accept loop's
+    // sweeper (which has them give back what they keep for their next request). In
     // profile mode `idle.json`'s end-of-run figures (taken while the connections are
-    // still open) say which sites hold it.
+    // still open, after the quiet tick) say which sites hold it.
     let connections = env_number("WEIR_ALLOC_IDLE", 2_000);
     let profiler = profiler(profile_dir.as_deref(), "idle");
     runtime().block_on(async {
         let (blocks, bytes, held) = measure_idle(connections).await;
         println!(
-            "idle       {:>6.2} blocks per connection,   {:>7.0} bytes held per connection",
-            blocks as f64 / connections as f64,
-            bytes as f64 / connections as f64
+            "idle       {:>6.2} blocks per connection,   {:>7.0} bytes held per connection (right after the request)",
+            blocks.just_served as f64 / connections as f64,
+            bytes.just_served as f64 / connections as f64
+        );
+        println!(
+            "idle       {:>6.2} blocks per connection,   {:>7.0} bytes held per connection (after a quiet tick)",
+            blocks.quiet as f64 / connections as f64,
+            bytes.quiet as f64 / connections as f64
         );
         // Written while the connections are open, so that its end figures are theirs.
         drop(profiler);
@@ -84,13 +91,23 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A figure right after the connections' requests, and once they have been quiet.
+struct Held {
+    just_served: i64,
+    quiet: i64,
+}
+
+/// The longest a connection waits for its sweeper's quiet tick: two periods of at most a
+/// second (`src/proxy/sweeper.rs`), and a little more.
+const QUIET_TICK: std::time::Duration = std::time::Duration::from_millis(2_100);
+
 /// Heap blocks and bytes that `connections` idle keep-alive connections hold in weir,
 /// each after one proxied request; returns them with what keeps them open.
 ///
 /// The client's own socket registers with tokio in this process too: a pair of raw
 /// sockets (client and accepted end, nothing else) is measured first, and half of it is
 /// taken off per connection.
-async fn measure_idle(connections: usize) -> (i64, i64, (weir::app::Running, Vec<TcpStream>)) {
+async fn measure_idle(connections: usize) -> (Held, Held, (weir::app::Running, Vec<TcpStream>)) {
     let (socket_blocks, socket_bytes) = raw_socket_pair_cost(connections).await;
     let weir = start_weir().await;
     let proxy = weir.listener_addr("http").unwrap();
@@ -103,10 +120,25 @@ async fn measure_idle(connections: usize) -> (i64, i64, (weir::app::Running, Vec
     }
     settle().await;
     let after = dhat::HeapStats::get();
+    tokio::time::sleep(QUIET_TICK).await;
+    settle().await;
+    let quiet = dhat::HeapStats::get();
     let n = connections as i64;
+    let blocks = |stats: &dhat::HeapStats| {
+        stats.curr_blocks as i64 - before.curr_blocks as i64 - socket_blocks * n / 2
+    };
+    let bytes = |stats: &dhat::HeapStats| {
+        stats.curr_bytes as i64 - before.curr_bytes as i64 - socket_bytes * n / 2
+    };
     (
-        after.curr_blocks as i64 - before.curr_blocks as i64 - socket_blocks * n / 2,
-        after.curr_bytes as i64 - before.curr_bytes as i64 - socket_bytes * n / 2,
+        Held {
+            just_served: blocks(&after),
+            quiet: blocks(&quiet),
+        },
+        Held {
+            just_served: bytes(&after),
+            quiet: bytes(&quiet),
+        },
         (weir, clients),
     )
 }

@@ -39,7 +39,8 @@
 //!   spans.rs         the request, attempt and cache-lookup spans of recorded requests
 //!   body.rs          streamed bodies: in-flight guards, replayable requests, body pace
 //!   conn.rs          per-connection activity: requests in flight, the request to close
-//!   sweeper.rs       each accept loop's watch over its connections: idle timeout, drain, abort
+//!   sweeper.rs       each accept loop's watch over its connections: idle timeout, spare
+//!                    memory given back when quiet, drain, abort
 //!   error.rs         failures and the 4xx/5xx responses they become
 //!   snapshot.rs      the config-derived view a request runs against, swapped whole
 //!   stats.rs         proxy and per-route counters for metrics and control
