@@ -33,7 +33,7 @@ pub struct ConnActivity {
     /// Set by the sweeper once the connection has been quiet for a while: it may give
     /// back what it keeps for its next request.
     trim: AtomicBool,
-    /// The connection's task, woken when `closing` is set.
+    /// The connection's task, woken when `closing` or `trim` is set.
     task: AtomicWaker,
     /// What only pools that send a PROXY header read (under a lock no other request
     /// takes).

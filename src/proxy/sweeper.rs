@@ -46,7 +46,8 @@ impl Sweeper {
         let period = (idle_timeout / 4)
             .min(LONGEST_PERIOD)
             .max(Duration::from_millis(1));
-        let quiet_ticks_to_close = idle_timeout.as_nanos().div_ceil(period.as_nanos());
+        // At least one: a zero timeout closes a connection at its first quiet tick.
+        let quiet_ticks_to_close = idle_timeout.as_nanos().div_ceil(period.as_nanos()).max(1);
         Self {
             period,
             quiet_ticks_to_close: u32::try_from(quiet_ticks_to_close).unwrap_or(u32::MAX),
@@ -139,6 +140,16 @@ mod tests {
             sweeper.tick();
         }
         assert_eq!(closing(&activity), Closing::No);
+        sweeper.tick();
+        assert_eq!(closing(&activity), Closing::Gracefully);
+    }
+
+    #[test]
+    fn a_zero_idle_timeout_closes_at_the_first_quiet_tick() {
+        let mut sweeper = Sweeper::new(Duration::ZERO);
+        assert_eq!(sweeper.period(), Duration::from_millis(1));
+        let activity = Arc::new(ConnActivity::default());
+        sweeper.watch(Arc::clone(&activity));
         sweeper.tick();
         assert_eq!(closing(&activity), Closing::Gracefully);
     }
