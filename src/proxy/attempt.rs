@@ -18,7 +18,7 @@ use super::trace::{TRACEPARENT, TraceContext};
 use crate::telemetry::SpanKind;
 use crate::upstream::breaker::BreakerState;
 use crate::upstream::{
-    Endpoint, InFlightGuard, Outcome, Pool, ResponseFuture, SendError, UpstreamBody,
+    Dispatched, Endpoint, InFlightGuard, Outcome, Pool, ResponseFuture, SendError, UpstreamBody,
 };
 
 /// What waiting for an attempt's response head gave.
@@ -110,8 +110,8 @@ pub(super) struct AttemptPlan<'a> {
     pub recording: Option<Recording<'a>>,
     pub send_traceparent: bool,
     /// Sends one request to an endpoint, on the pool's clients or a client of this
-    /// connection's.
-    pub send: &'a (dyn Fn(&Endpoint, Request<UpstreamRequestBody>) -> ResponseFuture + Sync),
+    /// connection's; with `true`, the request's header map comes back.
+    pub send: &'a (dyn Fn(&Endpoint, Request<UpstreamRequestBody>, bool) -> Dispatched + Sync),
 }
 
 /// One attempt to start: where, with what, and whether a per-try timeout may cut it.
@@ -129,6 +129,10 @@ pub(super) struct Launch {
     pub may_follow: bool,
     /// A `Host` for this attempt alone (a mirrored copy's), over the pool's choice.
     pub host: Option<HeaderValue>,
+    /// Whether the header map is wanted back for another attempt. It comes back with
+    /// this attempt's `Host`, `grpc-timeout` and `traceparent`, which the next attempt
+    /// sets again.
+    pub keep_headers: bool,
 }
 
 /// An attempt in flight (or just finished).
@@ -152,12 +156,13 @@ pub(super) struct Attempt {
     trace: Option<Box<(TraceContext, SystemTime)>>,
 }
 
-/// Starts an attempt: builds the upstream request, counts it on the endpoint and sends it.
-/// Fails (giving the endpoint back) only when a gRPC call's deadline has already passed.
+/// Starts an attempt: builds the upstream request, counts it on the endpoint and sends it;
+/// gives the header map back if asked to. Fails (giving the endpoint back) only when a
+/// gRPC call's deadline has already passed.
 pub(super) fn launch(
     plan: &AttemptPlan<'_>,
     launch: Launch,
-) -> Result<(Attempt, Pending), (ProxyError, Arc<Endpoint>)> {
+) -> Result<(Attempt, Pending, Option<HeaderMap>), (ProxyError, Arc<Endpoint>)> {
     let Launch {
         endpoint,
         mut headers,
@@ -166,6 +171,7 @@ pub(super) fn launch(
         per_try,
         may_follow,
         host,
+        keep_headers,
     } = launch;
     let pool = plan.pool;
     if let Some(host) = host {
@@ -218,8 +224,9 @@ pub(super) fn launch(
     let guard = endpoint.begin_request();
     let started = Instant::now();
     let stall_after = pool.stall_after();
+    let dispatched = (plan.send)(&endpoint, request, keep_headers);
     let pending = Pending {
-        response: (plan.send)(&endpoint, request),
+        response: dispatched.response,
         ends: tokio::time::Instant::now() + wait,
         rescue_after: (may_follow && !stall_after.is_zero() && stall_after < wait)
             .then_some(stall_after),
@@ -238,6 +245,7 @@ pub(super) fn launch(
             trace,
         },
         pending,
+        dispatched.headers,
     ))
 }
 

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::Response;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -298,7 +297,13 @@ impl Connection {
         .with_tunnels(self.tunnels.clone(), self.shutdown.abort.clone());
         // Compression is chosen per connection from the current snapshot (a reload applies
         // to new connections) so that, when off, the request path carries no extra layer.
-        let handler = handler(service);
+        // A request's future is not boxed: hyper's HTTP/1 connection keeps one slot for
+        // it (weir patch: allocated with the connection's first request, reused by the
+        // next ones, given back when the connection goes quiet, see
+        // `release_idle_memory`); an HTTP/2 stream's future is its own task.
+        let handler = move |req| Answer {
+            handling: service.clone().handle(req),
+        };
         if self.state.snapshot.load().compression {
             let service = tower::ServiceBuilder::new()
                 .layer(super::compress::layer())
@@ -365,22 +370,6 @@ impl Connection {
             })
         })
         .await;
-    }
-}
-
-/// What one request's handling is, as hyper and tower see it.
-type HandlerFuture =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
-
-/// A connection's request handler. Each request's future is boxed: hyper keeps a box the
-/// size of the service's future for the connection's whole life (3.6 KiB per idle
-/// connection); this way it holds a pointer, and a request's future lives only while the
-/// request does.
-fn handler(service: ProxyService) -> impl Fn(Request<Incoming>) -> HandlerFuture + Clone {
-    move |req| {
-        Box::pin(Answer {
-            handling: service.clone().handle(req),
-        })
     }
 }
 

@@ -11,7 +11,9 @@
 //! back to an idle list of the thread it finished on. The idle lists are thread-local
 //! (nginx keeps one idle-connection cache per worker): no lock, no atomic, nothing
 //! shared. TLS, HTTP/2, PROXY headers and upgrades keep hyper-util's client (see
-//! [`super::Pool::send`]).
+//! [`super::Pool::send`]). Requests whose body weir holds whole (none, or buffered for
+//! retries) go through weir's own client on the same terms ([`super::lean`]); hyper's
+//! `client::conn` carries the ones that stream a client's body.
 //!
 //! An idle connection is not polled while it waits. One the upstream closed meanwhile is
 //! noticed when it is taken (its state machine, polled once, reads the end of stream)
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{Request, Response, Uri};
+use http::{HeaderMap, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -41,6 +43,8 @@ use tokio::net::TcpStream;
 use tower::ServiceExt;
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
+use super::h1::ProtocolError;
+use super::lean::{self, LeanBody};
 use super::request_body::UpstreamRequestBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -60,6 +64,26 @@ pub enum SendError {
     /// The connection ended without a word about the request.
     #[error("the upstream connection closed before answering")]
     Closed,
+    /// Reading the response head failed (weir's own client).
+    #[error("upstream read failed")]
+    Io(#[source] std::io::Error),
+    /// The upstream broke HTTP/1.1 in its response head (weir's own client).
+    #[error("upstream response malformed")]
+    Protocol(#[source] ProtocolError),
+}
+
+/// Why a response body stopped short.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// From hyper's clients.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error("upstream body read failed")]
+    Read(#[source] std::io::Error),
+    #[error("the upstream closed the connection before the body's end")]
+    Incomplete,
+    #[error("upstream body malformed")]
+    Protocol(#[source] ProtocolError),
 }
 
 impl SendError {
@@ -69,7 +93,10 @@ impl SendError {
         match self {
             SendError::Pooled(error) => error.is_connect(),
             SendError::Connect(_) => true,
-            SendError::Exchange(_) | SendError::Closed => false,
+            SendError::Exchange(_)
+            | SendError::Closed
+            | SendError::Io(_)
+            | SendError::Protocol(_) => false,
         }
     }
 }
@@ -94,9 +121,16 @@ impl Future for ResponseFuture {
     }
 }
 
+/// A request on its way: its response to come, and its header map back when the caller
+/// asked to keep it for another attempt.
+pub struct Dispatched {
+    pub response: ResponseFuture,
+    pub headers: Option<HeaderMap>,
+}
+
 /// Identifies one pool's connections to one endpoint across the thread-local idle lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct ListKey {
+pub(super) struct ListKey {
     client: u64,
     endpoint: u64,
 }
@@ -110,9 +144,9 @@ pub struct InTaskClient {
     id: u64,
     connector: HttpConnector,
     http1: http1::Builder,
-    idle_timeout: Duration,
+    pub(super) idle_timeout: Duration,
     /// Idle connections kept per endpoint, on each thread.
-    max_idle: usize,
+    pub(super) max_idle: usize,
 }
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
@@ -129,24 +163,42 @@ impl InTaskClient {
     }
 
     /// Sends `request` (origin-form target, `Host` set) to the endpoint at `authority`
-    /// (`endpoint` is its [`super::Endpoint::serial`]).
+    /// (`endpoint` is its [`super::Endpoint::serial`]). With `keep_headers`, the request's
+    /// header map comes back: as it was, from weir's own client, which writes the head at
+    /// once; copied first for hyper's.
     pub fn send(
         self: &Arc<Self>,
         endpoint: u64,
         authority: &Authority,
         request: Request<UpstreamRequestBody>,
-    ) -> ResponseFuture {
+        keep_headers: bool,
+    ) -> Dispatched {
         let client = Arc::clone(self);
         let authority = authority.clone();
-        ResponseFuture::InTask(Box::pin(exchange(client, endpoint, authority, request)))
+        let key = self.list_key(endpoint);
+        let request = match request.body().held() {
+            Some(held) => {
+                let held = held.cloned();
+                let (parts, _) = request.into_parts();
+                let (prepared, headers) = lean::prepare(key, Request::from_parts(parts, held));
+                return Dispatched {
+                    response: ResponseFuture::InTask(Box::pin(lean::exchange(
+                        client, key, authority, prepared,
+                    ))),
+                    headers: keep_headers.then_some(headers),
+                };
+            }
+            None => request,
+        };
+        let headers = keep_headers.then(|| request.headers().clone());
+        Dispatched {
+            response: ResponseFuture::InTask(Box::pin(exchange(client, key, authority, request))),
+            headers,
+        }
     }
 
-    /// Opens a connection (TCP with the pool's connect timeout, nodelay and keepalive).
-    async fn connect(
-        self: &Arc<Self>,
-        authority: &Authority,
-        key: ListKey,
-    ) -> Result<Connection, SendError> {
+    /// Opens a TCP connection with the pool's connect timeout, nodelay and keepalive.
+    pub(super) async fn connect_tcp(&self, authority: &Authority) -> Result<TcpStream, SendError> {
         let uri = Uri::builder()
             .scheme("http")
             .authority(authority.clone())
@@ -159,6 +211,16 @@ impl InTaskClient {
             .oneshot(uri)
             .await
             .map_err(|error| SendError::Connect(error.into()))?;
+        Ok(io.into_inner())
+    }
+
+    /// Opens a connection for hyper's `client::conn`.
+    async fn connect(
+        self: &Arc<Self>,
+        authority: &Authority,
+        key: ListKey,
+    ) -> Result<Connection, SendError> {
+        let io = TokioIo::new(self.connect_tcp(authority).await?);
         let (sender, driver) = self
             .http1
             .handshake(io)
@@ -173,7 +235,7 @@ impl InTaskClient {
         })))
     }
 
-    fn list_key(&self, endpoint: u64) -> ListKey {
+    pub(super) fn list_key(&self, endpoint: u64) -> ListKey {
         ListKey {
             client: self.id,
             endpoint,
@@ -195,14 +257,28 @@ struct ConnectionState {
     expires: Instant,
 }
 
-impl Connection {
+impl IdleConnection for Connection {
+    fn key(&self) -> ListKey {
+        self.0.key
+    }
+
+    fn expires(&self) -> Instant {
+        self.0.expires
+    }
+
+    fn max_idle(&self) -> usize {
+        self.0.client.max_idle
+    }
+
     /// Polls the state machine once without a waker to keep: whether it can take a
     /// request (it has not ended, and it is waiting for one).
     fn is_reusable(&mut self) -> bool {
         let mut context = Context::from_waker(Waker::noop());
         Pin::new(&mut self.0.driver).poll(&mut context).is_pending() && self.0.sender.is_ready()
     }
+}
 
+impl Connection {
     /// Polls the state machine: whether the connection has ended.
     fn poll_ended(&mut self, cx: &mut Context<'_>) -> bool {
         Pin::new(&mut self.0.driver).poll(cx).is_ready()
@@ -213,20 +289,24 @@ impl Connection {
     fn release(mut self) {
         if self.is_reusable() {
             self.0.expires = Instant::now() + self.0.client.idle_timeout;
-            put_idle(self);
+            // During the thread's teardown there is no list: the connection just closes.
+            let _ = IDLE.try_with(|idle| idle.borrow_mut().put(self));
         }
     }
 }
 
 async fn exchange(
     client: Arc<InTaskClient>,
-    endpoint: u64,
+    key: ListKey,
     authority: Authority,
     mut request: Request<UpstreamRequestBody>,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    let key = client.list_key(endpoint);
     loop {
-        let (mut connection, reused) = match take_idle(key) {
+        let taken = IDLE
+            .try_with(|idle| idle.borrow_mut().take(key))
+            .ok()
+            .flatten();
+        let (mut connection, reused) = match taken {
             Some(connection) => (connection, true),
             None => (client.connect(&authority, key).await?, false),
         };
@@ -285,6 +365,7 @@ pub struct UpstreamBody {
 enum Kind {
     Pooled(Incoming),
     InTask(InTaskBody),
+    Lean(LeanBody),
 }
 
 struct InTaskBody {
@@ -315,6 +396,12 @@ impl UpstreamBody {
             kind: Kind::InTask(body),
         }
     }
+
+    pub(super) fn lean(body: LeanBody) -> Self {
+        Self {
+            kind: Kind::Lean(body),
+        }
+    }
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -322,6 +409,7 @@ impl std::fmt::Debug for UpstreamBody {
         let kind = match self.kind {
             Kind::Pooled(_) => "pooled",
             Kind::InTask(_) => "in-task",
+            Kind::Lean(_) => "lean",
         };
         f.debug_struct("UpstreamBody").field("kind", &kind).finish()
     }
@@ -329,14 +417,15 @@ impl std::fmt::Debug for UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().kind {
-            Kind::Pooled(body) => Pin::new(body).poll_frame(cx),
+            Kind::Pooled(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Hyper),
+            Kind::Lean(body) => body.poll_frame(cx),
             Kind::InTask(in_task) => {
                 // The state machine reads what the body is waiting for.
                 if let Some(connection) = &mut in_task.connection
@@ -352,7 +441,7 @@ impl Body for UpstreamBody {
                     Some(Err(_)) => in_task.connection = None,
                     Some(Ok(_)) => {}
                 }
-                Poll::Ready(frame)
+                Poll::Ready(frame.map(|frame| frame.map_err(BodyError::Hyper)))
             }
         }
     }
@@ -361,6 +450,7 @@ impl Body for UpstreamBody {
         match &self.kind {
             Kind::Pooled(body) => body.is_end_stream(),
             Kind::InTask(in_task) => in_task.body.is_end_stream(),
+            Kind::Lean(body) => body.is_end_stream(),
         }
     }
 
@@ -368,6 +458,7 @@ impl Body for UpstreamBody {
         match &self.kind {
             Kind::Pooled(body) => body.size_hint(),
             Kind::InTask(in_task) => in_task.body.size_hint(),
+            Kind::Lean(body) => body.size_hint(),
         }
     }
 }
@@ -386,31 +477,44 @@ impl Drop for InTaskBody {
 /// How often at most a thread sweeps all its idle lists.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// This thread's idle connections, by pool client and endpoint.
-struct IdleLists {
-    lists: HashMap<ListKey, Vec<Connection>, Xxh3DefaultBuilder>,
+/// What an idle list needs of a connection.
+pub(super) trait IdleConnection {
+    /// The list it belongs to.
+    fn key(&self) -> ListKey;
+    /// When it is closed if still idle.
+    fn expires(&self) -> Instant;
+    /// Idle connections its pool keeps per endpoint on a thread.
+    fn max_idle(&self) -> usize;
+    /// Whether it can take a request (its upstream has not closed it).
+    fn is_reusable(&mut self) -> bool;
+}
+
+/// A thread's idle connections of one kind, by pool client and endpoint.
+pub(super) struct IdleLists<C> {
+    lists: HashMap<ListKey, Vec<C>, Xxh3DefaultBuilder>,
     swept: Instant,
 }
 
 thread_local! {
-    static IDLE: RefCell<IdleLists> = RefCell::new(IdleLists {
-        lists: HashMap::default(),
-        swept: Instant::now(),
-    });
+    static IDLE: RefCell<IdleLists<Connection>> = RefCell::new(IdleLists::new());
 }
 
-/// The most recently used idle connection for `key` that can take a request; older ones
-/// past their pool's `idle_timeout` are closed on the way.
-fn take_idle(key: ListKey) -> Option<Connection> {
-    IDLE.try_with(|idle| {
-        let mut idle = idle.borrow_mut();
-        let now = Instant::now();
-        if now.duration_since(idle.swept) >= SWEEP_EVERY {
-            idle.sweep(now);
+impl<C: IdleConnection> IdleLists<C> {
+    pub(super) fn new() -> Self {
+        Self {
+            lists: HashMap::default(),
+            swept: Instant::now(),
         }
-        let list = idle.lists.get_mut(&key)?;
+    }
+
+    /// The most recently used idle connection for `key` that can take a request; older
+    /// ones past their pool's `idle_timeout` are closed on the way.
+    pub(super) fn take(&mut self, key: ListKey) -> Option<C> {
+        let now = Instant::now();
+        self.sweep_if_due(now);
+        let list = self.lists.get_mut(&key)?;
         while let Some(mut connection) = list.pop() {
-            if now >= connection.0.expires {
+            if now >= connection.expires() {
                 // The rest are older still.
                 list.clear();
                 return None;
@@ -420,36 +524,35 @@ fn take_idle(key: ListKey) -> Option<Connection> {
             }
         }
         None
-    })
-    .ok()
-    .flatten()
-}
-
-fn put_idle(connection: Connection) {
-    let max_idle = connection.0.client.max_idle;
-    if max_idle == 0 {
-        return;
     }
-    // During the thread's teardown there is no list: the connection just closes.
-    let _ = IDLE.try_with(|idle| {
-        let mut idle = idle.borrow_mut();
-        let list = idle.lists.entry(connection.0.key).or_default();
+
+    pub(super) fn put(&mut self, connection: C) {
+        let max_idle = connection.max_idle();
+        if max_idle == 0 {
+            return;
+        }
+        let list = self.lists.entry(connection.key()).or_default();
         if list.len() >= max_idle {
             // The oldest goes: the most recently used are the likeliest to be alive.
             list.remove(0);
         }
         list.push(connection);
-    });
-}
+    }
 
-impl IdleLists {
+    /// Sweeps if the last sweep is [`SWEEP_EVERY`] old.
+    pub(super) fn sweep_if_due(&mut self, now: Instant) {
+        if now.duration_since(self.swept) >= SWEEP_EVERY {
+            self.sweep(now);
+        }
+    }
+
     /// Closes connections idle past their pool's `idle_timeout` or closed by their
     /// upstream, in every list (those of endpoints or pools that are gone included), and
     /// drops empty lists.
     fn sweep(&mut self, now: Instant) {
         self.swept = now;
         self.lists.retain(|_, list| {
-            list.retain_mut(|connection| now < connection.0.expires && connection.is_reusable());
+            list.retain_mut(|connection| now < connection.expires() && connection.is_reusable());
             !list.is_empty()
         });
     }

@@ -9,8 +9,10 @@ pub mod connector;
 pub mod discovery;
 mod endpoint;
 pub mod exchange;
+mod h1;
 pub mod health;
 pub mod hedge;
+mod lean;
 mod pool;
 pub mod request_body;
 pub mod signals;
@@ -19,7 +21,7 @@ pub use endpoint::{
     Arrival, Endpoint, EndpointPolicy, EndpointState, EndpointStats, InFlightGuard, NewEndpoint,
     Outcome, Transition,
 };
-pub use exchange::{ResponseFuture, SendError, UpstreamBody};
+pub use exchange::{BodyError, Dispatched, ResponseFuture, SendError, UpstreamBody};
 pub use pool::{PickError, Pool, PoolSlot, PoolStats, UpstreamClient, run_stall_sweep};
 
 /// Methods that may be sent twice without changing the result (RFC 9110 §9.2.2): what

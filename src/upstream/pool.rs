@@ -17,7 +17,7 @@ use super::breaker::{BreakerEvent, BreakerState, Trip};
 use super::connector::{UpstreamConnector, local_header, proxy_header};
 use super::discovery::Source;
 use super::endpoint::{Arrival, Endpoint, EndpointPolicy, InFlightGuard, NewEndpoint, Outcome};
-use super::exchange::{InTaskClient, ResponseFuture};
+use super::exchange::{Dispatched, InTaskClient, ResponseFuture};
 use super::hedge::Hedging;
 use super::request_body::UpstreamRequestBody;
 use super::signals::{Clock, RollingCounts};
@@ -270,16 +270,20 @@ impl Pool {
     /// Sends `request` to `endpoint`: in the calling task when the pool speaks plain
     /// HTTP/1.1 and the request is no upgrade, else through hyper-util's client. The
     /// request's target is origin-form (`/path?query`); this adds the endpoint's
-    /// authority where the pooled client needs it.
+    /// authority where the pooled client needs it. With `keep_headers` the request's
+    /// header map comes back for another attempt (see [`Dispatched`]).
     pub fn send(
         &self,
         endpoint: &Endpoint,
         request: http::Request<UpstreamRequestBody>,
-    ) -> ResponseFuture {
+        keep_headers: bool,
+    ) -> Dispatched {
         let upgrade = request.headers().contains_key(http::header::UPGRADE);
         match self.in_task.as_ref().filter(|_| !upgrade) {
-            Some(in_task) => in_task.send(endpoint.serial, &endpoint.authority, request),
-            None => self.send_on(&self.client, endpoint, request),
+            Some(in_task) => {
+                in_task.send(endpoint.serial, &endpoint.authority, request, keep_headers)
+            }
+            None => self.send_on(&self.client, endpoint, request, keep_headers),
         }
     }
 
@@ -290,9 +294,14 @@ impl Pool {
         client: &UpstreamClient,
         endpoint: &Endpoint,
         mut request: http::Request<UpstreamRequestBody>,
-    ) -> ResponseFuture {
+        keep_headers: bool,
+    ) -> Dispatched {
+        let headers = keep_headers.then(|| request.headers().clone());
         absolute_target(&mut request, &self.scheme, endpoint);
-        ResponseFuture::Pooled(client.request(request))
+        Dispatched {
+            response: ResponseFuture::Pooled(client.request(request)),
+            headers,
+        }
     }
 
     /// The pool's `dns`/`srv` entries.

@@ -105,6 +105,14 @@ pin_project! {
 }
 
 impl UpstreamRequestBody {
+    /// The whole body when weir holds it (`Some(None)`: no body), `None` when it streams.
+    pub fn held(&self) -> Option<Option<&Bytes>> {
+        match self {
+            UpstreamRequestBody::Buffered { data } => Some(data.as_ref()),
+            UpstreamRequestBody::Streaming { .. } => None,
+        }
+    }
+
     pub fn buffered(data: Bytes) -> Self {
         UpstreamRequestBody::Buffered {
             data: (!data.is_empty()).then_some(data),

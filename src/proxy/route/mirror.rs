@@ -156,7 +156,7 @@ impl Copy {
             self.stats.failed.fetch_add(1, Relaxed);
             return;
         };
-        let send = |endpoint: &Endpoint, request| pool.send(endpoint, request);
+        let send = |endpoint: &Endpoint, request, keep| pool.send(endpoint, request, keep);
         let plan = AttemptPlan {
             pool,
             method: &self.method,
@@ -175,8 +175,9 @@ impl Copy {
             per_try: None,
             may_follow: false,
             host: self.host.clone(),
+            keep_headers: false,
         };
-        let Ok((mut attempt, pending)) = attempt::launch(&plan, launch) else {
+        let Ok((mut attempt, pending, _)) = attempt::launch(&plan, launch) else {
             self.stats.failed.fetch_add(1, Relaxed);
             return;
         };

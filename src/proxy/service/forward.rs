@@ -284,10 +284,12 @@ impl ProxyService {
             self.conn
                 .private_client(pool, || pool.private_client(peer, local))
         });
-        let send = |endpoint: &Endpoint, request: Request<UpstreamRequestBody>| match &private {
-            Some(private) => pool.send_on(private, endpoint, request),
-            None => pool.send(endpoint, request),
-        };
+        let send =
+            |endpoint: &Endpoint, request: Request<UpstreamRequestBody>, keep: bool| match &private
+            {
+                Some(private) => pool.send_on(private, endpoint, request, keep),
+                None => pool.send(endpoint, request, keep),
+            };
         let plan = AttemptPlan {
             pool,
             method: &parts.method,
@@ -312,25 +314,26 @@ impl ProxyService {
             })?;
             let may_retry = retries < pool.retry.attempts && body.may_replay();
             let replayable = may_retry && body.is_replayable();
-            // The head is copied only when another attempt may need it.
-            let headers = if may_retry {
-                parts.headers.clone()
-            } else {
-                std::mem::take(&mut parts.headers)
-            };
-            let first = attempt::launch(
+            // The header map comes back when another attempt may need it (weir's own
+            // client hands it back as it is; the others copy it).
+            let (first_attempt, first_pending, headers_back) = attempt::launch(
                 &plan,
                 Launch {
                     endpoint,
-                    headers,
+                    headers: std::mem::take(&mut parts.headers),
                     body: body.for_attempt(),
                     number: retries + 1,
                     per_try: pool.retry.per_try_timeout.filter(|_| replayable && may_cut),
                     may_follow: replayable && may_repeat,
                     host: None,
+                    keep_headers: may_retry,
                 },
             )
             .map_err(|(error, endpoint)| Failure::at(route, error, Some(&endpoint.address)))?;
+            if let Some(headers) = headers_back {
+                parts.headers = headers;
+            }
+            let first = (first_attempt, first_pending);
             // A hedge needs a body that can be sent again, a method that may be sent
             // twice, and no upgrade (a tunnel has one upstream).
             let hedge_delay = pool
@@ -365,9 +368,11 @@ impl ProxyService {
                                     .filter(|_| more_after && may_cut),
                                 may_follow: more_after && may_repeat,
                                 host: None,
+                                keep_headers: false,
                             },
                         )
                         .ok()
+                        .map(|(attempt, pending, _)| (attempt, pending))
                     };
                     // Boxed: the race holds two attempts and three timers, and only hedging
                     // pools need it; the request future of every other pool stays small.

@@ -40,13 +40,18 @@ pub(crate) trait Dispatch {
         -> crate::Result<()>;
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>>;
     fn should_poll(&self) -> bool;
+    /// weir patch: gives back what is kept for the next message while none is in flight.
+    fn release_idle_memory(&mut self) {}
 }
 
 cfg_server! {
     use crate::service::HttpService;
 
     pub(crate) struct Server<S: HttpService<B>, B> {
-        in_flight: Pin<Box<Option<S::Future>>>,
+        // weir patch: the slot is allocated with the first request and reused by the
+        // next ones; a connection idle between requests gives it back
+        // (`release_idle_memory`). hyper allocated it with the connection.
+        in_flight: Option<Pin<Box<Option<S::Future>>>>,
         pub(crate) service: S,
     }
 }
@@ -91,6 +96,7 @@ where
     #[cfg(feature = "server")]
     pub(crate) fn release_idle_memory(&mut self) {
         self.conn.release_idle_memory();
+        self.dispatch.release_idle_memory();
     }
 
     #[cfg(feature = "server")]
@@ -576,7 +582,7 @@ cfg_server! {
     {
         pub(crate) fn new(service: S) -> Server<S, B> {
             Server {
-                in_flight: Box::pin(None),
+                in_flight: None,
                 service,
             }
         }
@@ -605,7 +611,11 @@ cfg_server! {
             cx: &mut Context<'_>,
         ) -> Poll<Option<Result<(Self::PollItem, Self::PollBody), Self::PollError>>> {
             let mut this = self.as_mut();
-            let ret = if let Some(fut) = &mut this.in_flight.as_mut().as_pin_mut() {
+            let slot = this
+                .in_flight
+                .as_mut()
+                .unwrap_or_else(|| unreachable!("poll_msg shouldn't be called if no inflight"));
+            let ret = if let Some(fut) = &mut slot.as_mut().as_pin_mut() {
                 let resp = ready!(fut.as_mut().poll(cx)?);
                 let (parts, body) = resp.into_parts();
                 let head = MessageHead {
@@ -620,7 +630,7 @@ cfg_server! {
             };
 
             // Since in_flight finished, remove it
-            this.in_flight.set(None);
+            slot.set(None);
             ret
         }
 
@@ -633,12 +643,15 @@ cfg_server! {
             *req.version_mut() = msg.version;
             *req.extensions_mut() = msg.extensions;
             let fut = self.service.call(req);
-            self.in_flight.set(Some(fut));
+            match &mut self.in_flight {
+                Some(slot) => slot.set(Some(fut)),
+                None => self.in_flight = Some(Box::pin(Some(fut))),
+            }
             Ok(())
         }
 
         fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
-            if self.in_flight.is_some() {
+            if self.should_poll() {
                 Poll::Pending
             } else {
                 Poll::Ready(Ok(()))
@@ -646,7 +659,13 @@ cfg_server! {
         }
 
         fn should_poll(&self) -> bool {
-            self.in_flight.is_some()
+            self.in_flight.as_ref().is_some_and(|slot| slot.is_some())
+        }
+
+        fn release_idle_memory(&mut self) {
+            if !self.should_poll() {
+                self.in_flight = None;
+            }
         }
     }
 }

@@ -1,0 +1,787 @@
+//! HTTP/1.1 as weir's own upstream client speaks it (see [`super::lean`]): the request
+//! head written straight from the proxy's header map, the response head parsed with
+//! httparse into an `http` head whose values share the bytes read, and the response
+//! body's framing (RFC 9112 §6.3) with a strict chunked decoder. No I/O here, so that
+//! every rule is tested byte by byte.
+//!
+//! The rules are hyper's client rules (weir used hyper's client before), made explicit:
+//! 1xx answers other than 101 are skipped, HEAD answers and 204/304 have no body,
+//! `Transfer-Encoding` wins over `Content-Length` (which is then removed, and the
+//! connection not reused: such a message may be a smuggling attempt), differing or
+//! malformed `Content-Length` values fail, and a body with neither ends with the
+//! connection.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+
+/// Largest response head accepted (nginx fails past 4–8 KiB by default; hyper's client
+/// took about 400 KiB). A larger one fails the exchange (502).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header fields in a response head (hyper's default).
+pub const MAX_HEADERS: usize = 100;
+/// Largest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Largest trailer section.
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// Most trailer fields.
+const MAX_TRAILERS: usize = 64;
+
+/// An upstream broke HTTP/1.1.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("response head over {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("the connection closed in the middle of the response head")]
+    IncompleteHead,
+    #[error("malformed response head: {0}")]
+    Head(httparse::Error),
+    #[error("invalid status code")]
+    Status,
+    #[error("invalid header field in the response head")]
+    Header,
+    #[error("invalid or conflicting Content-Length")]
+    ContentLength,
+    #[error("Transfer-Encoding in an HTTP/1.0 response")]
+    TransferEncodingInHttp10,
+    #[error("101 Switching Protocols to a request that asked for no upgrade")]
+    UnaskedUpgrade,
+    #[error("malformed chunked body: {0}")]
+    Chunked(&'static str),
+    #[error("malformed trailers")]
+    Trailers,
+}
+
+/// Writes the head of a request with a body of `body_len` bytes (`0`: none) into `out`:
+/// request line, the header fields as they are in `headers` (`Transfer-Encoding` and
+/// `Content-Length` left out), then the body's framing.
+pub fn encode_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body_len: usize,
+) {
+    out.reserve(64 + headers.len() * 32);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut had_length = false;
+    for (name, value) in headers {
+        if name == TRANSFER_ENCODING {
+            continue;
+        }
+        if name == CONTENT_LENGTH {
+            had_length = true;
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // An empty body keeps the client's explicit `Content-Length: 0` (a POST without a
+    // body says so), and adds nothing otherwise, as hyper did.
+    if body_len > 0 || had_length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(decimal(body_len as u64).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The decimal digits of `n`, on the stack.
+fn decimal(n: u64) -> DecimalDigits {
+    let mut digits = DecimalDigits {
+        bytes: [0; 20],
+        start: 20,
+    };
+    let mut n = n;
+    loop {
+        digits.start -= 1;
+        digits.bytes[digits.start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    digits
+}
+
+struct DecimalDigits {
+    bytes: [u8; 20],
+    start: usize,
+}
+
+impl DecimalDigits {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304, `Content-Length: 0`).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Read until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A response head read off a connection.
+#[derive(Debug)]
+pub struct ParsedHead {
+    pub response: Response<()>,
+    pub framing: Framing,
+    /// Whether the connection may carry another request once this response has ended.
+    pub keep_alive: bool,
+}
+
+/// Where one header field lies in the head's bytes.
+#[derive(Clone, Copy, Default)]
+struct FieldAt {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+/// Parses the response head at the start of `buffer`, taking its bytes out (skipped 1xx
+/// heads too). `None`: the head is not complete yet.
+pub fn parse_response_head(
+    buffer: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ParsedHead>, ProtocolError> {
+    loop {
+        if buffer.is_empty() {
+            return Ok(None);
+        }
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut at = [FieldAt::default(); MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut fields);
+        let (length, code, version, count) = match parsed.parse(buffer) {
+            Ok(httparse::Status::Partial) if buffer.len() > MAX_HEAD_BYTES => {
+                return Err(ProtocolError::HeadTooLarge);
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(error) => return Err(ProtocolError::Head(error)),
+            Ok(httparse::Status::Complete(length)) => {
+                if length > MAX_HEAD_BYTES {
+                    return Err(ProtocolError::HeadTooLarge);
+                }
+                let start = buffer.as_ptr() as usize;
+                for (field, at) in parsed.headers.iter().zip(at.iter_mut()) {
+                    let name = field.name.as_ptr() as usize - start;
+                    let value = field.value.as_ptr() as usize - start;
+                    at.name = (name, name + field.name.len());
+                    at.value = (value, value + field.value.len());
+                }
+                let version = match parsed.version {
+                    Some(1) => Version::HTTP_11,
+                    _ => Version::HTTP_10,
+                };
+                (
+                    length,
+                    parsed.code.unwrap_or(0),
+                    version,
+                    parsed.headers.len(),
+                )
+            }
+        };
+        let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::Status)?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            // 100 Continue, 103 Early Hints: the final answer follows.
+            buffer.advance(length);
+            continue;
+        }
+        let head = buffer.split_to(length).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        let mut keep_alive = version == Version::HTTP_11;
+        let mut saw_close = false;
+        for at in &at[..count] {
+            let name = HeaderName::from_bytes(&head[at.name.0..at.name.1])
+                .map_err(|_| ProtocolError::Header)?;
+            let value = HeaderValue::from_maybe_shared(head.slice(at.value.0..at.value.1))
+                .map_err(|_| ProtocolError::Header)?;
+            if name == CONNECTION {
+                // Once any `Connection` line says close, a later keep-alive does not undo it.
+                if saw_close || has_token(&value, "close") {
+                    saw_close = true;
+                    keep_alive = false;
+                } else if version == Version::HTTP_10 {
+                    keep_alive = has_token(&value, "keep-alive");
+                }
+            }
+            headers.append(name, value);
+        }
+        let framing = framing(status, method, version, &mut headers, &mut keep_alive)?;
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        return Ok(Some(ParsedHead {
+            response,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// RFC 9112 §6.3 for a response to `method`.
+fn framing(
+    status: StatusCode,
+    method: &Method,
+    version: Version,
+    headers: &mut HeaderMap,
+    keep_alive: &mut bool,
+) -> Result<Framing, ProtocolError> {
+    match status.as_u16() {
+        101 => return Err(ProtocolError::UnaskedUpgrade),
+        204 | 304 => return Ok(Framing::Empty),
+        _ => {}
+    }
+    if method == Method::HEAD {
+        return Ok(Framing::Empty);
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(ProtocolError::TransferEncodingInHttp10);
+        }
+        if headers.remove(CONTENT_LENGTH).is_some() {
+            // Both: the message is suspect. Its body is read as chunked, its length is not
+            // passed on, and the connection carries nothing more.
+            *keep_alive = false;
+        }
+        return Ok(if is_chunked_last(headers) {
+            Framing::Chunked
+        } else {
+            *keep_alive = false;
+            Framing::UntilClose
+        });
+    }
+    if headers.contains_key(CONTENT_LENGTH) {
+        return match content_length(headers) {
+            Some(0) => Ok(Framing::Empty),
+            Some(length) => Ok(Framing::Length(length)),
+            None => Err(ProtocolError::ContentLength),
+        };
+    }
+    *keep_alive = false;
+    Ok(Framing::UntilClose)
+}
+
+/// Whether `chunked` is the last transfer coding.
+fn is_chunked_last(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|value| value.as_bytes().rsplit(|b| *b == b',').next())
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The one length all `Content-Length` values (lists included) agree on.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|b| *b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let parsed: u64 = std::str::from_utf8(item).ok()?.parse().ok()?;
+            match length {
+                Some(seen) if seen != parsed => return None,
+                _ => length = Some(parsed),
+            }
+        }
+    }
+    length
+}
+
+/// Whether a comma-separated field value has `token` (any case).
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// What the chunked decoder made of the bytes it had.
+#[derive(Debug, PartialEq)]
+pub enum Decoded {
+    Data(Bytes),
+    /// The trailer section (the body has ended).
+    Trailers(HeaderMap),
+    /// The last chunk, and no trailers.
+    End,
+    /// More bytes are needed.
+    NeedMore,
+}
+
+/// Decodes a chunked body as its bytes arrive.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Hex digits of the next chunk's size.
+    Size {
+        size: u64,
+        digits: u8,
+        line: usize,
+    },
+    /// After the size: optional whitespace, extensions, CR.
+    SizeTail {
+        size: u64,
+        line: usize,
+    },
+    /// Inside a chunk extension, up to CR.
+    Extension {
+        size: u64,
+        line: usize,
+    },
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
+    DataCr,
+    DataLf,
+    Trailers,
+    Ended,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        Self {
+            state: ChunkState::Size {
+                size: 0,
+                digits: 0,
+                line: 0,
+            },
+        }
+    }
+}
+
+impl ChunkedDecoder {
+    /// Takes what it can from the front of `buffer`.
+    pub fn decode(&mut self, buffer: &mut BytesMut) -> Result<Decoded, ProtocolError> {
+        use ChunkState::*;
+        loop {
+            if self.state == Ended {
+                return Ok(Decoded::End);
+            }
+            if let Data { left } = self.state {
+                if buffer.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let take = left.min(buffer.len() as u64) as usize;
+                let data = buffer.split_to(take).freeze();
+                self.state = match left - take as u64 {
+                    0 => DataCr,
+                    left => Data { left },
+                };
+                return Ok(Decoded::Data(data));
+            }
+            if self.state == Trailers {
+                return self.trailers(buffer);
+            }
+            let Some(&byte) = buffer.first() else {
+                return Ok(Decoded::NeedMore);
+            };
+            buffer.advance(1);
+            self.state = match self.state {
+                Size { size, digits, line } => match hex_value(byte) {
+                    Some(_) if digits == 16 => return Err(chunk_error("chunk size too large")),
+                    Some(value) => Size {
+                        size: size << 4 | u64::from(value),
+                        digits: digits + 1,
+                        line: line + 1,
+                    },
+                    None if digits == 0 => return Err(chunk_error("chunk size expected")),
+                    None => after_size(byte, size, line + 1)?,
+                },
+                SizeTail { size, line } => after_size(byte, size, line + 1)?,
+                Extension { size, line } => match byte {
+                    _ if line + 1 > MAX_CHUNK_LINE => {
+                        return Err(chunk_error("chunk extensions too long"));
+                    }
+                    b'\r' => SizeLf { size },
+                    b'\n' => return Err(chunk_error("bare LF in a chunk extension")),
+                    _ => Extension {
+                        size,
+                        line: line + 1,
+                    },
+                },
+                SizeLf { size } => match byte {
+                    b'\n' if size == 0 => Trailers,
+                    b'\n' => Data { left: size },
+                    _ => return Err(chunk_error("CRLF expected after the chunk size")),
+                },
+                DataCr => match byte {
+                    b'\r' => DataLf,
+                    _ => return Err(chunk_error("CRLF expected after the chunk data")),
+                },
+                DataLf => match byte {
+                    b'\n' => Size {
+                        size: 0,
+                        digits: 0,
+                        line: 0,
+                    },
+                    _ => return Err(chunk_error("CRLF expected after the chunk data")),
+                },
+                Data { .. } | Trailers | Ended => unreachable!("handled above"),
+            };
+        }
+    }
+
+    /// The trailer section after the last chunk: empty (`CRLF`) or fields up to `CRLFCRLF`.
+    fn trailers(&mut self, buffer: &mut BytesMut) -> Result<Decoded, ProtocolError> {
+        if buffer.len() < 2 {
+            return Ok(Decoded::NeedMore);
+        }
+        if buffer.starts_with(b"\r\n") {
+            buffer.advance(2);
+            self.state = ChunkState::Ended;
+            return Ok(Decoded::End);
+        }
+        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+            if buffer.len() > MAX_TRAILER_BYTES {
+                return Err(ProtocolError::Trailers);
+            }
+            return Ok(Decoded::NeedMore);
+        };
+        if end + 4 > MAX_TRAILER_BYTES {
+            return Err(ProtocolError::Trailers);
+        }
+        let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+        let parsed = match httparse::parse_headers(&buffer[..end + 4], &mut fields) {
+            Ok(httparse::Status::Complete((_, parsed))) => parsed,
+            _ => return Err(ProtocolError::Trailers),
+        };
+        let mut trailers = HeaderMap::with_capacity(parsed.len());
+        for field in parsed {
+            let name = HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| ProtocolError::Trailers)?;
+            let value =
+                HeaderValue::from_bytes(field.value).map_err(|_| ProtocolError::Trailers)?;
+            trailers.append(name, value);
+        }
+        buffer.advance(end + 4);
+        self.state = ChunkState::Ended;
+        Ok(Decoded::Trailers(trailers))
+    }
+
+    /// Whether the last chunk and the trailer section have been read.
+    #[cfg(test)]
+    fn is_ended(&self) -> bool {
+        self.state == ChunkState::Ended
+    }
+}
+
+/// The chunk-size line after its digits: whitespace, `;` extensions, or its CR.
+fn after_size(byte: u8, size: u64, line: usize) -> Result<ChunkState, ProtocolError> {
+    if line > MAX_CHUNK_LINE {
+        return Err(chunk_error("chunk size line too long"));
+    }
+    match byte {
+        b' ' | b'\t' => Ok(ChunkState::SizeTail { size, line }),
+        b';' => Ok(ChunkState::Extension { size, line }),
+        b'\r' => Ok(ChunkState::SizeLf { size }),
+        _ => Err(chunk_error("invalid byte in the chunk size line")),
+    }
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn chunk_error(why: &'static str) -> ProtocolError {
+    ProtocolError::Chunked(why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8], method: Method) -> Result<Option<ParsedHead>, ProtocolError> {
+        let mut buffer = BytesMut::from(bytes);
+        parse_response_head(&mut buffer, &method)
+    }
+
+    fn framing_of(bytes: &str) -> Result<(Framing, bool), ProtocolError> {
+        let parsed = head(bytes.as_bytes(), Method::GET)?.expect("complete head");
+        Ok((parsed.framing, parsed.keep_alive))
+    }
+
+    #[test]
+    fn the_request_head_carries_the_map_and_frames_the_body() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("api.internal"));
+        headers.append("x-tag", HeaderValue::from_static("a"));
+        headers.append("x-tag", HeaderValue::from_static("b"));
+        headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        let mut out = Vec::new();
+        encode_request_head(&mut out, &Method::POST, "/v1/items?q=1", &headers, 1234);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /v1/items?q=1 HTTP/1.1\r\nhost: api.internal\r\nx-tag: a\r\nx-tag: b\r\n\
+             content-length: 1234\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn an_empty_body_adds_a_length_only_where_the_client_sent_one() {
+        let mut out = Vec::new();
+        encode_request_head(&mut out, &Method::GET, "", &HeaderMap::new(), 0);
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        out.clear();
+        encode_request_head(&mut out, &Method::POST, "/", &headers, 0);
+        assert_eq!(out, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn a_head_in_pieces_is_parsed_once_whole_and_shares_the_bytes_read() {
+        let whole =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello";
+        for split in 1..whole.len() - 5 {
+            let mut buffer = BytesMut::from(&whole[..split]);
+            assert!(
+                parse_response_head(&mut buffer, &Method::GET)
+                    .unwrap()
+                    .is_none()
+            );
+            buffer.extend_from_slice(&whole[split..]);
+            let parsed = parse_response_head(&mut buffer, &Method::GET)
+                .unwrap()
+                .unwrap();
+            assert_eq!(parsed.response.status(), StatusCode::OK);
+            assert_eq!(parsed.response.headers()["content-type"], "text/plain");
+            assert_eq!(parsed.framing, Framing::Length(5));
+            assert!(parsed.keep_alive);
+            assert_eq!(&buffer[..], b"hello");
+        }
+    }
+
+    #[test]
+    fn informational_answers_are_skipped_and_101_refused() {
+        let parsed = head(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(parsed.response.status(), StatusCode::NO_CONTENT);
+        assert!(!parsed.response.headers().contains_key("link"));
+        assert_eq!(
+            head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", Method::GET).unwrap_err(),
+            ProtocolError::UnaskedUpgrade
+        );
+        // Only a 1xx so far: wait for the final answer.
+        assert!(
+            head(b"HTTP/1.1 100 Continue\r\n\r\n", Method::GET)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        use Framing::*;
+        let ok = |s: &str| framing_of(s).unwrap();
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"),
+            (Length(10), true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+            (Empty, true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\ncontent-length: 7\r\n\r\n"),
+            (Length(7), true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+            (Chunked, true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n"),
+            (Chunked, true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
+            (UntilClose, false)
+        );
+        assert_eq!(ok("HTTP/1.1 200 OK\r\n\r\n"), (UntilClose, false));
+        assert_eq!(
+            ok("HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n"),
+            (Empty, true)
+        );
+        assert_eq!(ok("HTTP/1.1 304 Not Modified\r\n\r\n"), (Empty, true));
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n"),
+            (Length(1), false)
+        );
+        assert_eq!(
+            ok(
+                "HTTP/1.1 200 OK\r\nconnection: close\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n"
+            ),
+            (Length(1), false)
+        );
+        assert_eq!(
+            ok("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"),
+            (Length(1), false)
+        );
+        assert_eq!(
+            ok("HTTP/1.0 200 OK\r\nconnection: Keep-Alive\r\ncontent-length: 1\r\n\r\n"),
+            (Length(1), true)
+        );
+        // A HEAD answer has no body whatever it announces.
+        let parsed = head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+            Method::HEAD,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(parsed.framing, Empty);
+    }
+
+    #[test]
+    fn both_lengths_read_as_chunked_without_the_length_and_close() {
+        let parsed = head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(parsed.framing, Framing::Chunked);
+        assert!(!parsed.keep_alive);
+        assert!(!parsed.response.headers().contains_key(CONTENT_LENGTH));
+    }
+
+    #[test]
+    fn malformed_heads_fail() {
+        for bad in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 099 Low\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx: a\rb\r\n\r\n",
+            "HTTX/1.1 200 OK\r\n\r\n",
+        ] {
+            assert!(
+                head(bad.as_bytes(), Method::GET).is_err(),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn heads_are_bounded_in_size_and_fields() {
+        let mut big = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+        big.resize(MAX_HEAD_BYTES + 1, b'a');
+        assert_eq!(
+            head(&big, Method::GET).unwrap_err(),
+            ProtocolError::HeadTooLarge
+        );
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(head(&many, Method::GET).is_err());
+    }
+
+    /// Decodes `input` fed in pieces of `step` bytes: the data, the trailers, and whether
+    /// the body ended.
+    fn decode_all(
+        input: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>, bool), ProtocolError> {
+        let mut decoder = ChunkedDecoder::default();
+        let mut buffer = BytesMut::new();
+        let mut data = Vec::new();
+        let mut trailers = None;
+        for piece in input.chunks(step) {
+            buffer.extend_from_slice(piece);
+            loop {
+                match decoder.decode(&mut buffer)? {
+                    Decoded::Data(bytes) => data.extend_from_slice(&bytes),
+                    Decoded::Trailers(map) => trailers = Some(map),
+                    Decoded::End | Decoded::NeedMore => break,
+                }
+            }
+        }
+        Ok((data, trailers, decoder.is_ended()))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_in_any_pieces() {
+        let body = b"5\r\nhello\r\n1;name=value\r\n \r\nA \r\n0123456789\r\n0\r\n\r\nnext";
+        for step in 1..body.len() {
+            let (data, trailers, ended) = decode_all(body, step).unwrap();
+            assert_eq!(data, b"hello 0123456789", "step {step}");
+            assert!(trailers.is_none());
+            assert!(ended);
+        }
+        let with_trailers = b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\nx-sum: 1\r\n\r\n";
+        for step in 1..with_trailers.len() {
+            let (data, trailers, ended) = decode_all(with_trailers, step).unwrap();
+            assert_eq!(data, b"abc");
+            let trailers = trailers.expect("trailers");
+            assert_eq!(trailers["grpc-status"], "0");
+            assert_eq!(trailers["x-sum"], "1");
+            assert!(ended);
+        }
+        // What follows the body stays in the buffer.
+        let mut buffer = BytesMut::from(&b"0\r\n\r\nHTTP/1.1"[..]);
+        let mut decoder = ChunkedDecoder::default();
+        assert_eq!(decoder.decode(&mut buffer).unwrap(), Decoded::End);
+        assert_eq!(&buffer[..], b"HTTP/1.1");
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_fail() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloX\r\n",
+            b"5\r\nhello\rX",
+            b"11111111111111111\r\n",
+            b"5 x\r\n",
+            b"5;ext\n",
+            b"0\r\nbad trailer\r\n\r\n",
+        ] {
+            assert!(
+                decode_all(bad, 1).is_err(),
+                "{:?} was accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut long = b"1;".to_vec();
+        long.resize(MAX_CHUNK_LINE + 10, b'a');
+        assert!(decode_all(&long, 64).is_err());
+        let mut trailers = b"0\r\nx: ".to_vec();
+        trailers.resize(MAX_TRAILER_BYTES + 10, b'a');
+        assert!(decode_all(&trailers, 64).is_err());
+    }
+}
