@@ -47,8 +47,11 @@
 //! balancer/          endpoint selection, one file per strategy behind `Balancer`
 //! upstream/          endpoints (state machine, breaker, signals and latency histograms),
 //!                    plain HTTP/1.1 exchanges driven by the request's own task with
-//!                    thread-local idle connections (exchange.rs; TLS, h2, PROXY headers and
-//!                    upgrades use hyper-util's pooled client),
+//!                    thread-local idle connections (exchange.rs): weir's own client for
+//!                    requests it holds whole (lean.rs, on h1.rs: head encoding, response
+//!                    parsing, RFC 9112 framing, chunked decoding), hyper's client::conn
+//!                    for streamed bodies; TLS, h2, PROXY headers and upgrades use
+//!                    hyper-util's pooled client,
 //!                    pools (and their stall sweep), active health checks (HTTP or
 //!                    grpc.health.v1), DNS service discovery (A/AAAA and SRV, hickory),
 //!                    when to hedge (fixed or percentile delay), request bodies on their
@@ -69,6 +72,8 @@
 //!                    fills, and the OTLP exporter task (HTTP/protobuf or gRPC)
 //! registry.rs        registered instances in an atomically written state file
 //! stable_hash.rs     XXH3 with a fixed seed: ring points, sticky ids and sticky split points
+//! header_maps.rs     spare header maps per thread: a finished request's map becomes the
+//!                    next response head's (upstream parsing, cache hits)
 //!                    every build agrees on
 //! admin/             admin port: probes and the token-protected API (control.rs: scaling,
 //!                    reports, instance load; alerts.rs: alerts, silences, SLOs;
@@ -94,6 +99,7 @@ pub mod chart;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod header_maps;
 pub mod loadtest;
 pub mod logging;
 pub mod metrics;

@@ -91,6 +91,21 @@ const RULES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "header_maps.rs",
+        &[
+            "admin",
+            "app",
+            "control",
+            "proxy",
+            "upstream",
+            "cache",
+            "config",
+            "balancer",
+            "metrics",
+            "supervisor",
+        ],
+    ),
+    (
         "chart.rs",
         &[
             "admin", "app", "control", "proxy", "upstream", "cache", "config",

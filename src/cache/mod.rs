@@ -5,7 +5,7 @@
 //! The data plane calls [`Cache::lookup`] / [`Cache::store`]; the admin API calls
 //! [`Cache::purge`]. A Redis that is down or slow only costs L2 hits.
 //!
-//! May import: `config` only; the proxy drives it, the admin side purges through it.
+//! May import: `config` and `header_maps` only; the proxy drives it, the admin side purges through it.
 
 pub mod bus;
 pub mod coalesce;

@@ -135,6 +135,14 @@ pub(super) struct Launch {
     pub keep_headers: bool,
 }
 
+/// A started attempt, and the request's header map back when [`Launch::keep_headers`]
+/// asked for it.
+pub(super) struct Launched {
+    pub attempt: Attempt,
+    pub pending: Pending,
+    pub headers: Option<HeaderMap>,
+}
+
 /// An attempt in flight (or just finished).
 pub(super) struct Attempt {
     pub endpoint: Arc<Endpoint>,
@@ -162,7 +170,7 @@ pub(super) struct Attempt {
 pub(super) fn launch(
     plan: &AttemptPlan<'_>,
     launch: Launch,
-) -> Result<(Attempt, Pending, Option<HeaderMap>), (ProxyError, Arc<Endpoint>)> {
+) -> Result<Launched, (ProxyError, Arc<Endpoint>)> {
     let Launch {
         endpoint,
         mut headers,
@@ -231,8 +239,8 @@ pub(super) fn launch(
         rescue_after: (may_follow && !stall_after.is_zero() && stall_after < wait)
             .then_some(stall_after),
     };
-    Ok((
-        Attempt {
+    Ok(Launched {
+        attempt: Attempt {
             endpoint,
             guard,
             started,
@@ -245,8 +253,8 @@ pub(super) fn launch(
             trace,
         },
         pending,
-        dispatched.headers,
-    ))
+        headers: dispatched.headers,
+    })
 }
 
 impl Attempt {

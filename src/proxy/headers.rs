@@ -268,6 +268,44 @@ pub fn request_id(headers: &HeaderMap, name: &HeaderName) -> HeaderValue {
     new_request_id()
 }
 
+/// The request id (as [`request_id`]) and, for a request that carries `trace` upstream,
+/// its `traceparent` value. A new id and the `traceparent` share one allocation.
+pub fn request_ids(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    traceparent_of: Option<&super::trace::TraceContext>,
+) -> (HeaderValue, Option<HeaderValue>) {
+    use super::trace::TRACEPARENT_LEN;
+    let kept = headers
+        .get(name)
+        .filter(|existing| is_acceptable_request_id(existing));
+    match (kept, traceparent_of) {
+        (Some(existing), trace) => (
+            existing.clone(),
+            trace.and_then(super::trace::TraceContext::header_value),
+        ),
+        (None, None) => (new_request_id(), None),
+        (None, Some(trace)) => {
+            let mut both = [0u8; REQUEST_ID_LEN + TRACEPARENT_LEN];
+            let (id, traceparent) = both.split_at_mut(REQUEST_ID_LEN);
+            write_request_id(id);
+            if let Ok(traceparent) = <&mut [u8; TRACEPARENT_LEN]>::try_from(traceparent) {
+                trace.write_traceparent(traceparent);
+            }
+            let both = bytes::Bytes::from_owner(both);
+            let id = HeaderValue::from_maybe_shared(both.slice(..REQUEST_ID_LEN))
+                .unwrap_or(HeaderValue::from_static("0"));
+            (
+                id,
+                HeaderValue::from_maybe_shared(both.slice(REQUEST_ID_LEN..)).ok(),
+            )
+        }
+    }
+}
+
+/// Hex digits in a request id weir makes.
+const REQUEST_ID_LEN: usize = 32;
+
 fn is_acceptable_request_id(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| (0x21..0x7f).contains(b))
@@ -277,16 +315,22 @@ static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// 32 hex digits: a per-process random prefix and a counter, unique without coordination.
 pub fn new_request_id() -> HeaderValue {
-    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let prefix = *PREFIX.get_or_init(|| fastrand::u64(..));
-    let n = REQUEST_COUNTER.fetch_add(1, Relaxed);
-    let mut buf = [0u8; 32];
-    write_hex(&mut buf[..16], prefix);
-    write_hex(&mut buf[16..], n);
+    let mut buf = [0u8; REQUEST_ID_LEN];
+    write_request_id(&mut buf);
     // Shared from the start: the id goes upstream and back to the client, and a clone of
     // a value copied into a `Vec` allocates again to share it.
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
         .unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// A new id's digits: a per-process random prefix and a counter.
+fn write_request_id(out: &mut [u8]) {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let prefix = *PREFIX.get_or_init(|| fastrand::u64(..));
+    let n = REQUEST_COUNTER.fetch_add(1, Relaxed);
+    let (high, low) = out.split_at_mut(REQUEST_ID_LEN / 2);
+    write_hex(high, prefix);
+    write_hex(low, n);
 }
 
 fn write_hex(out: &mut [u8], mut v: u64) {

@@ -117,13 +117,17 @@ impl ProxyService {
         let conn_guard = self.conn.begin_request();
         self.state.stats.requests.fetch_add(1, Relaxed);
         let snapshot = self.state.snapshot.load_full();
-        let request_id = headers::request_id(req.headers(), &snapshot.headers.request_id);
         let tracer = snapshot.tracer.as_ref();
         let trace = (snapshot.headers.traceparent || tracer.is_some()).then(|| {
             TraceContext::from_headers(req.headers(), || {
                 tracer.is_some_and(|t| t.sample_new_trace())
             })
         });
+        let (request_id, traceparent) = headers::request_ids(
+            req.headers(),
+            &snapshot.headers.request_id,
+            trace.as_ref().filter(|_| snapshot.headers.traceparent),
+        );
         let method = req.method().clone();
         let path = snapshot.access_log.then(|| req.uri().path().to_owned());
         let recording = Recording::new(tracer, trace.as_ref());
@@ -140,6 +144,7 @@ impl ProxyService {
         let client = resolved.as_ref().unwrap_or(&self.client);
         let origin = Origin {
             request_id: &request_id,
+            traceparent: traceparent.as_ref(),
             trace: trace.as_ref(),
             client,
             is_grpc,
@@ -407,6 +412,7 @@ impl ProxyService {
             pool,
             mirror,
             request_id: origin.request_id,
+            traceparent: origin.traceparent,
             trace: origin.trace,
             client: origin.client,
             is_grpc: origin.is_grpc,
@@ -416,7 +422,11 @@ impl ProxyService {
             && upgrade_protocol(&parts).is_none()
         {
             let probed = match self.fresh_memory_hit(&exchange, cache, policy, &mut parts) {
-                Ok(answer) => return Ok(answer),
+                Ok(answer) => {
+                    // The request's map becomes the next served head's (or parsed one's).
+                    crate::header_maps::recycle(parts.headers);
+                    return Ok(answer);
+                }
                 Err(probed) => probed,
             };
             let request = cached::CachedRequest {
@@ -558,6 +568,8 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 #[derive(Clone, Copy)]
 struct Origin<'a> {
     request_id: &'a HeaderValue,
+    /// The `traceparent` sent upstream, when weir sends one.
+    traceparent: Option<&'a HeaderValue>,
     trace: Option<&'a TraceContext>,
     client: &'a headers::ClientAddress,
     /// A gRPC call (by its content type), told once for the whole request path.
@@ -578,6 +590,8 @@ pub(super) struct Exchange<'a> {
     /// The route's mirror, when this request is one it copies.
     pub mirror: Option<&'a Mirror>,
     pub request_id: &'a HeaderValue,
+    /// The `traceparent` sent upstream, when weir sends one.
+    pub traceparent: Option<&'a HeaderValue>,
     pub trace: Option<&'a TraceContext>,
     /// The client balancing and forwarding headers use.
     pub client: &'a headers::ClientAddress,

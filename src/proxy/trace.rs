@@ -20,6 +20,9 @@ pub struct TraceContext {
     parent_id: Option<[u8; 16]>,
 }
 
+/// Bytes in a version-00 `traceparent` value.
+pub const TRACEPARENT_LEN: usize = 55;
+
 impl TraceContext {
     /// Continues a valid incoming `traceparent` or starts a new trace; `sample_new` says
     /// whether a trace weir starts is recorded (a continued one keeps the client's flag).
@@ -90,15 +93,20 @@ impl TraceContext {
 
     /// The `traceparent` value sent upstream.
     pub fn header_value(&self) -> Option<HeaderValue> {
-        let mut out = [0u8; 55];
+        let mut out = [0u8; TRACEPARENT_LEN];
+        self.write_traceparent(&mut out);
+        // Shared from the start: a retry's copy of the head clones it without allocating.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out)).ok()
+    }
+
+    /// Writes the `traceparent` value into `out`.
+    pub fn write_traceparent(&self, out: &mut [u8; TRACEPARENT_LEN]) {
         out[..3].copy_from_slice(b"00-");
         out[3..35].copy_from_slice(&self.trace_id);
         out[35] = b'-';
         out[36..52].copy_from_slice(&self.span_id);
         out[52] = b'-';
         out[53..].copy_from_slice(&self.flags);
-        // Shared from the start: a retry's copy of the head clones it without allocating.
-        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out)).ok()
     }
 }
 

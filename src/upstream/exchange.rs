@@ -185,7 +185,13 @@ impl InTaskClient {
                     response: ResponseFuture::InTask(Box::pin(lean::exchange(
                         client, key, authority, prepared,
                     ))),
-                    headers: keep_headers.then_some(headers),
+                    headers: if keep_headers {
+                        Some(headers)
+                    } else {
+                        // Written out: the map becomes the next response head's.
+                        crate::header_maps::recycle(headers);
+                        None
+                    },
                 };
             }
             None => request,

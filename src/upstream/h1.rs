@@ -140,69 +140,61 @@ pub struct ParsedHead {
     pub keep_alive: bool,
 }
 
-/// Where one header field lies in the head's bytes.
-#[derive(Clone, Copy, Default)]
-struct FieldAt {
-    name: (usize, usize),
-    value: (usize, usize),
-}
-
 /// Parses the response head at the start of `buffer`, taking its bytes out (skipped 1xx
 /// heads too). `None`: the head is not complete yet.
+///
+/// The head's end is found first, so that its bytes can be split off and shared by the
+/// header values while httparse reads them: no table of offsets, and httparse's field
+/// array is left uninitialised (zeroing 100 fields cost more than parsing a head).
 pub fn parse_response_head(
     buffer: &mut BytesMut,
     method: &Method,
 ) -> Result<Option<ParsedHead>, ProtocolError> {
     loop {
-        if buffer.is_empty() {
-            return Ok(None);
-        }
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut at = [FieldAt::default(); MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut fields);
-        let (length, code, version, count) = match parsed.parse(buffer) {
-            Ok(httparse::Status::Partial) if buffer.len() > MAX_HEAD_BYTES => {
+        let Some(length) = head_length(buffer) else {
+            if buffer.len() > MAX_HEAD_BYTES {
                 return Err(ProtocolError::HeadTooLarge);
             }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(error) => return Err(ProtocolError::Head(error)),
-            Ok(httparse::Status::Complete(length)) => {
-                if length > MAX_HEAD_BYTES {
-                    return Err(ProtocolError::HeadTooLarge);
-                }
-                let start = buffer.as_ptr() as usize;
-                for (field, at) in parsed.headers.iter().zip(at.iter_mut()) {
-                    let name = field.name.as_ptr() as usize - start;
-                    let value = field.value.as_ptr() as usize - start;
-                    at.name = (name, name + field.name.len());
-                    at.value = (value, value + field.value.len());
-                }
-                let version = match parsed.version {
-                    Some(1) => Version::HTTP_11,
-                    _ => Version::HTTP_10,
-                };
-                (
-                    length,
-                    parsed.code.unwrap_or(0),
-                    version,
-                    parsed.headers.len(),
-                )
+            // Incomplete: httparse still says at once whether what is there is no HTTP.
+            if !buffer.is_empty() {
+                parse_fields(buffer)?;
             }
+            return Ok(None);
         };
-        let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::Status)?;
-        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-            // 100 Continue, 103 Early Hints: the final answer follows.
-            buffer.advance(length);
-            continue;
+        if length > MAX_HEAD_BYTES {
+            return Err(ProtocolError::HeadTooLarge);
         }
         let head = buffer.split_to(length).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        let mut fields =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            &head,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(parsed_length)) if parsed_length == length => {}
+            Ok(_) => return Err(ProtocolError::Header),
+            Err(error) => return Err(ProtocolError::Head(error)),
+        }
+        let status =
+            StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|_| ProtocolError::Status)?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            // 100 Continue, 103 Early Hints: the final answer follows.
+            continue;
+        }
+        let version = match parsed.version {
+            Some(1) => Version::HTTP_11,
+            _ => Version::HTTP_10,
+        };
+        // Usually the emptied map of a request this thread is done with.
+        let mut headers = crate::header_maps::take(parsed.headers.len());
         let mut keep_alive = version == Version::HTTP_11;
         let mut saw_close = false;
-        for at in &at[..count] {
-            let name = HeaderName::from_bytes(&head[at.name.0..at.name.1])
-                .map_err(|_| ProtocolError::Header)?;
-            let value = HeaderValue::from_maybe_shared(head.slice(at.value.0..at.value.1))
+        for field in parsed.headers.iter() {
+            let name =
+                HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| ProtocolError::Header)?;
+            let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
                 .map_err(|_| ProtocolError::Header)?;
             if name == CONNECTION {
                 // Once any `Connection` line says close, a later keep-alive does not undo it.
@@ -226,6 +218,32 @@ pub fn parse_response_head(
             keep_alive,
         }));
     }
+}
+
+/// The length of the head at the start of `bytes` (through its empty line, `CRLF` or a
+/// bare `LF` as httparse takes it), if it is all there.
+fn head_length(bytes: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = bytes[from..].iter().position(|b| *b == b'\n') {
+        let after = from + at + 1;
+        match bytes.get(after..) {
+            Some([b'\n', ..]) => return Some(after + 1),
+            Some([b'\r', b'\n', ..]) => return Some(after + 2),
+            _ => from = after,
+        }
+    }
+    None
+}
+
+/// Runs httparse over an incomplete head, for its errors.
+fn parse_fields(bytes: &[u8]) -> Result<(), ProtocolError> {
+    let mut fields =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut parsed, bytes, &mut fields)
+        .map(|_| ())
+        .map_err(ProtocolError::Head)
 }
 
 /// RFC 9112 §6.3 for a response to `method`.

@@ -177,7 +177,12 @@ impl Copy {
             host: self.host.clone(),
             keep_headers: false,
         };
-        let Ok((mut attempt, pending, _)) = attempt::launch(&plan, launch) else {
+        let Ok(attempt::Launched {
+            mut attempt,
+            pending,
+            ..
+        }) = attempt::launch(&plan, launch)
+        else {
             self.stats.failed.fetch_add(1, Relaxed);
             return;
         };

@@ -801,6 +801,7 @@ impl BackgroundRefresh {
             // A refresh is weir's own request, not the client's: not copied.
             mirror: None,
             request_id: &request_id,
+            traceparent: None,
             trace: None,
             // The refresh is made for the connection that found the entry due.
             client: &self.service.client,

@@ -22,7 +22,7 @@ use super::super::headers::{self, strip_hop_by_hop};
 use super::super::retry;
 use super::super::route::mirror::MirrorRequest;
 use super::super::route::rewrite::HeaderVariables;
-use super::super::trace::{TRACEPARENT, TraceContext};
+use super::super::trace::TRACEPARENT;
 use super::{
     BodyPlan, Exchange, Failure, ProxyService, RequestBody, Served, Source, tunnel,
     upgrade_protocol,
@@ -98,6 +98,8 @@ impl ProxyService {
         let answered = self
             .attempts(exchange, &mut parts, &mut body, &outgoing)
             .await?;
+        // No attempt follows: the map kept for one becomes the next response head's.
+        crate::header_maps::recycle(parts.headers);
         Ok(self.finish(exchange, outgoing, answered, pool_slot, conn_guard))
     }
 
@@ -110,7 +112,7 @@ impl ProxyService {
             route,
             pool,
             request_id,
-            trace,
+            traceparent,
             client,
             is_grpc,
             ..
@@ -181,11 +183,9 @@ impl ProxyService {
             };
             rules.apply(&mut parts.headers, &vars);
         }
-        if snapshot.headers.traceparent
-            && let Some(value) = trace.and_then(TraceContext::header_value)
-        {
+        if let Some(value) = traceparent {
             // `tracestate` travels unchanged; weir adds no vendor entry.
-            parts.headers.insert(TRACEPARENT, value);
+            parts.headers.insert(TRACEPARENT, value.clone());
         }
         let path_and_query = parts
             .uri
@@ -316,7 +316,7 @@ impl ProxyService {
             let replayable = may_retry && body.is_replayable();
             // The header map comes back when another attempt may need it (weir's own
             // client hands it back as it is; the others copy it).
-            let (first_attempt, first_pending, headers_back) = attempt::launch(
+            let launched = attempt::launch(
                 &plan,
                 Launch {
                     endpoint,
@@ -330,10 +330,10 @@ impl ProxyService {
                 },
             )
             .map_err(|(error, endpoint)| Failure::at(route, error, Some(&endpoint.address)))?;
-            if let Some(headers) = headers_back {
+            if let Some(headers) = launched.headers {
                 parts.headers = headers;
             }
-            let first = (first_attempt, first_pending);
+            let first = (launched.attempt, launched.pending);
             // A hedge needs a body that can be sent again, a method that may be sent
             // twice, and no upgrade (a tunnel has one upstream).
             let hedge_delay = pool
@@ -372,7 +372,7 @@ impl ProxyService {
                             },
                         )
                         .ok()
-                        .map(|(attempt, pending, _)| (attempt, pending))
+                        .map(|launched| (launched.attempt, launched.pending))
                     };
                     // Boxed: the race holds two attempts and three timers, and only hedging
                     // pools need it; the request future of every other pool stays small.
