@@ -3,10 +3,16 @@
 //! cache hit's served head). hyper does the same inside one connection (the head it wrote
 //! becomes the map it parses the next head into); this carries the idea across the two
 //! sides of a proxied request, so that in steady state no header map is allocated.
+//!
+//! Also the last value of a rendered field, per thread and field: `Age` and a hit's
+//! `Cache-Status` change once a second, so a hot entry's are made once a second rather
+//! than once a response.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
-use http::HeaderMap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
 
 /// Maps kept per thread: one per request in flight on it is plenty.
 const KEPT: usize = 64;
@@ -47,6 +53,49 @@ pub fn take(fields: usize) -> HeaderMap {
     }
 }
 
+/// Longest value [`memoized`] keeps.
+pub const SHORT_VALUE: usize = 96;
+
+/// The last value of one field on this thread.
+pub type LastValue = RefCell<Option<HeaderValue>>;
+
+/// A short value's bytes, shared from the start: its clones allocate nothing.
+struct ShortValue {
+    bytes: [u8; SHORT_VALUE],
+    len: usize,
+}
+
+impl AsRef<[u8]> for ShortValue {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The field value `bytes`: `last`'s when it is the same, else a new one that becomes
+/// `last`. `None` for bytes no field value may hold (or longer than [`SHORT_VALUE`]).
+pub fn memoized(last: &'static LocalKey<LastValue>, bytes: &[u8]) -> Option<HeaderValue> {
+    let remembered = last
+        .try_with(|last| {
+            last.borrow()
+                .as_ref()
+                .filter(|value| value.as_bytes() == bytes)
+                .cloned()
+        })
+        .ok()
+        .flatten();
+    if remembered.is_some() {
+        return remembered;
+    }
+    let mut short = ShortValue {
+        bytes: [0; SHORT_VALUE],
+        len: bytes.len(),
+    };
+    short.bytes.get_mut(..bytes.len())?.copy_from_slice(bytes);
+    let value = HeaderValue::from_maybe_shared(Bytes::from_owner(short)).ok()?;
+    let _ = last.try_with(|last| *last.borrow_mut() = Some(value.clone()));
+    Some(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +113,24 @@ mod tests {
         // Nothing left to recycle: a new map with the room asked for.
         let fresh = take(4);
         assert!(fresh.capacity() >= 4);
+    }
+
+    thread_local! {
+        static LAST: LastValue = const { RefCell::new(None) };
+    }
+
+    #[test]
+    fn a_value_like_the_last_is_the_last_one_shared() {
+        let first = memoized(&LAST, b"42").unwrap();
+        let again = memoized(&LAST, b"42").unwrap();
+        assert_eq!(first, again);
+        // The same bytes, not a copy.
+        assert_eq!(first.as_bytes().as_ptr(), again.as_bytes().as_ptr());
+        let other = memoized(&LAST, b"43").unwrap();
+        assert_eq!(other, "43");
+        assert_ne!(other.as_bytes().as_ptr(), first.as_bytes().as_ptr());
+        assert!(memoized(&LAST, b"bad\r\nvalue").is_none());
+        assert!(memoized(&LAST, &[b'a'; SHORT_VALUE + 1]).is_none());
     }
 
     #[test]

@@ -66,9 +66,24 @@ impl KeySpec {
         headers: &HeaderMap,
     ) -> String {
         let mut key = String::with_capacity(host.len() + path.len() + 16);
+        self.primary_into(&mut key, host, path, query, headers);
+        key
+    }
+
+    /// [`Self::primary`] written into `key` (emptied first): a lookup can use a buffer it
+    /// keeps, and copy the key only when it has to store or fetch.
+    pub fn primary_into(
+        &self,
+        key: &mut String,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) {
+        key.clear();
         key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
         key.push_str(path);
-        self.push_query(&mut key, query);
+        self.push_query(key, query);
         for name in &self.headers {
             key.push('|');
             key.push_str(name.as_str());
@@ -80,7 +95,6 @@ impl KeySpec {
                 key.push_str(&String::from_utf8_lossy(value.as_bytes()));
             }
         }
-        key
     }
 }
 

@@ -613,7 +613,12 @@ fn seconds_value(seconds: u64) -> HeaderValue {
             break;
         }
     }
-    HeaderValue::from_bytes(&digits[at..]).unwrap_or(HeaderValue::from_static("0"))
+    crate::header_maps::memoized(&LAST_AGE, &digits[at..]).unwrap_or(HeaderValue::from_static("0"))
+}
+
+thread_local! {
+    /// The last `Age` made on this thread: a hot entry's changes once a second.
+    static LAST_AGE: crate::header_maps::LastValue = const { std::cell::RefCell::new(None) };
 }
 
 /// Whether the client's own conditional (`If-None-Match`, else `If-Modified-Since`) is

@@ -9,6 +9,12 @@ use http::{HeaderMap, HeaderValue};
 use crate::cache::Tier;
 use crate::cache::policy::CACHE_STATUS;
 
+thread_local! {
+    /// The last value rendered on this thread: a hot entry's fresh hits say the same
+    /// (`weir-l1; hit; ttl=42`) for a second.
+    static LAST_STATUS: crate::header_maps::LastValue = const { std::cell::RefCell::new(None) };
+}
+
 /// The cache's part in one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct CacheStatus {
@@ -72,7 +78,8 @@ impl CacheStatus {
             let _ = write!(out, "; stored");
         }
         let written = 96 - out.len();
-        HeaderValue::from_bytes(&buffer[..written]).unwrap_or(HeaderValue::from_static("weir"))
+        crate::header_maps::memoized(&LAST_STATUS, &buffer[..written])
+            .unwrap_or(HeaderValue::from_static("weir"))
     }
 
     pub fn set_on(self, headers: &mut HeaderMap) {

@@ -103,14 +103,30 @@ fn remove_unkeyed(policy: &RouteCache, headers: &mut HeaderMap) {
 
 /// The request's primary cache key.
 fn primary_key(policy: &RouteCache, parts: &http::request::Parts) -> String {
+    let mut key = String::new();
+    primary_key_into(&mut key, policy, parts);
+    key
+}
+
+/// [`primary_key`] written into `key`.
+fn primary_key_into(key: &mut String, policy: &RouteCache, parts: &http::request::Parts) {
     let host = parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    policy
-        .key
-        .primary(host, parts.uri.path(), parts.uri.query(), &parts.headers)
+    policy.key.primary_into(
+        key,
+        host,
+        parts.uri.path(),
+        parts.uri.query(),
+        &parts.headers,
+    );
+}
+
+thread_local! {
+    /// The key a fresh-hit probe is written into: a hit needs no key of its own.
+    static PROBE_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// What a cache lookup needs.
@@ -259,8 +275,10 @@ impl ProxyService {
             return Err(None);
         }
         remove_unkeyed(policy, &mut parts.headers);
-        let primary = primary_key(policy, parts);
-        let memory = cache.probe_memory(policy, &primary, &parts.headers);
+        let memory = PROBE_KEY.with_borrow_mut(|key| {
+            primary_key_into(key, policy, parts);
+            cache.probe_memory(policy, key, &parts.headers)
+        });
         if let MemoryProbe::Found(stored) = &memory {
             let view = HitView {
                 exchange: *exchange,
@@ -274,6 +292,8 @@ impl ProxyService {
                 return Ok(answer);
             }
         }
+        // Not served: the rest of the cache path keeps the key.
+        let primary = PROBE_KEY.with_borrow(String::clone);
         Err(Some(Probed { primary, memory }))
     }
 
