@@ -258,18 +258,9 @@ fn is_quotable(s: &str) -> bool {
         .all(|b| (0x21..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
-/// Keeps a client's request id when it is sane, otherwise makes a new one.
-pub fn request_id(headers: &HeaderMap, name: &HeaderName) -> HeaderValue {
-    if let Some(existing) = headers.get(name)
-        && is_acceptable_request_id(existing)
-    {
-        return existing.clone();
-    }
-    new_request_id()
-}
-
-/// The request id (as [`request_id`]) and, for a request that carries `trace` upstream,
-/// its `traceparent` value. A new id and the `traceparent` share one allocation.
+/// The request id (the client's when it is sane, otherwise a new one) and, for a request
+/// that carries `traceparent_of` upstream, its `traceparent` value. A new id and the
+/// `traceparent` share one allocation.
 pub fn request_ids(
     headers: &HeaderMap,
     name: &HeaderName,
@@ -505,18 +496,24 @@ mod tests {
     }
 
     #[test]
-    fn request_ids() {
+    fn request_ids_are_kept_or_made() {
         let name = HeaderName::from_static("x-request-id");
         let mut h = HeaderMap::new();
         h.insert("x-request-id", "abc-123".parse().unwrap());
-        assert_eq!(request_id(&h, &name), "abc-123");
+        assert_eq!(request_ids(&h, &name, None).0, "abc-123");
         h.insert(
             "x-request-id",
             HeaderValue::from_bytes(b"bad value").unwrap(),
         );
-        let fresh = request_id(&h, &name);
+        let fresh = request_ids(&h, &name, None).0;
         assert_eq!(fresh.len(), 32);
         assert_ne!(new_request_id(), new_request_id());
+        // A new id made beside a traceparent: both whole, the traceparent the trace's.
+        let trace = super::super::trace::TraceContext::from_headers(&HeaderMap::new(), || true);
+        let (id, traceparent) = request_ids(&h, &name, Some(&trace));
+        assert_eq!(id.len(), 32);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert_eq!(traceparent, trace.header_value());
     }
 
     #[test]

@@ -235,9 +235,7 @@ impl InTaskClient {
         Ok(Connection(Box::new(ConnectionState {
             sender,
             driver,
-            key,
-            client: Arc::clone(self),
-            expires: Instant::now(),
+            tag: IdleTag::new(key, Arc::clone(self)),
         })))
     }
 
@@ -256,24 +254,16 @@ struct Connection(Box<ConnectionState>);
 struct ConnectionState {
     sender: http1::SendRequest<UpstreamRequestBody>,
     driver: http1::Connection<TokioIo<TcpStream>, UpstreamRequestBody>,
-    /// The idle list it belongs to, and its client's settings.
-    key: ListKey,
-    client: Arc<InTaskClient>,
-    /// When it is closed if still idle (set as it goes idle).
-    expires: Instant,
+    tag: IdleTag,
 }
 
 impl IdleConnection for Connection {
-    fn key(&self) -> ListKey {
-        self.0.key
+    fn tag(&self) -> &IdleTag {
+        &self.0.tag
     }
 
-    fn expires(&self) -> Instant {
-        self.0.expires
-    }
-
-    fn max_idle(&self) -> usize {
-        self.0.client.max_idle
+    fn tag_mut(&mut self) -> &mut IdleTag {
+        &mut self.0.tag
     }
 
     /// Polls the state machine once without a waker to keep: whether it can take a
@@ -294,9 +284,7 @@ impl Connection {
     /// request.
     fn release(mut self) {
         if self.is_reusable() {
-            self.0.expires = Instant::now() + self.0.client.idle_timeout;
-            // During the thread's teardown there is no list: the connection just closes.
-            let _ = IDLE.try_with(|idle| idle.borrow_mut().put(self));
+            park(&IDLE, self);
         }
     }
 }
@@ -483,16 +471,44 @@ impl Drop for InTaskBody {
 /// How often at most a thread sweeps all its idle lists.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// What every pooled connection carries for the idle lists, whatever its kind.
+pub(super) struct IdleTag {
+    /// The idle list it belongs to.
+    key: ListKey,
+    /// Its client's settings (idle timeout, connections kept).
+    client: Arc<InTaskClient>,
+    /// When it is closed if still idle (set as it goes idle).
+    expires: Instant,
+}
+
+impl IdleTag {
+    pub(super) fn new(key: ListKey, client: Arc<InTaskClient>) -> Self {
+        Self {
+            key,
+            client,
+            expires: Instant::now(),
+        }
+    }
+}
+
 /// What an idle list needs of a connection.
 pub(super) trait IdleConnection {
-    /// The list it belongs to.
-    fn key(&self) -> ListKey;
-    /// When it is closed if still idle.
-    fn expires(&self) -> Instant;
-    /// Idle connections its pool keeps per endpoint on a thread.
-    fn max_idle(&self) -> usize;
+    fn tag(&self) -> &IdleTag;
+    fn tag_mut(&mut self) -> &mut IdleTag;
     /// Whether it can take a request (its upstream has not closed it).
     fn is_reusable(&mut self) -> bool;
+}
+
+/// Puts `connection`, which has just finished a response, on this thread's idle list of
+/// its kind, to expire after its pool's `idle_timeout`.
+pub(super) fn park<C: IdleConnection>(
+    lists: &'static std::thread::LocalKey<RefCell<IdleLists<C>>>,
+    mut connection: C,
+) {
+    let tag = connection.tag_mut();
+    tag.expires = Instant::now() + tag.client.idle_timeout;
+    // During the thread's teardown there is no list: the connection just closes.
+    let _ = lists.try_with(|idle| idle.borrow_mut().put(connection));
 }
 
 /// A thread's idle connections of one kind, by pool client and endpoint.
@@ -520,7 +536,7 @@ impl<C: IdleConnection> IdleLists<C> {
         self.sweep_if_due(now);
         let list = self.lists.get_mut(&key)?;
         while let Some(mut connection) = list.pop() {
-            if now >= connection.expires() {
+            if now >= connection.tag().expires {
                 // The rest are older still.
                 list.clear();
                 return None;
@@ -533,11 +549,11 @@ impl<C: IdleConnection> IdleLists<C> {
     }
 
     pub(super) fn put(&mut self, connection: C) {
-        let max_idle = connection.max_idle();
+        let max_idle = connection.tag().client.max_idle;
         if max_idle == 0 {
             return;
         }
-        let list = self.lists.entry(connection.key()).or_default();
+        let list = self.lists.entry(connection.tag().key).or_default();
         if list.len() >= max_idle {
             // The oldest goes: the most recently used are the likeliest to be alive.
             list.remove(0);
@@ -558,7 +574,9 @@ impl<C: IdleConnection> IdleLists<C> {
     fn sweep(&mut self, now: Instant) {
         self.swept = now;
         self.lists.retain(|_, list| {
-            list.retain_mut(|connection| now < connection.expires() && connection.is_reusable());
+            list.retain_mut(|connection| {
+                now < connection.tag().expires && connection.is_reusable()
+            });
             !list.is_empty()
         });
     }

@@ -19,17 +19,17 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response};
 use http_body::{Frame, SizeHint};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::exchange::{
-    BodyError, IdleConnection, IdleLists, InTaskClient, ListKey, SendError, UpstreamBody,
+    BodyError, IdleConnection, IdleLists, IdleTag, InTaskClient, ListKey, SendError, UpstreamBody,
+    park,
 };
 use super::h1::{self, ChunkedDecoder, Decoded, Framing};
 
@@ -55,23 +55,16 @@ struct LeanState {
     read_size: usize,
     /// The request head being written (kept for the next one).
     write: Vec<u8>,
-    key: ListKey,
-    client: Arc<InTaskClient>,
-    /// When it is closed if still idle (set as it goes idle).
-    expires: Instant,
+    tag: IdleTag,
 }
 
 impl IdleConnection for LeanConnection {
-    fn key(&self) -> ListKey {
-        self.0.key
+    fn tag(&self) -> &IdleTag {
+        &self.0.tag
     }
 
-    fn expires(&self) -> Instant {
-        self.0.expires
-    }
-
-    fn max_idle(&self) -> usize {
-        self.0.client.max_idle
+    fn tag_mut(&mut self) -> &mut IdleTag {
+        &mut self.0.tag
     }
 
     /// Nothing buffered and nothing to read: neither closed by the upstream nor sent
@@ -86,26 +79,19 @@ impl IdleConnection for LeanConnection {
 }
 
 impl LeanConnection {
-    fn new(stream: TcpStream, write: Vec<u8>, key: ListKey, client: Arc<InTaskClient>) -> Self {
+    fn new(stream: TcpStream, key: ListKey, client: Arc<InTaskClient>) -> Self {
         Self(Box::new(LeanState {
             stream,
             read: BytesMut::new(),
             read_size: FIRST_READ,
-            write,
-            key,
-            client,
-            expires: Instant::now(),
+            write: Vec::new(),
+            tag: IdleTag::new(key, client),
         }))
     }
 
     /// Reads more of the response; `Ok(0)` at the end of the stream.
     async fn read_more(&mut self) -> std::io::Result<usize> {
-        let state = &mut *self.0;
-        make_room(&mut state.read, state.read_size);
-        let room = state.read.capacity() - state.read.len();
-        let read = state.stream.read_buf(&mut state.read).await?;
-        grow_after(&mut state.read_size, read, room);
-        Ok(read)
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
     }
 
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
@@ -126,10 +112,9 @@ impl LeanConnection {
     /// The response has ended: back to this thread's idle list unless the upstream sent
     /// more than the response (whether it has closed meanwhile is seen when the
     /// connection is taken again: see [`IdleConnection::is_reusable`]).
-    fn release(mut self) {
+    fn release(self) {
         if self.0.read.is_empty() {
-            self.0.expires = Instant::now() + self.0.client.idle_timeout;
-            let _ = IDLE.try_with(|idle| idle.borrow_mut().put(self));
+            park(&IDLE, self);
         }
     }
 }
@@ -272,12 +257,7 @@ async fn connect(
     key: ListKey,
 ) -> Result<LeanConnection, SendError> {
     let stream = client.connect_tcp(authority).await?;
-    Ok(LeanConnection::new(
-        stream,
-        Vec::new(),
-        key,
-        Arc::clone(client),
-    ))
+    Ok(LeanConnection::new(stream, key, Arc::clone(client)))
 }
 
 /// A response body read off its connection by the task that polls it; the connection
