@@ -13,7 +13,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy, RequestLike};
 
-use super::object::{StoredResponse, unix_ms};
+use super::object::{StoredResponse, owned_headers, unix_ms};
 
 pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
@@ -116,6 +116,15 @@ pub fn storable(
     {
         return None;
     }
+    // What is kept (the served head, the policy's copies of both heads) is built from
+    // copies in allocations of their own: see `owned_headers`.
+    let headers = &owned_headers(headers);
+    let request_headers = owned_headers(req.headers);
+    let req = &PolicyRequest {
+        method: req.method,
+        target: req.target.clone(),
+        headers: &request_headers,
+    };
     let (mut view, withheld) = policy_view(headers);
     let view = &mut view;
     let directives = Directives::parse(view.get_all(header::CACHE_CONTROL));

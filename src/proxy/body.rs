@@ -343,17 +343,49 @@ impl Tee {
     }
 
     fn finish(self) {
-        let body = match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut whole = bytes::BytesMut::with_capacity(self.size);
-                for chunk in self.chunks {
-                    whole.extend_from_slice(&chunk);
-                }
-                whole.freeze()
-            }
-        };
-        (self.on_complete)(body);
+        // Copied even when it came in one chunk: a chunk is a slice of the connection's
+        // read buffer and would keep all of it (see `cache::object::owned_body`).
+        let mut whole = bytes::BytesMut::with_capacity(self.size);
+        for chunk in self.chunks {
+            whole.extend_from_slice(&chunk);
+        }
+        (self.on_complete)(whole.freeze());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    use super::{ResponseBody, Tee};
+
+    /// The cache's copy of a body that arrived as one slice of a connection's read buffer
+    /// holds bytes of its own, not the buffer.
+    #[tokio::test]
+    async fn the_cache_copy_does_not_keep_the_read_buffer() {
+        let read_buffer = Bytes::from(vec![b'x'; 16 * 1024]);
+        let chunk = read_buffer.slice(100..1124);
+        let kept = Arc::new(Mutex::new(None));
+        let sink = Arc::clone(&kept);
+        let tee = Tee::new(1 << 20, move |body| {
+            *sink.lock().unwrap() = Some(body);
+        });
+        let body = ResponseBody::encoded(Full::new(chunk)).with_tee(tee);
+        let served = body.collect().await.unwrap().to_bytes();
+        assert_eq!(served.len(), 1024);
+        drop(served);
+        let copy = kept
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the body was handed to the cache");
+        assert_eq!(copy, read_buffer.slice(100..1124));
+        assert!(
+            read_buffer.is_unique(),
+            "the cache's copy still shares the read buffer"
+        );
     }
 }

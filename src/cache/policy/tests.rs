@@ -268,3 +268,60 @@ fn seconds_are_written_as_digits() {
         assert_eq!(super::seconds_value(n), n.to_string().as_str());
     }
 }
+
+/// What is stored (the served head and the policy's copies of both heads) holds bytes of
+/// its own: a value that was a slice of a connection's read buffer would keep all of it.
+#[test]
+fn a_stored_response_does_not_keep_the_read_buffers() {
+    fn sliced(buffer: &bytes::Bytes, fields: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            let at = buffer
+                .windows(value.len())
+                .position(|w| w == value.as_bytes())
+                .unwrap();
+            let value =
+                http::HeaderValue::from_maybe_shared(buffer.slice(at..at + value.len())).unwrap();
+            headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value,
+            );
+        }
+        headers
+    }
+    let mut text = b"max-age=60 \"v1\" a text/plain 1024 gzip".to_vec();
+    text.resize(16 * 1024, b' ');
+    let client_buffer = bytes::Bytes::from(text.clone());
+    let upstream_buffer = bytes::Bytes::from(text);
+    let req = sliced(
+        &client_buffer,
+        &[("host", "a"), ("accept-encoding", "gzip")],
+    );
+    let res = sliced(
+        &upstream_buffer,
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+            ("content-type", "text/plain"),
+            ("content-length", "1024"),
+        ],
+    );
+    let stored = storable(
+        &request(&req),
+        StatusCode::OK,
+        &res,
+        SystemTime::now(),
+        &lifetimes(),
+    )
+    .unwrap();
+    drop((req, res));
+    assert_eq!(stored.headers.get("etag").unwrap(), "\"v1\"");
+    assert!(
+        client_buffer.is_unique(),
+        "the client's read buffer is still shared"
+    );
+    assert!(
+        upstream_buffer.is_unique(),
+        "the upstream's read buffer is still shared"
+    );
+}

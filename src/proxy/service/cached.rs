@@ -881,7 +881,7 @@ impl BackgroundRefresh {
                     &self.policy.lifetimes,
                 )
                 .map(|mut s| {
-                    s.body = collected.to_bytes();
+                    s.body = crate::cache::object::owned_body(collected.aggregate());
                     s
                 })
             };
