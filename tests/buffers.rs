@@ -394,3 +394,58 @@ async fn a_connection_that_gave_back_its_spare_memory_serves_its_next_requests()
     drop(read_half);
     let _ = tokio::time::timeout(Duration::from_secs(10), serving).await;
 }
+
+/// Read buffers pass between the connections of one thread (weir patch: an idle
+/// connection's empty buffer goes to the thread's spares, the next connection to read
+/// takes it) and new request ids are cut from one per-thread block: eight keep-alive
+/// clients on one serving runtime, each round's requests written before any answer is
+/// read (two of them pipelined in one write), each naming itself in its path and a field.
+/// Every answer names its own request, and every request id is new.
+#[tokio::test]
+async fn read_buffers_passed_between_connections_keep_requests_apart() {
+    let up = upstream(|req| async move {
+        let tag = req
+            .headers()
+            .get("x-tag")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        Response::new(full(format!("{} {tag}", req.uri().path())))
+    })
+    .await;
+    let weir = weir(&(simple_config(&[up.addr], "") + ONE_RUNTIME)).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push((TcpStream::connect(proxy).await.unwrap(), Vec::new()));
+    }
+    let request = |round: usize, who: usize, n: usize| {
+        format!("GET /r{round}/c{who}/{n} HTTP/1.1\r\nHost: x\r\nX-Tag: t{round}-{who}-{n}\r\n\r\n")
+    };
+    let mut ids = std::collections::HashSet::new();
+    for round in 0..40 {
+        for (who, (stream, _)) in clients.iter_mut().enumerate() {
+            let mut write = request(round, who, 0);
+            if who == 0 {
+                write.push_str(&request(round, who, 1));
+            }
+            stream.write_all(write.as_bytes()).await.unwrap();
+        }
+        for (who, (stream, pending)) in clients.iter_mut().enumerate() {
+            for n in 0..if who == 0 { 2 } else { 1 } {
+                let (head, body) = read_raw_response(stream, pending).await;
+                assert_eq!(
+                    String::from_utf8_lossy(&body),
+                    format!("/r{round}/c{who}/{n} t{round}-{who}-{n}")
+                );
+                let id = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-request-id: "))
+                    .expect("a request id")
+                    .to_owned();
+                assert_eq!(id.len(), 32, "{id}");
+                assert!(ids.insert(id), "a request id came twice");
+            }
+        }
+    }
+    weir.shutdown().await;
+}

@@ -911,7 +911,8 @@ where
     }
 
     /// weir patch: a connection idle between messages gives back the header map kept
-    /// for its next head and its write queue's storage (about 1 KiB); the next message
+    /// for its next head, its write queue's storage (about 1 KiB) and any read buffer
+    /// it still holds (see `Buffered::release_idle_read_buffer`); the next message
     /// allocates them again. Its owner calls this once the connection has been quiet for
     /// a while, so that a busy connection keeps reusing them.
     #[cfg(feature = "server")]
@@ -919,6 +920,7 @@ where
         if self.state.is_idle() {
             self.state.cached_headers = None;
             self.io.release_write_queue();
+            self.io.release_idle_read_buffer();
         }
     }
 

@@ -248,13 +248,15 @@ where
         // weir patch: an empty buffer that would have to grow (its room was handed out
         // with the last message) is not replaced before the read: most such reads (the
         // keep-alive check after a response, the EOF watch while a request is served)
-        // would block, and the new 8 KiB would be freed unused. Small reads go to the
-        // stack; a strategy that has grown for large bodies still reads in place.
+        // would block, and a new 8 KiB would be freed unused. Once the last message is
+        // dropped, the buffer's own room is reclaimed without allocating; while it is
+        // still shared, small reads go to the stack. A strategy that has grown for large
+        // bodies still reads in place.
         if self.read_buf.is_empty()
             && self.read_buf_remaining_mut() < next
             && self.read_buf_strategy.next() <= INIT_BUFFER_SIZE
+            && !self.read_buf.try_reclaim(next)
         {
-            self.read_buf = BytesMut::new();
             return self.poll_read_into_empty(cx);
         }
         if self.read_buf_remaining_mut() < next {
@@ -295,8 +297,10 @@ where
         }
     }
 
-    /// weir patch: the read of a connection that holds no read buffer. Reads into the
-    /// stack; a buffer is allocated only for bytes that arrived.
+    /// weir patch: the read of a connection that holds no read buffer it can read into
+    /// (none, or one still shared with the message being served). Reads into the stack;
+    /// bytes that arrive go to the buffer if its room can be reclaimed, else to one of
+    /// the thread's spares, else to a new one.
     fn poll_read_into_empty(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let mut stack = [MaybeUninit::<u8>::uninit(); INIT_BUFFER_SIZE];
         let mut buf = ReadBuf::uninit(&mut stack);
@@ -308,8 +312,11 @@ where
                 if n > 0 {
                     // Room for what the strategy would have read, so that a body that
                     // follows does not reallocate at once.
-                    self.read_buf
-                        .reserve(cmp::max(n, self.read_buf_strategy.next()));
+                    let wanted = cmp::max(n, self.read_buf_strategy.next());
+                    if !(self.read_buf.is_empty() && self.read_buf.try_reclaim(wanted)) {
+                        self.read_buf = spare_read_buffers::take(wanted)
+                            .unwrap_or_else(|| BytesMut::with_capacity(wanted));
+                    }
                     self.read_buf.extend_from_slice(filled);
                 }
                 self.read_buf_strategy.record(n);
@@ -324,14 +331,31 @@ where
         }
     }
 
-    /// weir patch: while the peer has nothing more to send, an empty read buffer and a
-    /// flushed head buffer are given back, so an idle keep-alive connection costs no
-    /// buffer memory (they were 8 KiB each, kept for the connection's life).
+    /// weir patch: while the peer has nothing more to send, an empty read buffer goes to
+    /// the thread's spares (see [`spare_read_buffers`]) and a flushed head buffer to its
+    /// head buffers, so an idle keep-alive connection holds no buffer (hyper kept 8 KiB
+    /// of each for the connection's life) and a busy one does not allocate them per
+    /// message. A read buffer still shared with the message being served (its fields
+    /// are slices of it) is kept until that message is dropped, so that it comes back
+    /// here whole at the next read.
     fn release_idle_buffers(&mut self) {
+        if self.read_buf.is_empty()
+            && self.read_buf.capacity() != 0
+            && self.read_buf.try_reclaim(INIT_BUFFER_SIZE)
+        {
+            spare_read_buffers::give(std::mem::take(&mut self.read_buf));
+        }
+        self.write_buf.release_head_buffer();
+    }
+
+    /// weir patch: for a connection that has been idle for a while: what
+    /// `release_idle_buffers` does, and a read buffer still shared with an earlier
+    /// message's fields is let go rather than kept for the next read.
+    pub(crate) fn release_idle_read_buffer(&mut self) {
+        self.release_idle_buffers();
         if self.read_buf.is_empty() && self.read_buf.capacity() != 0 {
             self.read_buf = BytesMut::new();
         }
-        self.write_buf.release_head_buffer();
     }
 
     /// weir patch: gives back the write queue's storage when nothing is queued (for an
@@ -593,6 +617,57 @@ impl<T: AsRef<[u8]>> Buf for Cursor<T> {
     fn advance(&mut self, cnt: usize) {
         debug_assert!(self.pos + cnt <= self.bytes.as_ref().len());
         self.pos += cnt;
+    }
+}
+
+/// weir patch: read buffers that idle connections gave back, kept per thread for the next
+/// message read on that thread. An idle connection holds no read buffer, and a
+/// keep-alive exchange took a new 8 KiB buffer for every request (and, since its fields
+/// are slices of it, a second allocation to share it): 2 of a proxied request's and a
+/// cache hit's allocations. A spare is an empty buffer already shared, of
+/// `INIT_BUFFER_SIZE` (or a little more), whose whole room was reclaimed.
+mod spare_read_buffers {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::INIT_BUFFER_SIZE;
+
+    /// At most this many spares per thread (≤ 1 MiB).
+    const MAX_KEPT: usize = 64;
+    /// Larger buffers (grown for a large head or body) are freed rather than kept.
+    const MAX_KEPT_CAPACITY: usize = 2 * INIT_BUFFER_SIZE;
+
+    thread_local! {
+        static SPARES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A spare with room for `wanted` bytes, if there is one.
+    pub(super) fn take(wanted: usize) -> Option<BytesMut> {
+        if wanted > INIT_BUFFER_SIZE {
+            return None;
+        }
+        SPARES
+            .try_with(|spares| spares.borrow_mut().pop())
+            .ok()
+            .flatten()
+    }
+
+    /// Keeps `buffer` (empty, its room reclaimed) for the thread's next read.
+    pub(super) fn give(buffer: BytesMut) {
+        if !buffer.is_empty()
+            || buffer.capacity() < INIT_BUFFER_SIZE
+            || buffer.capacity() > MAX_KEPT_CAPACITY
+        {
+            return;
+        }
+        // A thread being torn down frees the buffer instead.
+        let _ = SPARES.try_with(|spares| {
+            let mut spares = spares.borrow_mut();
+            if spares.len() < MAX_KEPT {
+                spares.push(buffer);
+            }
+        });
     }
 }
 
