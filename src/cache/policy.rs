@@ -442,12 +442,16 @@ fn vary_view(request: &HeaderMap, response_headers: &HeaderMap) -> Option<Header
 /// URI, method and host checks hold for an entry found under the request's key), but only
 /// after building a whole response head per hit; this is the common hit without that.
 /// Hosts are compared as the key compares them, without case (RFC 9110 §4.2.3).
+/// The policy's own `is_stale` is not asked: `fresh_until_ms` is the end of the policy's
+/// freshness (set from its `time_to_live` at its response time, by [`storable`] and
+/// [`refresh`], to the millisecond and never later), shortened only by soft purges, and
+/// `is_stale` parses the stored `Cache-Control` and dates again at every call (2 700
+/// instructions, a tenth of a hit).
 pub fn plainly_fresh(stored: &StoredResponse, request: &HeaderMap, now: SystemTime) -> bool {
     !request.contains_key(header::CACHE_CONTROL)
         && !request.contains_key(header::PRAGMA)
         && !stored.headers.contains_key(header::VARY)
         && stored.is_fresh_at(now)
-        && !stored.policy.is_stale(now)
 }
 
 pub fn reuse(stored: &StoredResponse, req: &PolicyRequest<'_>, now: SystemTime) -> Reuse {
@@ -645,16 +649,20 @@ pub fn client_not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
             .flat_map(|v| v.split(','))
             .any(|tag| tag.trim() == "*" || opaque_tag(tag) == ours);
     }
-    let since = request
+    let Some(since) = request
         .get(header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        // Checked first: parsing the stored date was a sixth of a plain hit's time.
+        return false;
+    };
     let modified = stored
         .get(header::LAST_MODIFIED)
         .or_else(|| stored.get(header::DATE))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
-    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+    modified.is_some_and(|modified| modified <= since)
 }
 
 /// An entity tag without its weakness marker, for weak comparison (RFC 9110 §8.8.3.2).

@@ -221,18 +221,21 @@ pub fn parse_response_head(
 }
 
 /// The length of the head at the start of `bytes` (through its empty line, `CRLF` or a
-/// bare `LF` as httparse takes it), if it is all there.
+/// bare `LF` as httparse takes it), if it is all there: the first line end followed by
+/// `CRLF` or `LF`. Searched with memchr's vectorised finders (a byte-at-a-time scan was
+/// 1 100 instructions per response, 3 % of a proxied request).
 fn head_length(bytes: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(at) = bytes[from..].iter().position(|b| *b == b'\n') {
-        let after = from + at + 1;
-        match bytes.get(after..) {
-            Some([b'\n', ..]) => return Some(after + 1),
-            Some([b'\r', b'\n', ..]) => return Some(after + 2),
-            _ => from = after,
-        }
+    static CRLF_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\n\r\n"));
+    static LF_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\n\n"));
+    let crlf = CRLF_END.find(bytes);
+    // A bare-LF end counts only if it comes first: look for it before the CRLF one.
+    let before = crlf.map_or(bytes, |at| &bytes[..at + 1]);
+    match LF_END.find(before) {
+        Some(at) => Some(at + 2),
+        None => crlf.map(|at| at + 3),
     }
-    None
 }
 
 /// Runs httparse over an incomplete head, for its errors.
@@ -540,6 +543,45 @@ mod tests {
     fn framing_of(bytes: &str) -> Result<(Framing, bool), ProtocolError> {
         let parsed = head(bytes.as_bytes(), Method::GET)?.expect("complete head");
         Ok((parsed.framing, parsed.keep_alive))
+    }
+
+    /// The head's end as a line-by-line reading finds it: the first line end followed
+    /// by `LF` or `CRLF`.
+    fn head_length_by_lines(bytes: &[u8]) -> Option<usize> {
+        let mut from = 0;
+        while let Some(at) = bytes[from..].iter().position(|b| *b == b'\n') {
+            let after = from + at + 1;
+            match bytes.get(after..) {
+                Some([b'\n', ..]) => return Some(after + 1),
+                Some([b'\r', b'\n', ..]) => return Some(after + 2),
+                _ => from = after,
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn the_head_ends_where_a_line_by_line_reading_ends_it() {
+        let heads: [&[u8]; 7] = [
+            b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody\n\nmore\r\n\r\n",
+            b"HTTP/1.1 200 OK\nA: b\n\nbody\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: b\n\r\nbody",
+            b"HTTP/1.1 200 OK\nA: b\r\n\nbody\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: b\r\nC: \rd\r\n\r\n",
+            b"\n\n",
+            b"HTTP/1.1 200 OK\r\nA: b\r\n\r",
+        ];
+        for head in heads {
+            // Every prefix: incomplete heads too, and ends cut between their bytes.
+            for end in 0..=head.len() {
+                assert_eq!(
+                    head_length(&head[..end]),
+                    head_length_by_lines(&head[..end]),
+                    "{:?}",
+                    String::from_utf8_lossy(&head[..end])
+                );
+            }
+        }
     }
 
     #[test]

@@ -325,3 +325,50 @@ fn a_stored_response_does_not_keep_the_read_buffers() {
         "the upstream's read buffer is still shared"
     );
 }
+
+/// `plainly_fresh` trusts `fresh_until_ms` without asking the policy: it must never say
+/// fresh where the policy says stale, whatever set the freshness (max-age, s-maxage,
+/// Expires, an `Age` already spent, the heuristic, a route's bounds), and it must end
+/// with the policy's, to the millisecond.
+#[test]
+fn weirs_freshness_ends_with_the_policys() {
+    let now = SystemTime::now();
+    let date = httpdate::fmt_http_date(now);
+    let expires = httpdate::fmt_http_date(now + Duration::from_secs(90));
+    let modified = httpdate::fmt_http_date(now - Duration::from_secs(1000));
+    let heads: Vec<Vec<(&str, &str)>> = vec![
+        vec![("cache-control", "max-age=60")],
+        vec![("cache-control", "max-age=60, s-maxage=30")],
+        vec![("cache-control", "max-age=60"), ("age", "20")],
+        vec![("date", &date), ("expires", &expires)],
+        vec![("date", &date), ("last-modified", &modified)],
+    ];
+    let bounds = [
+        lifetimes(),
+        Lifetimes {
+            max_ttl: Some(Duration::from_secs(10)),
+            ..lifetimes()
+        },
+        Lifetimes {
+            min_ttl: Some(Duration::from_secs(200)),
+            ..lifetimes()
+        },
+    ];
+    let req = head(&[("host", "a")]);
+    for res in &heads {
+        for bound in &bounds {
+            let stored = storable(&request(&req), StatusCode::OK, &head(res), now, bound)
+                .unwrap_or_else(|| panic!("{res:?} not stored"));
+            let ttl = stored.policy.time_to_live(now);
+            assert!(!ttl.is_zero(), "{res:?}");
+            for offset_ms in [0, 1, 500] {
+                let before = now + ttl - Duration::from_millis(offset_ms + 1);
+                assert!(stored.is_fresh_at(before), "{res:?} {bound:?} {offset_ms}");
+                assert!(!stored.policy.is_stale(before), "{res:?}");
+                let after = now + ttl + Duration::from_millis(offset_ms);
+                assert!(stored.policy.is_stale(after), "{res:?}");
+                assert!(!stored.is_fresh_at(after), "{res:?}");
+            }
+        }
+    }
+}

@@ -94,6 +94,14 @@ pub(super) struct Probed {
 /// Removes the URL-building headers the route does not key on (see
 /// [`UNKEYED_URL_HEADERS`]).
 fn remove_unkeyed(policy: &RouteCache, headers: &mut HeaderMap) {
+    // One pass over the request's few fields first: most requests carry none of these,
+    // and each removal hashes and probes (ten of them were 5 % of a hit's instructions).
+    if !headers
+        .keys()
+        .any(|name| UNKEYED_URL_HEADERS.contains(name))
+    {
+        return;
+    }
     for name in &UNKEYED_URL_HEADERS {
         if !policy.key.keys_on(name) {
             headers.remove(name);
