@@ -95,9 +95,18 @@ pub struct ClientAddress {
 
 impl ClientAddress {
     pub fn new(ip: IpAddr) -> Self {
+        // Written on the stack and copied once into a value of its own size: through a
+        // `String` it took two allocations (the text, then a record to share it), held
+        // by every connection.
+        let mut text = [0u8; 64];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        let written = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}"));
+        let length = usize::try_from(cursor.position()).unwrap_or(0);
         // An address's text is ASCII digits, dots and colons: always a valid value.
-        let header = HeaderValue::try_from(ip.to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let header = written
+            .ok()
+            .and_then(|()| HeaderValue::from_bytes(&text[..length]).ok())
+            .unwrap_or_else(|| HeaderValue::from_static("unknown"));
         Self { ip, header }
     }
 }
