@@ -136,10 +136,15 @@ fn parse(value: &[u8]) -> Option<([u8; 32], [u8; 16], [u8; 2])> {
 }
 
 /// Fills `out` with random lowercase hex digits, never all zeros (an invalid id).
+/// Each random `u64` gives 16 digits (a draw per digit was 3 % of a cache hit).
 fn random_hex(out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for slot in out.iter_mut() {
-        *slot = DIGITS[fastrand::usize(..16)];
+    for sixteen in out.chunks_mut(16) {
+        let mut bits = fastrand::u64(..);
+        for slot in sixteen {
+            *slot = DIGITS[(bits & 0xf) as usize];
+            bits >>= 4;
+        }
     }
     if out.iter().all(|b| *b == b'0')
         && let Some(last) = out.last_mut()
@@ -195,5 +200,24 @@ mod tests {
             let header = t.header_value().unwrap();
             assert!(parse(header.as_bytes()).is_some(), "we send valid ones");
         }
+    }
+
+    #[test]
+    fn new_ids_use_every_hex_digit_in_every_place() {
+        // 16 digits from each random word: every place of a trace id (32 digits, two
+        // words) and a span id sees all 16 digits over a few hundred ids.
+        let mut seen = [[false; 16]; 48];
+        for _ in 0..400 {
+            let t = TraceContext::from_headers(&HeaderMap::new(), || false);
+            let (trace, span, _) = t.ids();
+            for (place, digit) in trace.iter().chain(span.iter()).enumerate() {
+                let value = (*digit as char)
+                    .to_digit(16)
+                    .expect("a lowercase hex digit");
+                assert!(!digit.is_ascii_uppercase());
+                seen[place][value as usize] = true;
+            }
+        }
+        assert!(seen.iter().all(|place| place.iter().all(|&d| d)));
     }
 }
