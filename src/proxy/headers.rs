@@ -331,9 +331,9 @@ thread_local! {
 }
 
 /// `value` as shared bytes cut from this thread's id block. Each new request id (and
-/// `traceparent`) was an allocation of its own; cut from a 2 KiB block they cost one per
-/// 23 to 64 requests, and none while the block's earlier ids are all gone by the time it
-/// runs out (its room is reclaimed). Shared from the start: the id goes upstream and
+/// `traceparent`) was an allocation of its own; cut from a 2 KiB block they cost two
+/// (the block and its share record) per 23 to 64 requests, and none when the block's
+/// earlier ids are all gone by the time it runs out (its room is reclaimed). Shared from the start: the id goes upstream and
 /// back to the client, and a clone of a value copied into a `Vec` allocates to share it.
 /// A long-lived request (a tunnel, a stream) keeps its block's 2 KiB alive.
 fn cut_from_id_block(value: &[u8]) -> bytes::Bytes {
@@ -346,8 +346,8 @@ fn cut_from_id_block(value: &[u8]) -> bytes::Bytes {
     };
     ID_BLOCK
         .try_with(|block| cut(&mut block.borrow_mut()))
-        // A thread being torn down: a block of its own.
-        .unwrap_or_else(|_| cut(&mut bytes::BytesMut::new()))
+        // A thread being torn down: bytes of its own.
+        .unwrap_or_else(|_| bytes::Bytes::copy_from_slice(value))
 }
 
 /// A new id's digits: a per-process random prefix and a counter.
