@@ -360,7 +360,8 @@ fn write_request_id(out: &mut [u8]) {
     write_hex(low, n);
 }
 
-fn write_hex(out: &mut [u8], mut v: u64) {
+/// `out` filled with `v`'s lowest hex digits, lowercase, the last digit lowest.
+pub(super) fn write_hex(out: &mut [u8], mut v: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for slot in out.iter_mut().rev() {
         *slot = DIGITS[(v & 0xf) as usize];

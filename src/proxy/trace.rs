@@ -138,13 +138,8 @@ fn parse(value: &[u8]) -> Option<([u8; 32], [u8; 16], [u8; 2])> {
 /// Fills `out` with random lowercase hex digits, never all zeros (an invalid id).
 /// Each random `u64` gives 16 digits (a draw per digit was 3 % of a cache hit).
 fn random_hex(out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for sixteen in out.chunks_mut(16) {
-        let mut bits = fastrand::u64(..);
-        for slot in sixteen {
-            *slot = DIGITS[(bits & 0xf) as usize];
-            bits >>= 4;
-        }
+        super::headers::write_hex(sixteen, fastrand::u64(..));
     }
     if out.iter().all(|b| *b == b'0')
         && let Some(last) = out.last_mut()
