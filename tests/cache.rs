@@ -539,6 +539,8 @@ async fn hot_entries_are_refreshed_before_they_expire() {
     let weir = weir(&cache_config(&origin, "rewarm_hot = true")).await;
     let addr = weir.listener_addr("http").unwrap();
     get(addr, "/hot").await;
+    // The copy is stored behind the response, as the other tests here wait for.
+    stored(&weir, 1).await;
     // Early in its freshness: a plain hit.
     assert!(status(&get(addr, "/hot").await).contains("hit"));
     assert_eq!(origin.hits.load(SeqCst), 1);
