@@ -53,6 +53,21 @@ pub fn take(fields: usize) -> HeaderMap {
     }
 }
 
+/// `value` in decimal digits, written into `digits` (a `u64` has at most 20).
+pub fn decimal(value: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    &digits[at..]
+}
+
 /// Longest value [`memoized`] keeps.
 pub const SHORT_VALUE: usize = 96;
 
@@ -117,6 +132,14 @@ mod tests {
 
     thread_local! {
         static LAST: LastValue = const { RefCell::new(None) };
+    }
+
+    #[test]
+    fn decimals_read_back() {
+        let mut digits = [0; 20];
+        for value in [0, 7, 10, 3599, u64::MAX] {
+            assert_eq!(decimal(value, &mut digits), value.to_string().as_bytes());
+        }
     }
 
     #[test]

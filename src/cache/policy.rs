@@ -615,18 +615,9 @@ pub fn served_headers(stored: &StoredResponse, now: SystemTime, status: HeaderVa
 /// A number of seconds as a header value, written once (`HeaderValue::from(u64)` goes
 /// through a growable buffer and allocates twice).
 fn seconds_value(seconds: u64) -> HeaderValue {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = seconds;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    crate::header_maps::memoized(&LAST_AGE, &digits[at..]).unwrap_or(HeaderValue::from_static("0"))
+    let mut digits = [0; 20];
+    let digits = crate::header_maps::decimal(seconds, &mut digits);
+    crate::header_maps::memoized(&LAST_AGE, digits).unwrap_or(HeaderValue::from_static("0"))
 }
 
 thread_local! {

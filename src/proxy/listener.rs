@@ -1,14 +1,11 @@
 //! Accept loop and per-connection serving: connection limit, HTTP/1.1 + h2c, header and
 //! idle timeouts, graceful drain.
 
-use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use http::Response;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -22,7 +19,7 @@ use arc_swap::ArcSwap;
 use tokio_rustls::TlsAcceptor;
 
 use super::ProxyState;
-use super::body::{BodyPace, ResponseBody};
+use super::body::BodyPace;
 use super::client_address::read_proxy_header;
 use super::conn::{Closing, ConnActivity};
 use super::protocol::{Builders, Protocol, ServerConnection};
@@ -303,11 +300,7 @@ impl Connection {
         // to the next quiet tick: one allocation less per request, but 10 000 connections
         // that each made a request held 0.7 KiB more RSS apiece (the allocator keeps the
         // freed slots' pages), against the idle-memory goal.
-        let handler = move |req| -> Pin<Box<Answer<_>>> {
-            Box::pin(Answer {
-                handling: service.clone().handle(req),
-            })
-        };
+        let handler = move |req| Box::pin(service.clone().handle(req));
         if self.state.snapshot.load().compression {
             let service = tower::ServiceBuilder::new()
                 .layer(super::compress::layer())
@@ -374,27 +367,6 @@ impl Connection {
             })
         })
         .await;
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A request's handling as hyper's service contract has it (`Result<_, Infallible>`).
-    /// A wrapper rather than an `async` block, which would hold the handling's future in
-    /// a slot of its own and copy its several kilobytes once more per request.
-    struct Answer<F> {
-        #[pin]
-        handling: F,
-    }
-}
-
-impl<F: Future<Output = Response<ResponseBody>>> Future for Answer<F> {
-    type Output = Result<Response<ResponseBody>, Infallible>;
-
-    fn poll(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        self.project().handling.poll(cx).map(Ok)
     }
 }
 

@@ -112,7 +112,13 @@ impl ProxyService {
         self
     }
 
-    pub async fn handle(self, req: Request<Incoming>) -> Response<ResponseBody> {
+    /// Answers one request. The result is hyper's service contract (`Infallible`: every
+    /// failure is a response) so that the connection boxes this future as it is: a
+    /// wrapper around it would move its several kilobytes once more per request.
+    pub async fn handle(
+        self,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
         let started = Instant::now();
         let conn_guard = self.conn.begin_request();
         self.state.stats.requests.fetch_add(1, Relaxed);
@@ -299,7 +305,7 @@ impl ProxyService {
         response
             .headers_mut()
             .insert(snapshot.headers.request_id.clone(), request_id);
-        response
+        Ok(response)
     }
 
     async fn forward(

@@ -85,39 +85,11 @@ pub fn encode_request_head(
     // body says so), and adds nothing otherwise, as hyper did.
     if body_len > 0 || had_length {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(decimal(body_len as u64).as_bytes());
+        let mut digits = [0; 20];
+        out.extend_from_slice(crate::header_maps::decimal(body_len as u64, &mut digits));
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// The decimal digits of `n`, on the stack.
-fn decimal(n: u64) -> DecimalDigits {
-    let mut digits = DecimalDigits {
-        bytes: [0; 20],
-        start: 20,
-    };
-    let mut n = n;
-    loop {
-        digits.start -= 1;
-        digits.bytes[digits.start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    digits
-}
-
-struct DecimalDigits {
-    bytes: [u8; 20],
-    start: usize,
-}
-
-impl DecimalDigits {
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[self.start..]
-    }
 }
 
 /// How a response body ends.

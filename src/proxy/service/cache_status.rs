@@ -2,8 +2,6 @@
 //! `Cache-Status` field (RFC 9211): `weir-l1; hit; ttl=42`, `weir-l2; fwd=miss; stored`,
 //! `weir-l1; fwd=stale; fwd-status=304`.
 
-use std::io::Write;
-
 use http::{HeaderMap, HeaderValue};
 
 use crate::cache::Tier;
@@ -54,36 +52,78 @@ impl CacheStatus {
         Self::new(tier.status_name(), outcome)
     }
 
-    /// The field's value, written once (no intermediate string).
+    /// The field's value, written once (no intermediate string, no formatting machinery:
+    /// `write!` cost a fresh hit 400 instructions).
     pub fn render(self) -> HeaderValue {
-        let mut buffer = [0u8; 96];
-        let mut out = &mut buffer[..];
-        // 96 bytes hold the longest value (about 70); a write cannot fail.
-        let _ = match self.outcome {
-            Outcome::Fresh { ttl } => write!(out, "{}; hit; ttl={ttl}", self.cache),
-            Outcome::Hit { detail } => write!(out, "{}; hit; detail={detail}", self.cache),
-            Outcome::Miss => write!(out, "{}; fwd=miss", self.cache),
+        let mut line = Line::default();
+        line.text(self.cache);
+        match self.outcome {
+            Outcome::Fresh { ttl } => {
+                line.text("; hit; ttl=");
+                line.number(ttl);
+            }
+            Outcome::Hit { detail } => {
+                line.text("; hit; detail=");
+                line.text(detail);
+            }
+            Outcome::Miss => line.text("; fwd=miss"),
             Outcome::Stale { status, detail } => {
-                let _ = write!(out, "{}; fwd=stale", self.cache);
+                line.text("; fwd=stale");
                 if let Some(status) = status {
-                    let _ = write!(out, "; fwd-status={status}");
+                    line.text("; fwd-status=");
+                    line.number(u64::from(status));
                 }
-                match detail {
-                    Some(detail) => write!(out, "; detail={detail}"),
-                    None => Ok(()),
+                if let Some(detail) = detail {
+                    line.text("; detail=");
+                    line.text(detail);
                 }
             }
-        };
-        if self.stored {
-            let _ = write!(out, "; stored");
         }
-        let written = 96 - out.len();
-        crate::header_maps::memoized(&LAST_STATUS, &buffer[..written])
+        if self.stored {
+            line.text("; stored");
+        }
+        crate::header_maps::memoized(&LAST_STATUS, line.as_bytes())
             .unwrap_or(HeaderValue::from_static("weir"))
     }
 
     pub fn set_on(self, headers: &mut HeaderMap) {
         headers.insert(CACHE_STATUS.clone(), self.render());
+    }
+}
+
+/// A value being written: 96 bytes hold the longest (about 70); more is cut, not a
+/// panic.
+struct Line {
+    bytes: [u8; 96],
+    len: usize,
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Self {
+            bytes: [0; 96],
+            len: 0,
+        }
+    }
+}
+
+impl Line {
+    fn text(&mut self, text: &str) {
+        let room = self.bytes.len() - self.len;
+        let taken = text.len().min(room);
+        self.bytes[self.len..self.len + taken].copy_from_slice(&text.as_bytes()[..taken]);
+        self.len += taken;
+    }
+
+    fn number(&mut self, value: u64) {
+        let mut digits = [0; 20];
+        let digits = crate::header_maps::decimal(value, &mut digits);
+        // ASCII digits: always a `str`.
+        self.text(std::str::from_utf8(digits).unwrap_or("0"));
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
@@ -97,6 +137,14 @@ mod tests {
             (
                 CacheStatus::new("weir-l1", Outcome::Fresh { ttl: 42 }),
                 "weir-l1; hit; ttl=42",
+            ),
+            (
+                CacheStatus::new("weir-l1", Outcome::Fresh { ttl: 0 }),
+                "weir-l1; hit; ttl=0",
+            ),
+            (
+                CacheStatus::new("weir-l2", Outcome::Fresh { ttl: 31_536_000 }),
+                "weir-l2; hit; ttl=31536000",
             ),
             (
                 CacheStatus::new(
