@@ -13,6 +13,8 @@
 //! config/            the TOML file model, named defaults, loading with precise errors, validation
 //! proxy/             the data plane
 //!   listener.rs      accept loop, connection limit, TLS handshake, HTTP/1.1 + h2, timeouts, drain
+//!   serving.rs       an open connection: hyper's connection driven until it ends or is closed,
+//!                    shaped for an idle connection's size
 //!   service.rs       one request: route, limit, pick, rewrite, forward with retries, stream back
 //!   attempt.rs       one attempt upstream (its request, its wait, its span) and the hedge race
 //!   service/cached.rs  the same request on a caching route: look up, serve (ranges too),

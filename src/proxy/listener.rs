@@ -1,12 +1,10 @@
 //! Accept loop and per-connection serving: connection limit, HTTP/1.1 + h2c, header and
 //! idle timeouts, graceful drain.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
@@ -23,6 +21,7 @@ use super::body::BodyPace;
 use super::client_address::read_proxy_header;
 use super::conn::{Closing, ConnActivity};
 use super::protocol::{Builders, Protocol, ServerConnection};
+use super::serving::{ConnectionTask, Driven, Handler, HyperConnection, Opening, Serving};
 use super::service::ProxyService;
 use super::sweeper::Sweeper;
 use crate::config::IpBlock;
@@ -108,7 +107,7 @@ pub async fn serve(
         let local = stream.local_addr().unwrap_or(peer);
         let activity = Arc::new(ConnActivity::new(peer, local));
         sweeper.watch(Arc::clone(&activity));
-        let mut connection = Connection {
+        let connection = Connection {
             activity,
             tunnels: tracker.clone(),
             state: Arc::clone(&state),
@@ -119,43 +118,20 @@ pub async fn serve(
             trusted_proxies: Arc::clone(&settings.trusted_proxies),
             client_cert_header: settings.client_cert_header.clone(),
         };
-        let tls = settings.tls.clone();
-        let handshake_timeout = settings.request_header_timeout;
-        let proxy_protocol = settings.proxy_protocol.then(|| settings.name.clone());
-        let mut stream = stream;
-        tracker.spawn(connections.track_future(async move {
-            connection
-                .state
-                .stats
-                .connections_active
-                .fetch_add(1, Relaxed);
-            let accepted = match proxy_protocol {
-                // Boxed: read once per connection, it should not size every connection's
-                // task (which lives as long as the connection).
-                Some(listener) => {
-                    Box::pin(connection.read_proxy_header(
-                        &mut stream,
-                        &listener,
-                        handshake_timeout,
-                    ))
-                    .await
-                }
-                None => true,
-            };
-            match tls {
-                _ if !accepted => {}
-                None => connection.serve_plain(stream, handshake_timeout).await,
-                // Boxed: the TLS state machine is twice the plain one's size, and every
-                // connection task would otherwise be allocated at that size.
-                Some(tls) => Box::pin(connection.serve_tls(stream, &tls, handshake_timeout)).await,
-            }
-            connection
-                .state
-                .stats
-                .connections_active
-                .fetch_sub(1, Relaxed);
-            drop(permit);
-        }));
+        let open_settings = OpenSettings {
+            tls: settings.tls.clone(),
+            handshake_timeout: settings.request_header_timeout,
+            proxy_protocol: settings.proxy_protocol.then(|| settings.name.clone()),
+        };
+        // Opening (PROXY header, protocol sniff, TLS handshake) is boxed and freed once
+        // the connection is open: the task itself holds only what serving needs (see
+        // `serving`), which is what an idle connection costs.
+        let opening: Opening = Box::pin(connection.open(stream, open_settings));
+        tracker.spawn(connections.track_future(ConnectionTask::new(
+            opening,
+            permit,
+            Arc::clone(&state),
+        )));
     }
     // No more accepting. The connections finish their requests, or are cut when the
     // drain deadline passes.
@@ -218,32 +194,53 @@ impl Connection {
         }
     }
 
-    /// Tells HTTP/1.1 from HTTP/2 by the first bytes (bounded by `sniff_timeout`), then
-    /// serves.
-    async fn serve_plain(&self, stream: TcpStream, sniff_timeout: Duration) {
+    /// Opens the connection: its PROXY header when the listener expects one, then the
+    /// protocol (plain) or the TLS handshake, each bounded by the header timeout. `None`
+    /// when it is to be closed instead.
+    async fn open(mut self, mut stream: TcpStream, opening: OpenSettings) -> Option<Serving> {
+        let timeout = opening.handshake_timeout;
+        if let Some(listener) = &opening.proxy_protocol
+            && !self.read_proxy_header(&mut stream, listener, timeout).await
+        {
+            return None;
+        }
+        match &opening.tls {
+            None => self.open_plain(stream, timeout).await,
+            // Boxed: the TLS state machine is several times the plain one's size, and
+            // every plain connection's opening would otherwise be allocated at that size.
+            Some(tls) => Box::pin(self.open_tls(stream, tls, timeout)).await,
+        }
+    }
+
+    /// Tells HTTP/1.1 from HTTP/2 by the first bytes (bounded by `sniff_timeout`).
+    async fn open_plain(self, stream: TcpStream, sniff_timeout: Duration) -> Option<Serving> {
         let protocol = tokio::select! {
             protocol = Protocol::sniff(&stream, sniff_timeout) => protocol,
             _ = self.shutdown.abort.cancelled() => None,
         };
-        match protocol {
-            Some(protocol) => {
-                self.serve(TokioIo::new(stream), "http", protocol, None)
-                    .await
-            }
-            None => tracing::debug!(
+        let Some(protocol) = protocol else {
+            tracing::debug!(
                 peer = %self.peer,
                 "closed before its HTTP version was seen (header timeout, error or shutdown)"
-            ),
+            );
+            return None;
+        };
+        let io = TokioIo::new(stream);
+        let service = self.service("http", None);
+        if self.state.snapshot.load().compression {
+            return Some(self.serving_compressed(io, service, protocol));
         }
+        let conn = self.connection(io, Handler(service), protocol);
+        Some(Serving::Plain(Driven::new(conn, self.activity)))
     }
 
-    /// Completes the TLS handshake (bounded by `handshake_timeout`), then serves.
-    async fn serve_tls(
-        &self,
+    /// Completes the TLS handshake (bounded by `handshake_timeout`).
+    async fn open_tls(
+        self,
         stream: TcpStream,
         tls: &ArcSwap<rustls::ServerConfig>,
         handshake_timeout: Duration,
-    ) {
+    ) -> Option<Serving> {
         let peer = self.peer;
         let acceptor = TlsAcceptor::from(tls.load_full());
         let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
@@ -251,75 +248,75 @@ impl Connection {
             result = handshake => result,
             _ = self.shutdown.abort.cancelled() => Ok(Err(std::io::ErrorKind::Interrupted.into())),
         };
-        match accepted {
-            Ok(Ok(stream)) => {
-                let session = stream.get_ref().1;
-                let protocol = Protocol::from_alpn(session.alpn_protocol());
-                // Verified by the handshake; described once for the connection's requests.
-                let client_cert = self.client_cert_header.clone().and_then(|name| {
-                    let der = session.peer_certificates()?.first()?;
-                    let value = crate::tls::describe_client_certificate(der);
-                    Some(Arc::new((name, http::HeaderValue::try_from(value).ok()?)))
-                });
-                self.serve(TokioIo::new(stream), "https", protocol, client_cert)
-                    .await;
+        let stream = match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                return None;
             }
-            Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return None;
+            }
+        };
+        let session = stream.get_ref().1;
+        let protocol = Protocol::from_alpn(session.alpn_protocol());
+        // Verified by the handshake; described once for the connection's requests.
+        let client_cert = self.client_cert_header.clone().and_then(|name| {
+            let der = session.peer_certificates()?.first()?;
+            let value = crate::tls::describe_client_certificate(der);
+            Some(Arc::new((name, http::HeaderValue::try_from(value).ok()?)))
+        });
+        let io = TokioIo::new(stream);
+        let service = self.service("https", client_cert);
+        if self.state.snapshot.load().compression {
+            return Some(self.serving_compressed(io, service, protocol));
         }
+        let conn = self.connection(io, Handler(service), protocol);
+        Some(Serving::Other(Box::pin(Driven::new(conn, self.activity))))
     }
 
-    /// Serves HTTP/1.1 or HTTP/2 on `io` until the client leaves, the connection idles
-    /// out, or shutdown drains (or aborts) it.
-    async fn serve<I>(
+    /// The request service for this connection's requests.
+    fn service(
         &self,
-        io: TokioIo<I>,
         proto: &'static str,
-        protocol: Protocol,
         client_cert: Option<Arc<(http::HeaderName, http::HeaderValue)>>,
-    ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let peer = self.peer;
-        let activity = Arc::clone(&self.activity);
-        let service = ProxyService::new(
+    ) -> ProxyService {
+        ProxyService::new(
             Arc::clone(&self.state),
-            peer,
+            self.peer,
             proto,
-            Arc::clone(&activity),
+            Arc::clone(&self.activity),
             self.body_pace,
         )
         .with_trusted_proxies(Arc::clone(&self.trusted_proxies))
         .with_client_certificate(client_cert)
-        .with_tunnels(self.tunnels.clone(), self.shutdown.abort.clone());
-        // Compression is chosen per connection from the current snapshot (a reload applies
-        // to new connections) so that, when off, the request path carries no extra layer.
-        // Each request's future is boxed, so that it lives only while its request does.
-        // Unboxed, it would sit in hyper's per-connection slot (weir patch: allocated with
-        // the first request, given back when the connection goes quiet) from a request
-        // to the next quiet tick: one allocation less per request, but 10 000 connections
-        // that each made a request held 0.7 KiB more RSS apiece (the allocator keeps the
-        // freed slots' pages), against the idle-memory goal.
-        let handler = move |req| Box::pin(service.clone().handle(req));
-        if self.state.snapshot.load().compression {
-            let service = tower::ServiceBuilder::new()
-                .layer(super::compress::layer())
-                .service(tower::service_fn(handler));
-            self.drive(io, TowerToHyperService::new(service), activity, protocol)
-                .await;
-        } else {
-            self.drive(io, service_fn(handler), activity, protocol)
-                .await;
-        }
+        .with_tunnels(self.tunnels.clone(), self.shutdown.abort.clone())
     }
 
-    async fn drive<I, S, B>(
-        &self,
+    /// Serving through the compression layer. Compression is chosen per connection from
+    /// the current snapshot (a reload applies to new connections), so that, when off, the
+    /// request path carries no extra layer.
+    fn serving_compressed<I>(
+        self,
         io: TokioIo<I>,
-        service: S,
-        activity: Arc<ConnActivity>,
+        service: ProxyService,
         protocol: Protocol,
-    ) where
+    ) -> Serving
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let handler = Handler(service);
+        let service = tower::ServiceBuilder::new()
+            .layer(super::compress::layer())
+            .service(tower::service_fn(move |req| handler.handle(req)));
+        let conn = self.connection(io, TowerToHyperService::new(service), protocol);
+        Serving::Other(Box::pin(Driven::new(conn, self.activity)))
+    }
+
+    /// hyper's connection for `protocol` on `io`.
+    fn connection<I, S, B>(&self, io: TokioIo<I>, service: S, protocol: Protocol) -> HyperConnection<I, S>
+    where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: hyper::service::Service<
                 http::Request<hyper::body::Incoming>,
@@ -332,8 +329,7 @@ impl Connection {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let peer = self.peer;
-        let conn = match protocol {
+        match protocol {
             Protocol::Http1 => ServerConnection::Http1(
                 self.builders
                     .http1
@@ -343,31 +339,17 @@ impl Connection {
             Protocol::Http2 => {
                 ServerConnection::Http2(Box::pin(self.builders.http2.serve_connection(io, service)))
             }
-        };
-        tokio::pin!(conn);
-        // The accept loop's sweeper asks for the close (idle timeout, drain, abort) through
-        // `activity`, and wakes this task to read it.
-        let mut closing = false;
-        std::future::poll_fn(|cx| {
-            match activity.closing(cx) {
-                Closing::Now => return std::task::Poll::Ready(()),
-                Closing::Gracefully if !closing => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                Closing::Gracefully | Closing::No => {}
-            }
-            if activity.take_trim() {
-                conn.as_mut().release_idle_memory();
-            }
-            conn.as_mut().poll(cx).map(|result| {
-                if let Err(err) = result {
-                    tracing::debug!(%peer, error = %err, "client connection ended with an error");
-                }
-            })
-        })
-        .await;
+        }
     }
+}
+
+/// What opening an accepted connection takes, beside the [`Connection`].
+struct OpenSettings {
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    /// Bounds the PROXY header, the protocol sniff and the TLS handshake.
+    handshake_timeout: Duration,
+    /// The listener's name when each connection starts with a PROXY header.
+    proxy_protocol: Option<String>,
 }
 
 /// Over the connection limit: answer at once rather than queue, so clients and load

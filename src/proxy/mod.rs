@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod retry;
 pub mod route;
 pub mod service;
+pub mod serving;
 pub mod snapshot;
 pub mod spans;
 pub mod stats;
