@@ -21,8 +21,8 @@ use super::body::BodyPace;
 use super::client_address::read_proxy_header;
 use super::conn::{Closing, ConnActivity};
 use super::protocol::{Builders, Protocol, ServerConnection};
-use super::serving::{ConnectionTask, Driven, Handler, HyperConnection, Opening, Serving};
 use super::service::ProxyService;
+use super::serving::{ConnectionTask, Driven, Handler, HyperConnection, Opening, Serving};
 use super::sweeper::Sweeper;
 use crate::config::IpBlock;
 
@@ -315,7 +315,12 @@ impl Connection {
     }
 
     /// hyper's connection for `protocol` on `io`.
-    fn connection<I, S, B>(&self, io: TokioIo<I>, service: S, protocol: Protocol) -> HyperConnection<I, S>
+    fn connection<I, S, B>(
+        &self,
+        io: TokioIo<I>,
+        service: S,
+        protocol: Protocol,
+    ) -> HyperConnection<I, S>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: hyper::service::Service<
