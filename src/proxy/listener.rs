@@ -21,7 +21,7 @@ use super::body::BodyPace;
 use super::client_address::read_proxy_header;
 use super::conn::{Closing, ConnActivity};
 use super::protocol::{Builders, Protocol, ServerConnection};
-use super::service::ProxyService;
+use super::service::{ListenerShared, ProxyService};
 use super::serving::{ConnectionTask, Driven, Handler, HyperConnection, Opening, Serving};
 use super::sweeper::Sweeper;
 use crate::config::IpBlock;
@@ -70,6 +70,16 @@ pub async fn serve(
 ) {
     let limit = Arc::clone(&settings.connection_limit);
     let builders = Arc::new(Builders::new(&settings));
+    let proto = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let shared = Arc::new(
+        ListenerShared::new(proto, settings.body_pace)
+            .with_trusted_proxies(Arc::clone(&settings.trusted_proxies))
+            .with_tunnels(tracker.clone(), shutdown.abort.clone()),
+    );
     let mut sweeper = Sweeper::new(settings.client_idle_timeout);
     // This loop's own connections (also on `tracker`), so that it knows when they are
     // all gone after a drain.
@@ -109,13 +119,11 @@ pub async fn serve(
         sweeper.watch(Arc::clone(&activity));
         let connection = Connection {
             activity,
-            tunnels: tracker.clone(),
             state: Arc::clone(&state),
             builders: Arc::clone(&builders),
+            listener: Arc::clone(&shared),
             shutdown: shutdown.clone(),
-            body_pace: settings.body_pace,
             peer,
-            trusted_proxies: Arc::clone(&settings.trusted_proxies),
             client_cert_header: settings.client_cert_header.clone(),
         };
         let open_settings = OpenSettings {
@@ -148,15 +156,14 @@ pub async fn serve(
 struct Connection {
     /// Its requests, and the accept loop's requests to close it.
     activity: Arc<ConnActivity>,
-    /// Where upgraded connections (WebSocket) run, so shutdown waits for them too.
-    tunnels: TaskTracker,
     state: Arc<ProxyState>,
     builders: Arc<Builders>,
+    /// What the listener's request services share (its scheme, trusted proxies, body
+    /// pace, where tunnels run).
+    listener: Arc<ListenerShared>,
     shutdown: Shutdown,
-    body_pace: BodyPace,
     /// The client: the TCP peer, or the source its PROXY header names.
     peer: std::net::SocketAddr,
-    trusted_proxies: Arc<[IpBlock]>,
     client_cert_header: Option<http::HeaderName>,
 }
 
@@ -226,7 +233,7 @@ impl Connection {
             return None;
         };
         let io = TokioIo::new(stream);
-        let service = self.service("http", None);
+        let service = self.service(None);
         if self.state.snapshot.load().compression {
             return Some(self.serving_compressed(io, service, protocol));
         }
@@ -268,7 +275,7 @@ impl Connection {
             Some(Arc::new((name, http::HeaderValue::try_from(value).ok()?)))
         });
         let io = TokioIo::new(stream);
-        let service = self.service("https", client_cert);
+        let service = self.service(client_cert);
         if self.state.snapshot.load().compression {
             return Some(self.serving_compressed(io, service, protocol));
         }
@@ -279,19 +286,15 @@ impl Connection {
     /// The request service for this connection's requests.
     fn service(
         &self,
-        proto: &'static str,
         client_cert: Option<Arc<(http::HeaderName, http::HeaderValue)>>,
     ) -> ProxyService {
         ProxyService::new(
             Arc::clone(&self.state),
             self.peer,
-            proto,
             Arc::clone(&self.activity),
-            self.body_pace,
+            Arc::clone(&self.listener),
         )
-        .with_trusted_proxies(Arc::clone(&self.trusted_proxies))
         .with_client_certificate(client_cert)
-        .with_tunnels(self.tunnels.clone(), self.shutdown.abort.clone())
     }
 
     /// Serving through the compression layer. Compression is chosen per connection from

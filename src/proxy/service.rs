@@ -40,37 +40,38 @@ mod cache_status;
 mod cached;
 mod forward;
 
-/// One per client connection; cloned into each request.
+/// One per client connection; cloned into each request. It lives in the connection's
+/// task for the connection's whole life, so what is the same for all of a listener's
+/// connections is shared ([`ListenerShared`]): 160 → 96 bytes, which took an idle
+/// connection's task from 1 024 to 896 bytes.
 #[derive(Clone)]
 pub struct ProxyService {
     state: Arc<ProxyState>,
     /// The connection's client: the TCP peer, or the source a PROXY header gave.
     client: headers::ClientAddress,
-    /// Proxies whose `X-Forwarded-For` names the client (the listener's setting).
-    trusted_proxies: Arc<[IpBlock]>,
     /// The connection's verified client certificate, as the header upstreams get.
     client_cert: Option<Arc<(http::HeaderName, HeaderValue)>>,
-    proto: &'static str,
     conn: Arc<ConnActivity>,
+    listener: Arc<ListenerShared>,
+}
+
+/// What a listener's connections have in common.
+#[derive(Debug)]
+pub struct ListenerShared {
+    /// `http` or `https`: what the client spoke to weir.
+    proto: &'static str,
+    /// Proxies whose `X-Forwarded-For` names the client (the listener's setting).
+    trusted_proxies: Arc<[IpBlock]>,
     body_pace: BodyPace,
+    /// Where upgraded connections (WebSocket) run, and what cuts them at shutdown.
     tunnels: Option<(TaskTracker, CancellationToken)>,
 }
 
-impl ProxyService {
-    pub fn new(
-        state: Arc<ProxyState>,
-        peer: SocketAddr,
-        proto: &'static str,
-        conn: Arc<ConnActivity>,
-        body_pace: BodyPace,
-    ) -> Self {
+impl ListenerShared {
+    pub fn new(proto: &'static str, body_pace: BodyPace) -> Self {
         Self {
-            state,
-            client: headers::ClientAddress::new(peer.ip()),
-            trusted_proxies: Arc::from([]),
-            client_cert: None,
             proto,
-            conn,
+            trusted_proxies: Arc::from([]),
             body_pace,
             tunnels: None,
         }
@@ -80,6 +81,30 @@ impl ProxyService {
     pub fn with_trusted_proxies(mut self, trusted: Arc<[IpBlock]>) -> Self {
         self.trusted_proxies = trusted;
         self
+    }
+
+    /// Enables protocol upgrades (WebSocket): tunnels run on `tracker` and are cut when
+    /// `abort` fires.
+    pub fn with_tunnels(mut self, tracker: TaskTracker, abort: CancellationToken) -> Self {
+        self.tunnels = Some((tracker, abort));
+        self
+    }
+}
+
+impl ProxyService {
+    pub fn new(
+        state: Arc<ProxyState>,
+        peer: SocketAddr,
+        conn: Arc<ConnActivity>,
+        listener: Arc<ListenerShared>,
+    ) -> Self {
+        Self {
+            state,
+            client: headers::ClientAddress::new(peer.ip()),
+            client_cert: None,
+            conn,
+            listener,
+        }
     }
 
     /// Tells upstreams of the connection's verified client certificate in this header.
@@ -93,23 +118,21 @@ impl ProxyService {
 
     /// The request's client: this connection's, or the one a trusted proxy names.
     fn resolve_client(&self, headers: &http::HeaderMap) -> Option<headers::ClientAddress> {
-        if self.trusted_proxies.is_empty() {
+        if self.listener.trusted_proxies.is_empty() {
             return None;
         }
-        let ip = client_address::resolve(self.client.ip, &self.trusted_proxies, headers);
+        let ip = client_address::resolve(self.client.ip, &self.listener.trusted_proxies, headers);
         (ip != self.client.ip).then(|| headers::ClientAddress::new(ip))
     }
 
     /// The scheme the client used (see [`client_address::scheme`]).
     fn request_scheme(&self, headers: &http::HeaderMap) -> &'static str {
-        client_address::scheme(self.client.ip, &self.trusted_proxies, headers, self.proto)
-    }
-
-    /// Enables protocol upgrades (WebSocket): tunnels run on `tracker` and are cut when
-    /// `abort` fires.
-    pub fn with_tunnels(mut self, tracker: TaskTracker, abort: CancellationToken) -> Self {
-        self.tunnels = Some((tracker, abort));
-        self
+        client_address::scheme(
+            self.client.ip,
+            &self.listener.trusted_proxies,
+            headers,
+            self.listener.proto,
+        )
     }
 
     /// Answers one request. The result is hyper's service contract (`Infallible`: every

@@ -121,6 +121,7 @@ impl ProxyService {
         // An HTTP/1.1 upgrade (WebSocket…) keeps its Upgrade/Connection headers and, on
         // 101, becomes a tunnel between the two upgraded connections.
         let upgrade = self
+            .listener
             .tunnels
             .as_ref()
             .filter(|_| pool.version == Version::HTTP_11)
@@ -152,7 +153,7 @@ impl ProxyService {
                 connection: &self.client,
                 client,
             },
-            self.proto,
+            self.listener.proto,
             client_host.as_ref().and_then(|h| h.to_str().ok()),
         );
         snapshot.headers.add_via(&mut parts.headers, parts.version);
@@ -228,7 +229,7 @@ impl ProxyService {
                 let plan = BodyPlan {
                     retries: pool.retry.attempts,
                     buffer_limit: pool.retry.buffer_body_bytes,
-                    pace: self.body_pace,
+                    pace: self.listener.body_pace,
                     max_body: route.max_body_bytes,
                     // gRPC bodies have no length to decide by: they stream, copied.
                     copy_while_streaming: is_grpc && !pool.retry.grpc_statuses.is_empty(),
@@ -484,7 +485,7 @@ impl ProxyService {
             upstream_upgrade,
             outgoing.upgrade,
             upgraded_to,
-            self.tunnels.as_ref(),
+            self.listener.tunnels.as_ref(),
         ) {
             parts
                 .headers
