@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::wait::eventually;
 use common::*;
 use http::{Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -293,5 +294,58 @@ async fn a_keep_alive_connection_idles_past_the_header_timeout() {
         .unwrap();
     let waited = time_until_closed(&mut stream, Duration::from_secs(5)).await;
     assert!(waited >= Duration::from_millis(150), "{waited:?}");
+    weir.shutdown().await;
+}
+
+/// A connection counts as active from its accept until it ends, however it ends: served
+/// and closed by its client, closed before its first byte, or cut at the header timeout
+/// while weir waited for its first bytes (opening and serving are two phases of the
+/// connection's task; the count follows the task, not either phase).
+#[tokio::test]
+async fn connections_count_as_active_until_they_end_however_they_end() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let up = named_upstream("a").await;
+    let config = simple_config(&[up.addr], "") + "\n[server]\nrequest_header_timeout = \"2s\"\n";
+    let weir = weir(&config).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let active = || weir.state().stats.connections_active.load(Relaxed);
+    assert_eq!(active(), 0);
+
+    let mut served = TcpStream::connect(proxy).await.unwrap();
+    served
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = served.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut silent = TcpStream::connect(proxy).await.unwrap();
+    eventually("the served and the silent connection to be active", async || {
+        active() == 2
+    })
+    .await;
+    drop(TcpStream::connect(proxy).await.unwrap());
+    // The closed one may or may not have been counted yet; it must not stay counted.
+    eventually("the connection closed before its first byte to end", async || {
+        active() == 2
+    })
+    .await;
+    time_until_closed(&mut silent, Duration::from_secs(10)).await;
+    eventually("the silent connection to end at the header timeout", async || {
+        active() == 1
+    })
+    .await;
+    // The served connection is still usable, then ends with its client.
+    served
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let n = served.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    drop(served);
+    eventually("the served connection to end with its client", async || {
+        active() == 0
+    })
+    .await;
     weir.shutdown().await;
 }
