@@ -320,20 +320,23 @@ async fn connections_count_as_active_until_they_end_however_they_end() {
     let n = served.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     let mut silent = TcpStream::connect(proxy).await.unwrap();
-    eventually("the served and the silent connection to be active", async || {
-        active() == 2
-    })
+    eventually(
+        "the served and the silent connection to be active",
+        async || active() == 2,
+    )
     .await;
     drop(TcpStream::connect(proxy).await.unwrap());
     // The closed one may or may not have been counted yet; it must not stay counted.
-    eventually("the connection closed before its first byte to end", async || {
-        active() == 2
-    })
+    eventually(
+        "the connection closed before its first byte to end",
+        async || active() == 2,
+    )
     .await;
     time_until_closed(&mut silent, Duration::from_secs(10)).await;
-    eventually("the silent connection to end at the header timeout", async || {
-        active() == 1
-    })
+    eventually(
+        "the silent connection to end at the header timeout",
+        async || active() == 1,
+    )
     .await;
     // The served connection is still usable, then ends with its client.
     served

@@ -18,7 +18,9 @@ pub enum BadPath {
 pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
     let bytes = path.as_bytes();
     let mut has_escape = false;
+    let mut has_dot = false;
     for (i, b) in bytes.iter().enumerate() {
+        has_dot |= *b == b'.';
         if *b == b'%' {
             let hex = bytes.get(i + 1..i + 3).ok_or(BadPath::BadEscape)?;
             if !hex.iter().all(u8::is_ascii_hexdigit) {
@@ -30,9 +32,11 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
             has_escape = true;
         }
     }
-    let has_dot_segment = path
-        .split('/')
-        .any(|segment| segment == "." || segment == "..");
+    // Only a path with a dot can have a dot segment: most are answered by the scan above.
+    let has_dot_segment = has_dot
+        && path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..");
     if !has_escape && !has_dot_segment {
         return Ok(Cow::Borrowed(path));
     }

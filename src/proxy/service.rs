@@ -721,6 +721,8 @@ fn upgrade_protocol(parts: &http::request::Parts) -> Option<HeaderValue> {
     if parts.version != Version::HTTP_11 {
         return None;
     }
+    // Most requests have no `Upgrade`: one lookup answers for them.
+    let protocol = parts.headers.get(header::UPGRADE)?;
     let asks = parts
         .headers
         .get_all(header::CONNECTION)
@@ -731,7 +733,6 @@ fn upgrade_protocol(parts: &http::request::Parts) -> Option<HeaderValue> {
     // h2c is never tunnelled: the client would get a raw HTTP/2 connection to the
     // endpoint, past routing, limits and the cache (h2c smuggling). Such a request goes on
     // as a plain one, its Upgrade and HTTP2-Settings stripped as hop-by-hop.
-    let protocol = parts.headers.get(header::UPGRADE)?;
     let h2c = protocol.to_str().map_or(true, |p| {
         p.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c"))
     });
@@ -818,7 +819,7 @@ fn check_framing(headers: &http::HeaderMap) -> Result<(), ProxyError> {
 /// Whether a `Host` header value is a valid authority. The common `name[:port]` is checked
 /// here without allocating; anything else goes to `http`'s parser, which copies it.
 fn is_valid_host(host: &str) -> bool {
-    let (name, port) = host.rsplit_once(':').unwrap_or((host, ""));
+    let (name, port) = super::route::rsplit_at_colon(host).unwrap_or((host, ""));
     let plain_name = !name.is_empty()
         && name
             .bytes()
