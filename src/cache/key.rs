@@ -81,7 +81,9 @@ impl KeySpec {
         headers: &HeaderMap,
     ) {
         key.clear();
-        key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+        key.push_str(host);
+        // In place, the whole host at once (char by char, it cost a hit 300 instructions).
+        key.make_ascii_lowercase();
         key.push_str(path);
         self.push_query(key, query);
         for name in &self.headers {
