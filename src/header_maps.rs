@@ -6,7 +6,7 @@
 //!
 //! Also the last value of a rendered field, per thread and field: `Age` and a hit's
 //! `Cache-Status` change once a second, so a hot entry's are made once a second rather
-//! than once a response.
+//! than once a response. And the decimal writer such values (and a `Content-Length`) use.
 
 use std::cell::RefCell;
 use std::thread::LocalKey;

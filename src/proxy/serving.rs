@@ -8,7 +8,8 @@
 //! every moved value keeping its slot, and was as large as the largest way to serve
 //! (TLS, the compression layer): 2 048 bytes. Here the opening is a boxed future freed
 //! once the connection is open, and the task holds one [`Serving`]: a plain-TCP
-//! connection without compression (the common one) inline, any other boxed.
+//! connection without compression (the common one) inline, any other boxed (896 bytes
+//! with [`ProxyService`]'s listener settings shared).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,7 +33,7 @@ use super::service::ProxyService;
 
 /// A connection's task: opened, then served. Written by hand rather than as an `async`
 /// block, which would keep the opened [`Serving`] twice (the value and the future it is
-/// polled as: 808 bytes each).
+/// polled as).
 pub struct ConnectionTask {
     phase: Phase,
     /// The connection's place under the listener's `max_connections`.
