@@ -34,14 +34,11 @@ async fn trace_echo() -> Upstream {
     .await
 }
 
-#[tokio::test]
-async fn traceparent_is_continued_or_started() {
-    let up = trace_echo().await;
-    let weir = weir(&simple_config(&[up.addr], "")).await;
-    let proxy = weir.listener_addr("http").unwrap();
-
+/// Sends `path` with a client trace and without one: the upstream gets the client's trace
+/// continued under weir's span, then a trace weir started.
+async fn assert_traceparent_continued_or_started(proxy: std::net::SocketAddr, path: &str) {
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let request = Request::get(format!("http://{proxy}/"))
+    let request = Request::get(format!("http://{proxy}{path}"))
         .header("traceparent", incoming)
         .header("tracestate", "vendor=abc")
         .body(empty())
@@ -49,7 +46,7 @@ async fn traceparent_is_continued_or_started() {
     let reply = send(&http1_client(), request).await.text();
     let (sent, state) = reply.split_once('|').unwrap();
     let parts: Vec<&str> = sent.split('-').collect();
-    assert_eq!(parts[0], "00");
+    assert_eq!(parts[0], "00", "{path}");
     assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "same trace");
     assert_ne!(
         parts[2], "00f067aa0ba902b7",
@@ -58,12 +55,39 @@ async fn traceparent_is_continued_or_started() {
     assert_eq!(parts[3], "01", "the client's sampling decision is kept");
     assert_eq!(state, "vendor=abc");
 
-    let fresh = get(proxy, "/").await.text();
+    let fresh = get(proxy, &format!("{path}-fresh")).await.text();
     let parts: Vec<&str> = fresh.split('|').next().unwrap().split('-').collect();
     assert_eq!(
-        (parts.len(), parts[1].len(), parts[2].len()),
-        (4, 32, 16),
+        (parts.len(), parts[1].len(), parts[2].len(), parts[3]),
+        (4, 32, 16, "00"),
         "{fresh}"
+    );
+}
+
+#[tokio::test]
+async fn traceparent_is_continued_or_started() {
+    let up = trace_echo().await;
+    let weir = weir(&simple_config(&[up.addr], "")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    assert_traceparent_continued_or_started(proxy, "/").await;
+    weir.shutdown().await;
+
+    // With a cache the value is made only when a request goes upstream: the same for a
+    // cacheable miss and an uncacheable request; a hit sends nothing.
+    let cached = simple_config(&[up.addr], "") + "\n[cache]\nenabled = true\n";
+    let weir = crate::weir(&cached).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    assert_traceparent_continued_or_started(proxy, "/static/a").await;
+    assert_traceparent_continued_or_started(proxy, "/dynamic").await;
+    let stored = get(proxy, "/static/a").await;
+    assert_eq!(
+        stored.header("cache-status").map(|s| s.contains("hit")),
+        Some(true),
+        "the second request is a hit"
+    );
+    assert!(
+        stored.text().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "a hit answers what the first request's upstream said"
     );
     weir.shutdown().await;
 

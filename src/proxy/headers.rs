@@ -350,6 +350,11 @@ fn cut_from_id_block(value: &[u8]) -> bytes::Bytes {
         .unwrap_or_else(|_| bytes::Bytes::copy_from_slice(value))
 }
 
+/// `value` (ASCII made by weir) as a header value cut from this thread's id block.
+pub fn shared_value(value: &[u8]) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(cut_from_id_block(value)).ok()
+}
+
 /// A new id's digits: a per-process random prefix and a counter.
 fn write_request_id(out: &mut [u8]) {
     static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();

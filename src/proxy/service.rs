@@ -31,7 +31,7 @@ use super::route::{Action, Route, RouteRequest};
 use super::snapshot::Snapshot;
 use super::spans::{Recording, RequestEnd, RequestSpan};
 use super::stats::RouteStats;
-use super::trace::TraceContext;
+use super::trace::{TraceContext, Traceparent};
 use crate::config::IpBlock;
 use crate::upstream::request_body::{CopyInProgress, ReplayCopy};
 use crate::upstream::{Endpoint, Pool};
@@ -147,16 +147,31 @@ impl ProxyService {
         self.state.stats.requests.fetch_add(1, Relaxed);
         let snapshot = self.state.snapshot.load_full();
         let tracer = snapshot.tracer.as_ref();
-        let trace = (snapshot.headers.traceparent || tracer.is_some()).then(|| {
+        // A tracer and the access log need the trace context from the start; otherwise
+        // only a request that goes upstream does, and with a cache many do not (see
+        // `Traceparent::Deferred`). Without one it is made here, with the request id:
+        // one cut from the id block for both.
+        let deferred = snapshot.headers.traceparent
+            && tracer.is_none()
+            && !snapshot.access_log
+            && snapshot.cache.is_some();
+        let trace = (tracer.is_some() || (snapshot.headers.traceparent && !deferred)).then(|| {
             TraceContext::from_headers(req.headers(), || {
                 tracer.is_some_and(|t| t.sample_new_trace())
             })
         });
-        let (request_id, traceparent) = headers::request_ids(
+        let (request_id, made) = headers::request_ids(
             req.headers(),
             &snapshot.headers.request_id,
             trace.as_ref().filter(|_| snapshot.headers.traceparent),
         );
+        let traceparent = snapshot.headers.traceparent.then(|| {
+            if deferred {
+                Traceparent::deferred()
+            } else {
+                Traceparent::Made(made)
+            }
+        });
         let method = req.method().clone();
         let path = snapshot.access_log.then(|| req.uri().path().to_owned());
         let recording = Recording::new(tracer, trace.as_ref());
@@ -598,7 +613,7 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 struct Origin<'a> {
     request_id: &'a HeaderValue,
     /// The `traceparent` sent upstream, when weir sends one.
-    traceparent: Option<&'a HeaderValue>,
+    traceparent: Option<&'a Traceparent>,
     trace: Option<&'a TraceContext>,
     client: &'a headers::ClientAddress,
     /// A gRPC call (by its content type), told once for the whole request path.
@@ -620,7 +635,7 @@ pub(super) struct Exchange<'a> {
     pub mirror: Option<&'a Mirror>,
     pub request_id: &'a HeaderValue,
     /// The `traceparent` sent upstream, when weir sends one.
-    pub traceparent: Option<&'a HeaderValue>,
+    pub traceparent: Option<&'a Traceparent>,
     pub trace: Option<&'a TraceContext>,
     /// The client balancing and forwarding headers use.
     pub client: &'a headers::ClientAddress,

@@ -117,6 +117,8 @@ impl ProxyService {
             is_grpc,
             ..
         } = *exchange;
+        // Made (when deferred) from the client's own head, before any rule edits it.
+        let traceparent = traceparent.and_then(|t| t.value(&parts.headers));
         let client_host = parts.headers.get(header::HOST).cloned();
         // An HTTP/1.1 upgrade (WebSocket…) keeps its Upgrade/Connection headers and, on
         // 101, becomes a tunnel between the two upgraded connections.
