@@ -141,11 +141,11 @@ where
     }
 
     pub(crate) fn set_http1_max_headers(&mut self, val: usize) {
-        self.state.h1_max_headers = Some(val);
+        self.state.h1_max_headers = Some(super::decode::narrow(val));
     }
 
     pub(crate) fn set_http1_max_header_size(&mut self, val: usize) {
-        self.state.h1_max_header_size = Some(val);
+        self.state.h1_max_header_size = Some(super::decode::narrow(val));
     }
 
     #[cfg(feature = "server")]
@@ -228,8 +228,8 @@ where
                 cached_headers: &mut self.state.cached_headers,
                 req_method: &mut self.state.method,
                 h1_parser_config: self.state.h1_parser_config.clone(),
-                h1_max_headers: self.state.h1_max_headers,
-                h1_max_header_size: self.state.h1_max_header_size,
+                h1_max_headers: self.state.h1_max_headers.map(super::decode::widen),
+                h1_max_header_size: self.state.h1_max_header_size.map(super::decode::widen),
                 preserve_header_case: self.state.preserve_header_case,
                 #[cfg(feature = "ffi")]
                 preserve_header_order: self.state.preserve_header_order,
@@ -326,18 +326,18 @@ where
                 self.try_keep_alive(cx);
             }
         } else if msg.expect_continue && msg.head.version.gt(&Version::HTTP_10) {
-            let h1_max_header_size = self.state.h1_max_header_size;
+            let h1_max_header_size = self.state.h1_max_header_size.map(super::decode::widen);
             self.state.reading = Reading::Continue(Decoder::new(
                 msg.decode,
-                self.state.h1_max_headers,
+                self.state.h1_max_headers.map(super::decode::widen),
                 h1_max_header_size,
             ));
             wants = wants.add(Wants::EXPECT);
         } else {
-            let h1_max_header_size = self.state.h1_max_header_size;
+            let h1_max_header_size = self.state.h1_max_header_size.map(super::decode::widen);
             self.state.reading = Reading::Body(Decoder::new(
                 msg.decode,
-                self.state.h1_max_headers,
+                self.state.h1_max_headers.map(super::decode::widen),
                 h1_max_header_size,
             ));
         }
@@ -659,9 +659,17 @@ where
             buf,
         ) {
             Ok(encoder) => {
-                debug_assert!(self.state.cached_headers.is_none());
+                debug_assert!(self
+                    .state
+                    .cached_headers
+                    .as_ref()
+                    .map_or(true, |kept| kept.capacity() == 0));
                 debug_assert!(head.headers.is_empty());
-                self.state.cached_headers = Some(head.headers);
+                // weir patch: into the box the connection keeps (see `cached_headers`).
+                match &mut self.state.cached_headers {
+                    Some(kept) => **kept = head.headers,
+                    None => self.state.cached_headers = Some(Box::new(head.headers)),
+                }
 
                 #[cfg(feature = "client")]
                 {
@@ -964,7 +972,12 @@ impl<I: Unpin, B, T> Unpin for Conn<I, B, T> {}
 struct State {
     allow_half_close: bool,
     /// Re-usable `HeaderMap` to reduce allocating new ones.
-    cached_headers: Option<HeaderMap>,
+    ///
+    /// weir patch: boxed (was held inline, 96 bytes): the box stays with the connection
+    /// while it serves (taking the map leaves an empty one in it, see
+    /// `role::take_cached_headers`), and goes with the map when an idle connection gives
+    /// its memory back, so an idle connection's state is that much smaller.
+    cached_headers: Option<Box<HeaderMap>>,
     /// If an error occurs when there wasn't a direct way to return it
     /// back to the user, this is set.
     error: Option<crate::Error>,
@@ -976,8 +989,9 @@ struct State {
     /// a body or not.
     method: Option<Method>,
     h1_parser_config: ParserConfig,
-    h1_max_headers: Option<usize>,
-    h1_max_header_size: Option<usize>,
+    // weir patch: `u32` (was `usize`), see `decode::narrow`.
+    h1_max_headers: Option<u32>,
+    h1_max_header_size: Option<u32>,
     #[cfg(feature = "server")]
     h1_header_read_timeout: Option<Duration>,
     #[cfg(feature = "server")]
@@ -1224,7 +1238,7 @@ mod tests {
         let io = Compat(tokio_test::io::Builder::new().build());
         let mut conn = Conn::<_, bytes::Bytes, crate::proto::h1::ServerTransaction>::new(io);
         *conn.io.read_buf_mut() = ::bytes::BytesMut::from(&s[..]);
-        conn.state.cached_headers = Some(HeaderMap::with_capacity(2));
+        conn.state.cached_headers = Some(Box::new(HeaderMap::with_capacity(2)));
 
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1238,7 +1252,7 @@ mod tests {
                         ::test::black_box(&x);
                         let mut headers = x.0.headers;
                         headers.clear();
-                        conn.state.cached_headers = Some(headers);
+                        conn.state.cached_headers = Some(Box::new(headers));
                     }
                     f => panic!("expected Ready(Some(Ok(..))): {:?}", f),
                 }

@@ -24,6 +24,16 @@ const CHUNKED_EXTENSIONS_LIMIT: u64 = 1024 * 16;
 /// TODO: remove this when we land `h1_max_header_size` support.
 const TRAILER_LIMIT: usize = 1024 * 16;
 
+/// weir patch: a limit kept as `u32` (a limit of 4 GiB or more is none).
+pub(crate) fn narrow(limit: usize) -> u32 {
+    u32::try_from(limit).unwrap_or(u32::MAX)
+}
+
+/// weir patch: a limit kept as `u32`, for use.
+pub(crate) fn widen(limit: u32) -> usize {
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
 /// Decoders to handle different Transfer-Encodings.
 ///
 /// If a message body does not include a Transfer-Encoding, it *should*
@@ -44,8 +54,10 @@ enum Kind {
         extensions_cnt: u64,
         trailers_buf: Option<BytesMut>,
         trailers_cnt: usize,
-        h1_max_headers: Option<usize>,
-        h1_max_header_size: Option<usize>,
+        // weir patch: the limits, defaults applied, as `u32` (was two `Option<usize>`):
+        // a connection's read state is part of what every idle connection holds.
+        h1_max_headers: u32,
+        h1_max_header_size: u32,
     },
     /// A Reader used for responses that don't indicate a length or chunked.
     ///
@@ -103,8 +115,8 @@ impl Decoder {
                 extensions_cnt: 0,
                 trailers_buf: None,
                 trailers_cnt: 0,
-                h1_max_headers,
-                h1_max_header_size,
+                h1_max_headers: narrow(h1_max_headers.unwrap_or(DEFAULT_MAX_HEADERS)),
+                h1_max_header_size: narrow(h1_max_header_size.unwrap_or(TRAILER_LIMIT)),
             },
         }
     }
@@ -177,8 +189,8 @@ impl Decoder {
                 h1_max_headers,
                 h1_max_header_size,
             } => {
-                let h1_max_headers = h1_max_headers.unwrap_or(DEFAULT_MAX_HEADERS);
-                let h1_max_header_size = h1_max_header_size.unwrap_or(TRAILER_LIMIT);
+                let h1_max_headers = widen(*h1_max_headers);
+                let h1_max_header_size = widen(*h1_max_header_size);
                 loop {
                     let mut buf = None;
                     // advances the chunked state
