@@ -86,7 +86,9 @@ async fn traceparent_is_continued_or_started() {
         "the second request is a hit"
     );
     assert!(
-        stored.text().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        stored
+            .text()
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
         "a hit answers what the first request's upstream said"
     );
     weir.shutdown().await;

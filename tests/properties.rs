@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use weir::balancer::{self, PickContext};
 use weir::config::{PoolConfig, Strategy};
-use weir::proxy::headers::{request_ids, strip_hop_by_hop};
+use weir::proxy::headers::{TraceparentPlan, request_ids, strip_hop_by_hop};
 use weir::proxy::normalize::normalize_path;
 use weir::upstream::Endpoint;
 
@@ -60,7 +60,11 @@ proptest! {
                 headers.append(name, value);
             }
         }
-        let _ = request_ids(&headers, &HeaderName::from_static("x-request-id"), None);
+        let _ = request_ids(
+            &headers,
+            &HeaderName::from_static("x-request-id"),
+            TraceparentPlan::None,
+        );
         strip_hop_by_hop(&mut headers);
         prop_assert!(!headers.contains_key("connection"));
         prop_assert!(!headers.contains_key("transfer-encoding"));

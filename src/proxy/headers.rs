@@ -267,32 +267,49 @@ fn is_quotable(s: &str) -> bool {
         .all(|b| (0x21..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
+/// What [`request_ids`] does about a request's `traceparent`.
+#[derive(Clone, Copy)]
+pub enum TraceparentPlan<'a> {
+    /// weir sends none.
+    None,
+    /// Made now, with the request id: one cut from the id block for both.
+    Now(&'a super::trace::TraceContext),
+    /// Made if the request goes upstream ([`super::trace::Traceparent::Deferred`]): a new
+    /// id's cut leaves room for it in the block. The block cannot be reclaimed while the
+    /// request's own id lives, so without the room one in 23 requests started a block
+    /// (two allocations).
+    Later,
+}
+
 /// The request id (the client's when it is sane, otherwise a new one) and, for a request
-/// that carries `traceparent_of` upstream, its `traceparent` value. New values are cut
-/// from the thread's id block (see [`cut_from_id_block`]).
+/// whose `traceparent` is made now, its value. New values are cut from the thread's id
+/// block (see [`cut_from_id_block`]).
 pub fn request_ids(
     headers: &HeaderMap,
     name: &HeaderName,
-    traceparent_of: Option<&super::trace::TraceContext>,
+    traceparent: TraceparentPlan<'_>,
 ) -> (HeaderValue, Option<HeaderValue>) {
     use super::trace::TRACEPARENT_LEN;
     let kept = headers
         .get(name)
         .filter(|existing| is_acceptable_request_id(existing));
-    match (kept, traceparent_of) {
-        (Some(existing), trace) => (
-            existing.clone(),
-            trace.and_then(super::trace::TraceContext::header_value),
-        ),
-        (None, None) => (new_request_id(), None),
-        (None, Some(trace)) => {
+    match (kept, traceparent) {
+        (Some(existing), TraceparentPlan::Now(trace)) => {
+            let mut value = [0u8; TRACEPARENT_LEN];
+            trace.write_traceparent(&mut value);
+            (existing.clone(), shared_value(&value))
+        }
+        (Some(existing), _) => (existing.clone(), None),
+        (None, TraceparentPlan::None) => (new_request_id(0), None),
+        (None, TraceparentPlan::Later) => (new_request_id(TRACEPARENT_LEN), None),
+        (None, TraceparentPlan::Now(trace)) => {
             let mut both = [0u8; REQUEST_ID_LEN + TRACEPARENT_LEN];
             let (id, traceparent) = both.split_at_mut(REQUEST_ID_LEN);
             write_request_id(id);
             if let Ok(traceparent) = <&mut [u8; TRACEPARENT_LEN]>::try_from(traceparent) {
                 trace.write_traceparent(traceparent);
             }
-            let both = cut_from_id_block(&both);
+            let both = cut_from_id_block(&both, 0);
             let id = HeaderValue::from_maybe_shared(both.slice(..REQUEST_ID_LEN))
                 .unwrap_or(HeaderValue::from_static("0"));
             (
@@ -313,11 +330,12 @@ fn is_acceptable_request_id(value: &HeaderValue) -> bool {
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// 32 hex digits: a per-process random prefix and a counter, unique without coordination.
-pub fn new_request_id() -> HeaderValue {
+/// 32 hex digits: a per-process random prefix and a counter, unique without coordination;
+/// the id block keeps `room` bytes after it for the request's next value.
+pub fn new_request_id(room: usize) -> HeaderValue {
     let mut digits = [0u8; REQUEST_ID_LEN];
     write_request_id(&mut digits);
-    HeaderValue::from_maybe_shared(cut_from_id_block(&digits))
+    HeaderValue::from_maybe_shared(cut_from_id_block(&digits, room))
         .unwrap_or(HeaderValue::from_static("0"))
 }
 
@@ -336,9 +354,10 @@ thread_local! {
 /// earlier ids are all gone by the time it runs out (its room is reclaimed). Shared from the start: the id goes upstream and
 /// back to the client, and a clone of a value copied into a `Vec` allocates to share it.
 /// A long-lived request (a tunnel, a stream) keeps its block's 2 KiB alive.
-fn cut_from_id_block(value: &[u8]) -> bytes::Bytes {
+/// `room`: bytes the block is to have left after this cut (see [`TraceparentPlan::Later`]).
+fn cut_from_id_block(value: &[u8], room: usize) -> bytes::Bytes {
     let cut = |block: &mut bytes::BytesMut| {
-        if block.capacity() < value.len() && !block.try_reclaim(ID_BLOCK_BYTES) {
+        if block.capacity() < value.len() + room && !block.try_reclaim(ID_BLOCK_BYTES) {
             *block = bytes::BytesMut::with_capacity(ID_BLOCK_BYTES.max(value.len()));
         }
         block.extend_from_slice(value);
@@ -352,7 +371,7 @@ fn cut_from_id_block(value: &[u8]) -> bytes::Bytes {
 
 /// `value` (ASCII made by weir) as a header value cut from this thread's id block.
 pub fn shared_value(value: &[u8]) -> Option<HeaderValue> {
-    HeaderValue::from_maybe_shared(cut_from_id_block(value)).ok()
+    HeaderValue::from_maybe_shared(cut_from_id_block(value, 0)).ok()
 }
 
 /// A new id's digits: a per-process random prefix and a counter.
@@ -542,23 +561,23 @@ mod tests {
         let name = HeaderName::from_static("x-request-id");
         let mut h = HeaderMap::new();
         h.insert("x-request-id", "abc-123".parse().unwrap());
-        assert_eq!(request_ids(&h, &name, None).0, "abc-123");
+        assert_eq!(request_ids(&h, &name, TraceparentPlan::None).0, "abc-123");
         h.insert(
             "x-request-id",
             HeaderValue::from_bytes(b"bad value").unwrap(),
         );
-        let fresh = request_ids(&h, &name, None).0;
+        let fresh = request_ids(&h, &name, TraceparentPlan::None).0;
         assert_eq!(fresh.len(), 32);
-        assert_ne!(new_request_id(), new_request_id());
+        assert_ne!(new_request_id(0), new_request_id(0));
         // Ids cut from one block, past its end: each whole and different.
-        let ids: Vec<HeaderValue> = (0..200).map(|_| new_request_id()).collect();
+        let ids: Vec<HeaderValue> = (0..200).map(|_| new_request_id(0)).collect();
         assert!(ids.iter().all(|id| id.len() == 32));
         let distinct: std::collections::HashSet<&[u8]> =
             ids.iter().map(|id| id.as_bytes()).collect();
         assert_eq!(distinct.len(), ids.len());
         // A new id made beside a traceparent: both whole, the traceparent the trace's.
         let trace = super::super::trace::TraceContext::from_headers(&HeaderMap::new(), || true);
-        let (id, traceparent) = request_ids(&h, &name, Some(&trace));
+        let (id, traceparent) = request_ids(&h, &name, TraceparentPlan::Now(&trace));
         assert_eq!(id.len(), 32);
         assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_eq!(traceparent, trace.header_value());
@@ -567,22 +586,36 @@ mod tests {
     #[test]
     fn the_id_block_is_reused_once_its_ids_are_gone() {
         // A test runs on a thread of its own: this is the block's first id.
-        let first = new_request_id();
+        let first = new_request_id(0);
         let start = first.as_bytes().as_ptr();
         drop(first);
         // Past the block's end with every earlier id dropped, its room is reclaimed
         // and ids are cut from its start again.
         let reused = (0..ID_BLOCK_BYTES / REQUEST_ID_LEN + 1)
-            .map(|_| new_request_id())
+            .map(|_| new_request_id(0))
             .any(|id| id.as_bytes().as_ptr() == start);
         assert!(reused, "a new block was allocated instead");
         // While an id from it lives, the block is not written over.
-        let held = new_request_id();
+        let held = new_request_id(0);
         let copy = held.as_bytes().to_vec();
         for _ in 0..2 * ID_BLOCK_BYTES / REQUEST_ID_LEN {
-            drop(new_request_id());
+            drop(new_request_id(0));
         }
         assert_eq!(held.as_bytes(), &copy[..]);
+    }
+
+    #[test]
+    fn a_new_id_leaves_room_for_the_traceparent_made_later() {
+        use super::super::trace::TRACEPARENT_LEN;
+        // Request after request (each one's values gone before the next), past several
+        // blocks' worth: the traceparent is cut right after its request's id, never
+        // from a block of its own.
+        for round in 0..3 * ID_BLOCK_BYTES / (REQUEST_ID_LEN + TRACEPARENT_LEN) {
+            let id = new_request_id(TRACEPARENT_LEN);
+            let traceparent = shared_value(&[b'0'; TRACEPARENT_LEN]).expect("a value");
+            let after_id = id.as_bytes().as_ptr().wrapping_add(REQUEST_ID_LEN);
+            assert_eq!(traceparent.as_bytes().as_ptr(), after_id, "round {round}");
+        }
     }
 
     #[test]

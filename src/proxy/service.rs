@@ -160,11 +160,13 @@ impl ProxyService {
                 tracer.is_some_and(|t| t.sample_new_trace())
             })
         });
-        let (request_id, made) = headers::request_ids(
-            req.headers(),
-            &snapshot.headers.request_id,
-            trace.as_ref().filter(|_| snapshot.headers.traceparent),
-        );
+        let plan = match &trace {
+            _ if deferred => headers::TraceparentPlan::Later,
+            Some(trace) if snapshot.headers.traceparent => headers::TraceparentPlan::Now(trace),
+            _ => headers::TraceparentPlan::None,
+        };
+        let (request_id, made) =
+            headers::request_ids(req.headers(), &snapshot.headers.request_id, plan);
         let traceparent = snapshot.headers.traceparent.then(|| {
             if deferred {
                 Traceparent::deferred()
