@@ -138,214 +138,219 @@ impl ProxyService {
     /// Answers one request. The result is hyper's service contract (`Infallible`: every
     /// failure is a response) so that the connection boxes this future as it is: a
     /// wrapper around it would move its several kilobytes once more per request.
-    pub async fn handle(
+    pub fn handle(
         self,
         req: Request<Incoming>,
-    ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
-        let started = Instant::now();
-        let conn_guard = self.conn.begin_request();
-        self.state.stats.requests.fetch_add(1, Relaxed);
-        let snapshot = self.state.snapshot.load_full();
-        let tracer = snapshot.tracer.as_ref();
-        // A tracer and the access log need the trace context from the start; otherwise
-        // only a request that goes upstream does, and with a cache many do not (see
-        // `Traceparent::Deferred`). Without one it is made here, with the request id:
-        // one cut from the id block for both.
-        let deferred = snapshot.headers.traceparent
-            && tracer.is_none()
-            && !snapshot.access_log
-            && snapshot.cache.is_some();
-        let trace = (tracer.is_some() || (snapshot.headers.traceparent && !deferred)).then(|| {
-            TraceContext::from_headers(req.headers(), || {
-                tracer.is_some_and(|t| t.sample_new_trace())
-            })
-        });
-        let plan = match &trace {
-            _ if deferred => headers::TraceparentPlan::Later,
-            Some(trace) if snapshot.headers.traceparent => headers::TraceparentPlan::Now(trace),
-            _ => headers::TraceparentPlan::None,
-        };
-        let (request_id, made) =
-            headers::request_ids(req.headers(), &snapshot.headers.request_id, plan);
-        let traceparent = snapshot.headers.traceparent.then(|| {
-            if deferred {
-                Traceparent::deferred()
-            } else {
-                Traceparent::Made(made)
-            }
-        });
-        let method = req.method().clone();
-        let path = snapshot.access_log.then(|| req.uri().path().to_owned());
-        let recording = Recording::new(tracer, trace.as_ref());
-        let mut request_span =
-            recording.map(|recording| RequestSpan::start(recording, &method, req.uri().path()));
-        let is_grpc = grpc::is_grpc(req.headers());
-        // Only routes with a CORS policy read it, after the request is gone.
-        let cors_origin = snapshot
-            .router
-            .any_cors()
-            .then(|| req.headers().get(header::ORIGIN).cloned())
-            .flatten();
-        let resolved = self.resolve_client(req.headers());
-        let client = resolved.as_ref().unwrap_or(&self.client);
-        let origin = Origin {
-            request_id: &request_id,
-            traceparent: traceparent.as_ref(),
-            trace: trace.as_ref(),
-            client,
-            is_grpc,
-            recording,
-        };
-        let result = self.forward(&snapshot, req, origin, conn_guard).await;
-        let (mut response, outcome) = match result {
-            Ok((response, served)) => {
-                served
-                    .route_stats
-                    .record(response.status(), started.elapsed());
-                (response, Ok(served))
-            }
-            Err(failure) => {
-                let status = failure.error.status();
-                if let Some(route_stats) = &failure.route_stats {
-                    route_stats.record(status, started.elapsed());
-                }
-                if status.is_server_error() {
-                    tracing::warn!(
-                        request_id = ?request_id,
-                        %method,
-                        route = failure.route.as_deref().unwrap_or("-"),
-                        endpoint = failure.endpoint.as_deref().unwrap_or("-"),
-                        status = status.as_u16(),
-                        error = %failure.error.detail(),
-                        "request failed"
-                    );
+    ) -> impl Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> + Send {
+        // An `async` block, not an `async fn`: the function's arguments would each have
+        // a second slot in the future (360 bytes of its 4.4 KiB, moved with it per request).
+        async move {
+            let started = Instant::now();
+            let conn_guard = self.conn.begin_request();
+            self.state.stats.requests.fetch_add(1, Relaxed);
+            let snapshot = self.state.snapshot.load_full();
+            let tracer = snapshot.tracer.as_ref();
+            // A tracer and the access log need the trace context from the start; otherwise
+            // only a request that goes upstream does, and with a cache many do not (see
+            // `Traceparent::Deferred`). Without one it is made here, with the request id:
+            // one cut from the id block for both.
+            let deferred = snapshot.headers.traceparent
+                && tracer.is_none()
+                && !snapshot.access_log
+                && snapshot.cache.is_some();
+            let trace =
+                (tracer.is_some() || (snapshot.headers.traceparent && !deferred)).then(|| {
+                    TraceContext::from_headers(req.headers(), || {
+                        tracer.is_some_and(|t| t.sample_new_trace())
+                    })
+                });
+            let plan = match &trace {
+                _ if deferred => headers::TraceparentPlan::Later,
+                Some(trace) if snapshot.headers.traceparent => headers::TraceparentPlan::Now(trace),
+                _ => headers::TraceparentPlan::None,
+            };
+            let (request_id, made) =
+                headers::request_ids(req.headers(), &snapshot.headers.request_id, plan);
+            let traceparent = snapshot.headers.traceparent.then(|| {
+                if deferred {
+                    Traceparent::deferred()
                 } else {
-                    tracing::debug!(request_id = ?request_id, status = status.as_u16(), error = %failure.error, "request refused");
+                    Traceparent::Made(made)
                 }
-                let response = if is_grpc {
-                    failure.error.to_grpc_response()
-                } else {
-                    failure.error.to_response()
-                };
-                (response, Err(failure))
-            }
-        };
-        let route_index = match &outcome {
-            Ok(served) => Some(served.route_index),
-            Err(failure) => failure.route_index,
-        };
-        if let Some(route) = route_index
-            .and_then(|i| snapshot.router.routes().get(i))
-            .filter(|r| r.has_response_rules())
-        {
-            let side = match &outcome {
-                Ok(served) => served.side,
-                Err(_) => None,
-            };
-            let pool = route.pool_name(side);
-            let preflight =
-                matches!(&outcome, Ok(served) if matches!(served.source, Source::Preflight));
-            let vars = HeaderVariables {
-                client_ip: client.ip,
-                request_id: &request_id,
-                route: &route.name,
-                pool,
-            };
-            route.finish_response(
-                response.headers_mut(),
-                &vars,
-                cors_origin.as_ref(),
-                preflight,
-            );
-        }
-        if let Some(span) = &mut request_span {
-            let (route, endpoint, attempts) = match &outcome {
-                Ok(served) => (
-                    Some(&*served.route),
-                    served.endpoint().map(|e| e.address.as_str()),
-                    served.attempts,
-                ),
-                Err(failure) => (failure.route.as_deref(), failure.endpoint.as_deref(), 0),
-            };
-            span.end(RequestEnd {
-                status: response.status().as_u16(),
-                route,
-                endpoint,
-                attempts,
-                cache: response
-                    .headers()
-                    .get(&crate::cache::policy::CACHE_STATUS)
-                    .and_then(|v| v.to_str().ok()),
             });
-        }
-        let access = path.map(|path| {
-            let (route, destination, attempts, upstream_ms) = match &outcome {
-                Ok(served) => (
-                    Some(Arc::clone(&served.route)),
-                    match &served.source {
-                        Source::Endpoint(e) => Destination::Endpoint(Arc::clone(e)),
-                        Source::Cache => Destination::Cache,
-                        Source::Answer | Source::Preflight => Destination::Route,
-                    },
-                    served.attempts,
-                    served.upstream.as_secs_f64() * 1000.0,
-                ),
-                Err(failure) => (
-                    failure.route.as_deref().map(Arc::from),
-                    Destination::Failed(failure.endpoint.clone()),
-                    0,
-                    0.0,
-                ),
+            let method = req.method().clone();
+            let path = snapshot.access_log.then(|| req.uri().path().to_owned());
+            let recording = Recording::new(tracer, trace.as_ref());
+            let mut request_span =
+                recording.map(|recording| RequestSpan::start(recording, &method, req.uri().path()));
+            let is_grpc = grpc::is_grpc(req.headers());
+            // Only routes with a CORS policy read it, after the request is gone.
+            let cors_origin = snapshot
+                .router
+                .any_cors()
+                .then(|| req.headers().get(header::ORIGIN).cloned())
+                .flatten();
+            let resolved = self.resolve_client(req.headers());
+            let client = resolved.as_ref().unwrap_or(&self.client);
+            let origin = Origin {
+                request_id: &request_id,
+                traceparent: traceparent.as_ref(),
+                trace: trace.as_ref(),
+                client,
+                is_grpc,
+                recording,
             };
-            AccessLine {
-                request_id: request_id.clone(),
-                trace: trace.clone(),
-                client: client.ip,
-                method,
-                path,
-                status: response.status().as_u16(),
-                route,
-                destination,
-                attempts,
-                started,
-                upstream_ms,
-                cache: response
-                    .headers()
-                    .get(&crate::cache::policy::CACHE_STATUS)
-                    .cloned(),
-            }
-        });
-        if is_grpc {
-            let route_stats = match &outcome {
-                Ok(served) => Some(Arc::clone(&served.route_stats)),
-                Err(failure) => failure.route_stats.clone(),
-            };
-            let end = grpc::CallEnd::new(route_stats, access, request_span);
-            match grpc::head_status(response.headers()) {
-                // A status alone (weir's own answers too): the call has ended.
-                Some(code) => end.finish(Some(code)),
-                None => {
-                    let (parts, body) = response.into_parts();
-                    let (body, not_taken) = body.with_call_end(end);
-                    if let Some(end) = not_taken {
-                        end.finish(None);
+            let result = self.forward(&snapshot, req, origin, conn_guard).await;
+            let (mut response, outcome) = match result {
+                Ok((response, served)) => {
+                    served
+                        .route_stats
+                        .record(response.status(), started.elapsed());
+                    (response, Ok(served))
+                }
+                Err(failure) => {
+                    let status = failure.error.status();
+                    if let Some(route_stats) = &failure.route_stats {
+                        route_stats.record(status, started.elapsed());
                     }
-                    response = Response::from_parts(parts, body);
+                    if status.is_server_error() {
+                        tracing::warn!(
+                            request_id = ?request_id,
+                            %method,
+                            route = failure.route.as_deref().unwrap_or("-"),
+                            endpoint = failure.endpoint.as_deref().unwrap_or("-"),
+                            status = status.as_u16(),
+                            error = %failure.error.detail(),
+                            "request failed"
+                        );
+                    } else {
+                        tracing::debug!(request_id = ?request_id, status = status.as_u16(), error = %failure.error, "request refused");
+                    }
+                    let response = if is_grpc {
+                        failure.error.to_grpc_response()
+                    } else {
+                        failure.error.to_response()
+                    };
+                    (response, Err(failure))
+                }
+            };
+            let route_index = match &outcome {
+                Ok(served) => Some(served.route_index),
+                Err(failure) => failure.route_index,
+            };
+            if let Some(route) = route_index
+                .and_then(|i| snapshot.router.routes().get(i))
+                .filter(|r| r.has_response_rules())
+            {
+                let side = match &outcome {
+                    Ok(served) => served.side,
+                    Err(_) => None,
+                };
+                let pool = route.pool_name(side);
+                let preflight =
+                    matches!(&outcome, Ok(served) if matches!(served.source, Source::Preflight));
+                let vars = HeaderVariables {
+                    client_ip: client.ip,
+                    request_id: &request_id,
+                    route: &route.name,
+                    pool,
+                };
+                route.finish_response(
+                    response.headers_mut(),
+                    &vars,
+                    cors_origin.as_ref(),
+                    preflight,
+                );
+            }
+            if let Some(span) = &mut request_span {
+                let (route, endpoint, attempts) = match &outcome {
+                    Ok(served) => (
+                        Some(&*served.route),
+                        served.endpoint().map(|e| e.address.as_str()),
+                        served.attempts,
+                    ),
+                    Err(failure) => (failure.route.as_deref(), failure.endpoint.as_deref(), 0),
+                };
+                span.end(RequestEnd {
+                    status: response.status().as_u16(),
+                    route,
+                    endpoint,
+                    attempts,
+                    cache: response
+                        .headers()
+                        .get(&crate::cache::policy::CACHE_STATUS)
+                        .and_then(|v| v.to_str().ok()),
+                });
+            }
+            let access = path.map(|path| {
+                let (route, destination, attempts, upstream_ms) = match &outcome {
+                    Ok(served) => (
+                        Some(Arc::clone(&served.route)),
+                        match &served.source {
+                            Source::Endpoint(e) => Destination::Endpoint(Arc::clone(e)),
+                            Source::Cache => Destination::Cache,
+                            Source::Answer | Source::Preflight => Destination::Route,
+                        },
+                        served.attempts,
+                        served.upstream.as_secs_f64() * 1000.0,
+                    ),
+                    Err(failure) => (
+                        failure.route.as_deref().map(Arc::from),
+                        Destination::Failed(failure.endpoint.clone()),
+                        0,
+                        0.0,
+                    ),
+                };
+                AccessLine {
+                    request_id: request_id.clone(),
+                    trace: trace.clone(),
+                    client: client.ip,
+                    method,
+                    path,
+                    status: response.status().as_u16(),
+                    route,
+                    destination,
+                    attempts,
+                    started,
+                    upstream_ms,
+                    cache: response
+                        .headers()
+                        .get(&crate::cache::policy::CACHE_STATUS)
+                        .cloned(),
+                }
+            });
+            if is_grpc {
+                let route_stats = match &outcome {
+                    Ok(served) => Some(Arc::clone(&served.route_stats)),
+                    Err(failure) => failure.route_stats.clone(),
+                };
+                let end = grpc::CallEnd::new(route_stats, access, request_span);
+                match grpc::head_status(response.headers()) {
+                    // A status alone (weir's own answers too): the call has ended.
+                    Some(code) => end.finish(Some(code)),
+                    None => {
+                        let (parts, body) = response.into_parts();
+                        let (body, not_taken) = body.with_call_end(end);
+                        if let Some(end) = not_taken {
+                            end.finish(None);
+                        }
+                        response = Response::from_parts(parts, body);
+                    }
+                }
+            } else {
+                if let Some(line) = access {
+                    line.write(None);
+                }
+                if let Some(span) = request_span {
+                    span.send(None);
                 }
             }
-        } else {
-            if let Some(line) = access {
-                line.write(None);
-            }
-            if let Some(span) = request_span {
-                span.send(None);
-            }
+            self.state.stats.record_response(response.status());
+            response
+                .headers_mut()
+                .insert(snapshot.headers.request_id.clone(), request_id);
+            Ok(response)
         }
-        self.state.stats.record_response(response.status());
-        response
-            .headers_mut()
-            .insert(snapshot.headers.request_id.clone(), request_id);
-        Ok(response)
     }
 
     async fn forward(
