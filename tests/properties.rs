@@ -71,6 +71,33 @@ proptest! {
     }
 
     #[test]
+    fn connection_named_fields_go_and_the_rest_stay(
+        names in proptest::collection::btree_set("x-[a-z]{1,3}", 0..30),
+        named in proptest::collection::vec(("x-[a-z]{1,3}", any::<bool>()), 0..6),
+    ) {
+        // Some fields, and a Connection field naming some of them (in any case) and some
+        // absent ones: whatever the map's size, exactly the named ones go.
+        let mut headers = HeaderMap::new();
+        for name in &names {
+            headers.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("v"));
+        }
+        headers.insert("host", HeaderValue::from_static("h"));
+        let tokens: Vec<String> = named
+            .iter()
+            .map(|(name, upper)| if *upper { name.to_ascii_uppercase() } else { name.clone() })
+            .chain(["close".to_owned(), "keep-alive".to_owned(), "Host".to_owned()])
+            .collect();
+        headers.insert("connection", HeaderValue::from_str(&tokens.join(", ")).unwrap());
+        strip_hop_by_hop(&mut headers);
+        for name in &names {
+            let was_named = named.iter().any(|(n, _)| n == name);
+            prop_assert_eq!(headers.contains_key(name.as_str()), !was_named, "{}", name);
+        }
+        prop_assert!(headers.contains_key("host"));
+        prop_assert!(!headers.contains_key("connection"));
+    }
+
+    #[test]
     fn path_normalisation_never_panics_and_stays_rooted(path in "/[a-zA-Z0-9./%_-]{0,60}") {
         if let Ok(normalized) = normalize_path(&path) {
             prop_assert!(normalized.starts_with('/'));

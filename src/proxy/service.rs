@@ -142,12 +142,13 @@ impl ProxyService {
         self,
         req: Request<Incoming>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> + Send {
+        // Timed and counted from the call, which hyper makes once the head is parsed.
+        let started = Instant::now();
+        let conn_guard = self.conn.begin_request();
+        self.state.stats.requests.fetch_add(1, Relaxed);
         // An `async` block, not an `async fn`: the function's arguments would each have
         // a second slot in the future (360 bytes of its 4.4 KiB, moved with it per request).
         async move {
-            let started = Instant::now();
-            let conn_guard = self.conn.begin_request();
-            self.state.stats.requests.fetch_add(1, Relaxed);
             let snapshot = self.state.snapshot.load_full();
             let tracer = snapshot.tracer.as_ref();
             // A tracer and the access log need the trace context from the start; otherwise
