@@ -113,8 +113,8 @@ impl TraceContext {
 /// The `traceparent` one client request sends upstream.
 #[derive(Debug)]
 pub enum Traceparent {
-    /// Made with the request, whose trace context a tracer or the access log needs
-    /// anyway (`None` when the value could not be made).
+    /// Made with the request: a tracer or the access log needs its trace context
+    /// anyway, or without a cache it goes upstream (`None` when it could not be made).
     Made(Option<HeaderValue>),
     /// Made when the request first goes upstream, continuing the trace its head names
     /// then. A cache hit that no tracer records and no access log names sends nothing
