@@ -8,8 +8,9 @@
 //! every moved value keeping its slot, and was as large as the largest way to serve
 //! (TLS, the compression layer): 2 048 bytes. Here the opening is a boxed future freed
 //! once the connection is open, and the task holds one [`Serving`]: a plain-TCP
-//! connection without compression (the common one) inline, any other boxed (896 bytes
-//! with [`ProxyService`]'s listener settings shared).
+//! connection without compression (the common one) inline, any other boxed (768 bytes
+//! with [`ProxyService`]'s listener settings shared and hyper's connection state trimmed,
+//! see `vendor/hyper/WEIR-PATCH.md`).
 
 use std::convert::Infallible;
 use std::future::Future;

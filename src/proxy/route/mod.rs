@@ -364,9 +364,6 @@ fn strip_port(host: &str) -> &str {
         .unwrap_or(name)
 }
 
-/// A `Host` value cut into its name (an IPv6 literal keeps its brackets) and the digits
-/// of its port, if it names one: `[::1]:8080` → (`[::1]`, `8080`). The one reading of a
-/// host's port that routing, redirects and mirrors share.
 /// `text` around its last `:` (`str::rsplit_once(':')`, found with `memrchr`: the
 /// generic char search cost each request 300 instructions for the Host's two splits).
 pub(crate) fn rsplit_at_colon(text: &str) -> Option<(&str, &str)> {
@@ -375,6 +372,9 @@ pub(crate) fn rsplit_at_colon(text: &str) -> Option<(&str, &str)> {
     Some((text.get(..at)?, text.get(at + 1..)?))
 }
 
+/// A `Host` value cut into its name (an IPv6 literal keeps its brackets) and the digits
+/// of its port, if it names one: `[::1]:8080` → (`[::1]`, `8080`). The one reading of a
+/// host's port that routing, redirects and mirrors share.
 fn split_port(host: &str) -> (&str, Option<&str>) {
     let cut = if host.starts_with('[') {
         host.rsplit_once("]:")
