@@ -294,11 +294,7 @@ pub fn request_ids(
         .get(name)
         .filter(|existing| is_acceptable_request_id(existing));
     match (kept, traceparent) {
-        (Some(existing), TraceparentPlan::Now(trace)) => {
-            let mut value = [0u8; TRACEPARENT_LEN];
-            trace.write_traceparent(&mut value);
-            (existing.clone(), shared_value(&value))
-        }
+        (Some(existing), TraceparentPlan::Now(trace)) => (existing.clone(), trace.header_value()),
         (Some(existing), _) => (existing.clone(), None),
         (None, TraceparentPlan::None) => (new_request_id(0), None),
         (None, TraceparentPlan::Later) => (new_request_id(TRACEPARENT_LEN), None),

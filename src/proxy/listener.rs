@@ -75,11 +75,12 @@ pub async fn serve(
     } else {
         "http"
     };
-    let shared = Arc::new(
-        ListenerShared::new(proto, settings.body_pace)
-            .with_trusted_proxies(Arc::clone(&settings.trusted_proxies))
-            .with_tunnels(tracker.clone(), shutdown.abort.clone()),
-    );
+    let shared = Arc::new(ListenerShared {
+        proto,
+        trusted_proxies: Arc::clone(&settings.trusted_proxies),
+        body_pace: settings.body_pace,
+        tunnels: Some((tracker.clone(), shutdown.abort.clone())),
+    });
     let mut sweeper = Sweeper::new(settings.client_idle_timeout);
     // This loop's own connections (also on `tracker`), so that it knows when they are
     // all gone after a drain.

@@ -55,40 +55,16 @@ pub struct ProxyService {
     listener: Arc<ListenerShared>,
 }
 
-/// What a listener's connections have in common.
+/// What a listener's connections have in common, built once by its accept loop.
 #[derive(Debug)]
 pub struct ListenerShared {
     /// `http` or `https`: what the client spoke to weir.
-    proto: &'static str,
-    /// Proxies whose `X-Forwarded-For` names the client (the listener's setting).
-    trusted_proxies: Arc<[IpBlock]>,
-    body_pace: BodyPace,
+    pub(super) proto: &'static str,
+    /// Proxies whose `X-Forwarded-For` names the client (see [`client_address::resolve`]).
+    pub(super) trusted_proxies: Arc<[IpBlock]>,
+    pub(super) body_pace: BodyPace,
     /// Where upgraded connections (WebSocket) run, and what cuts them at shutdown.
-    tunnels: Option<(TaskTracker, CancellationToken)>,
-}
-
-impl ListenerShared {
-    pub fn new(proto: &'static str, body_pace: BodyPace) -> Self {
-        Self {
-            proto,
-            trusted_proxies: Arc::from([]),
-            body_pace,
-            tunnels: None,
-        }
-    }
-
-    /// Believes `X-Forwarded-For` from these proxies (see [`client_address::resolve`]).
-    pub fn with_trusted_proxies(mut self, trusted: Arc<[IpBlock]>) -> Self {
-        self.trusted_proxies = trusted;
-        self
-    }
-
-    /// Enables protocol upgrades (WebSocket): tunnels run on `tracker` and are cut when
-    /// `abort` fires.
-    pub fn with_tunnels(mut self, tracker: TaskTracker, abort: CancellationToken) -> Self {
-        self.tunnels = Some((tracker, abort));
-        self
-    }
+    pub(super) tunnels: Option<(TaskTracker, CancellationToken)>,
 }
 
 impl ProxyService {
@@ -172,13 +148,11 @@ impl ProxyService {
             };
             let (request_id, made) =
                 headers::request_ids(req.headers(), &snapshot.headers.request_id, plan);
-            let traceparent = snapshot.headers.traceparent.then(|| {
-                if deferred {
-                    Traceparent::deferred()
-                } else {
-                    Traceparent::Made(made)
-                }
-            });
+            let traceparent = match plan {
+                headers::TraceparentPlan::Later => Some(Traceparent::deferred()),
+                headers::TraceparentPlan::Now(_) => Some(Traceparent::Made(made)),
+                headers::TraceparentPlan::None => None,
+            };
             let method = req.method().clone();
             let path = snapshot.access_log.then(|| req.uri().path().to_owned());
             let recording = Recording::new(tracer, trace.as_ref());

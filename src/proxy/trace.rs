@@ -91,12 +91,12 @@ impl TraceContext {
         std::str::from_utf8(&self.flags).unwrap_or("-")
     }
 
-    /// The `traceparent` value sent upstream.
+    /// The `traceparent` value sent upstream, cut from the thread's id block (shared from
+    /// the start: a retry's copy of the head clones it without allocating).
     pub fn header_value(&self) -> Option<HeaderValue> {
         let mut out = [0u8; TRACEPARENT_LEN];
         self.write_traceparent(&mut out);
-        // Shared from the start: a retry's copy of the head clones it without allocating.
-        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out)).ok()
+        super::headers::shared_value(&out)
     }
 
     /// Writes the `traceparent` value into `out`.
@@ -138,10 +138,7 @@ impl Traceparent {
                 .get_or_init(|| {
                     // Deferred only when no tracer records the request: a trace weir
                     // starts for it is not sampled.
-                    let trace = TraceContext::from_headers(client_head, || false);
-                    let mut value = [0u8; TRACEPARENT_LEN];
-                    trace.write_traceparent(&mut value);
-                    super::headers::shared_value(&value)
+                    TraceContext::from_headers(client_head, || false).header_value()
                 })
                 .as_ref(),
         }
