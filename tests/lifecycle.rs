@@ -171,7 +171,7 @@ endpoints = [{{ address = "{}" }}]
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut stream = TcpStream::connect(proxy).await.unwrap();
-        get_ok(&mut stream).await;
+        raw_get_ok(&mut stream, "/").await;
         held.push(stream);
     }
     let started = Instant::now();
@@ -202,17 +202,6 @@ endpoints = [{{ address = "{}" }}]
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     weir.shutdown().await;
-}
-
-/// Sends `GET /` on a keep-alive connection and expects a 200.
-async fn get_ok(stream: &mut TcpStream) {
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 }
 
 /// Reads until the server closes; returns how long that took.
@@ -254,7 +243,7 @@ async fn idle_keep_alive_connections_are_closed() {
     let mut stream = TcpStream::connect(weir.listener_addr("http").unwrap())
         .await
         .unwrap();
-    get_ok(&mut stream).await;
+    raw_get_ok(&mut stream, "/").await;
     let waited = time_until_closed(&mut stream, Duration::from_secs(5)).await;
     assert!(waited >= Duration::from_millis(250), "{waited:?}");
     weir.shutdown().await;
@@ -311,7 +300,7 @@ async fn connections_count_as_active_until_they_end_however_they_end() {
     assert_eq!(active(), 0);
 
     let mut served = TcpStream::connect(proxy).await.unwrap();
-    get_ok(&mut served).await;
+    raw_get_ok(&mut served, "/").await;
     let mut silent = TcpStream::connect(proxy).await.unwrap();
     eventually(
         "the served and the silent connection to be active",
@@ -332,7 +321,7 @@ async fn connections_count_as_active_until_they_end_however_they_end() {
     )
     .await;
     // The served connection is still usable, then ends with its client.
-    get_ok(&mut served).await;
+    raw_get_ok(&mut served, "/").await;
     drop(served);
     eventually("the served connection to end with its client", async || {
         active() == 0

@@ -301,3 +301,17 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Sends `GET path` on a raw keep-alive connection and expects a 200 at the start of what
+/// the first read returns (the head; a large body is left mostly unread).
+pub async fn raw_get_ok(stream: &mut TcpStream, path: &str) {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut first = [0u8; 4096];
+    let n = stream.read(&mut first).await.unwrap();
+    assert!(
+        first[..n].starts_with(b"HTTP/1.1 200 OK"),
+        "GET {path}: {}",
+        String::from_utf8_lossy(&first[..n])
+    );
+}
