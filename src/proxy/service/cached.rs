@@ -420,7 +420,7 @@ impl ProxyService {
             }
             cache.stats.bypass.fetch_add(1, Relaxed);
             return self
-                .forward_upstream(exchange, parts, Some(body), Some(conn_guard))
+                .forward_upstream(exchange, &mut parts, Some(body), Some(conn_guard))
                 .await;
         }
 
@@ -473,7 +473,7 @@ impl ProxyService {
             cache.stats.misses.fetch_add(1, Relaxed);
             exchange.route.stats.record_cache(CacheLookup::Other);
             let (response, served) = self
-                .forward_upstream(exchange, parts, Some(body), Some(conn_guard))
+                .forward_upstream(exchange, &mut parts, Some(body), Some(conn_guard))
                 .await?;
             let status = CacheStatus::new(ctx.tier_name(), Outcome::Miss);
             return Ok((with_status(response, status), served));
@@ -540,7 +540,7 @@ impl ProxyService {
         // A second hold on the connection, should the 304 not be about the stored entry.
         let refetch_guard = conn_guard.duplicate();
         let result = self
-            .forward_upstream(&ctx.exchange, parts, Some(body), Some(conn_guard))
+            .forward_upstream(&ctx.exchange, &mut parts, Some(body), Some(conn_guard))
             .await;
         let now = SystemTime::now();
         let stale = |status: Option<u16>, detail: Option<&'static str>| {
@@ -648,7 +648,7 @@ impl ProxyService {
         parts.headers.remove(header::IF_NONE_MATCH);
         parts.headers.remove(header::IF_MODIFIED_SINCE);
         let (response, served) = self
-            .forward_upstream(&ctx.exchange, parts, fetch.body, fetch.conn_guard)
+            .forward_upstream(&ctx.exchange, &mut parts, fetch.body, fetch.conn_guard)
             .await?;
         Ok((
             self.take_fetched(ctx, response, fetch.release, status)
@@ -714,7 +714,7 @@ impl ProxyService {
         exchange: &Exchange<'_>,
         cache: &Arc<Cache>,
         policy: &Arc<RouteCache>,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: Incoming,
         conn_guard: ConnRequestGuard,
     ) -> Result<(Response<ResponseBody>, Served), Failure> {
@@ -724,7 +724,7 @@ impl ProxyService {
         let request_query = parts.uri.query().map(str::to_owned);
         cache.stats.bypass.fetch_add(1, Relaxed);
         let (response, served) = self
-            .forward_upstream(exchange, parts, Some(body), Some(conn_guard))
+            .forward_upstream(exchange, &mut parts, Some(body), Some(conn_guard))
             .await?;
         let status = response.status();
         if invalidates && (status.is_success() || status.is_redirection()) {
@@ -850,10 +850,10 @@ impl BackgroundRefresh {
             .compression
             .then(|| compress::negotiate(&self.client_headers));
         for _ in 0..2 {
-            let parts = request_head(Method::GET, &self.original, Version::HTTP_11, headers);
+            let mut parts = request_head(Method::GET, &self.original, Version::HTTP_11, headers);
             let Ok((response, _)) = self
                 .service
-                .forward_upstream(&exchange, parts, None, None)
+                .forward_upstream(&exchange, &mut parts, None, None)
                 .await
             else {
                 return;

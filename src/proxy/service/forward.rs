@@ -81,11 +81,13 @@ struct Weighing<'a> {
 impl ProxyService {
     /// Sends the request to the route's pool (retrying as the pool allows) and returns the
     /// response with its body streaming. Without `body`, the request has none (cache
-    /// refreshes); without `conn_guard`, no client connection waits on it.
+    /// refreshes); without `conn_guard`, no client connection waits on it. `parts` is
+    /// rewritten into the upstream request's head, and its header map is taken once no
+    /// attempt follows.
     pub(super) async fn forward_upstream(
         &self,
         exchange: &Exchange<'_>,
-        mut parts: http::request::Parts,
+        parts: &mut http::request::Parts,
         body: Option<Incoming>,
         conn_guard: Option<ConnRequestGuard>,
     ) -> Result<(Response<ResponseBody>, Served), Failure> {
@@ -93,13 +95,11 @@ impl ProxyService {
         let pool_slot = pool
             .acquire_slot()
             .map_err(|_| Failure::at(route, ProxyError::AtCapacity(pool.name.clone()), None))?;
-        let outgoing = self.outgoing(exchange, &mut parts);
-        let mut body = self.request_body(exchange, &parts, body, &outgoing).await?;
-        let answered = self
-            .attempts(exchange, &mut parts, &mut body, &outgoing)
-            .await?;
+        let outgoing = self.outgoing(exchange, parts);
+        let mut body = self.request_body(exchange, parts, body, &outgoing).await?;
+        let answered = self.attempts(exchange, parts, &mut body, &outgoing).await?;
         // No attempt follows: the map kept for one becomes the next response head's.
-        crate::header_maps::recycle(parts.headers);
+        crate::header_maps::recycle(std::mem::take(&mut parts.headers));
         Ok(self.finish(exchange, outgoing, answered, pool_slot, conn_guard))
     }
 
