@@ -47,7 +47,7 @@ struct Private {
     ends: (SocketAddr, SocketAddr),
     /// Clients of pools with `proxy_protocol`: their connections name this connection's
     /// client, so they are this connection's own, and close with it.
-    clients: Vec<(Weak<Pool>, UpstreamClient)>,
+    clients: Vec<(Weak<Pool>, Arc<UpstreamClient>)>,
 }
 
 impl Default for ConnActivity {
@@ -92,11 +92,13 @@ impl ConnActivity {
 
     /// This connection's client for `pool` (built on first use by `build`). Only pools
     /// that send a PROXY header come here; the lock is held for a lookup, never an await.
+    /// Shared, not cloned: a request holds it across its attempts, and the client itself
+    /// is several hundred bytes of every request's future.
     pub fn private_client(
         &self,
         pool: &Arc<Pool>,
         build: impl FnOnce() -> Option<UpstreamClient>,
-    ) -> Option<UpstreamClient> {
+    ) -> Option<Arc<UpstreamClient>> {
         let mut private = self.private();
         let clients = &mut private.clients;
         // Pools replaced by a reload are gone: so are their clients.
@@ -105,10 +107,10 @@ impl ConnActivity {
             .iter()
             .find(|(owner, _)| std::ptr::eq(owner.as_ptr(), Arc::as_ptr(pool)))
         {
-            return Some(client.clone());
+            return Some(Arc::clone(client));
         }
-        let client = build()?;
-        clients.push((Arc::downgrade(pool), client.clone()));
+        let client = Arc::new(build()?);
+        clients.push((Arc::downgrade(pool), Arc::clone(&client)));
         Some(client)
     }
 

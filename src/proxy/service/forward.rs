@@ -319,7 +319,13 @@ impl ProxyService {
             let replayable = may_retry && body.is_replayable();
             // The header map comes back when another attempt may need it (weir's own
             // client hands it back as it is; the others copy it).
-            let launched = attempt::launch(
+            // Taken apart at once: a `Launched` kept whole (and then its parts again)
+            // would stay in the request's future beside them.
+            let attempt::Launched {
+                mut attempt,
+                pending,
+                headers,
+            } = attempt::launch(
                 &plan,
                 Launch {
                     endpoint,
@@ -333,10 +339,9 @@ impl ProxyService {
                 },
             )
             .map_err(|(error, endpoint)| Failure::at(route, error, Some(&endpoint.address)))?;
-            if let Some(headers) = launched.headers {
+            if let Some(headers) = headers {
                 parts.headers = headers;
             }
-            let first = (launched.attempt, launched.pending);
             // A hedge needs a body that can be sent again, a method that may be sent
             // twice, and no upgrade (a tunnel has one upstream).
             let hedge_delay = pool
@@ -344,10 +349,10 @@ impl ProxyService {
                 .as_ref()
                 .filter(|h| replayable && outgoing.upgrade.is_none() && h.allows(&parts.method))
                 .and_then(|h| h.delay(pool.now_ms()))
-                .filter(|delay| *delay < first.0.wait);
+                .filter(|delay| *delay < attempt.wait);
             let raced = match hedge_delay {
                 Some(delay) => {
-                    let first_endpoint = Arc::clone(&first.0.endpoint);
+                    let first_endpoint = Arc::clone(&attempt.endpoint);
                     let start_hedge = || {
                         let mut exclude = tried.clone();
                         exclude.push(first_endpoint);
@@ -379,17 +384,17 @@ impl ProxyService {
                     };
                     // Boxed: the race holds two attempts and three timers, and only hedging
                     // pools need it; the request future of every other pool stays small.
+                    let first = (attempt, pending);
                     Box::pin(attempt::race(&plan, first, delay, start_hedge, |sent| {
                         attempt::is_final_answer(&plan, is_grpc, sent)
                     }))
                     .await
                 }
                 None => {
-                    let (mut only, pending) = first;
-                    let sent = pending.head(pool, Arc::clone(&only.endpoint)).await;
-                    only.finish(&plan, &sent);
+                    let sent = pending.head(pool, Arc::clone(&attempt.endpoint)).await;
+                    attempt.finish(&plan, &sent);
                     RaceEnd {
-                        attempt: only,
+                        attempt,
                         sent,
                         failed_first: None,
                         hedged: false,
@@ -406,14 +411,17 @@ impl ProxyService {
                 retries,
                 call_deadline: outgoing.call_deadline,
             };
-            match classify(weighing, &mut tried, raced)? {
+            // The wait is decided in the match and slept after it: awaited inside, the
+            // match's temporaries (two 248-byte `Next`s) lived in the request's future.
+            let backoff = match classify(weighing, &mut tried, raced)? {
                 Next::Answer(answered) => return Ok(answered),
-                Next::RetryNow => retries += 1,
-                Next::Retry => {
-                    tokio::time::sleep(retry::backoff(&pool.retry, retries)).await;
-                    retries += 1;
-                }
+                Next::RetryNow => None,
+                Next::Retry => Some(retry::backoff(&pool.retry, retries)),
+            };
+            if let Some(backoff) = backoff {
+                tokio::time::sleep(backoff).await;
             }
+            retries += 1;
         }
     }
 
