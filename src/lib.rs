@@ -74,9 +74,12 @@
 //!                    fills, and the OTLP exporter task (HTTP/protobuf or gRPC)
 //! registry.rs        registered instances in an atomically written state file
 //! stable_hash.rs     XXH3 with a fixed seed: ring points, sticky ids and sticky split points
-//! header_maps.rs     spare header maps per thread: a finished request's map becomes the
-//!                    next response head's (upstream parsing, cache hits)
 //!                    every build agrees on
+//! header_maps.rs     spare header maps per thread: a finished request's map becomes the
+//!                    next response head's (upstream parsing, cache hits); common field
+//!                    names read without lowercasing
+//! clock.rs           one clock reading per poll of a connection's task, shared by the
+//!                    request, its attempts, pools and idle upstream connections
 //! admin/             admin port: probes and the token-protected API (control.rs: scaling,
 //!                    reports, instance load; alerts.rs: alerts, silences, SLOs;
 //!                    simulate.rs: what weir would do with a request; views.rs: the JSON
@@ -98,6 +101,7 @@ pub mod app;
 pub mod balancer;
 pub mod cache;
 pub mod chart;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -106,6 +106,21 @@ const RULES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "clock.rs",
+        &[
+            "admin",
+            "app",
+            "control",
+            "proxy",
+            "upstream",
+            "cache",
+            "config",
+            "balancer",
+            "metrics",
+            "supervisor",
+        ],
+    ),
+    (
         "chart.rs",
         &[
             "admin", "app", "control", "proxy", "upstream", "cache", "config",

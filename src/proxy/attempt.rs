@@ -72,16 +72,15 @@ impl Pending {
             rescue_after,
         } = self;
         let check_every = rescue_after.map(|after| (after / 4).max(Duration::from_millis(10)));
-        let first_check = rescue_after.map_or(ends, |after| {
-            (tokio::time::Instant::now() + after).min(ends)
-        });
+        let first_check =
+            rescue_after.map_or(ends, |after| (crate::clock::now() + after).min(ends));
         let mut timer = pin!(tokio::time::sleep_until(first_check));
         loop {
             tokio::select! {
                 biased;
                 result = &mut response => return Ok(result),
                 () = &mut timer => {
-                    let now = tokio::time::Instant::now();
+                    let now = crate::clock::now();
                     if now >= ends {
                         return Err(Cut::TimedOut);
                     }
@@ -230,12 +229,12 @@ pub(super) fn launch(
         request.headers_mut().insert(TRACEPARENT, value);
     }
     let guard = endpoint.begin_request();
-    let started = Instant::now();
+    let started = crate::clock::now_std();
     let stall_after = pool.stall_after();
     let dispatched = (plan.send)(&endpoint, request, keep_headers);
     let pending = Pending {
         response: dispatched.response,
-        ends: tokio::time::Instant::now() + wait,
+        ends: crate::clock::now() + wait,
         rescue_after: (may_follow && !stall_after.is_zero() && stall_after < wait)
             .then_some(stall_after),
     };
@@ -261,7 +260,7 @@ impl Attempt {
     /// The attempt's wait is over: it stops counting as waiting, its span is recorded, and
     /// a head teaches the pool's hedge delay.
     pub(super) fn finish(&mut self, plan: &AttemptPlan<'_>, sent: &Sent) {
-        let elapsed = self.started.elapsed();
+        let elapsed = crate::clock::now_std().saturating_duration_since(self.started);
         self.elapsed = elapsed;
         let owed = match sent {
             Err(Cut::EndpointEjected) => true,

@@ -4,7 +4,6 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -119,7 +118,7 @@ impl ProxyService {
         req: Request<Incoming>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> + Send {
         // Timed and counted from the call, which hyper makes once the head is parsed.
-        let started = Instant::now();
+        let started = crate::clock::now_std();
         let conn_guard = self.conn.begin_request();
         self.state.stats.requests.fetch_add(1, Relaxed);
         // Taken apart here, and lent to `forward` and the rest: passed by value down the
@@ -184,15 +183,19 @@ impl ProxyService {
                 .await;
             let (mut response, outcome) = match result {
                 Ok((response, served)) => {
-                    served
-                        .route_stats
-                        .record(response.status(), started.elapsed());
+                    served.route_stats.record(
+                        response.status(),
+                        crate::clock::now_std().saturating_duration_since(started),
+                    );
                     (response, Ok(served))
                 }
                 Err(failure) => {
                     let status = failure.error.status();
                     if let Some(route_stats) = &failure.route_stats {
-                        route_stats.record(status, started.elapsed());
+                        route_stats.record(
+                            status,
+                            crate::clock::now_std().saturating_duration_since(started),
+                        );
                     }
                     if status.is_server_error() {
                         tracing::warn!(

@@ -78,6 +78,9 @@ impl Future for ConnectionTask {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Whatever this poll does (a request's start, its attempts, its answer) asks the
+        // clock once.
+        let _clock = crate::clock::poll_scope();
         let this = self.get_mut();
         loop {
             match &mut this.phase {

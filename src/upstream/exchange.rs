@@ -506,7 +506,7 @@ pub(super) fn park<C: IdleConnection>(
     mut connection: C,
 ) {
     let tag = connection.tag_mut();
-    tag.expires = Instant::now() + tag.client.idle_timeout;
+    tag.expires = crate::clock::now_std() + tag.client.idle_timeout;
     // During the thread's teardown there is no list: the connection just closes.
     let _ = lists.try_with(|idle| idle.borrow_mut().put(connection));
 }
@@ -532,7 +532,7 @@ impl<C: IdleConnection> IdleLists<C> {
     /// The most recently used idle connection for `key` that can take a request; older
     /// ones past their pool's `idle_timeout` are closed on the way.
     pub(super) fn take(&mut self, key: ListKey) -> Option<C> {
-        let now = Instant::now();
+        let now = crate::clock::now_std();
         self.sweep_if_due(now);
         let list = self.lists.get_mut(&key)?;
         while let Some(mut connection) = list.pop() {

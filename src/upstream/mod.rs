@@ -1,7 +1,7 @@
 //! Upstream side: endpoints with their live state (health, breaker, latency), pools that
 //! group them, the active health checker DNS service discovery, and when to hedge.
 //!
-//! May import: `config`, `tls` (upstream client settings), `stable_hash`, `header_maps`,
+//! May import: `config`, `tls` (upstream client settings), `stable_hash`, `header_maps`, `clock`,
 //! and `balancer` (a pool owns its strategy); never `proxy`, `cache`, `admin`, `app` or `control`.
 
 pub mod breaker;

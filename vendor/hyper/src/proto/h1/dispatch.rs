@@ -163,8 +163,8 @@ where
         cx: &mut Context<'_>,
         should_shutdown: bool,
     ) -> Poll<crate::Result<Dispatched>> {
-        T::update_date();
-
+        // weir: the cached date is checked when a head that needs it is written (see
+        // `role::Server::encode`), not at every poll: each check reads the clock.
         ready!(self.poll_loop(cx))?;
 
         if self.is_done() {
