@@ -163,6 +163,7 @@ pub fn parse_response_head(
         let mut headers = crate::header_maps::take(parsed.headers.len());
         let mut keep_alive = version == Version::HTTP_11;
         let mut saw_close = false;
+        let mut fields = FramingFields::default();
         for field in parsed.headers.iter() {
             let name = crate::header_maps::field_name(field.name.as_bytes())
                 .map_err(|_| ProtocolError::Header)?;
@@ -183,10 +184,21 @@ pub fn parse_response_head(
                     // removing it again, ~1 000 instructions of a proxied request).
                     continue;
                 }
+            } else if name == CONTENT_LENGTH {
+                fields.length = fields.length.and(&value);
+            } else if name == TRANSFER_ENCODING {
+                fields.transfer_encoding = true;
             }
             headers.append(name, value);
         }
-        let framing = framing(status, method, version, &mut headers, &mut keep_alive)?;
+        let framing = framing(
+            status,
+            method,
+            version,
+            fields,
+            &mut headers,
+            &mut keep_alive,
+        )?;
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -228,11 +240,57 @@ fn parse_fields(bytes: &[u8]) -> Result<(), ProtocolError> {
         .map_err(ProtocolError::Head)
 }
 
-/// RFC 9112 §6.3 for a response to `method`.
+/// The fields that frame a body, as the head's lines were read: the common head (one
+/// `Content-Length`, no `Transfer-Encoding`) needs no lookup in its map afterwards.
+#[derive(Debug, Default, Clone, Copy)]
+struct FramingFields {
+    transfer_encoding: bool,
+    length: DeclaredLength,
+}
+
+/// What a head's `Content-Length` lines (lists included) say together.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum DeclaredLength {
+    #[default]
+    Absent,
+    /// Every value is this length.
+    Agreed(u64),
+    /// A value is no length, or two disagree.
+    Invalid,
+}
+
+impl DeclaredLength {
+    /// This and the lengths one more `Content-Length` line lists.
+    fn and(self, value: &HeaderValue) -> Self {
+        let mut length = match self {
+            Self::Absent => None,
+            Self::Agreed(length) => Some(length),
+            Self::Invalid => return Self::Invalid,
+        };
+        for item in value.as_bytes().split(|b| *b == b',') {
+            let item = item.trim_ascii();
+            // At most 19 digits: no overflow below.
+            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+                return Self::Invalid;
+            }
+            let parsed = item
+                .iter()
+                .fold(0u64, |sum, digit| sum * 10 + u64::from(digit - b'0'));
+            match length {
+                Some(seen) if seen != parsed => return Self::Invalid,
+                _ => length = Some(parsed),
+            }
+        }
+        length.map_or(Self::Invalid, Self::Agreed)
+    }
+}
+
+/// RFC 9112 §6.3 for a response to `method`, whose head had `fields`.
 fn framing(
     status: StatusCode,
     method: &Method,
     version: Version,
+    fields: FramingFields,
     headers: &mut HeaderMap,
     keep_alive: &mut bool,
 ) -> Result<Framing, ProtocolError> {
@@ -244,7 +302,7 @@ fn framing(
     if method == Method::HEAD {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if fields.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(ProtocolError::TransferEncodingInHttp10);
         }
@@ -260,12 +318,11 @@ fn framing(
             Framing::UntilClose
         });
     }
-    if headers.contains_key(CONTENT_LENGTH) {
-        return match content_length(headers) {
-            Some(0) => Ok(Framing::Empty),
-            Some(length) => Ok(Framing::Length(length)),
-            None => Err(ProtocolError::ContentLength),
-        };
+    match fields.length {
+        DeclaredLength::Agreed(0) => return Ok(Framing::Empty),
+        DeclaredLength::Agreed(length) => return Ok(Framing::Length(length)),
+        DeclaredLength::Invalid => return Err(ProtocolError::ContentLength),
+        DeclaredLength::Absent => {}
     }
     *keep_alive = false;
     Ok(Framing::UntilClose)
@@ -279,25 +336,6 @@ fn is_chunked_last(headers: &HeaderMap) -> bool {
         .next_back()
         .and_then(|value| value.as_bytes().rsplit(|b| *b == b',').next())
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-/// The one length all `Content-Length` values (lists included) agree on.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|b| *b == b',') {
-            let item = item.trim_ascii();
-            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            let parsed: u64 = std::str::from_utf8(item).ok()?.parse().ok()?;
-            match length {
-                Some(seen) if seen != parsed => return None,
-                _ => length = Some(parsed),
-            }
-        }
-    }
-    length
 }
 
 /// What one `Connection` line says: its `close` and `keep-alive` tokens (any case), and
@@ -671,6 +709,14 @@ mod tests {
             (Length(7), true)
         );
         assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nContent-Length: 9999999999999999999\r\n\r\n"),
+            (Length(9_999_999_999_999_999_999), true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ncontent-length: 007\r\n\r\n"),
+            (Length(7), true)
+        );
+        assert_eq!(
             ok("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
             (Chunked, true)
         );
@@ -776,6 +822,9 @@ mod tests {
     fn malformed_heads_fail() {
         for bad in [
             "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5,\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nContent-Length: x\r\ncontent-length: 5\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: 5x\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
