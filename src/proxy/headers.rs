@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use http::Version;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{ForwardedForMode, HeadersConfig};
 
@@ -187,10 +187,16 @@ impl HeaderPolicy {
     ) {
         self.add_x_forwarded_for(headers, hop);
         if self.x_forwarded_proto {
-            let keep = self.x_forwarded_for == ForwardedForMode::Append
-                && headers.contains_key(X_FORWARDED_PROTO);
-            if !keep {
-                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+            // One lookup for both the question and the answer (each is a hash and a probe).
+            match headers.entry(X_FORWARDED_PROTO) {
+                // Appending to a chain, the first proxy's scheme stays.
+                Entry::Occupied(_) if self.x_forwarded_for == ForwardedForMode::Append => {}
+                Entry::Occupied(mut present) => {
+                    present.insert(HeaderValue::from_static(proto));
+                }
+                Entry::Vacant(absent) => {
+                    absent.insert(HeaderValue::from_static(proto));
+                }
             }
         }
         if self.forwarded {
@@ -200,38 +206,47 @@ impl HeaderPolicy {
 
     fn add_x_forwarded_for(&self, headers: &mut HeaderMap, hop: Hop<'_>) {
         use std::fmt::Write as _;
-        let prior = match self.x_forwarded_for {
-            ForwardedForMode::Off => return,
-            ForwardedForMode::Replace => None,
-            ForwardedForMode::Append => headers.get(X_FORWARDED_FOR).map(|_| {
-                headers
-                    .get_all(X_FORWARDED_FOR)
+        let mode = self.x_forwarded_for;
+        if mode == ForwardedForMode::Off {
+            return;
+        }
+        // One lookup finds the prior hops and puts the new value (each is a hash and a
+        // probe).
+        match headers.entry(X_FORWARDED_FOR) {
+            Entry::Occupied(mut prior) if mode == ForwardedForMode::Append => {
+                // One string, written in place: prior hops, then the client.
+                let mut value = String::with_capacity(48);
+                for prior_hop in prior
                     .iter()
                     .filter_map(|v| v.to_str().ok())
                     .map(str::trim)
                     .filter(|v| !v.is_empty())
-            }),
-        };
-        let Some(prior) = prior else {
-            // No prior hops (most requests): the ready-made value. Replacing, the whole
-            // chain becomes the client; appending, the connection is the new hop.
-            let address = match self.x_forwarded_for {
-                ForwardedForMode::Replace => hop.client,
-                _ => hop.connection,
-            };
-            headers.insert(X_FORWARDED_FOR, address.header.clone());
-            return;
-        };
-        let client = hop.connection;
-        // One string, written in place: prior hops, then the client.
-        let mut value = String::with_capacity(48);
-        for hop in prior {
-            value.push_str(hop);
-            value.push_str(", ");
-        }
-        let _ = write!(value, "{}", client.ip);
-        if let Ok(value) = HeaderValue::try_from(value) {
-            headers.insert(X_FORWARDED_FOR, value);
+                {
+                    value.push_str(prior_hop);
+                    value.push_str(", ");
+                }
+                let _ = write!(value, "{}", hop.connection.ip);
+                if let Ok(value) = HeaderValue::try_from(value) {
+                    prior.insert(value);
+                }
+            }
+            entry => {
+                // No prior hops (most requests), or replacing them: the ready-made value.
+                // Replacing, the whole chain becomes the client; appending, the
+                // connection is the new hop.
+                let address = match mode {
+                    ForwardedForMode::Replace => hop.client,
+                    _ => hop.connection,
+                };
+                match entry {
+                    Entry::Occupied(mut present) => {
+                        present.insert(address.header.clone());
+                    }
+                    Entry::Vacant(absent) => {
+                        absent.insert(address.header.clone());
+                    }
+                }
+            }
         }
     }
 
