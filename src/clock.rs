@@ -8,8 +8,10 @@
 //! Within one poll, all of that work happens in a few microseconds: the reading taken
 //! when the time is first asked is as good as another. Outside a connection's poll
 //! (health checks, the control loop, HTTP/2 streams' own tasks, tests) [`now`] reads
-//! the clock each time. Only instants that mark where a request is are taken from here;
-//! a duration measured inside one poll would be zero, so nothing here times work.
+//! the clock each time. Only instants that mark where a request is are taken from here
+//! (its start, an attempt's launch and answer, deadlines): a duration between two polls'
+//! readings is right to within microseconds, but one measured inside a poll would be
+//! zero, so work is never timed with it (a request's own latency ends on the clock).
 //!
 //! The reading is tokio's clock, so paused time in tests holds for it too (and it never
 //! advances within one poll: tokio moves paused time only between polls).
