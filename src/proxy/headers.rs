@@ -68,6 +68,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Makes `value` the field's only value, whether the field was there or not (an
+/// [`Entry`] found once serves both the question and the answer).
+fn set_only(entry: Entry<'_, HeaderValue>, value: HeaderValue) {
+    match entry {
+        Entry::Occupied(mut present) => {
+            present.insert(value);
+        }
+        Entry::Vacant(absent) => {
+            absent.insert(value);
+        }
+    }
+}
+
 /// Whether a request's `TE` accepts trailers: the one `TE` value that goes on upstream
 /// (gRPC servers require it), whatever else the field lists.
 pub fn accepts_trailers(headers: &HeaderMap) -> bool {
@@ -191,12 +204,7 @@ impl HeaderPolicy {
             match headers.entry(X_FORWARDED_PROTO) {
                 // Appending to a chain, the first proxy's scheme stays.
                 Entry::Occupied(_) if self.x_forwarded_for == ForwardedForMode::Append => {}
-                Entry::Occupied(mut present) => {
-                    present.insert(HeaderValue::from_static(proto));
-                }
-                Entry::Vacant(absent) => {
-                    absent.insert(HeaderValue::from_static(proto));
-                }
+                entry => set_only(entry, HeaderValue::from_static(proto)),
             }
         }
         if self.forwarded {
@@ -238,14 +246,7 @@ impl HeaderPolicy {
                     ForwardedForMode::Replace => hop.client,
                     _ => hop.connection,
                 };
-                match entry {
-                    Entry::Occupied(mut present) => {
-                        present.insert(address.header.clone());
-                    }
-                    Entry::Vacant(absent) => {
-                        absent.insert(address.header.clone());
-                    }
-                }
+                set_only(entry, address.header.clone());
             }
         }
     }
