@@ -27,8 +27,9 @@ enum Reading {
     Outside,
     /// In a poll that has not asked the time yet.
     NotYet,
-    /// In a poll that has: this is its time.
-    At(Instant),
+    /// In a poll that has: this is its time, with the last [`millis_since`] answered
+    /// from it (the base asked for and the answer).
+    At(Instant, Option<(Instant, u64)>),
 }
 
 thread_local! {
@@ -61,10 +62,37 @@ pub fn now() -> Instant {
         Reading::Outside => Instant::now(),
         Reading::NotYet => {
             let now = Instant::now();
-            reading.set(Reading::At(now));
+            reading.set(Reading::At(now, None));
             now
         }
-        Reading::At(now) => now,
+        Reading::At(now, _) => now,
+    })
+}
+
+/// Whole milliseconds from `base` to [`now`] (0 if `base` is later). Within a poll the
+/// answer for the last base asked is kept: a pool and its endpoints share one base and
+/// ask about five times per proxied request, and each answer is a subtraction and a
+/// division of a `Duration`.
+pub fn millis_since(base: Instant) -> u64 {
+    let millis = |now: Instant| {
+        now.saturating_duration_since(base)
+            .as_millis()
+            .min(u128::from(u64::MAX)) as u64
+    };
+    READING.with(|reading| match reading.get() {
+        Reading::Outside => millis(Instant::now()),
+        Reading::At(_, Some((asked, answer))) if asked == base => answer,
+        Reading::NotYet => {
+            let now = Instant::now();
+            let answer = millis(now);
+            reading.set(Reading::At(now, Some((base, answer))));
+            answer
+        }
+        Reading::At(now, _) => {
+            let answer = millis(now);
+            reading.set(Reading::At(now, Some((base, answer))));
+            answer
+        }
     })
 }
 
@@ -115,6 +143,26 @@ mod tests {
         drop(outer_scope);
         pause();
         assert!(now() > outer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn millis_are_the_reading_s_for_each_base_asked() {
+        let early = Instant::now();
+        tokio::time::advance(Duration::from_millis(40)).await;
+        let late = Instant::now();
+        tokio::time::advance(Duration::from_millis(3)).await;
+        // Outside a scope, the clock's.
+        assert_eq!(millis_since(early), 43);
+        let _scope = poll_scope();
+        assert_eq!(millis_since(early), 43);
+        // Another base, then the first again: each answered from the one reading.
+        assert_eq!(millis_since(late), 3);
+        assert_eq!(millis_since(early), 43);
+        assert_eq!(
+            millis_since(now() + Duration::from_secs(1)),
+            0,
+            "a later base"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -55,6 +55,44 @@ pub fn take(fields: usize) -> HeaderMap {
     }
 }
 
+/// Heads of up to this many fields are scanned for a name before its hash is looked up
+/// (see [`first`]).
+const SCANNED_FIELDS: usize = 8;
+
+/// Whether `map` surely holds no `name` field: a small head's names, compared in order.
+/// A proxied request looks up about ten fields, most of them absent (`TE`, `Upgrade`,
+/// `traceparent`…); comparing a name with a few fields' costs ~5 instructions each,
+/// hashing it and probing the table ~90.
+fn surely_absent(map: &HeaderMap, name: &HeaderName) -> bool {
+    map.keys_len() <= SCANNED_FIELDS && !map.keys().any(|field| field == name)
+}
+
+/// The first `name` field's value in `map`, as [`HeaderMap::get`] finds it, answered
+/// without hashing when a small head has no such field.
+pub fn first<'a>(map: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    if surely_absent(map, name) {
+        return None;
+    }
+    map.get(name)
+}
+
+/// Every `name` field's value in `map`, in order, as [`HeaderMap::get_all`] gives them,
+/// answered without hashing when a small head has no such field.
+pub fn all<'a>(map: &'a HeaderMap, name: &HeaderName) -> Values<'a> {
+    Values((!surely_absent(map, name)).then(|| map.get_all(name).into_iter()))
+}
+
+/// The values [`all`] finds.
+pub struct Values<'a>(Option<header::ValueIter<'a, HeaderValue>>);
+
+impl<'a> Iterator for Values<'a> {
+    type Item = &'a HeaderValue;
+
+    fn next(&mut self) -> Option<&'a HeaderValue> {
+        self.0.as_mut()?.next()
+    }
+}
+
 /// `value` in decimal digits, written into `digits` (a `u64` has at most 20).
 pub fn decimal(value: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut at = digits.len();
@@ -185,6 +223,31 @@ pub fn memoized(last: &'static LocalKey<LastValue>, bytes: &[u8]) -> Option<Head
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn first_and_all_find_what_get_and_get_all_find() {
+        let names = [
+            header::HOST,
+            header::TE,
+            header::CONNECTION,
+            HeaderName::from_static("traceparent"),
+            HeaderName::from_static("x-request-id"),
+        ];
+        // Heads around the size searched in order, with repeated and absent fields.
+        for fields in 0..=2 * SCANNED_FIELDS {
+            let mut map = HeaderMap::new();
+            for i in 0..fields {
+                let name = names[i * 7 % names.len()].clone();
+                map.append(name, HeaderValue::from(i));
+            }
+            for name in names.iter().chain([&header::UPGRADE]) {
+                assert_eq!(first(&map, name), map.get(name), "{fields} fields, {name}");
+                let ours: Vec<_> = all(&map, name).collect();
+                let its: Vec<_> = map.get_all(name).iter().collect();
+                assert_eq!(ours, its, "{fields} fields, {name}");
+            }
+        }
+    }
 
     #[test]
     fn common_field_names_read_as_from_bytes_reads_them() {

@@ -19,7 +19,7 @@ pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// Whether the request is a gRPC call: `application/grpc`, alone or with a `+format` or
 /// parameters (gRPC-Web, `application/grpc-web`, is another protocol).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
+    let Some(content_type) = crate::header_maps::first(headers, &header::CONTENT_TYPE) else {
         return false;
     };
     let value = content_type.as_bytes();

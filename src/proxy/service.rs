@@ -731,7 +731,7 @@ fn upgrade_protocol(parts: &http::request::Parts) -> Option<HeaderValue> {
         return None;
     }
     // Most requests have no `Upgrade`: one lookup answers for them.
-    let protocol = parts.headers.get(header::UPGRADE)?;
+    let protocol = crate::header_maps::first(&parts.headers, &header::UPGRADE)?;
     let asks = parts
         .headers
         .get_all(header::CONNECTION)
@@ -800,7 +800,7 @@ fn set_path(uri: &mut Uri, path: &str) -> Result<(), ()> {
 }
 
 fn check_framing(headers: &http::HeaderMap) -> Result<(), ProxyError> {
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    let mut codings = crate::header_maps::all(headers, &header::TRANSFER_ENCODING).peekable();
     if codings.peek().is_none() {
         return Ok(());
     }
@@ -838,7 +838,7 @@ fn is_valid_host(host: &str) -> bool {
 }
 
 fn request_host(parts: &http::request::Parts) -> Result<&str, ProxyError> {
-    let mut host_headers = parts.headers.get_all(header::HOST).iter();
+    let mut host_headers = crate::header_maps::all(&parts.headers, &header::HOST);
     let host_header = host_headers.next();
     if host_headers.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header"));

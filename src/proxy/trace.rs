@@ -29,7 +29,8 @@ impl TraceContext {
     pub fn from_headers(headers: &HeaderMap, sample_new: impl FnOnce() -> bool) -> Self {
         let mut span_id = [0u8; 16];
         random_hex(&mut span_id);
-        let incoming = headers.get(TRACEPARENT).and_then(|v| parse(v.as_bytes()));
+        let incoming =
+            crate::header_maps::first(headers, &TRACEPARENT).and_then(|v| parse(v.as_bytes()));
         match incoming {
             Some((trace_id, parent_id, flags)) => Self {
                 trace_id,
@@ -173,10 +174,15 @@ fn parse(value: &[u8]) -> Option<([u8; 32], [u8; 16], [u8; 2])> {
 /// Fills `out` with random lowercase hex digits, never all zeros (an invalid id).
 /// Each random `u64` gives 16 digits (a draw per digit was 3 % of a cache hit).
 fn random_hex(out: &mut [u8]) {
+    let mut any_bit = 0;
     for sixteen in out.chunks_mut(16) {
-        super::headers::write_hex(sixteen, fastrand::u64(..));
+        let random = fastrand::u64(..);
+        let digits = super::headers::hex_digits(random);
+        // The digits written are the most significant ones.
+        any_bit |= random >> (4 * (16 - sixteen.len()));
+        sixteen.copy_from_slice(&digits[..sixteen.len()]);
     }
-    if out.iter().all(|b| *b == b'0')
+    if any_bit == 0
         && let Some(last) = out.last_mut()
     {
         *last = b'1';

@@ -514,7 +514,8 @@ pub(super) fn park<C: IdleConnection>(
 /// A thread's idle connections of one kind, by pool client and endpoint.
 pub(super) struct IdleLists<C> {
     lists: HashMap<ListKey, Vec<C>, Xxh3DefaultBuilder>,
-    swept: Instant,
+    /// When the next take sweeps the lists.
+    next_sweep: Instant,
 }
 
 thread_local! {
@@ -525,7 +526,7 @@ impl<C: IdleConnection> IdleLists<C> {
     pub(super) fn new() -> Self {
         Self {
             lists: HashMap::default(),
-            swept: Instant::now(),
+            next_sweep: Instant::now() + SWEEP_EVERY,
         }
     }
 
@@ -561,9 +562,10 @@ impl<C: IdleConnection> IdleLists<C> {
         list.push(connection);
     }
 
-    /// Sweeps if the last sweep is [`SWEEP_EVERY`] old.
+    /// Sweeps if the last sweep is [`SWEEP_EVERY`] old (a comparison of instants, not a
+    /// subtraction, on every take).
     pub(super) fn sweep_if_due(&mut self, now: Instant) {
-        if now.duration_since(self.swept) >= SWEEP_EVERY {
+        if now >= self.next_sweep {
             self.sweep(now);
         }
     }
@@ -572,7 +574,7 @@ impl<C: IdleConnection> IdleLists<C> {
     /// upstream, in every list (those of endpoints or pools that are gone included), and
     /// drops empty lists.
     fn sweep(&mut self, now: Instant) {
-        self.swept = now;
+        self.next_sweep = now + SWEEP_EVERY;
         self.lists.retain(|_, list| {
             list.retain_mut(|connection| {
                 now < connection.tag().expires && connection.is_reusable()

@@ -28,10 +28,7 @@ impl Clock {
     /// Milliseconds since the clock was made, by [`crate::clock::now`]: one reading per
     /// poll of a connection's task serves every endpoint and pool asked during it.
     pub fn now_ms(&self) -> u64 {
-        crate::clock::now()
-            .saturating_duration_since(self.base)
-            .as_millis()
-            .min(u64::MAX as u128) as u64
+        crate::clock::millis_since(self.base)
     }
 }
 

@@ -119,7 +119,7 @@ impl ProxyService {
         } = *exchange;
         // Made (when deferred) from the client's own head, before any rule edits it.
         let traceparent = traceparent.and_then(|t| t.value(&parts.headers));
-        let client_host = parts.headers.get(header::HOST).cloned();
+        let client_host = crate::header_maps::first(&parts.headers, &header::HOST).cloned();
         // An HTTP/1.1 upgrade (WebSocket…) keeps its Upgrade/Connection headers and, on
         // 101, becomes a tunnel between the two upgraded connections.
         let upgrade = self
@@ -454,7 +454,7 @@ impl ProxyService {
         let upstream_upgrade = (response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
             .then(|| hyper::upgrade::on(&mut response));
         let (mut parts, body) = response.into_parts();
-        let upgraded_to = parts.headers.get(header::UPGRADE).cloned();
+        let upgraded_to = crate::header_maps::first(&parts.headers, &header::UPGRADE).cloned();
         strip_hop_by_hop(&mut parts.headers);
         snapshot.headers.add_via(&mut parts.headers, parts.version);
         parts.version = Version::HTTP_11;
