@@ -2,8 +2,10 @@
 //! its time limit, and its span), and the hedge race between two attempts of the same
 //! request.
 
-use std::pin::pin;
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -63,8 +65,9 @@ pub(super) struct Pending {
 impl Pending {
     /// Waits for the head until the attempt's time runs out, or until its endpoint is
     /// ejected once the attempt has waited `rescue_after` (and the retry budget allows
-    /// the retry). One timer, reset for each check: an attempt answered before
-    /// `rescue_after` costs no more than a plain timeout.
+    /// the retry). Looked at again by the next check's time: in an HTTP/1 connection's
+    /// task, by the connection's one timer ([`super::deadlines`]); elsewhere by a timer
+    /// of its own, reset for each check.
     pub(super) async fn head(self, pool: &Pool, endpoint: Arc<Endpoint>) -> Sent {
         let Pending {
             mut response,
@@ -72,28 +75,52 @@ impl Pending {
             rescue_after,
         } = self;
         let check_every = rescue_after.map(|after| (after / 4).max(Duration::from_millis(10)));
-        let first_check =
+        let mut next_check =
             rescue_after.map_or(ends, |after| (crate::clock::now() + after).min(ends));
-        let mut timer = pin!(tokio::time::sleep_until(first_check));
-        loop {
-            tokio::select! {
-                biased;
-                result = &mut response => return Ok(result),
-                () = &mut timer => {
-                    let now = crate::clock::now();
+        let mut own_timer = pin!(None::<tokio::time::Sleep>);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = Pin::new(&mut response).poll(cx) {
+                return Poll::Ready(Ok(result));
+            }
+            let mut own_timer_fired = false;
+            loop {
+                let mut now = crate::clock::now();
+                if own_timer_fired {
+                    // The timer's word that the time has come stands even if a reading
+                    // taken earlier in this poll says otherwise.
+                    now = now.max(next_check);
+                }
+                if now >= next_check {
                     if now >= ends {
-                        return Err(Cut::TimedOut);
+                        return Poll::Ready(Err(Cut::TimedOut));
                     }
                     if endpoint.breaker_state(endpoint.now_ms()) == BreakerState::Open
                         && pool.try_retry()
                     {
-                        return Err(Cut::EndpointEjected);
+                        return Poll::Ready(Err(Cut::EndpointEjected));
                     }
                     let every = check_every.unwrap_or(ends - now);
-                    timer.as_mut().reset((now + every).min(ends));
+                    next_check = (now + every).min(ends);
                 }
+                if super::deadlines::wake_by(next_check) {
+                    return Poll::Pending;
+                }
+                if own_timer.is_none() {
+                    own_timer.set(Some(tokio::time::sleep_until(next_check)));
+                }
+                let Some(mut timer) = own_timer.as_mut().as_pin_mut() else {
+                    continue;
+                };
+                if timer.deadline() != next_check {
+                    timer.as_mut().reset(next_check);
+                }
+                if timer.poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                own_timer_fired = true;
             }
-        }
+        })
+        .await
     }
 }
 

@@ -9,6 +9,7 @@ pub mod body;
 pub mod client_address;
 pub mod compress;
 pub mod conn;
+mod deadlines;
 pub mod error;
 pub mod grpc;
 pub mod headers;

@@ -29,6 +29,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::ProxyState;
 use super::body::ResponseBody;
 use super::conn::{Closing, ConnActivity};
+use super::deadlines::{ConnectionTimer, watch_scope};
 use super::protocol::{Graceful, ServerConnection};
 use super::service::ProxyService;
 
@@ -164,6 +165,8 @@ impl Future for Serving {
 pub struct Driven<C> {
     conn: C,
     activity: Arc<ConnActivity>,
+    /// Wakes the task by the deadlines its requests ask for while it is polled.
+    timer: ConnectionTimer,
     /// A graceful close was asked of hyper already.
     closing: bool,
 }
@@ -173,6 +176,7 @@ impl<C> Driven<C> {
         Self {
             conn,
             activity,
+            timer: ConnectionTimer::default(),
             closing: false,
         }
     }
@@ -194,8 +198,14 @@ impl<C1: Graceful + Unpin, C2: Graceful> Future for Driven<ServerConnection<C1, 
         }
         if this.activity.take_trim() {
             conn.as_mut().release_idle_memory();
+            this.timer.release();
         }
-        conn.poll(cx).map(|result| {
+        let deadlines = watch_scope();
+        let polled = conn.poll(cx);
+        if polled.is_pending() {
+            this.timer.arm(deadlines.earliest(), cx);
+        }
+        polled.map(|result| {
             if let Err(err) = result {
                 let peer = this.activity.ends().0;
                 tracing::debug!(%peer, error = %err, "client connection ended with an error");
