@@ -113,6 +113,7 @@ impl ProxyService {
     /// Answers one request. The result is hyper's service contract (`Infallible`: every
     /// failure is a response) so that the connection boxes this future as it is: a
     /// wrapper around it would move its several kilobytes once more per request.
+    #[inline(always)]
     pub fn handle(
         self,
         req: Request<Incoming>,
