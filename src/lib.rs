@@ -43,6 +43,7 @@
 //!   conn.rs          per-connection activity: requests in flight, the request to close
 //!   sweeper.rs       each accept loop's watch over its connections: idle timeout, spare
 //!                    memory given back when quiet, drain, abort
+//!   deadlines.rs     one timer per client connection for its requests' upstream deadlines
 //!   error.rs         failures and the 4xx/5xx responses they become
 //!   snapshot.rs      the config-derived view a request runs against, swapped whole
 //!   stats.rs         proxy and per-route counters for metrics and control
@@ -77,9 +78,10 @@
 //!                    every build agrees on
 //! header_maps.rs     spare header maps per thread: a finished request's map becomes the
 //!                    next response head's (upstream parsing, cache hits); common field
-//!                    names read without lowercasing
+//!                    names read without lowercasing; absent fields found without hashing
 //! clock.rs           one clock reading per poll of a connection's task, shared by the
-//!                    request, its attempts, pools and idle upstream connections
+//!                    request, its attempts, pools (their millisecond clock) and idle
+//!                    upstream connections
 //! admin/             admin port: probes and the token-protected API (control.rs: scaling,
 //!                    reports, instance load; alerts.rs: alerts, silences, SLOs;
 //!                    simulate.rs: what weir would do with a request; views.rs: the JSON
