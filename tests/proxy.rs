@@ -97,6 +97,53 @@ async fn replace_mode_and_rfc7239_forwarded() {
     weir.shutdown().await;
 }
 
+/// The request head's common field names are read by a fast path of weir's hyper patch
+/// (capitalised or lowercase); other spellings by `HeaderName::from_bytes`. Each spelling
+/// reaches the upstream as the same field, with its value.
+#[tokio::test]
+async fn request_field_names_arrive_as_the_same_fields_however_spelled() {
+    let up = echo_headers_upstream().await;
+    let weir = weir(&simple_config(&[up.addr], "")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let fields = [
+        ("User-Agent", "user-agent"),
+        ("Accept", "accept"),
+        ("Accept-Encoding", "accept-encoding"),
+        ("Accept-Language", "accept-language"),
+        ("Authorization", "authorization"),
+        ("Cache-Control", "cache-control"),
+        ("Cookie", "cookie"),
+        ("Referer", "referer"),
+        ("Origin", "origin"),
+        ("Content-Type", "content-type"),
+        ("If-None-Match", "if-none-match"),
+        ("If-Modified-Since", "if-modified-since"),
+    ];
+    for round in 0..3 {
+        let mut raw = format!("GET /names HTTP/1.1\r\nhost: {proxy}\r\n");
+        for (i, (capitalised, lowercase)) in fields.iter().enumerate() {
+            // Capitalised, lowercase, then neither (all upper case: the slow path).
+            let name = match round {
+                0 => capitalised.to_string(),
+                1 => lowercase.to_string(),
+                _ => lowercase.to_ascii_uppercase(),
+            };
+            raw.push_str(&format!("{name}: value-{i}\r\n"));
+        }
+        raw.push_str("Connection: close\r\n\r\n");
+        let response = raw_exchange(proxy, raw.as_bytes()).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        for (i, (_, lowercase)) in fields.iter().enumerate() {
+            assert_eq!(
+                header_lines(&response, lowercase),
+                [format!("value-{i}")],
+                "round {round}: {lowercase}\n{response}"
+            );
+        }
+    }
+    weir.shutdown().await;
+}
+
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_from_requests() {
     let up = echo_headers_upstream().await;
