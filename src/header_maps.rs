@@ -109,71 +109,16 @@ pub fn decimal(value: u64, digits: &mut [u8; 20]) -> &[u8] {
 }
 
 /// The field name `bytes`, as [`HeaderName::from_bytes`] reads it. The fields most
-/// responses carry, spelled as servers write them (`Content-Length` or `content-length`),
-/// are recognised by length and a comparison: `from_bytes` lowercases every name into a
-/// buffer and then matches it, about 175 instructions a field, 5 % of a proxied request
-/// for a plain five-field response head.
+/// heads carry, spelled as servers write them (`Content-Length` or `content-length`),
+/// are recognised by length and a comparison (the table hyper's parsers use too, in
+/// weir's patch): `from_bytes` lowercases every name into a buffer and then matches it,
+/// about 175 instructions a field, 5 % of a proxied request for a plain five-field
+/// response head.
 pub fn field_name(bytes: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
-    match common_field_name(bytes) {
+    match hyper::ext::common_header_name(bytes) {
         Some(name) => Ok(name),
         None => HeaderName::from_bytes(bytes),
     }
-}
-
-fn common_field_name(bytes: &[u8]) -> Option<HeaderName> {
-    let name = match bytes.len() {
-        3 => match bytes {
-            b"Age" | b"age" => header::AGE,
-            _ => return None,
-        },
-        4 => match bytes {
-            b"Date" | b"date" => header::DATE,
-            b"ETag" | b"Etag" | b"etag" => header::ETAG,
-            b"Vary" | b"vary" => header::VARY,
-            _ => return None,
-        },
-        6 => match bytes {
-            b"Server" | b"server" => header::SERVER,
-            _ => return None,
-        },
-        7 => match bytes {
-            b"Expires" | b"expires" => header::EXPIRES,
-            _ => return None,
-        },
-        8 => match bytes {
-            b"Location" | b"location" => header::LOCATION,
-            _ => return None,
-        },
-        10 => match bytes {
-            b"Connection" | b"connection" => header::CONNECTION,
-            b"Set-Cookie" | b"set-cookie" => header::SET_COOKIE,
-            _ => return None,
-        },
-        12 => match bytes {
-            b"Content-Type" | b"content-type" => header::CONTENT_TYPE,
-            _ => return None,
-        },
-        13 => match bytes {
-            b"Cache-Control" | b"cache-control" => header::CACHE_CONTROL,
-            b"Last-Modified" | b"last-modified" => header::LAST_MODIFIED,
-            b"Accept-Ranges" | b"accept-ranges" => header::ACCEPT_RANGES,
-            _ => return None,
-        },
-        14 => match bytes {
-            b"Content-Length" | b"content-length" => header::CONTENT_LENGTH,
-            _ => return None,
-        },
-        16 => match bytes {
-            b"Content-Encoding" | b"content-encoding" => header::CONTENT_ENCODING,
-            _ => return None,
-        },
-        17 => match bytes {
-            b"Transfer-Encoding" | b"transfer-encoding" => header::TRANSFER_ENCODING,
-            _ => return None,
-        },
-        _ => return None,
-    };
-    Some(name)
 }
 
 /// Longest value [`memoized`] keeps.
@@ -285,9 +230,31 @@ mod tests {
             "content-encoding",
             "Transfer-Encoding",
             "transfer-encoding",
+            "Host",
+            "host",
+            "Accept",
+            "accept",
+            "Cookie",
+            "cookie",
+            "Origin",
+            "origin",
+            "Referer",
+            "referer",
+            "User-Agent",
+            "user-agent",
+            "Authorization",
+            "authorization",
+            "If-None-Match",
+            "if-none-match",
+            "Accept-Encoding",
+            "accept-encoding",
+            "Accept-Language",
+            "accept-language",
+            "If-Modified-Since",
+            "if-modified-since",
         ];
         for spelling in spellings {
-            let common = common_field_name(spelling.as_bytes());
+            let common = hyper::ext::common_header_name(spelling.as_bytes());
             assert_eq!(
                 common.as_ref(),
                 Some(&HeaderName::from_bytes(spelling.as_bytes()).unwrap()),
@@ -296,7 +263,10 @@ mod tests {
         }
         // Other spellings and names take from_bytes's way, with its answers.
         for other in ["CONTENT-LENGTH", "X-Custom", "Content-Lengt", "Date ", ""] {
-            assert!(common_field_name(other.as_bytes()).is_none(), "{other}");
+            assert!(
+                hyper::ext::common_header_name(other.as_bytes()).is_none(),
+                "{other}"
+            );
             assert_eq!(
                 field_name(other.as_bytes()).ok(),
                 HeaderName::from_bytes(other.as_bytes()).ok(),

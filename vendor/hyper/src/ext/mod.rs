@@ -49,6 +49,10 @@ use std::collections::HashMap;
 #[cfg(feature = "http2")]
 use std::fmt;
 
+#[cfg(all(any(feature = "client", feature = "server"), feature = "http1"))]
+mod field_names;
+#[cfg(all(any(feature = "client", feature = "server"), feature = "http1"))]
+pub use field_names::common_header_name;
 #[cfg(any(feature = "http1", feature = "ffi"))]
 mod h1_reason_phrase;
 #[cfg(any(feature = "http1", feature = "ffi"))]

@@ -44,7 +44,7 @@ macro_rules! header_name {
     ($bytes:expr) => {{
         {
             let bytes = $bytes;
-            match common_header_name(bytes) {
+            match crate::ext::common_header_name(bytes) {
                 Some(name) => name,
                 None => match HeaderName::from_bytes(bytes) {
                     Ok(name) => name,
@@ -55,62 +55,6 @@ macro_rules! header_name {
     }};
 }
 
-/// weir patch: the field names most heads carry, spelled as clients and servers write
-/// them (`User-Agent` or `user-agent`), matched by length and one comparison.
-/// `HeaderName::from_bytes` lowercases every name into a buffer and then matches it,
-/// 100 to 200 instructions a field. Any other spelling goes to `from_bytes`.
-fn common_header_name(bytes: &[u8]) -> Option<HeaderName> {
-    use http::header;
-    let name = match bytes.len() {
-        4 => match bytes {
-            b"Host" | b"host" => header::HOST,
-            b"Date" | b"date" => header::DATE,
-            _ => return None,
-        },
-        6 => match bytes {
-            b"Accept" | b"accept" => header::ACCEPT,
-            b"Cookie" | b"cookie" => header::COOKIE,
-            b"Origin" | b"origin" => header::ORIGIN,
-            b"Server" | b"server" => header::SERVER,
-            _ => return None,
-        },
-        7 => match bytes {
-            b"Referer" | b"referer" => header::REFERER,
-            _ => return None,
-        },
-        10 => match bytes {
-            b"User-Agent" | b"user-agent" => header::USER_AGENT,
-            b"Connection" | b"connection" => header::CONNECTION,
-            _ => return None,
-        },
-        12 => match bytes {
-            b"Content-Type" | b"content-type" => header::CONTENT_TYPE,
-            _ => return None,
-        },
-        13 => match bytes {
-            b"Authorization" | b"authorization" => header::AUTHORIZATION,
-            b"Cache-Control" | b"cache-control" => header::CACHE_CONTROL,
-            b"If-None-Match" | b"if-none-match" => header::IF_NONE_MATCH,
-            _ => return None,
-        },
-        14 => match bytes {
-            b"Content-Length" | b"content-length" => header::CONTENT_LENGTH,
-            _ => return None,
-        },
-        15 => match bytes {
-            b"Accept-Encoding" | b"accept-encoding" => header::ACCEPT_ENCODING,
-            b"Accept-Language" | b"accept-language" => header::ACCEPT_LANGUAGE,
-            _ => return None,
-        },
-        17 => match bytes {
-            b"Transfer-Encoding" | b"transfer-encoding" => header::TRANSFER_ENCODING,
-            b"If-Modified-Since" | b"if-modified-since" => header::IF_MODIFIED_SINCE,
-            _ => return None,
-        },
-        _ => return None,
-    };
-    Some(name)
-}
 /// construct `HeaderValue` from a maybe shared expression.
 macro_rules! header_value {
     ($bytes:expr) => {{
