@@ -118,6 +118,12 @@ async fn request_field_names_arrive_as_the_same_fields_however_spelled() {
         ("Content-Type", "content-type"),
         ("If-None-Match", "if-none-match"),
         ("If-Modified-Since", "if-modified-since"),
+        ("Pragma", "pragma"),
+        ("DNT", "dnt"),
+        ("Sec-Fetch-Mode", "sec-fetch-mode"),
+        ("Sec-CH-UA", "sec-ch-ua"),
+        ("X-Requested-With", "x-requested-with"),
+        ("Priority", "priority"),
     ];
     for round in 0..3 {
         let mut raw = format!("GET /names HTTP/1.1\r\nhost: {proxy}\r\n");

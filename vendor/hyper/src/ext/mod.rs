@@ -52,7 +52,7 @@ use std::fmt;
 #[cfg(all(any(feature = "client", feature = "server"), feature = "http1"))]
 mod field_names;
 #[cfg(all(any(feature = "client", feature = "server"), feature = "http1"))]
-pub use field_names::common_header_name;
+pub use field_names::{common_header_name, COMMON_HEADER_SPELLINGS};
 #[cfg(any(feature = "http1", feature = "ffi"))]
 mod h1_reason_phrase;
 #[cfg(any(feature = "http1", feature = "ffi"))]
