@@ -66,6 +66,9 @@ pub(crate) struct ParsedMessage<T> {
     expect_continue: bool,
     keep_alive: bool,
     wants_upgrade: bool,
+    /// weir patch: whether a `TE` field of the head names `trailers` (the client reads
+    /// trailer fields), found while the fields were parsed.
+    te_trailers: bool,
 }
 
 pub(crate) struct ParseContext<'ctx> {

@@ -258,6 +258,9 @@ impl Http1Transaction for Server {
         let mut is_te = false;
         let mut is_te_chunked = false;
         let mut wants_upgrade = subject.0 == Method::CONNECT;
+        // weir patch: read here, as each field goes by, rather than looked up in the
+        // finished map by `conn` (a hash and a probe per request, for a field few send).
+        let mut te_trailers = false;
 
         let mut header_case_map = if ctx.preserve_header_case {
             Some(HeaderCaseMap::default())
@@ -347,6 +350,9 @@ impl Http1Transaction for Server {
                     // Upgrades are only allowed with HTTP/1.1
                     wants_upgrade = is_http_11;
                 }
+                header::TE => {
+                    te_trailers = te_trailers || headers::te_has_trailers(&value);
+                }
 
                 _ => (),
             }
@@ -396,6 +402,7 @@ impl Http1Transaction for Server {
             expect_continue,
             keep_alive,
             wants_upgrade,
+            te_trailers,
         }))
     }
 
@@ -1209,6 +1216,8 @@ impl Http1Transaction for Client {
                     // again, as it is definitely upgrading.
                     keep_alive: keep_alive && !is_upgrade,
                     wants_upgrade: is_upgrade,
+                    // A response's TE means nothing (trailers are the server's to allow).
+                    te_trailers: false,
                 }));
             }
 
@@ -2575,6 +2584,41 @@ mod tests {
             .keep_alive,
             "connection keep-alive is always keep-alive"
         );
+    }
+
+    // weir patch: `TE: trailers` is read while the fields are parsed, on any of its lines.
+    #[cfg(feature = "server")]
+    #[test]
+    fn test_parse_request_te_trailers() {
+        fn te_trailers(s: &str) -> bool {
+            let mut bytes = BytesMut::from(s);
+            Server::parse(
+                &mut bytes,
+                ParseContext {
+                    cached_headers: &mut None,
+                    req_method: &mut None,
+                    h1_parser_config: Default::default(),
+                    h1_max_headers: None,
+                    h1_max_header_size: None,
+                    preserve_header_case: false,
+                    #[cfg(feature = "ffi")]
+                    preserve_header_order: false,
+                    h09_responses: false,
+                    #[cfg(feature = "client")]
+                    on_informational: &mut None,
+                },
+            )
+            .unwrap()
+            .unwrap()
+            .te_trailers
+        }
+
+        assert!(!te_trailers("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(te_trailers("GET / HTTP/1.1\r\nTE: trailers\r\n\r\n"));
+        assert!(te_trailers("GET / HTTP/1.1\r\nte: gzip, Trailers\r\n\r\n"));
+        assert!(te_trailers("GET / HTTP/1.1\r\nTE: gzip\r\nTE: trailers\r\n\r\n"));
+        assert!(te_trailers("GET / HTTP/1.1\r\nTE: trailers\r\nTE: gzip\r\n\r\n"));
+        assert!(!te_trailers("GET / HTTP/1.1\r\nTE: gzip\r\nX-TE: trailers\r\n\r\n"));
     }
 
     #[cfg(feature = "server")]
