@@ -1116,6 +1116,10 @@ mod tests {
 
         write_buf.buffer(b("hello "));
         write_buf.buffer(b("world, "));
+        // weir patch: the room is taken when the first bytes are buffered (from the
+        // thread's spares when it has some), and kept while they are being written.
+        let room = write_buf.headers.bytes.capacity();
+        assert!(room >= 13);
 
         assert_eq!(write_buf.chunk(), b"hello world, ");
 
@@ -1124,7 +1128,7 @@ mod tests {
 
         assert_eq!(write_buf.chunk(), b", ");
         assert_eq!(write_buf.headers.pos, 11);
-        assert_eq!(write_buf.headers.bytes.capacity(), 0);
+        assert_eq!(write_buf.headers.bytes.capacity(), room);
 
         // there's still room in the headers buffer, so just push on the end
         write_buf.buffer(b("it's hyper!"));
