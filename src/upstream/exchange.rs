@@ -181,10 +181,12 @@ impl InTaskClient {
                 let held = held.cloned();
                 let (parts, _) = request.into_parts();
                 let (prepared, headers) = lean::prepare(key, Request::from_parts(parts, held));
+                // The box first, the future made in it (as `serving::Handler::handle`
+                // does): `Box::pin(future)` built it on the stack and copied it in.
+                let slot = Box::new_uninit();
+                let in_task = Box::write(slot, lean::exchange(client, key, authority, prepared));
                 return Dispatched {
-                    response: ResponseFuture::InTask(Box::pin(lean::exchange(
-                        client, key, authority, prepared,
-                    ))),
+                    response: ResponseFuture::InTask(Box::into_pin(in_task)),
                     headers: if keep_headers {
                         Some(headers)
                     } else {
@@ -197,8 +199,10 @@ impl InTaskClient {
             None => request,
         };
         let headers = keep_headers.then(|| request.headers().clone());
+        let slot = Box::new_uninit();
+        let in_task = Box::write(slot, exchange(client, key, authority, request));
         Dispatched {
-            response: ResponseFuture::InTask(Box::pin(exchange(client, key, authority, request))),
+            response: ResponseFuture::InTask(Box::into_pin(in_task)),
             headers,
         }
     }
