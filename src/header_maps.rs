@@ -76,6 +76,13 @@ pub fn first<'a>(map: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValu
     map.get(name)
 }
 
+/// Whether `map` holds a `name` field, as [`HeaderMap::contains_key`] says, answered
+/// without hashing when a small head has none. For the fields a cache hit asks after and
+/// seldom finds (`Cache-Control`, `Pragma`, `Range`, conditionals, the stored `Vary`).
+pub fn contains(map: &HeaderMap, name: &HeaderName) -> bool {
+    !surely_absent(map, name) && map.contains_key(name)
+}
+
 /// Every `name` field's value in `map`, in order, as [`HeaderMap::get_all`] gives them,
 /// answered without hashing when a small head has no such field.
 pub fn all<'a>(map: &'a HeaderMap, name: &HeaderName) -> Values<'a> {
@@ -170,7 +177,7 @@ mod tests {
     use http::HeaderValue;
 
     #[test]
-    fn first_and_all_find_what_get_and_get_all_find() {
+    fn first_all_and_contains_find_what_get_get_all_and_contains_key_find() {
         let names = [
             header::HOST,
             header::TE,
@@ -187,6 +194,11 @@ mod tests {
             }
             for name in names.iter().chain([&header::UPGRADE]) {
                 assert_eq!(first(&map, name), map.get(name), "{fields} fields, {name}");
+                assert_eq!(
+                    contains(&map, name),
+                    map.contains_key(name),
+                    "{fields} fields, {name}"
+                );
                 let ours: Vec<_> = all(&map, name).collect();
                 let its: Vec<_> = map.get_all(name).iter().collect();
                 assert_eq!(ours, its, "{fields} fields, {name}");

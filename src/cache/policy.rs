@@ -448,9 +448,10 @@ fn vary_view(request: &HeaderMap, response_headers: &HeaderMap) -> Option<Header
 /// `is_stale` parses the stored `Cache-Control` and dates again at every call (2 700
 /// instructions, a tenth of a hit).
 pub fn plainly_fresh(stored: &StoredResponse, request: &HeaderMap, now: SystemTime) -> bool {
-    !request.contains_key(header::CACHE_CONTROL)
-        && !request.contains_key(header::PRAGMA)
-        && !stored.headers.contains_key(header::VARY)
+    use crate::header_maps::contains;
+    !contains(request, &header::CACHE_CONTROL)
+        && !contains(request, &header::PRAGMA)
+        && !contains(&stored.headers, &header::VARY)
         && stored.is_fresh_at(now)
 }
 
@@ -628,7 +629,7 @@ thread_local! {
 /// Whether the client's own conditional (`If-None-Match`, else `If-Modified-Since`) is
 /// satisfied by the stored response, so that it gets a 304 (RFC 9110 §13.2.2).
 pub fn client_not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
-    if request.contains_key(header::IF_NONE_MATCH) {
+    if crate::header_maps::contains(request, &header::IF_NONE_MATCH) {
         let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
             return false;
         };
@@ -640,8 +641,7 @@ pub fn client_not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
             .flat_map(|v| v.split(','))
             .any(|tag| tag.trim() == "*" || opaque_tag(tag) == ours);
     }
-    let Some(since) = request
-        .get(header::IF_MODIFIED_SINCE)
+    let Some(since) = crate::header_maps::first(request, &header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok())
     else {

@@ -237,8 +237,8 @@ impl CacheCtx<'_> {
 
     /// Whether the client asked conditionally (it may then get a 304 from weir).
     fn client_conditional(&self) -> bool {
-        self.client_headers.contains_key(header::IF_NONE_MATCH)
-            || self.client_headers.contains_key(header::IF_MODIFIED_SINCE)
+        crate::header_maps::contains(self.client_headers, &header::IF_NONE_MATCH)
+            || crate::header_maps::contains(self.client_headers, &header::IF_MODIFIED_SINCE)
     }
 
     /// A request head of weir's own for this resource (GET, or HEAD for a HEAD), with
@@ -278,7 +278,7 @@ impl ProxyService {
             || exchange.snapshot.compression
             || exchange.recording.is_some()
             || !(parts.method == Method::GET || parts.method == Method::HEAD)
-            || parts.headers.contains_key(header::RANGE)
+            || crate::header_maps::contains(&parts.headers, &header::RANGE)
         {
             return Err(None);
         }
