@@ -1180,3 +1180,153 @@ async fn fields_named_by_no_cache_or_private_are_withheld_not_the_response() {
     }
     assert_eq!(second.header("x-other"), Some("o"));
 }
+
+/// A raw HTTP/1 exchange's status line, fields (in order, names lowercase) and body.
+fn raw_parts(raw: &str) -> (String, Vec<(String, String)>, String) {
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a whole head");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default().to_owned();
+    let fields = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').expect("a field line");
+            (name.to_ascii_lowercase(), value.trim().to_owned())
+        })
+        .collect();
+    (status, fields, body.to_owned())
+}
+
+fn values<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    fields
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// The stored fields of a hit: what it sent less what each answer makes anew.
+fn stored_fields(fields: &[(String, String)]) -> Vec<(String, String)> {
+    let mut kept: Vec<_> = fields
+        .iter()
+        .filter(|(n, _)| {
+            !["age", "cache-status", "x-request-id", "connection"].contains(&n.as_str())
+        })
+        .cloned()
+        .collect();
+    kept.sort();
+    kept
+}
+
+#[tokio::test]
+async fn hits_send_the_stored_head_field_for_field_whatever_the_client() {
+    // Repeated fields, an ETag, the origin's Date, and a field named like the block
+    // hyper writes stored heads with: from an upstream it is an ordinary field.
+    let origin = origin(&[
+        ("cache-control", "max-age=60"),
+        ("content-type", "text/plain"),
+        ("etag", "\"v1\""),
+        ("x-multi", "a"),
+        ("x-multi", "b"),
+        (
+            "hyper-field-block",
+            "0000000000000000-0011content-length: 0",
+        ),
+    ])
+    .await;
+    let weir = weir(&cache_config(&origin, "")).await;
+    let addr = weir.listener_addr("http").unwrap();
+    let request = |method: &str, version: &str| {
+        format!("{method} /h {version}\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+    };
+    let (_, miss, miss_body) =
+        raw_parts(&raw_exchange(addr, request("GET", "HTTP/1.1").as_bytes()).await);
+    assert_eq!(values(&miss, "cache-status"), ["weir-l1; fwd=miss; stored"]);
+    stored(&weir, 1).await;
+
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let raw = raw_exchange(addr, request("GET", version).as_bytes()).await;
+        let (status, hit, body) = raw_parts(&raw);
+        assert!(status.ends_with(" 200 OK"), "{version}: {status}");
+        assert!(
+            values(&hit, "cache-status")[0].starts_with("weir-l1; hit"),
+            "{raw}"
+        );
+        assert_eq!(values(&hit, "age").len(), 1, "{raw}");
+        assert_eq!(
+            stored_fields(&hit),
+            stored_fields(&miss),
+            "{version}: {raw}"
+        );
+        // One Date (the origin's), one length (the body's), and no block left as such.
+        assert_eq!(values(&hit, "date"), values(&miss, "date"));
+        assert_eq!(
+            values(&hit, "content-length"),
+            [miss_body.len().to_string()]
+        );
+        assert_eq!(
+            values(&hit, "hyper-field-block"),
+            ["0000000000000000-0011content-length: 0"]
+        );
+        assert_eq!(body, miss_body);
+    }
+
+    // HEAD: the stored length, no body.
+    let raw = raw_exchange(addr, request("HEAD", "HTTP/1.1").as_bytes()).await;
+    let (_, head, body) = raw_parts(&raw);
+    assert!(
+        values(&head, "cache-status")[0].starts_with("weir-l1; hit"),
+        "{raw}"
+    );
+    assert_eq!(stored_fields(&head), stored_fields(&miss), "{raw}");
+    assert!(body.is_empty());
+
+    // HTTP/2: the same fields.
+    let reply = send(
+        &h2c_client(),
+        Request::get(format!("http://{addr}/h"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        status(&reply).starts_with("weir-l1; hit"),
+        "{}",
+        status(&reply)
+    );
+    let h2: Vec<(String, String)> = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(stored_fields(&h2), stored_fields(&miss));
+    assert_eq!(reply.text(), miss_body);
+    assert_eq!(origin.hits.load(SeqCst), 1);
+}
+
+#[tokio::test]
+async fn route_response_rules_apply_to_hits() {
+    let origin = origin(&[
+        ("cache-control", "max-age=60"),
+        ("x-multi", "a"),
+        ("x-multi", "b"),
+        ("server", "origin"),
+    ])
+    .await;
+    let config = cache_config(&origin, "").replace(
+        "pool = \"main\"",
+        "pool = \"main\"\nresponse_headers = { remove = [\"x-multi\"], set = { \"server\" = \"weir\" } }",
+    );
+    let weir = weir(&config).await;
+    let addr = weir.listener_addr("http").unwrap();
+    let first = get(addr, "/r").await;
+    assert!(first.header("x-multi").is_none());
+    stored(&weir, 1).await;
+    let request = format!("GET /r HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let raw = raw_exchange(addr, request.as_bytes()).await;
+    let (_, hit, _) = raw_parts(&raw);
+    assert!(
+        values(&hit, "cache-status")[0].starts_with("weir-l1; hit"),
+        "{raw}"
+    );
+    assert!(values(&hit, "x-multi").is_empty(), "{raw}");
+    assert_eq!(values(&hit, "server"), ["weir"], "{raw}");
+}

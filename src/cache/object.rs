@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_cache_semantics::CachePolicy;
+use hyper::ext::FieldBlock;
 use serde::{Deserialize, Serialize};
 
 /// A header field's slot in a `HeaderMap` (its bucket and index entry), as allocated.
@@ -43,6 +44,13 @@ pub struct StoredResponse {
     pub keep_until_ms: u64,
     #[serde(skip)]
     pub body: Bytes,
+    /// `headers` written out once for hits to HTTP/1 clients ([`served_field_block`]):
+    /// a hit then puts one entry in its response's map instead of every stored field,
+    /// and hyper copies the lines. Made with the entry (stored or read from Redis) from
+    /// `headers`, which nothing changes afterwards; `None` when a field must go through
+    /// the map.
+    #[serde(skip)]
+    pub field_block: Option<FieldBlock>,
 }
 
 impl StoredResponse {
@@ -72,7 +80,8 @@ impl StoredResponse {
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + FIELD_SLOT_BYTES)
             .sum();
-        let total = self.body.len() + headers * 2 + ENTRY_BYTES;
+        let block = self.field_block.as_ref().map_or(0, FieldBlock::len);
+        let total = self.body.len() + headers * 2 + block + ENTRY_BYTES;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
@@ -81,6 +90,19 @@ impl StoredResponse {
         let mut copy = self.clone();
         copy.fresh_until_ms = 0;
         copy
+    }
+}
+
+/// The block of a stored response's served fields ([`StoredResponse::field_block`]).
+/// `Content-Length` stays out of it: hyper writes the body's length itself (and a HEAD
+/// answer carries the stored one in the map).
+pub fn served_field_block(headers: &HeaderMap) -> Option<FieldBlock> {
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        let mut fields = headers.clone();
+        fields.remove(header::CONTENT_LENGTH);
+        FieldBlock::from_fields(&fields)
+    } else {
+        FieldBlock::from_fields(headers)
     }
 }
 
@@ -177,6 +199,7 @@ impl Entry {
             b'R' => {
                 let mut response: StoredResponse = serde_json::from_slice(head)?;
                 response.body = Bytes::copy_from_slice(body);
+                response.field_block = served_field_block(&response.headers);
                 Ok(Entry::Response(Arc::new(response)))
             }
             b'V' => Ok(Entry::Vary(Arc::new(serde_json::from_slice(head)?))),

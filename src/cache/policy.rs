@@ -12,8 +12,9 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy, RequestLike};
+use hyper::ext::FieldBlock;
 
-use super::object::{StoredResponse, owned_headers, unix_ms};
+use super::object::{StoredResponse, owned_headers, served_field_block, unix_ms};
 
 pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
@@ -234,6 +235,7 @@ pub fn storable(
     Some(StoredResponse {
         policy,
         status,
+        field_block: served_field_block(&served),
         headers: served,
         fresh_until_ms: unix_ms(now + ttl),
         stale_while_revalidate: directives.stale_while_revalidate,
@@ -606,6 +608,29 @@ pub fn served_headers(stored: &StoredResponse, now: SystemTime, status: HeaderVa
     let mut headers = crate::header_maps::take(stored.headers.len() + 8);
     for (name, value) in &stored.headers {
         headers.append(name.clone(), value.clone());
+    }
+    let age = stored.policy.age(now).as_secs();
+    headers.insert(header::AGE, seconds_value(age));
+    headers.insert(CACHE_STATUS.clone(), status);
+    headers
+}
+
+/// [`served_headers`] for an HTTP/1 client, with the stored fields as their written-out
+/// `block` (see [`StoredResponse::field_block`]): four entries at most, however many
+/// fields the response has. A HEAD answer has no body for hyper to take the length
+/// from, so it carries the stored `Content-Length`.
+pub fn served_headers_with_block(
+    stored: &StoredResponse,
+    block: &FieldBlock,
+    now: SystemTime,
+    status: HeaderValue,
+    head_only: bool,
+) -> HeaderMap {
+    // Room for the request id too, added on the way out.
+    let mut headers = crate::header_maps::take(5);
+    block.append_to(&mut headers);
+    if head_only && let Some(length) = stored.headers.get(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, length.clone());
     }
     let age = stored.policy.age(now).as_secs();
     headers.insert(header::AGE, seconds_value(age));

@@ -372,3 +372,57 @@ fn weirs_freshness_ends_with_the_policys() {
         }
     }
 }
+
+#[test]
+fn a_stored_head_is_written_out_once_for_http1_hits() {
+    let now = SystemTime::now();
+    let s = store(
+        &[
+            ("cache-control", "max-age=60"),
+            ("content-type", "text/plain"),
+            ("content-length", "6"),
+            ("x-extra", "1"),
+            ("x-extra", "2"),
+        ],
+        now,
+    )
+    .unwrap();
+    let block = s.field_block.as_ref().expect("a block");
+    // Four fields in it; the length stays out (hyper writes the body's).
+    assert!(!block.is_empty());
+    let status = HeaderValue::from_static("weir-l1; hit");
+    let served = served_headers_with_block(&s, block, now, status.clone(), false);
+    let names: Vec<_> = served.keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["hyper-field-block", "age", "cache-status"]);
+    assert_eq!(served.len(), 3);
+    // A HEAD answer has no body to take the length from: it says the stored one.
+    let head_only = served_headers_with_block(&s, block, now, status, true);
+    assert_eq!(head_only["content-length"], "6");
+    assert!(s.weight() > block.len() as u32 + s.body.len() as u32);
+
+    // Read back from Redis, an entry has its block again; a refreshed one has a new one.
+    let entry = crate::cache::object::Entry::Response(std::sync::Arc::new(s.clone()));
+    let crate::cache::object::Entry::Response(decoded) =
+        crate::cache::object::Entry::decode(&entry.encode()).unwrap()
+    else {
+        panic!("a response")
+    };
+    assert_eq!(
+        decoded.field_block.as_ref().map(|b| b.len()),
+        Some(block.len())
+    );
+    let not_modified = head(&[("cache-control", "max-age=100"), ("x-new", "yes")]);
+    let req = head(&[("host", "a")]);
+    let fresh = refresh(&s, &request(&req), &not_modified, now, &lifetimes()).unwrap();
+    let grown = fresh.field_block.as_ref().expect("a block");
+    assert_eq!(grown.len(), block.len() + "0011x-new: yes".len() + 1);
+
+    // Fields hyper must frame the message by stay in the map: no block.
+    let mut framed = s.headers.clone();
+    framed.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    assert!(served_field_block(&framed).is_none());
+    assert!(served_field_block(&s.headers).is_some());
+}

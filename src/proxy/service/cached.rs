@@ -188,6 +188,9 @@ struct HitView<'a> {
     cache: &'a Cache,
     client_headers: &'a HeaderMap,
     head_only: bool,
+    /// The answer may carry the stored fields as their written-out block
+    /// ([`StoredResponse::field_block`]); see [`takes_field_blocks`].
+    field_block: bool,
 }
 
 impl HitView<'_> {
@@ -222,8 +225,18 @@ impl<'a> CacheCtx<'a> {
             cache: self.cache,
             client_headers: self.client_headers,
             head_only: self.head_only,
+            // These answers may still be compressed or relabelled, which reads and
+            // changes the map's fields.
+            field_block: false,
         }
     }
+}
+
+/// Whether a hit answered as it is may carry the stored fields as a block: only hyper's
+/// HTTP/1 server writes a block as lines (HTTP/2 would take it apart again), and route
+/// response rules and gRPC read or change the response's fields after it is made.
+fn takes_field_blocks(exchange: &Exchange<'_>, version: Version) -> bool {
+    version < Version::HTTP_2 && !exchange.is_grpc && !exchange.route.has_response_rules()
 }
 
 impl CacheCtx<'_> {
@@ -293,6 +306,7 @@ impl ProxyService {
                 cache,
                 client_headers: &parts.headers,
                 head_only: parts.method == Method::HEAD,
+                field_block: takes_field_blocks(exchange, parts.version),
             };
             if let Some(answer) =
                 serve_if_plainly_fresh(&view, stored, Tier::Memory, SystemTime::now())
@@ -368,6 +382,7 @@ impl ProxyService {
                 cache,
                 client_headers: &parts.headers,
                 head_only,
+                field_block: takes_field_blocks(exchange, parts.version),
             };
             if let Some(answer) = serve_if_plainly_fresh(&view, stored, *tier, now) {
                 return Ok(answer);
@@ -1036,7 +1051,6 @@ fn serve(ctx: &HitView<'_>, hit: Hit<'_>) -> (Response<ResponseBody>, Served) {
         now,
         status,
     } = hit;
-    let headers = policy::served_headers(stored, now, status.render());
     let client = ctx.client_headers;
     let stored_ok = stored.status == StatusCode::OK;
     let range = client
@@ -1049,6 +1063,7 @@ fn serve(ctx: &HitView<'_>, hit: Hit<'_>) -> (Response<ResponseBody>, Served) {
         ctx.cache.stats.not_modified.fetch_add(1, Relaxed);
         let mut r = Response::new(ResponseBody::empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
+        let headers = policy::served_headers(stored, now, status.render());
         *r.headers_mut() = policy::not_modified_headers(&headers);
         r
     } else if let RangeAnswer::Partial { first, last } = range {
@@ -1056,7 +1071,7 @@ fn serve(ctx: &HitView<'_>, hit: Hit<'_>) -> (Response<ResponseBody>, Served) {
         let part = stored.body.slice(first as usize..=last as usize);
         let mut r = Response::new(ResponseBody::full(part));
         *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-        *r.headers_mut() = headers;
+        *r.headers_mut() = policy::served_headers(stored, now, status.render());
         let len = stored.body.len() as u64;
         if let Some(value) = range.content_range(len) {
             r.headers_mut().insert(header::CONTENT_RANGE, value);
@@ -1071,7 +1086,7 @@ fn serve(ctx: &HitView<'_>, hit: Hit<'_>) -> (Response<ResponseBody>, Served) {
             r.headers_mut().insert(header::CONTENT_RANGE, value);
         }
         for name in [header::DATE, header::ETAG, header::LAST_MODIFIED] {
-            if let Some(value) = headers.get(&name) {
+            if let Some(value) = stored.headers.get(&name) {
                 r.headers_mut().insert(name, value.clone());
             }
         }
@@ -1085,7 +1100,16 @@ fn serve(ctx: &HitView<'_>, hit: Hit<'_>) -> (Response<ResponseBody>, Served) {
         };
         let mut r = Response::new(body);
         *r.status_mut() = stored.status;
-        *r.headers_mut() = headers;
+        *r.headers_mut() = match &stored.field_block {
+            Some(block) if ctx.field_block => policy::served_headers_with_block(
+                stored,
+                block,
+                now,
+                status.render(),
+                ctx.head_only,
+            ),
+            _ => policy::served_headers(stored, now, status.render()),
+        };
         r
     };
     *response.version_mut() = Version::HTTP_11;

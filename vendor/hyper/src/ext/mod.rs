@@ -53,6 +53,14 @@ use std::fmt;
 mod field_names;
 #[cfg(all(any(feature = "client", feature = "server"), feature = "http1"))]
 pub use field_names::{common_header_name, COMMON_HEADER_SPELLINGS};
+#[cfg(all(feature = "server", feature = "http1"))]
+mod field_block;
+#[cfg(all(feature = "server", feature = "http1", feature = "http2"))]
+pub(crate) use field_block::expand as expand_field_blocks;
+#[cfg(all(feature = "server", feature = "http1"))]
+pub(crate) use field_block::write_lines as write_field_block_lines;
+#[cfg(all(feature = "server", feature = "http1"))]
+pub use field_block::{FieldBlock, FIELD_BLOCK};
 #[cfg(any(feature = "http1", feature = "ffi"))]
 mod h1_reason_phrase;
 #[cfg(any(feature = "http1", feature = "ffi"))]

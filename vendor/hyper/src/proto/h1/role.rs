@@ -926,6 +926,14 @@ impl Server {
 
                     continue 'headers;
                 }
+                // weir patch: a block of fields written out before (`ext::FieldBlock`)
+                // is copied as its lines; anything else of the name is an ordinary field.
+                _ if *name == crate::ext::FIELD_BLOCK => {
+                    if let Some(has_date) = crate::ext::write_field_block_lines(dst, &value) {
+                        wrote_date |= has_date;
+                        continue 'headers;
+                    }
+                }
                 _ => (),
             }
             //TODO: this should perhaps instead combine them into
@@ -3037,6 +3045,64 @@ mod tests {
         .unwrap();
 
         assert!(encoder.is_last());
+    }
+
+    #[cfg(feature = "server")]
+    #[test]
+    fn test_server_response_encode_field_block() {
+        use crate::ext::{FieldBlock, FIELD_BLOCK};
+        use crate::proto::BodyLength;
+        use http::header::HeaderValue;
+
+        let encode = |head: &mut MessageHead<StatusCode>| {
+            let mut vec = Vec::new();
+            Server::encode(
+                Encode {
+                    head,
+                    body: Some(BodyLength::Known(5)),
+                    keep_alive: true,
+                    req_method: &mut Some(Method::GET),
+                    title_case_headers: false,
+                    date_header: true,
+                },
+                &mut vec,
+            )
+            .unwrap();
+            String::from_utf8(vec).unwrap()
+        };
+
+        // The block's lines where it stands, the map's other fields around it, and the
+        // length from the body: the same head as the fields one by one.
+        let mut stored = HeaderMap::new();
+        stored.insert("content-type", HeaderValue::from_static("text/plain"));
+        stored.insert("date", HeaderValue::from_static("Sun, 06 Dec 2026 21:00:00 GMT"));
+        let block = FieldBlock::from_fields(&stored).unwrap();
+        let mut head = MessageHead::default();
+        head.headers.insert("age", HeaderValue::from_static("3"));
+        block.append_to(&mut head.headers);
+        head.headers.insert("x-id", HeaderValue::from_static("a"));
+        assert_eq!(
+            encode(&mut head),
+            "HTTP/1.1 200 OK\r\nage: 3\r\ncontent-type: text/plain\r\n\
+             date: Sun, 06 Dec 2026 21:00:00 GMT\r\nx-id: a\r\ncontent-length: 5\r\n\r\n"
+        );
+
+        // Without a Date in the block, the server adds its own.
+        stored.remove("date");
+        let block = FieldBlock::from_fields(&stored).unwrap();
+        let mut head = MessageHead::default();
+        block.append_to(&mut head.headers);
+        let written = encode(&mut head);
+        assert!(written.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\ndate: "));
+
+        // A field of the name that this process did not make is written as it is.
+        let mut head = MessageHead::default();
+        head.headers
+            .insert(FIELD_BLOCK, HeaderValue::from_static("0000000000000000-0011content-length: 0"));
+        let written = encode(&mut head);
+        assert!(written.starts_with(
+            "HTTP/1.1 200 OK\r\nhyper-field-block: 0000000000000000-0011content-length: 0\r\ncontent-length: 5\r\n"
+        ));
     }
 
     #[cfg(feature = "server")]

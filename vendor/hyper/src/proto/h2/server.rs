@@ -469,6 +469,9 @@ where
 
                     let (head, body) = res.into_parts();
                     let mut res = ::http::Response::from_parts(head, ());
+                    // weir patch: HTTP/2 sends a block's fields as ordinary ones.
+                    #[cfg(feature = "http1")]
+                    crate::ext::expand_field_blocks(res.headers_mut());
                     super::strip_connection_headers(
                         res.headers_mut(),
                         super::MessageKind::Response,

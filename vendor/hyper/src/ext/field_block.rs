@@ -1,0 +1,348 @@
+//! weir patch: response fields written out once and sent as they are.
+//!
+//! A cache sends the same stored fields with every hit. Put in a response's header map
+//! one by one, each costs an insert (hashing its name) and, when the head is written,
+//! its own encoding: about 300 instructions a field. A [`FieldBlock`] is the fields
+//! already written as HTTP/1 lines: the map holds it as one entry, and the HTTP/1
+//! server copies its lines into the head.
+//!
+//! The block travels in the map under [`FIELD_BLOCK`], and its value begins with a
+//! random token made once per process. A field of that name from anywhere else (an
+//! upstream's response passed on, say) lacks the token and is written as the ordinary
+//! field it is: only a block made by [`FieldBlock::from_fields`] is taken as lines.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The name a [`FieldBlock`] is kept under in a header map.
+pub const FIELD_BLOCK: HeaderName = HeaderName::from_static("hyper-field-block");
+
+/// Hex digits of each line's length: a line is at most 65 535 bytes.
+const LENGTH_DIGITS: usize = 4;
+const MAX_LINE: usize = 0xFFFF;
+/// The token's length: 16 hex digits of a random `u64`.
+const TOKEN_LEN: usize = 16;
+const HAS_DATE: u8 = b'D';
+const NO_DATE: u8 = b'-';
+
+/// Response fields written out as HTTP/1 lines, to be sent as they are (see the module
+/// documentation).
+///
+/// The HTTP/1 server writes its lines where the block stands in the map, in lowercase
+/// whatever case the connection is told to write names in. The HTTP/2 server sends its
+/// fields as ordinary ones. An HTTP/1 client does not read it: requests should not
+/// carry one.
+#[derive(Clone, Debug)]
+pub struct FieldBlock {
+    /// Token, date flag, then per field: its line's length in hex digits and the line
+    /// (`name: value`, no line end).
+    value: HeaderValue,
+}
+
+impl FieldBlock {
+    /// The block of `fields`, or `None` if one of them is a field the HTTP/1 server must
+    /// see to frame the message (`Content-Length`, `Transfer-Encoding`, `Connection`,
+    /// `Trailer`), or one longer than 65 535 bytes as a line. `Date`, when present, is
+    /// noted: the server then adds none. A field named [`FIELD_BLOCK`] among them is
+    /// written as the ordinary line it is.
+    pub fn from_fields(fields: &HeaderMap) -> Option<FieldBlock> {
+        let lines: usize = fields
+            .iter()
+            .map(|(name, value)| LENGTH_DIGITS + name.as_str().len() + 2 + value.len())
+            .sum();
+        let mut out = Vec::with_capacity(TOKEN_LEN + 1 + lines);
+        out.extend_from_slice(token());
+        out.push(if fields.contains_key(header::DATE) {
+            HAS_DATE
+        } else {
+            NO_DATE
+        });
+        for (name, value) in fields {
+            if matches!(
+                *name,
+                header::CONTENT_LENGTH
+                    | header::TRANSFER_ENCODING
+                    | header::CONNECTION
+                    | header::TRAILER
+            ) {
+                return None;
+            }
+            let line = name.as_str().len() + 2 + value.len();
+            if line > MAX_LINE {
+                return None;
+            }
+            push_hex(&mut out, line);
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+        }
+        // Token, flag and digits are visible ASCII, and names and values were valid.
+        let value = HeaderValue::from_maybe_shared(Bytes::from(out)).ok()?;
+        Some(FieldBlock { value })
+    }
+
+    /// Appends the block to `headers`, sharing its bytes.
+    pub fn append_to(&self, headers: &mut HeaderMap) {
+        headers.append(FIELD_BLOCK, self.value.clone());
+    }
+
+    /// The block's size in bytes, for whoever counts what it keeps.
+    pub fn len(&self) -> usize {
+        self.value.len()
+    }
+
+    /// Whether the block holds no field.
+    pub fn is_empty(&self) -> bool {
+        self.value.len() == TOKEN_LEN + 1
+    }
+}
+
+/// This process's token, made on first use.
+fn token() -> &'static [u8; TOKEN_LEN] {
+    static TOKEN: OnceLock<[u8; TOKEN_LEN]> = OnceLock::new();
+    TOKEN.get_or_init(|| {
+        // `RandomState`'s keys are random per process (and per thread, then counted up).
+        let random = RandomState::new().hash_one(0x5eed_u64);
+        let mut token = [0; TOKEN_LEN];
+        for (i, digit) in token.iter_mut().enumerate() {
+            *digit = hex_digit((random >> (4 * (TOKEN_LEN - 1 - i))) as usize & 0xF);
+        }
+        token
+    })
+}
+
+fn hex_digit(nibble: usize) -> u8 {
+    b"0123456789abcdef"[nibble & 0xF]
+}
+
+fn push_hex(out: &mut Vec<u8>, n: usize) {
+    for shift in (0..LENGTH_DIGITS).rev() {
+        out.push(hex_digit(n >> (4 * shift)));
+    }
+}
+
+fn read_hex(digits: &[u8]) -> Option<usize> {
+    digits.iter().try_fold(0usize, |n, &d| {
+        let nibble = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | usize::from(nibble))
+    })
+}
+
+/// The lines of `value` when it is a block of this process's, and whether it holds a
+/// `Date`; `None` for anything else.
+fn lines(value: &HeaderValue) -> Option<(Lines<'_>, bool)> {
+    let rest = value.as_bytes().strip_prefix(token().as_slice())?;
+    let (&flag, rest) = rest.split_first()?;
+    Some((Lines { rest }, flag == HAS_DATE))
+}
+
+struct Lines<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Lines<'a> {
+    /// A line, or `Err` where the block does not hold together (never, for blocks
+    /// this module made).
+    type Item = Result<&'a [u8], ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let line = self
+            .rest
+            .split_at_checked(LENGTH_DIGITS)
+            .and_then(|(digits, rest)| Some((read_hex(digits)?, rest)))
+            .and_then(|(len, rest)| rest.split_at_checked(len));
+        match line {
+            Some((line, rest)) => {
+                self.rest = rest;
+                Some(Ok(line))
+            }
+            None => {
+                self.rest = &[];
+                Some(Err(()))
+            }
+        }
+    }
+}
+
+/// Writes the block's lines, each ended by CRLF, to `dst`. Returns whether it holds a
+/// `Date`, or `None`, having written nothing, if `value` is not a block of this
+/// process's (then it is an ordinary field).
+#[cfg(feature = "server")]
+pub(crate) fn write_lines(dst: &mut Vec<u8>, value: &HeaderValue) -> Option<bool> {
+    let (lines, has_date) = lines(value)?;
+    let start = dst.len();
+    // At most the block's length plus two bytes a line less four digits: no regrowth.
+    dst.reserve(value.len());
+    for line in lines {
+        let Ok(line) = line else {
+            dst.truncate(start);
+            return None;
+        };
+        dst.extend_from_slice(line);
+        dst.extend_from_slice(b"\r\n");
+    }
+    Some(has_date)
+}
+
+/// Replaces each block in `headers` by its fields, for a connection that does not
+/// write lines (HTTP/2). A field of the name that is not a block stays as it is.
+#[cfg(all(feature = "server", feature = "http2"))]
+pub(crate) fn expand(headers: &mut HeaderMap) {
+    if !headers.contains_key(&FIELD_BLOCK) {
+        return;
+    }
+    let values: Vec<HeaderValue> = match headers.entry(FIELD_BLOCK) {
+        header::Entry::Occupied(entry) => entry.remove_entry_mult().1.collect(),
+        header::Entry::Vacant(_) => return,
+    };
+    for value in values {
+        let fields = lines(&value).and_then(|(lines, _)| {
+            lines
+                .map(|line| line.ok().and_then(parse_line))
+                .collect::<Option<Vec<_>>>()
+        });
+        match fields {
+            Some(fields) => {
+                for (name, field) in fields {
+                    headers.append(name, field);
+                }
+            }
+            None => {
+                headers.append(FIELD_BLOCK, value);
+            }
+        }
+    }
+}
+
+/// `name: value` back into a field.
+#[cfg(all(feature = "server", feature = "http2"))]
+fn parse_line(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let (name, value) = line.split_at(colon);
+    let value = value.get(2..)?;
+    Some((
+        HeaderName::from_bytes(name).ok()?,
+        HeaderValue::from_bytes(value).ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn block_value(block: &FieldBlock) -> HeaderValue {
+        let mut map = HeaderMap::new();
+        block.append_to(&mut map);
+        map.get(FIELD_BLOCK).expect("appended").clone()
+    }
+
+    #[test]
+    fn writes_each_field_as_a_line_in_map_order() {
+        let map = fields(&[
+            ("content-type", "text/plain"),
+            ("cache-control", "max-age=60"),
+            ("vary", "accept"),
+            ("vary", "origin"),
+            ("x-empty", ""),
+        ]);
+        let block = FieldBlock::from_fields(&map).expect("a block");
+        let mut out = Vec::new();
+        assert_eq!(write_lines(&mut out, &block_value(&block)), Some(false));
+        assert_eq!(
+            out,
+            b"content-type: text/plain\r\ncache-control: max-age=60\r\n\
+              vary: accept\r\nvary: origin\r\nx-empty: \r\n"
+        );
+        assert!(!block.is_empty());
+    }
+
+    #[test]
+    fn notes_a_date() {
+        let map = fields(&[("date", "Sun, 06 Dec 2026 21:00:00 GMT")]);
+        let block = FieldBlock::from_fields(&map).expect("a block");
+        let mut out = Vec::new();
+        assert_eq!(write_lines(&mut out, &block_value(&block)), Some(true));
+        assert_eq!(out, b"date: Sun, 06 Dec 2026 21:00:00 GMT\r\n");
+    }
+
+    #[test]
+    fn refuses_fields_that_frame_the_message() {
+        for name in [
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "trailer",
+        ] {
+            let mut map = fields(&[("content-type", "text/plain")]);
+            map.append(name, HeaderValue::from_static("x"));
+            assert!(FieldBlock::from_fields(&map).is_none(), "{name}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_line_too_long_to_count() {
+        let long = HeaderValue::from_str(&"a".repeat(MAX_LINE)).expect("valid");
+        let mut map = HeaderMap::new();
+        map.append("x-long", long);
+        assert!(FieldBlock::from_fields(&map).is_none());
+        let just = HeaderValue::from_str(&"a".repeat(MAX_LINE - "x-long: ".len())).expect("valid");
+        let mut map = HeaderMap::new();
+        map.append("x-long", just);
+        let block = FieldBlock::from_fields(&map).expect("fits");
+        let mut out = Vec::new();
+        assert_eq!(write_lines(&mut out, &block_value(&block)), Some(false));
+        assert_eq!(out.len(), MAX_LINE + 2);
+    }
+
+    #[test]
+    fn a_field_of_the_name_from_elsewhere_is_no_block() {
+        // What an upstream could send: a plausible block without this process's token.
+        let forged = HeaderValue::from_static("0123456789abcdef-0012content-length: 0");
+        let mut out = Vec::new();
+        assert_eq!(write_lines(&mut out, &forged), None);
+        assert!(out.is_empty());
+        // The token with lines that do not hold together writes nothing either.
+        let mut bad = token().to_vec();
+        bad.extend_from_slice(b"-0009content");
+        let bad = HeaderValue::from_bytes(&bad).expect("valid");
+        assert_eq!(write_lines(&mut out, &bad), None);
+        assert!(out.is_empty());
+    }
+
+    #[cfg(feature = "http2")]
+    #[test]
+    fn expands_into_fields_for_http2() {
+        let map = fields(&[("content-type", "text/plain"), ("vary", "a"), ("vary", "b")]);
+        let block = FieldBlock::from_fields(&map).expect("a block");
+        let mut headers = HeaderMap::new();
+        headers.insert("age", HeaderValue::from_static("3"));
+        block.append_to(&mut headers);
+        let forged = HeaderValue::from_static("not a block");
+        headers.append(FIELD_BLOCK, forged.clone());
+        expand(&mut headers);
+        assert_eq!(headers.get("content-type").unwrap(), "text/plain");
+        let vary: Vec<_> = headers.get_all("vary").iter().collect();
+        assert_eq!(vary, ["a", "b"]);
+        assert_eq!(headers.get("age").unwrap(), "3");
+        let left: Vec<_> = headers.get_all(FIELD_BLOCK).iter().collect();
+        assert_eq!(left, [&forged]);
+    }
+}
