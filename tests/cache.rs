@@ -1228,7 +1228,7 @@ async fn hits_send_the_stored_head_field_for_field_whatever_the_client() {
         ("x-multi", "b"),
         (
             "hyper-field-block",
-            "0000000000000000-0011content-length: 0",
+            "0000000000000000-010011content-length: 0",
         ),
     ])
     .await;
@@ -1264,7 +1264,7 @@ async fn hits_send_the_stored_head_field_for_field_whatever_the_client() {
         );
         assert_eq!(
             values(&hit, "hyper-field-block"),
-            ["0000000000000000-0011content-length: 0"]
+            ["0000000000000000-010011content-length: 0"]
         );
         assert_eq!(body, miss_body);
     }

@@ -20,13 +20,19 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// The name a [`FieldBlock`] is kept under in a header map.
 pub const FIELD_BLOCK: HeaderName = HeaderName::from_static("hyper-field-block");
 
-/// Hex digits of each line's length: a line is at most 65 535 bytes.
+/// Hex digits of each line's length: a line is at most 65 535 bytes…
 const LENGTH_DIGITS: usize = 4;
 const MAX_LINE: usize = 0xFFFF;
+/// …and of the count of lines: a block holds at most 255.
+const COUNT_DIGITS: usize = 2;
+const MAX_LINES: usize = 0xFF;
 /// The token's length: 16 hex digits of a random `u64`.
 const TOKEN_LEN: usize = 16;
 const HAS_DATE: u8 = b'D';
 const NO_DATE: u8 = b'-';
+/// Where each line's CRLF goes: two bytes that a value may hold, overwritten as the
+/// lines are copied.
+const LINE_END_ROOM: &[u8; 2] = b"  ";
 
 /// Response fields written out as HTTP/1 lines, to be sent as they are (see the module
 /// documentation).
@@ -37,29 +43,36 @@ const NO_DATE: u8 = b'-';
 /// carry one.
 #[derive(Clone, Debug)]
 pub struct FieldBlock {
-    /// Token, date flag, then per field: its line's length in hex digits and the line
-    /// (`name: value`, no line end).
+    /// The token, the `Date` flag, the count of lines and each line's length in hex
+    /// digits, then the lines (`name: value`), each followed by [`LINE_END_ROOM`]: the
+    /// server copies the lines in one go and puts each CRLF in its room.
     value: HeaderValue,
 }
 
 impl FieldBlock {
     /// The block of `fields`, or `None` if one of them is a field the HTTP/1 server must
     /// see to frame the message (`Content-Length`, `Transfer-Encoding`, `Connection`,
-    /// `Trailer`), or one longer than 65 535 bytes as a line. `Date`, when present, is
-    /// noted: the server then adds none. A field named [`FIELD_BLOCK`] among them is
-    /// written as the ordinary line it is.
+    /// `Trailer`), or longer than 65 535 bytes as a line, or if there are more than 255.
+    /// `Date`, when present, is noted: the server then adds none. A field named
+    /// [`FIELD_BLOCK`] among them is written as the ordinary line it is.
     pub fn from_fields(fields: &HeaderMap) -> Option<FieldBlock> {
-        let lines: usize = fields
+        let count = fields.len();
+        if count > MAX_LINES {
+            return None;
+        }
+        let text: usize = fields
             .iter()
-            .map(|(name, value)| LENGTH_DIGITS + name.as_str().len() + 2 + value.len())
+            .map(|(name, value)| name.as_str().len() + 2 + value.len() + LINE_END_ROOM.len())
             .sum();
-        let mut out = Vec::with_capacity(TOKEN_LEN + 1 + lines);
+        let mut out =
+            Vec::with_capacity(TOKEN_LEN + 1 + COUNT_DIGITS + count * LENGTH_DIGITS + text);
         out.extend_from_slice(token());
         out.push(if fields.contains_key(header::DATE) {
             HAS_DATE
         } else {
             NO_DATE
         });
+        push_hex(&mut out, count, COUNT_DIGITS);
         for (name, value) in fields {
             if matches!(
                 *name,
@@ -74,12 +87,16 @@ impl FieldBlock {
             if line > MAX_LINE {
                 return None;
             }
-            push_hex(&mut out, line);
+            push_hex(&mut out, line, LENGTH_DIGITS);
+        }
+        for (name, value) in fields {
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(LINE_END_ROOM);
         }
-        // Token, flag and digits are visible ASCII, and names and values were valid.
+        // Token, flag, digits and room are visible ASCII or spaces, and the names and
+        // values were valid.
         let value = HeaderValue::from_maybe_shared(Bytes::from(out)).ok()?;
         Some(FieldBlock { value })
     }
@@ -96,7 +113,7 @@ impl FieldBlock {
 
     /// Whether the block holds no field.
     pub fn is_empty(&self) -> bool {
-        self.value.len() == TOKEN_LEN + 1
+        self.value.len() == TOKEN_LEN + 1 + COUNT_DIGITS
     }
 }
 
@@ -118,8 +135,8 @@ fn hex_digit(nibble: usize) -> u8 {
     b"0123456789abcdef"[nibble & 0xF]
 }
 
-fn push_hex(out: &mut Vec<u8>, n: usize) {
-    for shift in (0..LENGTH_DIGITS).rev() {
+fn push_hex(out: &mut Vec<u8>, n: usize, digits: usize) {
+    for shift in (0..digits).rev() {
         out.push(hex_digit(n >> (4 * shift)));
     }
 }
@@ -135,43 +152,26 @@ fn read_hex(digits: &[u8]) -> Option<usize> {
     })
 }
 
-/// The lines of `value` when it is a block of this process's, and whether it holds a
-/// `Date`; `None` for anything else.
-fn lines(value: &HeaderValue) -> Option<(Lines<'_>, bool)> {
+/// A block of this process's, taken apart.
+struct Parts<'a> {
+    /// Each line's length, [`LENGTH_DIGITS`] hex digits apiece.
+    lengths: &'a [u8],
+    /// The lines, each followed by [`LINE_END_ROOM`].
+    text: &'a [u8],
+    has_date: bool,
+}
+
+/// The parts of `value` when it is a block of this process's; `None` for anything else.
+fn parts(value: &HeaderValue) -> Option<Parts<'_>> {
     let rest = value.as_bytes().strip_prefix(token().as_slice())?;
     let (&flag, rest) = rest.split_first()?;
-    Some((Lines { rest }, flag == HAS_DATE))
-}
-
-struct Lines<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Iterator for Lines<'a> {
-    /// A line, or `Err` where the block does not hold together (never, for blocks
-    /// this module made).
-    type Item = Result<&'a [u8], ()>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let line = self
-            .rest
-            .split_at_checked(LENGTH_DIGITS)
-            .and_then(|(digits, rest)| Some((read_hex(digits)?, rest)))
-            .and_then(|(len, rest)| rest.split_at_checked(len));
-        match line {
-            Some((line, rest)) => {
-                self.rest = rest;
-                Some(Ok(line))
-            }
-            None => {
-                self.rest = &[];
-                Some(Err(()))
-            }
-        }
-    }
+    let (count, rest) = rest.split_at_checked(COUNT_DIGITS)?;
+    let (lengths, text) = rest.split_at_checked(read_hex(count)? * LENGTH_DIGITS)?;
+    Some(Parts {
+        lengths,
+        text,
+        has_date: flag == HAS_DATE,
+    })
 }
 
 /// Writes the block's lines, each ended by CRLF, to `dst`. Returns whether it holds a
@@ -179,19 +179,40 @@ impl<'a> Iterator for Lines<'a> {
 /// process's (then it is an ordinary field).
 #[cfg(feature = "server")]
 pub(crate) fn write_lines(dst: &mut Vec<u8>, value: &HeaderValue) -> Option<bool> {
-    let (lines, has_date) = lines(value)?;
+    let parts = parts(value)?;
     let start = dst.len();
-    // At most the block's length plus two bytes a line less four digits: no regrowth.
-    dst.reserve(value.len());
-    for line in lines {
-        let Ok(line) = line else {
-            dst.truncate(start);
-            return None;
-        };
-        dst.extend_from_slice(line);
-        dst.extend_from_slice(b"\r\n");
+    dst.extend_from_slice(parts.text);
+    let mut at = start;
+    for digits in parts.lengths.chunks_exact(LENGTH_DIGITS) {
+        let end = read_hex(digits).map(|len| at + len);
+        match end.and_then(|end| dst.get_mut(end..end + LINE_END_ROOM.len())) {
+            Some(room) => room.copy_from_slice(b"\r\n"),
+            None => {
+                dst.truncate(start);
+                return None;
+            }
+        }
+        at = end.unwrap_or(at) + LINE_END_ROOM.len();
     }
-    Some(has_date)
+    if at != dst.len() {
+        // The lengths do not account for the text (never, for blocks this module made).
+        dst.truncate(start);
+        return None;
+    }
+    Some(parts.has_date)
+}
+
+/// Each line of a block's `parts`, or `None` if they do not hold together.
+#[cfg(all(feature = "server", feature = "http2"))]
+fn lines<'a>(parts: &Parts<'a>) -> Option<Vec<&'a [u8]>> {
+    let mut text = parts.text;
+    let mut lines = Vec::with_capacity(parts.lengths.len() / LENGTH_DIGITS);
+    for digits in parts.lengths.chunks_exact(LENGTH_DIGITS) {
+        let (line, rest) = text.split_at_checked(read_hex(digits)?)?;
+        lines.push(line);
+        text = rest.strip_prefix(LINE_END_ROOM.as_slice())?;
+    }
+    text.is_empty().then_some(lines)
 }
 
 /// Replaces each block in `headers` by its fields, for a connection that does not
@@ -206,9 +227,10 @@ pub(crate) fn expand(headers: &mut HeaderMap) {
         header::Entry::Vacant(_) => return,
     };
     for value in values {
-        let fields = lines(&value).and_then(|(lines, _)| {
+        let fields = parts(&value).as_ref().and_then(lines).and_then(|lines| {
             lines
-                .map(|line| line.ok().and_then(parse_line))
+                .into_iter()
+                .map(parse_line)
                 .collect::<Option<Vec<_>>>()
         });
         match fields {
@@ -298,6 +320,21 @@ mod tests {
     }
 
     #[test]
+    fn holds_up_to_255_fields() {
+        let mut map = HeaderMap::new();
+        for i in 0..MAX_LINES {
+            let name = HeaderName::from_bytes(format!("x-{i}").as_bytes()).expect("valid");
+            map.append(name, HeaderValue::from_static("v"));
+        }
+        let block = FieldBlock::from_fields(&map).expect("255 fit");
+        let mut out = Vec::new();
+        assert_eq!(write_lines(&mut out, &block_value(&block)), Some(false));
+        assert_eq!(out.split(|&b| b == b'\n').count(), MAX_LINES + 1);
+        map.append("x-one-more", HeaderValue::from_static("v"));
+        assert!(FieldBlock::from_fields(&map).is_none());
+    }
+
+    #[test]
     fn refuses_a_line_too_long_to_count() {
         let long = HeaderValue::from_str(&"a".repeat(MAX_LINE)).expect("valid");
         let mut map = HeaderMap::new();
@@ -315,15 +352,20 @@ mod tests {
     #[test]
     fn a_field_of_the_name_from_elsewhere_is_no_block() {
         // What an upstream could send: a plausible block without this process's token.
-        let forged = HeaderValue::from_static("0123456789abcdef-0012content-length: 0");
+        let forged = HeaderValue::from_static("0123456789abcdef-010011content-length: 0  ");
         let mut out = Vec::new();
         assert_eq!(write_lines(&mut out, &forged), None);
         assert!(out.is_empty());
         // The token with lines that do not hold together writes nothing either.
         let mut bad = token().to_vec();
-        bad.extend_from_slice(b"-0009content");
+        bad.extend_from_slice(b"-010009content");
         let bad = HeaderValue::from_bytes(&bad).expect("valid");
         assert_eq!(write_lines(&mut out, &bad), None);
+        assert!(out.is_empty());
+        let mut extra = token().to_vec();
+        extra.extend_from_slice(b"-010003abc  xyz");
+        let extra = HeaderValue::from_bytes(&extra).expect("valid");
+        assert_eq!(write_lines(&mut out, &extra), None);
         assert!(out.is_empty());
     }
 

@@ -3098,10 +3098,10 @@ mod tests {
         // A field of the name that this process did not make is written as it is.
         let mut head = MessageHead::default();
         head.headers
-            .insert(FIELD_BLOCK, HeaderValue::from_static("0000000000000000-0011content-length: 0"));
+            .insert(FIELD_BLOCK, HeaderValue::from_static("0000000000000000-010011content-length: 0"));
         let written = encode(&mut head);
         assert!(written.starts_with(
-            "HTTP/1.1 200 OK\r\nhyper-field-block: 0000000000000000-0011content-length: 0\r\ncontent-length: 5\r\n"
+            "HTTP/1.1 200 OK\r\nhyper-field-block: 0000000000000000-010011content-length: 0\r\ncontent-length: 5\r\n"
         ));
     }
 
