@@ -20,12 +20,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// The name a [`FieldBlock`] is kept under in a header map.
 pub const FIELD_BLOCK: HeaderName = HeaderName::from_static("hyper-field-block");
 
-/// Hex digits of each line's length: a line is at most 65 535 bytes…
-const LENGTH_DIGITS: usize = 4;
-const MAX_LINE: usize = 0xFFFF;
-/// …and of the count of lines: a block holds at most 255.
+/// Counts are written in digits of six bits, each the byte `b'0'` + its value (`0` to
+/// `o`): visible ASCII, and read back with a subtraction and a shift.
+const DIGIT_BITS: u32 = 6;
+/// Digits of each line's length: a line is at most 262 143 bytes…
+const LENGTH_DIGITS: usize = 3;
+const MAX_LINE: usize = (1 << (DIGIT_BITS * LENGTH_DIGITS as u32)) - 1;
+/// …and of the count of lines: a block holds at most 4 095.
 const COUNT_DIGITS: usize = 2;
-const MAX_LINES: usize = 0xFF;
+const MAX_LINES: usize = (1 << (DIGIT_BITS * COUNT_DIGITS as u32)) - 1;
 /// The token's length: 16 hex digits of a random `u64`.
 const TOKEN_LEN: usize = 16;
 const HAS_DATE: u8 = b'D';
@@ -43,8 +46,8 @@ const LINE_END_ROOM: &[u8; 2] = b"  ";
 /// carry one.
 #[derive(Clone, Debug)]
 pub struct FieldBlock {
-    /// The token, the `Date` flag, the count of lines and each line's length in hex
-    /// digits, then the lines (`name: value`), each followed by [`LINE_END_ROOM`]: the
+    /// The token, the `Date` flag, the count of lines and each line's length (see
+    /// [`DIGIT_BITS`]), then the lines (`name: value`), each followed by [`LINE_END_ROOM`]: the
     /// server copies the lines in one go and puts each CRLF in its room.
     value: HeaderValue,
 }
@@ -52,7 +55,8 @@ pub struct FieldBlock {
 impl FieldBlock {
     /// The block of `fields`, or `None` if one of them is a field the HTTP/1 server must
     /// see to frame the message (`Content-Length`, `Transfer-Encoding`, `Connection`,
-    /// `Trailer`), or longer than 65 535 bytes as a line, or if there are more than 255.
+    /// `Trailer`), or longer than 262 143 bytes as a line, or if there are more than
+    /// 4 095.
     /// `Date`, when present, is noted: the server then adds none. A field named
     /// [`FIELD_BLOCK`] among them is written as the ordinary line it is.
     pub fn from_fields(fields: &HeaderMap) -> Option<FieldBlock> {
@@ -72,7 +76,7 @@ impl FieldBlock {
         } else {
             NO_DATE
         });
-        push_hex(&mut out, count, COUNT_DIGITS);
+        push_digits(&mut out, count, COUNT_DIGITS);
         for (name, value) in fields {
             if matches!(
                 *name,
@@ -87,7 +91,7 @@ impl FieldBlock {
             if line > MAX_LINE {
                 return None;
             }
-            push_hex(&mut out, line, LENGTH_DIGITS);
+            push_digits(&mut out, line, LENGTH_DIGITS);
         }
         for (name, value) in fields {
             out.extend_from_slice(name.as_str().as_bytes());
@@ -135,26 +139,25 @@ fn hex_digit(nibble: usize) -> u8 {
     b"0123456789abcdef"[nibble & 0xF]
 }
 
-fn push_hex(out: &mut Vec<u8>, n: usize, digits: usize) {
-    for shift in (0..digits).rev() {
-        out.push(hex_digit(n >> (4 * shift)));
+/// `n` in `digits` digits of [`DIGIT_BITS`] (`n` fits: the callers check).
+fn push_digits(out: &mut Vec<u8>, n: usize, digits: usize) {
+    for place in (0..digits).rev() {
+        let digit = (n >> (DIGIT_BITS as usize * place)) & ((1 << DIGIT_BITS) - 1);
+        out.push(b'0' + digit as u8);
     }
 }
 
-fn read_hex(digits: &[u8]) -> Option<usize> {
-    digits.iter().try_fold(0usize, |n, &d| {
-        let nibble = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            _ => return None,
-        };
-        Some(n << 4 | usize::from(nibble))
+/// The number [`push_digits`] wrote. Not checked: a block is known to be this process's
+/// by its token, and whoever uses a count checks it against the text's bounds.
+fn read_digits(digits: &[u8]) -> usize {
+    digits.iter().fold(0, |n, &d| {
+        n << DIGIT_BITS | usize::from(d.wrapping_sub(b'0'))
     })
 }
 
 /// A block of this process's, taken apart.
 struct Parts<'a> {
-    /// Each line's length, [`LENGTH_DIGITS`] hex digits apiece.
+    /// Each line's length, [`LENGTH_DIGITS`] digits apiece.
     lengths: &'a [u8],
     /// The lines, each followed by [`LINE_END_ROOM`].
     text: &'a [u8],
@@ -166,7 +169,7 @@ fn parts(value: &HeaderValue) -> Option<Parts<'_>> {
     let rest = value.as_bytes().strip_prefix(token().as_slice())?;
     let (&flag, rest) = rest.split_first()?;
     let (count, rest) = rest.split_at_checked(COUNT_DIGITS)?;
-    let (lengths, text) = rest.split_at_checked(read_hex(count)? * LENGTH_DIGITS)?;
+    let (lengths, text) = rest.split_at_checked(read_digits(count) * LENGTH_DIGITS)?;
     Some(Parts {
         lengths,
         text,
@@ -184,15 +187,15 @@ pub(crate) fn write_lines(dst: &mut Vec<u8>, value: &HeaderValue) -> Option<bool
     dst.extend_from_slice(parts.text);
     let mut at = start;
     for digits in parts.lengths.chunks_exact(LENGTH_DIGITS) {
-        let end = read_hex(digits).map(|len| at + len);
-        match end.and_then(|end| dst.get_mut(end..end + LINE_END_ROOM.len())) {
+        let end = at + read_digits(digits);
+        match dst.get_mut(end..end + LINE_END_ROOM.len()) {
             Some(room) => room.copy_from_slice(b"\r\n"),
             None => {
                 dst.truncate(start);
                 return None;
             }
         }
-        at = end.unwrap_or(at) + LINE_END_ROOM.len();
+        at = end + LINE_END_ROOM.len();
     }
     if at != dst.len() {
         // The lengths do not account for the text (never, for blocks this module made).
@@ -208,7 +211,7 @@ fn lines<'a>(parts: &Parts<'a>) -> Option<Vec<&'a [u8]>> {
     let mut text = parts.text;
     let mut lines = Vec::with_capacity(parts.lengths.len() / LENGTH_DIGITS);
     for digits in parts.lengths.chunks_exact(LENGTH_DIGITS) {
-        let (line, rest) = text.split_at_checked(read_hex(digits)?)?;
+        let (line, rest) = text.split_at_checked(read_digits(digits))?;
         lines.push(line);
         text = rest.strip_prefix(LINE_END_ROOM.as_slice())?;
     }
@@ -320,13 +323,13 @@ mod tests {
     }
 
     #[test]
-    fn holds_up_to_255_fields() {
+    fn holds_up_to_4095_fields() {
         let mut map = HeaderMap::new();
         for i in 0..MAX_LINES {
             let name = HeaderName::from_bytes(format!("x-{i}").as_bytes()).expect("valid");
             map.append(name, HeaderValue::from_static("v"));
         }
-        let block = FieldBlock::from_fields(&map).expect("255 fit");
+        let block = FieldBlock::from_fields(&map).expect("all fit");
         let mut out = Vec::new();
         assert_eq!(write_lines(&mut out, &block_value(&block)), Some(false));
         assert_eq!(out.split(|&b| b == b'\n').count(), MAX_LINES + 1);
@@ -352,18 +355,18 @@ mod tests {
     #[test]
     fn a_field_of_the_name_from_elsewhere_is_no_block() {
         // What an upstream could send: a plausible block without this process's token.
-        let forged = HeaderValue::from_static("0123456789abcdef-010011content-length: 0  ");
+        let forged = HeaderValue::from_static("0123456789abcdef-01010content-length: 0  ");
         let mut out = Vec::new();
         assert_eq!(write_lines(&mut out, &forged), None);
         assert!(out.is_empty());
         // The token with lines that do not hold together writes nothing either.
         let mut bad = token().to_vec();
-        bad.extend_from_slice(b"-010009content");
+        bad.extend_from_slice(b"-01009content");
         let bad = HeaderValue::from_bytes(&bad).expect("valid");
         assert_eq!(write_lines(&mut out, &bad), None);
         assert!(out.is_empty());
         let mut extra = token().to_vec();
-        extra.extend_from_slice(b"-010003abc  xyz");
+        extra.extend_from_slice(b"-01003abc  xyz");
         let extra = HeaderValue::from_bytes(&extra).expect("valid");
         assert_eq!(write_lines(&mut out, &extra), None);
         assert!(out.is_empty());
