@@ -53,6 +53,7 @@ use std::fmt;
 mod field_names;
 #[cfg(all(any(feature = "client", feature = "server"), feature = "http1"))]
 pub use field_names::{common_header_name, COMMON_HEADER_SPELLINGS};
+// weir patch: response fields written out once (see `field_block`).
 #[cfg(all(feature = "server", feature = "http1"))]
 mod field_block;
 #[cfg(all(feature = "server", feature = "http1", feature = "http2"))]
