@@ -105,6 +105,11 @@ where
         self.io.set_write_strategy_queue();
     }
 
+    /// weir patch: see `io::COPIED_UP_TO`.
+    pub(crate) fn set_copy_small_chunks(&mut self) {
+        self.io.set_copy_small_chunks();
+    }
+
     pub(crate) fn set_max_buf_size(&mut self, max: usize) {
         self.io.set_max_buf_size(max);
     }

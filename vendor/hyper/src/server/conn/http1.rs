@@ -516,6 +516,8 @@ impl Builder {
                 conn.set_write_strategy_flatten();
             }
         }
+        // weir patch: a small body goes out in one write with its head (`io::COPIED_UP_TO`).
+        conn.set_copy_small_chunks();
         conn.set_flush_pipeline(self.pipeline_flush);
         if let Some(max) = self.max_buf_size {
             conn.set_max_buf_size(max);
