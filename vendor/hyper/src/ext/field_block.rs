@@ -47,17 +47,17 @@ const LINE_END_ROOM: &[u8; 2] = b"  ";
 #[derive(Clone, Debug)]
 pub struct FieldBlock {
     /// The token, the `Date` flag, the count of lines and each line's length (see
-    /// [`DIGIT_BITS`]), then the lines (`name: value`), each followed by [`LINE_END_ROOM`]: the
-    /// server copies the lines in one go and puts each CRLF in its room.
+    /// [`DIGIT_BITS`]), then the lines (`name: value`), each followed by
+    /// [`LINE_END_ROOM`]: the server copies the lines in one go and puts each CRLF in
+    /// its room.
     value: HeaderValue,
 }
 
 impl FieldBlock {
     /// The block of `fields`, or `None` if one of them is a field the HTTP/1 server must
     /// see to frame the message (`Content-Length`, `Transfer-Encoding`, `Connection`,
-    /// `Trailer`), or longer than 262 143 bytes as a line, or if there are more than
-    /// 4 095.
-    /// `Date`, when present, is noted: the server then adds none. A field named
+    /// `Trailer`) or longer than 262 143 bytes as a line, or if there are more than
+    /// 4 095. `Date`, when present, is noted: the server then adds none. A field named
     /// [`FIELD_BLOCK`] among them is written as the ordinary line it is.
     pub fn from_fields(fields: &HeaderMap) -> Option<FieldBlock> {
         let count = fields.len();
