@@ -609,10 +609,7 @@ pub fn served_headers(stored: &StoredResponse, now: SystemTime, status: HeaderVa
     for (name, value) in &stored.headers {
         headers.append(name.clone(), value.clone());
     }
-    let age = stored.policy.age(now).as_secs();
-    headers.insert(header::AGE, seconds_value(age));
-    headers.insert(CACHE_STATUS.clone(), status);
-    headers
+    with_age_and_status(headers, stored, now, status)
 }
 
 /// [`served_headers`] for an HTTP/1 client, with the stored fields as their written-out
@@ -632,6 +629,17 @@ pub fn served_headers_with_block(
     if head_only && let Some(length) = stored.headers.get(header::CONTENT_LENGTH) {
         headers.insert(header::CONTENT_LENGTH, length.clone());
     }
+    with_age_and_status(headers, stored, now, status)
+}
+
+/// What every served head adds to the stored fields: the current `Age` and
+/// `Cache-Status` (one place for both forms of the head, map and block).
+fn with_age_and_status(
+    mut headers: HeaderMap,
+    stored: &StoredResponse,
+    now: SystemTime,
+    status: HeaderValue,
+) -> HeaderMap {
     let age = stored.policy.age(now).as_secs();
     headers.insert(header::AGE, seconds_value(age));
     headers.insert(CACHE_STATUS.clone(), status);

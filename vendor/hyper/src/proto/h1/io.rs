@@ -590,6 +590,24 @@ impl Cursor<Vec<u8>> {
     /// If we've advanced the position a bit in this cursor, and wish to
     /// extend the underlying vector, we may wish to unshift the "read" bytes
     /// off, and move everything else over.
+    /// Appends all of `buf` (weir patch: taken out of `WriteBuf::buffer`'s flatten
+    /// branch, which the small-chunk copy shares).
+    fn put_buf(&mut self, mut buf: impl Buf) {
+        //perf: This is a little faster than <Vec as BufMut>>::put,
+        //but accomplishes the same result.
+        loop {
+            let adv = {
+                let slice = buf.chunk();
+                if slice.is_empty() {
+                    return;
+                }
+                self.bytes.extend_from_slice(slice);
+                slice.len()
+            };
+            buf.advance(adv);
+        }
+    }
+
     fn maybe_unshift(&mut self, additional: usize) {
         if self.pos == 0 {
             // nothing to do
@@ -776,7 +794,7 @@ impl<B: Buf> WriteBuf<B> {
         self.strategy = strategy;
     }
 
-    pub(super) fn buffer<BB: Buf + Into<B>>(&mut self, mut buf: BB) {
+    pub(super) fn buffer<BB: Buf + Into<B>>(&mut self, buf: BB) {
         debug_assert!(buf.has_remaining());
         match self.strategy {
             WriteStrategy::Flatten => {
@@ -788,19 +806,7 @@ impl<B: Buf> WriteBuf<B> {
                     buf.len = buf.remaining(),
                     "buffer.flatten"
                 );
-                //perf: This is a little faster than <Vec as BufMut>>::put,
-                //but accomplishes the same result.
-                loop {
-                    let adv = {
-                        let slice = buf.chunk();
-                        if slice.is_empty() {
-                            return;
-                        }
-                        head.bytes.extend_from_slice(slice);
-                        slice.len()
-                    };
-                    buf.advance(adv);
-                }
+                head.put_buf(buf);
             }
             WriteStrategy::Queue => {
                 // weir patch: see `COPIED_UP_TO`.
@@ -812,12 +818,7 @@ impl<B: Buf> WriteBuf<B> {
                     head.maybe_unshift(buf.remaining());
                     // Exactly: a doubled buffer could pass the size a thread keeps.
                     head.bytes.reserve_exact(buf.remaining());
-                    while buf.has_remaining() {
-                        let chunk = buf.chunk();
-                        let len = chunk.len();
-                        head.bytes.extend_from_slice(chunk);
-                        buf.advance(len);
-                    }
+                    head.put_buf(buf);
                     return;
                 }
                 trace!(
