@@ -366,3 +366,164 @@ async fn ranges_of_a_compressed_variant_are_ranges_of_its_stored_bytes() {
     assert_eq!(whole.status, 200);
     assert_eq!(whole.body, gz.body);
 }
+
+/// 64 KiB of letters from a fixed-seed generator: gzip and brotli leave well over 1 KiB
+/// of it, so a coded copy is still worth compressing by size.
+fn letters() -> String {
+    let mut state = 0x2545_f491_u32;
+    (0..64 * 1024)
+        .map(|_| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            char::from(b'a' + ((state >> 16) % 26) as u8)
+        })
+        .collect()
+}
+
+/// Upstream: [`letters`], cacheable for a minute.
+async fn letters_upstream() -> Upstream {
+    upstream(|_req| async move {
+        Response::builder()
+            .header("content-type", "text/plain")
+            .header("cache-control", "max-age=60")
+            .body(full(letters()))
+            .unwrap()
+    })
+    .await
+}
+
+/// Upstream: a 4 KiB `image/png` (compressible bytes, but an image), cacheable for a
+/// minute.
+async fn image_upstream() -> Upstream {
+    upstream(|_req| async move {
+        Response::builder()
+            .header("content-type", "image/png")
+            .header("cache-control", "max-age=60")
+            .body(full(TEXT.repeat(4096 / TEXT.len())))
+            .unwrap()
+    })
+    .await
+}
+
+/// A stored compressed variant whose compressed bytes are still over the size worth
+/// compressing: its hits carry the stored `Content-Encoding` where the listener's
+/// compression layer sees it, so they are sent as stored, never compressed twice.
+#[tokio::test]
+async fn hits_of_a_large_compressed_variant_are_not_compressed_again() {
+    let original = letters();
+    let up = letters_upstream().await;
+    let config =
+        simple_config(&[up.addr], "") + "\n[server]\ncompression = true\n[cache]\nenabled = true\n";
+    let weir = weir(&config).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    for coding in ["gzip", "br"] {
+        let miss = fetch(proxy, "/big", Some(coding)).await;
+        common::wait::settled(&weir).await;
+        let hit = fetch(proxy, "/big", Some(coding)).await;
+        assert!(
+            cache_status(&miss).contains("stored"),
+            "{}",
+            cache_status(&miss)
+        );
+        assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+        for reply in [&miss, &hit] {
+            let codings: Vec<_> = reply.headers.get_all("content-encoding").iter().collect();
+            assert_eq!(codings, [coding], "{}", cache_status(reply));
+            assert!(reply.body.len() > 1024 && reply.body.len() < original.len());
+            assert_eq!(decode(reply), original, "{}", cache_status(reply));
+        }
+        assert_eq!(hit.body, miss.body, "a hit is the stored bytes");
+    }
+    weir.shutdown().await;
+}
+
+/// A connection keeps the compression layer it opened with. After a reload turns
+/// compression off, a hit on that connection still shows the layer its stored
+/// `Content-Type`: an image goes out as stored, not compressed.
+#[tokio::test]
+async fn a_connection_opened_with_compression_leaves_image_hits_alone_after_a_reload() {
+    let up = image_upstream().await;
+    let file = |compression: bool| {
+        simple_config(&[up.addr], "")
+            + &format!("\n[server]\ncompression = {compression}\n[cache]\nenabled = true\n")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, file(true)).unwrap();
+    let weir = weir::app::start_with(
+        weir::app::Prepared::from_file(&path).unwrap(),
+        Some(path.clone()),
+    )
+    .await
+    .unwrap();
+    let proxy = weir.listener_addr("http").unwrap();
+    let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut fetch_gzip = async || {
+        let request = Request::get("/logo.png")
+            .header("host", "a")
+            .header("accept-encoding", "gzip")
+            .body(empty())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = http_body_util::BodyExt::collect(body).await.unwrap();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.to_bytes(),
+        }
+    };
+    let stored = fetch_gzip().await;
+    assert!(
+        cache_status(&stored).contains("stored"),
+        "{}",
+        cache_status(&stored)
+    );
+    common::wait::settled(&weir).await;
+
+    std::fs::write(&path, file(false)).unwrap();
+    let report = weir.supervisor().reload().await;
+    assert!(report.ok, "{report:?}");
+    let hit = fetch_gzip().await;
+    assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+    assert_eq!(hit.header("content-encoding"), None);
+    assert_eq!(hit.header("content-type"), Some("image/png"));
+    assert_eq!(hit.body, stored.body);
+    weir.shutdown().await;
+}
+
+/// With compression on, an image is stored as it came (no variant by coding). Its hits
+/// are not compressed either: the listener's compression layer must see the stored
+/// `Content-Type`, whatever form the stored head is sent in.
+#[tokio::test]
+async fn hits_of_an_image_are_not_compressed() {
+    let up = image_upstream().await;
+    let config =
+        simple_config(&[up.addr], "") + "\n[server]\ncompression = true\n[cache]\nenabled = true\n";
+    let weir = weir(&config).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let miss = fetch(proxy, "/logo.png", Some("gzip")).await;
+    common::wait::settled(&weir).await;
+    let hit = fetch(proxy, "/logo.png", Some("gzip")).await;
+    assert!(
+        cache_status(&miss).contains("stored"),
+        "{}",
+        cache_status(&miss)
+    );
+    assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+    for reply in [&miss, &hit] {
+        assert_eq!(
+            reply.header("content-encoding"),
+            None,
+            "{}",
+            cache_status(reply)
+        );
+        assert_eq!(reply.header("content-type"), Some("image/png"));
+        assert_eq!(reply.text(), TEXT.repeat(4096 / TEXT.len()));
+    }
+    weir.shutdown().await;
+}

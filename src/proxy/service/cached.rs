@@ -189,7 +189,7 @@ struct HitView<'a> {
     client_headers: &'a HeaderMap,
     head_only: bool,
     /// The answer may carry the stored fields as their written-out block
-    /// ([`StoredResponse::field_block`]); see [`takes_field_blocks`].
+    /// ([`StoredResponse::field_block`]); see [`ProxyService::takes_field_blocks`].
     field_block: bool,
 }
 
@@ -232,11 +232,17 @@ impl<'a> CacheCtx<'a> {
     }
 }
 
-/// Whether a hit answered as it is may carry the stored fields as a block: only hyper's
-/// HTTP/1 server writes a block as lines (HTTP/2 would take it apart again), and route
-/// response rules and gRPC read or change the response's fields after it is made.
-fn takes_field_blocks(exchange: &Exchange<'_>, version: Version) -> bool {
-    version < Version::HTTP_2 && !exchange.is_grpc && !exchange.route.has_response_rules()
+impl ProxyService {
+    /// Whether a hit answered as it is may carry the stored fields as a block: only
+    /// hyper's HTTP/1 server writes a block as lines (HTTP/2 would take it apart again),
+    /// and route response rules, gRPC and the connection's compression layer read or
+    /// change the response's fields after it is made.
+    fn takes_field_blocks(&self, exchange: &Exchange<'_>, version: Version) -> bool {
+        version < Version::HTTP_2
+            && !self.behind_compression
+            && !exchange.is_grpc
+            && !exchange.route.has_response_rules()
+    }
 }
 
 impl CacheCtx<'_> {
@@ -306,7 +312,7 @@ impl ProxyService {
                 cache,
                 client_headers: &parts.headers,
                 head_only: parts.method == Method::HEAD,
-                field_block: takes_field_blocks(exchange, parts.version),
+                field_block: self.takes_field_blocks(exchange, parts.version),
             };
             if let Some(answer) =
                 serve_if_plainly_fresh(&view, stored, Tier::Memory, SystemTime::now())
@@ -382,7 +388,7 @@ impl ProxyService {
                 cache,
                 client_headers: &parts.headers,
                 head_only,
-                field_block: takes_field_blocks(exchange, parts.version),
+                field_block: self.takes_field_blocks(exchange, parts.version),
             };
             if let Some(answer) = serve_if_plainly_fresh(&view, stored, *tier, now) {
                 return Ok(answer);
