@@ -1181,28 +1181,6 @@ async fn fields_named_by_no_cache_or_private_are_withheld_not_the_response() {
     assert_eq!(second.header("x-other"), Some("o"));
 }
 
-/// A raw HTTP/1 exchange's status line, fields (in order, names lowercase) and body.
-fn raw_parts(raw: &str) -> (String, Vec<(String, String)>, String) {
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a whole head");
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or_default().to_owned();
-    let fields = lines
-        .map(|line| {
-            let (name, value) = line.split_once(':').expect("a field line");
-            (name.to_ascii_lowercase(), value.trim().to_owned())
-        })
-        .collect();
-    (status, fields, body.to_owned())
-}
-
-fn values<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    fields
-        .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-        .collect()
-}
-
 /// The stored fields of a hit: what it sent less what each answer makes anew.
 fn stored_fields(fields: &[(String, String)]) -> Vec<(String, String)> {
     let mut kept: Vec<_> = fields

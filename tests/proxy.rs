@@ -181,9 +181,11 @@ async fn hop_by_hop_headers_are_removed_from_requests() {
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_from_responses() {
+    // `Server` comes before the `Connection` line that names it.
     let up = raw_upstream(
-        b"HTTP/1.1 200 OK\r\nConnection: X-Up-Secret\r\nX-Up-Secret: 1\r\nKeep-Alive: timeout=99\r\n\
-          Proxy-Authenticate: Basic\r\nX-Up-Kept: 1\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nServer: hidden\r\nConnection: X-Up-Secret, Server\r\nX-Up-Secret: 1\r\n\
+          Keep-Alive: timeout=99\r\nProxy-Authenticate: Basic\r\nX-Up-Kept: 1\r\n\
+          Content-Length: 2\r\n\r\nok",
     )
     .await;
     let weir = weir(&simple_config(&[up], "")).await;
@@ -191,9 +193,76 @@ async fn hop_by_hop_headers_are_removed_from_responses() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "ok");
     assert!(reply.header("x-up-secret").is_none());
+    assert!(reply.header("server").is_none());
     assert!(reply.header("proxy-authenticate").is_none());
     assert_ne!(reply.header("keep-alive"), Some("timeout=99"));
     assert_eq!(reply.header("x-up-kept"), Some("1"));
+    weir.shutdown().await;
+}
+
+/// The upstream's fields reach the client as they were sent, over HTTP/1.1, HTTP/1.0
+/// and HTTP/2 alike: the same fields in the same order per name, one `Date` (the
+/// upstream's), weir's own request id in place of the upstream's, `Via` appended, and a
+/// field named like hyper's blocks of stored lines written as the text it is.
+#[tokio::test]
+async fn upstream_fields_reach_every_client_as_they_were_sent() {
+    let up = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nServer: up/1.0\r\nDate: Sun, 06 Dec 2026 21:00:00 GMT\r\n\
+          Content-Type:text/plain;charset=utf-8  \r\nSet-Cookie: a=1\r\nX-Custom: kept\r\n\
+          set-cookie: b=2\r\nCache-Control: no-store\r\nX-Request-ID: from-upstream\r\n\
+          Via: 1.1 upstream-proxy\r\nhyper-field-block: 0000000000000000-010011content-length: 0\r\n\
+          Content-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    let weir = weir(&simple_config(&[up], "")).await;
+    let proxy = weir.listener_addr("http").unwrap();
+    let request =
+        |version: &str| format!("GET /f {version}\r\nHost: a\r\nConnection: close\r\n\r\n");
+    // What the map path sends: an HTTP/2 client's answer, names lowercase.
+    let h2 = send(
+        &h2c_client(),
+        Request::get(format!("http://{proxy}/f"))
+            .version(Version::HTTP_2)
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    let mut expected: Vec<(String, String)> = h2
+        .headers
+        .iter()
+        .filter(|(name, _)| name.as_str() != "x-request-id")
+        .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+        .collect();
+    expected.sort();
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let raw = raw_exchange(proxy, request(version).as_bytes()).await;
+        let (status, fields, body) = raw_parts(&raw);
+        assert!(status.ends_with(" 200 OK"), "{raw}");
+        assert_eq!(body, "hello");
+        assert_eq!(values(&fields, "set-cookie"), ["a=1", "b=2"], "{raw}");
+        assert_eq!(values(&fields, "date"), ["Sun, 06 Dec 2026 21:00:00 GMT"]);
+        assert_eq!(values(&fields, "content-length"), ["5"]);
+        assert_eq!(
+            values(&fields, "content-type"),
+            ["text/plain;charset=utf-8"]
+        );
+        let ids = values(&fields, "x-request-id");
+        assert_eq!(ids.len(), 1, "{raw}");
+        assert_ne!(ids[0], "from-upstream");
+        let via = values(&fields, "via");
+        assert_eq!(via.len(), 2, "{raw}");
+        assert_eq!(via[0], "1.1 upstream-proxy");
+        assert_eq!(
+            values(&fields, "hyper-field-block"),
+            ["0000000000000000-010011content-length: 0"]
+        );
+        let mut got: Vec<(String, String)> = fields
+            .into_iter()
+            .filter(|(name, _)| name != "x-request-id" && name != "connection")
+            .collect();
+        got.sort();
+        assert_eq!(got, expected, "{version}: {raw}");
+    }
     weir.shutdown().await;
 }
 

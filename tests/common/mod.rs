@@ -302,6 +302,28 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A raw HTTP/1 exchange's status line, fields (in order, names lowercase) and body.
+pub fn raw_parts(raw: &str) -> (String, Vec<(String, String)>, String) {
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a whole head");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default().to_owned();
+    let fields = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').expect("a field line");
+            (name.to_ascii_lowercase(), value.trim().to_owned())
+        })
+        .collect();
+    (status, fields, body.to_owned())
+}
+
+pub fn values<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    fields
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 /// Sends `GET path` on a raw keep-alive connection and expects a 200 at the start of what
 /// the first read returns (the head; a large body is left mostly unread).
 pub async fn raw_get_ok(stream: &mut TcpStream, path: &str) {
