@@ -51,9 +51,24 @@ pub struct StoredResponse {
     /// the map.
     #[serde(skip)]
     pub field_block: Option<FieldBlock>,
+    /// When the response's age was zero: its response time less the `Age` it came with
+    /// (see [`age_origin`]), so that a hit's `Age` is a subtraction. The policy's own
+    /// `age` reads its stored `Age` field again by a lowercased name, ~270 instructions
+    /// of a 14 000-instruction hit. Made with the entry (stored or read from Redis);
+    /// `None` (a time before 1970) leaves it to the policy.
+    #[serde(skip)]
+    pub age_origin: Option<SystemTime>,
 }
 
 impl StoredResponse {
+    /// The response's current age (RFC 9111 §4.2.3), as its policy would say it.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        match self.age_origin {
+            Some(origin) => now.duration_since(origin).unwrap_or_default(),
+            None => self.policy.age(now),
+        }
+    }
+
     pub fn is_fresh_at(&self, now: SystemTime) -> bool {
         unix_ms(now) < self.fresh_until_ms
     }
@@ -91,6 +106,12 @@ impl StoredResponse {
         copy.fresh_until_ms = 0;
         copy
     }
+}
+
+/// When `policy`'s response had an age of zero ([`StoredResponse::age_origin`]), read
+/// at `now`: its age grows with the clock from its response time on.
+pub fn age_origin(policy: &CachePolicy, now: SystemTime) -> Option<SystemTime> {
+    now.checked_sub(policy.age(now))
 }
 
 /// The block of a stored response's served fields ([`StoredResponse::field_block`]).
@@ -200,6 +221,7 @@ impl Entry {
                 let mut response: StoredResponse = serde_json::from_slice(head)?;
                 response.body = Bytes::copy_from_slice(body);
                 response.field_block = served_field_block(&response.headers);
+                response.age_origin = age_origin(&response.policy, SystemTime::now());
                 Ok(Entry::Response(Arc::new(response)))
             }
             b'V' => Ok(Entry::Vary(Arc::new(serde_json::from_slice(head)?))),

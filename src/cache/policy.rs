@@ -14,7 +14,7 @@ use http::{Method, StatusCode, Uri};
 use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy, RequestLike};
 use hyper::ext::FieldBlock;
 
-use super::object::{StoredResponse, owned_headers, served_field_block, unix_ms};
+use super::object::{StoredResponse, age_origin, owned_headers, served_field_block, unix_ms};
 
 pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
@@ -233,6 +233,7 @@ pub fn storable(
         served.remove(name);
     }
     Some(StoredResponse {
+        age_origin: age_origin(&policy, now),
         policy,
         status,
         field_block: served_field_block(&served),
@@ -640,7 +641,7 @@ fn with_age_and_status(
     now: SystemTime,
     status: HeaderValue,
 ) -> HeaderMap {
-    let age = stored.policy.age(now).as_secs();
+    let age = stored.age(now).as_secs();
     headers.insert(header::AGE, seconds_value(age));
     headers.insert(CACHE_STATUS.clone(), status);
     headers

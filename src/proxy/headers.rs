@@ -13,7 +13,9 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Headers that describe one connection and never travel past it (RFC 9110 §7.6.1), and
-/// `Upgrade`: upgrades are forwarded only by the tunnel code, which sets it again.
+/// `Upgrade`: upgrades are forwarded only by the tunnel code, which sets it again. A
+/// `const`: its standard names then compare as integers (as a `static` the search cost
+/// ~600 instructions more a proxied request).
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),

@@ -428,3 +428,36 @@ fn a_stored_head_is_written_out_once_for_http1_hits() {
     assert!(served_field_block(&framed).is_none());
     assert!(served_field_block(&s.headers).is_some());
 }
+
+#[test]
+fn a_stored_response_says_the_age_its_policy_says() {
+    let now = SystemTime::now();
+    for age in [None, Some("0"), Some("30"), Some("oops")] {
+        // A validator keeps the entry whose odd `Age` makes it stale at once.
+        let mut fields = vec![("cache-control", "max-age=600"), ("etag", "\"v\"")];
+        fields.extend(age.map(|a| ("age", a)));
+        let s = store(&fields, now).unwrap();
+        // Read back from Redis a little later, the origin is found again.
+        let entry = crate::cache::object::Entry::Response(std::sync::Arc::new(s.clone()));
+        let crate::cache::object::Entry::Response(decoded) =
+            crate::cache::object::Entry::decode(&entry.encode()).unwrap()
+        else {
+            panic!("a response")
+        };
+        for later in [0, 1, 999, 1_000, 61_500, 3_600_000] {
+            let at = now + Duration::from_millis(later);
+            assert_eq!(s.age(at), s.policy.age(at), "{age:?} +{later} ms");
+            assert_eq!(
+                decoded.age(at),
+                s.policy.age(at),
+                "{age:?} +{later} ms, decoded"
+            );
+        }
+        let served = served_headers(&s, now + Duration::from_secs(7), "hit".parse().unwrap());
+        let expected = s.policy.age(now + Duration::from_secs(7)).as_secs();
+        assert_eq!(served["age"], expected.to_string().as_str(), "{age:?}");
+    }
+    // Before its response time (a clock set back) an entry is no younger than zero.
+    let s = store(&[("cache-control", "max-age=600")], now).unwrap();
+    assert_eq!(s.age(now - Duration::from_secs(5)), Duration::ZERO);
+}
