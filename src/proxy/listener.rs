@@ -310,7 +310,8 @@ impl Connection {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let handler = Handler(service.behind_compression());
+        self.activity.set_behind_compression();
+        let handler = Handler(service);
         let service = tower::ServiceBuilder::new()
             .layer(super::compress::layer())
             .service(tower::service_fn(move |req| handler.handle(req)));

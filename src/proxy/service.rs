@@ -52,10 +52,6 @@ pub struct ProxyService {
     client_cert: Option<Arc<(http::HeaderName, HeaderValue)>>,
     conn: Arc<ConnActivity>,
     listener: Arc<ListenerShared>,
-    /// The connection's responses pass through the listener's compression layer, which
-    /// reads their `Content-Type` and `Content-Encoding`: a hit on it is not sent as a
-    /// block of stored lines, which would hide them (see `cached::takes_field_blocks`).
-    behind_compression: bool,
 }
 
 /// What a listener's connections have in common, built once by its accept loop.
@@ -83,15 +79,7 @@ impl ProxyService {
             client_cert: None,
             conn,
             listener,
-            behind_compression: false,
         }
-    }
-
-    /// For a connection served through the compression layer (decided when it opened,
-    /// so a reload that turns compression off does not take the layer away).
-    pub fn behind_compression(mut self) -> Self {
-        self.behind_compression = true;
-        self
     }
 
     /// Tells upstreams of the connection's verified client certificate in this header.

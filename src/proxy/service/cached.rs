@@ -244,7 +244,7 @@ impl ProxyService {
     /// change the response's fields after it is made.
     fn takes_field_blocks(&self, exchange: &Exchange<'_>, version: Version) -> bool {
         version < Version::HTTP_2
-            && !self.behind_compression
+            && !self.conn.is_behind_compression()
             && !exchange.is_grpc
             && !exchange.route.has_response_rules()
     }
