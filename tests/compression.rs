@@ -404,6 +404,19 @@ async fn image_upstream() -> Upstream {
     .await
 }
 
+/// `path` fetched twice with `Accept-Encoding: accept`: stored by the first request,
+/// a hit for the second.
+async fn miss_then_hit(weir: &weir::app::Running, path: &str, accept: &str) -> (Reply, Reply) {
+    let proxy = weir.listener_addr("http").unwrap();
+    let miss = fetch(proxy, path, Some(accept)).await;
+    common::wait::settled(weir).await;
+    let hit = fetch(proxy, path, Some(accept)).await;
+    let (stored, served) = (cache_status(&miss), cache_status(&hit));
+    assert!(stored.contains("stored"), "{path}: {stored}");
+    assert!(served.contains("hit"), "{path}: {served}");
+    (miss, hit)
+}
+
 /// A stored compressed variant whose compressed bytes are still over the size worth
 /// compressing: its hits carry the stored `Content-Encoding` where the listener's
 /// compression layer sees it, so they are sent as stored, never compressed twice.
@@ -414,17 +427,8 @@ async fn hits_of_a_large_compressed_variant_are_not_compressed_again() {
     let config =
         simple_config(&[up.addr], "") + "\n[server]\ncompression = true\n[cache]\nenabled = true\n";
     let weir = weir(&config).await;
-    let proxy = weir.listener_addr("http").unwrap();
     for coding in ["gzip", "br"] {
-        let miss = fetch(proxy, "/big", Some(coding)).await;
-        common::wait::settled(&weir).await;
-        let hit = fetch(proxy, "/big", Some(coding)).await;
-        assert!(
-            cache_status(&miss).contains("stored"),
-            "{}",
-            cache_status(&miss)
-        );
-        assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+        let (miss, hit) = miss_then_hit(&weir, "/big", coding).await;
         for reply in [&miss, &hit] {
             let codings: Vec<_> = reply.headers.get_all("content-encoding").iter().collect();
             assert_eq!(codings, [coding], "{}", cache_status(reply));
@@ -505,16 +509,7 @@ async fn hits_of_an_image_are_not_compressed() {
     let config =
         simple_config(&[up.addr], "") + "\n[server]\ncompression = true\n[cache]\nenabled = true\n";
     let weir = weir(&config).await;
-    let proxy = weir.listener_addr("http").unwrap();
-    let miss = fetch(proxy, "/logo.png", Some("gzip")).await;
-    common::wait::settled(&weir).await;
-    let hit = fetch(proxy, "/logo.png", Some("gzip")).await;
-    assert!(
-        cache_status(&miss).contains("stored"),
-        "{}",
-        cache_status(&miss)
-    );
-    assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+    let (miss, hit) = miss_then_hit(&weir, "/logo.png", "gzip").await;
     for reply in [&miss, &hit] {
         assert_eq!(
             reply.header("content-encoding"),
