@@ -55,7 +55,10 @@ pub struct StoredResponse {
     /// (see [`age_origin`]), so that a hit's `Age` is a subtraction. The policy's own
     /// `age` reads its stored `Age` field again by a lowercased name, ~270 instructions
     /// of a 14 000-instruction hit. Made with the entry (stored or read from Redis);
-    /// `None` (a time before 1970) leaves it to the policy.
+    /// `None` (a time before 1970) leaves it to the policy. Before the response time
+    /// (a clock set back) it says 0 where the policy says the stored `Age`; an entry
+    /// read from Redis while this clock is behind the storing instance's ages from the
+    /// read on, at most that skew older than the policy would say.
     #[serde(skip)]
     pub age_origin: Option<SystemTime>,
 }
