@@ -587,9 +587,6 @@ impl<T: AsRef<[u8]>> Cursor<T> {
 }
 
 impl Cursor<Vec<u8>> {
-    /// If we've advanced the position a bit in this cursor, and wish to
-    /// extend the underlying vector, we may wish to unshift the "read" bytes
-    /// off, and move everything else over.
     /// Appends all of `buf` (weir patch: taken out of `WriteBuf::buffer`'s flatten
     /// branch, which the small-chunk copy shares).
     fn put_buf(&mut self, mut buf: impl Buf) {
@@ -608,6 +605,9 @@ impl Cursor<Vec<u8>> {
         }
     }
 
+    /// If we've advanced the position a bit in this cursor, and wish to
+    /// extend the underlying vector, we may wish to unshift the "read" bytes
+    /// off, and move everything else over.
     fn maybe_unshift(&mut self, additional: usize) {
         if self.pos == 0 {
             // nothing to do
