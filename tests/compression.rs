@@ -453,12 +453,7 @@ async fn a_connection_opened_with_compression_leaves_image_hits_alone_after_a_re
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, file(true)).unwrap();
-    let weir = weir::app::start_with(
-        weir::app::Prepared::from_file(&path).unwrap(),
-        Some(path.clone()),
-    )
-    .await
-    .unwrap();
+    let weir = start_from_file(&path).await;
     let proxy = weir.listener_addr("http").unwrap();
     let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
     let (mut sender, conn) =

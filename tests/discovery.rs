@@ -328,12 +328,7 @@ async fn a_reload_keeps_discovered_endpoints_and_their_state() {
     let path = dir.path().join("weir.toml");
     let entry = format!("{{ dns = \"api.test:{port}\" }}");
     std::fs::write(&path, config(&dns, &entry, "", "max_ttl = \"1h\"")).unwrap();
-    let weir = weir::app::start_with(
-        weir::app::Prepared::from_file(&path).unwrap(),
-        Some(path.clone()),
-    )
-    .await
-    .unwrap();
+    let weir = start_from_file(&path).await;
     let before = endpoints(&weir);
     assert_eq!(before.len(), 2);
     let queries = dns.queries();

@@ -193,12 +193,7 @@ async fn a_reload_brings_a_new_client_ca() {
     let up = cert_echo().await;
     let path = setup.dir.path().join("weir.toml");
     std::fs::write(&path, setup.config(up.addr, true)).unwrap();
-    let weir = weir::app::start_with(
-        weir::app::Prepared::from_file(&path).unwrap(),
-        Some(path.clone()),
-    )
-    .await
-    .unwrap();
+    let weir = start_from_file(&path).await;
     let https = weir.listener_addr("https").unwrap();
     let old_client = connector(&setup.server_ca, Some(client_identity(&setup.client_ca)));
     assert!(ask(&old_client, https).await.is_some());

@@ -267,13 +267,6 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-async fn start_from_file(path: &Path) -> weir::app::Running {
-    let prepared = weir::app::Prepared::from_file(path).unwrap();
-    weir::app::start_with(prepared, Some(path.to_owned()))
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_reloads_under_load_fail_no_request() {
     let a = named_upstream("a").await;

@@ -790,12 +790,7 @@ async fn a_reload_switches_blue_to_green_without_losing_the_request_in_flight() 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, file(1, 0)).unwrap();
-    let weir = weir::app::start_with(
-        weir::app::Prepared::from_file(&path).unwrap(),
-        Some(path.clone()),
-    )
-    .await
-    .unwrap();
+    let weir = start_from_file(&path).await;
     let proxy = weir.listener_addr("http").unwrap();
     let in_flight = tokio::spawn(async move {
         send(

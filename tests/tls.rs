@@ -199,10 +199,7 @@ async fn a_reload_replaces_certificates_without_dropping_connections() {
         tls_config(up.addr, &[(cert.clone(), key.clone(), "\"a.test\"")]),
     )
     .unwrap();
-    let prepared = weir::app::Prepared::from_file(&config_path).unwrap();
-    let weir = weir::app::start_with(prepared, Some(config_path.clone()))
-        .await
-        .unwrap();
+    let weir = start_from_file(&config_path).await;
     let proxy = weir.listener_addr("https").unwrap();
     let connector = client(&ca, &[b"http/1.1"]);
 

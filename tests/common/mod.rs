@@ -209,6 +209,15 @@ pub async fn weir(config: &str) -> weir::app::Running {
 pub const ONE_RUNTIME: &str = "\n[server]\nthreads = 1\n";
 
 /// Minimal config: one listener on a free port, every path to one pool.
+/// weir started from the config file at `path`, which it reloads from (SIGHUP, admin
+/// reload, `Supervisor::reload`).
+pub async fn start_from_file(path: &Path) -> weir::app::Running {
+    let prepared = weir::app::Prepared::from_file(path).unwrap();
+    weir::app::start_with(prepared, Some(path.to_owned()))
+        .await
+        .unwrap()
+}
+
 pub fn simple_config(endpoints: &[SocketAddr], pool_extra: &str) -> String {
     let weighted: Vec<(SocketAddr, u32)> = endpoints.iter().map(|a| (*a, 1)).collect();
     weighted_config(&weighted, pool_extra)
